@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install cianet with its test extras. Idempotent; safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+# Pinned here (not in the package): the versions this project is tested with.
+if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
+    .venv/bin/pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+fi
+if ! .venv/bin/python -c "import cianet, pytest, torchxrayvision, onnxruntime" >/dev/null 2>&1; then
+    .venv/bin/pip install --quiet -e ".[test]"
+fi

@@ -1,0 +1,5 @@
+import sys
+
+from cianet.cli import main
+
+sys.exit(main())
