@@ -1,0 +1,139 @@
+"""From a Config to the image lists, negative pairing and loaders of one run.
+
+Choices the paper leaves open (see docs/method.md, "Training protocol"):
+- The negative pool is every No Finding image that is not a test image of the run, so a test image is never
+  anybody's negative and test negatives come from the training pool. With exclude_same_patient the pair never
+  shares a patient.
+- ``max_images`` caps the training list (annotated training images are kept first) and the test list, for
+  reduced runs; the caps are deterministic in the seed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cianet.config import Config
+
+
+@dataclass
+class RunData:
+    index: object  # cianet.data.nih.NIHIndex
+    train: list[str]
+    test: list[str]
+    box_names: set[str]  # training images whose boxes supervise (eq. 6 lambda)
+    val: list[str] = field(default_factory=list)
+    description: str = ""
+    excluded: dict = field(default_factory=dict)
+
+    @property
+    def labels(self) -> dict[str, tuple[str, ...]]:
+        return {r.name: r.labels for r in self.index.records}
+
+    @property
+    def boxes(self) -> dict[str, list]:
+        return {r.name: r.boxes for r in self.index.records if r.boxes}
+
+
+def load_index(cfg: Config):
+    from cianet.data.nih import NIHIndex
+
+    if not cfg.data.data_root:
+        raise ValueError("no data root: pass --data-root (or set data.data_root in the config)")
+    return NIHIndex.from_root(cfg.data.data_root, entry_csv=cfg.data.entry_csv, bbox_csv=cfg.data.bbox_csv)
+
+
+def load_or_make_splits(cfg: Config, index) -> dict:
+    from cianet.data import splits as sp
+
+    if cfg.protocol.splits and Path(cfg.protocol.splits).exists():
+        return sp.read_splits(cfg.protocol.splits)
+    return sp.make_splits(index, seed=cfg.run.seed, official=cfg.protocol.official)
+
+
+def _cap(names: list[str], n: int | None, seed: int, keep_first: set[str] | None = None) -> list[str]:
+    if n is None or len(names) <= n:
+        return names
+    keep_first = keep_first or set()
+    first = [x for x in names if x in keep_first]
+    rest = [x for x in names if x not in keep_first]
+    rng = random.Random(seed)
+    rng.shuffle(first)
+    rng.shuffle(rest)
+    chosen = set((first + rest)[:n])
+    return [x for x in names if x in chosen]  # keep the original order
+
+
+def build_run_data(cfg: Config, index=None) -> RunData:
+    """The protocol of cfg.protocol on the data set of cfg.data."""
+    from cianet.data import splits as sp
+
+    index = index if index is not None else load_index(cfg)
+    splits = load_or_make_splits(cfg, index)
+    p = cfg.protocol
+    if p.kind == "classification":
+        cls = splits["classification"]
+        annotated = {r.name for r in index.records if r.boxes}
+        train, val, test = list(cls["train"]), list(cls["val"]), list(cls["test"])
+        data = RunData(index, train, test, set(train) & annotated, val=val, description="classification 70/10/20")
+    elif p.kind == "localization":
+        proto = sp.localization_protocol(
+            index,
+            splits["localization_folds"],
+            fold=p.fold,
+            annotated_ratio=p.annotated_ratio,
+            unannotated_ratio=p.unannotated_ratio,
+            seed=cfg.run.seed,
+            allow_patient_overlap=p.allow_patient_overlap,
+            unannotated_only=p.unannotated_only,
+        )
+        data = RunData(
+            index,
+            list(proto.train),
+            list(proto.test),
+            set(proto.train_annotated),
+            description=proto.description,
+            excluded=proto.excluded,
+        )
+    else:
+        raise ValueError(f"protocol.kind must be 'localization' or 'classification', got {p.kind!r}")
+    n = cfg.data.max_images
+    if n is not None:
+        data.train = _cap(data.train, n, cfg.run.seed, keep_first=data.box_names)
+        data.box_names &= set(data.train)
+        data.test = _cap(data.test, max(1, n // 4), cfg.run.seed + 1)
+        data.val = _cap(data.val, max(1, n // 8), cfg.run.seed + 2)
+    if not data.train:
+        raise ValueError(f"the protocol ({data.description}) leaves no training image")
+    return data
+
+
+def negative_pool(index, exclude: set[str], available: set[str] | None = None) -> list[str]:
+    """Names of No Finding images usable as negatives: never in ``exclude`` (the test images), and readable
+    (a file was found, or ``available``, the cache's names, has it)."""
+    available = available or set()
+    return [
+        r.name
+        for r in index.records
+        if r.no_finding and r.name not in exclude and (r.path is not None or r.name in available)
+    ]
+
+
+def hash_codes_for(names: list[str], source, progress: bool = False) -> np.ndarray:
+    """Perceptual-hash codes (N, 256) of the named images, read at the run's size from ``source``."""
+    from cianet.negatives import hash_codes
+    from cianet.utils.progress import progress_bar
+
+    codes = []
+    batch: list[np.ndarray] = []
+    for name in progress_bar(names, desc="hash codes", disable=not progress):
+        batch.append(source.load_uint8(name))
+        if len(batch) == 512:
+            codes.append(hash_codes(np.stack(batch)))
+            batch = []
+    if batch:
+        codes.append(hash_codes(np.stack(batch)))
+    return np.concatenate(codes) if codes else np.zeros((0, 256), np.float32)
