@@ -1,0 +1,157 @@
+"""Training engine: grid targets, resume determinism, non-finite stop, alignment-aware evaluation, configs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cianet.config import load_config
+from engine_data import write_tiny_nih
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return write_tiny_nih(tmp_path_factory.mktemp("tiny_nih"))
+
+
+def tiny_cfg(root, out, **over):
+    cfg = load_config("tiny")
+    cfg.data.data_root = str(root)
+    cfg.data.image_size = 64
+    cfg.data.workers = 0
+    cfg.model.backbone = "resnet18"
+    cfg.model.test_upsample = 16
+    cfg.model.head_channels = 16
+    cfg.optim.epochs = 2
+    cfg.optim.batch_size = 8
+    cfg.optim.lr = 0.01
+    cfg.run.out = str(out)
+    cfg.run.progress = False
+    cfg.run.eval_every = 0
+    cfg.run.threads = 1
+    cfg.protocol.annotated_ratio = 0.8
+    cfg.protocol.unannotated_ratio = 0.5
+    for key, value in over.items():
+        section, name = key.split("__")
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+def test_grid_targets_match_box_to_grid_reference():
+    from cianet.engine.train import grid_targets
+    from cianet.losses import box_to_grid
+
+    rng = np.random.default_rng(0)
+    boxes = torch.full((3, 4, 5), -1.0)
+    for b in range(3):
+        for k in range(b + 1):
+            x, y = rng.uniform(0, 50, 2)
+            w, h = rng.uniform(1, 30, 2)
+            boxes[b, k] = torch.tensor([rng.integers(0, 14), x, y, w, h])
+    boxes[0, 0] = torch.tensor([3, 16.0, 16.0, 16.0, 16.0])  # edges exactly on cell borders
+    got = grid_targets(boxes, 64, (8, 8), 14)
+    want = torch.zeros_like(got)
+    for b in range(3):
+        for row in boxes[b]:
+            if row[0] >= 0:
+                cls = int(row[0])
+                want[b, cls] = torch.maximum(want[b, cls], box_to_grid(row[1:].tolist(), (64, 64), (8, 8)).float())
+    assert torch.equal(got, want)
+    assert got[0, 3].sum() == 4  # 16..32 covers exactly cells 2 and 3 on each axis
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+def test_resumed_run_ends_with_the_same_weights(tiny_root, tmp_path, monkeypatch):
+    from cianet.engine import train as tr
+
+    straight = tr.fit(tiny_cfg(tiny_root, tmp_path / "straight"))
+
+    real_epoch = tr.train_one_epoch
+    calls = {"n": 0}
+
+    def dying_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed during the second epoch, after the first checkpoint
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "train_one_epoch", dying_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit(tiny_cfg(tiny_root, tmp_path / "killed"))
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["epoch"] == 0
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    monkeypatch.setattr(tr, "train_one_epoch", real_epoch)
+    with pytest.raises(ValueError, match="--resume"):
+        tr.fit(tiny_cfg(tiny_root, tmp_path / "killed"))
+    resumed = tr.fit(tiny_cfg(tiny_root, tmp_path / "killed"), resume=True)
+
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    m = json.loads((resumed / "metrics.json").read_text())
+    assert set(m) >= {"localization", "auc"} and "0.5" in m["localization"] and "Mean" in m["auc"]
+
+
+def test_non_finite_loss_stops_and_keeps_the_checkpoint(tiny_root, tmp_path, monkeypatch):
+    from cianet.engine import train as tr
+    import cianet.losses as losses
+
+    cfg = tiny_cfg(tiny_root, tmp_path / "nan", optim__epochs=1)
+    real = losses.cianet_loss
+
+    def nan_loss(*a, **k):
+        out = real(*a, **k)
+        out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(losses, "cianet_loss", nan_loss)
+    with pytest.raises(tr.NonFiniteLossError, match="non-finite loss"):
+        tr.fit(cfg)
+    assert not (tmp_path / "nan" / "checkpoint.pt").exists()
+
+
+def test_identity_alignment_gives_the_same_localization_as_none(tiny_root, tmp_path):
+    """The aligned path (regions rasterized in the image frame) agrees with the exact unaligned path."""
+    from cianet.engine.evaluate import evaluate
+    from cianet.engine.pipeline import build_run_data
+    from cianet.engine.train import build_network, make_loaders
+    from cianet.models.alignment import AlignmentNet
+
+    cfg = tiny_cfg(tiny_root, tmp_path / "eval", model__kind="baseline")
+    torch.manual_seed(0)
+    model = build_network(cfg)
+    with torch.no_grad():  # zero bias, larger weights: cell probabilities spread around 0.5, regions vary
+        model.head.cls.bias.zero_()
+        model.head.cls.weight.normal_(0, 1.0)
+    data = build_run_data(cfg)
+    _, _, test_ds, loader = make_loaders(cfg, data)
+    plain = evaluate(model, loader, torch.device("cpu"), dataset=test_ds, progress=False, keep_predictions=True)
+    ident = AlignmentNet(input_size=64).eval()  # identity at initialization
+    aligned = evaluate(model, loader, torch.device("cpu"), align_net=ident, dataset=test_ds, progress=False,
+                       keep_predictions=True)
+    assert plain["n_boxes"] > 0
+    assert (plain["ious"] > 0).any() and (plain["ious"] < 1).any()  # non-trivial regions
+    np.testing.assert_allclose(aligned["ious"], plain["ious"], atol=1e-6)
+    np.testing.assert_allclose(aligned["scores"], plain["scores"], atol=1e-5)
+
+
+def test_config_overrides_and_errors(tmp_path):
+    from cianet.config import apply_overrides, load_config, save_config
+
+    cfg = load_config("paper", ["optim.lr=0.05", "model.test_upsample=null"])
+    assert cfg.optim.lr == 0.05 and cfg.model.test_upsample is None
+    assert (cfg.model.backbone, cfg.data.image_size, cfg.optim.batch_size, cfg.optim.epochs) == ("resnet50", 512, 6, 15)
+    with pytest.raises(ValueError, match="optim.lrr"):
+        apply_overrides(cfg, ["optim.lrr=1"])
+    with pytest.raises(ValueError, match="unknown config"):
+        load_config("nonexistent-recipe")
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again == cfg
