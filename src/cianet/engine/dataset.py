@@ -65,7 +65,9 @@ class ImageSource:
             raise FileNotFoundError(f"image {name} was not found under the data root (and is not in the cache)")
         img = load_xray(path)
         h, w = img.shape
-        return resize_gray(img, self.size), (w, h)
+        # Quantized like a cache row, so a run reads the same pixels with or without `cianet prepare`.
+        small = np.clip(np.rint(resize_gray(img, self.size) * 255.0), 0, 255)
+        return (small / 255.0).astype(np.float32), (w, h)
 
     def load_uint8(self, name: str) -> np.ndarray:
         cache = self._get_cache()
