@@ -10,8 +10,6 @@ The pool is the No Finding images that are not test images of the run.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -30,38 +28,21 @@ def _load_canonical(cfg: Config, size: int) -> np.ndarray:
     return resize_gray(load_xray(cfg.align.canonical), size)
 
 
-def _random_pairs(names: list[str], pool: list[str], patients: dict[str, str], seed: int, epoch: int,
-                  exclude_same_patient: bool) -> Pairing:
-    rng = np.random.default_rng([seed, epoch, 7])
-    picks = rng.integers(0, len(pool), size=len(names))
-    out: Pairing = {}
-    for name, k in zip(names, picks):
-        for step in range(len(pool)):  # walk on until the pick is allowed
-            cand = pool[(int(k) + step) % len(pool)]
-            if cand != name and not (exclude_same_patient and patients.get(cand) == patients.get(name)):
-                out[name] = cand
-                break
-        else:
-            out[name] = None
-    return out
-
-
-def _sim_pairs(cfg: Config, names: list[str], pool: list[str], patients: dict[str, str], source) -> Pairing:
+def _pool_index(cfg: Config, pool: list[str], patients: dict[str, str], source, with_codes: bool):
+    """HashIndex of the negative pool: from cfg.negatives.hash_index when given (restricted to the pool),
+    else computed from the run's images. ``random`` needs no codes (zeros stand in)."""
     from cianet.engine.pipeline import hash_codes_for
     from cianet.negatives import HashIndex
 
-    progress = cfg.run.progress
+    if not with_codes:
+        return HashIndex(np.zeros((len(pool), 1), np.float32), list(pool), [patients[n] for n in pool])
     if cfg.negatives.hash_index and Path(cfg.negatives.hash_index).exists():
         full = HashIndex.load(cfg.negatives.hash_index)
         keep = set(pool)
         rows = [i for i, n in enumerate(full.names) if n in keep]
-        index = HashIndex(full.codes[rows], [full.names[i] for i in rows], [full.patients[i] for i in rows])
-    else:
-        index = HashIndex(hash_codes_for(pool, source, progress), list(pool), [patients[n] for n in pool])
-    codes = hash_codes_for(names, source, progress)
-    excl_pat = [patients[n] for n in names] if cfg.negatives.exclude_same_patient else None
-    idx = index.query(codes, exclude_names=list(names), exclude_patients=excl_pat)
-    return {n: (index.names[int(i)] if int(i) >= 0 else None) for n, i in zip(names, idx)}
+        if rows:
+            return HashIndex(full.codes[rows], [full.names[i] for i in rows], [full.patients[i] for i in rows])
+    return HashIndex(hash_codes_for(pool, source, cfg.run.progress), list(pool), [patients[n] for n in pool])
 
 
 def pairing_for_run(cfg: Config, data, source) -> tuple[Callable[[int], Pairing], Callable[[int], Pairing], np.ndarray | None]:
@@ -89,26 +70,32 @@ def pairing_for_run(cfg: Config, data, source) -> tuple[Callable[[int], Pairing]
     pool = negative_pool(index, exclude=set(data.test), available=available)
     if not pool:
         raise ValueError("no No Finding image is available as a negative (CIA-Net needs negatives)")
-    if strategy == "random":
-        seed = cfg.run.seed
-        excl = cfg.negatives.exclude_same_patient
-        return (lambda e: _random_pairs(data.train, pool, patients, seed, e, excl),
-                lambda e: _random_pairs(data.test, pool, patients, seed, 10_000 + e, excl), None)
-    # sim: fixed pairs, cached per run
+    from cianet.negatives import NegativeSampler
+
+    sampler = NegativeSampler(strategy, _pool_index(cfg, pool, patients, source, strategy == "sim"),
+                              seed=cfg.run.seed, exclude_same_patient=cfg.negatives.exclude_same_patient)
+    if strategy == "random":  # redrawn every epoch, keyed by (seed, epoch, name): resumable
+        def pair_random(names: list[str], offset: int) -> Callable[[int], Pairing]:
+            pats = [patients[n] for n in names]
+            return lambda e: dict(zip(names, sampler.pair(names, patients=pats, epoch=offset + e)))
+
+        return pair_random(list(data.train), 0), pair_random(list(data.test), 10_000), None
+    # sim: fixed pairs, computed once and cached in the run folder (refused if made with another pool)
+    names = list(dict.fromkeys(list(data.train) + list(data.test)))
     cache_file = Path(cfg.run.out) / "pairs.json"
-    key = hashlib.sha1(json.dumps([sorted(data.train), sorted(data.test), pool[:50], len(pool),
-                                   cfg.negatives.exclude_same_patient, cfg.data.image_size]).encode()).hexdigest()
-    pairs = None
+    found: list | None = None
     if cache_file.exists():
         try:
-            saved = json.loads(cache_file.read_text())
-            pairs = saved["pairs"] if saved.get("key") == key else None
+            sampler.load_pairs(cache_file)
+            found = sampler.pair(names)  # ValueError when some image of this run is not in the file
         except (ValueError, KeyError):
-            pairs = None
-    if pairs is None:
-        names = list(dict.fromkeys(list(data.train) + list(data.test)))
-        pairs = _sim_pairs(cfg, names, pool, patients, source)
-        from cianet.utils.atomic import atomic_write_json
+            found = None
+    if found is None:
+        from cianet.engine.pipeline import hash_codes_for
 
-        atomic_write_json(cache_file, {"key": key, "strategy": "sim", "pairs": pairs}, indent=None)
+        codes = hash_codes_for(names, source, cfg.run.progress)
+        sampler.pair_all(names, codes, [patients[n] for n in names], progress=cfg.run.progress)
+        sampler.save_pairs(cache_file)
+        found = sampler.pair(names)
+    pairs = dict(zip(names, found))
     return (lambda e: pairs), (lambda e: pairs), None
