@@ -1,0 +1,293 @@
+"""The alignment module (paper section 3.1): a ResNet-18 that regresses an affine warp toward the canonical
+chest, the warp itself, box/mask transfer between the original and the aligned frame, and the structure loss.
+
+Convention (docs/architecture.md): parameters ``(tx, ty, sx, sy, theta)``, theta in radians,
+
+    A = [[sx cos t, -sy sin t, tx],
+         [sx sin t,  sy cos t, ty]]
+
+and the aligned image samples the input at ``A p`` for every normalized output point ``p``
+(``affine_grid(A, align_corners=False)`` + bilinear ``grid_sample``). Normalized coordinates: pixel
+coordinate ``u in [0, W]`` <-> ``x = 2u/W - 1``; likewise y with H; y points down.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cianet.models.backbones import gray_to_input, load_pretrained_or_warn, resnet_trunk
+
+IDENTITY_PARAMS: tuple[float, float, float, float, float] = (0.0, 0.0, 1.0, 1.0, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------- warp
+def params_to_matrix(params: Tensor) -> Tensor:
+    """``(B, 5)`` parameters ``(tx, ty, sx, sy, theta)`` -> ``(B, 2, 3)`` affine matrices of equation 1."""
+    if params.ndim != 2 or params.shape[1] != 5:
+        raise ValueError(f"params must be (B, 5) (tx, ty, sx, sy, theta), got shape {tuple(params.shape)}")
+    tx, ty, sx, sy, th = params.unbind(dim=1)
+    c, s = torch.cos(th), torch.sin(th)
+    row0 = torch.stack([sx * c, -sy * s, tx], dim=1)
+    row1 = torch.stack([sx * s, sy * c, ty], dim=1)
+    return torch.stack([row0, row1], dim=1)  # (B, 2, 3)
+
+
+def warp(images: Tensor, params: Tensor, out_size: Sequence[int] | None = None,
+         padding_mode: str = "zeros") -> Tensor:
+    """Warp ``images`` ``(B, C, H, W)`` with ``params`` ``(B|1, 5)`` -> ``(B, C, H', W')``.
+
+    ``out_size = (H', W')`` defaults to ``(H, W)``. Because the grid is in normalized coordinates the
+    same parameters warp a low-resolution and a full-resolution copy of an image identically.
+    ``padding_mode`` is grid_sample's (``zeros``: black outside the input, the X-ray background;
+    ``border``: replicate the edge).
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    b, c, h, w = images.shape
+    if params.shape[0] == 1 and b > 1:
+        params = params.expand(b, -1)
+    if params.shape[0] != b:
+        raise ValueError(f"params batch {params.shape[0]} does not match images batch {b}")
+    oh, ow = (h, w) if out_size is None else (int(out_size[0]), int(out_size[1]))
+    theta = params_to_matrix(params.to(images.dtype))
+    grid = F.affine_grid(theta, [b, c, oh, ow], align_corners=False)  # (B, H', W', 2)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
+
+# ------------------------------------------------------------------------------------------- network
+class AlignmentNet(nn.Module):
+    """ResNet-18 regressing 5 bounded affine parameters; exactly the identity at initialization.
+
+    Bounds (tanh of the raw outputs ``z``): ``t = max_shift * tanh(z)``,
+    ``s = exp(log(max_scale) * tanh(z))`` (so ``s in [1/max_scale, max_scale]``, symmetric in log
+    scale), ``theta = max_rotation * tanh(z)``. The last linear layer is zero-initialized so every
+    ``z`` is 0 and the output is ``(0, 0, 1, 1, 0)`` before training.
+
+    Args:
+        backbone: ResNet name (the paper: resnet18).
+        pretrained: ImageNet init of the trunk from the local cache.
+        input_size: side of the downsized copy the parameters are regressed from (None: use the input
+            as is); the warp is always applied to the full-resolution input.
+        max_shift, max_scale, max_rotation: the bounds above (normalized units, ratio, radians).
+        padding_mode: grid_sample padding of the warp (``zeros`` or ``border``).
+    """
+
+    def __init__(self, backbone: str = "resnet18", pretrained: bool = False, input_size: int | None = 256,
+                 max_shift: float = 0.4, max_scale: float = 1.4, max_rotation: float = 0.35,
+                 padding_mode: str = "zeros") -> None:
+        super().__init__()
+        if input_size is not None and (input_size <= 0 or input_size % 32):
+            raise ValueError(f"input_size must be a positive multiple of 32 or None, got {input_size}")
+        if max_scale <= 1.0:
+            raise ValueError(f"max_scale must be > 1, got {max_scale}")
+        self.input_size = input_size
+        self.max_shift = float(max_shift)
+        self.log_max_scale = math.log(max_scale)
+        self.max_rotation = float(max_rotation)
+        self.padding_mode = padding_mode
+        sd = load_pretrained_or_warn(backbone) if pretrained else None
+        self.trunk, channels = resnet_trunk(backbone, upto="c5", state_dict=sd)
+        self.fc = nn.Linear(channels, 5)
+        nn.init.zeros_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+
+    def bound(self, z: Tensor) -> Tensor:
+        """Raw ``(B, 5)`` outputs -> bounded ``(tx, ty, sx, sy, theta)`` ``(B, 5)``; 0 maps to identity."""
+        t = torch.tanh(z)
+        return torch.stack([
+            self.max_shift * t[:, 0],
+            self.max_shift * t[:, 1],
+            torch.exp(self.log_max_scale * t[:, 2]),
+            torch.exp(self.log_max_scale * t[:, 3]),
+            self.max_rotation * t[:, 4],
+        ], dim=1)
+
+    def predict_params(self, x: Tensor) -> Tensor:
+        """``(B, 1, H, W)`` gray ``[0, 1]`` -> ``(B, 5)`` parameters (from the downsized copy)."""
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"AlignmentNet expects (B, 1, H, W) gray images, got shape {tuple(x.shape)}")
+        small = x
+        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            small = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                                  align_corners=False, antialias=True)
+        feats = self.trunk(gray_to_input(small))  # (B, c5, s/32, s/32)
+        return self.bound(self.fc(feats.mean(dim=(-2, -1))))
+
+    def forward(self, x: Tensor, out_size: Sequence[int] | None = None) -> dict[str, Tensor]:
+        """``x`` ``(B, 1, H, W)`` gray ``[0, 1]`` -> ``params`` ``(B, 5)``, ``aligned`` ``(B, 1, H', W')``.
+
+        ``out_size = (H', W')`` defaults to the input's size.
+        """
+        params = self.predict_params(x)
+        aligned = warp(x, params, out_size=out_size, padding_mode=self.padding_mode)
+        return {"params": params, "aligned": aligned}
+
+
+# ---------------------------------------------------------------------------- boxes and masks (numpy)
+def _params_np(params) -> np.ndarray:
+    p = params.detach().cpu().double().numpy() if isinstance(params, Tensor) else np.asarray(params, np.float64)
+    p = p.reshape(-1)
+    if p.shape != (5,):
+        raise ValueError(f"params must have 5 values (tx, ty, sx, sy, theta), got shape {p.shape}")
+    return p
+
+
+def _matrix_np(params) -> tuple[np.ndarray, np.ndarray]:
+    """``(M (2, 2), t (2,))`` float64 with ``q = M p + t`` mapping aligned -> original normalized coords."""
+    tx, ty, sx, sy, th = _params_np(params)
+    c, s = math.cos(th), math.sin(th)
+    return np.array([[sx * c, -sy * s], [sx * s, sy * c]]), np.array([tx, ty])
+
+
+def _boxes_np(boxes) -> tuple[np.ndarray, bool]:
+    is_torch = isinstance(boxes, Tensor)
+    b = boxes.detach().cpu().double().numpy() if is_torch else np.asarray(boxes, np.float64)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"boxes must be (N, 4) (x, y, w, h), got shape {b.shape}")
+    return b, is_torch
+
+
+def _map_boxes(boxes: np.ndarray, src_size, dst_size, fn) -> np.ndarray:
+    """Map the 4 corners of every box through ``fn`` (normalized -> normalized) and take their bounds."""
+    sw, sh = float(src_size[0]), float(src_size[1])
+    dw, dh = float(dst_size[0]), float(dst_size[1])
+    x, y, w, h = boxes.T
+    cx = np.stack([x, x + w, x, x + w], axis=1)  # (N, 4) corner pixel coordinates
+    cy = np.stack([y, y, y + h, y + h], axis=1)
+    pts = np.stack([2.0 * cx / sw - 1.0, 2.0 * cy / sh - 1.0], axis=-1)  # (N, 4, 2) normalized
+    q = fn(pts)  # (N, 4, 2)
+    ux = (q[..., 0] + 1.0) * dw / 2.0
+    uy = (q[..., 1] + 1.0) * dh / 2.0
+    x0, y0 = ux.min(axis=1), uy.min(axis=1)
+    return np.stack([x0, y0, ux.max(axis=1) - x0, uy.max(axis=1) - y0], axis=1)
+
+
+def _as_output(out: np.ndarray, like, is_torch: bool):
+    return torch.as_tensor(out, dtype=like.dtype if like.is_floating_point() else torch.float64) if is_torch else out
+
+
+def boxes_to_aligned(boxes_xywh, params, src_size: Sequence[float], dst_size: Sequence[float]):
+    """Boxes ``(N, 4)`` ``(x, y, w, h)`` in the original image (size ``src_size = (W, H)``) to the aligned
+    image (size ``dst_size = (W', H')``) warped with ``params``: the axis-aligned bounding box of the
+    four mapped corners (exact for rotation 0). Not clipped to the image. numpy in, numpy out (float64);
+    torch in, torch out."""
+    b, is_torch = _boxes_np(boxes_xywh)
+    m, t = _matrix_np(params)
+    m_inv = np.linalg.inv(m)
+    out = _map_boxes(b, src_size, dst_size, lambda q: (q - t) @ m_inv.T)  # p = M^-1 (q - t)
+    return _as_output(out, boxes_xywh, is_torch)
+
+
+def boxes_to_original(boxes_xywh, params, aligned_size: Sequence[float], orig_size: Sequence[float]):
+    """Boxes ``(N, 4)`` in the aligned frame (size ``aligned_size = (W', H')``) back to the original image
+    (``orig_size = (W, H)``): bounding box of the mapped corners ``q = A p``. Not clipped."""
+    b, is_torch = _boxes_np(boxes_xywh)
+    m, t = _matrix_np(params)
+    out = _map_boxes(b, aligned_size, orig_size, lambda p: p @ m.T + t)
+    return _as_output(out, boxes_xywh, is_torch)
+
+
+def mask_to_original(mask, params, orig_size: Sequence[int]):
+    """Rasterize a cell mask ``(h, w)`` of the aligned frame into the original image frame ``(H, W)``.
+
+    Every original pixel center ``(j + 0.5, i + 0.5)`` is mapped to the aligned frame with the inverse
+    transform and takes the value of the cell it falls in (0/False outside the aligned image), so grid
+    cells become rotated, scaled quads. Works for bool and float masks (probability maps); numpy or torch
+    in, the same kind and dtype out.
+    """
+    is_torch = isinstance(mask, Tensor)
+    m_arr = mask.detach().cpu().numpy() if is_torch else np.asarray(mask)
+    if m_arr.ndim != 2:
+        raise ValueError(f"mask must be (h, w), got shape {m_arr.shape}")
+    gh, gw = m_arr.shape
+    W, H = int(orig_size[0]), int(orig_size[1])
+    m, t = _matrix_np(params)
+    m_inv = np.linalg.inv(m)
+    qx = 2.0 * (np.arange(W) + 0.5) / W - 1.0  # pixel centers, normalized
+    qy = 2.0 * (np.arange(H) + 0.5) / H - 1.0
+    q = np.stack(np.meshgrid(qx, qy, indexing="xy"), axis=-1) - t  # (H, W, 2)
+    p = q @ m_inv.T  # aligned-frame normalized coordinates
+    col = np.floor((p[..., 0] + 1.0) / 2.0 * gw).astype(np.int64)
+    row = np.floor((p[..., 1] + 1.0) / 2.0 * gh).astype(np.int64)
+    inside = (col >= 0) & (col < gw) & (row >= 0) & (row < gh)
+    out = np.zeros((H, W), dtype=m_arr.dtype)
+    out[inside] = m_arr[row[inside], col[inside]]
+    return torch.from_numpy(out) if is_torch else out
+
+
+# ------------------------------------------------------------------------------------ structure loss
+def _feature_net(name: str, pretrained: bool, seed: int) -> nn.Module | None:
+    """The frozen feature extractor ``N_feat`` of equation 2 (None for ``"none"``)."""
+    import torchvision.models as tvm
+
+    if name == "none":
+        return None
+    if name not in ("vgg16", "resnet18"):
+        raise ValueError(f"feature_net must be 'vgg16', 'resnet18' or 'none', got {name!r}")
+    sd = load_pretrained_or_warn(name) if pretrained else None
+    # Without ImageNet weights: a fixed random init from `seed` (the global RNG is left untouched).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = tvm.vgg16(weights=None) if name == "vgg16" else tvm.resnet18(weights=None)
+    if sd is not None:
+        net.load_state_dict(sd)
+    if name == "vgg16":
+        feats = net.features[:9]  # conv1_1 .. relu2_2 (Johnson et al.): (B, 128, H/2, W/2)
+    else:
+        feats = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)  # (B, 64, H/4, W/4)
+    for p in feats.parameters():
+        p.requires_grad_(False)
+    return feats.eval()
+
+
+class StructureLoss(nn.Module):
+    """Structure loss ``L_s = feat_weight * L_feat + pixel_weight * L_pixel`` (section 3.1).
+
+    ``L_feat`` is equation 2, ``||N(a) - N(t)||_2 / (C H W)`` per image (the paper's non-squared norm;
+    ``squared=True`` gives Johnson et al.'s ``||.||_2^2 / (C H W)``), averaged over the batch; ``N`` is a
+    frozen VGG-16 up to relu2_2 (or ResNet-18 to layer1), ImageNet weights from the local cache, a fixed
+    seeded random init otherwise. ``L_pixel`` is the mean squared pixel difference.
+
+    Call with ``aligned`` ``(B, 1, H, W)`` and ``target`` ``(1|B, 1, H, W)``, gray ``[0, 1]``; returns
+    ``{"total", "feat", "pixel"}`` scalars.
+    """
+
+    def __init__(self, feat_weight: float = 1.0, pixel_weight: float = 1.0, feature_net: str = "vgg16",
+                 squared: bool = False, pretrained: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        self.feat_weight = float(feat_weight)
+        self.pixel_weight = float(pixel_weight)
+        self.squared = squared
+        self.features = _feature_net(feature_net, pretrained, seed)
+
+    def train(self, mode: bool = True) -> "StructureLoss":
+        super().train(mode)
+        if self.features is not None:
+            self.features.eval()  # frozen: BatchNorm (resnet18) keeps its statistics
+        return self
+
+    def forward(self, aligned: Tensor, target: Tensor) -> dict[str, Tensor]:
+        if aligned.ndim != 4 or aligned.shape[1] != 1:
+            raise ValueError(f"aligned must be (B, 1, H, W), got shape {tuple(aligned.shape)}")
+        if target.ndim != 4 or target.shape[1:] != aligned.shape[1:] or target.shape[0] not in (1, aligned.shape[0]):
+            raise ValueError(f"target shape {tuple(target.shape)} does not match aligned {tuple(aligned.shape)}")
+        target = target.to(aligned.dtype).expand_as(aligned)
+        pixel = F.mse_loss(aligned, target)
+        if self.features is None:
+            feat = aligned.new_zeros(())
+        else:
+            fa = self.features(gray_to_input(aligned))  # (B, C, H', W')
+            with torch.no_grad():
+                ft = self.features(gray_to_input(target))
+            diff = (fa - ft).flatten(1)  # (B, CHW)
+            chw = diff.shape[1]
+            per_image = diff.pow(2).sum(1) if self.squared else torch.linalg.vector_norm(diff, dim=1)
+            feat = (per_image / chw).mean()
+        total = self.feat_weight * feat + self.pixel_weight * pixel
+        return {"total": total, "feat": feat, "pixel": pixel}

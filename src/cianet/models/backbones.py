@@ -1,0 +1,159 @@
+"""ResNet backbones (torchvision) and the input convention shared by every network.
+
+Networks take ``(B, 3, S, S)`` tensors: the grayscale X-ray in ``[0, 1]`` replicated to three channels and
+normalized with the ImageNet statistics (:func:`gray_to_input`); ``S`` is a multiple of 32 so that C4 and C5
+are exactly ``S/16`` and ``S/32``.
+
+ImageNet weights are only ever read from the local torch hub cache (``torch.hub.get_dir()/checkpoints``):
+the checkpoint file is checked before torchvision is asked for it, so an offline machine never attempts a
+download (and never hangs). Downloading is allowed only when asked for (``allow_download=True`` or the
+environment variable ``CIANET_ALLOW_DOWNLOAD=1``). Without weights the caller gets one logged line and a
+randomly initialized network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+#: name -> (C4 channels, C5 channels)
+RESNET_CHANNELS: dict[str, tuple[int, int]] = {
+    "resnet18": (256, 512),
+    "resnet34": (256, 512),
+    "resnet50": (1024, 2048),
+    "resnet101": (1024, 2048),
+}
+
+#: Environment variable that lets :func:`load_pretrained_or_warn` download missing weights.
+ALLOW_DOWNLOAD_ENV = "CIANET_ALLOW_DOWNLOAD"
+
+
+def gray_to_input(x: Tensor) -> Tensor:
+    """Grayscale ``[0, 1]`` images to network input.
+
+    Args:
+        x: ``(B, 1, H, W)`` float tensor in ``[0, 1]``.
+
+    Returns:
+        ``(B, 3, H, W)``: the channel replicated three times and normalized with the ImageNet mean/std.
+    """
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"gray_to_input expects a (B, 1, H, W) tensor, got shape {tuple(x.shape)}")
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x.expand(-1, 3, -1, -1) - mean) / std
+
+
+def check_input(x: Tensor, channels: int = 3, name: str = "input") -> None:
+    """Raise ``ValueError`` naming the shape unless ``x`` is ``(B, channels, H, W)`` with H, W multiples of 32."""
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(f"{name} must be a (B, {channels}, H, W) tensor, got shape {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if h % 32 or w % 32 or h == 0 or w == 0:
+        raise ValueError(f"{name} spatial size must be a positive multiple of 32, got shape {tuple(x.shape)}")
+
+
+def _weights_enum(name: str) -> Any:
+    """torchvision's weights enum for ``name`` (e.g. ``ResNet50_Weights``)."""
+    import torchvision.models as tvm
+
+    enums = {
+        "resnet18": tvm.ResNet18_Weights,
+        "resnet34": tvm.ResNet34_Weights,
+        "resnet50": tvm.ResNet50_Weights,
+        "resnet101": tvm.ResNet101_Weights,
+        "vgg16": tvm.VGG16_Weights,
+    }
+    if name not in enums:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(enums)}")
+    return enums[name]
+
+
+def cached_weights_path(weights: Any) -> Path:
+    """Where torch hub caches the checkpoint of a torchvision weights entry."""
+    filename = os.path.basename(weights.url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def load_pretrained_or_warn(name: str, allow_download: bool | None = None) -> dict[str, Tensor] | None:
+    """ImageNet state dict of torchvision model ``name`` from the local cache, or ``None`` with one warning.
+
+    The classic ``IMAGENET1K_V1`` weights (what the paper's ResNet-50 was) are preferred; any other
+    ImageNet entry of the enum found in the cache is used otherwise. The cache is checked *before*
+    torchvision is called, so nothing is downloaded unless ``allow_download`` is true (default: the
+    ``CIANET_ALLOW_DOWNLOAD`` environment variable is ``1``/``true``/``yes``).
+    """
+    enum = _weights_enum(name)
+    entries = [enum.IMAGENET1K_V1] + [w for w in enum if w is not enum.IMAGENET1K_V1]
+    if allow_download is None:
+        allow_download = os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip().lower() in {"1", "true", "yes"}
+    for weights in entries:
+        if cached_weights_path(weights).is_file():
+            try:
+                return weights.get_state_dict(progress=False, check_hash=False)
+            except Exception as exc:  # corrupt cache file: say so and fall back
+                log.warning("could not read cached %s weights %s (%s); using random init",
+                            name, cached_weights_path(weights), exc)
+                return None
+    if allow_download:
+        try:
+            return entries[0].get_state_dict(progress=True)
+        except Exception as exc:
+            log.warning("downloading ImageNet weights for %s failed (%s); using random init", name, exc)
+            return None
+    log.warning(
+        "ImageNet weights for %s not in the local torch hub cache (%s); using random init "
+        "(set %s=1 to allow downloading)",
+        name, cached_weights_path(entries[0]), ALLOW_DOWNLOAD_ENV,
+    )
+    return None
+
+
+def resnet_trunk(
+    name: str = "resnet50",
+    pretrained: bool = False,
+    upto: str = "c5",
+    state_dict: dict[str, Tensor] | None = None,
+) -> tuple[nn.Sequential, int]:
+    """A torchvision ResNet cut after stage 4 (``upto="c4"``, stride 16) or stage 5 (``"c5"``, stride 32).
+
+    Args:
+        name: ``resnet18 | resnet34 | resnet50 | resnet101``.
+        pretrained: load ImageNet weights from the local cache (see :func:`load_pretrained_or_warn`);
+            ignored when ``state_dict`` is given.
+        upto: ``"c4"`` or ``"c5"``.
+        state_dict: torchvision ResNet state dict to load (lets a caller read the checkpoint once for
+            several trunks).
+
+    Returns:
+        ``(trunk, channels)``; ``trunk`` maps ``(B, 3, S, S)`` to ``(B, channels, S/16|S/32, S/16|S/32)``.
+        Its children keep torchvision's names (``conv1, bn1, relu, maxpool, layer1..layer4``).
+    """
+    import torchvision.models as tvm
+
+    if name not in RESNET_CHANNELS:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(RESNET_CHANNELS)}")
+    if upto not in ("c4", "c5"):
+        raise ValueError(f"upto must be 'c4' or 'c5', got {upto!r}")
+    net = getattr(tvm, name)(weights=None)
+    if state_dict is None and pretrained:
+        state_dict = load_pretrained_or_warn(name)
+    if state_dict is not None:
+        net.load_state_dict(state_dict)
+    names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"]
+    if upto == "c5":
+        names.append("layer4")
+    trunk = nn.Sequential(OrderedDict((n, getattr(net, n)) for n in names))
+    c4, c5 = RESNET_CHANNELS[name]
+    return trunk, (c5 if upto == "c5" else c4)
