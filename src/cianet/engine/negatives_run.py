@@ -54,7 +54,7 @@ def pairing_for_run(cfg: Config, data, source) -> tuple[Callable[[int], Pairing]
         return (lambda epoch: None), (lambda epoch: None), None
     canonical = _load_canonical(cfg, cfg.data.image_size) if strategy == "canonical" else None
     if strategy == "canonical":
-        return (lambda e: dict.fromkeys(data.train)), (lambda e: dict.fromkeys(data.test)), canonical
+        return (lambda e: dict.fromkeys(data.train)), (lambda e: dict.fromkeys(data.test + data.auc_extra)), canonical
     index = data.index
     patients = {r.name: r.patient_id for r in index.records}
     available = set()
@@ -67,7 +67,8 @@ def pairing_for_run(cfg: Config, data, source) -> tuple[Callable[[int], Pairing]
             available = set()
     from cianet.engine.pipeline import negative_pool
 
-    pool = negative_pool(index, exclude=set(data.test), available=available)
+    held_out = set(data.test) | set(data.auc_extra)
+    pool = negative_pool(index, exclude=held_out, available=available)
     if not pool:
         raise ValueError("no No Finding image is available as a negative (CIA-Net needs negatives)")
     from cianet.negatives import NegativeSampler
@@ -79,9 +80,9 @@ def pairing_for_run(cfg: Config, data, source) -> tuple[Callable[[int], Pairing]
             pats = [patients[n] for n in names]
             return lambda e: dict(zip(names, sampler.pair(names, patients=pats, epoch=offset + e)))
 
-        return pair_random(list(data.train), 0), pair_random(list(data.test), 10_000), None
+        return pair_random(list(data.train), 0), pair_random(list(data.test) + list(data.auc_extra), 10_000), None
     # sim: fixed pairs, computed once and cached in the run folder (refused if made with another pool)
-    names = list(dict.fromkeys(list(data.train) + list(data.test)))
+    names = list(dict.fromkeys(list(data.train) + list(data.test) + list(data.auc_extra)))
     cache_file = Path(cfg.run.out) / "pairs.json"
     found: list | None = None
     if cache_file.exists():

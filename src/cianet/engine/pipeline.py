@@ -4,6 +4,9 @@ Choices the paper leaves open (see docs/method.md, "Training protocol"):
 - The negative pool is every No Finding image that is not a test image of the run, so a test image is never
   anybody's negative and test negatives come from the training pool. With exclude_same_patient the pair never
   shares a patient.
+- Localization protocols test localization on fold k's annotated images; AUC is measured on those plus the
+  unannotated images that training left out whose patients have no training image (``auc_extra``), so the
+  AUC has negatives too. With 100% unannotated training images that set is empty.
 - ``max_images`` caps the training list (annotated training images are kept first) and the test list, for
   reduced runs; the caps are deterministic in the seed.
 """
@@ -26,6 +29,9 @@ class RunData:
     test: list[str]
     box_names: set[str]  # training images whose boxes supervise (eq. 6 lambda)
     val: list[str] = field(default_factory=list)
+    #: image-level test images added for AUC only (localization protocols: unannotated images of patients
+    #: not in training); localization is measured on ``test`` alone
+    auc_extra: list[str] = field(default_factory=list)
     description: str = ""
     excluded: dict = field(default_factory=dict)
 
@@ -98,6 +104,10 @@ def build_run_data(cfg: Config, index=None) -> RunData:
             description=proto.description,
             excluded=proto.excluded,
         )
+        train_patients = {index[n].patient_id for n in data.train}
+        taken = set(data.train) | set(data.test)
+        data.auc_extra = [r.name for r in index.records
+                          if not r.boxes and r.name not in taken and r.patient_id not in train_patients]
     else:
         raise ValueError(f"protocol.kind must be 'localization' or 'classification', got {p.kind!r}")
     n = cfg.data.max_images
@@ -106,6 +116,7 @@ def build_run_data(cfg: Config, index=None) -> RunData:
         data.box_names &= set(data.train)
         data.test = _cap(data.test, max(1, n // 4), cfg.run.seed + 1)
         data.val = _cap(data.val, max(1, n // 8), cfg.run.seed + 2)
+        data.auc_extra = _cap(data.auc_extra, max(1, n // 4), cfg.run.seed + 3)
     if not data.train:
         raise ValueError(f"the protocol ({data.description}) leaves no training image")
     return data

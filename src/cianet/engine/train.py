@@ -313,7 +313,8 @@ def make_loaders(cfg: Config, data, rank: int = 0, world: int = 1, epoch_seed: i
     pair_train, pair_test, canonical = pairing_for_run(cfg, data, source)
     labels, boxes = data.labels, data.boxes
     train_ds = PairedXrayDataset(data.train, labels, boxes, source, data.box_names, None, canonical, pair_fn=pair_train)
-    test_ds = PairedXrayDataset(data.test, labels, boxes, source, set(data.test), pair_test(0), canonical)
+    test_names = list(data.test) + list(data.auc_extra)
+    test_ds = PairedXrayDataset(test_names, labels, boxes, source, set(data.test), pair_test(0), canonical)
 
     def train_loader(epoch: int):
         train_ds.set_epoch(epoch)
@@ -367,7 +368,7 @@ def fit(cfg: Config, resume: bool = False) -> Path:
     data = build_run_data(cfg)
     if is_main:
         atomic_write_json(out / "split.json", {
-            "description": data.description, "train": data.train, "test": data.test,
+            "description": data.description, "train": data.train, "test": data.test, "auc_extra": data.auc_extra,
             "box_supervised": sorted(data.box_names), "excluded": data.excluded,
         })
     model = build_network(cfg).to(device)

@@ -1,0 +1,37 @@
+"""`cianet demo --fast` end to end: every stage runs, the report holds both models' tables and figures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_fast_demo_writes_a_complete_report(tmp_path, capsys):
+    from cianet.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--fast", "--out", str(out), "--no-progress", "--n-images", "200"]) == 0
+    report = (out / "report.md").read_text()
+    assert "report:" in capsys.readouterr().out
+    for heading in ("## Verdict", "## Localization accuracy", "## Classification AUC", "| 0.5 | Base |", "CIA-Net"):
+        assert heading in report
+    assert ("beats" in report) or ("ties with" in report)  # the verdict says one or the other
+    for fig in ("canonical.png", "alignment.png", "attention.png", "boxes.png"):
+        assert (out / "figures" / fig).stat().st_size > 1000, fig
+    for kind in ("baseline", "cianet"):
+        m = json.loads((out / "runs" / kind / "metrics.json").read_text())
+        assert set(m["localization"]) == {"0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7"}
+        accs = [v for row in m["localization"].values() for v in row.values() if v is not None]
+        assert all(0.0 <= v <= 1.0 for v in accs)
+        assert m["n_boxes"] > 0
+        assert m["auc"]["Mean"] is None or 0.0 <= m["auc"]["Mean"] <= 1.0
+    timings = json.loads((out / "timings.json").read_text())
+    assert math.isfinite(timings["total"])
+    # a second run resumes: every stage is skipped, the report is rewritten
+    assert main(["demo", "--fast", "--out", str(out), "--no-progress", "--n-images", "200"]) == 0
+    again = json.loads((out / "timings.json").read_text())
+    assert again["train cianet"] < timings["train cianet"]
