@@ -1,0 +1,706 @@
+"""Synthetic chest X-ray phantom: an NIH ChestX-ray14-shaped data set with known ground truth.
+
+:func:`generate_dataset` writes, under ``out_dir``::
+
+    images/00000001_000.png ...   8-bit grayscale PNGs, S x S, NIH names (8-digit patient, 3-digit follow-up)
+    Data_Entry_2017.csv           NIH v2017 header and layout (trailing empty column included)
+    BBox_List_2017.csv            NIH header ("Bbox [x,y,w,h],,,"), boxes of the *annotated* images only,
+                                  in the written images' pixel frame; Infiltration is spelled "Infiltrate"
+    train_val_list.txt, test_list.txt   patient-disjoint, about 80 / 20
+    synth_truth.csv               the ground truth of every image (below)
+    synth_meta.json               the generation arguments and a summary
+
+Each image is drawn analytically from a per-patient :class:`~cianet.data.synth_anatomy.Anatomy` (follow-ups
+vary slightly) or, with ``backgrounds``, from a real No Finding X-ray; findings
+(:mod:`cianet.data.synth_findings`) are defined in the patient frame.
+
+Deformation convention (the one of docs/architecture.md). A deformed ("bad scan") image is recorded with the
+alignment parameters ``(tx, ty, sx, sy, theta)`` that *undo* it. With
+``A = [[sx cos t, -sy sin t, tx], [sx sin t, sy cos t, ty]]`` acting on normalized coordinates
+(``x = 2u/W - 1``, pixel ``j`` centred at ``u = j + 0.5``, y down), the written image is
+``written(q) = undeformed(A^-1 q)``, so ``undeformed(p) = written(A p)``: warping the written image with
+``affine_grid(A)`` + ``grid_sample(align_corners=False)`` gives back the undeformed rendering (up to
+interpolation, and except where ``A p`` leaves the field of view). Undeformed images record the identity
+``(0, 0, 1, 1, 0)``. The written image is drawn directly at the patient-frame points ``A^-1 q``, so it is as
+sharp as an undeformed one.
+
+Boxes. A lesion's box is the bounding box of its footprint (the written pixels it changes) in the written
+image: ``x, y`` the top-left pixel corner, ``w, h`` in pixels, so it lies in the image and covers the lesion.
+
+``synth_truth.csv`` has one row per box (box classes, all images, ``in_bbox_list`` 1 when the box is in
+BBox_List_2017.csv) and one row with empty box fields for an image without boxes. Columns: ``Image Index,
+Patient ID, Follow-up #, deformed, strength (none/mild/strong), tx, ty, sx, sy, theta, Finding Labels,
+annotated, background, box_label, x, y, w, h, in_bbox_list``.
+
+Determinism: the data set plan (patients, labels, annotated and deformed images) comes from ``seed``; each
+image from a generator seeded with ``(seed, image index)`` (its patient's anatomy from ``(seed, patient)``),
+so the bytes do not depend on the number of workers. PNGs are written with fixed settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import math
+import multiprocessing
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from cianet.data.synth_anatomy import (
+    Anatomy,
+    anatomy_layers,
+    inverse_tone,
+    lung_sdf,
+    ramp,
+    sample_anatomy,
+    tone,
+    vary_anatomy,
+)
+from cianet.data.synth_findings import (
+    Finding,
+    FindingContext,
+    apply_anatomy_findings,
+    finding_effect,
+    sample_findings,
+)
+from cianet.labels import BOX_LABELS, LABELS, NO_FINDING
+from cianet.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+
+Array = np.ndarray
+
+IDENTITY: tuple[float, float, float, float, float] = (0.0, 0.0, 1.0, 1.0, 0.0)
+
+#: Ranges of the undo parameters: |tx|, |ty| <= shift; sx, sy in scale; |theta| <= rot_deg.
+DEFORMATION_RANGES: dict[str, dict] = {
+    "mild": {"shift": 0.05, "scale": (0.93, 1.07), "rot_deg": 5.0},
+    "strong": {"shift": 0.15, "scale": (0.8, 1.2), "rot_deg": 15.0},
+}
+
+DATA_ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+)
+BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+#: BBox_List_2017.csv spells Infiltration this way.
+BBOX_SPELLING = {"Infiltration": "Infiltrate"}
+TRUTH_COLUMNS = (
+    "Image Index", "Patient ID", "Follow-up #", "deformed", "strength", "tx", "ty", "sx", "sy", "theta",
+    "Finding Labels", "annotated", "background", "box_label", "x", "y", "w", "h", "in_bbox_list",
+)
+
+#: Relative frequency of each label among the findings of positive images (box classes favoured).
+LABEL_WEIGHTS: dict[str, float] = {
+    "Atelectasis": 1.0, "Cardiomegaly": 0.8, "Effusion": 1.0, "Infiltration": 1.1, "Mass": 0.8,
+    "Nodule": 0.9, "Pneumonia": 0.6, "Pneumothorax": 0.8, "Consolidation": 0.45, "Edema": 0.35,
+    "Emphysema": 0.4, "Fibrosis": 0.35, "Pleural_Thickening": 0.45, "Hernia": 0.15,
+}
+#: P(1, 2, 3 findings) for a positive image.
+N_FINDINGS_P = (0.72, 0.21, 0.07)
+#: Field of view of the pretend original radiograph (mm), for OriginalImagePixelSpacing.
+FIELD_OF_VIEW_MM = 358.0
+_NAME_RE = re.compile(r"^\d{8}_\d{3}\.png$")
+
+
+class SynthBox(NamedTuple):
+    """A box in the pixel frame of the written image (``x, y`` top-left corner, pixels)."""
+
+    label: str
+    x: float
+    y: float
+    w: float
+    h: float
+
+
+class Rendering(NamedTuple):
+    """undeformed, deformed: float32 (S, S) in [0, 1]; boxes: in the deformed (written) frame; params: the
+    5 alignment parameters that undo the deformation."""
+
+    undeformed: Array
+    deformed: Array
+    boxes: list[SynthBox]
+    params: tuple[float, float, float, float, float]
+
+
+@dataclass
+class ImageSpec:
+    """Everything that determines one image (the anatomy before the findings change it)."""
+
+    anatomy: Anatomy
+    findings: tuple[Finding, ...] = ()
+    params: tuple[float, float, float, float, float] = IDENTITY
+    noise_seed: int = 0
+    background: Array | None = None  # (S, S) float32 in [0, 1], real No Finding X-ray
+    strength: str = "none"
+
+
+# -------------------------------------------------------------------------------------------- geometry
+
+
+def params_to_matrix_np(params: Sequence[float]) -> Array:
+    """(tx, ty, sx, sy, theta) -> the (2, 3) float64 matrix A of docs/architecture.md."""
+    tx, ty, sx, sy, t = (float(v) for v in params)
+    c, s = math.cos(t), math.sin(t)
+    return np.array([[sx * c, -sy * s, tx], [sx * s, sy * c, ty]], dtype=np.float64)
+
+
+def invert_affine(A: Array) -> Array:
+    """Inverse of a (2, 3) affine map."""
+    M = np.linalg.inv(A[:, :2])
+    return np.concatenate([M, -(M @ A[:, 2:])], axis=1)
+
+
+def pixel_centres(size: int) -> Array:
+    """Normalized coordinates of the pixel centres, (size,) float64 (align_corners=False)."""
+    return (np.arange(size, dtype=np.float64) + 0.5) * (2.0 / size) - 1.0
+
+
+def patient_grid(size: int, params: Sequence[float]) -> tuple[Array, Array]:
+    """Patient-frame coordinates (X, Y), each (S, S) float32, of the written pixels: ``A^-1 q``."""
+    c = pixel_centres(size)
+    qx, qy = np.meshgrid(c, c)
+    Ai = invert_affine(params_to_matrix_np(params))
+    X = Ai[0, 0] * qx + Ai[0, 1] * qy + Ai[0, 2]
+    Y = Ai[1, 0] * qx + Ai[1, 1] * qy + Ai[1, 2]
+    return X.astype(np.float32), Y.astype(np.float32)
+
+
+def bilinear_sample(img: Array, X: Array, Y: Array) -> Array:
+    """``grid_sample(img, (X, Y), bilinear, zeros padding, align_corners=False)`` in numpy.
+
+    img: (H, W); X, Y: normalized coordinates of any shape; returns float32 of X's shape.
+    """
+    H, W = img.shape
+    ix = ((X.astype(np.float64) + 1.0) * W - 1.0) / 2.0
+    iy = ((Y.astype(np.float64) + 1.0) * H - 1.0) / 2.0
+    x0 = np.floor(ix).astype(np.int64)
+    y0 = np.floor(iy).astype(np.int64)
+    wx = ix - x0
+    wy = iy - y0
+    out = np.zeros(X.shape, dtype=np.float64)
+    for dy, fy in ((0, 1.0 - wy), (1, wy)):
+        for dx, fx in ((0, 1.0 - wx), (1, wx)):
+            xx, yy = x0 + dx, y0 + dy
+            ok = (xx >= 0) & (xx < W) & (yy >= 0) & (yy < H)
+            v = img[np.clip(yy, 0, H - 1), np.clip(xx, 0, W - 1)]
+            out += np.where(ok, v, 0.0) * fx * fy
+    return out.astype(np.float32)
+
+
+def gaussian_blur(img: Array, sigma: float) -> Array:
+    """Separable Gaussian blur (reflect padding), (H, W) float32."""
+    if sigma <= 0:
+        return img
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k = (k / k.sum()).astype(np.float32)
+    out = img.astype(np.float32)
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (r, r)
+        p = np.pad(out, pad, mode="reflect")
+        acc = np.zeros_like(out)
+        n = out.shape[axis]
+        for i, w in enumerate(k):
+            acc += w * (p[i : i + n] if axis == 0 else p[:, i : i + n])
+        out = acc
+    return out
+
+
+def mask_to_box(mask: Array) -> tuple[float, float, float, float] | None:
+    """Bounding box (x, y, w, h) in pixels of a bool (H, W) mask, None when empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return float(cols[0]), float(rows[0]), float(cols[-1] + 1 - cols[0]), float(rows[-1] + 1 - rows[0])
+
+
+def sample_deformation(rng: np.random.Generator, strength: str) -> tuple[float, float, float, float, float]:
+    """Undo parameters of a random deformation: ``strength`` in {"none", "mild", "strong"}."""
+    if strength == "none":
+        return IDENTITY
+    if strength not in DEFORMATION_RANGES:
+        raise ValueError(f"unknown deformation strength {strength!r}; expected none, mild or strong")
+    r = DEFORMATION_RANGES[strength]
+    tx, ty = rng.uniform(-r["shift"], r["shift"], size=2)
+    sx, sy = rng.uniform(*r["scale"], size=2)
+    theta = math.radians(rng.uniform(-r["rot_deg"], r["rot_deg"]))
+    return float(tx), float(ty), float(sx), float(sy), float(theta)
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+
+def template_anatomy() -> Anatomy:
+    """The average chest used to place findings on real backgrounds."""
+    return Anatomy()
+
+
+def _render_frame(spec: ImageSpec, size: int, params: Sequence[float]) -> tuple[Array, list[Array]]:
+    """Noise-free rendering (S, S) float32 in [0, 1] at the written pixels of ``params``, plus the footprint
+    (bool (S, S)) of each finding."""
+    X, Y = patient_grid(size, params)
+    pix = 2.0 / size
+    real = spec.background is not None
+    anat = apply_anatomy_findings(spec.anatomy, spec.findings, drawn=not real)
+    if real:
+        dens = inverse_tone(bilinear_sample(spec.background, X, Y), anat.exposure)
+        lungs = np.zeros_like(X)
+        for side in (-1, 1):
+            lungs = lungs + ramp(lung_sdf(X, Y, anat, side), 6.0 * pix)
+        ctx = FindingContext(X, Y, anat, pix, lungs, background=(dens, gaussian_blur(dens, 4.0)))
+        D = dens.copy()
+        markings = None
+    else:
+        layers = anatomy_layers(X, Y, anat, pix)
+        ctx = FindingContext(X, Y, anat, pix, layers.lungs)
+        D = layers.base
+        markings = layers.markings
+    footprints = []
+    for f in spec.findings:
+        eff = finding_effect(f, ctx)
+        if eff.add is not None:
+            D = D + eff.add
+        if eff.markings_scale is not None and markings is not None:
+            markings = markings * eff.markings_scale
+        footprints.append(eff.footprint)
+    if markings is not None:
+        D = D + markings
+    return tone(D, anat.exposure).astype(np.float32), footprints
+
+
+def _add_noise(img: Array, seed: int, real: bool) -> Array:
+    """Detector effects in the written frame: film grain then a slight blur."""
+    rng = np.random.default_rng(seed)
+    grain = rng.uniform(0.004, 0.01) if real else rng.uniform(0.012, 0.028)
+    sigma = rng.uniform(0.4, 0.9)
+    noisy = img + grain * rng.standard_normal(img.shape, dtype=np.float32)
+    return np.clip(gaussian_blur(noisy, sigma), 0.0, 1.0)
+
+
+def render_spec(spec: ImageSpec, size: int, noise: bool = True, undeformed: bool = True) -> Rendering:
+    """Render an :class:`ImageSpec`: the undeformed image (only when ``undeformed``; else None), the written
+    (deformed) image, its boxes and the undo parameters. ``noise=False`` gives the exact analytic rendering."""
+    img, feet = _render_frame(spec, size, spec.params)
+    boxes = []
+    for f, foot in zip(spec.findings, feet):
+        if f.has_box:
+            b = mask_to_box(foot)
+            if b is not None:
+                boxes.append(SynthBox(f.label, *b))
+    und = None
+    if undeformed:
+        und = img if tuple(spec.params) == IDENTITY else _render_frame(spec, size, IDENTITY)[0]
+    if noise:
+        real = spec.background is not None
+        img = _add_noise(img, spec.noise_seed, real)
+        if und is not None:
+            und = _add_noise(und, spec.noise_seed, real)
+    return Rendering(und, img, boxes, tuple(float(v) for v in spec.params))
+
+
+def render_image(
+    anatomy: Anatomy,
+    findings: Sequence[Finding] = (),
+    params: Sequence[float] = IDENTITY,
+    size: int = 256,
+    noise: bool = True,
+    noise_seed: int = 0,
+    background: Array | None = None,
+) -> Rendering:
+    """Render one image with an explicit deformation.
+
+    Returns ``(undeformed, deformed, boxes, params)``: float32 (S, S) images in [0, 1], the boxes of the
+    box-class findings in the deformed image's pixel frame, and ``params`` (the undo parameters, see the
+    module docstring). ``background``: a real X-ray (S, S) float32 in [0, 1] drawn instead of the anatomy
+    (``anatomy`` then only places the findings; use :func:`template_anatomy`).
+    """
+    spec = ImageSpec(anatomy, tuple(findings), tuple(float(v) for v in params), noise_seed, background)
+    return render_spec(spec, size, noise=noise)
+
+
+def sample_spec(
+    rng: np.random.Generator,
+    labels: Sequence[str] = (),
+    strength: str = "none",
+    anatomy: Anatomy | None = None,
+    background: Array | None = None,
+) -> ImageSpec:
+    """A random image: anatomy (drawn when None), deformation of ``strength``, findings for ``labels``."""
+    for lab in labels:
+        if lab not in LABELS:
+            raise ValueError(f"unknown label {lab!r}; expected one of {', '.join(LABELS)}")
+    if anatomy is None:
+        anatomy = template_anatomy() if background is not None else sample_anatomy(rng)
+    params = sample_deformation(rng, strength)
+    A = params_to_matrix_np(params)
+
+    def visible(x: float, y: float) -> bool:
+        qx, qy = A @ np.array([x, y, 1.0])
+        return abs(qx) < 0.85 and abs(qy) < 0.85
+
+    findings, _ = sample_findings(tuple(labels), anatomy, rng, visible=visible)
+    return ImageSpec(anatomy, findings, params, int(rng.integers(0, 2**31 - 1)), background, strength)
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+@dataclass
+class ImagePlan:
+    """What the data set plan fixes for one image before it is drawn."""
+
+    index: int
+    patient: int
+    follow_up: int
+    labels: tuple[str, ...]
+    annotated: bool
+    strength: str
+    age: int
+    view: str
+    female: bool = False
+    background: str | None = None  # path of the real background
+
+    @property
+    def name(self) -> str:
+        return f"{self.patient:08d}_{self.follow_up:03d}.png"
+
+
+def _exact_choice(rng: np.random.Generator, candidates: Sequence[int], share: float) -> set[int]:
+    """round(share * len(candidates)) of the candidates, at random."""
+    k = int(round(share * len(candidates)))
+    if k <= 0:
+        return set()
+    return {int(candidates[i]) for i in rng.permutation(len(candidates))[:k]}
+
+
+def plan_dataset(
+    n_images: int,
+    seed: int,
+    deform_share: float = 0.5,
+    strong_share: float = 0.3,
+    annotated_share: float = 0.3,
+    no_finding_share: float = 0.5,
+    images_per_patient: tuple[int, int] = (1, 4),
+    backgrounds: Sequence[str] | None = None,
+) -> list[ImagePlan]:
+    """Patients, labels, annotated and deformed images of a data set (exact shares, rounded)."""
+    rng = np.random.default_rng([seed, 7])
+    lo, hi = images_per_patient
+    patients: list[int] = []
+    pid = 0
+    while len(patients) < n_images:
+        pid += 1
+        patients.extend([pid] * int(rng.integers(lo, hi + 1)))
+    patients = patients[:n_images]
+    n_patients = patients[-1]
+    ages = rng.integers(18, 86, size=n_patients + 1)
+    bg_of_patient: dict[int, str] = {}
+    if backgrounds:
+        order = rng.permutation(len(backgrounds))
+        for p in range(1, n_patients + 1):
+            bg_of_patient[p] = str(backgrounds[int(order[(p - 1) % len(backgrounds)])])
+
+    positives = _exact_choice(rng, range(n_images), 1.0 - no_finding_share)
+    names = list(LABELS)
+    w = np.array([LABEL_WEIGHTS[lab] for lab in names])
+    labels: list[tuple[str, ...]] = []
+    for i in range(n_images):
+        if i not in positives:
+            labels.append(())
+            continue
+        k = int(rng.choice(3, p=N_FINDINGS_P)) + 1
+        pick = rng.choice(len(names), size=k, replace=False, p=w / w.sum())
+        labels.append(tuple(names[j] for j in sorted(pick)))
+    eligible = [i for i in range(n_images) if any(lab in BOX_LABELS for lab in labels[i])]
+    annotated = _exact_choice(rng, eligible, annotated_share)
+    deformed = sorted(_exact_choice(rng, range(n_images), deform_share))
+    strong = _exact_choice(rng, deformed, strong_share)
+
+    # Gender follows the drawn anatomy (breast shadows); on real backgrounds it is a seeded draw.
+    female = {
+        p: (bool(np.random.default_rng([seed, 3, p]).random() < 0.45) if backgrounds
+            else sample_anatomy(np.random.default_rng([seed, 0, p])).female)
+        for p in range(1, n_patients + 1)
+    }
+    plans = []
+    follow = 0
+    for i in range(n_images):
+        follow = follow + 1 if i > 0 and patients[i] == patients[i - 1] else 0
+        strength = "strong" if i in strong else ("mild" if i in set(deformed) else "none")
+        plans.append(ImagePlan(
+            index=i, patient=patients[i], follow_up=follow, labels=labels[i], annotated=i in annotated,
+            strength=strength, age=int(ages[patients[i]]) + follow // 4,
+            view="PA" if rng.random() < 0.75 else "AP", female=female[patients[i]],
+            background=bg_of_patient.get(patients[i]),
+        ))
+    return plans
+
+
+def split_patients(plans: Sequence[ImagePlan], seed: int, test_share: float = 0.2) -> tuple[list[str], list[str]]:
+    """Patient-disjoint (train_val, test) name lists, test about ``test_share`` of the images, sorted."""
+    rng = np.random.default_rng([seed, 11])
+    by_patient: dict[int, list[str]] = {}
+    for p in plans:
+        by_patient.setdefault(p.patient, []).append(p.name)
+    pids = sorted(by_patient)
+    target = test_share * len(plans)
+    test: list[str] = []
+    for j in rng.permutation(len(pids)):
+        if len(test) >= target:
+            break
+        test.extend(by_patient[pids[int(j)]])
+    test_set = set(test)
+    train = sorted(p.name for p in plans if p.name not in test_set)
+    return train, sorted(test_set)
+
+
+# ------------------------------------------------------------------------------------------ backgrounds
+
+
+def find_backgrounds(folder: str | os.PathLike) -> list[Path]:
+    """Real No Finding X-rays in ``folder`` (or ``folder/images``).
+
+    When the folder holds an NIH-style CSV (columns "Image Index" and "Finding Labels"), only its No Finding
+    images are used; otherwise every PNG/JPEG/DICOM image.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: backgrounds folder not found")
+    img_dir = root / "images" if (root / "images").is_dir() else root
+    files = {p.name: p for p in img_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm")}
+    wanted: set[str] | None = None
+    for csv_path in sorted(root.glob("*.csv")):
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not {"Image Index", "Finding Labels"} <= set(reader.fieldnames):
+                continue
+            wanted = wanted or set()
+            for row in reader:
+                if (row.get("Finding Labels") or "").strip() == NO_FINDING:
+                    wanted.add(row["Image Index"].strip())
+    if wanted is not None:
+        chosen = sorted(files[n] for n in wanted if n in files)
+        if not chosen:
+            raise ValueError(f"{root}: the CSV lists no No Finding image that is present in {img_dir}")
+        return chosen
+    if not files:
+        raise ValueError(f"{img_dir}: no PNG/JPEG/DICOM images to use as backgrounds")
+    return [files[n] for n in sorted(files)]
+
+
+@functools.lru_cache(maxsize=64)
+def load_background(path: str, size: int) -> Array:
+    """A real X-ray as float32 (size, size) in [0, 1] (cached per worker process).
+
+    Raises :class:`cianet.data.io.XrayReadError` (a ValueError naming the file) when it cannot be read.
+    """
+    from cianet.data.io import load_xray, resize_gray
+
+    return np.clip(resize_gray(load_xray(path), size), 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _png_bytes(img: Array) -> bytes:
+    """8-bit grayscale PNG with fixed settings (same pixels -> same bytes)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    u8 = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+    Image.fromarray(u8, mode="L").save(buf, format="PNG", compress_level=1, optimize=False)
+    return buf.getvalue()
+
+
+def build_spec(plan: ImagePlan, size: int, seed: int) -> ImageSpec:
+    """The image of a plan, drawn from generators seeded with (seed, patient) and (seed, image index)."""
+    rng = np.random.default_rng([seed, 1, plan.index])
+    background = None
+    if plan.background is not None:
+        base = template_anatomy()
+        bg = load_background(plan.background, size)
+        # A follow-up is the same radiograph, slightly repositioned.
+        jitter = (rng.uniform(-0.01, 0.01), rng.uniform(-0.01, 0.01), rng.uniform(0.99, 1.01),
+                  rng.uniform(0.99, 1.01), 0.0) if plan.follow_up else IDENTITY
+        if jitter != IDENTITY:
+            X, Y = patient_grid(size, jitter)
+            bg = bilinear_sample(bg, X, Y)
+        background = bg
+    else:
+        base = sample_anatomy(np.random.default_rng([seed, 0, plan.patient]))
+        base = vary_anatomy(base, rng) if plan.follow_up else base
+    return sample_spec(rng, plan.labels, plan.strength, anatomy=base, background=background)
+
+
+def _render_task(task: tuple[ImagePlan, int, int, str]) -> dict:
+    """Worker: draw one planned image, write its PNG atomically, return its truth."""
+    plan, size, seed, img_dir = task
+    spec = build_spec(plan, size, seed)
+    r = render_spec(spec, size, noise=True, undeformed=False)
+    with atomic_path(Path(img_dir) / plan.name) as tmp:
+        tmp.write_bytes(_png_bytes(r.deformed))
+    return {"index": plan.index, "boxes": [tuple(b) for b in r.boxes], "params": r.params}
+
+
+def _fmt(v: float) -> str:
+    return repr(float(v))
+
+
+def _write_csvs(out: Path, plans: Sequence[ImagePlan], results: dict[int, dict], size: int,
+                train: list[str], test: list[str]) -> None:
+    spacing = f"{FIELD_OF_VIEW_MM / size:.6g}"
+    entry = [DATA_ENTRY_HEADER]
+    bbox = [BBOX_HEADER]
+    truth = io.StringIO()
+    tw = csv.writer(truth, lineterminator="\n")
+    tw.writerow(TRUTH_COLUMNS)
+    for p in plans:
+        res = results[p.index]
+        gender = "F" if p.female else "M"
+        labels = "|".join(p.labels) if p.labels else NO_FINDING
+        entry.append(f"{p.name},{labels},{p.follow_up},{p.patient},{p.age},{gender},{p.view},{size},{size},"
+                     f"{spacing},{spacing},")
+        params = res["params"]
+        head = [p.name, f"{p.patient:08d}", p.follow_up, int(p.strength != "none"), p.strength,
+                *(_fmt(v) for v in params), labels, int(p.annotated),
+                Path(p.background).name if p.background else ""]
+        if not res["boxes"]:
+            tw.writerow(head + ["", "", "", "", "", ""])
+        for lab, x, y, w, h in res["boxes"]:
+            tw.writerow(head + [lab, _fmt(x), _fmt(y), _fmt(w), _fmt(h), int(p.annotated)])
+            if p.annotated:
+                bbox.append(f"{p.name},{BBOX_SPELLING.get(lab, lab)},{_fmt(x)},{_fmt(y)},{_fmt(w)},{_fmt(h)}")
+    atomic_write_text(out / "Data_Entry_2017.csv", "\n".join(entry) + "\n")
+    atomic_write_text(out / "BBox_List_2017.csv", "\n".join(bbox) + "\n")
+    atomic_write_text(out / "synth_truth.csv", truth.getvalue())
+    atomic_write_text(out / "train_val_list.txt", "".join(n + "\n" for n in train))
+    atomic_write_text(out / "test_list.txt", "".join(n + "\n" for n in test))
+
+
+def _check_share(name: str, v: float) -> float:
+    v = float(v)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {v}")
+    return v
+
+
+def generate_dataset(
+    out_dir: str | os.PathLike,
+    n_images: int = 2000,
+    size: int = 256,
+    seed: int = 0,
+    deform_share: float = 0.5,
+    strong_share: float = 0.3,
+    annotated_share: float = 0.3,
+    backgrounds: str | os.PathLike | None = None,
+    images_per_patient: tuple[int, int] = (1, 4),
+    progress: bool = True,
+    workers: int | None = None,
+    no_finding_share: float = 0.5,
+    overwrite: bool = False,
+    force_progress: bool = False,
+) -> dict:
+    """Write a synthetic NIH-layout data set (see the module docstring) and return its summary.
+
+    ``deform_share`` of the images are deformed, ``strong_share`` of those strongly; ``annotated_share`` of
+    the positive images with box-class findings have their boxes in BBox_List_2017.csv. ``backgrounds``: a
+    folder of real No Finding X-rays drawn instead of the anatomy. ``workers``: processes (default: all
+    CPUs; the output does not depend on it). ``progress``: a tqdm bar on a terminal (``force_progress``:
+    also elsewhere). ``overwrite``: allow a non-empty ``out_dir`` (stale
+    NIH-named PNGs in ``out_dir/images`` are removed).
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    if int(n_images) < 1:
+        raise ValueError(f"n_images must be >= 1, got {n_images}")
+    if int(size) < 16:
+        raise ValueError(f"size must be >= 16 pixels, got {size}")
+    if int(seed) < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    lo, hi = (int(v) for v in images_per_patient)
+    if not 1 <= lo <= hi:
+        raise ValueError(f"images_per_patient must be (lo, hi) with 1 <= lo <= hi, got {images_per_patient}")
+    for name, v in (("deform_share", deform_share), ("strong_share", strong_share),
+                    ("annotated_share", annotated_share), ("no_finding_share", no_finding_share)):
+        _check_share(name, v)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out}: folder is not empty (pass overwrite=True / --overwrite to write into it)")
+    n_images, size, seed = int(n_images), int(size), int(seed)
+    bg_paths = [str(p) for p in find_backgrounds(backgrounds)] if backgrounds is not None else None
+
+    plans = plan_dataset(n_images, seed, deform_share, strong_share, annotated_share, no_finding_share,
+                         (lo, hi), bg_paths)
+    img_dir = out / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    names = {p.name for p in plans}
+    for stale in img_dir.iterdir():
+        if _NAME_RE.match(stale.name) and stale.name not in names:
+            stale.unlink()
+
+    tasks = [(p, size, seed, str(img_dir)) for p in plans]
+    workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
+    workers = min(workers, n_images)
+    results: dict[int, dict] = {}
+    bar = tqdm(total=n_images, desc="synth", unit="img",                 disable=not progress or not (force_progress or sys.stderr.isatty()))
+    try:
+        if workers == 1:
+            for t in tasks:
+                r = _render_task(t)
+                results[r["index"]] = r
+                bar.update(1)
+        else:
+            # spawn: safe even when the caller has started threads (torch, tqdm); startup is cheap here.
+            ctx = multiprocessing.get_context("spawn")
+            chunk = max(1, min(32, n_images // (workers * 8)))
+            with ctx.Pool(workers) as pool:
+                for r in pool.imap_unordered(_render_task, tasks, chunksize=chunk):
+                    results[r["index"]] = r
+                    bar.update(1)
+    finally:
+        bar.close()
+
+    train, test = split_patients(plans, seed)
+    _write_csvs(out, plans, results, size, train, test)
+
+    n_boxes = sum(len(r["boxes"]) for r in results.values())
+    per_label = {lab: sum(lab in p.labels for p in plans) for lab in LABELS}
+    summary = {
+        "out_dir": str(out),
+        "images": n_images,
+        "patients": plans[-1].patient,
+        "size": size,
+        "seed": seed,
+        "no_finding": sum(not p.labels for p in plans),
+        "annotated_images": sum(p.annotated for p in plans),
+        "boxes": n_boxes,
+        "boxes_in_bbox_list": sum(len(results[p.index]["boxes"]) for p in plans if p.annotated),
+        "deformed": sum(p.strength != "none" for p in plans),
+        "strong": sum(p.strength == "strong" for p in plans),
+        "train_val": len(train),
+        "test": len(test),
+        "backgrounds": len(bg_paths) if bg_paths else 0,
+        "per_label": per_label,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    meta = {
+        "args": {"n_images": n_images, "size": size, "seed": seed, "deform_share": deform_share,
+                 "strong_share": strong_share, "annotated_share": annotated_share,
+                 "no_finding_share": no_finding_share, "images_per_patient": [lo, hi],
+                 "backgrounds": str(backgrounds) if backgrounds is not None else None},
+        "summary": {k: v for k, v in summary.items() if k not in ("seconds", "out_dir")},
+    }
+    atomic_write_json(out / "synth_meta.json", meta)
+    return summary
