@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +48,23 @@ REQUIRED_KEYS = (
     "input_size", "normalization", "thresholds", "alignment", "canonical", "negatives",
 )
 BANK_KEYS = ("names", "codes", "maps", "strategy")
+
+
+def with_weights(build: Callable[[], nn.Module], state: dict[str, torch.Tensor],
+                  device: torch.device) -> nn.Module:
+    """``build()`` with ``state`` loaded, in eval mode on ``device``.
+
+    The module is built on the meta device (no random initialization, which costs seconds for two ResNet
+    trunks) and the bundle's tensors are assigned; a module holding state outside its state dict falls back
+    to a normal build.
+    """
+    with torch.device("meta"):
+        module = build()
+    module.load_state_dict(state, assign=True)
+    if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+        module = build()
+        module.load_state_dict(state)
+    return module.to(device).eval()
 
 
 def quantize(images: np.ndarray) -> np.ndarray:
@@ -204,7 +221,8 @@ def validate_bundle(bundle: Any, path: str | Path = "<bundle>") -> dict[str, Any
         raise ValueError(f"{path}: bundle thresholds must be a list of {len(LABELS)} numbers")
     bank = bundle["negatives"]
     if not isinstance(bank, dict) or any(k not in bank for k in BANK_KEYS):
-        raise ValueError(f"{path}: bundle negative bank is missing {', '.join(k for k in BANK_KEYS if k not in (bank or {}))}")
+        absent = [k for k in BANK_KEYS if not isinstance(bank, dict) or k not in bank]
+        raise ValueError(f"{path}: bundle negative bank is missing {', '.join(absent)}")
     n = len(bank["names"])
     if kind == "cianet":
         g = size // 32
@@ -277,14 +295,16 @@ def bundle_from_run(run_dir: str | Path, n_negatives: int = 1000, data_root: str
         include_images: also store the 8-bit negatives (for Predictor(mode="recompute") without the data).
     """
     from cianet.engine.dataset import ImageSource
-    from cianet.engine.train import load_checkpoint, model_from_checkpoint, resolve_device
+    from cianet.config import config_from_dict
+    from cianet.engine.train import build_network, load_checkpoint, resolve_device
     from cianet.utils.progress import progress_bar
 
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)
-    model, cfg = model_from_checkpoint(ckpt)
+    cfg = config_from_dict(ckpt["config"], source=f"{run_dir / 'checkpoint.pt'} config")
+    cfg.model.pretrained = False  # the weights come from the checkpoint
     dev = resolve_device(device)
-    model.to(dev).eval()
+    model = with_weights(lambda: build_network(cfg), ckpt["model"], dev)
     size = int(cfg.data.image_size)
     align_net, align_kwargs, canonical = None, None, None
     if cfg.align.checkpoint:
@@ -345,12 +365,20 @@ def bundle_from_run(run_dir: str | Path, n_negatives: int = 1000, data_root: str
 
 def _load_alignment(path: str | Path, size: int) -> tuple[nn.Module, dict[str, Any], np.ndarray | None]:
     """(AlignmentNet, its constructor kwargs, canonical chest (size, size) or None) from align.pt."""
-    from cianet.engine.align import ALIGN_CHECKPOINT, load_alignment_net
+    from cianet.engine.align import ALIGN_CHECKPOINT
+    from cianet.models.alignment import AlignmentNet
 
     p = Path(path)
     file = p / ALIGN_CHECKPOINT if p.is_dir() else p
-    net = load_alignment_net(file)
-    raw = torch.load(file, map_location="cpu", weights_only=True)
+    if not file.is_file():
+        raise FileNotFoundError(f"alignment checkpoint {file} (align.checkpoint of the run) does not exist")
+    try:
+        raw = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{file}: not a readable alignment checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(raw, dict) or raw.get("kind") != "alignment" or "net_kwargs" not in raw:
+        raise ValueError(f"{file}: not an alignment checkpoint")
+    net = with_weights(lambda: AlignmentNet(pretrained=False, **raw["net_kwargs"]), raw["model"], torch.device("cpu"))
     canonical = raw.get("canonical")
     if canonical is not None:
         canonical = canonical.float().numpy()

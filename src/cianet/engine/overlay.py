@@ -88,7 +88,8 @@ def render_overlay(image: np.ndarray, result: PredictionResult, box_labels: list
         ax = fig.add_subplot(gs[2 + k // 4, k % 4])
         ax.imshow(shown, cmap="gray", vmin=0, vmax=1, extent=extent)
         heat = _to_frame(result.heatmaps[k], result.align_params, dsize)
-        ax.imshow(heat, cmap="jet", vmin=0, vmax=1, alpha=0.4, extent=extent)
+        # Cells below 5 % stay transparent so the anatomy under an empty heatmap remains visible.
+        ax.imshow(np.ma.masked_less(heat, 0.05), cmap="jet", vmin=0, vmax=1, alpha=0.45, extent=extent)
         p = result.probabilities[lab]
         hit = p >= thresholds.get(lab, 0.5)
         ax.set_title(f"{lab} p={p:.2f}", fontsize=9, color=colors[lab], fontweight="bold" if hit else "normal")

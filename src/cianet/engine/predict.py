@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from cianet.engine.bundle import load_bundle, quantize, validate_bundle
+from cianet.engine.bundle import load_bundle, quantize, validate_bundle, with_weights
 
 ImageInput = Union[str, os.PathLike, np.ndarray, "PIL.Image.Image", torch.Tensor]  # noqa: F821
 NegativeImages = Union[Mapping[str, np.ndarray], Callable[[str], np.ndarray]]
@@ -117,7 +117,8 @@ def grid_regions(mask: np.ndarray, connectivity: int = 8) -> list[tuple[np.ndarr
 
 
 def boxes_from_heatmap(prob: np.ndarray, orig_size: tuple[int, int], params: Sequence[float] | None = None,
-                       cell_threshold: float = 0.5, connectivity: int = 8) -> list[tuple[float, float, float, float, float]]:
+                       cell_threshold: float = 0.5,
+                       connectivity: int = 8) -> list[tuple[float, float, float, float, float]]:
     """Boxes ``[(x, y, w, h, score)]`` in the original image frame from one class's cell probabilities.
 
     Args:
@@ -233,23 +234,6 @@ def dicom_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------- predictor
-def _with_weights(build: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor],
-                  device: torch.device) -> torch.nn.Module:
-    """``build()`` with ``state`` loaded, in eval mode on ``device``.
-
-    The module is built on the meta device (no random initialization, which costs seconds for two ResNet
-    trunks) and the bundle's tensors are assigned; a module holding state outside its state dict falls back
-    to a normal build.
-    """
-    with torch.device("meta"):
-        module = build()
-    module.load_state_dict(state, assign=True)
-    if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
-        module = build()
-        module.load_state_dict(state)
-    return module.to(device).eval()
-
-
 class Predictor:
     """Runs a model bundle on images.
 
@@ -289,13 +273,13 @@ class Predictor:
         self.thresholds: dict[str, float] = dict(zip(self.labels, map(float, bundle["thresholds"])))
         self.config = config_from_dict(bundle["config"], source=f"{name} config")
         self.config.model.pretrained = False  # the weights come from the bundle
-        self.model = _with_weights(lambda: build_network(self.config), bundle["model"], self.device)
+        self.model = with_weights(lambda: build_network(self.config), bundle["model"], self.device)
         self.align_net = None
         if bundle["alignment"] is not None:
             from cianet.models.alignment import AlignmentNet
 
             kwargs = bundle["alignment"]["net_kwargs"]
-            self.align_net = _with_weights(lambda: AlignmentNet(pretrained=False, **kwargs),
+            self.align_net = with_weights(lambda: AlignmentNet(pretrained=False, **kwargs),
                                            bundle["alignment"]["model"], self.device)
         self.canonical = bundle["canonical"]
         bank = bundle["negatives"]

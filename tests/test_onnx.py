@@ -1,0 +1,79 @@
+"""ONNX export: onnxruntime gives PyTorch's logits (max abs difference < 1e-4), dynamic batch, metadata."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from test_bundle import SIZE, U, make_run, synthetic_chest
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from cianet.cli import main
+    from cianet.engine.bundle import bundle_from_run, save_bundle
+
+    tmp = tmp_path_factory.mktemp("onnx")
+    run, _ = make_run(tmp, shift=0.1)
+    bundle = save_bundle(bundle_from_run(run, n_negatives=100, progress=False), tmp / "m.cianet")
+    assert main(["export-onnx", "--model", str(bundle), "--out", str(tmp / "m.onnx")]) == 0
+    return bundle, tmp / "m.onnx"
+
+
+def test_onnx_matches_pytorch(exported):
+    from cianet.engine.predict import Predictor
+    from cianet.models.backbones import gray_to_input
+
+    bundle, path = exported
+    pred = Predictor.from_bundle(bundle)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["image", "m_neg"]
+    g = SIZE // 32
+    rng = np.random.default_rng(0)
+    phantom = np.stack([synthetic_chest(rng, SIZE, SIZE, lesion=True) for _ in range(3)])[:, None]
+    cases = [
+        (rng.random((1, 1, SIZE, SIZE), np.float32), rng.standard_normal((1, g, g)).astype(np.float32)),
+        (phantom.astype(np.float32), pred.bank_maps[:3].numpy() if len(pred.bank_names) >= 3 else
+         pred.bank_maps[[0, 0, 0]].numpy()),
+    ]
+    for image, m_neg in cases:  # batch 1 and batch 3 through the same (dynamic-batch) graph
+        logits, test_logits, delta = sess.run(None, {"image": image, "m_neg": m_neg})
+        with torch.no_grad():
+            ref = pred.model(gray_to_input(torch.from_numpy(image)), m_neg=torch.from_numpy(m_neg),
+                             upsample=False, return_feats=True)
+            ref_test = pred.model._head(ref["f_bar"], True)
+        assert logits.shape == (len(image), 14, g, g) and test_logits.shape == (len(image), 14, U, U)
+        assert np.abs(logits - ref["logits"].numpy()).max() < 1e-4
+        assert np.abs(test_logits - ref_test.numpy()).max() < 1e-4
+        assert np.abs(delta - ref["delta"].numpy()).max() < 1e-4
+
+
+def test_onnx_sidecars_and_metadata(exported):
+    import onnx
+
+    from cianet.engine.bundle import load_bundle
+    from cianet.labels import LABELS
+
+    bundle, path = exported
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["labels"]) == list(LABELS) and meta["input_size"] == str(SIZE)
+    assert meta["aligned_input"] == "true"
+    b = load_bundle(bundle)
+    with np.load(path.with_name("m.negatives.npz"), allow_pickle=False) as bank:
+        np.testing.assert_array_equal(bank["maps"], b["negatives"]["maps"].numpy())
+        assert bank["names"].tolist() == b["negatives"]["names"]
+    # The alignment graph reproduces the known shift and the warp.
+    sess = ort.InferenceSession(str(path.with_name("m.align.onnx")), providers=["CPUExecutionProvider"])
+    img = synthetic_chest(np.random.default_rng(1), SIZE, SIZE)[None, None]
+    params, aligned = sess.run(None, {"image": img})
+    np.testing.assert_allclose(params[0], [0.1, 0.0, 1.0, 1.0, 0.0], atol=1e-5)
+    from cianet.models.alignment import warp
+
+    ref = warp(torch.from_numpy(img), torch.tensor([[0.1, 0.0, 1.0, 1.0, 0.0]])).numpy()
+    assert np.abs(aligned - ref).max() < 1e-4
