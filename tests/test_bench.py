@@ -1,0 +1,154 @@
+"""`cianet bench`: the factorized test-time head against the direct computation, and the structure and internal
+consistency of one quick run (never its speed)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cianet.cli import main
+from cianet.engine.bench import (
+    TimedLoader,
+    peak_rss_mb,
+    synthetic_batch,
+    upsampled_conv3x3,
+    upsampled_head,
+    use_factorized_head,
+)
+
+
+@pytest.mark.parametrize("h,w,size", [(4, 4, 16), (3, 5, 12), (2, 2, 7)])
+def test_upsampled_conv3x3_equals_conv_of_upsampled_features(h: int, w: int, size: int) -> None:
+    torch.manual_seed(0)
+    f = torch.randn(2, 6, h, w, dtype=torch.float64)
+    weight = torch.randn(5, 6, 3, 3, dtype=torch.float64)
+    up = F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False)  # (2, 6, U, U)
+    # Slow reference: explicit zero padding and a python loop over the 9 taps.
+    padded = F.pad(up, (1, 1, 1, 1))
+    ref = torch.zeros(2, 5, size, size, dtype=torch.float64)
+    for ky in range(3):
+        for kx in range(3):
+            ref += torch.einsum("oc,bcuv->bouv", weight[:, :, ky, kx], padded[:, :, ky:ky + size, kx:kx + size])
+    got = upsampled_conv3x3(f, weight, size)
+    assert got.shape == (2, 5, size, size)
+    assert torch.allclose(got, ref, atol=1e-10, rtol=0)
+
+
+def test_factorized_head_matches_model_test_head() -> None:
+    from cianet.models.cianet import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cianet", num_classes=14, backbone="resnet18", test_upsample=16, head_channels=8).double()
+    with torch.no_grad():  # non-trivial BatchNorm statistics so that the eval-mode head is not the identity
+        model.head.bn.running_mean.normal_()
+        model.head.bn.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    f_bar = torch.randn(2, 512, 2, 2, dtype=torch.float64)
+    ref = model._head(f_bar, True)  # (2, 14, 16, 16): the library's direct upsample + head
+    got = upsampled_head(model.head, f_bar, 16)
+    assert torch.allclose(got, ref, atol=1e-10, rtol=0)
+    use_factorized_head(model)
+    assert torch.allclose(model._head(f_bar, True), ref, atol=1e-10, rtol=0)
+    assert model._head(f_bar, False).shape == (2, 14, 2, 2)  # native grid: the head alone
+
+
+def test_upsampled_head_refuses_other_layouts() -> None:
+    head = torch.nn.Module()
+    head.conv = torch.nn.Conv2d(4, 4, 3, padding=1, bias=True)
+    with pytest.raises(ValueError, match="3x3 conv"):
+        upsampled_head(head, torch.zeros(1, 4, 2, 2), 8)
+
+
+def test_synthetic_batch_has_boxes_on_every_other_image() -> None:
+    from cianet.engine.train import grid_targets
+
+    batch = synthetic_batch(4, 64, seed=0)
+    assert batch["image"].shape == batch["neg"].shape == (4, 1, 64, 64)
+    targets = grid_targets(batch["boxes"], 64, (2, 2), 14)  # (4, 14, 2, 2)
+    has_cells = targets.flatten(1).sum(1) > 0
+    assert has_cells.tolist() == [True, False, True, False]
+    assert batch["box_mask"][:, 0].tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_timed_loader_counts_and_stops() -> None:
+    batches = [{"image": torch.zeros(3, 1, 4, 4)} for _ in range(5)]
+    timed = TimedLoader(batches, max_steps=2)
+    assert len(timed) == 2
+    assert sum(1 for _ in timed) == 2
+    assert (timed.batches, timed.images) == (2, 6)
+    assert timed.wait_s >= timed.first_wait_s >= 0
+
+
+def test_peak_rss_is_at_least_current_rss() -> None:
+    current = None
+    try:
+        with open("/proc/self/status") as fh:
+            current = next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/self/status")
+    assert peak_rss_mb() >= current > 0
+
+
+def test_bad_bench_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--quick", "--only", "matmul,bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--size", "100"]) == 2
+    assert "multiple of 32" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    # One thread: on a shared 2-core machine OpenMP spinning makes 2 threads far slower than 1.
+    assert main(["bench", "--quick", "--json", "--threads", "1", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def _finite_positive(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_quick_bench_structure(quick_result: dict) -> None:
+    r = quick_result
+    assert _finite_positive(r["matmul_gflops"])
+    for kind in ("baseline", "cianet"):
+        t = r["train"][kind]
+        assert _finite_positive(t["images_per_s"]) and _finite_positive(t["flop_fraction"])
+    d = r["data"]
+    assert _finite_positive(d["cache_images_per_s"]) and _finite_positive(d["png_images_per_s"])
+    assert 0 <= d["wait_fraction"] <= 1 and 0 <= d["wait_fraction_png"] <= 1
+    p = r["pairing"]
+    assert _finite_positive(p["queries_per_s"]) and _finite_positive(p["naive_queries_per_s"])
+    q = r["predict"]
+    for key in ("bank_images_per_s", "recompute_images_per_s", "bank_peak_rss_mb", "recompute_peak_rss_mb"):
+        assert _finite_positive(q[key]), key
+    env = r["env"]
+    assert env["threads"] == 1 and env["torch"] == torch.__version__ and env["cpu"]
+    assert r["settings"]["threads"] == 1 and r["settings"]["backbone"] == "resnet18"
+
+
+def test_quick_bench_is_internally_consistent(quick_result: dict) -> None:
+    r = quick_result
+    s = r["settings"]
+    for kind in ("baseline", "cianet"):
+        t = r["train"][kind]
+        assert t["kind"] == kind and t["channels_last"] == s["channels_last"]
+        assert t["images_per_s"] == pytest.approx(s["batch"] / t["step_s"])
+        assert t["achieved_gflops"] == pytest.approx(t["gflops_per_step"] / t["step_s"])
+        assert t["flop_fraction"] == pytest.approx(t["achieved_gflops"] / r["matmul_gflops"])
+        assert t["step_s"] <= t["step_s_median"]
+    # CIA-Net runs the baseline's trunk plus an attention trunk on positives and negatives: more FLOPs.
+    assert r["train"]["cianet"]["gflops_per_step"] > r["train"]["baseline"]["gflops_per_step"]
+    d = r["data"]
+    assert d["wait_s"] <= d["loop_s"] and d["wait_fraction"] == pytest.approx(d["wait_s"] / d["loop_s"])
+    assert d["wait_steps"] == s["wait_steps"] and d["image_size"] == s["data_size"]
+    p = r["pairing"]
+    assert p["naive_agrees"] is True  # the vectorized query returned the naive loop's rows
+    assert p["queries_per_s"] * p["epoch_s"] == pytest.approx(p["queries"])
+    q = r["predict"]
+    assert q["bank_speedup"] == pytest.approx(q["bank_images_per_s"] / q["recompute_images_per_s"])
+    assert set(r["part_seconds"]) >= {"matmul", "train", "data", "pairing", "predict"}
