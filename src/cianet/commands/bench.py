@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="timed training steps per model (default 3)")
     p.add_argument("--no-channels-last", action="store_true", help="main training figures in NCHW layout")
     p.add_argument("--no-compare", action="store_true",
-                   help="skip the side-by-side variants (other memory layout, factorized test head)")
+                   help="skip the side-by-side variants (other memory layout, direct test-time head)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the tiny recipe's)")
     p.add_argument("--bank-codes", type=int, default=None, help="pairing bank size (default 60000)")
     p.add_argument("--queries", type=int, default=None, help="pairing queries (default 112120, one NIH epoch)")

@@ -16,8 +16,9 @@ bank / recompute, vectorized / naive pairing) are comparable even on a machine w
 5. ``predict``: ``Predictor`` with the negative bank (stored ``M-``) vs recomputing ``M-`` from the negative
    image, each in a fresh subprocess so that its peak resident memory is its own.
 
-Nothing here changes how the library trains or predicts; options that would (channels-last, the factorized
-test-time head) are measured side by side so that their effect is a figure, not a guess.
+Nothing here changes how the library trains or predicts; variants (the other memory layout, the literal
+"upsample then convolve" test-time head instead of the library's factorized one) are measured side by side so
+that their effect is a figure, not a guess.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class BenchSettings:
     predict_batch: int = 4
     predict_bank: int = 16  # negatives in the bundle's bank
     predict_upsample: int | None = 128  # test-time grid (paper: 128)
-    compare_heads: bool = True  # also time the factorized test-time head (see upsampled_head)
+    compare_heads: bool = True  # also time the direct (unfactorized) test-time head
     seed: int = 0
 
     @classmethod
@@ -383,73 +384,10 @@ def bench_pairing(bank_codes: int = 60_000, queries: int = 112_120, naive_querie
 
 
 # ------------------------------------------------------------------------------------------------ predict
-def _shifted_bilinear(n: int, out: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``(3, out, n)``: the bilinear upsampling matrix ``n -> out`` (align_corners=False), shifted by -1, 0, +1 rows.
-
-    Row ``i`` of slice ``d`` is row ``i + d - 1`` of the upsampling matrix (zero outside), i.e. tap ``d`` of a
-    3x3 convolution with zero padding applied to the upsampled signal.
-    """
-    eye = torch.eye(n, dtype=dtype, device=device)[None, None]  # (1, 1, n, n)
-    up = F.interpolate(eye, size=(out, n), mode="bilinear", align_corners=False)[0, 0]  # (out, n)
-    taps = torch.zeros(3, out, n, dtype=dtype, device=device)
-    taps[0, 1:] = up[:-1]
-    taps[1] = up
-    taps[2, :-1] = up[1:]
-    return taps
-
-
-def upsampled_conv3x3(f_bar: Tensor, weight: Tensor, size: int) -> Tensor:
-    """``conv3x3(upsample(f_bar, size), weight)`` (padding 1, no bias) without forming the upsampled features.
-
-    Bilinear upsampling and the per-tap channel mixing of a convolution are both linear and act on different
-    axes, so they commute: each of the 9 taps mixes channels on the native ``h x w`` grid (one 1x1 convolution
-    with ``9 * O`` outputs), and the taps' upsampled-and-shifted sums are two small matrix products with the
-    shifted upsampling matrices. Exact up to rounding; for a 2048 -> 512 head at 16 -> 128 this is ~60x fewer
-    multiply-adds than the direct convolution.
-
-    Args:
-        f_bar: ``(B, C, h, w)`` features.
-        weight: ``(O, C, 3, 3)`` convolution weight.
-        size: output grid side ``U``.
-
-    Returns:
-        ``(B, O, U, U)``.
-    """
-    b, c, h, w = f_bar.shape
-    o = weight.shape[0]
-    if weight.shape[1:] != (c, 3, 3):
-        raise ValueError(f"weight must be (O, {c}, 3, 3), got {tuple(weight.shape)}")
-    mix = weight.permute(2, 3, 0, 1).reshape(9 * o, c, 1, 1)  # tap-major: (ky, kx, O)
-    z = F.conv2d(f_bar, mix).view(b, 3, 3, o, h, w)  # (B, ky, kx, O, h, w)
-    ry = _shifted_bilinear(h, size, f_bar.dtype, f_bar.device)  # (3, U, h)
-    rx = _shifted_bilinear(w, size, f_bar.dtype, f_bar.device)  # (3, U, w)
-    t = torch.einsum("byxohw,xvw->byohv", z, rx)  # columns upsampled, kx summed: (B, ky, O, h, U)
-    return torch.einsum("byohv,yuh->bouv", t, ry).contiguous()  # (B, O, U, U)
-
-
-def upsampled_head(head: nn.Module, f_bar: Tensor, size: int) -> Tensor:
-    """``head(interpolate(f_bar, size, bilinear))`` of a ``cianet.models.cianet.GridHead``, computed factorized.
-
-    ``(B, C, h, w)`` -> ``(B, num_classes, U, U)``; equal to the direct computation up to float rounding.
-    """
-    conv = head.conv
-    if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.bias is not None:
-        raise ValueError("upsampled_head needs the GridHead layout: 3x3 conv, padding 1, stride 1, no bias")
-    y = upsampled_conv3x3(f_bar, conv.weight, size)
-    return head.cls(head.relu(head.bn(y)))
-
-
-def use_factorized_head(model: nn.Module) -> nn.Module:
-    """Make ``model._head`` (CIANet / Baseline) compute the upsampled test-time head with :func:`upsampled_head`.
-
-    A benchmark option (the library's ``_head`` is unchanged): the instance attribute shadows the method.
-    """
-    def _head(f_bar: Tensor, upsample: bool | None) -> Tensor:
-        if model._should_upsample(upsample):
-            return upsampled_head(model.head, f_bar, model.test_upsample)
-        return model.head(f_bar)
-
-    model._head = _head  # type: ignore[method-assign]
+def use_direct_head(model: nn.Module) -> nn.Module:
+    """Make the model compute its upsampled test-time head literally (upsample, then convolve): the baseline
+    that the library's factorized head (:func:`cianet.models.upsample_head.upsampled_head`) is compared with."""
+    model.factorized_test_head = False
     return model
 
 
@@ -508,8 +446,8 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     pred = Predictor.from_bundle(spec["bundle"], mode=spec["mode"], batch_size=spec["batch"])
-    if spec.get("factorized_head"):
-        use_factorized_head(pred.model)
+    if spec.get("direct_head"):
+        use_direct_head(pred.model)
     paths, b = spec["paths"], int(spec["batch"])
     pred.predict_batch(paths[:b])  # warm-up (allocations, oneDNN primitives)
     timed = paths[b:b + int(spec["images"])]
@@ -535,8 +473,8 @@ def bench_predict(data_root: Path, work: Path, backbone: str = "resnet50", size:
                   log: Log | None = None) -> dict[str, Any]:
     """Predict images/s and peak RSS with the bank vs recomputing ``M-`` (each mode in a fresh process).
 
-    Main figures use the library's test-time head as it is; with ``compare_heads`` (and an upsampling grid)
-    both modes are timed again with :func:`upsampled_head` (``*_factorized`` keys).
+    Main figures use the library's test-time head (factorized); with ``compare_heads`` (and an upsampling grid)
+    both modes are timed again with the literal upsample-then-convolve head (``*_direct`` keys).
     """
     bundle = work / "bench-bundle.pt"
     paths = make_predict_bundle(bundle, data_root, backbone, size, upsample, bank, seed=seed)
@@ -546,13 +484,13 @@ def bench_predict(data_root: Path, work: Path, backbone: str = "resnet50", size:
     out: dict[str, Any] = {"backbone": backbone, "size": size, "test_upsample": upsample, "batch": batch,
                            "bank_entries": bank}
     variants = [False] + ([True] if compare_heads and upsample else [])
-    for factorized in variants:
-        suffix = "_factorized" if factorized else ""
+    for direct in variants:
+        suffix = "_direct" if direct else ""
         for mode in ("bank", "recompute"):
             if log:
-                log(f"predict: {mode}{' (factorized head)' if factorized else ''}")
+                log(f"predict: {mode}{' (direct head)' if direct else ''}")
             r = _run_worker({"bundle": str(bundle), "mode": mode, "batch": batch, "images": images,
-                             "paths": paths[:need], "threads": threads, "factorized_head": factorized})
+                             "paths": paths[:need], "threads": threads, "direct_head": direct})
             out[f"{mode}_images_per_s{suffix}"] = r["images_per_s"]
             out[f"{mode}_peak_rss_mb{suffix}"] = r["peak_rss_mb"]
         out[f"bank_speedup{suffix}"] = out[f"bank_images_per_s{suffix}"] / out[f"recompute_images_per_s{suffix}"]
@@ -692,7 +630,7 @@ def format_table(result: dict[str, Any]) -> str:
         p = result["predict"]
         lines.append(f"predict: CIA-Net {p['backbone']} {p['size']}px, test grid {p['test_upsample']}, "
                      f"batch {p['batch']}, one process per mode")
-        for suffix, label in (("", ""), ("_factorized", ", factorized head")):
+        for suffix, label in (("", ""), ("_direct", ", direct head")):
             if f"bank_images_per_s{suffix}" not in p:
                 continue
             for mode in ("bank", "recompute"):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cianet.models.upsample_head import upsampled_head
 from cianet.models.backbones import check_input, load_pretrained_or_warn, resnet_trunk
 
 
@@ -92,9 +93,15 @@ class _GridModel(nn.Module):
             raise ValueError("upsample=True needs the model to be built with test_upsample=<grid size>")
         return bool(upsample)
 
+    #: compute the upsampled test-time head factorized (same result, ~60x fewer multiply-adds at 16 -> 128);
+    #: False gives the literal "upsample, then convolve" (kept for checks and benchmarks)
+    factorized_test_head: bool = True
+
     def _head(self, f_bar: Tensor, upsample: bool | None) -> Tensor:
         """``(B, c5, h, w)`` -> logits ``(B, C, h, w)`` or ``(B, C, U, U)`` when upsampling."""
         if self._should_upsample(upsample):
+            if self.factorized_test_head and isinstance(self.head, GridHead):  # needs its 3x3 conv layout
+                return upsampled_head(self.head, f_bar, self.test_upsample)
             size = (self.test_upsample, self.test_upsample)
             f_bar = F.interpolate(f_bar, size=size, mode="bilinear", align_corners=False)
         return self.head(f_bar)
