@@ -33,8 +33,8 @@ def build_alignment_net(cfg: Config, pretrained: bool | None = None):
     return AlignmentNet(pretrained=cfg.align.pretrained if pretrained is None else pretrained, **_net_kwargs(cfg))
 
 
-def load_alignment_net(path: str | Path):
-    """An AlignmentNet from ``align.pt`` (or a folder holding it), loaded with weights_only=True."""
+def read_alignment_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(file, contents) of ``align.pt`` (or a folder holding it), loaded with weights_only=True and checked."""
     path = Path(path)
     if path.is_dir():
         path = path / ALIGN_CHECKPOINT
@@ -44,10 +44,16 @@ def load_alignment_net(path: str | Path):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"{path}: not a readable alignment checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "alignment":
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "alignment" or "net_kwargs" not in ckpt:
         raise ValueError(f"{path}: not an alignment checkpoint")
+    return path, ckpt
+
+
+def load_alignment_net(path: str | Path):
+    """An AlignmentNet from ``align.pt`` (or a folder holding it)."""
     from cianet.models.alignment import AlignmentNet
 
+    _, ckpt = read_alignment_checkpoint(path)
     net = AlignmentNet(pretrained=False, **ckpt["net_kwargs"])
     net.load_state_dict(ckpt["model"])
     return net

@@ -365,19 +365,10 @@ def bundle_from_run(run_dir: str | Path, n_negatives: int = 1000, data_root: str
 
 def _load_alignment(path: str | Path, size: int) -> tuple[nn.Module, dict[str, Any], np.ndarray | None]:
     """(AlignmentNet, its constructor kwargs, canonical chest (size, size) or None) from align.pt."""
-    from cianet.engine.align import ALIGN_CHECKPOINT
+    from cianet.engine.align import read_alignment_checkpoint
     from cianet.models.alignment import AlignmentNet
 
-    p = Path(path)
-    file = p / ALIGN_CHECKPOINT if p.is_dir() else p
-    if not file.is_file():
-        raise FileNotFoundError(f"alignment checkpoint {file} (align.checkpoint of the run) does not exist")
-    try:
-        raw = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{file}: not a readable alignment checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(raw, dict) or raw.get("kind") != "alignment" or "net_kwargs" not in raw:
-        raise ValueError(f"{file}: not an alignment checkpoint")
+    _, raw = read_alignment_checkpoint(path)
     net = with_weights(lambda: AlignmentNet(pretrained=False, **raw["net_kwargs"]), raw["model"], torch.device("cpu"))
     canonical = raw.get("canonical")
     if canonical is not None:

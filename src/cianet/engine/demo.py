@@ -31,9 +31,9 @@ def _run(argv: list[str]) -> None:
 
 def demo_settings(fast: bool, n_images: int | None) -> dict:
     if fast:
-        return {"n_images": n_images or 240, "size": 128, "epochs": 1, "align_epochs": 1, "align_images": 120,
+        return {"n_images": n_images or 240, "size": 128, "epochs": 1, "align_epochs": 3, "align_images": 240,
                 "canonical_n": 60, "max_images": None}
-    return {"n_images": n_images or 1000, "size": 128, "epochs": 5, "align_epochs": 3, "align_images": 400,
+    return {"n_images": n_images or 1200, "size": 128, "epochs": 8, "align_epochs": 3, "align_images": 400,
             "canonical_n": 200, "max_images": None}
 
 
