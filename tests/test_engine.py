@@ -155,3 +155,26 @@ def test_config_overrides_and_errors(tmp_path):
     save_config(cfg, tmp_path / "c.yaml")
     again = load_config(tmp_path / "c.yaml")
     assert again == cfg
+
+
+def test_torchrun_two_processes_on_cpu(tiny_root, tmp_path):
+    """DistributedDataParallel with gloo: two ranks train, rank 0 alone writes the run (log, TensorBoard)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "cianet", "train", "--config", "tiny", "--data-root", str(tiny_root), "--image-size", "64",
+           "--epochs", "2", "--batch-size", "4", "--out", str(out), "--no-progress", "--align", "none",
+           "--set", "model.test_upsample=16", "--set", "model.head_channels=16", "--set", "run.threads=1",
+           "--set", "run.tensorboard=true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("run: ") == 1  # only rank 0 reports
+    epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in epochs if r["event"] == "epoch"] == [0, 1]  # one writer
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert set(json.loads((out / "metrics.json").read_text())) >= {"localization", "auc"}

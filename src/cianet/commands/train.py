@@ -77,10 +77,12 @@ def cmd_train_align(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cianet.engine.train import fit
+    from cianet.engine.train import distributed_info, fit
 
     cfg = config_from_args(args)
     out = fit(cfg, resume=args.resume)
+    if distributed_info()[0] != 0:  # under torchrun only rank 0 reports
+        return 0
     metrics = json.loads((out / "metrics.json").read_text())
     loc = metrics["localization"]
     print(f"run: {out}")
