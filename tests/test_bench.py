@@ -18,11 +18,11 @@ from cianet.engine.bench import (
 
 
 def test_synthetic_batch_has_boxes_on_every_other_image() -> None:
-    from cianet.engine.train import grid_targets
+    from cianet.losses import padded_grid_targets
 
     batch = synthetic_batch(4, 64, seed=0)
     assert batch["image"].shape == batch["neg"].shape == (4, 1, 64, 64)
-    targets = grid_targets(batch["boxes"], 64, (2, 2), 14)  # (4, 14, 2, 2)
+    targets = padded_grid_targets(batch["boxes"], (64, 64), (2, 2), 14)  # (4, 14, 2, 2)
     has_cells = targets.flatten(1).sum(1) > 0
     assert has_cells.tolist() == [True, False, True, False]
     assert batch["box_mask"][:, 0].tolist() == [1.0, 0.0, 1.0, 0.0]

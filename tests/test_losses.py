@@ -324,3 +324,28 @@ def test_bad_arguments_raise():
         grid_bce_loss(z, torch.zeros(1, 2, 3, 4))
     with pytest.raises(ValueError, match="B, C, H, W"):
         mil_loss(torch.zeros(2, 3), torch.zeros(2, 3))
+
+
+def test_padded_grid_targets_match_box_to_grid_reference():
+    """The vectorized batch form agrees with the one-box reference, borders and per-image sizes included."""
+    from cianet.losses import padded_grid_targets
+
+    rng = np.random.default_rng(0)
+    sizes = [(64.0, 64.0), (100.0, 70.0), (37.0, 53.0)]
+    boxes = torch.full((3, 4, 5), -1.0, dtype=torch.float64)
+    for b, (w_img, h_img) in enumerate(sizes):
+        for k in range(b + 1):
+            x, y = rng.uniform(-5, w_img - 5), rng.uniform(-5, h_img - 5)
+            boxes[b, k] = torch.tensor([rng.integers(0, 14), x, y, *rng.uniform(0, 30, 2)])
+    boxes[0, 0] = torch.tensor([3, 16.0, 16.0, 16.0, 16.0])  # edges exactly on cell borders
+    boxes[2, 1] = torch.tensor([5, 10.0, 10.0, 0.0, 8.0])  # zero width: marks nothing
+    got = padded_grid_targets(boxes, torch.tensor(sizes, dtype=torch.float64), (8, 7), 14)
+    want = torch.zeros_like(got)
+    for b in range(3):
+        for row in boxes[b]:
+            if row[0] >= 0:
+                cls = int(row[0])
+                ref = box_to_grid(row[1:].tolist(), sizes[b], (8, 7)).double()
+                want[b, cls] = torch.maximum(want[b, cls], ref)
+    assert torch.equal(got, want)
+    assert got[0, 3].sum() == 3 * 2  # y 16..32 meets rows 1-3 of 7 (64/7 px each); x 16..32 exactly cols 2, 3 of 8

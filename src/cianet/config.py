@@ -126,10 +126,6 @@ class Config:
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
-def _section_class(name: str) -> type:
-    return type(getattr(Config(), name))
-
-
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     """Build a Config from a nested dict; unknown sections or keys raise ValueError naming them."""
     cfg = Config()

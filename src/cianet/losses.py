@@ -37,6 +37,7 @@ __all__ = [
     "RESCALE_FLOOR",
     "box_to_grid",
     "build_grid_targets",
+    "padded_grid_targets",
     "cell_log_complement",
     "log_prob_none",
     "log_prob_any",
@@ -118,13 +119,50 @@ def box_to_grid(
     return (rows[:, None] & cols[None, :]).to(torch.float32)
 
 
+def padded_grid_targets(
+    boxes: torch.Tensor,
+    image_size: Sequence[float] | torch.Tensor,
+    grid_size: Sequence[int],
+    num_classes: int,
+) -> torch.Tensor:
+    """Grid targets of a padded batch of boxes, vectorized (the training loop's form of :func:`box_to_grid`).
+
+    Args:
+        boxes: ``(B, K, 5)`` rows ``(class_index, x, y, w, h)``; rows with class index < 0 are padding.
+        image_size: ``(W, H)`` shared by the batch, or a ``(B, 2)`` tensor of per-image sizes.
+        grid_size: ``(grid_w, grid_h)``.
+        num_classes: C.
+
+    Returns:
+        ``(B, C, grid_h, grid_w)`` 0/1 in ``boxes``' dtype and device: a cell is 1 iff it overlaps a box of its
+        class with positive area, with the same cross-multiplied border rule as :func:`_axis_overlap`.
+    """
+    if boxes.ndim != 3 or boxes.shape[-1] != 5:
+        raise ValueError(f"boxes must be (B, K, 5), got shape {tuple(boxes.shape)}")
+    gw, gh = (int(v) for v in _pair(grid_size, "grid_size"))
+    b, k, _ = boxes.shape
+    size = torch.as_tensor(image_size, dtype=boxes.dtype, device=boxes.device).reshape(-1, 2)  # (1 | B, 2)
+    width, height = size[:, 0].view(-1, 1, 1), size[:, 1].view(-1, 1, 1)
+    x0, y0 = boxes[..., 1:2], boxes[..., 2:3]  # (B, K, 1)
+    x1, y1 = x0 + boxes[..., 3:4], y0 + boxes[..., 4:5]
+    kx = torch.arange(gw, dtype=boxes.dtype, device=boxes.device)
+    ky = torch.arange(gh, dtype=boxes.dtype, device=boxes.device)
+    cols = (kx * width < x1 * gw) & ((kx + 1) * width > x0 * gw) & (x1 > x0)  # (B, K, gw)
+    rows = (ky * height < y1 * gh) & ((ky + 1) * height > y0 * gh) & (y1 > y0)  # (B, K, gh)
+    valid = boxes[..., 0] >= 0  # (B, K)
+    hit = (rows[..., :, None] & cols[..., None, :] & valid[..., None, None]).to(boxes.dtype)  # (B, K, gh, gw)
+    out = torch.zeros(b, num_classes, gh, gw, dtype=boxes.dtype, device=boxes.device)
+    cls = boxes[..., 0].clamp(min=0).long()  # (B, K); padding rows add zeros to class 0
+    return out.scatter_reduce_(1, cls[..., None, None].expand(b, k, gh, gw), hit, reduce="amax")
+
+
 def build_grid_targets(
     boxes_per_image: Sequence[Sequence[Sequence[float]]],
     num_classes: int,
     image_size: Sequence[float] | Sequence[Sequence[float]],
     grid_size: Sequence[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched grid targets and box masks.
+    """Batched grid targets and box masks from per-image box lists (validated, then :func:`padded_grid_targets`).
 
     Args:
         boxes_per_image: for each of the B images, a list of ``(class_index, x, y, w, h)`` in that image's
@@ -138,7 +176,7 @@ def build_grid_targets(
         image has at least one box of that class: lambda in eq. 6).
     """
     batch = len(boxes_per_image)
-    gw, gh = _pair(grid_size, "grid_size")
+    _pair(grid_size, "grid_size")
     sizes: list[Sequence[float]]
     if len(image_size) == 2 and not isinstance(image_size[0], (list, tuple)):
         sizes = [image_size] * batch  # type: ignore[list-item]
@@ -146,19 +184,25 @@ def build_grid_targets(
         sizes = list(image_size)  # type: ignore[arg-type]
         if len(sizes) != batch:
             raise ValueError(f"got {len(sizes)} image sizes for {batch} images")
-    targets = torch.zeros(batch, num_classes, int(gh), int(gw), dtype=torch.float32)
+    sizes = [_pair(sz, "image_size") for sz in sizes]
+    kmax = max([len(boxes) for boxes in boxes_per_image], default=0)
+    padded = torch.full((batch, max(kmax, 1), 5), -1.0, dtype=torch.float64)
     box_mask = torch.zeros(batch, num_classes, dtype=torch.float32)
     for b, boxes in enumerate(boxes_per_image):
-        for entry in boxes:
+        for j, entry in enumerate(boxes):
             if len(entry) != 5:
                 raise ValueError(f"image {b}: box entries must be (class_index, x, y, w, h), got {entry!r}")
             cls = int(entry[0])
             if not 0 <= cls < num_classes:
                 raise ValueError(f"image {b}: class index {cls} outside [0, {num_classes})")
-            grid = box_to_grid(entry[1:], sizes[b], (gw, gh))
-            targets[b, cls] = torch.maximum(targets[b, cls], grid)
+            x, y, w, h = (float(v) for v in entry[1:])
+            if w < 0 or h < 0 or not all(math.isfinite(v) for v in (x, y, w, h)):
+                raise ValueError(f"image {b}: box must have finite coordinates and non-negative size, got {entry!r}")
+            padded[b, j] = torch.tensor([cls, x, y, w, h], dtype=torch.float64)
             box_mask[b, cls] = 1.0
-    return targets, box_mask
+    size_t = torch.tensor(sizes, dtype=torch.float64).reshape(-1, 2) if batch else torch.zeros(0, 2)
+    targets = padded_grid_targets(padded, size_t if batch else (1.0, 1.0), grid_size, num_classes)
+    return targets.to(torch.float32), box_mask
 
 
 # ----------------------------------------------------------------------------------------------------------

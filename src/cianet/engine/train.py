@@ -98,30 +98,6 @@ def build_network(cfg: Config) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------- one step
-def grid_targets(boxes: torch.Tensor, image_size: int, grid_hw: tuple[int, int], num_classes: int) -> torch.Tensor:
-    """Cell targets (B, C, h, w) from padded boxes (B, K, 5) = (class, x, y, w, h) in an S x S frame.
-
-    A cell is 1 iff it overlaps a box of its class with positive area (as ``cianet.losses.box_to_grid``).
-    """
-    b, k, _ = boxes.shape
-    gh, gw = grid_hw
-    out = torch.zeros(b, num_classes, gh, gw, device=boxes.device)
-    valid = boxes[..., 0] >= 0  # (B, K)
-    if not bool(valid.any()):
-        return out
-    cw, ch = image_size / gw, image_size / gh
-    xs = torch.arange(gw, device=boxes.device, dtype=boxes.dtype) * cw  # cell left edges (gw,)
-    ys = torch.arange(gh, device=boxes.device, dtype=boxes.dtype) * ch
-    x0, y0 = boxes[..., 1:2], boxes[..., 2:3]  # (B, K, 1)
-    x1, y1 = x0 + boxes[..., 3:4], y0 + boxes[..., 4:5]
-    colhit = (torch.minimum(x1, xs + cw) - torch.maximum(x0, xs)) > 0  # (B, K, gw)
-    rowhit = (torch.minimum(y1, ys + ch) - torch.maximum(y0, ys)) > 0  # (B, K, gh)
-    hit = (rowhit[..., :, None] & colhit[..., None, :] & valid[..., None, None]).float()  # (B, K, gh, gw)
-    cls = boxes[..., 0].clamp(min=0).long()  # (B, K)
-    out.scatter_reduce_(1, cls[..., None, None].expand(b, k, gh, gw), hit, reduce="amax")
-    return out
-
-
 @torch.no_grad()
 def align_batch(align_net: nn.Module | None, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Warp image and negative into the canonical frame; move the boxes along (still (B, K, 5), S frame).
@@ -171,7 +147,7 @@ def train_one_epoch(
     progress: bool = True,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns the epoch's mean losses. Raises NonFiniteLossError on NaN/inf."""
-    from cianet.losses import cianet_loss
+    from cianet.losses import cianet_loss, padded_grid_targets
 
     cfg = cfg or Config()
     model.train()
@@ -186,7 +162,8 @@ def train_one_epoch(
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16, enabled=amp):
             out = model(pos, neg)
         logits = out["logits"].float()  # (B, C, h, w)
-        targets = grid_targets(batch["boxes"], pos.shape[-1], tuple(logits.shape[-2:]), logits.shape[1])
+        size, grid = (pos.shape[-1], pos.shape[-2]), (logits.shape[-1], logits.shape[-2])  # (W, H) pairs
+        targets = padded_grid_targets(batch["boxes"], size, grid, logits.shape[1])  # (B, C, h, w)
         losses = cianet_loss(
             logits, batch["labels"], targets, batch["box_mask"], beta_b=cfg.loss.beta_b, rescale=cfg.loss.mil_rescale
         )
@@ -234,14 +211,6 @@ class JsonlLog:
         record = {"time": round(time.time(), 3), **record}
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
-
-
-def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state()[1].tolist(),
-        "python": repr(random.getstate()),
-    }
 
 
 def checkpoint_payload(model: nn.Module, cfg: Config, epoch: int, **extra: Any) -> dict[str, Any]:
@@ -301,7 +270,7 @@ def load_alignment(path: str | None, device: torch.device) -> nn.Module | None:
     return net
 
 
-def make_loaders(cfg: Config, data, rank: int = 0, world: int = 1, epoch_seed: int = 0):
+def make_loaders(cfg: Config, data, rank: int = 0, world: int = 1):
     """Datasets and loaders for a run: (train_ds, train_loader_factory(epoch), test_ds, test_loader)."""
     from torch.utils.data import DataLoader
 
