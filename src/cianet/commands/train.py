@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from pathlib import Path
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_config: str = "paper") -> None:
@@ -100,7 +100,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         print(json.dumps(_clean({k: metrics[k] for k in ("localization", "auc", "n_images", "n_boxes")})))
     else:
-        print((__import__("pathlib").Path(args.run) / "metrics.md").read_text())
+        print((Path(args.run) / "metrics.md").read_text())
     return 0
 
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,23 +149,42 @@ def write_metrics(run_dir: str | Path, metrics: dict[str, Any], title: str = "")
                          box_classes=metrics["box_classes"], box_images=metrics["box_images"])
 
 
-def evaluate_run(run_dir: str | Path, device: str = "auto", progress: bool = True, data_root: str | None = None,
-                 keep_predictions: bool = False) -> dict[str, Any]:
-    """Re-evaluate a finished run on its own test split; writes metrics.json/md into the run folder."""
+@dataclass
+class LoadedRun:
+    """A finished run, rebuilt for evaluation: its model (eval mode, on ``device``), config and test data."""
+
+    model: nn.Module
+    cfg: Any  # cianet.config.Config
+    description: str
+    test_ds: Any  # PairedXrayDataset
+    test_loader: Any
+    align_net: nn.Module | None
+    device: torch.device
+
+
+def load_run(run_dir: str | Path, device: str = "auto", data_root: str | None = None,
+             progress: bool = False) -> LoadedRun:
+    """Load a run's checkpoint and rebuild its own test split (and negatives, alignment) as it trained."""
     from cianet.engine.pipeline import build_run_data
     from cianet.engine.train import load_alignment, load_checkpoint, make_loaders, model_from_checkpoint, resolve_device
 
     run_dir = Path(run_dir)
-    ckpt = load_checkpoint(run_dir)
-    model, cfg = model_from_checkpoint(ckpt)
+    model, cfg = model_from_checkpoint(load_checkpoint(run_dir))
     if data_root:
         cfg.data.data_root = data_root
-    cfg.run.out = str(run_dir)
+    cfg.run.out, cfg.run.progress = str(run_dir), progress
     dev = resolve_device(device)
-    model.to(dev)
     data = build_run_data(cfg)
     _, _, test_ds, test_loader = make_loaders(cfg, data)
-    metrics = evaluate(model, test_loader, dev, align_net=load_alignment(cfg.align.checkpoint, dev), dataset=test_ds,
+    return LoadedRun(model.to(dev).eval(), cfg, data.description, test_ds, test_loader,
+                     load_alignment(cfg.align.checkpoint, dev), dev)
+
+
+def evaluate_run(run_dir: str | Path, device: str = "auto", progress: bool = True, data_root: str | None = None,
+                 keep_predictions: bool = False) -> dict[str, Any]:
+    """Re-evaluate a finished run on its own test split; writes metrics.json/md into the run folder."""
+    run = load_run(run_dir, device, data_root)
+    metrics = evaluate(run.model, run.test_loader, run.device, align_net=run.align_net, dataset=run.test_ds,
                        progress=progress, upsample=True, keep_predictions=keep_predictions)
-    write_metrics(run_dir, metrics, title=f"{cfg.model.kind} ({data.description})")
+    write_metrics(run_dir, metrics, title=f"{run.cfg.model.kind} ({run.description})")
     return metrics

@@ -78,11 +78,7 @@ def _run_config(base: Config, variant: Variant, fold: int | None, run_dir: Path)
     cfg = copy.deepcopy(base)
     for section, values in variant.settings.items():
         for key, value in values.items():
-            if section == "align" and key == "checkpoint" and value is None:
-                continue  # keep the user's checkpoint unless the variant is explicit about alignment below
             setattr(getattr(cfg, section), key, value)
-    if "align" in variant.settings and variant.settings["align"].get("checkpoint", "keep") is None:
-        cfg.align.checkpoint = None
     if fold is not None:
         cfg.protocol.fold = fold
     cfg.run.out = str(run_dir)

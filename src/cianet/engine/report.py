@@ -130,37 +130,27 @@ def figure_alignment(data_root: Path, align_ckpt: Path, size: int, out: Path, n:
     return path
 
 
-def _load_run(run_dir: Path):
-    from cianet.engine.pipeline import build_run_data
-    from cianet.engine.train import load_alignment, load_checkpoint, make_loaders, model_from_checkpoint
-
-    model, cfg = model_from_checkpoint(load_checkpoint(run_dir))
-    cfg.run.out, cfg.run.progress = str(run_dir), False
-    data = build_run_data(cfg)
-    _, _, test_ds, _ = make_loaders(cfg, data)
-    return model.eval(), cfg, test_ds, load_alignment(cfg.align.checkpoint, __import__("torch").device("cpu"))
-
-
 def figure_predictions(runs: dict[str, Path], out: Path, n: int = 4) -> tuple[Path | None, Path | None]:
     """attention.png (CIA-Net: image, negative, |M+ - M-|) and boxes.png (true vs predicted, both models)."""
     import torch
 
     from cianet.engine.dataset import collate
-    from cianet.engine.evaluate import forward_grids
+    from cianet.engine.evaluate import forward_grids, load_run
     from cianet.engine.train import align_batch
 
-    loaded = {k: _load_run(v) for k, v in runs.items()}
-    _, _, test_ds, _ = loaded["cianet"]
+    loaded = {k: load_run(v, device="cpu") for k, v in runs.items()}
+    test_ds = loaded["cianet"].test_ds
     picks = [i for i in range(len(test_ds)) if test_ds.names[i] in test_ds.boxes][:n]
     if not picks:
         return None, None
     plt = _plt()
     preds = {}
-    for kind, (model, cfg, ds, align_net) in loaded.items():
+    for kind, run in loaded.items():
+        ds = run.test_ds
         batch = collate([ds[ds.names.index(test_ds.names[i])] for i in picks])
-        batch = align_batch(align_net, batch)
+        batch = align_batch(run.align_net, batch)
         with torch.no_grad():
-            preds[kind] = (batch, forward_grids(model, batch, upsample=True))
+            preds[kind] = (batch, forward_grids(run.model, batch, upsample=True))
     from matplotlib.colors import ListedColormap
 
     blue = ListedColormap(["deepskyblue"])
