@@ -25,6 +25,7 @@ def test_variants_follow_the_papers_tables():
     assert all(v.settings["protocol"]["kind"] == "classification" for v in experiment_variants("table4"))
     with pytest.raises(ValueError, match="--align"):
         experiment_variants("table6")
+    assert all("align" not in v.settings for v in t1 + t2 + t3)  # --align applies to every row alike
     t6 = experiment_variants("table6", "align.pt")
     assert [v.settings["align"]["checkpoint"] for v in t6] == [None, "align.pt", None, "align.pt"]
 
