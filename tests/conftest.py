@@ -9,6 +9,18 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# One intra-op thread for the whole session (and the processes tests start): on a shared 2-core machine
+# OpenMP's spinning threads make two threads up to 20x slower than one, which decides whether
+# `pytest -m "not slow"` takes 45 s or 4 minutes. CIANET_TEST_THREADS overrides it.
+TEST_THREADS = os.environ.get("CIANET_TEST_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", TEST_THREADS)
+
+
+def pytest_configure(config) -> None:
+    import torch
+
+    torch.set_num_threads(int(TEST_THREADS))
+
 
 def shared_dir() -> Path:
     return Path(os.environ.get("CIANET_SHARED", REPO_ROOT.parent / "shared"))

@@ -184,6 +184,7 @@ def test_structure_loss_zero_for_identical_and_formula(structure_loss):
     assert float(none["feat"]) == 0.0 and float(none["total"]) == pytest.approx(float(got["pixel"]))
 
 
+@pytest.mark.slow
 def test_structure_loss_trains_alignment_toward_target(structure_loss):
     """A few steps on a shifted image reduce the structure loss to the un-shifted target."""
     torch.manual_seed(3)

@@ -1,8 +1,4 @@
-"""Model bundles: building from a run, the negative bank, safe loading and refusal of foreign metadata.
-
-The helpers at the top (a tiny NIH-layout data set, a fake training run, alignment with a known shift) are
-shared with test_predict.py and test_onnx.py.
-"""
+"""Model bundles: building from a run, the negative bank, safe loading and refusal of foreign metadata."""
 
 from __future__ import annotations
 
@@ -15,102 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-SIZE = 64  # network input
-U = 16  # test grid
-IMG_W, IMG_H = 80, 96  # the image files are not square and not at the network size
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-def synthetic_chest(rng: np.random.Generator, w: int = IMG_W, h: int = IMG_H, lesion: bool = False) -> np.ndarray:
-    """A phantom-like gray chest (H, W) float in [0, 1] spanning the full range: body, two dark lungs, noise."""
-    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
-    img = 0.55 + 0.1 * rng.standard_normal() * yy
-    for cx in (0.3 + 0.03 * rng.standard_normal(), 0.7 + 0.03 * rng.standard_normal()):
-        img -= 0.35 * (((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1)
-    if lesion:
-        img += 0.3 * (((xx - 0.3) / 0.06) ** 2 + ((yy - 0.45) / 0.06) ** 2 < 1)
-    img += 0.03 * rng.standard_normal((h, w))
-    img = (img - img.min()) / (img.max() - img.min())
-    return img.astype(np.float32)
-
-
-def tiny_config(out: Path, kind: str = "cianet", data_root: str = "", align: str | None = None):
-    from cianet.config import load_config
-
-    cfg = load_config("tiny")
-    cfg.data.image_size, cfg.data.data_root = SIZE, data_root
-    cfg.model.kind, cfg.model.test_upsample, cfg.model.head_channels = kind, U, 32
-    cfg.align.checkpoint = align
-    cfg.run.out = str(out)
-    return cfg
-
-
-def tiny_model(cfg, seed: int = 0):
-    from cianet.engine.train import build_network
-
-    torch.manual_seed(seed)
-    model = build_network(cfg).eval()
-    # Random but non-trivial BatchNorm statistics, so eval mode is not the identity.
-    g = torch.Generator().manual_seed(seed + 1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-    return model
-
-
-def write_data(root: Path, n: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
-    """NIH-layout data root: n images (one per patient), even ones No Finding. Returns name -> image."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    lines = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-             "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"]
-    images = {}
-    for i in range(n):
-        name = f"{i + 1:08d}_000.png"
-        img = synthetic_chest(rng, lesion=i % 2 == 1)
-        u8 = np.rint(img * 255).astype(np.uint8)
-        Image.fromarray(u8, mode="L").save(root / "images" / name)
-        images[name] = u8.astype(np.float32) / 255.0
-        lines.append(f"{name},{'No Finding' if i % 2 == 0 else 'Nodule'},0,{i + 1},40,M,PA,{IMG_W},{IMG_H},0.1,0.1")
-    (root / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
-    return images
-
-
-def write_alignment(path: Path, tx: float = 0.0, ty: float = 0.0) -> Path:
-    """align.pt of an AlignmentNet that outputs exactly (tx, ty, 1, 1, 0) for any image."""
-    from cianet.models.alignment import AlignmentNet
-
-    torch.manual_seed(3)
-    net = AlignmentNet(backbone="resnet18", input_size=SIZE)
-    with torch.no_grad():  # the last layer is zero: z = bias; t = max_shift * tanh(z)
-        net.fc.bias[0] = math.atanh(tx / net.max_shift)
-        net.fc.bias[1] = math.atanh(ty / net.max_shift)
-    torch.save({"kind": "alignment", "format_version": 1, "model": net.state_dict(), "epoch": 0, "config": {},
-                "net_kwargs": {"backbone": "resnet18", "input_size": SIZE},
-                "canonical": torch.rand(SIZE, SIZE), "input_size": SIZE}, path)
-    return path
-
-
-def make_run(tmp: Path, kind: str = "cianet", shift: float | None = None, n: int = 10) -> tuple[Path, dict]:
-    """A finished-looking training run folder over a tiny data root; returns (run dir, name -> image)."""
-    from cianet.config import save_config
-    from cianet.engine.train import checkpoint_payload
-    from cianet.utils.atomic import atomic_torch_save, atomic_write_json
-
-    root, run = tmp / "data", tmp / f"run-{kind}-{shift}"
-    images = write_data(root, n)
-    align = str(write_alignment(tmp / "align.pt", tx=shift)) if shift is not None else None
-    cfg = tiny_config(run, kind, str(root), align)
-    model = tiny_model(cfg)
-    run.mkdir(parents=True)
-    atomic_torch_save(checkpoint_payload(model, cfg, epoch=3), run / "checkpoint.pt")
-    save_config(cfg, run / "config.yaml")
-    names = sorted(images)
-    # Test images: the last two (one No Finding, one Nodule); the No Finding one must stay out of the bank.
-    atomic_write_json(run / "split.json", {"description": "tiny", "train": names[:-2], "test": names[-2:],
-                                           "box_supervised": [], "excluded": {}})
-    return run, images
+from helpers import SIZE, make_run, synthetic_chest
 
 
 @pytest.fixture(scope="module")
@@ -120,15 +21,16 @@ def run_dir(tmp_path_factory) -> tuple[Path, dict]:
 
 @pytest.fixture(scope="module")
 def small_bundle(run_dir) -> dict:
-    from cianet.engine.bundle import bundle_from_run
+    from cianet.inference.bundle import bundle_from_run
 
     return bundle_from_run(run_dir[0], n_negatives=2, progress=False)
 
 
 # -------------------------------------------------------------------------------------------------- tests
 def test_bank_holds_training_negatives_with_their_maps(run_dir, tmp_path):
-    from cianet.engine.bundle import bundle_from_run, load_bundle, save_bundle
-    from cianet.engine.train import load_checkpoint, model_from_checkpoint
+    from cianet.inference.bundle import bundle_from_run
+    from cianet.run.bundle_file import load_bundle, save_bundle
+    from cianet.run.checkpoints import load_checkpoint, model_from_checkpoint
     from cianet.models.backbones import gray_to_input
     from cianet.negatives import hash_codes
 
@@ -159,7 +61,7 @@ def test_bank_holds_training_negatives_with_their_maps(run_dir, tmp_path):
 
 
 def test_bank_size_cap_prefers_training_images(run_dir, small_bundle):
-    from cianet.engine.bundle import bundle_from_run
+    from cianet.inference.bundle import bundle_from_run
 
     run, _ = run_dir
     split = json.loads((run / "split.json").read_text())
@@ -174,8 +76,8 @@ def test_bank_size_cap_prefers_training_images(run_dir, small_bundle):
 def test_bank_gives_the_logits_of_recomputing_the_negative(tmp_path, shift):
     """Stored M- == M- recomputed from the hash-chosen negative image (aligned when the run aligns)."""
     from cianet.data.io import resize_gray
-    from cianet.engine.bundle import bundle_from_run
-    from cianet.engine.predict import Predictor
+    from cianet.inference.bundle import bundle_from_run
+    from cianet.inference.predictor import Predictor
     from cianet.models.backbones import gray_to_input
     from cianet.negatives import hash_codes
 
@@ -223,7 +125,7 @@ def _tampered(bundle: dict, key: str, value) -> dict:
     (("format", "something-else"), "not a cianet model bundle"),
 ])
 def test_bundle_refuses_tampered_metadata(small_bundle, tmp_path, change, message):
-    from cianet.engine.bundle import load_bundle
+    from cianet.run.bundle_file import load_bundle
 
     path = tmp_path / "bad.cianet"
     torch.save(_tampered(small_bundle, *change), path)
@@ -238,7 +140,7 @@ class _Evil:
 
 
 def test_bundle_never_unpickles_objects(tmp_path):
-    from cianet.engine.bundle import load_bundle
+    from cianet.run.bundle_file import load_bundle
 
     path = tmp_path / "evil.cianet"
     torch.save({"format": "cianet-model-bundle", "payload": _Evil()}, path)
@@ -252,7 +154,7 @@ def test_bundle_never_unpickles_objects(tmp_path):
 
 def test_bundle_cli_writes_atomically_and_reports(run_dir, tmp_path, capsys):
     from cianet.cli import main
-    from cianet.engine.bundle import load_bundle
+    from cianet.run.bundle_file import load_bundle
 
     run, _ = run_dir
     out = tmp_path / "cli.cianet"

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from cianet.models.canonical import (FALLBACK_CROP, crop_and_resize, find_lung_crop, mean_image,
+from cianet.data.canonical import (FALLBACK_CROP, crop_and_resize, find_lung_crop, mean_image,
                                      otsu_threshold, search_lung_box)
 
 
@@ -108,7 +108,7 @@ def test_canonical_command_on_real_sample(nih_sample_dir, tmp_path):
 def test_build_canonical_on_phantom(tmp_path):
     synth = pytest.importorskip("cianet.data.synth")
     from cianet.data.nih import NIHIndex
-    from cianet.models.canonical import build_canonical
+    from cianet.data.canonical import build_canonical
 
     synth.generate_dataset(tmp_path / "ph", n_images=24, size=128, seed=0, progress=False, workers=1)
     index = NIHIndex.from_root(tmp_path / "ph")

@@ -1,4 +1,4 @@
-"""Training engine: grid targets, resume determinism, non-finite stop, alignment-aware evaluation, configs."""
+"""Training and evaluation: grid targets, resume determinism, non-finite stop, alignment-aware evaluation, configs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cianet.config import load_config
-from engine_data import write_tiny_nih
+from helpers import tiny_config, write_tiny_nih
 
 
 @pytest.fixture(scope="module")
@@ -17,37 +17,15 @@ def tiny_root(tmp_path_factory):
     return write_tiny_nih(tmp_path_factory.mktemp("tiny_nih"))
 
 
-def tiny_cfg(root, out, **over):
-    cfg = load_config("tiny")
-    cfg.data.data_root = str(root)
-    cfg.data.image_size = 64
-    cfg.data.workers = 0
-    cfg.model.backbone = "resnet18"
-    cfg.model.test_upsample = 16
-    cfg.model.head_channels = 16
-    cfg.optim.epochs = 2
-    cfg.optim.batch_size = 8
-    cfg.optim.lr = 0.01
-    cfg.run.out = str(out)
-    cfg.run.progress = False
-    cfg.run.eval_every = 0
-    cfg.run.threads = 1
-    cfg.protocol.annotated_ratio = 0.8
-    cfg.protocol.unannotated_ratio = 0.5
-    for key, value in over.items():
-        section, name = key.split("__")
-        setattr(getattr(cfg, section), name, value)
-    return cfg
-
-
 def _weights(run_dir):
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_same_weights(tiny_root, tmp_path, monkeypatch):
-    from cianet.engine import train as tr
+    from cianet.training import loop as tr
 
-    straight = tr.fit(tiny_cfg(tiny_root, tmp_path / "straight"))
+    straight = tr.fit(tiny_config(tmp_path / "straight", tiny_root))
 
     real_epoch = tr.train_one_epoch
     calls = {"n": 0}
@@ -60,13 +38,13 @@ def test_resumed_run_ends_with_the_same_weights(tiny_root, tmp_path, monkeypatch
 
     monkeypatch.setattr(tr, "train_one_epoch", dying_epoch)
     with pytest.raises(KeyboardInterrupt):
-        tr.fit(tiny_cfg(tiny_root, tmp_path / "killed"))
+        tr.fit(tiny_config(tmp_path / "killed", tiny_root))
     assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["epoch"] == 0
     assert not (tmp_path / "killed" / "metrics.json").exists()
     monkeypatch.setattr(tr, "train_one_epoch", real_epoch)
     with pytest.raises(ValueError, match="--resume"):
-        tr.fit(tiny_cfg(tiny_root, tmp_path / "killed"))
-    resumed = tr.fit(tiny_cfg(tiny_root, tmp_path / "killed"), resume=True)
+        tr.fit(tiny_config(tmp_path / "killed", tiny_root))
+    resumed = tr.fit(tiny_config(tmp_path / "killed", tiny_root), resume=True)
 
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()
@@ -76,11 +54,12 @@ def test_resumed_run_ends_with_the_same_weights(tiny_root, tmp_path, monkeypatch
     assert set(m) >= {"localization", "auc"} and "0.5" in m["localization"] and "Mean" in m["auc"]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_checkpoint(tiny_root, tmp_path, monkeypatch):
-    from cianet.engine import train as tr
+    from cianet.training import loop as tr
     import cianet.losses as losses
 
-    cfg = tiny_cfg(tiny_root, tmp_path / "nan", optim__epochs=1)
+    cfg = tiny_config(tmp_path / "nan", tiny_root, optim__epochs=1)
     real = losses.cianet_loss
 
     def nan_loss(*a, **k):
@@ -96,12 +75,13 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tiny_root, tmp_path, mon
 
 def test_identity_alignment_gives_the_same_localization_as_none(tiny_root, tmp_path):
     """The aligned path (regions rasterized in the image frame) agrees with the exact unaligned path."""
-    from cianet.engine.evaluate import evaluate
-    from cianet.engine.pipeline import build_run_data
-    from cianet.engine.train import build_network, make_loaders
+    from cianet.run.loaders import make_loaders
+    from cianet.run.networks import build_network
+    from cianet.run.protocol import build_run_data
+    from cianet.run.scoring import evaluate
     from cianet.models.alignment import AlignmentNet
 
-    cfg = tiny_cfg(tiny_root, tmp_path / "eval", model__kind="baseline")
+    cfg = tiny_config(tmp_path / "eval", tiny_root, model__kind="baseline")
     torch.manual_seed(0)
     model = build_network(cfg)
     with torch.no_grad():  # zero bias, larger weights: cell probabilities spread around 0.5, regions vary
@@ -109,9 +89,9 @@ def test_identity_alignment_gives_the_same_localization_as_none(tiny_root, tmp_p
         model.head.cls.weight.normal_(0, 1.0)
     data = build_run_data(cfg)
     _, _, test_ds, loader = make_loaders(cfg, data)
-    plain = evaluate(model, loader, torch.device("cpu"), dataset=test_ds, progress=False, keep_predictions=True)
+    plain = evaluate(model, loader, torch.device("cpu"), progress=False, keep_predictions=True)
     ident = AlignmentNet(input_size=64).eval()  # identity at initialization
-    aligned = evaluate(model, loader, torch.device("cpu"), align_net=ident, dataset=test_ds, progress=False,
+    aligned = evaluate(model, loader, torch.device("cpu"), align_net=ident, progress=False,
                        keep_predictions=True)
     assert plain["n_boxes"] > 0
     assert (plain["ious"] > 0).any() and (plain["ious"] < 1).any()  # non-trivial regions
@@ -134,6 +114,7 @@ def test_config_overrides_and_errors(tmp_path):
     assert again == cfg
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tiny_root, tmp_path):
     """DistributedDataParallel with gloo: two ranks train, rank 0 alone writes the run (log, TensorBoard)."""
     import os

@@ -7,9 +7,8 @@ import math
 
 import pytest
 
-from cianet.engine.experiments import _aggregate, experiment_variants, run_experiment
-from engine_data import write_tiny_nih
-from test_engine import tiny_cfg
+from cianet.evaluation.experiments import aggregate_folds, experiment_variants, run_experiment
+from helpers import tiny_config, write_tiny_nih
 
 
 def test_variants_follow_the_papers_tables():
@@ -33,16 +32,17 @@ def test_variants_follow_the_papers_tables():
 def test_aggregate_is_mean_and_population_std_ignoring_missing():
     folds = [{"localization": {"0.5": {"Mass": 0.2, "Mean": 0.4}}, "auc": {"Mass": 0.6, "Mean": None}},
              {"localization": {"0.5": {"Mass": 0.6, "Mean": None}}, "auc": {"Mass": 0.8, "Mean": 0.7}}]
-    agg = _aggregate(folds)
+    agg = aggregate_folds(folds)
     assert agg["localization"]["0.5"]["Mass"] == pytest.approx(0.4)
     assert agg["localization_std"]["0.5"]["Mass"] == pytest.approx(0.2)
     assert agg["localization"]["0.5"]["Mean"] == pytest.approx(0.4) and agg["localization_std"]["0.5"]["Mean"] == 0
     assert agg["auc"]["Mass"] == pytest.approx(0.7) and agg["auc"]["Mean"] == pytest.approx(0.7)
 
 
+@pytest.mark.slow
 def test_reduced_table1_runs_resumes_and_writes_tables(tmp_path, monkeypatch):
     root = write_tiny_nih(tmp_path / "nih")
-    cfg = tiny_cfg(root, tmp_path / "unused", optim__epochs=1)
+    cfg = tiny_config(tmp_path / "unused", root, optim__epochs=1)
     out = tmp_path / "table1"
     md = run_experiment("table1", cfg, out, folds=[0])
     text = md.read_text()
@@ -58,7 +58,7 @@ def test_reduced_table1_runs_resumes_and_writes_tables(tmp_path, monkeypatch):
         got = res["localization"]["0.5"]["Mean"]
         assert (mean is None and (got is None or math.isnan(got))) or got == pytest.approx(mean)
     # finished runs are not trained again
-    import cianet.engine.train as tr
+    import cianet.training.loop as tr
 
     monkeypatch.setattr(tr, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
     assert run_experiment("table1", cfg, out, folds=[0]).read_text() == text

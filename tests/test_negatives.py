@@ -238,24 +238,15 @@ def test_hash_command_end_to_end(tmp_path):
     """`cianet hash` on a tiny NIH-layout folder (skips while the data modules are absent)."""
     pytest.importorskip("cianet.data.nih")
     pytest.importorskip("cianet.data.io")
-    from PIL import Image
-
     from cianet.cli import main
+
+    from helpers import TinyImage, write_nih
 
     rng = np.random.default_rng(11)
     root = tmp_path / "nih"
-    (root / "images").mkdir(parents=True)
-    rows = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-            "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"]
-    imgs = {}
-    for i in range(6):
-        name = f"{i + 1:08d}_000.png"
-        arr = (rng.random((64, 64)) * 255).astype(np.uint8)
-        Image.fromarray(arr).save(root / "images" / name)
-        imgs[name] = arr
-        label = "No Finding" if i < 4 else "Mass"
-        rows.append(f"{name},{label},0,{i + 1},50,M,PA,64,64,0.1,0.1")
-    (root / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
+    imgs = {f"{i + 1:08d}_000.png": (rng.random((64, 64)) * 255).astype(np.uint8) for i in range(6)}
+    write_nih(root, [TinyImage(name, arr, "No Finding" if i < 4 else "Mass", i + 1)
+                     for i, (name, arr) in enumerate(imgs.items())])
     out = tmp_path / "hash.npz"
     assert main(["hash", "--data-root", str(root), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
     index = HashIndex.load(out)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from test_bundle import SIZE, U, make_run, synthetic_chest
+from helpers import SIZE, U, make_run, synthetic_chest
+
+pytestmark = pytest.mark.slow  # exports the network twice (seconds each)
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -17,7 +19,8 @@ pytest.importorskip("onnx")
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from cianet.cli import main
-    from cianet.engine.bundle import bundle_from_run, save_bundle
+    from cianet.inference.bundle import bundle_from_run
+    from cianet.run.bundle_file import save_bundle
 
     tmp = tmp_path_factory.mktemp("onnx")
     run, _ = make_run(tmp, shift=0.1)
@@ -27,7 +30,7 @@ def exported(tmp_path_factory):
 
 
 def test_onnx_matches_pytorch(exported):
-    from cianet.engine.predict import Predictor
+    from cianet.inference.predictor import Predictor
     from cianet.models.backbones import gray_to_input
 
     bundle, path = exported
@@ -57,7 +60,7 @@ def test_onnx_matches_pytorch(exported):
 def test_onnx_sidecars_and_metadata(exported):
     import onnx
 
-    from cianet.engine.bundle import load_bundle
+    from cianet.run.bundle_file import load_bundle
     from cianet.labels import LABELS
 
     bundle, path = exported

@@ -11,13 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from test_bundle import IMG_H, IMG_W, SIZE, U, make_run, synthetic_chest
+from helpers import IMG_H, IMG_W, SIZE, U, make_run, synthetic_chest
 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> dict[str, Path]:
     """Bundle files: plain CIA-Net, CIA-Net aligned with a known shift tx = 0.25, baseline."""
-    from cianet.engine.bundle import bundle_from_run, save_bundle
+    from cianet.inference.bundle import bundle_from_run
+    from cianet.run.bundle_file import save_bundle
 
     tmp = tmp_path_factory.mktemp("predict")
     out = {}
@@ -67,7 +68,7 @@ def _reference_regions(mask: np.ndarray, connectivity: int) -> list[tuple[int, i
 
 @pytest.mark.parametrize("connectivity", [4, 8])
 def test_boxes_from_heatmap_match_flood_fill(connectivity):
-    from cianet.engine.predict import boxes_from_heatmap
+    from cianet.inference.predictor import boxes_from_heatmap
 
     rng = np.random.default_rng(connectivity)
     for _ in range(5):
@@ -86,7 +87,7 @@ def test_boxes_from_heatmap_match_flood_fill(connectivity):
 
 def test_boxes_with_alignment_match_the_rasterized_region():
     """Shift + scale: the mapped rectangle equals the bounding box of mask_to_original's pixels (1 px)."""
-    from cianet.engine.predict import boxes_from_heatmap
+    from cianet.inference.predictor import boxes_from_heatmap
     from cianet.models.alignment import mask_to_original
 
     prob = np.zeros((U, U))
@@ -104,7 +105,7 @@ def test_boxes_with_alignment_match_the_rasterized_region():
 def test_known_shift_box_lands_in_the_original_frame(bundles):
     """Alignment tx = 0.25 (the network sees the image shifted left by W/8): a region of test-grid cells
     rows 4..7, cols 2..5 is, in the file frame, x in [W/4, W/2), y in [H/4, H/2)."""
-    from cianet.engine.predict import Predictor
+    from cianet.inference.predictor import Predictor
 
     pred = Predictor.from_bundle(bundles["shift"])
     cells = np.zeros((U, U), bool)
@@ -122,7 +123,7 @@ def test_known_shift_box_lands_in_the_original_frame(bundles):
 
 def test_scores_inputs_and_result(bundles, tmp_path):
     """Image score = 1 - prod(1 - p) over the native grid (float64 loop); path/uint8/float/PIL agree."""
-    from cianet.engine.predict import Predictor
+    from cianet.inference.predictor import Predictor
 
     pred = Predictor.from_bundle(bundles["plain"], batch_size=2)
     img = synthetic_chest(np.random.default_rng(5), lesion=True)
@@ -149,7 +150,7 @@ def test_scores_inputs_and_result(bundles, tmp_path):
 
 
 def test_baseline_bundle_has_no_attention(bundles):
-    from cianet.engine.predict import Predictor
+    from cianet.inference.predictor import Predictor
 
     r = Predictor.from_bundle(bundles["base"]).predict(synthetic_chest(np.random.default_rng(1)))
     assert r.attention is None and r.negative is None and len(r.probabilities) == 14
@@ -177,7 +178,7 @@ def _write_dicom(path: Path, pixels: np.ndarray) -> None:
 
 def test_predict_cli_skips_bad_files_and_reads_dicom(bundles, tmp_path, capsys):
     from cianet.cli import main
-    from cianet.engine.predict import Predictor
+    from cianet.inference.predictor import Predictor
 
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)

@@ -11,7 +11,7 @@ __all__ = ["LABELS", "BOX_LABELS", "Predictor", "__version__"]
 def __getattr__(name: str):
     # Lazy: importing cianet must not import torch.
     if name == "Predictor":
-        from cianet.engine.predict import Predictor
+        from cianet.inference.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'cianet' has no attribute {name!r}")

@@ -1,8 +1,13 @@
 """The ``cianet`` command line: one sub-command per task, registered by the modules in cianet.commands.
 
 Each command module exposes ``register(subparsers)``, adding its parsers with ``set_defaults(func=...)``;
-``func(args) -> int`` does the work. Command modules import torch and friends inside ``func`` so that
-``cianet --help`` stays fast.
+``func(args) -> int`` parses nothing more, calls the library and prints. Command modules import torch and
+friends inside ``func`` so that ``cianet --help`` stays fast.
+
+Errors never end in a traceback unless ``--debug`` is given: a deliberate error (:class:`cianet.errors.CianetError`,
+and ``ValueError``/``OSError`` raised for bad input) is one line on stderr and exit status 2 (its class may
+say otherwise); anything else is reported as a bug, exit status 3. The exit codes are listed in
+:mod:`cianet.errors`.
 """
 
 from __future__ import annotations
@@ -12,40 +17,49 @@ import importlib
 import sys
 
 from cianet import __version__
+from cianet.errors import EXIT_INPUT, EXIT_INTERNAL, CianetError
 
 # Order here is the order in `cianet --help`.
 COMMAND_MODULES = (
     "cianet.commands.synth",
-    "cianet.commands.data",
-    "cianet.commands.cache",
-    "cianet.commands.models",
-    "cianet.commands.negatives",
+    "cianet.commands.index",
+    "cianet.commands.splits",
+    "cianet.commands.prepare",
+    "cianet.commands.canonical",
+    "cianet.commands.hash",
+    "cianet.commands.train_align",
     "cianet.commands.train",
+    "cianet.commands.evaluate",
+    "cianet.commands.experiment",
+    "cianet.commands.demo",
+    "cianet.commands.bundle",
     "cianet.commands.predict",
+    "cianet.commands.export_onnx",
     "cianet.commands.bench",
 )
 
-
-class CLIError(Exception):
-    """An error to show the user as one line (no traceback), exit status 2."""
+EPILOG = ("exit status: 0 success; 1 some inputs failed; 2 usage or input error; 3 internal error (a bug: "
+          "rerun with --debug for the traceback)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cianet",
         description="CIA-Net for chest X-ray diagnosis and localization (Liu et al., ICCV 2019).",
+        epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"cianet {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of any error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # command module not written yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (multi-line messages are joined with "; ")."""
+    parts = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(parts) or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,18 +68,28 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    prefix = f"cianet {args.command}"
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("cianet: interrupted (finished work is kept; rerun the same command to resume)", file=sys.stderr)
+        print(f"{prefix}: interrupted (finished work is kept; rerun the same command to resume)", file=sys.stderr)
         return 130
-    except CLIError as exc:
-        print(f"cianet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as exc:
-        # Errors raised for bad input carry a message that names the file and the problem.
-        print(f"cianet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (CianetError, ValueError, OSError) as exc:
+        # Raised for bad input, with a message that names the file or flag and the problem.
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"{prefix}: error: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, CianetError) else EXIT_INPUT
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback without --debug
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"{prefix}: internal error (a bug in cianet, please report it): {type(exc).__name__}: "
+              f"{one_line(exc)}" + ("" if args.debug else "; rerun with --debug for the traceback"), file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

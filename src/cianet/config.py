@@ -46,6 +46,8 @@ class ModelConfig:
     pretrained: bool = True  # ImageNet weights when in the local torch cache
     test_upsample: int | None = 128  # paper 3.3: upsample F_bar to 128x128 before the head at test time
     head_channels: int = 512
+    output_stride: int = 32  # 32: the paper (16x16 grid at 512 px); 16 or 8 turn the last strides into dilation
+    last_stage: str = "c5"  # F+ from this stage and attention from the one before: c5 (paper) or c4
 
 
 @dataclass
@@ -67,7 +69,7 @@ class AlignConfig:
 
 @dataclass
 class NegativeConfig:
-    strategy: str = "sim"  # "sim" | "random" | "canonical" (paper Table 5)
+    strategy: str = "sim"  # "sim" | "random" | "canonical" (paper Table 5) | "oracle" (phantom twins)
     hash_index: str | None = None  # `cianet hash` output; built on the fly when absent
     exclude_same_patient: bool = True
     aligned_codes: bool = False  # compute hash codes on aligned images (needs an alignment checkpoint)
@@ -92,6 +94,7 @@ class OptimConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     channels_last: bool = True
     grad_clip: float | None = None
+    box_share: float = 0.0  # minimum share of each batch given to box-supervised images (0: plain shuffle)
 
 
 @dataclass

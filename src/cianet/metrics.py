@@ -8,6 +8,9 @@ IoUs are exact: cells and box are rectangles in the image frame, the cells are d
 ``union = area(box) + area(positive cells) - intersection``.
 
 Classification: per-class ROC AUC of the image score ``1 - prod_j (1 - p_j)`` (eq. 5's image probability).
+
+Statistics: paired bootstrap confidence intervals of CIA-Net minus Base (over boxes or images, and over seeds),
+one-model intervals, verdict sentences that follow from an interval, and the attention mechanism metric.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ __all__ = [
     "mean_std_results",
     "format_localization_table",
     "format_auc_table",
+    "bootstrap_localization_difference",
+    "bootstrap_auc_difference",
+    "localization_ci",
+    "auc_ci",
+    "verdict",
+    "attention_in_boxes",
 ]
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -390,3 +399,509 @@ def format_auc_table(
         cells = [_cell(res.get(c, float("nan")), std.get(c), digits) for c in (*class_names, "Mean")]
         lines.append("| " + " | ".join([model, *cells]) + " |")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Statistics: bootstrap confidence intervals, verdicts, the attention mechanism metric
+# ----------------------------------------------------------------------------------------------------------
+#
+# Resampling scheme (deterministic given ``seed``), shared by every bootstrap below. With S runs (seeds):
+#
+# 1. ``choice = rng.integers(0, S, size=(n_boot, S))`` picks the runs of each replicate (with replacement);
+#    with S == 1 nothing is drawn and every replicate uses the single run.
+# 2. For each run s in order, the m_s slots of ``choice`` equal to s (in row-major order) each get an
+#    independent within-run resample: box indices stratified by class (classes in ascending order, one
+#    ``rng.random((m_s, n_c))`` per class) or image rows (one ``rng.random((m_s, n))``). A uniform u becomes
+#    the index ``min(floor(u * n), n - 1)``. Draws of doubles do not depend on how they are split into calls,
+#    so the row blocks used to bound memory do not change the result.
+# 3. A replicate's statistic is the mean over its S slots.
+#
+# Intervals are percentile intervals of the replicate statistics.
+
+_CHUNK_ELEMENTS = 1 << 21  # bootstrap work arrays are processed in row blocks of about this many elements
+
+
+def _runs(x: Any, ndim: int, name: str) -> list[np.ndarray]:
+    """One run (an ``ndim``-D array) or a list of per-seed runs -> list of ``ndim``-D numpy arrays."""
+    if isinstance(x, (list, tuple)):
+        if len(x) == 0:
+            raise ValueError(f"{name} is empty")
+        first = np.ndim(_to_numpy(x[0]))
+        if first == ndim:
+            runs = [_to_numpy(r) for r in x]
+        elif first == ndim - 1:
+            runs = [np.asarray([_to_numpy(r) for r in x])]
+        else:
+            raise ValueError(f"{name} must be a {ndim}-D array or a list of them (one per seed)")
+    else:
+        arr = _to_numpy(x)
+        if arr.ndim == ndim:
+            runs = [arr]
+        elif arr.ndim == ndim + 1:
+            runs = list(arr)
+        else:
+            raise ValueError(f"{name} must be a {ndim}-D array or a list of them, got shape {arr.shape}")
+    for k, r in enumerate(runs):
+        if r.ndim != ndim:
+            raise ValueError(f"{name}[{k}] must be {ndim}-D, got shape {r.shape}")
+    return runs
+
+
+def _check_boot_args(n_boot: int, confidence: float) -> None:
+    if int(n_boot) != n_boot or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+
+
+def _draw_indices(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
+    """``(rows, n)`` int64 indices uniform in ``[0, n)``, from ``rng.random`` (see the scheme above)."""
+    idx = (rng.random((rows, n)) * n).astype(np.int64)
+    np.minimum(idx, n - 1, out=idx)
+    return idx
+
+
+def _row_blocks(m: int, n: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` blocks of ``m`` rows of ``n`` elements, about ``_CHUNK_ELEMENTS`` per block."""
+    step = max(1, _CHUNK_ELEMENTS // max(n, 1))
+    return [(start, min(m, start + step)) for start in range(0, m, step)]
+
+
+def _bootstrap_stats(samplers: Sequence[Any], n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n_boot,)`` replicate statistics: mean over resampled runs of ``sampler(m, rng) -> (m,)`` values."""
+    s = len(samplers)
+    if s > 1:
+        choice = rng.integers(0, s, size=(n_boot, s))
+    else:
+        choice = np.zeros((n_boot, 1), dtype=np.int64)
+    slots = np.empty(choice.shape, dtype=np.float64)
+    for k, sampler in enumerate(samplers):
+        mask = choice == k
+        m = int(mask.sum())
+        if m:
+            slots[mask] = sampler(m, rng)  # row-major order of the slots
+    return slots.mean(axis=1)
+
+
+def _interval(stats: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
+    """Percentile interval of the finite replicate statistics; ``(None, None)`` when there are none."""
+    finite = stats[np.isfinite(stats)]
+    if finite.size == 0:
+        return None, None
+    if finite.size < stats.size:
+        warnings.warn(
+            f"bootstrap: {stats.size - finite.size} of {stats.size} replicates undefined, left out",
+            stacklevel=3,
+        )
+    low, high = np.quantile(finite, [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0])
+    return float(low), float(high)
+
+
+# ---------------------------------------------------------------------------------------------- localization
+def _loc_run(ious: np.ndarray, classes: np.ndarray, threshold: float, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validated ``(hits float64 (n,), classes int64 (n,))`` of one run; a hit is ``IoU > threshold``."""
+    iou = ious.astype(np.float64)
+    if not np.issubdtype(classes.dtype, np.integer) and not np.all(classes == np.round(classes)):
+        raise ValueError(f"{what}: class indices must be integers")
+    cls = classes.astype(np.int64)
+    if iou.shape != cls.shape:
+        raise ValueError(f"{what}: {iou.size} IoUs for {cls.size} class indices")
+    if iou.size == 0:
+        raise ValueError(f"{what}: no boxes")
+    if not np.all(np.isfinite(iou)):
+        raise ValueError(f"{what}: IoUs contain NaN or inf")
+    return (iou > threshold).astype(np.float64), cls
+
+
+def _class_mean(values: np.ndarray, cls: np.ndarray) -> float:
+    """Mean over the classes present of the mean of ``values`` in each class."""
+    return float(np.mean([np.mean(values[cls == c]) for c in np.unique(cls)]))
+
+
+def _class_mean_sampler(values: np.ndarray, cls: np.ndarray):
+    """Sampler of the class mean of ``values`` under class-stratified resampling of the boxes."""
+    groups = [values[cls == c] for c in np.unique(cls)]
+
+    def sample(m: int, rng: np.random.Generator) -> np.ndarray:
+        total = np.zeros(m, dtype=np.float64)
+        for v in groups:
+            n = v.size
+            for start, stop in _row_blocks(m, n):
+                total[start:stop] += v[_draw_indices(rng, stop - start, n)].sum(axis=1) / n
+        return total / len(groups)
+
+    return sample
+
+
+def _check_threshold(threshold: float) -> float:
+    t = float(threshold)
+    if not math.isfinite(t):
+        raise ValueError(f"threshold must be finite, got {threshold!r}")
+    return t
+
+
+def bootstrap_localization_difference(
+    ious_a: Any,
+    ious_b: Any,
+    classes: Any,
+    threshold: float = 0.5,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Paired bootstrap of the class-mean localization accuracy of model A minus that of model B.
+
+    Accuracy at ``threshold`` is, per class, the share of boxes with ``IoU > threshold`` (strictly); the
+    class mean is over the classes that have boxes (in that run).
+
+    Args:
+        ious_a, ious_b: ``(n,)`` per-box IoUs of A and B, boxes in the same order; or lists of such arrays,
+            one per seed (A and B of one seed share their boxes; different seeds may have different boxes).
+        classes: ``(n,)`` integer class of each box, or a list of them, one per seed.
+        threshold: T(IoU).
+        n_boot: bootstrap replicates.
+        seed: seed of ``numpy.random.default_rng``; the result is deterministic given it.
+        confidence: level of the percentile interval.
+
+    Resampling (see the scheme above): seeds with replacement when there are several, and within each chosen
+    seed the boxes with replacement, stratified by class (each class keeps its box count).
+
+    Returns:
+        ``{"diff", "low", "high", "a", "b", "std_a", "std_b", "n_boxes", "n_seeds", "n_boot", "threshold",
+        "confidence"}``: ``diff`` the mean over seeds of ``a_s - b_s``, ``low``/``high`` the interval, ``a``/
+        ``b`` the mean accuracies over seeds, ``std_a``/``std_b`` their population std over seeds (0 with one
+        seed), ``n_boxes`` the total number of boxes over seeds.
+    """
+    _check_boot_args(n_boot, confidence)
+    t = _check_threshold(threshold)
+    runs_a = _runs(ious_a, 1, "ious_a")
+    runs_b = _runs(ious_b, 1, "ious_b")
+    runs_c = _runs(classes, 1, "classes")
+    if not len(runs_a) == len(runs_b) == len(runs_c):
+        raise ValueError(
+            f"seed counts differ: ious_a has {len(runs_a)}, ious_b {len(runs_b)}, classes {len(runs_c)}"
+        )
+    acc_a, acc_b, samplers, n_boxes = [], [], [], 0
+    for s, (ia, ib, c) in enumerate(zip(runs_a, runs_b, runs_c)):
+        if ia.shape != ib.shape:
+            raise ValueError(f"seed {s}: A has {ia.size} boxes, B has {ib.size}")
+        hits_a, cls = _loc_run(ia, c, t, f"seed {s} (A)")
+        hits_b, _ = _loc_run(ib, c, t, f"seed {s} (B)")
+        acc_a.append(_class_mean(hits_a, cls))
+        acc_b.append(_class_mean(hits_b, cls))
+        samplers.append(_class_mean_sampler(hits_a - hits_b, cls))
+        n_boxes += cls.size
+    stats = _bootstrap_stats(samplers, int(n_boot), np.random.default_rng(seed))
+    low, high = _interval(stats, confidence)
+    return {
+        "diff": float(np.mean([a - b for a, b in zip(acc_a, acc_b)])),
+        "low": low,
+        "high": high,
+        "a": float(np.mean(acc_a)),
+        "b": float(np.mean(acc_b)),
+        "std_a": float(np.std(acc_a)),
+        "std_b": float(np.std(acc_b)),
+        "n_boxes": n_boxes,
+        "n_seeds": len(runs_a),
+        "n_boot": int(n_boot),
+        "threshold": t,
+        "confidence": float(confidence),
+    }
+
+
+def localization_ci(
+    ious: Any,
+    classes: Any,
+    threshold: float = 0.5,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, float | None]:
+    """Class-mean localization accuracy of one model at ``threshold`` with its bootstrap interval.
+
+    Args:
+        ious: ``(n,)`` per-box IoUs (or a list of them, one per seed: the value is then the mean over seeds).
+        classes: ``(n,)`` integer class of each box (or a list, as ``ious``).
+        threshold, n_boot, seed, confidence: as :func:`bootstrap_localization_difference` (same resampling).
+
+    Returns:
+        ``{"value", "low", "high"}``.
+    """
+    _check_boot_args(n_boot, confidence)
+    t = _check_threshold(threshold)
+    runs_i, runs_c = _runs(ious, 1, "ious"), _runs(classes, 1, "classes")
+    if len(runs_i) != len(runs_c):
+        raise ValueError(f"seed counts differ: ious has {len(runs_i)}, classes {len(runs_c)}")
+    values, samplers = [], []
+    for s, (i, c) in enumerate(zip(runs_i, runs_c)):
+        hits, cls = _loc_run(i, c, t, f"seed {s}")
+        values.append(_class_mean(hits, cls))
+        samplers.append(_class_mean_sampler(hits, cls))
+    low, high = _interval(_bootstrap_stats(samplers, int(n_boot), np.random.default_rng(seed)), confidence)
+    return {"value": float(np.mean(values)), "low": low, "high": high}
+
+
+# ---------------------------------------------------------------------------------------------- AUC
+def _auc_sorting(scores: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    """Per class, what the weighted AUC needs (weights aside): ``(pos, neg_sorted, below, upto)``.
+
+    ``pos``: the positive rows; ``neg_sorted``: the negative rows by increasing score; ``below[i]`` /
+    ``upto[i]``: how many of those negatives score ``<`` / ``<=`` the i-th positive.
+    """
+    out = []
+    for k in range(scores.shape[1]):
+        pos, neg = np.flatnonzero(y[:, k] > 0.5), np.flatnonzero(y[:, k] <= 0.5)
+        neg_sorted = neg[np.argsort(scores[neg, k], kind="stable")]
+        neg_scores = scores[neg_sorted, k]
+        below = np.searchsorted(neg_scores, scores[pos, k], side="left")
+        upto = np.searchsorted(neg_scores, scores[pos, k], side="right")
+        out.append((pos, neg_sorted, below, upto))
+    return out
+
+
+def _weighted_auc_terms(
+    w: np.ndarray, pos: np.ndarray, neg_sorted: np.ndarray, below: np.ndarray, upto: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mann-Whitney AUC terms of one class under row weights ``w`` ``(m, n)`` (bootstrap counts).
+
+    Returns ``(numerator, n_pos, n_neg)``, each ``(m,)``: numerator ``sum_{pos i, neg j} w_i w_j ([s_i > s_j]
+    + 0.5 [s_i == s_j])``; AUC = numerator / (n_pos n_neg). With integer weights all terms are exact.
+    """
+    m = w.shape[0]
+    cum_neg = np.zeros((m, neg_sorted.size + 1))
+    np.cumsum(w[:, neg_sorted], axis=1, out=cum_neg[:, 1:])  # negative weight of the j lowest negatives
+    w_pos = w[:, pos]
+    num = (w_pos * (cum_neg[:, below] + cum_neg[:, upto])).sum(axis=1) * 0.5
+    return num, w_pos.sum(axis=1), cum_neg[:, -1]
+
+
+def _class_aucs(w: np.ndarray, sorting: Sequence[tuple]) -> np.ndarray:
+    """``(C, m)`` AUC of each class under each row of weights ``w`` ``(m, n)``; NaN where a class has a
+    single label value (zero positive or zero negative weight)."""
+    out = np.full((len(sorting), w.shape[0]), np.nan)
+    for k, terms in enumerate(sorting):
+        num, n_pos, n_neg = _weighted_auc_terms(w, *terms)
+        den = n_pos * n_neg
+        np.divide(num, den, out=out[k], where=den > 0)
+    return out
+
+
+def _mean_over_defined(aucs: np.ndarray) -> np.ndarray:
+    """``(m,)`` mean over classes of a ``(C, m)`` AUC array, NaN entries left out (NaN if all are)."""
+    defined = ~np.isnan(aucs)
+    count = defined.sum(axis=0)
+    total = np.where(defined, aucs, 0.0).sum(axis=0)
+    return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
+
+
+def _auc_runs(scores_list: Sequence[Any], labels: Any, names: Sequence[str]) -> list[tuple]:
+    """Validated per-seed ``(y float64 (n, C), [scores (n, C) per model])``."""
+    per_model = [_runs(s, 2, name) for s, name in zip(scores_list, names)]
+    runs_y = _runs(labels, 2, "labels")
+    counts = [len(r) for r in per_model] + [len(runs_y)]
+    if len(set(counts)) != 1:
+        detail = ", ".join(f"{n} {c}" for n, c in zip([*names, "labels"], counts))
+        raise ValueError(f"seed counts differ: {detail}")
+    out = []
+    for s in range(len(runs_y)):
+        checked = []
+        for name, runs in zip(names, per_model):
+            if runs[s].shape != runs_y[s].shape:
+                raise ValueError(f"seed {s}: {name} {runs[s].shape} and labels {runs_y[s].shape} differ in shape")
+            sc, y = _check_scores_labels(runs[s], runs_y[s])
+            checked.append(sc)
+        if y.shape[0] == 0:
+            raise ValueError(f"seed {s}: no images")
+        out.append((y.astype(np.float64), checked))
+    return out
+
+
+def _mean_auc_sampler(n: int, sortings: Sequence[Sequence[tuple]], weights: np.ndarray):
+    """Sampler of ``weights @ (mean AUC of each model)`` (e.g. ``[1, -1]``: A - B) under resampling of the
+    ``n`` image rows; NaN for a replicate in which no class has both label values."""
+
+    def sample(m: int, rng: np.random.Generator) -> np.ndarray:
+        out = np.empty(m, dtype=np.float64)
+        for start, stop in _row_blocks(m, n):
+            rows = stop - start
+            idx = _draw_indices(rng, rows, n)
+            flat = (np.arange(rows)[:, None] * n + idx).ravel()
+            w = np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(np.float64)
+            means = np.stack([_mean_over_defined(_class_aucs(w, sorting)) for sorting in sortings])
+            out[start:stop] = weights @ means
+        return out
+
+    return sample
+
+
+def _point_auc(n: int, sorting: Sequence[tuple], seed_index: int) -> float:
+    """Mean over the classes with both label values of the AUCs of one model on one run."""
+    aucs = _class_aucs(np.ones((1, n)), sorting)[:, 0]
+    defined = aucs[~np.isnan(aucs)]
+    if defined.size == 0:
+        raise ValueError(f"seed {seed_index}: no class has both label values, the mean AUC is undefined")
+    return float(np.mean(defined))
+
+
+def bootstrap_auc_difference(
+    scores_a: Any,
+    scores_b: Any,
+    labels: Any,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Paired bootstrap of the mean AUC over classes of model A minus that of model B.
+
+    Args:
+        scores_a, scores_b: ``(n, C)`` image scores of A and B on the same images; or lists of such arrays,
+            one per seed (paired seed by seed).
+        labels: ``(n, C)`` 0/1 labels (or a list, one per seed).
+        n_boot, seed, confidence: as :func:`bootstrap_localization_difference`.
+
+    Resampling: seeds with replacement when there are several; within each chosen seed the image rows with
+    replacement (shared by A and B). A class whose labels take a single value in a replicate is left out of
+    that replicate's mean (for both models); a replicate with no such class is left out with a warning.
+    The point AUCs are the Mann-Whitney statistics (ties count 1/2), equal to :func:`auc_per_class`'s.
+
+    Returns:
+        ``{"diff", "low", "high", "a", "b", "std_a", "std_b", "n_images", "n_seeds", "n_boot",
+        "confidence"}``, as :func:`bootstrap_localization_difference` with ``n_images`` the total over seeds.
+    """
+    _check_boot_args(n_boot, confidence)
+    runs = _auc_runs([scores_a, scores_b], labels, ["scores_a", "scores_b"])
+    auc_a, auc_b, samplers, n_images = [], [], [], 0
+    for s, (y, (sa, sb)) in enumerate(runs):
+        sortings = [_auc_sorting(sa, y), _auc_sorting(sb, y)]
+        auc_a.append(_point_auc(y.shape[0], sortings[0], s))
+        auc_b.append(_point_auc(y.shape[0], sortings[1], s))
+        samplers.append(_mean_auc_sampler(y.shape[0], sortings, np.array([1.0, -1.0])))
+        n_images += y.shape[0]
+    low, high = _interval(_bootstrap_stats(samplers, int(n_boot), np.random.default_rng(seed)), confidence)
+    return {
+        "diff": float(np.mean([a - b for a, b in zip(auc_a, auc_b)])),
+        "low": low,
+        "high": high,
+        "a": float(np.mean(auc_a)),
+        "b": float(np.mean(auc_b)),
+        "std_a": float(np.std(auc_a)),
+        "std_b": float(np.std(auc_b)),
+        "n_images": n_images,
+        "n_seeds": len(runs),
+        "n_boot": int(n_boot),
+        "confidence": float(confidence),
+    }
+
+
+def auc_ci(
+    scores: Any, labels: Any, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> dict[str, float | None]:
+    """Mean AUC over classes of one model with its bootstrap interval (image rows resampled).
+
+    Args:
+        scores: ``(n, C)`` image scores (or a list, one per seed: the value is then the mean over seeds).
+        labels: ``(n, C)`` 0/1 (or a list, as ``scores``).
+
+    Returns:
+        ``{"value", "low", "high"}``.
+    """
+    _check_boot_args(n_boot, confidence)
+    values, samplers = [], []
+    for s, (y, (sc,)) in enumerate(_auc_runs([scores], labels, ["scores"])):
+        sortings = [_auc_sorting(sc, y)]
+        values.append(_point_auc(y.shape[0], sortings[0], s))
+        samplers.append(_mean_auc_sampler(y.shape[0], sortings, np.array([1.0])))
+    low, high = _interval(_bootstrap_stats(samplers, int(n_boot), np.random.default_rng(seed)), confidence)
+    return {"value": float(np.mean(values)), "low": low, "high": high}
+
+
+# ---------------------------------------------------------------------------------------------- verdicts
+def verdict(
+    diff_result: Mapping[str, Any], what: str = "CIA-Net", other: str = "Base", metric: str | None = None
+) -> str:
+    """One sentence whose claim follows from the interval of a ``bootstrap_*_difference`` result.
+
+    "beats" only if ``low > 0``, "loses to" only if ``high < 0``, otherwise "no significant difference"
+    (also when the interval is undefined). ``metric`` defaults to "mean localization accuracy at T(IoU) = t"
+    for a localization result and "mean AUC" for an AUC result.
+    """
+    for key in ("diff", "low", "high"):
+        if key not in diff_result:
+            raise ValueError(f"diff_result has no {key!r} (expected a bootstrap_*_difference result)")
+    if metric is None:
+        if diff_result.get("threshold") is not None:
+            metric = f"mean localization accuracy at T(IoU) = {float(diff_result['threshold']):g}"
+        else:
+            metric = "mean AUC"
+    diff, low, high = diff_result["diff"], diff_result["low"], diff_result["high"]
+    level = f"{100 * float(diff_result.get('confidence', 0.95)):g}%"
+    details = [f"{diff_result['n_seeds']} seed(s)"] if "n_seeds" in diff_result else []
+    if "n_boot" in diff_result:
+        details.append(f"{diff_result['n_boot']} bootstrap replicates")
+    extra = f"; {', '.join(details)}" if details else ""
+    if low is None or high is None:
+        return (
+            f"No significant difference between {what} and {other} on {metric}: difference {diff:+.3f}, "
+            f"{level} CI undefined{extra}."
+        )
+    ci = f"difference {diff:+.3f}, {level} CI [{low:+.3f}, {high:+.3f}]{extra}"
+    if low > 0:
+        return f"{what} beats {other} on {metric}: {ci}."
+    if high < 0:
+        return f"{what} loses to {other} on {metric}: {ci}."
+    return f"No significant difference between {what} and {other} on {metric} (the interval contains 0): {ci}."
+
+
+# ---------------------------------------------------------------------------------------------- attention
+def attention_in_boxes(delta: Any, boxes: Sequence[Any], image_size: Sequence[float]) -> dict[str, Any]:
+    """How much of the contrast attention falls on the true findings.
+
+    Args:
+        delta: ``(N, h, w)`` non-negative attention (e.g. ``|M+ - M-|``) of N positive test images, on a grid
+            covering the image: cell ``(i, j)`` covers ``[j W/w, (j+1) W/w) x [i H/h, (i+1) H/h)``.
+        boxes: length N; entry n is a ``(k, 4)`` array / list of ``(x, y, w, h)`` true finding boxes of image n
+            in the pixel frame of the image (``None`` or empty: no box, the image is skipped).
+        image_size: ``(W, H)``.
+
+    A cell is in a finding when it overlaps a box with positive area (:func:`cianet.losses.box_to_grid`).
+
+    Returns:
+        ``{"hit_rate", "mass_in_boxes", "area_share", "n_images"}`` over the ``n_images`` images with at least
+        one box: ``hit_rate`` the share whose argmax cell (first in row-major order on ties) is in a finding;
+        ``mass_in_boxes`` the mean of (attention in finding cells / total attention), over those images whose
+        total attention is positive; ``area_share`` the mean share of cells in findings. ``None`` where no
+        image qualifies. ``mass_in_boxes`` well above ``area_share`` means the attention concentrates on the
+        findings.
+    """
+    from cianet.losses import box_to_grid
+
+    d = _to_numpy(delta).astype(np.float64)
+    if d.ndim != 3:
+        raise ValueError(f"delta must be (N, h, w), got shape {d.shape}")
+    if len(boxes) != d.shape[0]:
+        raise ValueError(f"{d.shape[0]} attention maps for {len(boxes)} box lists")
+    if not np.all(np.isfinite(d)) or (d < 0).any():
+        raise ValueError("delta must be finite and non-negative")
+    _, gh, gw = d.shape
+    hits, masses, shares = [], [], []
+    for n, image_boxes in enumerate(boxes):
+        b = np.zeros((0, 4)) if image_boxes is None else np.asarray(_to_numpy(image_boxes), dtype=np.float64)
+        if b.size == 0:
+            continue
+        if b.ndim == 1:
+            b = b[None, :]
+        if b.ndim != 2 or b.shape[1] != 4:
+            raise ValueError(f"image {n}: boxes must be (k, 4) rows (x, y, w, h), got shape {b.shape}")
+        inside = np.zeros((gh, gw), dtype=bool)
+        for box in b:
+            inside |= box_to_grid(box, image_size, (gw, gh)).numpy() > 0
+        hits.append(float(inside.reshape(-1)[int(np.argmax(d[n]))]))
+        total = d[n].sum()
+        if total > 0:
+            masses.append(d[n][inside].sum() / total)
+        shares.append(inside.sum() / inside.size)
+
+    def mean(values: list) -> float | None:
+        return float(np.mean(values)) if values else None
+
+    return {"hit_rate": mean(hits), "mass_in_boxes": mean(masses), "area_share": mean(shares), "n_images": len(hits)}

@@ -45,14 +45,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from cianet.engine.bench import BenchSettings
+    from cianet.bench.speed import BenchSettings
+    from cianet.errors import UsageError
 
     s = BenchSettings.quick() if args.quick else BenchSettings()
     if args.only:
         parts = tuple(x.strip() for x in args.only.split(",") if x.strip())
         bad = [x for x in parts if x not in PARTS]
         if bad or not parts:
-            raise ValueError(f"--only: unknown part(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(PARTS)}")
+            raise UsageError(f"--only: unknown part(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(PARTS)}")
         s.parts = parts
     pairs = {"threads": "threads", "device": "device", "backbone": "backbone", "size": "size", "batch": "batch", "steps": "steps",
              "workers": "workers", "bank_codes": "bank_codes", "queries": "queries",
@@ -64,15 +65,15 @@ def settings_from_args(args: argparse.Namespace):
             setattr(s, fieldname, value)
     for name in ("size", "predict_size"):
         if getattr(s, name) % 32:
-            raise ValueError(f"--{name.replace('_', '-')} must be a multiple of 32, got {getattr(s, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be a multiple of 32, got {getattr(s, name)}")
     for name in ("batch", "steps", "predict_batch", "predict_images", "bank_codes", "queries"):
         if getattr(s, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")
     if s.device != "cpu":
         import torch
 
         if torch.device(s.device).type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {s.device}: CUDA is not available on this machine")
+            raise UsageError(f"--device {s.device}: CUDA is not available on this machine")
     if args.no_channels_last:
         s.channels_last = False
     if args.no_compare:
@@ -81,7 +82,7 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from cianet.engine.bench import format_table, run_bench
+    from cianet.bench.speed import format_table, run_bench
 
     settings = settings_from_args(args)
     result = run_bench(settings, log=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))

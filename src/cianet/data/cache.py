@@ -505,3 +505,68 @@ def iter_failed_lines(failed: dict[str, str], limit: int = 5) -> Iterable[str]:
         yield f"  {name}: {reason}"
     if len(items) > limit:
         yield f"  ... and {len(items) - limit} more (see 'failed' in {INDEX_FILE})"
+
+
+def read_image(name: str, path: str | os.PathLike | None, cache: "ImageCache | None" = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """``(image float32 [0, 1], original (W, H))`` of one data-set image: the cache's row when ``cache`` holds
+    ``name`` (at the cache's size), else the decoded file ``path`` (at its own size).
+
+    The one "cache, else file" read of the package; XrayReadError names the image when neither has it.
+    """
+    if cache is not None and name in cache:
+        w, h = cache.original_sizes[name]
+        return cache.get_float(name), (int(w), int(h))
+    if path is None:
+        where = " nor in the image cache" if cache is not None else ""
+        raise XrayReadError(f"image {name} was not found under the data root{where}")
+    img = load_xray(path)
+    return img, (img.shape[1], img.shape[0])
+
+
+def images_of_root(data_root: str | os.PathLike, entry_csv: str | None = None, all_files: bool = False,
+                   log: Callable[[str], None] | None = None) -> list[tuple[str, Path]]:
+    """``(name, path)`` of the images to cache under a data root: those of its entry CSV found on disk, or
+    with ``all_files`` every PNG/JPEG/DICOM file below it (no CSV read)."""
+    from cianet.data.nih import NIHIndex, scan_images
+    from cianet.errors import MissingPathError
+
+    say = log or (lambda msg: None)
+    root = Path(data_root)
+    if all_files:
+        if not root.is_dir():
+            raise MissingPathError(f"data root {root} is not a folder")
+        files, dups = scan_images(root)
+        if not files:
+            raise MissingPathError(f"{root}: no .png/.jpg/.jpeg/.dcm files below it")
+        if dups:
+            say(f"note: {dups} files share a name with another one under {root}; the first was kept")
+        return sorted(files.items())
+    index = NIHIndex.from_root(root, entry_csv=entry_csv, images_required=True)
+    missing = [r.name for r in index.records if r.path is None]
+    if missing:
+        listed = index.entry_csv.name if index.entry_csv else "the index"
+        say(f"note: {len(missing):,} of {len(index):,} images listed in {listed} have no file under {root}; "
+            f"caching the {len(index) - len(missing):,} present")
+    return [(r.name, r.path) for r in index.records if r.path is not None]
+
+
+def prepare_cache(data_root: str | os.PathLike, size: int, cache_dir: str | os.PathLike, *,
+                  entry_csv: str | None = None, all_files: bool = False, workers: int | None = None,
+                  chunk_size: int = 512, max_pixels: float = DEFAULT_MAX_PIXELS, rebuild: bool = False,
+                  verify: bool = False, verify_sample: int = 32,
+                  log: Callable[[str], None] | None = None) -> tuple[ImageCache, dict | None]:
+    """``cianet prepare``: build (or resume) the cache of a data root, then verify it when asked.
+
+    Returns the cache and the :func:`verify_cache` report (None without ``verify``).
+    """
+    from cianet.errors import UsageError
+
+    if size <= 0:
+        raise UsageError(f"--size must be positive, got {size}")
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {workers}")
+    pairs = images_of_root(data_root, entry_csv=entry_csv, all_files=all_files, log=log)
+    cache = build_cache(pairs, size, cache_dir, workers=workers, chunk_size=chunk_size, max_pixels=max_pixels,
+                        rebuild=rebuild, log=log)
+    report = verify_cache(cache.cache_dir, sample=verify_sample, max_pixels=max_pixels) if verify else None
+    return cache, report

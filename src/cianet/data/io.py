@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cianet.errors import CianetError
+
 #: Largest image (width x height, all frames for DICOM) ``load_xray`` accepts by default.
 #: NIH images are 1024 x 1024 (1e6); the largest digital radiographs are ~4300 x 4300 (~18e6).
 DEFAULT_MAX_PIXELS: int = 100_000_000
@@ -39,7 +41,7 @@ _DICOM_MAGIC = b"DICM"
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
 
-class XrayReadError(ValueError):
+class XrayReadError(CianetError, ValueError):
     """An image file could not be read; the message names the file and the cause."""
 
 

@@ -362,3 +362,23 @@ def read_splits(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     _validate(splits, str(path))
     return splits
+
+
+def write_root_splits(data_root: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, k: int = 5,
+                      official: bool = False, ratios: Sequence[float] = (0.7, 0.1, 0.2), only_present: bool = False,
+                      entry_csv: str | None = None, bbox_csv: str | None = None, strict: bool = False) -> dict:
+    """``cianet splits``: index a data root, make its splits (:func:`make_splits`) and write them to ``out``.
+
+    ``only_present`` splits only the images whose file was found.
+    """
+    from cianet.errors import MissingPathError
+
+    index = NIHIndex.from_root(data_root, strict=strict, entry_csv=entry_csv, bbox_csv=bbox_csv)
+    if only_present:
+        present = index.present()
+        if not present:
+            raise MissingPathError(f"{index.root}: --only-present, but no image file was found below it")
+        index = index.restrict(present)
+    splits = make_splits(index, seed=seed, k=k, official=official, ratios=ratios)
+    write_splits(out, splits)
+    return splits

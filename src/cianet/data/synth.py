@@ -40,6 +40,7 @@ so the bytes do not depend on the number of workers. PNGs are written with fixed
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import math
@@ -106,6 +107,8 @@ LABEL_WEIGHTS: dict[str, float] = {
 N_FINDINGS_P = (0.72, 0.21, 0.07)
 #: Field of view of the pretend original radiograph (mm), for OriginalImagePixelSpacing.
 FIELD_OF_VIEW_MM = 358.0
+#: where ``twins=True`` writes the finding-free twins, under the data set's root
+TWINS_DIR = "twins"
 _NAME_RE = re.compile(r"^\d{8}_\d{3}\.png$")
 
 
@@ -541,13 +544,18 @@ def build_spec(plan: ImagePlan, size: int, seed: int) -> ImageSpec:
     return sample_spec(rng, plan.labels, plan.strength, anatomy=base, background=background)
 
 
-def _render_task(task: tuple[ImagePlan, int, int, str]) -> dict:
-    """Worker: draw one planned image, write its PNG atomically, return its truth."""
-    plan, size, seed, img_dir = task
+def _render_task(task: tuple[ImagePlan, int, int, str, str | None]) -> dict:
+    """Worker: draw one planned image, write its PNG atomically (and its finding-free twin), return its truth."""
+    plan, size, seed, img_dir, twin_dir = task
     spec = build_spec(plan, size, seed)
     r = render_spec(spec, size, noise=True, undeformed=False)
     with atomic_path(Path(img_dir) / plan.name) as tmp:
         tmp.write_bytes(_png_bytes(r.deformed))
+    if twin_dir is not None and spec.findings:
+        # Same anatomy, deformation and noise draw; only the findings are left out.
+        twin = render_spec(dataclasses.replace(spec, findings=()), size, noise=True, undeformed=False)
+        with atomic_path(Path(twin_dir) / plan.name) as tmp:
+            tmp.write_bytes(_png_bytes(twin.deformed))
     return {"index": plan.index, "boxes": [tuple(b) for b in r.boxes], "params": r.params}
 
 
@@ -608,6 +616,7 @@ def generate_dataset(
     no_finding_share: float = 0.5,
     overwrite: bool = False,
     force_progress: bool = False,
+    twins: bool = False,
 ) -> dict:
     """Write a synthetic NIH-layout data set (see the module docstring) and return its summary.
 
@@ -616,7 +625,9 @@ def generate_dataset(
     folder of real No Finding X-rays drawn instead of the anatomy. ``workers``: processes (default: all
     CPUs; the output does not depend on it). ``progress``: a tqdm bar on a terminal (``force_progress``:
     also elsewhere). ``overwrite``: allow a non-empty ``out_dir`` (stale
-    NIH-named PNGs in ``out_dir/images`` are removed).
+    NIH-named PNGs in ``out_dir/images`` are removed). ``twins``: also write each positive image's
+    finding-free twin (same anatomy, deformation and noise) as ``out_dir/twins/NAME.png``, the oracle
+    negatives of ``negatives.strategy=oracle``.
     """
     from tqdm import tqdm
 
@@ -650,7 +661,10 @@ def generate_dataset(
         if _NAME_RE.match(stale.name) and stale.name not in names:
             stale.unlink()
 
-    tasks = [(p, size, seed, str(img_dir)) for p in plans]
+    twin_dir = out / TWINS_DIR if twins else None
+    if twin_dir is not None:
+        twin_dir.mkdir(exist_ok=True)
+    tasks = [(p, size, seed, str(img_dir), str(twin_dir) if twin_dir else None) for p in plans]
     workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
     workers = min(workers, n_images)
     results: dict[int, dict] = {}
@@ -692,6 +706,7 @@ def generate_dataset(
         "train_val": len(train),
         "test": len(test),
         "backgrounds": len(bg_paths) if bg_paths else 0,
+        "twins": sum(bool(p.labels) for p in plans) if twins else 0,
         "per_label": per_label,
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -699,7 +714,7 @@ def generate_dataset(
         "args": {"n_images": n_images, "size": size, "seed": seed, "deform_share": deform_share,
                  "strong_share": strong_share, "annotated_share": annotated_share,
                  "no_finding_share": no_finding_share, "images_per_patient": [lo, hi],
-                 "backgrounds": str(backgrounds) if backgrounds is not None else None},
+                 "backgrounds": str(backgrounds) if backgrounds is not None else None, "twins": bool(twins)},
         "summary": {k: v for k, v in summary.items() if k not in ("seconds", "out_dir")},
     }
     atomic_write_json(out / "synth_meta.json", meta)

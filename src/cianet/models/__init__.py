@@ -1,4 +1,7 @@
-"""Networks: ResNet backbones, CIA-Net and the Li et al. baseline, the alignment module, the canonical chest."""
+"""Networks: ResNet backbones, CIA-Net and the Li et al. baseline, the alignment module.
+
+The canonical chest is image statistics, not a network: it lives in :mod:`cianet.data.canonical`.
+"""
 
 from cianet.models.alignment import (
     IDENTITY_PARAMS,
@@ -17,7 +20,6 @@ from cianet.models.backbones import (
     load_pretrained_or_warn,
     resnet_trunk,
 )
-from cianet.models.canonical import build_canonical, crop_and_resize, find_lung_crop, mean_image
 from cianet.models.cianet import Baseline, CIANet, build_model, normalize_delta
 
 __all__ = [
@@ -30,14 +32,10 @@ __all__ = [
     "StructureLoss",
     "boxes_to_aligned",
     "boxes_to_original",
-    "build_canonical",
     "build_model",
-    "crop_and_resize",
-    "find_lung_crop",
     "gray_to_input",
     "load_pretrained_or_warn",
     "mask_to_original",
-    "mean_image",
     "normalize_delta",
     "params_to_matrix",
     "resnet_trunk",

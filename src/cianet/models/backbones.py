@@ -27,13 +27,15 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-#: name -> (C4 channels, C5 channels)
-RESNET_CHANNELS: dict[str, tuple[int, int]] = {
-    "resnet18": (256, 512),
-    "resnet34": (256, 512),
-    "resnet50": (1024, 2048),
-    "resnet101": (1024, 2048),
+#: name -> (C3, C4, C5 channels)
+RESNET_CHANNELS: dict[str, tuple[int, int, int]] = {
+    "resnet18": (128, 256, 512),
+    "resnet34": (128, 256, 512),
+    "resnet50": (512, 1024, 2048),
+    "resnet101": (512, 1024, 2048),
 }
+#: stage name -> (last torchvision layer, stride without dilation)
+STAGES: dict[str, tuple[str, int]] = {"c3": ("layer2", 8), "c4": ("layer3", 16), "c5": ("layer4", 32)}
 
 #: Environment variable that lets :func:`load_pretrained_or_warn` download missing weights.
 ALLOW_DOWNLOAD_ENV = "CIANET_ALLOW_DOWNLOAD"
@@ -125,6 +127,7 @@ def resnet_trunk(
     pretrained: bool = False,
     upto: str = "c5",
     state_dict: dict[str, Tensor] | None = None,
+    output_stride: int = 32,
 ) -> tuple[nn.Sequential, int]:
     """A torchvision ResNet cut after stage 4 (``upto="c4"``, stride 16) or stage 5 (``"c5"``, stride 32).
 
@@ -144,16 +147,44 @@ def resnet_trunk(
 
     if name not in RESNET_CHANNELS:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(RESNET_CHANNELS)}")
-    if upto not in ("c4", "c5"):
-        raise ValueError(f"upto must be 'c4' or 'c5', got {upto!r}")
+    if upto not in STAGES:
+        raise ValueError(f"upto must be one of {sorted(STAGES)}, got {upto!r}")
     net = getattr(tvm, name)(weights=None)
     if state_dict is None and pretrained:
         state_dict = load_pretrained_or_warn(name)
     if state_dict is not None:
         net.load_state_dict(state_dict)
-    names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"]
-    if upto == "c5":
-        names.append("layer4")
+    layers = ["layer1", "layer2", "layer3", "layer4"]
+    names = ["conv1", "bn1", "relu", "maxpool", *layers[: layers.index(STAGES[upto][0]) + 1]]
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    # Stages whose stride becomes dilation: 16 -> layer4, 8 -> layer3 and layer4 (DeepLab's rule).
+    dilation = 1
+    for stage, stage_stride in (("layer3", 16), ("layer4", 32)):
+        if stage_stride > output_stride:
+            dilation = dilate_stage(getattr(net, stage), dilation)
     trunk = nn.Sequential(OrderedDict((n, getattr(net, n)) for n in names))
-    c4, c5 = RESNET_CHANNELS[name]
-    return trunk, (c5 if upto == "c5" else c4)
+    return trunk, RESNET_CHANNELS[name][list(STAGES).index(upto)]
+
+
+def stage_stride(upto: str, output_stride: int = 32) -> int:
+    """Stride of stage ``upto`` of a trunk built with ``output_stride``."""
+    return min(STAGES[upto][1], output_stride)
+
+
+def dilate_stage(stage: nn.Sequential, previous: int) -> int:
+    """Turn a ResNet stage's stride 2 into dilation, in place; returns the stage's new dilation.
+
+    As torchvision's ``replace_stride_with_dilation`` (which BasicBlock, hence ResNet-18/34, refuses): the
+    first block keeps the previous dilation and loses its stride, the following blocks' 3x3 convolutions get
+    twice the previous dilation. Weights are unchanged, so ImageNet initialization still applies.
+    """
+    new = previous * 2
+    for b, block in enumerate(stage):
+        for conv in (m for m in block.modules() if isinstance(m, nn.Conv2d)):
+            if conv.stride != (1, 1):
+                conv.stride = (1, 1)
+            if conv.kernel_size == (3, 3):
+                d = previous if b == 0 else new
+                conv.dilation, conv.padding = (d, d), (d, d)
+    return new

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cianet.models.upsample_head import upsampled_head
-from cianet.models.backbones import check_input, load_pretrained_or_warn, resnet_trunk
+from cianet.models.backbones import check_input, load_pretrained_or_warn, resnet_trunk, stage_stride
 
 
 def normalize_delta(m_pos: Tensor, m_neg: Tensor, eps: float = 1e-6) -> Tensor:
@@ -76,14 +76,16 @@ class _GridModel(nn.Module):
     """Shared parts of CIA-Net and the baseline: the upper trunk, the head and test-time upsampling."""
 
     def __init__(self, num_classes: int, backbone: str, test_upsample: int | None, head_channels: int,
-                 prior_prob: float | None, state_dict: dict | None) -> None:
+                 prior_prob: float | None, state_dict: dict | None, output_stride: int = 32,
+                 last_stage: str = "c5") -> None:
         super().__init__()
         if test_upsample is not None and test_upsample <= 0:
             raise ValueError(f"test_upsample must be a positive grid size or None, got {test_upsample}")
         self.num_classes = num_classes
         self.backbone = backbone
         self.test_upsample = test_upsample
-        self.upper, c5 = resnet_trunk(backbone, upto="c5", state_dict=state_dict)
+        self.output_stride, self.last_stage = output_stride, last_stage
+        self.upper, c5 = resnet_trunk(backbone, upto=last_stage, state_dict=state_dict, output_stride=output_stride)
         self.head = GridHead(c5, num_classes, head_channels, prior_prob)
 
     def _should_upsample(self, upsample: bool | None) -> bool:
@@ -106,6 +108,14 @@ class _GridModel(nn.Module):
             f_bar = F.interpolate(f_bar, size=size, mode="bilinear", align_corners=False)
         return self.head(f_bar)
 
+    def test_grid_logits(self, f_bar: Tensor) -> Tensor:
+        """Logits on the test-time grid from ``f_bar`` (``forward(..., return_feats=True)["f_bar"]``).
+
+        ``(B, C, U, U)`` with ``U = test_upsample`` when the model has one, else the native ``(B, C, h, w)``;
+        in either training or eval mode, so callers need not reach into the head.
+        """
+        return self._head(f_bar, self.test_upsample is not None)
+
 
 class CIANet(_GridModel):
     """Contrast induced attention network.
@@ -122,12 +132,18 @@ class CIANet(_GridModel):
 
     def __init__(self, num_classes: int = 14, backbone: str = "resnet50", pretrained: bool = False,
                  test_upsample: int | None = None, head_channels: int = 512,
-                 prior_prob: float | None = 0.01, delta_eps: float = 1e-6) -> None:
+                 prior_prob: float | None = 0.01, delta_eps: float = 1e-6, output_stride: int = 32,
+                 last_stage: str = "c5") -> None:
         state_dict = load_pretrained_or_warn(backbone) if pretrained else None  # read (and warn) once
-        super().__init__(num_classes, backbone, test_upsample, head_channels, prior_prob, state_dict)
+        super().__init__(num_classes, backbone, test_upsample, head_channels, prior_prob, state_dict, output_stride,
+                         last_stage)
         self.delta_eps = delta_eps
-        self.attn_trunk, c4 = resnet_trunk(backbone, upto="c4", state_dict=state_dict)
-        self.attn_pool = nn.MaxPool2d(2)
+        # The attention trunk ends one stage before the upper branch (paper: C4 vs C5); max pooling brings
+        # its blob onto F+'s grid (paper: 2x2 from stride 16 to 32; nothing to do when both are dilated).
+        attn_stage = {"c5": "c4", "c4": "c3"}[last_stage]
+        attn_stride, grid_stride = stage_stride(attn_stage, output_stride), stage_stride(last_stage, output_stride)
+        self.attn_trunk, c4 = resnet_trunk(backbone, upto=attn_stage, state_dict=state_dict, output_stride=output_stride)
+        self.attn_pool = nn.MaxPool2d(grid_stride // attn_stride) if grid_stride > attn_stride else nn.Identity()
         # No bias: it would cancel in |M+ - M-| and never receive a gradient.
         self.attn_conv = nn.Conv2d(c4, 1, 1, bias=False)
 
@@ -194,10 +210,12 @@ class Baseline(_GridModel):
 
     def __init__(self, num_classes: int = 14, backbone: str = "resnet50", pretrained: bool = False,
                  test_upsample: int | None = None, head_channels: int = 512,
-                 prior_prob: float | None = 0.01, delta_eps: float = 1e-6) -> None:
+                 prior_prob: float | None = 0.01, delta_eps: float = 1e-6, output_stride: int = 32,
+                 last_stage: str = "c5") -> None:
         del delta_eps  # attention only
         state_dict = load_pretrained_or_warn(backbone) if pretrained else None
-        super().__init__(num_classes, backbone, test_upsample, head_channels, prior_prob, state_dict)
+        super().__init__(num_classes, backbone, test_upsample, head_channels, prior_prob, state_dict, output_stride,
+                         last_stage)
 
     def forward(self, pos: Tensor, neg: Tensor | None = None, m_neg: Tensor | None = None,
                 upsample: bool | None = None, return_feats: bool = False) -> dict[str, Tensor]:

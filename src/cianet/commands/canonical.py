@@ -1,0 +1,48 @@
+"""``cianet canonical``: build the canonical chest (mean No Finding image cropped to the lungs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_crop(text: str) -> tuple[int, int, int, int]:
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 4:
+        raise argparse.ArgumentTypeError(f"--crop must be four integers x0,y0,x1,y1, got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
+def cmd_canonical(args: argparse.Namespace) -> int:
+    from cianet.data.canonical import make_canonical
+
+    res = make_canonical(args.data_root, args.out, n=args.n, size=args.size, seed=args.seed, crop=args.crop,
+                         cache=args.cache, entry_csv=args.entry_csv, progress=None if not args.progress else True)
+    crop, how = tuple(res["crop"]), res["crop_source"]
+    if how == "fallback-central":
+        print(f"cianet canonical: warning: lungs not found on the mean image; using the central crop {crop} "
+              "(pass --crop x0,y0,x1,y1 to override)", file=sys.stderr)
+    paths = res["paths"]
+    print(f"wrote {paths['canonical']} ({args.size}x{args.size}, mean of {res['n_used']} No Finding images, "
+          f"crop {crop} [{how}]), {paths['mean'].name}, {paths['json'].name}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "canonical", help="build the canonical chest: mean of random No Finding images cropped to the lungs")
+    p.add_argument("--data-root", required=True, help="NIH-layout data root (entry CSV + images)")
+    p.add_argument("--entry-csv", default=None, help="entry CSV instead of Data_Entry_2017[_v2020].csv")
+    p.add_argument("--n", type=int, default=500, help="No Finding images to average (paper: 500)")
+    p.add_argument("--size", type=int, default=512, help="side of the mean and canonical images (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random image draw")
+    p.add_argument("--out", required=True,
+                   help="canonical PNG to write; <stem>_mean.png and <stem>.json are written beside it")
+    p.add_argument("--crop", type=parse_crop, default=None,
+                   help="x0,y0,x1,y1 crop on the size x size mean image instead of the automatic lung box")
+    p.add_argument("--cache", default=None, help="image cache folder (cianet cache) to read images from")
+    p.add_argument("--progress", action="store_true", help="force the progress bar")
+    p.set_defaults(func=cmd_canonical)

@@ -1,0 +1,32 @@
+"""``cianet export-onnx``: export a bundle's network (image + M- -> logits) to ONNX."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export-onnx", help="export a bundle's network (image + M- -> logits) to ONNX",
+        description=(
+            "Export (aligned gray image (B,1,S,S), negative map m_neg (B,h,w)) -> (logits, test_logits, delta) "
+            "with a dynamic batch axis, plus OUT.negatives.npz (the bank) and OUT.align.onnx (the alignment "
+            "network, when the bundle has one)."
+        ),
+    )
+    p.add_argument("--model", required=True, help="model bundle (`cianet bundle`)")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17, default 18)")
+    p.add_argument("--static-batch", action="store_true", help="fixed batch size 2 instead of a dynamic axis")
+    p.add_argument("--no-alignment", action="store_true", help="do not export the alignment network")
+    p.set_defaults(func=cmd_export_onnx)
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from cianet.inference.onnx_export import export_onnx
+
+    res = export_onnx(args.model, args.out, opset=args.opset, dynamic_batch=not args.static_batch,
+                      alignment=not args.no_alignment)
+    extra = [str(p) for p in (res["negatives"], res["alignment"]) if p]
+    print(f"wrote {res['model']} ({res['exporter']} exporter)" + (f" and {', '.join(extra)}" if extra else ""))
+    return 0

@@ -1,0 +1,41 @@
+"""``cianet hash``: the perceptual-hash index of the No Finding images (paper 4.3.2, "Sim" negatives)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "hash",
+        help="build the perceptual-hash index of the No Finding images (negative pairing)",
+        description=(
+            "Resize every No Finding image to SIZE x SIZE (area averaging), flatten and L2-normalize it, and "
+            "save the codes with image names and patient ids as an .npz index. Images are read from the image "
+            "cache when given (faster), else decoded from their files."
+        ),
+    )
+    p.add_argument("--data-root", required=True, help="folder holding Data_Entry_2017*.csv[.gz] and the images")
+    p.add_argument("--out", required=True, help="output index file (.npz)")
+    p.add_argument("--cache", default=None, help="image cache folder from `cianet prepare` (read instead of files)")
+    p.add_argument("--size", type=int, default=16, help="hash side: codes have SIZE*SIZE entries (default 16)")
+    p.add_argument("--entry-csv", default=None, help="entry CSV to use instead of Data_Entry_2017[_v2020].csv")
+    p.add_argument("--workers", type=int, default=4, help="threads decoding image files (default 4)")
+    p.add_argument("--center", action="store_true", help="subtract each code's mean before normalizing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_hash)
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    from cianet.run.pairing import hash_data_root
+
+    res = hash_data_root(args.data_root, args.out, cache=args.cache, size=args.size, entry_csv=args.entry_csv,
+                         workers=args.workers, center=args.center, progress=False if args.no_progress else None)
+    print(f"hashed {len(res['index']):,} No Finding images of {res['patients']:,} patients "
+          f"({args.size}x{args.size} codes) -> {args.out}")
+    if res["absent"]:
+        print(f"skipped {res['absent']:,} No Finding images without a file or cache entry", file=sys.stderr)
+    if res["failed"]:
+        print(f"skipped {len(res['failed']):,} unreadable images, e.g. {res['failed'][0]}", file=sys.stderr)
+    return 0

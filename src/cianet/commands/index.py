@@ -1,0 +1,44 @@
+"""``cianet index``: summarize an NIH data root (labels, boxes, files)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from cianet.commands.common import add_root_args
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("index", help="summarize an NIH ChestX-ray14 data root (labels, boxes, files)")
+    add_root_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=cmd_index)
+
+
+def print_summary(s: dict) -> None:
+    print(f"data root        {s['root']}")
+    print(f"metadata         {s['entry_csv']}" + (f", {s['bbox_csv']}" if s["bbox_csv"] else " (no box list)"))
+    print(f"images           {s['images']:,} of {s['patients']:,} patients ({s['no_finding']:,} No Finding)")
+    print(f"image files      {s['found_files']:,} found, {s['missing_files']:,} missing"
+          + (f", {s['duplicate_files']:,} duplicates ignored" if s["duplicate_files"] else ""))
+    print(f"boxes            {s['boxes']:,} on {s['annotated_images']:,} annotated images"
+          + (f" ({s['orphan_boxes']} boxes of unknown images skipped)" if s["orphan_boxes"] else ""))
+    for lab, n in s["boxes_per_class"].items():
+        print(f"  {lab:<20}{n:>6,}")
+    print("images per label")
+    for lab, n in s["per_label"].items():
+        print(f"  {lab:<20}{n:>6,}")
+    if s["official_train_val"] is not None or s["official_test"] is not None:
+        print(f"official lists   train_val {s['official_train_val']}, test {s['official_test']}")
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from cianet.data.nih import NIHIndex
+
+    summary = NIHIndex.from_root(args.data_root, strict=args.strict, entry_csv=args.entry_csv,
+                                 bbox_csv=args.bbox_csv).summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_summary(summary)
+    return 0

@@ -1,0 +1,74 @@
+"""``cianet prepare``: build (or resume, or verify) the pre-resized image cache of a data set."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "prepare",
+        help="resize every image once into a memory-mapped cache (resumable)",
+        description="Decode every image of the data root once, resize it (antialiased) to SIZE x SIZE uint8 and "
+        "store it in CACHE/images.npy with CACHE/index.json. An interrupted run resumes when rerun with the "
+        "same arguments. Unreadable files are listed under 'failed' in the index. With --verify (and no "
+        "--data-root) only checks an existing cache.",
+    )
+    p.add_argument("--data-root", default=None, help="NIH layout folder (Data_Entry_2017*.csv[.gz] and images)")
+    p.add_argument("--size", type=int, default=None, help="side of the cached images in pixels (e.g. 256, 512)")
+    p.add_argument("--cache", required=True, help="cache folder to create or resume")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all CPUs)")
+    p.add_argument("--entry-csv", default=None,
+                   help="entry CSV to use instead of Data_Entry_2017[_v2020].csv (relative to the data root or absolute)")
+    p.add_argument("--all-files", action="store_true",
+                   help="cache every PNG/JPEG/DICOM file under the data root, without reading the metadata CSV")
+    p.add_argument("--chunk-size", type=int, default=512, help="images between progress commits (default 512)")
+    p.add_argument("--max-pixels", type=float, default=None,
+                   help="refuse images larger than this many pixels (default 100e6)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="start from scratch even if CACHE holds a complete or partial cache of the same images")
+    p.add_argument("--verify", action="store_true",
+                   help="check the cache (after building, if --data-root is given); non-zero exit on a problem")
+    p.add_argument("--verify-sample", type=int, default=32,
+                   help="images to decode again and compare when verifying (-1: all; default 32)")
+    p.set_defaults(func=run)
+
+
+def print_verify(report: dict) -> None:
+    status = "OK" if report["ok"] else "FAILED"
+    print(f"verify {status}: {report['count']} rows at {report['size']}x{report['size']}, {report['failed']} failed files, "
+          f"{report['checked']} re-decoded (max difference {report['max_abs_diff']} levels)")
+    for w in report["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    for p in report["problems"]:
+        print(f"problem: {p}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cianet.data.cache import DEFAULT_MAX_PIXELS, iter_failed_lines, prepare_cache, verify_cache
+    from cianet.errors import UsageError
+
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
+    if args.data_root is None:
+        if not args.verify:
+            raise UsageError("--data-root is required to build a cache (only --verify works without it)")
+        report = verify_cache(args.cache, sample=args.verify_sample, max_pixels=max_pixels)
+        print_verify(report)
+        return 0 if report["ok"] else 1
+    if args.size is None:
+        raise UsageError("--size is required to build a cache")
+    cache, report = prepare_cache(
+        args.data_root, args.size, args.cache, entry_csv=args.entry_csv, all_files=args.all_files,
+        workers=args.workers, chunk_size=args.chunk_size, max_pixels=max_pixels, rebuild=args.rebuild,
+        verify=args.verify, verify_sample=args.verify_sample, log=lambda msg: print(msg, file=sys.stderr))
+    print(f"cached {len(cache):,} images at {cache.size}x{cache.size} in {cache.cache_dir}")
+    if cache.failed:
+        print(f"warning: {len(cache.failed)} unreadable files skipped (listed under 'failed' in index.json):",
+              file=sys.stderr)
+        for line in iter_failed_lines(cache.failed):
+            print(line, file=sys.stderr)
+    if report is not None:
+        print_verify(report)
+        return 0 if report["ok"] else 1
+    return 0

@@ -1,0 +1,35 @@
+"""``cianet splits``: write the seeded patient-disjoint splits and localization folds (JSON)."""
+
+from __future__ import annotations
+
+import argparse
+
+from cianet.commands.common import add_root_args
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("splits", help="write seeded patient-disjoint splits and localization folds (JSON)")
+    add_root_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="splits JSON to write (atomically)")
+    p.add_argument("--official", action="store_true",
+                   help="classification from train_val_list.txt / test_list.txt (val carved from train_val by patient)")
+    p.add_argument("--folds", type=int, default=5, help="number of localization folds (default 5)")
+    p.add_argument("--ratios", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"),
+                   help="classification split shares of images (default 0.7 0.1 0.2)")
+    p.add_argument("--only-present", action="store_true", help="split only the images whose file was found")
+    p.set_defaults(func=cmd_splits)
+
+
+def cmd_splits(args: argparse.Namespace) -> int:
+    from cianet.data.splits import write_root_splits
+
+    splits = write_root_splits(args.data_root, args.out, seed=args.seed, k=args.folds, official=args.official,
+                               ratios=args.ratios, only_present=args.only_present, entry_csv=args.entry_csv,
+                               bbox_csv=args.bbox_csv, strict=args.strict)
+    c = splits["counts"]
+    cls = c["classification"]
+    print(f"wrote {args.out}: classification train {cls['train']:,} / val {cls['val']:,} / test {cls['test']:,}"
+          f" ({'official lists' if args.official else 'random by patient'}, seed {args.seed}); "
+          f"localization folds {c['localization_folds']}")
+    return 0

@@ -1,0 +1,1 @@
+"""Evaluating runs: ``cianet evaluate``, the paper's experiment tables, the demo and its report."""

@@ -1,0 +1,155 @@
+"""Batch prediction (``cianet predict``): image files and folders -> per-image JSON and overlays, CSVs, summary.
+
+Outputs in the output folder: ``<stem>.json`` and ``<stem>.overlay.png`` per image, ``predictions.csv`` (one
+row per input, ``status`` ok or error), ``boxes.csv`` (one row per box) and ``summary.json``. An unreadable
+file is reported and skipped; the run goes on.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+
+
+def collect_inputs(paths: list[str], skip: Path | None = None) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
+    """Files to predict as ``(path, output stem)`` and ``(path, error)`` for arguments that do not exist.
+
+    A file argument is always taken (whatever its name); folders are searched recursively for
+    .png/.jpg/.jpeg/.dcm/.dicom files and for extension-less DICOM files. Output stems keep the path
+    below the folder, so equal file names in different sub-folders do not collide. Files below ``skip``
+    (the output folder, whose overlay PNGs are no input) are left out.
+    """
+    from cianet.data.io import is_dicom
+
+    found: list[tuple[Path, str]] = []
+    missing: list[tuple[str, str]] = []
+    for arg in paths:
+        p = Path(arg)
+        if p.is_file():
+            found.append((p, p.stem))
+        elif p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if not f.is_file() or any(part.startswith(".") for part in f.relative_to(p).parts):
+                    continue
+                if skip is not None and f.resolve().is_relative_to(skip):
+                    continue
+                suffix = f.suffix.lower()
+                if suffix in IMAGE_SUFFIXES or (suffix == "" and safe_is_dicom(f, is_dicom)):
+                    rel = f.relative_to(p).with_suffix("")
+                    found.append((f, str(Path(p.name) / rel) if len(paths) > 1 else str(rel)))
+        else:
+            missing.append((arg, "no such file or folder"))
+    stems: dict[str, int] = {}
+    unique = []
+    for f, stem in found:  # the same stem twice (a.png and a.dcm): number the later ones
+        n = stems.get(stem, 0)
+        stems[stem] = n + 1
+        unique.append((f, stem if n == 0 else f"{stem}_{n}"))
+    return unique, missing
+
+
+def safe_is_dicom(path: Path, is_dicom) -> bool:
+    try:
+        return is_dicom(path)
+    except ValueError:
+        return False
+
+
+@dataclass
+class BatchSummary:
+    """What :func:`predict_files` did: inputs seen, images predicted, boxes written, per-file errors."""
+
+    out: Path
+    images: int
+    predicted: int
+    boxes: int
+    errors: list[dict[str, str]]
+
+
+def predict_files(paths: list[str], model: str | Path, out: str | Path, *, batch_size: int = 8,
+                  device: str = "cpu", overlay: bool = True, include_dicom_metadata: bool = False,
+                  connectivity: int = 8, mode: str = "bank", progress: bool | None = None,
+                  log: Callable[[str], None] | None = None) -> BatchSummary:
+    """Predict every image file under ``paths`` with the bundle ``model`` and write the outputs into ``out``.
+
+    ``log`` receives one line per skipped input (default: stderr).
+    """
+    import csv
+    import io
+
+    from cianet.data.io import XrayReadError, load_xray
+    from cianet.errors import InputError, UsageError
+    from cianet.inference.predictor import Predictor, dicom_metadata
+    from cianet.utils.atomic import atomic_write_json, atomic_write_text
+    from cianet.utils.progress import progress_bar
+
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    inputs, errors = collect_inputs(paths, skip=Path(out).resolve())
+    if not inputs and not errors:
+        raise InputError(f"no image files found under {', '.join(paths)}")
+    pred = Predictor.from_bundle(model, device=device, mode=mode, batch_size=batch_size, connectivity=connectivity)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path, err in errors:
+        say(f"cianet predict: skipped {path}: {err}")
+    rows: list[dict[str, Any]] = [{"file": p, "status": "error", "error": e} for p, e in errors]
+    box_rows: list[dict[str, Any]] = []
+    if overlay:
+        from cianet.inference.overlay import write_overlay
+    else:
+        write_overlay = None
+
+    def flush(batch: list[tuple[Path, str, object]]) -> None:
+        results = pred.predict_arrays([img for _, _, img in batch], [str(f) for f, _, _ in batch])
+        for (f, stem, img), res in zip(batch, results):
+            if include_dicom_metadata:
+                res.metadata["dicom"] = dicom_metadata(f)
+            atomic_write_json(out / f"{stem}.json", res.to_dict())
+            if write_overlay is not None:
+                write_overlay(out / f"{stem}.overlay.png", img, res, pred.box_labels, pred.thresholds)
+            rows.append({"file": str(f), "status": "ok", "error": "", "negative": res.negative or "",
+                         "n_boxes": len(res.boxes), **{k: f"{v:.6f}" for k, v in res.probabilities.items()}})
+            box_rows.extend({"file": str(f), "label": b.label, "x": f"{b.x:.2f}", "y": f"{b.y:.2f}",
+                             "w": f"{b.w:.2f}", "h": f"{b.h:.2f}", "score": f"{b.score:.4f}"} for b in res.boxes)
+
+    batch: list[tuple[Path, str, object]] = []
+    for f, stem in progress_bar(inputs, desc="predict", disable=None if progress is None else not progress):
+        try:
+            img = load_xray(f)
+        except (XrayReadError, OSError) as exc:
+            msg = str(exc)
+            say(f"cianet predict: skipped {msg if str(f) in msg else f'{f}: {msg}'}")
+            rows.append({"file": str(f), "status": "error", "error": msg})
+            continue
+        batch.append((f, stem, img))
+        if len(batch) == batch_size:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+
+    fields = ["file", "status", "error", "negative", "n_boxes", *pred.labels]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, restval="")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "predictions.csv", buf.getvalue())
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["file", "label", "x", "y", "w", "h", "score"])
+    w.writeheader()
+    w.writerows(box_rows)
+    atomic_write_text(out / "boxes.csv", buf.getvalue())
+    n_ok = sum(r["status"] == "ok" for r in rows)
+    failed = [{"file": r["file"], "error": r["error"]} for r in rows if r["status"] == "error"]
+    atomic_write_json(out / "summary.json", {
+        "model": str(model), "kind": pred.kind, "mode": pred.mode, "connectivity": pred.connectivity,
+        "thresholds": pred.thresholds, "images": len(rows), "predicted": n_ok, "boxes": len(box_rows),
+        "errors": failed,
+    })
+    return BatchSummary(out, len(rows), n_ok, len(box_rows), failed)

@@ -1,0 +1,182 @@
+"""Building a model bundle from a finished run: the network, its alignment and a negative bank.
+
+The file format (keys, versions, validation) is :mod:`cianet.run.bundle_file`; this module computes what goes
+into it. The negative bank stores, for N No Finding training images, their hash codes and their attention
+maps ``M-``, so prediction needs neither the data set nor a second pass through the attention trunk.
+Maps are computed from the 8-bit negative (``round(255 x) / 255``) so that recomputing them from the
+stored ``images`` gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cianet.errors import InputError, MissingPathError, UsageError
+from cianet.run.bundle_file import make_bundle
+
+
+@torch.no_grad()
+def compute_attention_maps(model: nn.Module, images: np.ndarray, align_net: nn.Module | None = None,
+                           batch_size: int = 16, device: torch.device | str = "cpu",
+                           progress: bool = False) -> torch.Tensor:
+    """Attention maps M of gray images ``(N, S, S)`` in [0, 1] -> ``(N, S/32, S/32)`` float32 (CPU).
+
+    The images are aligned first when ``align_net`` is given (as the negatives were in training).
+    """
+    from cianet.models.backbones import gray_to_input
+    from cianet.utils.progress import progress_bar
+
+    model.eval()
+    out = []
+    starts = range(0, len(images), batch_size)
+    for i in progress_bar(starts, desc="negative maps", total=len(starts), disable=not progress):
+        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32))[:, None].to(device)
+        if align_net is not None:
+            x = align_net(x)["aligned"]  # (B, 1, S, S)
+        out.append(model.attention_map(gray_to_input(x)).float().cpu())  # (B, h, w)
+    return torch.cat(out) if out else torch.zeros(0, 0, 0)
+
+
+def negative_bank(model: nn.Module, images: np.ndarray, names: Sequence[str], align_net: nn.Module | None = None,
+                  include_images: bool = False, strategy: str = "sim", batch_size: int = 16,
+                  device: torch.device | str = "cpu", progress: bool = False) -> dict[str, Any]:
+    """The bank of negatives ``images`` ``(N, S, S)`` (float [0, 1] or uint8) named ``names``.
+
+    Codes come from the unaligned 8-bit image; maps from the (aligned) 8-bit image through the model's
+    attention branch in eval mode. See the module docstring for the layout.
+    """
+    from cianet.negatives import hash_codes
+
+    arr = np.asarray(images)
+    if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
+        raise InputError(f"negative images must be (N, S, S), got shape {arr.shape}")
+    if len(names) != arr.shape[0]:
+        raise InputError(f"{arr.shape[0]} negative images but {len(names)} names")
+    if len(set(names)) != len(names):
+        raise InputError("negative names must be unique")
+    from cianet.data.io import to_uint8
+
+    u8 = arr if arr.dtype == np.uint8 else to_uint8(arr)
+    maps = compute_attention_maps(model, u8.astype(np.float32) / 255.0, align_net, batch_size, device, progress)
+    bank: dict[str, Any] = {
+        "names": [str(n) for n in names],
+        "codes": torch.from_numpy(hash_codes(u8)),  # (N, 256)
+        "maps": maps.contiguous(),  # (N, h, w)
+        "strategy": strategy,
+        "aligned_maps": align_net is not None,
+    }
+    if include_images:
+        bank["images"] = torch.from_numpy(np.ascontiguousarray(u8))  # (N, S, S) uint8
+    return bank
+
+
+def negative_candidates(run_dir: Path, index, cache: str | None) -> tuple[list[str], list[str]]:
+    """No Finding images usable as bank negatives, never a test image of the run (split.json):
+    (training images of the run, the rest of the run's negative pool)."""
+    from cianet.run.pairing import negative_pool
+    from cianet.run.protocol import read_split_file
+
+    split = read_split_file(run_dir)
+    test = set(split.get("test", []))
+    available: set[str] = set()
+    if cache:
+        from cianet.data.cache import ImageCache
+
+        available = set(ImageCache.open(cache).names)
+    pool = negative_pool(index, exclude=test, available=available)
+    train = set(split.get("train", []))
+    return [n for n in pool if n in train], [n for n in pool if n not in train]
+
+
+def bundle_from_run(run_dir: str | Path, n_negatives: int = 1000, data_root: str | None = None,
+                    cache: str | None = None, thresholds: Sequence[float] | float | None = None,
+                    include_images: bool = False, seed: int = 0, device: str = "cpu", batch_size: int = 16,
+                    progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Build the bundle of a finished training run (see the module docstring).
+
+    Args:
+        run_dir: the run folder (checkpoint.pt, config.yaml, split.json).
+        n_negatives: bank size; all candidates when fewer. Training images are taken first, in a seeded
+            random order.
+        data_root, cache: where the run's images are (default: the run config's data.data_root / data.cache).
+        thresholds: per-class image-probability thresholds for reporting boxes (one number or 14).
+        include_images: also store the 8-bit negatives (for Predictor(mode="recompute") without the data).
+        log: where notes go (default: stderr).
+    """
+    from cianet.data.canonical import load_canonical
+    from cianet.data.io import resize_gray
+    from cianet.run.checkpoints import load_alignment, load_checkpoint, model_from_checkpoint
+    from cianet.run.device import resolve_device
+    from cianet.run.datasets import ImageSource
+    from cianet.utils.progress import progress_bar
+
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir)
+    dev = resolve_device(device)
+    model, cfg = model_from_checkpoint(ckpt, dev)
+    size = int(cfg.data.image_size)
+    align_net, align_kwargs, canonical = None, None, None
+    if cfg.align.checkpoint:
+        alignment = load_alignment(cfg.align.checkpoint, dev)
+        align_net, align_kwargs, canonical = alignment.net, alignment.net_kwargs, alignment.canonical
+        if canonical is not None and canonical.shape != (size, size):
+            canonical = resize_gray(canonical, size)
+    if canonical is None and cfg.align.canonical and Path(cfg.align.canonical).is_file():
+        canonical = load_canonical(cfg.align.canonical, size)
+    bank = None
+    if cfg.model.kind == "cianet":
+        if cfg.negatives.strategy == "canonical":
+            if canonical is None:
+                raise InputError(f"{run_dir}: the run paired every image with the canonical chest, but neither "
+                                 "align.pt nor align.canonical gives it")
+            bank = negative_bank(model, np.asarray(canonical)[None], ["canonical"], align_net, include_images,
+                                 strategy="canonical", device=dev)
+        else:
+            from cianet.data.nih import NIHIndex
+
+            root = data_root or cfg.data.data_root
+            if cache is not None:
+                if not Path(cache).exists():
+                    raise MissingPathError(f"image cache {cache} (--cache) does not exist")
+            elif cfg.data.cache and not Path(cfg.data.cache).exists():
+                say(f"cianet bundle: the run's image cache {cfg.data.cache} no longer exists; decoding image files")
+            else:
+                cache = cfg.data.cache
+            if not root:
+                raise UsageError(f"{run_dir}: no data root in the run config: pass --data-root")
+            index = NIHIndex.from_root(root, entry_csv=cfg.data.entry_csv, bbox_csv=cfg.data.bbox_csv)
+            train_pool, rest_pool = negative_candidates(run_dir, index, cache)
+            if not train_pool and not rest_pool:
+                raise InputError(f"{run_dir}: no No Finding training image found under {root} for the negative bank")
+            rng = np.random.default_rng(seed)  # seeded random order, training images first
+            ranked = [train_pool[i] for i in rng.permutation(len(train_pool))] + \
+                     [rest_pool[i] for i in rng.permutation(len(rest_pool))]
+            source = ImageSource(size, cache, {r.name: r.path for r in index.records})
+            names, images, skipped = [], [], []
+            for name in progress_bar(ranked, desc="negatives", disable=not progress):
+                if len(names) >= n_negatives:
+                    break
+                try:
+                    img, _ = source.load(name)
+                except (ValueError, FileNotFoundError) as exc:
+                    skipped.append(f"{name}: {exc}")
+                    continue
+                names.append(name)
+                images.append(img)
+            if skipped:
+                say(f"cianet bundle: skipped {len(skipped)} unreadable negatives (first: {skipped[0]})")
+            if not names:
+                raise InputError(f"{run_dir}: none of the {len(ranked)} negative candidates could be read")
+            order = np.argsort(names)  # a stable, readable bank order
+            bank = negative_bank(model, np.stack(images)[order], [names[i] for i in order], align_net,
+                                 include_images, batch_size=batch_size, device=dev, progress=progress)
+    return make_bundle(model.cpu(), cfg, bank=bank, align_net=None if align_net is None else align_net.cpu(),
+                       align_kwargs=align_kwargs, canonical=canonical, thresholds=thresholds,
+                       epoch=int(ckpt.get("epoch", -1)), run_name=run_dir.resolve().name)

@@ -1,0 +1,422 @@
+"""Inference with a model bundle: ``Predictor`` turns X-rays into class probabilities, boxes and heatmaps.
+
+For each image (paper section 3.3 and 4.1, as ``cianet.run.scoring`` scores a run):
+
+1. read it (PNG/JPEG/DICOM, a numpy array or a PIL image) as gray ``[0, 1]`` ``(H, W)``; resize to ``S x S``;
+2. pick its negative from the bundle's bank: the nearest perceptual-hash code (the run's "sim" pairing; a
+   bank entry with the image's own file name is never picked), or the canonical chest;
+3. align the image when the bundle has an alignment network (parameters ``(tx, ty, sx, sy, theta)``);
+4. CIA-Net logits from the (aligned) image and the negative's stored attention map ``M-``
+   (``mode="bank"``), or from the negative image through the attention trunk again (``mode="recompute"``);
+5. image probability of each class: ``1 - prod_j (1 - p_j)`` over the cells of the native ``h x w`` grid;
+6. for each box class whose probability reaches its threshold (bundle ``thresholds``, default 0.5): the
+   connected regions of cells with ``p > 0.5`` on the test grid (``F_bar`` upsampled to ``test_upsample``),
+   8-connectivity by default; each region's bounding rectangle of cells, mapped exactly back through the
+   alignment into the image file's pixel frame (the bounding box of the four mapped corners, as
+   ``cianet.models.alignment.boxes_to_original``; exact for rotation 0) and clipped to the image; its score
+   is the region's largest cell probability.
+
+Arrays in a :class:`PredictionResult` live on the grids of the *aligned* network input; ``align_params``
+maps them to the image (``cianet.models.alignment.mask_to_original``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+
+from cianet.errors import InputError, UsageError
+from cianet.run.bundle_file import load_bundle, validate_bundle
+
+ImageInput = Union[str, os.PathLike, np.ndarray, "PIL.Image.Image", torch.Tensor]  # noqa: F821
+NegativeImages = Union[Mapping[str, np.ndarray], Callable[[str], np.ndarray]]
+MODES = ("bank", "recompute")
+
+
+@dataclass(frozen=True)
+class PredictedBox:
+    """A predicted region: ``(x, y, w, h)`` in the image file's pixel frame, ``score`` its largest cell probability."""
+
+    label: str
+    x: float
+    y: float
+    w: float
+    h: float
+    score: float
+
+
+@dataclass
+class PredictionResult:
+    """The prediction for one image.
+
+    Attributes:
+        source: the file path, or ``array-<i>`` / ``image-<i>`` for in-memory input.
+        image_size: ``(W, H)`` of the input image.
+        probabilities: class -> image probability (all 14 LABELS, in order).
+        boxes: predicted boxes of the box classes above their threshold, best first within a class.
+        heatmaps: ``(C, U, U)`` float32 cell probabilities on the test grid, aligned frame.
+        attention: ``(h, w)`` float32 normalized contrast attention ``dM`` (None for the baseline).
+        align_params: ``(tx, ty, sx, sy, theta)`` (None without alignment).
+        negative: name of the bank negative used (None for the baseline).
+        logits: ``(C, h, w)`` float32 native-grid logits.
+        metadata: extra information (e.g. whitelisted DICOM tags when asked for).
+    """
+
+    source: str
+    image_size: tuple[int, int]
+    probabilities: dict[str, float]
+    boxes: list[PredictedBox]
+    heatmaps: np.ndarray
+    attention: np.ndarray | None
+    align_params: tuple[float, ...] | None
+    negative: str | None
+    logits: np.ndarray
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, include_arrays: bool = False) -> dict[str, Any]:
+        """JSON-ready dict; the grids only with ``include_arrays``."""
+        out: dict[str, Any] = {
+            "source": self.source,
+            "image_size": list(self.image_size),
+            "probabilities": {k: float(v) for k, v in self.probabilities.items()},
+            "boxes": [asdict(b) for b in self.boxes],
+            "negative": self.negative,
+            "align_params": None if self.align_params is None else [float(v) for v in self.align_params],
+        }
+        if self.metadata:
+            out["metadata"] = self.metadata
+        if include_arrays:
+            out["heatmaps"] = self.heatmaps.tolist()
+            out["attention"] = None if self.attention is None else self.attention.tolist()
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- boxes
+def grid_regions(mask: np.ndarray, connectivity: int = 8) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
+    """Connected regions of a bool grid ``(U, U)``: ``[(region mask (U, U), (row0, col0, row1, col1))]``.
+
+    ``row1, col1`` are exclusive. ``connectivity`` is 8 (diagonal cells touch) or 4.
+    """
+    from scipy import ndimage
+
+    if connectivity not in (4, 8):
+        raise UsageError(f"connectivity must be 4 or 8, got {connectivity}")
+    structure = np.ones((3, 3), bool) if connectivity == 8 else ndimage.generate_binary_structure(2, 1)
+    labels, n = ndimage.label(mask, structure=structure)
+    out = []
+    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        out.append((labels == k, (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)))
+    return out
+
+
+def boxes_from_heatmap(prob: np.ndarray, orig_size: tuple[int, int], params: Sequence[float] | None = None,
+                       cell_threshold: float = 0.5,
+                       connectivity: int = 8) -> list[tuple[float, float, float, float, float]]:
+    """Boxes ``[(x, y, w, h, score)]`` in the original image frame from one class's cell probabilities.
+
+    Args:
+        prob: ``(U, U)`` probabilities on the test grid of the (aligned) network input.
+        orig_size: ``(W, H)`` of the image file.
+        params: alignment parameters ``(tx, ty, sx, sy, theta)`` the input was warped with (None: identity).
+        cell_threshold: a cell is positive when ``p > cell_threshold`` (the paper: 0.5).
+        connectivity: 8 or 4 (see :func:`grid_regions`).
+
+    Returns:
+        One box per connected region, highest score first; regions entirely outside the image are dropped.
+    """
+    from cianet.models.alignment import boxes_to_original
+
+    prob = np.asarray(prob, dtype=np.float64)
+    gh, gw = prob.shape
+    W, H = float(orig_size[0]), float(orig_size[1])
+    out = []
+    for region, (r0, c0, r1, c1) in grid_regions(prob > cell_threshold, connectivity):
+        score = float(prob[region].max())
+        if params is None:
+            x0, y0, x1, y1 = c0 * W / gw, r0 * H / gh, c1 * W / gw, r1 * H / gh
+        else:  # the cell rectangle in the aligned frame -> bounding box of its mapped corners
+            bx, by, bw, bh = boxes_to_original(np.array([[c0, r0, c1 - c0, r1 - r0]], np.float64), params,
+                                               (gw, gh), (W, H))[0]
+            x0, y0, x1, y1 = max(bx, 0.0), max(by, 0.0), min(bx + bw, W), min(by + bh, H)
+        if x1 > x0 and y1 > y0:
+            out.append((float(x0), float(y0), float(x1 - x0), float(y1 - y0), score))
+    return sorted(out, key=lambda b: -b[4])
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def as_gray(item: Any, name: str = "image") -> np.ndarray:
+    """A numpy array ``(H, W)`` (uint8, uint16 or float in [0, 1]), a 2-D tensor or a PIL image -> float32 [0, 1].
+
+    Float input outside [0, 1] is refused (InputError, a ValueError, naming ``name``) rather than silently rescaled.
+    """
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu().numpy()
+    if not isinstance(item, np.ndarray):
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover - pillow is a dependency
+            Image = None
+        if Image is not None and isinstance(item, Image.Image):
+            if item.mode in ("I;16", "I;16B", "I;16L", "I"):
+                return np.clip(np.asarray(item, dtype=np.float64) / 65535.0, 0, 1).astype(np.float32)
+            if item.mode == "F":
+                item = np.asarray(item, dtype=np.float32)
+            else:
+                return np.asarray(item.convert("L"), dtype=np.float32) / 255.0
+        else:
+            raise InputError(f"{name}: expected a file path, a numpy (H, W) array, a tensor or a PIL image, "
+                             f"got {type(item).__name__}")
+    arr = item
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"{name}: expected a gray (H, W) image, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.floating):
+        raise InputError(f"{name}: unsupported array dtype {arr.dtype} (use uint8, uint16 or float in [0, 1])")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{name}: image holds NaN or infinite values")
+    if arr.min() < -1e-6 or arr.max() > 1 + 1e-6:
+        raise InputError(f"{name}: float image values must be in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}]")
+    return np.clip(arr, 0.0, 1.0)
+
+
+def load_input(item: ImageInput, position: int = 0) -> tuple[np.ndarray, str]:
+    """``(gray (H, W) float32 [0, 1], source name)`` of a path or an in-memory image."""
+    if isinstance(item, (str, os.PathLike)):
+        from cianet.data.io import load_xray
+
+        return load_xray(item), str(item)
+    kind = "array" if isinstance(item, (np.ndarray, torch.Tensor)) else "image"
+    name = f"{kind}-{position}"
+    return as_gray(item, name), name
+
+
+SAFE_DICOM_TAGS = ("Modality", "ViewPosition", "BodyPartExamined", "PhotometricInterpretation", "Rows",
+                   "Columns", "BitsStored", "PixelSpacing", "ImagerPixelSpacing")
+
+
+def dicom_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """A few non-identifying acquisition tags of a DICOM file (SAFE_DICOM_TAGS); {} for other files.
+
+    Nothing about the patient, the institution, dates or identifiers is ever read out.
+    """
+    from cianet.data.io import is_dicom
+
+    if not is_dicom(path):
+        return {}
+    import pydicom
+
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+    out: dict[str, Any] = {}
+    for tag in SAFE_DICOM_TAGS:
+        value = ds.get(tag)
+        if value is None or value == "":
+            continue
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            out[tag] = [float(v) for v in value]
+        elif isinstance(value, (int, float)):
+            out[tag] = value
+        else:
+            out[tag] = str(value)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- predictor
+class Predictor:
+    """Runs a model bundle on images.
+
+    Args:
+        bundle: a bundle dict (see :mod:`cianet.run.bundle_file`); use :meth:`from_bundle` for a file.
+        device: torch device for the networks.
+        mode: ``"bank"`` (the negative's stored ``M-``) or ``"recompute"`` (its image through the attention
+            trunk each time: needs the bundle's stored images or ``negative_images``).
+        batch_size: images per forward pass in :meth:`predict_batch`.
+        connectivity: 8 or 4, for the regions that become boxes.
+        cell_threshold: a test-grid cell is positive when ``p > cell_threshold`` (0.5, the paper's).
+        negative_images: for ``recompute`` without stored images: a mapping or callable name -> ``(S, S)``
+            gray image in [0, 1].
+    """
+
+    def __init__(self, bundle: dict[str, Any], device: str | torch.device = "cpu", mode: str = "bank",
+                 batch_size: int = 8, connectivity: int = 8, cell_threshold: float = 0.5,
+                 negative_images: NegativeImages | None = None, name: str = "<bundle>") -> None:
+        from cianet.run.device import resolve_device
+        from cianet.run.networks import alignment_from_weights, network_from_weights
+
+        validate_bundle(bundle, name)
+        if mode not in MODES:
+            raise UsageError(f"mode must be one of {MODES}, got {mode!r}")
+        if connectivity not in (4, 8):
+            raise UsageError(f"connectivity must be 4 or 8, got {connectivity}")
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+        self.name = name
+        self.device = resolve_device(str(device))
+        self.mode, self.batch_size = mode, int(batch_size)
+        self.connectivity, self.cell_threshold = connectivity, float(cell_threshold)
+        self.kind: str = bundle["kind"]
+        self.labels: list[str] = list(bundle["labels"])
+        self.box_labels: list[str] = list(bundle["box_labels"])
+        self.input_size: int = int(bundle["input_size"])
+        self.thresholds: dict[str, float] = dict(zip(self.labels, map(float, bundle["thresholds"])))
+        self.model, self.config = network_from_weights(bundle["config"], bundle["model"], self.device, source=name)
+        self.align_net = None
+        if bundle["alignment"] is not None:
+            align = bundle["alignment"]
+            self.align_net = alignment_from_weights(align["net_kwargs"], align["model"], self.device)
+        self.canonical = bundle["canonical"]
+        bank = bundle["negatives"]
+        self.bank_names: list[str] = list(bank["names"])
+        self.bank_strategy: str = bank["strategy"]
+        self.bank_maps = bank["maps"].float().to(self.device)  # (N, h, w)
+        self.bank_images = bank.get("images")  # (N, S, S) uint8 or None
+        self._index = None
+        if self.kind == "cianet" and self.bank_strategy != "canonical":
+            from cianet.negatives import HashIndex
+
+            codes = bank["codes"].float().numpy()
+            self._index = HashIndex(codes, self.bank_names, [""] * len(self.bank_names))
+        self.negative_images = negative_images
+        if mode == "recompute" and self.kind == "cianet" and self.bank_images is None and negative_images is None:
+            raise UsageError(f"{name}: mode='recompute' needs the negative images: rebuild the bundle with "
+                             "--with-negative-images or pass negative_images=")
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike, device: str | torch.device = "cpu", mode: str = "bank",
+                    **kw: Any) -> "Predictor":
+        """Load a bundle file (``torch.load(weights_only=True)``, validated) and build a Predictor."""
+        return cls(load_bundle(path), device=device, mode=mode, name=str(path), **kw)
+
+    # ------------------------------------------------------------------------------------- negatives
+    def choose_negatives(self, images_s: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """Bank rows ``(B,)`` of the negatives for images ``(B, S, S)`` float [0, 1] (unaligned)."""
+        from cianet.data.io import to_uint8
+        from cianet.negatives import hash_codes
+
+        if self._index is None:  # canonical strategy: the one entry
+            return np.zeros(len(images_s), dtype=np.int64)
+        codes = hash_codes(to_uint8(images_s))  # (B, 256), as the run's pairing: 8-bit, unaligned
+        excl = [Path(n).name for n in names]
+        rows = self._index.query(codes, exclude_names=excl)
+        if (rows < 0).any():  # only when the bank's sole entry is the image itself
+            rows = np.where(rows < 0, self._index.query(codes), rows)
+        return rows
+
+    def negative_image(self, row: int) -> np.ndarray:
+        """The bank negative ``row`` as an 8-bit-quantized ``(S, S)`` float32 image (for ``recompute``)."""
+        if self.bank_images is not None:
+            return self.bank_images[row].numpy().astype(np.float32) / 255.0
+        name = self.bank_names[row]
+        src = self.negative_images
+        img = src(name) if callable(src) else src[name]  # type: ignore[index, operator]
+        img = np.asarray(img, dtype=np.float32)
+        if img.shape != (self.input_size, self.input_size):
+            from cianet.data.io import resize_gray
+
+            img = resize_gray(img, self.input_size)
+        from cianet.data.io import to_uint8
+
+        return to_uint8(img).astype(np.float32) / 255.0
+
+    # --------------------------------------------------------------------------------------- forward
+    @torch.no_grad()
+    def forward(self, images_s: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+        """Network outputs for a batch of resized images ``(B, S, S)`` float [0, 1].
+
+        Returns ``logits`` (B, C, h, w), ``test_logits`` (B, C, U, U), ``delta`` (B, h, w) or None,
+        ``params`` (B, 5) or None, ``rows`` (B,) bank rows or None (torch tensors on CPU).
+        """
+        from cianet.models.backbones import gray_to_input
+
+        x = torch.from_numpy(np.ascontiguousarray(images_s, dtype=np.float32))[:, None].to(self.device)
+        params = None
+        if self.align_net is not None:
+            a = self.align_net(x)
+            x, params = a["aligned"], a["params"]  # (B, 1, S, S), (B, 5)
+        pos = gray_to_input(x)
+        rows = None
+        if self.kind == "cianet":
+            rows = self.choose_negatives(images_s, names)
+            if self.mode == "bank":
+                out = self.model(pos, m_neg=self.bank_maps[torch.as_tensor(rows, device=self.device)],
+                                 upsample=False, return_feats=True)
+            else:
+                neg = torch.from_numpy(np.stack([self.negative_image(int(r)) for r in rows]))[:, None].to(self.device)
+                if self.align_net is not None:
+                    neg = self.align_net(neg)["aligned"]
+                out = self.model(pos, neg=gray_to_input(neg), upsample=False, return_feats=True)
+        else:
+            out = self.model(pos, upsample=False, return_feats=True)
+        logits = out["logits"]
+        test_logits = self.model.test_grid_logits(out["f_bar"]) if self.model.test_upsample else logits
+        return {
+            "logits": logits.float().cpu(),
+            "test_logits": test_logits.float().cpu(),
+            "delta": out["delta"].float().cpu() if "delta" in out else None,
+            "params": None if params is None else params.double().cpu(),
+            "rows": rows,
+        }
+
+    def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str]) -> list[PredictionResult]:
+        """One forward pass over gray images ``[(H, W)]`` float [0, 1] of any sizes."""
+        from cianet.data.io import resize_gray
+        from cianet.metrics import image_scores_from_logits
+
+        if not images:
+            return []
+        resized = np.stack([resize_gray(np.asarray(im, np.float32), self.input_size) for im in images])
+        out = self.forward(resized, names)
+        scores = image_scores_from_logits(out["logits"]).numpy()  # (B, C) on the native grid
+        heat = torch.sigmoid(out["test_logits"]).numpy()  # (B, C, U, U)
+        results = []
+        for b, (img, name) in enumerate(zip(images, names)):
+            h, w = img.shape
+            params = None if out["params"] is None else tuple(float(v) for v in out["params"][b])
+            probs = {lab: float(scores[b, k]) for k, lab in enumerate(self.labels)}
+            boxes = []
+            for k, lab in enumerate(self.box_labels):
+                if probs[lab] < self.thresholds[lab]:
+                    continue
+                for x0, y0, bw, bh, s in boxes_from_heatmap(heat[b, k], (w, h), params, self.cell_threshold,
+                                                             self.connectivity):
+                    boxes.append(PredictedBox(lab, x0, y0, bw, bh, s))
+            rows = out["rows"]
+            results.append(PredictionResult(
+                source=name, image_size=(int(w), int(h)), probabilities=probs, boxes=boxes,
+                heatmaps=heat[b].astype(np.float32),
+                attention=None if out["delta"] is None else out["delta"][b].numpy(),
+                align_params=params, negative=None if rows is None else self.bank_names[int(rows[b])],
+                logits=out["logits"][b].numpy(),
+            ))
+        return results
+
+    def predict(self, image: ImageInput) -> PredictionResult:
+        """Predict one image: a file path (PNG/JPEG/DICOM), a numpy ``(H, W)`` array (uint8 or float in
+        [0, 1]) or a PIL image. Unreadable files raise ``cianet.data.io.XrayReadError`` naming the file."""
+        img, name = load_input(image, 0)
+        return self.predict_arrays([img], [name])[0]
+
+    def predict_batch(self, images: Sequence[ImageInput], batch_size: int | None = None,
+                      progress: bool = False) -> list[PredictionResult]:
+        """Predict many images, ``batch_size`` per forward pass; raises on the first unreadable file."""
+        from cianet.utils.progress import progress_bar
+
+        bs = batch_size or self.batch_size
+        results: list[PredictionResult] = []
+        starts = range(0, len(images), bs)
+        for i in progress_bar(starts, desc="predict", total=len(starts), disable=not progress):
+            loaded = [load_input(item, i + j) for j, item in enumerate(images[i:i + bs])]
+            results.extend(self.predict_arrays([a for a, _ in loaded], [n for _, n in loaded]))
+        return results

@@ -1,0 +1,161 @@
+"""The two checkpoint files of a run, each with one versioned writer and one reader.
+
+``checkpoint.pt`` (``cianet train``): ``format_version`` (:data:`FORMAT_VERSION`), ``kind``, ``model``
+(state dict), ``config`` (``Config.to_dict()``), ``labels``, ``input_size``, ``normalization``, ``epoch``,
+and for resuming ``optimizer``, ``scheduler``, ``scaler``.
+
+``align.pt`` (``cianet train-align``): ``kind == "alignment"``, ``format_version``
+(:data:`ALIGN_FORMAT_VERSION`), ``model``, ``optimizer``, ``epoch``, ``config``, ``net_kwargs`` (AlignmentNet
+constructor arguments), ``canonical`` (the (S, S) target it was trained against), ``input_size``.
+
+Both are read with ``torch.load(weights_only=True)``, so a checkpoint never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from cianet.config import Config, config_from_dict
+from cianet.errors import InputError, MissingPathError, UsageError
+from cianet.labels import LABELS
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT_VERSION = 1
+ALIGN_CHECKPOINT = "align.pt"
+ALIGN_FORMAT_VERSION = 1
+
+
+def torch_read(path: Path, what: str, hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU; errors name the file and say what it should have been."""
+    if not path.is_file():
+        raise MissingPathError(f"{what} {path} does not exist{hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or holding arbitrary (unsafe) objects
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise InputError(f"{path}: not a readable {what} ({type(exc).__name__}: {first})") from None
+
+
+# ------------------------------------------------------------------------------------ model checkpoint
+def checkpoint_payload(model: nn.Module, cfg: Config, epoch: int, **extra: Any) -> dict[str, Any]:
+    """What every model checkpoint carries: weights, config, label names, input size, normalization."""
+    from cianet.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+    net = model.module if hasattr(model, "module") else model
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": cfg.model.kind,
+        "model": net.state_dict(),
+        "config": cfg.to_dict(),
+        "labels": list(LABELS),
+        "input_size": cfg.data.image_size,
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "input": "gray [0,1] x3"},
+        "epoch": epoch,
+        **extra,
+    }
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    from cianet.utils.atomic import atomic_torch_save
+
+    atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read ``checkpoint.pt`` (or a run folder holding it) and check it against this code."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    ckpt = torch_read(path, "cianet checkpoint")
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise InputError(f"{path}: not a cianet checkpoint (no model weights/config inside)")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise InputError(f"{path}: made by a newer cianet (format {ckpt['format_version']}); upgrade cianet")
+    if list(ckpt.get("labels", LABELS)) != list(LABELS):
+        raise InputError(f"{path}: label names differ from this cianet's LABELS")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> tuple[nn.Module, Config]:
+    """(model in eval mode on ``device``, its Config) of a checkpoint read by :func:`load_checkpoint`."""
+    from cianet.run.networks import network_from_weights
+
+    return network_from_weights(ckpt["config"], ckpt["model"], device, source="checkpoint")
+
+
+# -------------------------------------------------------------------------------- alignment checkpoint
+def alignment_payload(net: nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, epoch: int,
+                      canonical: torch.Tensor) -> dict[str, Any]:
+    from cianet.run.networks import alignment_net_kwargs
+
+    return {
+        "kind": "alignment", "format_version": ALIGN_FORMAT_VERSION, "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(), "epoch": epoch, "config": cfg.to_dict(),
+        "net_kwargs": alignment_net_kwargs(cfg), "canonical": canonical.detach().cpu(),
+        "input_size": cfg.data.image_size,
+    }
+
+
+def read_alignment_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(file, contents) of ``align.pt`` (or a folder holding it), checked against this code."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / ALIGN_CHECKPOINT
+    ckpt = torch_read(path, "alignment checkpoint", " (train one with `cianet train-align`)")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "alignment" or "net_kwargs" not in ckpt:
+        raise InputError(f"{path}: not an alignment checkpoint")
+    if ckpt.get("format_version", 0) > ALIGN_FORMAT_VERSION:
+        raise InputError(f"{path}: made by a newer cianet (format {ckpt['format_version']}); upgrade cianet")
+    return path, ckpt
+
+
+@dataclass
+class LoadedAlignment:
+    """A trained alignment network (frozen, eval mode) with what its checkpoint records about it."""
+
+    net: nn.Module
+    net_kwargs: dict[str, Any]
+    canonical: np.ndarray | None  # (S, S) float32 target of its training, when recorded
+    epoch: int
+    path: Path
+
+
+def load_alignment(path: str | Path, device: torch.device | str = "cpu") -> LoadedAlignment:
+    """The alignment network of ``align.pt`` (or its run folder) on ``device``; the one loader of the package."""
+    from cianet.run.networks import alignment_from_weights
+
+    path, ckpt = read_alignment_checkpoint(path)
+    canonical = ckpt.get("canonical")
+    return LoadedAlignment(
+        net=alignment_from_weights(ckpt["net_kwargs"], ckpt["model"], device),
+        net_kwargs=dict(ckpt["net_kwargs"]),
+        canonical=None if canonical is None else canonical.float().numpy(),
+        epoch=int(ckpt.get("epoch", -1)),
+        path=path,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ resume
+def resume_state(checkpoint: Path, read: Callable[[Path], dict[str, Any]], cfg: Config, resume: bool,
+                 what: str = "a run") -> tuple[dict[str, Any] | None, Config]:
+    """The state to continue from (None for a new run) and the config to continue with.
+
+    A folder whose ``checkpoint`` exists is refused without ``resume``; with it, the checkpoint is read with
+    ``read`` and the run keeps its own recipe, taking only the output folder, device and progress of the new
+    invocation.
+    """
+    if not checkpoint.exists():
+        return None, cfg
+    if not resume:
+        raise UsageError(f"{checkpoint.parent} already holds {what}: pass --resume to continue it, "
+                         "or choose another --out")
+    state = read(checkpoint)
+    saved = config_from_dict(state["config"], source=str(checkpoint))
+    saved.run.out, saved.run.device, saved.run.progress = cfg.run.out, cfg.run.device, cfg.run.progress
+    return state, saved

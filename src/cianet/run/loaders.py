@@ -1,0 +1,56 @@
+"""The data loaders of a run. Building them reads the data set and the run's ``pairs.json``; it writes nothing."""
+
+from __future__ import annotations
+
+import torch
+
+from cianet.config import Config
+
+
+def image_source(cfg: Config, index):
+    """The run's images at ``cfg.data.image_size``: from the cache when it has them, else from their files."""
+    from cianet.run.datasets import ImageSource
+
+    return ImageSource(cfg.data.image_size, cfg.data.cache, {r.name: r.path for r in index.records})
+
+
+def make_loaders(cfg: Config, data, rank: int = 0, world: int = 1, pairing=None):
+    """Datasets and loaders for a run: (train_ds, train_loader_factory(epoch), test_ds, test_loader).
+
+    ``pairing`` (:func:`cianet.run.pairing.pair_negatives`) is computed here when not given.
+    """
+    from torch.utils.data import DataLoader
+
+    from cianet.run.datasets import PairedXrayDataset, collate
+    from cianet.run.pairing import pair_negatives
+
+    source = image_source(cfg, data.index)
+    if pairing is None:
+        pairing = pair_negatives(cfg, data, source)
+    labels, boxes = data.labels, data.boxes
+    train_ds = PairedXrayDataset(data.train, labels, boxes, source, data.box_names, None, pairing.canonical,
+                                 pair_fn=pairing.train)
+    test_names = list(data.test) + list(data.auc_extra)
+    test_ds = PairedXrayDataset(test_names, labels, boxes, source, set(data.test), pairing.test(0), pairing.canonical)
+
+    def train_loader(epoch: int):
+        train_ds.set_epoch(epoch)
+        if world > 1:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.run.seed)
+            sampler.set_epoch(epoch)
+            kw = {"sampler": sampler}
+        else:
+            g = torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch)  # same order after a resume
+            kw = {"shuffle": True, "generator": g}
+        return DataLoader(
+            train_ds, batch_size=cfg.optim.batch_size, num_workers=cfg.data.workers, collate_fn=collate,
+            drop_last=len(train_ds) > cfg.optim.batch_size, persistent_workers=False,
+            pin_memory=torch.cuda.is_available(), **kw,
+        )
+
+    test_loader = DataLoader(
+        test_ds, batch_size=max(1, cfg.optim.batch_size), shuffle=False, num_workers=cfg.data.workers, collate_fn=collate
+    )
+    return train_ds, train_loader, test_ds, test_loader

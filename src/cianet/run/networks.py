@@ -1,0 +1,72 @@
+"""The networks of a run: built from a config for training, or rebuilt from saved weights.
+
+Every "network from saved weights" in the package (a checkpoint for evaluation and bundling, a bundle for
+prediction and ONNX export) goes through :func:`network_from_weights` / :func:`alignment_from_weights`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from cianet.config import Config, config_from_dict
+from cianet.labels import NUM_CLASSES
+
+
+def build_network(cfg: Config) -> nn.Module:
+    """CIA-Net or the baseline as ``cfg.model`` says (random or ImageNet-initialized trunks)."""
+    from cianet.models.cianet import build_model
+
+    m = cfg.model
+    return build_model(m.kind, num_classes=NUM_CLASSES, backbone=m.backbone, pretrained=m.pretrained,
+                       test_upsample=m.test_upsample, head_channels=m.head_channels)
+
+
+def alignment_net_kwargs(cfg: Config) -> dict[str, Any]:
+    """The AlignmentNet constructor arguments a checkpoint records (everything but ``pretrained``)."""
+    return {"backbone": cfg.align.backbone, "input_size": cfg.align.input_size}
+
+
+def build_alignment_net(cfg: Config, pretrained: bool | None = None) -> nn.Module:
+    from cianet.models.alignment import AlignmentNet
+
+    return AlignmentNet(pretrained=cfg.align.pretrained if pretrained is None else pretrained,
+                        **alignment_net_kwargs(cfg))
+
+
+def with_weights(build: Callable[[], nn.Module], state: dict[str, torch.Tensor],
+                 device: torch.device | str = "cpu") -> nn.Module:
+    """``build()`` with ``state`` loaded, in eval mode on ``device``.
+
+    The module is built on the meta device (no random initialization, which costs seconds for two ResNet
+    trunks) and the saved tensors are assigned; a module holding state outside its state dict falls back
+    to a normal build.
+    """
+    with torch.device("meta"):
+        module = build()
+    module.load_state_dict(state, assign=True)
+    if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+        module = build()
+        module.load_state_dict(state)
+    return module.to(device).eval()
+
+
+def network_from_weights(config: dict[str, Any], state: dict[str, torch.Tensor], device: torch.device | str = "cpu",
+                         source: str = "<weights>") -> tuple[nn.Module, Config]:
+    """(model in eval mode on ``device``, its Config) from a saved config dict and state dict."""
+    cfg = config_from_dict(config, source=f"{source} config")
+    cfg.model.pretrained = False  # the weights are the saved ones
+    return with_weights(lambda: build_network(cfg), state, device), cfg
+
+
+def alignment_from_weights(net_kwargs: dict[str, Any], state: dict[str, torch.Tensor],
+                           device: torch.device | str = "cpu") -> nn.Module:
+    """A frozen AlignmentNet (eval mode, no gradients) from its constructor arguments and state dict."""
+    from cianet.models.alignment import AlignmentNet
+
+    net = with_weights(lambda: AlignmentNet(pretrained=False, **net_kwargs), state, device)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net

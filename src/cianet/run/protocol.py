@@ -1,0 +1,152 @@
+"""From a Config to the image lists of one run (:class:`RunData`), and the run's ``split.json``.
+
+Choices the paper leaves open (see docs/method.md, "Training protocol"):
+- The negative pool is every No Finding image that is not a test image of the run, so a test image is never
+  anybody's negative and test negatives come from the training pool. With exclude_same_patient the pair never
+  shares a patient.
+- Localization protocols test localization on fold k's annotated images; AUC is measured on those plus the
+  unannotated images that training left out whose patients have no training image (``auc_extra``), so the
+  AUC has negatives too. With 100% unannotated training images that set is empty.
+- ``max_images`` caps the training list (annotated training images are kept first) and the test list, for
+  reduced runs; the caps are deterministic in the seed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cianet.config import Config
+from cianet.errors import InputError, MissingPathError, UsageError
+
+SPLIT_FILE = "split.json"
+
+
+@dataclass
+class RunData:
+    index: object  # cianet.data.nih.NIHIndex
+    train: list[str]
+    test: list[str]
+    box_names: set[str]  # training images whose boxes supervise (eq. 6 lambda)
+    val: list[str] = field(default_factory=list)
+    #: image-level test images added for AUC only (localization protocols: unannotated images of patients
+    #: not in training); localization is measured on ``test`` alone
+    auc_extra: list[str] = field(default_factory=list)
+    description: str = ""
+    excluded: dict = field(default_factory=dict)
+
+    @property
+    def labels(self) -> dict[str, tuple[str, ...]]:
+        return {r.name: r.labels for r in self.index.records}
+
+    @property
+    def boxes(self) -> dict[str, list]:
+        return {r.name: r.boxes for r in self.index.records if r.boxes}
+
+
+def load_index(cfg: Config):
+    from cianet.data.nih import NIHIndex
+
+    if not cfg.data.data_root:
+        raise UsageError("no data root: pass --data-root (or set data.data_root in the config)")
+    return NIHIndex.from_root(cfg.data.data_root, entry_csv=cfg.data.entry_csv, bbox_csv=cfg.data.bbox_csv)
+
+
+def load_or_make_splits(cfg: Config, index) -> dict:
+    """The splits file the user named (which must exist), else the splits made from the run's seed."""
+    from cianet.data import splits as sp
+
+    if cfg.protocol.splits:
+        if not Path(cfg.protocol.splits).is_file():
+            raise MissingPathError(f"splits file {cfg.protocol.splits} (--splits / protocol.splits) does not exist; "
+                                   "write one with `cianet splits`, or leave it out to make the splits from --seed")
+        return sp.read_splits(cfg.protocol.splits)
+    return sp.make_splits(index, seed=cfg.run.seed, official=cfg.protocol.official)
+
+
+def _cap(names: list[str], n: int | None, seed: int, keep_first: set[str] | None = None) -> list[str]:
+    if n is None or len(names) <= n:
+        return names
+    keep_first = keep_first or set()
+    first = [x for x in names if x in keep_first]
+    rest = [x for x in names if x not in keep_first]
+    rng = random.Random(seed)
+    rng.shuffle(first)
+    rng.shuffle(rest)
+    chosen = set((first + rest)[:n])
+    return [x for x in names if x in chosen]  # keep the original order
+
+
+def build_run_data(cfg: Config, index=None) -> RunData:
+    """The protocol of cfg.protocol on the data set of cfg.data."""
+    from cianet.data import splits as sp
+
+    index = index if index is not None else load_index(cfg)
+    splits = load_or_make_splits(cfg, index)
+    p = cfg.protocol
+    if p.kind == "classification":
+        cls = splits["classification"]
+        annotated = {r.name for r in index.records if r.boxes}
+        train, val, test = list(cls["train"]), list(cls["val"]), list(cls["test"])
+        data = RunData(index, train, test, set(train) & annotated, val=val, description="classification 70/10/20")
+    elif p.kind == "localization":
+        proto = sp.localization_protocol(
+            index,
+            splits["localization_folds"],
+            fold=p.fold,
+            annotated_ratio=p.annotated_ratio,
+            unannotated_ratio=p.unannotated_ratio,
+            seed=cfg.run.seed,
+            allow_patient_overlap=p.allow_patient_overlap,
+            unannotated_only=p.unannotated_only,
+        )
+        data = RunData(
+            index,
+            list(proto.train),
+            list(proto.test),
+            set(proto.train_annotated),
+            description=proto.description,
+            excluded=proto.excluded,
+        )
+        train_patients = {index[n].patient_id for n in data.train}
+        taken = set(data.train) | set(data.test)
+        data.auc_extra = [r.name for r in index.records
+                          if not r.boxes and r.name not in taken and r.patient_id not in train_patients]
+    else:
+        raise UsageError(f"protocol.kind must be 'localization' or 'classification', got {p.kind!r}")
+    n = cfg.data.max_images
+    if n is not None:
+        data.train = _cap(data.train, n, cfg.run.seed, keep_first=data.box_names)
+        data.box_names &= set(data.train)
+        data.test = _cap(data.test, max(1, n // 4), cfg.run.seed + 1)
+        data.val = _cap(data.val, max(1, n // 8), cfg.run.seed + 2)
+        data.auc_extra = _cap(data.auc_extra, max(1, n // 4), cfg.run.seed + 3)
+    if not data.train:
+        raise InputError(f"the protocol ({data.description}) leaves no training image")
+    return data
+
+
+def write_split_file(run_dir: str | Path, data: RunData) -> Path:
+    """``split.json`` of a run: the image lists it trained and tested on (read back by :func:`read_split_file`)."""
+    from cianet.utils.atomic import atomic_write_json
+
+    path = Path(run_dir) / SPLIT_FILE
+    atomic_write_json(path, {
+        "description": data.description, "train": data.train, "test": data.test, "auc_extra": data.auc_extra,
+        "box_supervised": sorted(data.box_names), "excluded": data.excluded,
+    })
+    return path
+
+
+def read_split_file(run_dir: str | Path) -> dict:
+    """The ``split.json`` of a finished run."""
+    import json
+
+    path = Path(run_dir) / SPLIT_FILE
+    if not path.is_file():
+        raise MissingPathError(f"{path} does not exist: is {run_dir} a finished `cianet train` run?")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None

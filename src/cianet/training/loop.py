@@ -1,0 +1,219 @@
+"""Training CIA-Net and the baseline: ``train_one_epoch`` and ``fit`` (checkpoints, resume, logging, DDP).
+
+One training step (paper sections 3.2-3.3):
+  1. optionally align the positive and its negative with the frozen alignment network (eq. 1), moving the
+     boxes into the aligned frame;
+  2. logits = model(pos, neg): (B, C, h, w) class-wise grid logits;
+  3. grid targets from the boxes (a cell is positive iff it overlaps a box), loss of eq. 6: grid BCE (eq. 4)
+     for (image, class) pairs with a box, MIL (eq. 5) for all others;
+  4. SGD step (Nesterov), stop with a clear error on a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cianet.config import Config, save_config
+from cianet.errors import NonFiniteLossError
+from cianet.utils.progress import progress_bar
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(
+        params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config):
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.optim.lr_step), gamma=cfg.optim.lr_gamma)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader,
+    device: torch.device,
+    epoch: int,
+    *,
+    cfg: Config | None = None,
+    align_net: nn.Module | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    log=None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """One pass over ``loader``; returns the epoch's mean losses. Raises NonFiniteLossError on NaN/inf."""
+    from cianet.losses import cianet_loss, padded_grid_targets
+    from cianet.run.forward import align_batch, network_inputs
+
+    cfg = cfg or Config()
+    model.train()
+    amp = bool(cfg.optim.amp and device.type == "cuda")
+    sums = {"loss": 0.0, "box": 0.0, "mil": 0.0}
+    n = 0
+    bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not progress, leave=False)
+    for step, batch in enumerate(bar):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = align_batch(align_net, batch)
+        pos, neg = network_inputs(batch, cfg.optim.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16, enabled=amp):
+            out = model(pos, neg)
+        logits = out["logits"].float()  # (B, C, h, w)
+        size, grid = (pos.shape[-1], pos.shape[-2]), (logits.shape[-1], logits.shape[-2])  # (W, H) pairs
+        targets = padded_grid_targets(batch["boxes"], size, grid, logits.shape[1])  # (B, C, h, w)
+        step_losses = cianet_loss(
+            logits, batch["labels"], targets, batch["box_mask"], beta_b=cfg.loss.beta_b, rescale=cfg.loss.mil_rescale
+        )
+        loss = step_losses["loss"]
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                f"(box term {step_losses['box'].item()}, MIL term {step_losses['mil'].item()}): lower optim.lr "
+                "or set optim.grad_clip; the last good checkpoint is kept"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            if cfg.optim.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+        bsz = pos.shape[0]
+        n += bsz
+        for key in sums:
+            sums[key] += float(step_losses[key].detach()) * bsz
+        if progress and hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+        if log is not None and step % 20 == 0:
+            log({"event": "step", "epoch": epoch, "step": step, "loss": float(loss.detach())})
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+class JsonlLog:
+    """Append-only JSON-lines log of a run (one object per line, flushed at once)."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def fit(cfg: Config, resume: bool = False) -> Path:
+    """Train a model as ``cfg`` says; write checkpoints, logs and metrics into cfg.run.out. Returns the folder.
+
+    Only rank 0 writes (config, split, negative pairs, checkpoints, logs, metrics) under torchrun.
+    """
+    from cianet.run.checkpoints import (CHECKPOINT, checkpoint_payload, load_alignment, load_checkpoint,
+                                        resume_state, save_checkpoint)
+    from cianet.run.device import init_distributed, resolve_device, seed_everything
+    from cianet.run.loaders import image_source, make_loaders
+    from cianet.run.networks import build_network
+    from cianet.run.pairing import pair_negatives, save_pairs
+    from cianet.run.protocol import build_run_data, write_split_file
+    from cianet.run.scoring import evaluate, write_metrics
+
+    device = resolve_device(cfg.run.device)
+    rank, world = init_distributed(device)
+    is_main = rank == 0
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    out = Path(cfg.run.out)
+    ckpt_path = out / CHECKPOINT
+    state, cfg = resume_state(ckpt_path, load_checkpoint, cfg, resume)
+    start_epoch = 0 if state is None else int(state["epoch"]) + 1
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.run.seed + rank)
+    data = build_run_data(cfg)
+    if is_main:
+        write_split_file(out, data)
+    model = build_network(cfg).to(device)
+    if cfg.optim.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    scaler = torch.amp.GradScaler("cuda", enabled=bool(cfg.optim.amp and device.type == "cuda"))
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    align_net = load_alignment(cfg.align.checkpoint, device).net if cfg.align.checkpoint else None
+    pairing = pair_negatives(cfg, data, image_source(cfg, data.index))
+    if is_main:
+        save_pairs(pairing, out)
+    _, train_loader, _, test_loader = make_loaders(cfg, data, rank, world, pairing)
+    log = JsonlLog(out / "log.jsonl", enabled=is_main)
+    writer = _tensorboard(out, cfg) if is_main else None
+    progress = cfg.run.progress and is_main
+    if start_epoch >= cfg.optim.epochs and is_main:
+        print(f"{out}: all {cfg.optim.epochs} epochs already trained", file=sys.stderr)
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        t0 = time.time()
+        losses = train_one_epoch(model, optimizer, train_loader(epoch), device, epoch, cfg=cfg,
+                                 align_net=align_net, scaler=scaler, log=log, progress=progress)
+        scheduler.step()
+        record = {"event": "epoch", "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": round(time.time() - t0, 2), **{f"train_{k}": v for k, v in losses.items()}}
+        last = epoch == cfg.optim.epochs - 1
+        if is_main and cfg.run.eval_every and ((epoch + 1) % cfg.run.eval_every == 0) and not last:
+            m = evaluate(model, test_loader, device, align_net=align_net, progress=False,
+                         upsample=True, channels_last=cfg.optim.channels_last)
+            record.update({"val_auc_mean": m["auc"]["Mean"], "val_loc_mean_0.5": m["localization"].get("0.5", {}).get("Mean")})
+        if is_main:
+            payload = checkpoint_payload(model, cfg, epoch, optimizer=optimizer.state_dict(),
+                                         scheduler=scheduler.state_dict(), scaler=scaler.state_dict())
+            save_checkpoint(payload, ckpt_path)
+            log(record)
+            if writer is not None:
+                for key, val in record.items():
+                    if isinstance(val, (int, float)) and key not in ("epoch", "time") and val is not None and math.isfinite(val):
+                        writer.add_scalar(key, val, epoch)
+            if progress:
+                print(f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {losses['loss']:.4f} ({record['seconds']}s)", file=sys.stderr)
+    if is_main:
+        metrics = evaluate(model, test_loader, device, align_net=align_net, progress=progress,
+                           upsample=True, channels_last=cfg.optim.channels_last, keep_predictions=True)
+        write_metrics(out, metrics, title=f"{cfg.model.kind} ({data.description})")
+        log({"event": "final", "auc_mean": metrics["auc"]["Mean"],
+             "localization_mean": {t: v["Mean"] for t, v in metrics["localization"].items()}})
+        if writer is not None:
+            writer.close()
+    if world > 1:
+        torch.distributed.barrier()
+    return out
+
+
+def _tensorboard(out: Path, cfg: Config):
+    if not cfg.run.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)", file=sys.stderr)
+        return None
+    return SummaryWriter(str(out / "tb"))

@@ -1,0 +1,98 @@
+"""A grid that resolves findings on a CPU: dilated trunks (output_stride), the shallower CPU variant
+(last_stage="c4"), and the phantom's finding-free twins (the oracle negatives)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+import torchvision.models as tvm
+
+from cianet.models.backbones import resnet_trunk, stage_stride
+from cianet.models.cianet import build_model
+
+
+def test_dilated_resnet50_matches_torchvision_replace_stride_with_dilation():
+    torch.manual_seed(0)
+    ref = tvm.resnet50(weights=None, replace_stride_with_dilation=[False, True, True]).eval()
+    trunk, channels = resnet_trunk("resnet50", upto="c5", state_dict=ref.state_dict(), output_stride=8)
+    trunk.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = ref.layer4(ref.layer3(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))))))
+        got = trunk(x)
+    assert channels == 2048 and got.shape == (1, 2048, 8, 8)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_output_stride_32_is_the_plain_trunk(name):
+    torch.manual_seed(0)
+    a, _ = resnet_trunk(name, upto="c5")
+    b, _ = resnet_trunk(name, upto="c5", state_dict=None, output_stride=32)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(a.eval()(x), b.eval()(x))
+
+
+@pytest.mark.parametrize("upto,os_,side", [("c5", 32, 4), ("c5", 16, 8), ("c5", 8, 16), ("c4", 8, 16),
+                                            ("c4", 16, 8), ("c3", 8, 16)])
+def test_resnet18_trunk_strides(upto, os_, side):
+    trunk, _ = resnet_trunk("resnet18", upto=upto, output_stride=os_)
+    assert trunk(torch.zeros(1, 3, 128, 128)).shape[-1] == side == 128 // stage_stride(upto, os_)
+
+
+@pytest.mark.parametrize("last_stage,os_", [("c5", 32), ("c5", 16), ("c4", 8), ("c5", 8)])
+def test_cianet_attention_lies_on_the_feature_grid(last_stage, os_):
+    model = build_model("cianet", backbone="resnet18", head_channels=16, output_stride=os_,
+                        last_stage=last_stage).eval()
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        out = model(x, x.flip(-1))
+    side = 128 // os_
+    assert out["logits"].shape == (2, 14, side, side)
+    assert out["m_pos"].shape == out["delta"].shape == (2, side, side)
+    # delta is normalized to mean 1 over the grid whatever its size (equation 3's h*w)
+    torch.testing.assert_close(out["delta"].mean(dim=(-2, -1)), torch.ones(2))
+
+
+def test_bad_grid_settings_are_errors():
+    with pytest.raises(ValueError, match="output_stride"):
+        resnet_trunk("resnet18", output_stride=4)
+    with pytest.raises(ValueError, match="upto"):
+        resnet_trunk("resnet18", upto="c2")
+
+
+def test_synth_twins_differ_only_inside_the_finding_boxes(tmp_path):
+    from PIL import Image
+
+    from cianet.data.synth import TWINS_DIR, generate_dataset
+    from cianet.labels import BOX_LABELS
+
+    root = tmp_path / "d"
+    summary = generate_dataset(root, n_images=40, size=64, seed=5, workers=1, progress=False, twins=True)
+    labels, boxes = {}, {}
+    for r in csv.DictReader(open(root / "synth_truth.csv")):
+        labels[r["Image Index"]] = r["Finding Labels"].split("|")
+        if r["box_label"]:
+            boxes.setdefault(r["Image Index"], []).append([float(r[k]) for k in ("x", "y", "w", "h")])
+    positives = sorted(n for n, lab in labels.items() if lab != ["No Finding"])
+    assert sorted(p.name for p in (root / TWINS_DIR).iterdir()) == positives
+    assert summary["twins"] == len(positives)
+    checked = 0
+    for name in positives:
+        img = np.asarray(Image.open(root / "images" / name), dtype=np.int16)
+        twin = np.asarray(Image.open(root / TWINS_DIR / name), dtype=np.int16)
+        assert (img != twin).any(), name  # the finding is drawn in the image and not in its twin
+        if not all(lab in BOX_LABELS for lab in labels[name]):
+            continue  # findings of the other six classes have no box to compare with
+        outside = np.ones(img.shape, bool)
+        for x, y, w, h in boxes.get(name, []):  # a 2 px margin: the finding's blurred edge
+            outside[max(0, int(y) - 2) : int(np.ceil(y + h)) + 2, max(0, int(x) - 2) : int(np.ceil(x + w)) + 2] = False
+        # same anatomy, deformation and noise: at most a rounding step of the blurred edge outside the boxes
+        assert np.abs(img - twin)[outside].max() <= 2, name
+        checked += 1
+    assert checked >= 5
