@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 
 SIZE = 64  # network input of the tiny recipe
+#: native grid side of the tiny recipe's models at SIZE (its trunks are dilated to output stride 8)
+GRID = SIZE // 8
 U = 16  # its test grid
 IMG_W, IMG_H = 80, 96  # the chest set's files are not square and not at the network size
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import SIZE, make_run, synthetic_chest
+from helpers import GRID, SIZE, make_run, synthetic_chest
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_bank_holds_training_negatives_with_their_maps(run_dir, tmp_path):
     split = json.loads((run / "split.json").read_text())
     no_finding = {n for i, n in enumerate(sorted(images)) if i % 2 == 0}
     assert set(names) == no_finding - set(split["test"])  # every non-test No Finding image, no test image
-    assert b["negatives"]["maps"].shape == (len(names), SIZE // 32, SIZE // 32)
+    assert b["negatives"]["maps"].shape == (len(names), GRID, GRID)
     model, _ = model_from_checkpoint(load_checkpoint(run))
     model.eval()
     for k, name in enumerate(names):  # reference: resize the file image, one image at a time
@@ -83,6 +83,7 @@ def test_bank_gives_the_logits_of_recomputing_the_negative(tmp_path, shift):
 
     run, images = make_run(tmp_path, shift=shift)
     b = bundle_from_run(run, n_negatives=100, progress=False)
+    assert b["negatives"]["aligned_codes"] == (shift is not None)
     query = [synthetic_chest(np.random.default_rng(s), lesion=True) for s in (11, 12, 13)]
     names = [f"q{i}.png" for i in range(3)]
     bank = Predictor(b, mode="bank").predict_arrays(query, names)
@@ -93,8 +94,13 @@ def test_bank_gives_the_logits_of_recomputing_the_negative(tmp_path, shift):
         assert r1.negative == r2.negative
         np.testing.assert_allclose(r1.logits, r2.logits, atol=1e-5, rtol=0)
         np.testing.assert_allclose(r1.heatmaps, r2.heatmaps, atol=1e-5, rtol=0)
-        # The negative is the bank's nearest hash code (naive python loop over the bank).
-        code = hash_codes((np.rint(resize_gray(q, SIZE) * 255)).astype(np.uint8)[None])[0].astype(np.float64)
+        # The negative is the bank's nearest hash code (naive python loop over the bank); with alignment (and the
+        # recipe's negatives.aligned_codes) the codes are of the aligned 8-bit images, as the run paired them.
+        hashed = (np.rint(resize_gray(q, SIZE) * 255)).astype(np.uint8)
+        if shift is not None:
+            with torch.no_grad():
+                hashed = rec_pred.align_net(torch.from_numpy(hashed / 255.0).float()[None, None])["aligned"][0].numpy()
+        code = hash_codes(hashed)[0].astype(np.float64)
         sims = [float(np.dot(code, c)) for c in b["negatives"]["codes"].double().numpy()]
         assert r1.negative == b["negatives"]["names"][int(np.argmax(sims))]
     # And the recompute path itself equals a direct call of the network with the negative image.

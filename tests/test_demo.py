@@ -19,7 +19,10 @@ def test_fast_demo_writes_a_complete_report(tmp_path, capsys):
     assert "report:" in capsys.readouterr().out
     for heading in ("## Verdict", "## Localization accuracy", "## Classification AUC", "| 0.5 | Base |", "CIA-Net"):
         assert heading in report
-    assert sum(w in report for w in ("**beats**", "**ties with**", "**does not beat**")) == 1  # one verdict
+    verdict = next(line for line in report.splitlines() if "localization accuracy at T(IoU) = 0.5" in line)
+    assert sum(w in verdict for w in ("CIA-Net beats Base", "CIA-Net loses to Base", "No significant difference")) == 1
+    assert "95% CI [" in verdict and "| loc. acc. T(IoU)=0.5 |" in report
+    assert "16 x 16 grid" in report and "largest cell of |M+ - M-|" in report  # the grid and the mechanism
     for fig in ("canonical.png", "alignment.png", "attention.png", "boxes.png"):
         assert (out / "figures" / fig).stat().st_size > 1000, fig
     for kind in ("baseline", "cianet"):

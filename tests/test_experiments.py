@@ -62,3 +62,68 @@ def test_reduced_table1_runs_resumes_and_writes_tables(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tr, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
     assert run_experiment("table1", cfg, out, folds=[0]).read_text() == text
+
+
+def _fake_run(run_dir, ious, classes, scores, labels):
+    import numpy as np
+
+    run_dir.mkdir(parents=True)
+    np.savez(run_dir / "predictions.npz", ious=np.asarray(ious, float), box_classes=np.asarray(classes),
+             scores=np.asarray(scores, float), labels=np.asarray(labels, float), box_images=np.zeros(len(ious)))
+
+
+def test_comparisons_pool_folds_per_seed_and_pair_by_seed(tmp_path):
+    import numpy as np
+
+    from cianet.evaluation.experiments import compare_runs, comparison_markdown, experiment_comparisons
+    from cianet.metrics import bootstrap_auc_difference, bootstrap_localization_difference
+
+    rng = np.random.default_rng(0)
+    dirs = {"A": [], "B": []}
+    want = {"A": [], "B": [], "cls": [], "sa": [], "sb": [], "lab": []}
+    for seed in range(2):
+        for m in ("A", "B"):
+            dirs[m].append([])
+        pooled = {k: [] for k in want}
+        for fold in range(2):
+            n = 12
+            cls = rng.integers(0, 8, n)
+            ia, ib = rng.random(n), rng.random(n) * 0.5
+            lab = (rng.random((10, 14)) < 0.4).astype(float)
+            sa, sb = rng.random((10, 14)), rng.random((10, 14))
+            _fake_run(tmp_path / "A" / f"s{seed}f{fold}", ia, cls, sa, lab)
+            _fake_run(tmp_path / "B" / f"s{seed}f{fold}", ib, cls, sb, lab)
+            dirs["A"][-1].append(tmp_path / "A" / f"s{seed}f{fold}")
+            dirs["B"][-1].append(tmp_path / "B" / f"s{seed}f{fold}")
+            for k, v in (("A", ia), ("B", ib), ("cls", cls), ("sa", sa), ("sb", sb), ("lab", lab)):
+                pooled[k].append(v)
+        for k in want:
+            want[k].append(np.concatenate(pooled[k]))
+    comp = compare_runs(dirs["A"], dirs["B"], thresholds=(0.3, 0.5), n_boot=300)
+    ref = bootstrap_localization_difference(want["A"], want["B"], want["cls"], threshold=0.5, n_boot=300)
+    assert comp["0.5"] == ref and comp["0.5"]["n_seeds"] == 2 and comp["0.5"]["n_boxes"] == 48
+    assert comp["auc"] == bootstrap_auc_difference(want["sa"], want["sb"], want["lab"], n_boot=300)
+    md = comparison_markdown({"A - B": comp})
+    assert "| loc. acc. T(IoU)=0.3 |" in md and "95% CI" in md and "| mean AUC |" in md
+    assert ("A beats B on mean localization accuracy at T(IoU) = 0.5" in md) == (ref["low"] > 0)
+    assert ("CIA-Net+Oracle", "Base") in experiment_comparisons("oracle")
+
+
+def test_rows_tested_on_different_boxes_cannot_be_paired(tmp_path):
+    from cianet.errors import InputError
+    from cianet.evaluation.experiments import compare_runs
+
+    _fake_run(tmp_path / "a", [0.5, 0.6], [0, 1], [[0.1] * 14], [[1.0] * 14])
+    _fake_run(tmp_path / "b", [0.5, 0.6], [0, 2], [[0.1] * 14], [[1.0] * 14])
+    with pytest.raises(InputError, match="different boxes"):
+        compare_runs([[tmp_path / "a"]], [[tmp_path / "b"]])
+    with pytest.raises(InputError, match="predictions.npz is missing"):
+        compare_runs([[tmp_path / "nope"]], [[tmp_path / "b"]])
+
+
+def test_oracle_experiment_and_seed_flags():
+    from cianet.cli import main
+
+    oracle = experiment_variants("oracle")
+    assert [v.settings["negatives"]["strategy"] for v in oracle[1:]] == ["sim", "oracle"]
+    assert main(["experiment", "oracle", "--seeds", "0,x", "--data-root", "nope"]) == 2

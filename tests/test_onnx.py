@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import SIZE, U, make_run, synthetic_chest
+from helpers import GRID, SIZE, U, make_run, synthetic_chest
 
 pytestmark = pytest.mark.slow  # exports the network twice (seconds each)
 
@@ -37,7 +37,7 @@ def test_onnx_matches_pytorch(exported):
     pred = Predictor.from_bundle(bundle)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["image", "m_neg"]
-    g = SIZE // 32
+    g = GRID
     rng = np.random.default_rng(0)
     phantom = np.stack([synthetic_chest(rng, SIZE, SIZE, lesion=True) for _ in range(3)])[:, None]
     cases = [

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import IMG_H, IMG_W, SIZE, U, make_run, synthetic_chest
+from helpers import GRID, IMG_H, IMG_W, SIZE, U, make_run, synthetic_chest
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_scores_inputs_and_result(bundles, tmp_path):
         np.testing.assert_allclose(r.logits, results[0].logits, atol=1e-5)
     r = results[0]
     assert r.image_size == (IMG_W, IMG_H) and r.heatmaps.shape == (14, U, U)
-    assert r.attention.shape == (SIZE // 32, SIZE // 32)
+    assert r.attention.shape == (GRID, GRID)
     assert r.attention.sum() == pytest.approx(r.attention.size, rel=1e-4)  # dM cells sum to h*w
     for k, (label, p) in enumerate(r.probabilities.items()):
         prod = 1.0

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "cianet.commands.canonical",
     "cianet.commands.hash",
     "cianet.commands.train_align",
+    "cianet.commands.align_eval",
     "cianet.commands.train",
     "cianet.commands.evaluate",
     "cianet.commands.experiment",

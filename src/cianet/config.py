@@ -37,6 +37,9 @@ class ProtocolConfig:
     unannotated_only: bool = False  # Table 2: no boxes in training, test on all annotated images
     allow_patient_overlap: bool = False  # reproduce the naive (leaky) split
     official: bool = False  # classification: NIH's official train_val/test lists
+    # localization: share of the training images (whole patients) held out as the validation set that
+    # run.eval_every scores; 0 = no validation (the classification protocol uses its own val split)
+    val_share: float = 0.1
 
 
 @dataclass
@@ -53,7 +56,7 @@ class ModelConfig:
 @dataclass
 class AlignConfig:
     checkpoint: str | None = None  # alignment checkpoint for `cianet train`; None = no alignment
-    canonical: str | None = None  # canonical chest PNG for `cianet train-align`
+    canonical: str | None = None  # canonical chest PNG for `cianet train-align` (its crop is read from <stem>.json)
     canonical_n: int = 500
     backbone: str = "resnet18"
     pretrained: bool = True
@@ -61,9 +64,24 @@ class AlignConfig:
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
+    lr_schedule: str = "cosine"  # "cosine" (to 0 over the run) | "constant"
+    # Bounds (docs/method.md, Alignment module): "crop" centres them on the canonical crop's zoom/shift
+    # (z = 0 is the crop); "identity" centres them on the identity, widened to cover the crop.
+    center: str = "crop"
+    max_shift: float = 0.4  # normalized units around the centre
+    max_scale: float = 1.4  # ratio around the centre, symmetric in log scale
+    max_rotation: float = 0.35  # radians around the centre
+    # Structure loss (docs/method.md, Structure loss), computed on the regressor's input_size copy.
     feat_weight: float = 1.0
     pixel_weight: float = 1.0
-    feature_net: str = "vgg16"
+    feature_net: str = "vgg16"  # "vgg16" (relu2_2) | "resnet18" (layer1) | "none"
+    feat_norm: str = "unit"  # "unit" (channel-normalized features) | "paper" (eq. 2 as printed)
+    balance: bool = True  # divide each structure term by its value on the first batch (both start at 1)
+    # Consistency under known random warps (equivariance; no ground truth needed).
+    consistency_weight: float = 10.0  # 0 turns it off
+    warp_rotation: float = 15.0  # degrees
+    warp_scale: list[float] = field(default_factory=lambda: [0.8, 1.25])
+    warp_shift: float = 0.16  # normalized units (0.16 = 8 % of the width)
     max_images: int | None = 5000  # alignment needs far fewer images than classification
 
 
@@ -72,7 +90,7 @@ class NegativeConfig:
     strategy: str = "sim"  # "sim" | "random" | "canonical" (paper Table 5) | "oracle" (phantom twins)
     hash_index: str | None = None  # `cianet hash` output; built on the fly when absent
     exclude_same_patient: bool = True
-    aligned_codes: bool = False  # compute hash codes on aligned images (needs an alignment checkpoint)
+    aligned_codes: bool = True  # "sim" codes of pool and queries from aligned images (when align.checkpoint is set)
 
 
 @dataclass

@@ -433,6 +433,7 @@ class NegativeSampler:
         hash_index: HashIndex | None = None,
         seed: int = 0,
         exclude_same_patient: bool = True,
+        codes_kind: dict[str, Any] | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"negative sampling strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -444,6 +445,8 @@ class NegativeSampler:
         self.hash_index = hash_index
         self.seed = int(seed)
         self.exclude_same_patient = bool(exclude_same_patient)
+        #: what the codes were computed on (e.g. ``{"aligned": False}``); saved with the pairs and checked on load
+        self.codes_kind = dict(codes_kind) if codes_kind is not None else None
         self._pairs: dict[str, str | None] = {}
 
     def _patients_arg(self, names: Sequence[str], patients: Sequence[str] | None) -> Sequence[str | None] | None:
@@ -549,6 +552,7 @@ class NegativeSampler:
                 "strategy": self.strategy,
                 "index_fingerprint": self.hash_index.fingerprint(),
                 "exclude_same_patient": self.exclude_same_patient,
+                "codes": self.codes_kind if self.codes_kind is not None else {"aligned": False},
                 "pairs": self._pairs,
             },
         )
@@ -570,6 +574,13 @@ class NegativeSampler:
             raise ValueError(f"{path}: not a negative pairs file ({exc})") from None
         if not isinstance(obj, dict) or obj.get("format") != _PAIRS_FORMAT or not isinstance(obj.get("pairs"), dict):
             raise ValueError(f"{path}: not a cianet negative pairs file")
+        made_with = obj.get("codes") or {"aligned": False}  # files of older versions: unaligned codes
+        if self.codes_kind is not None and made_with != self.codes_kind:
+            from cianet.errors import InputError
+
+            raise InputError(f"{path}: pairs were made with hash codes {made_with}, but this run's codes are "
+                             f"{self.codes_kind} (negatives.aligned_codes / align.checkpoint changed?); delete "
+                             "it to re-pair, or run with the settings it was made with")
         if obj.get("index_fingerprint") != self.hash_index.fingerprint():
             raise ValueError(f"{path}: pairs were made with a different hash index; delete it to re-pair")
         if bool(obj.get("exclude_same_patient")) != self.exclude_same_patient:

@@ -1,4 +1,5 @@
-"""``cianet experiment``: one of the paper's tables (table1 ... table6), every variant and fold, resumable."""
+"""``cianet experiment``: one of the paper's tables (table1 ... table6) or the phantom's oracle check, every
+variant, fold and seed, resumable."""
 
 from __future__ import annotations
 
@@ -8,19 +9,36 @@ from cianet.commands.common import add_config_args, config_from_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser("experiment", help="one of the paper's tables: table1 ... table6")
-    p.add_argument("name", choices=["table1", "table2", "table3", "table4", "table5", "table6"])
+    from cianet.evaluation.experiments import EXPERIMENTS
+
+    p = sub.add_parser("experiment", help="one of the paper's tables (table1 ... table6) or the oracle check")
+    p.add_argument("name", choices=list(EXPERIMENTS))
     add_config_args(p)
     p.add_argument("--folds", help="comma-separated folds to run (default: all 5; table4 has none)")
+    p.add_argument("--seeds", help="comma-separated seeds: every run once per seed, differences with a bootstrap "
+                                   "over seeds too (default: --seed alone)")
     p.add_argument("--align", help="alignment checkpoint used by the variants that align (table6: required)")
     p.set_defaults(func=cmd_experiment, model=None, negatives=None)
+
+
+def int_list(text: str, flag: str) -> list[int]:
+    from cianet.errors import UsageError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+        raise UsageError(f"{flag} takes distinct non-negative integers, got {text!r}")
+    return values
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from cianet.evaluation.experiments import run_experiment
 
     cfg = config_from_args(args)
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
-    out = run_experiment(args.name, cfg, out_dir=args.out or f"runs/{args.name}", folds=folds)
+    folds = int_list(args.folds, "--folds") if args.folds else None
+    seeds = int_list(args.seeds, "--seeds") if args.seeds else None
+    out = run_experiment(args.name, cfg, out_dir=args.out or f"runs/{args.name}", folds=folds, seeds=seeds)
     print(out.read_text())
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--entry-csv", default=None, help="entry CSV to use instead of Data_Entry_2017[_v2020].csv")
     p.add_argument("--workers", type=int, default=4, help="threads decoding image files (default 4)")
     p.add_argument("--center", action="store_true", help="subtract each code's mean before normalizing")
+    p.add_argument("--align", default=None, metavar="ALIGN.pt",
+                   help="hash the images this alignment network aligns (for runs with negatives.aligned_codes "
+                        "and this align.checkpoint)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="with --align: the run's data.image_size, at which images are read and aligned "
+                        "(default: the cache's size)")
+    p.add_argument("--device", default="cpu", help="with --align: where the alignment network runs (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_hash)
 
@@ -30,10 +38,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_hash(args: argparse.Namespace) -> int:
     from cianet.run.pairing import hash_data_root
 
+    from cianet.errors import MissingPathError, UsageError
+
+    if args.align is None and args.image_size is not None:
+        raise UsageError("--image-size only applies with --align")
+    if args.align is not None and not Path(args.align).exists():
+        raise MissingPathError(f"alignment checkpoint {args.align} (--align) does not exist")
     res = hash_data_root(args.data_root, args.out, cache=args.cache, size=args.size, entry_csv=args.entry_csv,
-                         workers=args.workers, center=args.center, progress=False if args.no_progress else None)
+                         workers=args.workers, center=args.center, progress=False if args.no_progress else None,
+                         align=args.align, image_size=args.image_size, device=args.device)
+    kind = f", aligned at {res['index'].meta['image_size']} px" if args.align else ""
     print(f"hashed {len(res['index']):,} No Finding images of {res['patients']:,} patients "
-          f"({args.size}x{args.size} codes) -> {args.out}")
+          f"({args.size}x{args.size} codes{kind}) -> {args.out}")
     if res["absent"]:
         print(f"skipped {res['absent']:,} No Finding images without a file or cache entry", file=sys.stderr)
     if res["failed"]:

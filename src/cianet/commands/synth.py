@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="draw findings into real No Finding X-rays from DIR (DIR/images when present; "
                         "an NIH Data_Entry CSV in DIR selects the No Finding ones) instead of the phantom anatomy")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+    p.add_argument("--twins", action="store_true",
+                   help="also write each positive image's finding-free twin to OUT/twins (oracle negatives)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
     p.set_defaults(func=run)
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         no_finding_share=args.no_finding_share,
         overwrite=args.overwrite,
+        twins=args.twins,
     )
     print(json.dumps(summary, indent=2))
     return 0

@@ -14,7 +14,8 @@ def register(sub) -> None:
     g = p.add_argument_group("model and protocol")
     g.add_argument("--model", choices=["cianet", "baseline"])
     g.add_argument("--align", help="alignment checkpoint (align.pt or its run folder), or 'none'")
-    g.add_argument("--negatives", choices=["sim", "random", "canonical"], help="negative sampling (paper Table 5)")
+    g.add_argument("--negatives", choices=["sim", "random", "canonical", "oracle"],
+                   help="negative sampling (paper Table 5); oracle: the phantom's twins (`cianet synth --twins`)")
     g.add_argument("--hash-index", help="hash index from `cianet hash` (default: built for the run)")
     g.add_argument("--splits", help="splits JSON from `cianet splits` (default: made from --seed)")
     g.add_argument("--fold", type=int, help="localization fold 0-4")

@@ -263,6 +263,25 @@ def load_canonical(path: str | Path, size: int) -> np.ndarray:
     return resize_gray(load_xray(path), size)
 
 
+def read_canonical_crop(path: str | Path) -> tuple[tuple[int, int, int, int], int] | None:
+    """``(crop (x0, y0, x1, y1), size)`` of the canonical chest PNG at ``path``, from the ``<stem>.json`` that
+    :func:`save_canonical` writes beside it; None when there is no such file (a canonical chest made by hand)."""
+    import json
+
+    from cianet.errors import InputError
+
+    meta_path = Path(path).with_suffix(".json")
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        size = int(meta["size"])
+        crop = check_crop(meta["crop"], (size, size))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{meta_path}: cannot read the canonical crop ({type(exc).__name__}: {exc})") from None
+    return crop, size
+
+
 def _write_png(path: Path, img: np.ndarray) -> None:
     import io
 

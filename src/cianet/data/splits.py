@@ -33,6 +33,7 @@ _STREAM_CLASSIFICATION = 1
 _STREAM_FOLDS = 2
 _STREAM_PROTOCOL_FOLDS = 3
 _STREAM_UNANNOTATED = 4
+_STREAM_VAL = 5
 
 
 def _rng(seed: int, *stream: int) -> np.random.Generator:
@@ -158,6 +159,8 @@ class Protocol:
 
     ``train_annotated`` (a subset of ``train``) keep their boxes; the rest of ``train`` is image-level only.
     ``excluded`` records the training candidates dropped because their patient has a test image.
+    ``val`` (patient-disjoint from ``train`` and ``test``) holds the training patients set aside for validation
+    (``val_share``); its annotated images keep their boxes so that validation can measure localization.
     """
 
     train: list[str]
@@ -170,6 +173,8 @@ class Protocol:
     unannotated_ratio: float = 0.0
     annotated_folds: list[int] = field(default_factory=list)
     seed: int = 0
+    val: list[str] = field(default_factory=list)
+    val_share: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -208,6 +213,7 @@ def localization_protocol(
     seed: int = 0,
     allow_patient_overlap: bool = False,
     unannotated_only: bool = False,
+    val_share: float = 0.0,
 ) -> Protocol:
     """Training / test lists for fold ``fold`` of the localization experiments.
 
@@ -220,6 +226,12 @@ def localization_protocol(
 
     Unless ``allow_patient_overlap``, training images of a patient who has a test image are dropped and
     listed in ``excluded`` (the paper is silent; such leakage inflates the scores).
+
+    ``val_share`` holds out that share of the training images, by whole patients, as a validation set
+    (:func:`validation_patients`): drawn separately from the box-supervised training images and from the
+    others, so both kinds are represented; a patient with a box-supervised image counts as annotated. The
+    draw is a function of the arguments (its own stream of ``seed``, per fold), so a rerun or a resumed run
+    gets the same set.
     """
     k = len(folds)
     if k < 2:
@@ -229,6 +241,8 @@ def localization_protocol(
         raise ValueError(f"unannotated_ratio must be in [0, 1], got {unannotated_ratio}")
     if not 0.0 <= annotated_ratio <= 1.0:
         raise ValueError(f"annotated_ratio must be in [0, 1], got {annotated_ratio}")
+    if not 0.0 <= val_share < 1.0:
+        raise ValueError(f"val_share must be in [0, 1), got {val_share}")
     annotated_all = sorted(n for f in folds for n in f)
     annotated_set = set(annotated_all)
     unannotated_all = [n for n in index.names() if n not in annotated_set]
@@ -266,6 +280,11 @@ def localization_protocol(
     excluded["n_annotated"] = len(excluded["annotated"])
     excluded["n_unannotated"] = len(excluded["unannotated"])
 
+    val = validation_patients(index, train_ann, train_unann, val_share, _rng(seed, _STREAM_VAL, fold_id or 0))
+    held = set(val)
+    n_val_boxed = sum(1 for n in train_ann if n in held)
+    train_ann = [n for n in train_ann if n not in held]
+    train_unann = [n for n in train_unann if n not in held]
     train = sorted(set(train_ann) | set(train_unann))
     n_ex = excluded["n_annotated"] + excluded["n_unannotated"]
     if unannotated_only:
@@ -281,6 +300,8 @@ def localization_protocol(
         else f"{n_ex} training images of the {len(test_patients)} test patients excluded"
     )
     description = f"{head}; {len(train)} training images ({len(train_ann)} with boxes); {leak}"
+    if val:
+        description += f"; {len(val)} validation images ({n_val_boxed} with boxes) held out of training"
     return Protocol(
         train=train,
         test=test,
@@ -292,7 +313,37 @@ def localization_protocol(
         unannotated_ratio=float(unannotated_ratio),
         annotated_folds=chosen_folds,
         seed=int(seed),
+        val=sorted(val),
+        val_share=float(val_share),
     )
+
+
+def validation_patients(index: NIHIndex, annotated: Sequence[str], unannotated: Sequence[str], share: float,
+                        rng: np.random.Generator) -> list[str]:
+    """About ``share`` of the training images, whole patients, as a validation set (unsorted).
+
+    Patients with an image in ``annotated`` are drawn among themselves (about ``share`` of the annotated
+    images, all of each drawn patient's training images going to validation), then the remaining patients
+    (about ``share`` of the other images), so the set has box-annotated images in proportion.
+    """
+    if share <= 0.0:
+        return []
+    ann_set = set(annotated)
+    names = list(annotated) + [n for n in unannotated if n not in ann_set]
+    groups = _group_by_patient(index, names)
+    ann_patients = sorted({index[n].patient_id for n in annotated})
+    other_patients = sorted(set(groups) - set(ann_patients))
+    val: list[str] = []
+    for patients in (ann_patients, other_patients):
+        if not patients:
+            continue
+        sub = {p: groups[p] for p in patients}
+        order = list(patients)
+        rng.shuffle(order)
+        total = sum(len(v) for v in sub.values())
+        taken, _rest = _take_patients(sub, order, [share * total, (1 - share) * total])
+        val.extend(taken)
+    return val
 
 
 def make_splits(

@@ -90,8 +90,10 @@ def run_demo(out: str | Path = "cianet-demo", fast: bool = False, seed: int = 0,
     align_cfg.run.out = str(align_dir)
     align_cfg.align.epochs, align_cfg.align.max_images = st["align_epochs"], st["align_images"]
     stage("train-align", _align_done(align_dir, st["align_epochs"]), lambda: train_alignment(align_cfg, resume=True))
-    stage("hash", hash_npz.exists(),
-          lambda: hash_data_root(data, hash_npz, cache=cache, progress=None if progress else False))
+    stage("hash", hash_npz.exists(),  # codes of the aligned images, as the runs pair (negatives.aligned_codes)
+          lambda: hash_data_root(data, hash_npz, cache=cache, progress=None if progress else False,
+                                 align=align_dir / "align.pt" if base.negatives.aligned_codes else None,
+                                 image_size=size))
     runs = {}
     for kind in ("baseline", "cianet"):
         run_dir = out / "runs" / kind

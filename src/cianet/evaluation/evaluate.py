@@ -56,6 +56,6 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", progress: bool = Tru
 
     run = load_run(run_dir, device, data_root)
     metrics = evaluate(run.model, run.test_loader, run.device, align_net=run.align_net, progress=progress,
-                       upsample=True, keep_predictions=keep_predictions)
+                       upsample=True, keep_predictions=keep_predictions, rescale=run.cfg.loss.mil_rescale)
     write_metrics(run_dir, metrics, title=f"{run.cfg.model.kind} ({run.description})")
     return metrics

@@ -1,8 +1,17 @@
 """The paper's experiments as commands: each table loops its variants (and folds), resumes, aggregates.
 
-Every run lives in ``OUT/<variant>/fold<k>/`` (``OUT/<variant>/split/`` for table 4). A finished run (its
-``metrics.json`` exists) is not run again; a started one resumes from its checkpoint. The aggregate over folds
-is the mean and the (population) standard deviation, written to ``tableN.json`` and ``tableN.md``.
+Every run lives in ``OUT/<variant>/fold<k>/`` (``OUT/<variant>/split/`` for table 4), or
+``OUT/<variant>/seed<s>/fold<k>/`` with ``--seeds``. A finished run (its ``metrics.json`` exists) is not run
+again; a started one resumes from its checkpoint. The aggregate over runs (folds x seeds) is the mean and the
+(population) standard deviation, written to ``NAME.json`` and ``NAME.md``, with the paired differences the
+table is about (CIA-Net minus Base, ...) and their 95% bootstrap confidence intervals: over test boxes
+(stratified by class; the folds of one seed are pooled, their test sets being disjoint) and over seeds where
+there are several (:func:`cianet.metrics.bootstrap_localization_difference`). Every verdict follows from its
+interval.
+
+``oracle`` (phantom only) is not a table of the paper: Base, CIA-Net with hash-paired negatives and CIA-Net
+with the phantom's finding-free twins as negatives (``cianet synth --twins``), on Table 1's protocol. The twins
+give the attention the best contrast it can have, so it checks the mechanism apart from the pairing.
 
 Choices: table 2 trains on unannotated images only and tests on all annotated images, so it has a single
 run per model (folds do not apply). Table 3's 0% row tests on fold k like its 40% and 80% rows, so the three
@@ -18,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from cianet.config import Config
-from cianet.errors import UsageError
+from cianet.errors import InputError, UsageError
+from cianet.run.scoring import json_safe
 from cianet.utils.atomic import atomic_write_json, atomic_write_text
 
 
@@ -65,13 +75,35 @@ def experiment_variants(name: str, align_checkpoint: str | None = None) -> list[
     if name == "table5":
         return [_v(f"CIA-Net+{label}", CIA, LOC80_ALL, {"negatives": {"strategy": strat}})
                 for label, strat in (("Canon", "canonical"), ("Rand", "random"), ("Sim", "sim"))]
+    if name == "oracle":
+        oracle = {"model": {"kind": "cianet"}, "negatives": {"strategy": "oracle"}}
+        return [_v("Base", BASE, loc(0.8, 0.5)), _v("CIA-Net+Sim", CIA, loc(0.8, 0.5)),
+                _v("CIA-Net+Oracle", oracle, loc(0.8, 0.5))]
     if name == "table6":
         if not align_checkpoint:
             raise UsageError("table6 compares runs with and without alignment: pass --align align.pt")
         with_align = {"align": {"checkpoint": align_checkpoint}}
         return [_v("Base", BASE, LOC80_ALL, NO_ALIGN), _v("Base+Align", BASE, LOC80_ALL, with_align),
                 _v("CIA", CIA, LOC80_ALL, NO_ALIGN), _v("CIA+Align", CIA, LOC80_ALL, with_align)]
-    raise UsageError(f"unknown experiment {name!r}: table1 ... table6")
+    raise UsageError(f"unknown experiment {name!r}: {', '.join(EXPERIMENTS)}")
+
+
+EXPERIMENTS = ("table1", "table2", "table3", "table4", "table5", "table6", "oracle")
+
+
+def experiment_comparisons(name: str) -> list[tuple[str, str]]:
+    """The paired differences (row A minus row B) an experiment is about."""
+    if name in ("table1", "table2", "table4"):
+        return [("CIA-Net", "Base")]
+    if name == "table3":
+        return [(f"{p} CIA-Net", f"{p} Base") for p in ("80%", "40%", "0%")]
+    if name == "table5":
+        return [("CIA-Net+Sim", "CIA-Net+Rand"), ("CIA-Net+Sim", "CIA-Net+Canon")]
+    if name == "table6":
+        return [("CIA", "Base"), ("CIA+Align", "Base+Align"), ("Base+Align", "Base"), ("CIA+Align", "CIA")]
+    if name == "oracle":
+        return [("CIA-Net+Oracle", "Base"), ("CIA-Net+Sim", "Base"), ("CIA-Net+Oracle", "CIA-Net+Sim")]
+    return []
 
 
 def _slug(name: str) -> str:
@@ -120,8 +152,79 @@ def auc_markdown(results: dict[str, dict[str, Any]]) -> str:
     return format_auc_table({m: r["auc"] for m, r in results.items()}, std_by_model=std or None)
 
 
-def run_experiment(name: str, cfg: Config, out_dir: str | Path, folds: list[int] | None = None) -> Path:
-    """Run (or resume) every variant x fold of experiment ``name``; returns the path of ``<name>.md``."""
+TITLES = {"table1": "80% annotated + 50% unannotated", "table2": "unannotated only, tested on all annotated",
+          "table3": "annotated ratio 80/40/0% with all unannotated", "table4": "AUC, 70/10/20 split",
+          "table5": "negative sampling", "table6": "with and without alignment",
+          "oracle": "the mechanism with oracle negatives (phantom twins), 80% annotated + 50% unannotated"}
+
+
+def _run_dir(out_dir: Path, variant: Variant, fold: int | None, seed: int | None) -> Path:
+    base = out_dir / _slug(variant.name)
+    if seed is not None:
+        base = base / f"seed{seed}"
+    return base / (f"fold{fold}" if fold is not None else "split")
+
+
+def _pooled_predictions(run_dirs: list[Path]) -> dict[str, Any]:
+    """Per-box IoUs and classes, per-image scores and labels of several runs of one seed, concatenated."""
+    import numpy as np
+
+    parts = []
+    for d in run_dirs:
+        f = d / "predictions.npz"
+        if not f.is_file():
+            raise InputError(f"{f} is missing: the run predates per-box predictions; evaluate it again with "
+                             f"`cianet evaluate --run {d}`")
+        with np.load(f) as z:
+            parts.append({k: z[k] for k in ("ious", "box_classes", "scores", "labels")})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def compare_runs(runs_a: list[list[Path]], runs_b: list[list[Path]], thresholds=(0.1, 0.3, 0.5, 0.7),
+                 n_boot: int = 2000) -> dict[str, Any]:
+    """Paired bootstrap differences A - B. ``runs_x[s]`` are the run folders of seed ``s`` (its folds)."""
+    import numpy as np
+
+    from cianet.metrics import bootstrap_auc_difference, bootstrap_localization_difference
+
+    a = [_pooled_predictions(r) for r in runs_a]
+    b = [_pooled_predictions(r) for r in runs_b]
+    for s, (pa, pb) in enumerate(zip(a, b)):
+        if not np.array_equal(pa["box_classes"], pb["box_classes"]):
+            raise InputError(f"seed {s}: the two rows were tested on different boxes; they cannot be paired")
+    out: dict[str, Any] = {}
+    if sum(len(p["ious"]) for p in a):
+        for t in thresholds:
+            out[f"{t:g}"] = bootstrap_localization_difference(
+                [p["ious"] for p in a], [p["ious"] for p in b], [p["box_classes"] for p in a], threshold=t,
+                n_boot=n_boot)
+    out["auc"] = bootstrap_auc_difference([p["scores"] for p in a], [p["scores"] for p in b],
+                                          [p["labels"] for p in a], n_boot=n_boot)
+    return out
+
+
+def comparison_markdown(comparisons: dict[str, dict[str, Any]]) -> str:
+    """One table per comparison (T(IoU) rows and AUC: A, B, A - B, 95% CI) and the verdict at T(IoU) = 0.5."""
+    from cianet.metrics import verdict
+
+    def f(v):
+        return "n/a" if v is None else f"{v:+.3f}"
+
+    lines = []
+    for label, comp in comparisons.items():
+        a_name, b_name = label.split(" - ")
+        lines += [f"### {label}", "", f"| metric | {a_name} | {b_name} | difference | 95% CI |", "|---|---|---|---|---|"]
+        for key, r in comp.items():
+            what = "mean AUC" if key == "auc" else f"loc. acc. T(IoU)={key}"
+            lines.append(f"| {what} | {r['a']:.3f} | {r['b']:.3f} | {f(r['diff'])} | [{f(r['low'])}, {f(r['high'])}] |")
+        main = comp.get("0.5", comp["auc"])
+        lines += ["", verdict(main, what=a_name, other=b_name), ""]
+    return "\n".join(lines)
+
+
+def run_experiment(name: str, cfg: Config, out_dir: str | Path, folds: list[int] | None = None,
+                   seeds: list[int] | None = None) -> Path:
+    """Run (or resume) every variant x fold (x seed) of experiment ``name``; returns the path of ``<name>.md``."""
     import json
 
     from cianet.run.checkpoints import CHECKPOINT
@@ -130,20 +233,32 @@ def run_experiment(name: str, cfg: Config, out_dir: str | Path, folds: list[int]
     out_dir = Path(out_dir)
     variants = experiment_variants(name, cfg.align.checkpoint)
     folds = list(range(5)) if folds is None else folds
+    seed_list: list[int | None] = list(seeds) if seeds else [None]
     results: dict[str, dict[str, Any]] = {}
+    dirs: dict[str, list[list[Path]]] = {}
     for variant in variants:
-        per_fold = []
-        for fold in (folds if variant.folds else [None]):
-            run_dir = out_dir / _slug(variant.name) / (f"fold{fold}" if fold is not None else "split")
-            if not (run_dir / "metrics.json").exists():
-                fit(_run_config(cfg, variant, fold, run_dir), resume=(run_dir / CHECKPOINT).exists())
-            per_fold.append(json.loads((run_dir / "metrics.json").read_text()))
-        results[variant.name] = aggregate_folds(per_fold)
-    atomic_write_json(out_dir / f"{name}.json", {"experiment": name, "folds": folds, "results": results})
-    title = {"table1": "80% annotated + 50% unannotated", "table2": "unannotated only, tested on all annotated",
-             "table3": "annotated ratio 80/40/0% with all unannotated", "table4": "AUC, 70/10/20 split",
-             "table5": "negative sampling", "table6": "with and without alignment"}[name]
+        per_run, dirs[variant.name] = [], []
+        for seed in seed_list:
+            seed_dirs = []
+            for fold in (folds if variant.folds else [None]):
+                run_dir = _run_dir(out_dir, variant, fold, seed)
+                if not (run_dir / "metrics.json").exists():
+                    run_cfg = _run_config(cfg, variant, fold, run_dir)
+                    if seed is not None:
+                        run_cfg.run.seed = seed
+                    fit(run_cfg, resume=(run_dir / CHECKPOINT).exists())
+                per_run.append(json.loads((run_dir / "metrics.json").read_text()))
+                seed_dirs.append(run_dir)
+            dirs[variant.name].append(seed_dirs)
+        results[variant.name] = aggregate_folds(per_run)
+    comparisons = {f"{a} - {b}": compare_runs(dirs[a], dirs[b]) for a, b in experiment_comparisons(name)}
+    seeds_note = f"seeds {seeds}" if seeds else f"seed {cfg.run.seed}"
+    atomic_write_json(out_dir / f"{name}.json", json_safe({"experiment": name, "folds": folds, "seeds": seeds,
+                                                           "results": results, "comparisons": comparisons}))
     body = auc_markdown(results) if name == "table4" else localization_markdown(results) + "\n\n## AUC\n\n" + auc_markdown(results)
-    md = f"# {name}: {title}\n\nFolds: {folds if any(v.folds for v in variants) else 'n/a'}; mean ± std over folds.\n\n{body}\n"
+    uses_folds = any(v.folds for v in variants)
+    md = (f"# {name}: {TITLES[name]}\n\nFolds: {folds if uses_folds else 'n/a'}; {seeds_note}; mean ± std over "
+          f"runs.\n\n{body}\n\n## Paired differences (95% bootstrap confidence intervals)\n\n"
+          f"{comparison_markdown(comparisons)}\n")
     atomic_write_text(out_dir / f"{name}.md", md)
     return out_dir / f"{name}.md"

@@ -25,7 +25,7 @@ from cianet.run.bundle_file import make_bundle
 def compute_attention_maps(model: nn.Module, images: np.ndarray, align_net: nn.Module | None = None,
                            batch_size: int = 16, device: torch.device | str = "cpu",
                            progress: bool = False) -> torch.Tensor:
-    """Attention maps M of gray images ``(N, S, S)`` in [0, 1] -> ``(N, S/32, S/32)`` float32 (CPU).
+    """Attention maps M of gray images ``(N, S, S)`` in [0, 1] -> ``(N, h, w)`` float32 (CPU), the native grid.
 
     The images are aligned first when ``align_net`` is given (as the negatives were in training).
     """
@@ -45,13 +45,16 @@ def compute_attention_maps(model: nn.Module, images: np.ndarray, align_net: nn.M
 
 def negative_bank(model: nn.Module, images: np.ndarray, names: Sequence[str], align_net: nn.Module | None = None,
                   include_images: bool = False, strategy: str = "sim", batch_size: int = 16,
-                  device: torch.device | str = "cpu", progress: bool = False) -> dict[str, Any]:
+                  device: torch.device | str = "cpu", progress: bool = False,
+                  aligned_codes: bool = False) -> dict[str, Any]:
     """The bank of negatives ``images`` ``(N, S, S)`` (float [0, 1] or uint8) named ``names``.
 
-    Codes come from the unaligned 8-bit image; maps from the (aligned) 8-bit image through the model's
+    Codes come from the 8-bit image, aligned by ``align_net`` first with ``aligned_codes`` (as the run's "sim"
+    pairing hashed them: ``negatives.aligned_codes``); maps from the (aligned) 8-bit image through the model's
     attention branch in eval mode. See the module docstring for the layout.
     """
     from cianet.negatives import hash_codes
+    from cianet.run.pairing import aligned_images
 
     arr = np.asarray(images)
     if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
@@ -64,9 +67,16 @@ def negative_bank(model: nn.Module, images: np.ndarray, names: Sequence[str], al
 
     u8 = arr if arr.dtype == np.uint8 else to_uint8(arr)
     maps = compute_attention_maps(model, u8.astype(np.float32) / 255.0, align_net, batch_size, device, progress)
+    aligned_codes = bool(aligned_codes and align_net is not None)
+    if aligned_codes:
+        codes = np.concatenate([hash_codes(aligned_images(align_net, u8[i:i + batch_size]))
+                                for i in range(0, len(u8), batch_size)])
+    else:
+        codes = hash_codes(u8)
     bank: dict[str, Any] = {
         "names": [str(n) for n in names],
-        "codes": torch.from_numpy(hash_codes(u8)),  # (N, 256)
+        "codes": torch.from_numpy(codes),  # (N, 256)
+        "aligned_codes": aligned_codes,
         "maps": maps.contiguous(),  # (N, h, w)
         "strategy": strategy,
         "aligned_maps": align_net is not None,
@@ -176,7 +186,8 @@ def bundle_from_run(run_dir: str | Path, n_negatives: int = 1000, data_root: str
                 raise InputError(f"{run_dir}: none of the {len(ranked)} negative candidates could be read")
             order = np.argsort(names)  # a stable, readable bank order
             bank = negative_bank(model, np.stack(images)[order], [names[i] for i in order], align_net,
-                                 include_images, batch_size=batch_size, device=dev, progress=progress)
+                                 include_images, batch_size=batch_size, device=dev, progress=progress,
+                                 aligned_codes=cfg.negatives.aligned_codes)
     return make_bundle(model.cpu(), cfg, bank=bank, align_net=None if align_net is None else align_net.cpu(),
                        align_kwargs=align_kwargs, canonical=canonical, thresholds=thresholds,
                        epoch=int(ckpt.get("epoch", -1)), run_name=run_dir.resolve().name)

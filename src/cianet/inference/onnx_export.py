@@ -124,7 +124,7 @@ def export_onnx(bundle: dict[str, Any] | str | Path, out: str | Path, opset: int
         bundle = load_bundle(bundle)
     pred = Predictor(bundle, device="cpu", name=name)
     out = Path(out)
-    s, g = pred.input_size, pred.input_size // 32
+    s, g = pred.input_size, pred.grid_side
     net = ExportedNetwork(pred.model).eval()
     image = torch.rand(2, 1, s, s)
     args: tuple[Tensor, ...] = (image, torch.randn(2, g, g)) if net.is_cianet else (image,)

@@ -272,6 +272,10 @@ class Predictor:
         self.input_size: int = int(bundle["input_size"])
         self.thresholds: dict[str, float] = dict(zip(self.labels, map(float, bundle["thresholds"])))
         self.model, self.config = network_from_weights(bundle["config"], bundle["model"], self.device, source=name)
+        from cianet.models.cianet import grid_side
+
+        #: side of the native grid (logits, attention maps)
+        self.grid_side: int = grid_side(self.input_size, self.config.model.output_stride, self.config.model.last_stage)
         self.align_net = None
         if bundle["alignment"] is not None:
             align = bundle["alignment"]
@@ -280,6 +284,8 @@ class Predictor:
         bank = bundle["negatives"]
         self.bank_names: list[str] = list(bank["names"])
         self.bank_strategy: str = bank["strategy"]
+        #: the bank's codes are of aligned images (the run paired with negatives.aligned_codes): hash queries so too
+        self.bank_aligned_codes = bool(bank.get("aligned_codes", False)) and self.align_net is not None
         self.bank_maps = bank["maps"].float().to(self.device)  # (N, h, w)
         self.bank_images = bank.get("images")  # (N, S, S) uint8 or None
         self._index = None
@@ -307,7 +313,13 @@ class Predictor:
 
         if self._index is None:  # canonical strategy: the one entry
             return np.zeros(len(images_s), dtype=np.int64)
-        codes = hash_codes(to_uint8(images_s))  # (B, 256), as the run's pairing: 8-bit, unaligned
+        u8 = to_uint8(images_s)
+        if self.bank_aligned_codes:  # as the run's pairing: the 8-bit image, aligned
+            from cianet.run.pairing import aligned_images
+
+            codes = hash_codes(aligned_images(self.align_net, u8))
+        else:
+            codes = hash_codes(u8)  # (B, 256), as the run's pairing: 8-bit, unaligned
         excl = [Path(n).name for n in names]
         rows = self._index.query(codes, exclude_names=excl)
         if (rows < 0).any():  # only when the bank's sole entry is the image itself
@@ -378,7 +390,8 @@ class Predictor:
             return []
         resized = np.stack([resize_gray(np.asarray(im, np.float32), self.input_size) for im in images])
         out = self.forward(resized, names)
-        scores = image_scores_from_logits(out["logits"]).numpy()  # (B, C) on the native grid
+        # (B, C) on the native grid, with the MIL rescaling the run trained with (the bundle's loss.mil_rescale)
+        scores = image_scores_from_logits(out["logits"], rescale=bool(self.config.loss.mil_rescale)).numpy()
         heat = torch.sigmoid(out["test_logits"]).numpy()  # (B, C, U, U)
         results = []
         for b, (img, name) in enumerate(zip(images, names)):

@@ -230,6 +230,11 @@ class Baseline(_GridModel):
         return out
 
 
+def grid_side(image_size: int, output_stride: int = 32, last_stage: str = "c5") -> int:
+    """Side of the native grid (``F+``, ``M``, logits) of a model built with these settings at ``image_size``."""
+    return image_size // stage_stride(last_stage, output_stride)
+
+
 def build_model(kind: str = "cianet", num_classes: int = 14, backbone: str = "resnet50",
                 pretrained: bool = False, test_upsample: int | None = None, channels_last: bool = False,
                 **kw) -> nn.Module:

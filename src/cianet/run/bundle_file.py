@@ -20,10 +20,12 @@ A bundle is a ``torch.save``d dict of plain tensors, dicts, lists, strings and n
 
 The negative bank holds, for N No Finding training images (never a test image of the run):
     names   N image names
-    codes   (N, 256) float32 perceptual-hash codes (cianet.negatives.hash_codes of the *unaligned* image at
-            S px, 8-bit, as the run's "sim" pairing computed them)
+    codes   (N, 256) float32 perceptual-hash codes (cianet.negatives.hash_codes of the image at S px, 8-bit,
+            aligned first when aligned_codes, as the run's "sim" pairing computed them)
+    aligned_codes  optional bool (absent: False): codes of aligned images (the run's negatives.aligned_codes
+            with an alignment network); Predictor then hashes each query's aligned image too
     maps    (N, h, w) float32 attention maps M- = model.attention_map(negative), computed once in eval mode
-            on the aligned negative when the run aligns (h = w = S/32)
+            on the aligned negative when the run aligns (h = w, the model's native grid)
     images  optional (N, S, S) uint8 negatives (only with include_images; lets Predictor(mode="recompute")
             run without the data set)
     strategy "sim" (nearest code) | "canonical" (one entry: the canonical chest)
@@ -151,7 +153,10 @@ def validate_bundle(bundle: Any, path: str | Path = "<bundle>") -> dict[str, Any
         raise InputError(f"{path}: bundle negative bank is missing {', '.join(absent)}")
     n = len(bank["names"])
     if kind == "cianet":
-        g = size // 32
+        from cianet.models.cianet import grid_side
+
+        model_cfg = bundle["config"].get("model") or {}
+        g = grid_side(size, model_cfg.get("output_stride", 32), model_cfg.get("last_stage", "c5"))
         if n == 0:
             raise InputError(f"{path}: CIA-Net bundle has an empty negative bank")
         if tuple(bank["maps"].shape) != (n, g, g) or tuple(bank["codes"].shape)[0] != n:

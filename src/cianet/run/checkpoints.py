@@ -6,7 +6,10 @@ and for resuming ``optimizer``, ``scheduler``, ``scaler``.
 
 ``align.pt`` (``cianet train-align``): ``kind == "alignment"``, ``format_version``
 (:data:`ALIGN_FORMAT_VERSION`), ``model``, ``optimizer``, ``epoch``, ``config``, ``net_kwargs`` (AlignmentNet
-constructor arguments), ``canonical`` (the (S, S) target it was trained against), ``input_size``.
+constructor arguments; from format 2 on with the bounds ``center``, ``max_shift``, ``max_scale``,
+``max_rotation``, so the network reloads exactly; format-1 files load with the old default bounds),
+``canonical`` (the (S, S) target it was trained against, S the training image size), ``input_size`` (S),
+``loss_scales`` (format 2: the structure loss's term scales, for resuming).
 
 Both are read with ``torch.load(weights_only=True)``, so a checkpoint never unpickles arbitrary objects.
 """
@@ -28,7 +31,7 @@ from cianet.labels import LABELS
 CHECKPOINT = "checkpoint.pt"
 FORMAT_VERSION = 1
 ALIGN_CHECKPOINT = "align.pt"
-ALIGN_FORMAT_VERSION = 1
+ALIGN_FORMAT_VERSION = 2
 
 
 def torch_read(path: Path, what: str, hint: str = "") -> Any:
@@ -91,14 +94,18 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cp
 
 # -------------------------------------------------------------------------------- alignment checkpoint
 def alignment_payload(net: nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, epoch: int,
-                      canonical: torch.Tensor) -> dict[str, Any]:
+                      canonical: torch.Tensor, net_kwargs: dict[str, Any] | None = None,
+                      loss_scales: dict[str, float] | None = None) -> dict[str, Any]:
+    """The ``align.pt`` contents; ``net_kwargs``: the arguments ``net`` was built with (default: the
+    config's, :func:`cianet.run.networks.alignment_net_kwargs`)."""
     from cianet.run.networks import alignment_net_kwargs
 
     return {
         "kind": "alignment", "format_version": ALIGN_FORMAT_VERSION, "model": net.state_dict(),
         "optimizer": optimizer.state_dict(), "epoch": epoch, "config": cfg.to_dict(),
-        "net_kwargs": alignment_net_kwargs(cfg), "canonical": canonical.detach().cpu(),
-        "input_size": cfg.data.image_size,
+        "net_kwargs": dict(alignment_net_kwargs(cfg) if net_kwargs is None else net_kwargs),
+        "canonical": canonical.detach().cpu(), "input_size": cfg.data.image_size,
+        "loss_scales": dict(loss_scales or {}),
     }
 
 

@@ -8,10 +8,22 @@ from cianet.config import Config
 
 
 def image_source(cfg: Config, index):
-    """The run's images at ``cfg.data.image_size``: from the cache when it has them, else from their files."""
+    """The run's images at ``cfg.data.image_size``: from the cache when it has them, else from their files.
+
+    With ``negatives.strategy=oracle`` the phantom's twins are readable too, as ``"twin:NAME"``."""
+    from pathlib import Path
+
     from cianet.run.datasets import ImageSource
 
-    return ImageSource(cfg.data.image_size, cfg.data.cache, {r.name: r.path for r in index.records})
+    paths = {r.name: r.path for r in index.records}
+    if cfg.negatives.strategy == "oracle" and cfg.model.kind != "baseline":
+        from cianet.data.synth import TWINS_DIR
+        from cianet.run.pairing import TWIN_PREFIX
+
+        twin_dir = Path(cfg.data.data_root) / TWINS_DIR
+        if twin_dir.is_dir():
+            paths.update({TWIN_PREFIX + p.name: p for p in twin_dir.iterdir()})
+    return ImageSource(cfg.data.image_size, cfg.data.cache, paths)
 
 
 def make_loaders(cfg: Config, data, rank: int = 0, world: int = 1, pairing=None):
@@ -35,6 +47,14 @@ def make_loaders(cfg: Config, data, rank: int = 0, world: int = 1, pairing=None)
 
     def train_loader(epoch: int):
         train_ds.set_epoch(epoch)
+        if cfg.optim.box_share > 0:  # declared batch composition (cianet.data.batches)
+            from cianet.data.batches import box_share_batches
+
+            is_box = [n in data.box_names for n in train_ds.names]
+            batches = box_share_batches(is_box, cfg.optim.batch_size, cfg.optim.box_share, cfg.run.seed, epoch,
+                                        drop_last=len(train_ds) > cfg.optim.batch_size)
+            return DataLoader(train_ds, batch_sampler=batches[rank::world], num_workers=cfg.data.workers,
+                              collate_fn=collate, pin_memory=torch.cuda.is_available())
         if world > 1:
             from torch.utils.data.distributed import DistributedSampler
 
@@ -54,3 +74,23 @@ def make_loaders(cfg: Config, data, rank: int = 0, world: int = 1, pairing=None)
         test_ds, batch_size=max(1, cfg.optim.batch_size), shuffle=False, num_workers=cfg.data.workers, collate_fn=collate
     )
     return train_ds, train_loader, test_ds, test_loader
+
+
+def make_val_loader(cfg: Config, data, pairing, source=None):
+    """(val_ds, val_loader) over the run's validation images (``data.val``), or (None, None) when it has none.
+
+    Scored like the test images (all boxes of a validation image count, negatives from ``pairing.test``), so
+    that validation and test metrics are the same measurement on disjoint images.
+    """
+    from torch.utils.data import DataLoader
+
+    from cianet.run.datasets import PairedXrayDataset, collate
+
+    if not data.val:
+        return None, None
+    source = source if source is not None else image_source(cfg, data.index)
+    val_ds = PairedXrayDataset(list(data.val), data.labels, data.boxes, source, set(data.val), pairing.test(0),
+                               pairing.canonical)
+    loader = DataLoader(val_ds, batch_size=max(1, cfg.optim.batch_size), shuffle=False,
+                        num_workers=cfg.data.workers, collate_fn=collate)
+    return val_ds, loader

@@ -6,6 +6,7 @@ prediction and ONNX export) goes through :func:`network_from_weights` / :func:`a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -21,19 +22,38 @@ def build_network(cfg: Config) -> nn.Module:
 
     m = cfg.model
     return build_model(m.kind, num_classes=NUM_CLASSES, backbone=m.backbone, pretrained=m.pretrained,
-                       test_upsample=m.test_upsample, head_channels=m.head_channels)
+                       test_upsample=m.test_upsample, head_channels=m.head_channels,
+                       output_stride=m.output_stride, last_stage=m.last_stage)
 
 
 def alignment_net_kwargs(cfg: Config) -> dict[str, Any]:
-    """The AlignmentNet constructor arguments a checkpoint records (everything but ``pretrained``)."""
-    return {"backbone": cfg.align.backbone, "input_size": cfg.align.input_size}
+    """The AlignmentNet constructor arguments of a new alignment run (everything but ``pretrained``): the
+    backbone, the input size and the bounds (``cianet.models.alignment.derive_bounds``), centred as
+    ``align.center`` says on the crop recorded beside ``align.canonical`` (``<stem>.json`` of
+    ``cianet canonical``). A checkpoint stores them, so it reloads with exactly these bounds."""
+    import sys
+
+    from cianet.data.canonical import read_canonical_crop
+    from cianet.models.alignment import crop_params, derive_bounds
+
+    a = cfg.align
+    record = read_canonical_crop(a.canonical) if a.canonical else None
+    if record is None and a.canonical and a.center == "crop":
+        print(f"warning: no crop record ({Path(a.canonical).with_suffix('.json').name}, written by `cianet "
+              f"canonical`) beside {a.canonical}; the alignment bounds are centred on the identity", file=sys.stderr)
+    crop = None if record is None else crop_params(*record)
+    bounds = derive_bounds(crop, center=a.center, max_shift=a.max_shift, max_scale=a.max_scale,
+                           max_rotation=a.max_rotation)
+    return {"backbone": a.backbone, "input_size": a.input_size, **bounds}
 
 
-def build_alignment_net(cfg: Config, pretrained: bool | None = None) -> nn.Module:
+def build_alignment_net(cfg: Config, pretrained: bool | None = None,
+                        net_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """A new AlignmentNet for ``cfg`` (``net_kwargs``, e.g. a checkpoint's, instead of the config's)."""
     from cianet.models.alignment import AlignmentNet
 
     return AlignmentNet(pretrained=cfg.align.pretrained if pretrained is None else pretrained,
-                        **alignment_net_kwargs(cfg))
+                        **(alignment_net_kwargs(cfg) if net_kwargs is None else net_kwargs))
 
 
 def with_weights(build: Callable[[], nn.Module], state: dict[str, torch.Tensor],

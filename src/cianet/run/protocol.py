@@ -1,14 +1,19 @@
 """From a Config to the image lists of one run (:class:`RunData`), and the run's ``split.json``.
 
 Choices the paper leaves open (see docs/method.md, "Training protocol"):
-- The negative pool is every No Finding image that is not a test image of the run, so a test image is never
-  anybody's negative and test negatives come from the training pool. With exclude_same_patient the pair never
-  shares a patient.
+- The negative pool is every No Finding image that is not held out (test, AUC extras, validation), so a test
+  or validation image is never anybody's negative and their negatives come from the training pool. With
+  exclude_same_patient the pair never shares a patient.
 - Localization protocols test localization on fold k's annotated images; AUC is measured on those plus the
   unannotated images that training left out whose patients have no training image (``auc_extra``), so the
   AUC has negatives too. With 100% unannotated training images that set is empty.
-- ``max_images`` caps the training list (annotated training images are kept first) and the test list, for
-  reduced runs; the caps are deterministic in the seed.
+- Validation images (``val``) are never trained on and, like test images, never a negative of the pool.
+  The classification protocol uses its split's val list; localization protocols hold out
+  ``protocol.val_share`` of the training images by whole patients (``cianet.data.splits.validation_patients``),
+  patient-disjoint from train and test, their annotated images keeping their boxes so that validation
+  measures localization too. The AUC extras never share a patient with the validation set.
+- ``max_images`` caps the training list (annotated training images are kept first), the test list and the
+  validation list, for reduced runs; the caps are deterministic in the seed.
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ class RunData:
     @property
     def boxes(self) -> dict[str, list]:
         return {r.name: r.boxes for r in self.index.records if r.boxes}
+
+    @property
+    def held_out(self) -> list[str]:
+        """Every image scored but never trained on (test, AUC extras, validation), in that order, once each."""
+        return list(dict.fromkeys(list(self.test) + list(self.auc_extra) + list(self.val)))
 
 
 def load_index(cfg: Config):
@@ -100,19 +110,21 @@ def build_run_data(cfg: Config, index=None) -> RunData:
             seed=cfg.run.seed,
             allow_patient_overlap=p.allow_patient_overlap,
             unannotated_only=p.unannotated_only,
+            val_share=p.val_share,
         )
         data = RunData(
             index,
             list(proto.train),
             list(proto.test),
             set(proto.train_annotated),
+            val=list(proto.val),
             description=proto.description,
             excluded=proto.excluded,
         )
-        train_patients = {index[n].patient_id for n in data.train}
+        kept_out = {index[n].patient_id for n in data.train} | {index[n].patient_id for n in data.val}
         taken = set(data.train) | set(data.test)
         data.auc_extra = [r.name for r in index.records
-                          if not r.boxes and r.name not in taken and r.patient_id not in train_patients]
+                          if not r.boxes and r.name not in taken and r.patient_id not in kept_out]
     else:
         raise UsageError(f"protocol.kind must be 'localization' or 'classification', got {p.kind!r}")
     n = cfg.data.max_images
@@ -132,11 +144,32 @@ def write_split_file(run_dir: str | Path, data: RunData) -> Path:
     from cianet.utils.atomic import atomic_write_json
 
     path = Path(run_dir) / SPLIT_FILE
-    atomic_write_json(path, {
-        "description": data.description, "train": data.train, "test": data.test, "auc_extra": data.auc_extra,
-        "box_supervised": sorted(data.box_names), "excluded": data.excluded,
-    })
+    atomic_write_json(path, split_record(data))
     return path
+
+
+def split_record(data: RunData) -> dict:
+    """What ``split.json`` holds for ``data``: description, train, val, test, auc_extra, box_supervised, excluded."""
+    return {
+        "description": data.description, "train": data.train, "val": data.val, "test": data.test,
+        "auc_extra": data.auc_extra, "box_supervised": sorted(data.box_names), "excluded": data.excluded,
+    }
+
+
+def check_same_split(run_dir: str | Path, data: RunData) -> None:
+    """A resumed run must train, validate and test on the lists it started with: InputError naming
+    ``split.json`` when the image lists rebuilt now differ from the recorded ones (e.g. the data root changed).
+    Lists a run folder of an older cianet did not record are not compared."""
+    path = Path(run_dir) / SPLIT_FILE
+    if not path.is_file():
+        return
+    saved, now = read_split_file(run_dir), split_record(data)
+    differ = [key for key in ("train", "val", "test", "auc_extra", "box_supervised")
+              if key in saved and list(saved[key]) != list(now[key])]
+    if differ:
+        raise InputError(f"{path}: the run was started on other image lists ({', '.join(differ)} differ from "
+                         "what the data root and config give now); resume it on the data it started with, or "
+                         "start a new run with another --out")
 
 
 def read_split_file(run_dir: str | Path) -> dict:

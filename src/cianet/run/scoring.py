@@ -39,8 +39,12 @@ def evaluate(
     thresholds=THRESHOLDS,
     progress: bool = True,
     keep_predictions: bool = False,
+    rescale: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate on ``loader`` (a test loader whose boxes are all the boxes of its images).
+    """Evaluate on ``loader`` (a test or validation loader whose boxes are all the boxes of its images).
+
+    ``rescale``: the run's ``loss.mil_rescale``, so that the image scores are the probabilities the MIL loss
+    trained (``image_scores_from_logits(..., rescale)``). ``"names"`` lists the images scored, in order.
 
     Returns {"auc": {class: auc, "Mean"}, "localization": {"0.1": {class: acc, "Mean"}, ...}, "n_images", "n_boxes"}
     and, with keep_predictions, "scores" (N, 14), "labels" (N, 14) and per-box "ious".
@@ -49,14 +53,16 @@ def evaluate(
     from cianet.metrics import accuracy_from_ious, auc_per_class, box_ious, image_scores_from_logits, mask_iou
 
     model.eval()
-    scores, labels, ious, box_cls, box_img = [], [], [], [], []
+    scores, labels, ious, box_cls, box_img, seen = [], [], [], [], [], []
+    att_maps, att_boxes = [], []  # CIA-Net: |M+ - M-| of test images with boxes, and their boxes (model frame)
     for batch in progress_bar(loader, desc="evaluate", disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
         orig_boxes = batch["boxes"]  # (B, K, 5) in the un-aligned S frame
         batch = align_batch(align_net, batch)
         out = forward_grids(model, batch, upsample, channels_last, amp=device.type == "cuda")
-        scores.append(image_scores_from_logits(out["logits"]).cpu().numpy())
+        scores.append(image_scores_from_logits(out["logits"], rescale=rescale).cpu().numpy())
         labels.append(batch["labels"].cpu().numpy())
+        seen.extend(int(i) for i in batch["index"])
         probs = torch.sigmoid(out["test_logits"][:, :NUM_BOX_CLASSES]).cpu().numpy()  # (B, 8, U, U)
         s = batch["image"].shape[-1]
         for b in range(probs.shape[0]):
@@ -65,6 +71,10 @@ def evaluate(
             if not len(rows):
                 continue
             img_idx = int(batch["index"][b])
+            if "delta" in out:
+                moved = batch["boxes"][b][batch["boxes"][b, :, 0] >= 0].cpu().numpy()  # aligned when aligning
+                att_maps.append(out["delta"][b].cpu().numpy())
+                att_boxes.append([tuple(map(float, r[1:])) for r in moved if r[0] < NUM_BOX_CLASSES])
             if align_net is None:
                 blist = [(0, int(r[0]), *map(float, r[1:])) for r in rows]
                 ious.extend(box_ious(probs[b : b + 1], blist, (s, s)).tolist())
@@ -89,6 +99,12 @@ def evaluate(
         "n_images": int(len(scores_a)),
         "n_boxes": int(len(ious_a)),
     }
+    dataset_names = getattr(getattr(loader, "dataset", None), "names", None)
+    result["names"] = [dataset_names[i] for i in seen] if dataset_names is not None else []
+    if att_maps:  # the mechanism: does the contrast attention point at the findings?
+        from cianet.metrics import attention_in_boxes
+
+        result["attention"] = attention_in_boxes(np.stack(att_maps), att_boxes, (s, s))
     if keep_predictions:
         result.update(scores=scores_a, labels=labels_a, ious=ious_a, box_classes=cls_a, box_images=np.asarray(box_img))
     return result
@@ -111,13 +127,27 @@ def metrics_markdown(metrics: dict[str, Any], title: str = "") -> str:
              f"{metrics.get('n_images', '?')} test images, {metrics.get('n_boxes', '?')} boxes.\n",
              "## Localization accuracy\n", format_localization_table({"model": loc}), "",
              "## AUC\n", format_auc_table({"model": metrics["auc"]}), ""]
+    att = metrics.get("attention")
+    if att and att.get("n_images"):
+        parts += ["## Contrast attention\n", attention_sentence(att), ""]
     return "\n".join(parts)
 
 
+def attention_sentence(att: dict[str, Any]) -> str:
+    """One line on the attention mechanism metric (``cianet.metrics.attention_in_boxes``)."""
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.0f}%"
+
+    return (f"On {att['n_images']} test images with boxes, the largest cell of |M+ - M-| lies in a true finding "
+            f"for {pct(att['hit_rate'])} of them; the attention puts {pct(att['mass_in_boxes'])} of its mass in "
+            f"the findings' cells, which cover {pct(att['area_share'])} of the grid.")
+
+
 def write_metrics(run_dir: str | Path, metrics: dict[str, Any], title: str = "") -> None:
-    """``metrics.json`` (keys localization, auc, n_images, n_boxes; NaN -> null) and ``metrics.md``."""
+    """``metrics.json`` (keys localization, auc, n_images, n_boxes, and attention for CIA-Net; NaN -> null) and
+    ``metrics.md``."""
     run_dir = Path(run_dir)
-    keep = {k: metrics[k] for k in ("localization", "auc", "n_images", "n_boxes") if k in metrics}
+    keep = {k: metrics[k] for k in ("localization", "auc", "n_images", "n_boxes", "attention") if k in metrics}
     atomic_write_json(run_dir / "metrics.json", json_safe(keep))
     atomic_write_text(run_dir / "metrics.md", metrics_markdown(metrics, title))
     if "scores" in metrics:  # per-image scores and per-box IoUs, for ROC curves and further analysis

@@ -126,10 +126,10 @@ def fit(cfg: Config, resume: bool = False) -> Path:
     from cianet.run.checkpoints import (CHECKPOINT, checkpoint_payload, load_alignment, load_checkpoint,
                                         resume_state, save_checkpoint)
     from cianet.run.device import init_distributed, resolve_device, seed_everything
-    from cianet.run.loaders import image_source, make_loaders
+    from cianet.run.loaders import image_source, make_loaders, make_val_loader
     from cianet.run.networks import build_network
     from cianet.run.pairing import pair_negatives, save_pairs
-    from cianet.run.protocol import build_run_data, write_split_file
+    from cianet.run.protocol import build_run_data, check_same_split, write_split_file
     from cianet.run.scoring import evaluate, write_metrics
 
     device = resolve_device(cfg.run.device)
@@ -146,6 +146,8 @@ def fit(cfg: Config, resume: bool = False) -> Path:
         save_config(cfg, out / "config.yaml")
     seed_everything(cfg.run.seed + rank)
     data = build_run_data(cfg)
+    if state is not None:
+        check_same_split(out, data)  # a resumed run continues on the lists it started with
     if is_main:
         write_split_file(out, data)
     model = build_network(cfg).to(device)
@@ -163,10 +165,11 @@ def fit(cfg: Config, resume: bool = False) -> Path:
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     align_net = load_alignment(cfg.align.checkpoint, device).net if cfg.align.checkpoint else None
-    pairing = pair_negatives(cfg, data, image_source(cfg, data.index))
+    pairing = pair_negatives(cfg, data, image_source(cfg, data.index), align_net)
     if is_main:
         save_pairs(pairing, out)
     _, train_loader, _, test_loader = make_loaders(cfg, data, rank, world, pairing)
+    _, val_loader = make_val_loader(cfg, data, pairing)
     log = JsonlLog(out / "log.jsonl", enabled=is_main)
     writer = _tensorboard(out, cfg) if is_main else None
     progress = cfg.run.progress and is_main
@@ -180,10 +183,13 @@ def fit(cfg: Config, resume: bool = False) -> Path:
         record = {"event": "epoch", "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                   "seconds": round(time.time() - t0, 2), **{f"train_{k}": v for k, v in losses.items()}}
         last = epoch == cfg.optim.epochs - 1
-        if is_main and cfg.run.eval_every and ((epoch + 1) % cfg.run.eval_every == 0) and not last:
-            m = evaluate(model, test_loader, device, align_net=align_net, progress=False,
-                         upsample=True, channels_last=cfg.optim.channels_last)
-            record.update({"val_auc_mean": m["auc"]["Mean"], "val_loc_mean_0.5": m["localization"].get("0.5", {}).get("Mean")})
+        due = last or bool(cfg.run.eval_every and (epoch + 1) % cfg.run.eval_every == 0)
+        if is_main and val_loader is not None and due:  # validation images only; the test images wait for the end
+            m = evaluate(model, val_loader, device, align_net=align_net, progress=False, upsample=True,
+                         channels_last=cfg.optim.channels_last, rescale=cfg.loss.mil_rescale)
+            record.update({"val_auc_mean": m["auc"]["Mean"],
+                           "val_loc_mean_0.5": m["localization"].get("0.5", {}).get("Mean"),
+                           "val_images": m["n_images"], "val_boxes": m["n_boxes"]})
         if is_main:
             payload = checkpoint_payload(model, cfg, epoch, optimizer=optimizer.state_dict(),
                                          scheduler=scheduler.state_dict(), scaler=scaler.state_dict())
@@ -195,12 +201,14 @@ def fit(cfg: Config, resume: bool = False) -> Path:
                         writer.add_scalar(key, val, epoch)
             if progress:
                 print(f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {losses['loss']:.4f} ({record['seconds']}s)", file=sys.stderr)
-    if is_main:
-        metrics = evaluate(model, test_loader, device, align_net=align_net, progress=progress,
-                           upsample=True, channels_last=cfg.optim.channels_last, keep_predictions=True)
+    if is_main:  # the test images, once: the last epoch's weights (no model selection, docs/method.md)
+        metrics = evaluate(model, test_loader, device, align_net=align_net, progress=progress, upsample=True,
+                           channels_last=cfg.optim.channels_last, keep_predictions=True, rescale=cfg.loss.mil_rescale)
         write_metrics(out, metrics, title=f"{cfg.model.kind} ({data.description})")
-        log({"event": "final", "auc_mean": metrics["auc"]["Mean"],
-             "localization_mean": {t: v["Mean"] for t, v in metrics["localization"].items()}})
+        log({"event": "final", "weights": f"epoch {cfg.optim.epochs - 1} (last)",
+             "test_auc_mean": metrics["auc"]["Mean"],
+             "test_localization_mean": {t: v["Mean"] for t, v in metrics["localization"].items()},
+             "test_images": metrics["n_images"], "test_boxes": metrics["n_boxes"]})
         if writer is not None:
             writer.close()
     if world > 1:
