@@ -125,5 +125,7 @@ def test_oracle_experiment_and_seed_flags():
     from cianet.cli import main
 
     oracle = experiment_variants("oracle")
-    assert [v.settings["negatives"]["strategy"] for v in oracle[1:]] == ["sim", "oracle"]
+    assert [v.name for v in oracle] == ["Base", "CIA-Net+Oracle"]
+    assert oracle[1].settings["negatives"]["strategy"] == "oracle"
+    assert oracle[0].settings == experiment_variants("table1")[0].settings  # table1's Base runs serve both
     assert main(["experiment", "oracle", "--seeds", "0,x", "--data-root", "nope"]) == 2

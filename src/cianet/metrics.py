@@ -592,19 +592,23 @@ def bootstrap_localization_difference(
         samplers.append(_class_mean_sampler(hits_a - hits_b, cls))
         n_boxes += cls.size
     stats = _bootstrap_stats(samplers, int(n_boot), np.random.default_rng(seed))
-    low, high = _interval(stats, confidence)
+    return _difference_result(acc_a, acc_b, _interval(stats, confidence), n_boot, confidence,
+                              n_boxes=n_boxes, n_seeds=len(runs_a), threshold=t)
+
+
+def _difference_result(values_a: list[float], values_b: list[float], interval: tuple, n_boot: int,
+                       confidence: float, **counts: Any) -> dict[str, Any]:
+    """The result dict of a paired bootstrap difference (point values are means over seeds)."""
     return {
-        "diff": float(np.mean([a - b for a, b in zip(acc_a, acc_b)])),
-        "low": low,
-        "high": high,
-        "a": float(np.mean(acc_a)),
-        "b": float(np.mean(acc_b)),
-        "std_a": float(np.std(acc_a)),
-        "std_b": float(np.std(acc_b)),
-        "n_boxes": n_boxes,
-        "n_seeds": len(runs_a),
+        "diff": float(np.mean([a - b for a, b in zip(values_a, values_b)])),
+        "low": interval[0],
+        "high": interval[1],
+        "a": float(np.mean(values_a)),
+        "b": float(np.mean(values_b)),
+        "std_a": float(np.std(values_a)),
+        "std_b": float(np.std(values_b)),
+        **counts,
         "n_boot": int(n_boot),
-        "threshold": t,
         "confidence": float(confidence),
     }
 
@@ -777,20 +781,8 @@ def bootstrap_auc_difference(
         auc_b.append(_point_auc(y.shape[0], sortings[1], s))
         samplers.append(_mean_auc_sampler(y.shape[0], sortings, np.array([1.0, -1.0])))
         n_images += y.shape[0]
-    low, high = _interval(_bootstrap_stats(samplers, int(n_boot), np.random.default_rng(seed)), confidence)
-    return {
-        "diff": float(np.mean([a - b for a, b in zip(auc_a, auc_b)])),
-        "low": low,
-        "high": high,
-        "a": float(np.mean(auc_a)),
-        "b": float(np.mean(auc_b)),
-        "std_a": float(np.std(auc_a)),
-        "std_b": float(np.std(auc_b)),
-        "n_images": n_images,
-        "n_seeds": len(runs),
-        "n_boot": int(n_boot),
-        "confidence": float(confidence),
-    }
+    interval = _interval(_bootstrap_stats(samplers, int(n_boot), np.random.default_rng(seed)), confidence)
+    return _difference_result(auc_a, auc_b, interval, n_boot, confidence, n_images=n_images, n_seeds=len(runs))
 
 
 def auc_ci(
