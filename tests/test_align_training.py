@@ -102,7 +102,8 @@ def test_train_align_stores_bounds_logs_terms_and_resumes(tiny_root, canonical, 
     for r in lines:
         assert all(math.isfinite(r[k]) for k in LOGGED_TERMS)
         assert r["feat_weighted"] > 0 and r["pixel_weighted"] > 0 and r["consistency_weighted"] > 0
-        assert r["loss"] == pytest.approx(r["feat_weighted"] + r["pixel_weighted"] + r["consistency_weighted"], rel=1e-4)
+        parts = r["feat_weighted"] + r["pixel_weighted"] + r["consistency_weighted"]
+        assert r["loss"] == pytest.approx(parts, rel=1e-4)
     # the balance: both structure terms start near their weight (1) on the first batches
     assert 0.3 < lines[0]["feat_weighted"] < 3 and 0.3 < lines[0]["pixel_weighted"] < 3
     # the checkpoint reloads exactly: the same bounds, the same predictions as the saved state
@@ -143,7 +144,8 @@ def test_align_eval_command(phantom, tmp_path, capsys):
     assert rep["warp"]["share_removed"] == pytest.approx(0.0, abs=1e-9)
     assert rep["warp"]["baseline_px"] > 0 and rep["bounds"]["share_params"] == 0.0
     t = rep["truth"]
-    assert t["all"]["n"] == 10 and t["deformed"]["n"] == sum(t[k]["n"] for k in t if k in ("strength_mild", "strength_strong"))
+    assert t["all"]["n"] == 10
+    assert t["deformed"]["n"] == sum(t[k]["n"] for k in t if k in ("strength_mild", "strength_strong"))
     assert main(["align-eval", "--align", str(align), "--data-root", str(phantom), "--n", "10", "--seed", "2",
                  "--size", "64", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)

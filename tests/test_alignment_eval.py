@@ -140,7 +140,8 @@ def test_matrices_and_grid():
     p[:, 3] *= 0.8  # anisotropic
     np.testing.assert_allclose(ae.matrices(p), np.stack([_mat(r) for r in p]), atol=1e-15)
     g = ae.grid(3)
-    assert g.shape == (9, 2) and tuple(g[0]) == pytest.approx((-2 / 3, -2 / 3)) and tuple(g[5]) == pytest.approx((2 / 3, 0))
+    assert g.shape == (9, 2)
+    assert tuple(g[0]) == pytest.approx((-2 / 3, -2 / 3)) and tuple(g[5]) == pytest.approx((2 / 3, 0))
 
 
 def test_warp_residual_against_loop():

@@ -23,6 +23,8 @@ def test_fast_demo_writes_a_complete_report(tmp_path, capsys):
     assert sum(w in verdict for w in ("CIA-Net beats Base", "CIA-Net loses to Base", "No significant difference")) == 1
     assert "95% CI [" in verdict and "| loc. acc. T(IoU)=0.5 |" in report
     assert "16 x 16 grid" in report and "largest cell of |M+ - M-|" in report  # the grid and the mechanism
+    assert "## Alignment" in report and "of the warp removed" in report  # the alignment residual
+    assert json.loads((out / "alignment.json").read_text())["warp"]["baseline_px"] > 0
     for fig in ("canonical.png", "alignment.png", "attention.png", "boxes.png"):
         assert (out / "figures" / fig).stat().st_size > 1000, fig
     for kind in ("baseline", "cianet"):

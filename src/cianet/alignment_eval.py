@@ -206,7 +206,8 @@ def read_synth_truth(path) -> dict[str, dict[str, Any]]:
 
 
 def measure_alignment(predict: Callable[[Tensor], Tensor], images: Tensor, *, truth=None, deformed=None,
-                      groups: dict[str, Any] | None = None, reference=None, position: Callable[[Tensor], Tensor] | None = None, seed: int = 0,
+                      groups: dict[str, Any] | None = None, reference=None,
+                      position: Callable[[Tensor], Tensor] | None = None, seed: int = 0,
                       warps: dict | None = None, batch_size: int = 64, k: int = 8, tol: float = 0.01) -> dict[str, Any]:
     """The alignment report of ``predict`` (``(B, 1, H, W)`` gray ``[0, 1]`` -> ``(B, 5)`` parameters) on
     ``images`` ``(N, 1, H, W)``.
@@ -255,7 +256,8 @@ def measure_alignment(predict: Callable[[Tensor], Tensor], images: Tensor, *, tr
         u = _as64(truth)
         if u.shape != (n, 5):
             raise ValueError(f"truth must be (N, 5) = ({n}, 5), got {u.shape}")
-        dmask = (np.abs(u - np.array([0, 0, 1, 1, 0.0])).max(1) > 1e-9) if deformed is None else np.asarray(deformed, bool)
+        identity = np.array([0, 0, 1, 1, 0.0])
+        dmask = (np.abs(u - identity).max(1) > 1e-9) if deformed is None else np.asarray(deformed, bool)
         ref = np.array([0, 0, 1, 1, 0.0]) if reference is None else _as64(reference).reshape(5)
         tr = truth_residual(pred, u, ref, size, k=k)
         fitted = fit_reference(pred, u, size, k=k)

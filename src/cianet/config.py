@@ -38,8 +38,9 @@ class ProtocolConfig:
     allow_patient_overlap: bool = False  # reproduce the naive (leaky) split
     official: bool = False  # classification: NIH's official train_val/test lists
     # localization: share of the training images (whole patients) held out as the validation set that
-    # run.eval_every scores; 0 = no validation (the classification protocol uses its own val split)
-    val_share: float = 0.1
+    # run.eval_every scores; 0 = no validation (the classification protocol uses its own val split).
+    # paper.yaml sets 0.1; the default is 0 because a config saved before this key existed had none.
+    val_share: float = 0.0
 
 
 @dataclass

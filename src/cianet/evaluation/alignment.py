@@ -90,10 +90,12 @@ def format_alignment_report(rep: dict[str, Any]) -> str:
     lines = [
         f"alignment {rep['checkpoint']} (epoch {rep['epoch'] + 1}) on {rep['n_images']} images of {rep['data_root']} "
         f"at {rep['image_size'][0]}x{rep['image_size'][1]} px",
-        f"known random warps (rotation up to {spec['max_rotation_deg']:g} deg, scales {spec['scale_range'][0]:g}-"
-        f"{spec['scale_range'][1]:g}, shifts up to {100 * spec['max_shift_frac']:g}% of the width; seed {rep['seed']}):",
-        f"  residual {w['residual_px']:.2f} px (median {w['residual_px_median']:.2f} px, {w['residual_pct_width']:.2f}% "
-        f"of the width) vs {w['baseline_px']:.2f} px for the warp alone: {100 * w['share_removed']:.1f}% of the warp removed",
+        f"known random warps (rotation up to {spec['max_rotation_deg']:g} deg, scales "
+        f"{spec['scale_range'][0]:g}-{spec['scale_range'][1]:g}, shifts up to {100 * spec['max_shift_frac']:g}% of "
+        f"the width; seed {rep['seed']}):",
+        f"  residual {w['residual_px']:.2f} px (median {w['residual_px_median']:.2f} px, "
+        f"{w['residual_pct_width']:.2f}% of the width) vs {w['baseline_px']:.2f} px for the warp alone: "
+        f"{100 * w['share_removed']:.1f}% of the warp removed",
     ]
     if "bounds" in rep:
         b = rep["bounds"]

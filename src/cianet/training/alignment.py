@@ -120,7 +120,8 @@ def train_alignment(cfg: Config, resume: bool = False) -> Path:
         g_warp = torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch + 500_000)  # the known warps
         loader = DataLoader(ds, batch_size=a.batch_size, shuffle=True, generator=g,
                             num_workers=cfg.data.workers, collate_fn=collate)
-        bar = progress_bar(loader, desc=f"align epoch {epoch + 1}/{a.epochs}", disable=not cfg.run.progress, leave=False)
+        bar = progress_bar(loader, desc=f"align epoch {epoch + 1}/{a.epochs}", disable=not cfg.run.progress,
+                           leave=False)
         for step, batch in enumerate(bar):
             if a.lr_schedule == "cosine":
                 for group in opt.param_groups:
@@ -158,7 +159,8 @@ def train_alignment(cfg: Config, resume: bool = False) -> Path:
              "structure_loss": round(means["structure"], 6), "loss_scales": scales,
              "seconds": round(time.time() - t0, 2)})
         if cfg.run.progress:
-            print(f"align epoch {epoch + 1}/{a.epochs}: loss {means['loss']:.4f} = feature {means['feat_weighted']:.4f} "
+            print(f"align epoch {epoch + 1}/{a.epochs}: loss {means['loss']:.4f} = "
+                  f"feature {means['feat_weighted']:.4f} "
                   f"(raw {means['feat']:.3g}) + pixel {means['pixel_weighted']:.4f} (raw {means['pixel']:.3g}) "
                   f"+ consistency {means['consistency_weighted']:.4f} (raw {means['consistency']:.3g})",
                   file=sys.stderr)
