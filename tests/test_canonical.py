@@ -74,6 +74,7 @@ def test_crop_and_resize():
         crop_and_resize(mean, (10, 8, 5, 24), 16)
 
 
+@pytest.mark.slow  # end to end through the CLI on full data
 def test_canonical_command_on_real_sample(nih_sample_dir, tmp_path):
     from PIL import Image
 

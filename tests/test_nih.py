@@ -94,6 +94,7 @@ def test_real_nih_counts(nih_index):
     assert rec.patient_id == "00000001" and rec.labels == ("Cardiomegaly", "Emphysema") and rec.view == "PA"
 
 
+@pytest.mark.slow  # end to end through the CLI on full data
 def test_real_nih_cli_json(nih_metadata_dir, capsys):
     assert main(["index", "--data-root", str(nih_metadata_dir), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)

@@ -176,6 +176,7 @@ def _write_dicom(path: Path, pixels: np.ndarray) -> None:
     ds.save_as(str(path), enforce_file_format=True)
 
 
+@pytest.mark.slow  # end to end through the CLI on full data
 def test_predict_cli_skips_bad_files_and_reads_dicom(bundles, tmp_path, capsys):
     from cianet.cli import main
     from cianet.inference.predictor import Predictor

@@ -238,6 +238,7 @@ def test_json_round_trip_and_errors(tmp_path, idx):
         read_splits(tmp_path / "partial.json")
 
 
+@pytest.mark.slow  # end to end through the CLI on full data
 def test_cli_splits(tmp_path, nih_metadata_dir, capsys):
     out = tmp_path / "splits.json"
     argv = ["splits", "--data-root", str(nih_metadata_dir), "--seed", "3", "--out", str(out)]
