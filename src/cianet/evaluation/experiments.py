@@ -169,15 +169,10 @@ def _pooled_predictions(run_dirs: list[Path]) -> dict[str, Any]:
     """Per-box IoUs and classes, per-image scores and labels of several runs of one seed, concatenated."""
     import numpy as np
 
-    parts = []
-    for d in run_dirs:
-        f = d / "predictions.npz"
-        if not f.is_file():
-            raise InputError(f"{f} is missing: the run predates per-box predictions; evaluate it again with "
-                             f"`cianet evaluate --run {d}`")
-        with np.load(f) as z:
-            parts.append({k: z[k] for k in ("ious", "box_classes", "scores", "labels")})
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    from cianet.run.scoring import read_predictions
+
+    parts = [read_predictions(d) for d in run_dirs]
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("ious", "box_classes", "scores", "labels")}
 
 
 def compare_runs(runs_a: list[list[Path]], runs_b: list[list[Path]], thresholds=(0.1, 0.3, 0.5, 0.7),

@@ -228,15 +228,15 @@ def figure_predictions(runs: dict[str, Path], out: Path, n: int = 4) -> tuple[Pa
 
 def figure_roc(runs: dict[str, Path], out: Path) -> Path | None:
     from cianet.metrics import roc_curves
+    from cianet.run.scoring import PREDICTIONS, read_predictions
 
     plt = _plt()
     fig, axes = plt.subplots(2, 4, figsize=(12, 6))
     any_curve = False
     for kind, run_dir in runs.items():
-        p = run_dir / "predictions.npz"
-        if not p.exists():
+        if not (run_dir / PREDICTIONS).exists():
             continue
-        z = np.load(p)
+        z = read_predictions(run_dir)
         n_box = len(BOX_LABELS)
         curves = roc_curves(z["scores"][:, :n_box], z["labels"][:, :n_box], BOX_LABELS)
         for k, name in enumerate(BOX_LABELS):

@@ -11,18 +11,13 @@ def image_source(cfg: Config, index):
     """The run's images at ``cfg.data.image_size``: from the cache when it has them, else from their files.
 
     With ``negatives.strategy=oracle`` the phantom's twins are readable too, as ``"twin:NAME"``."""
-    from pathlib import Path
-
     from cianet.run.datasets import ImageSource
 
     paths = {r.name: r.path for r in index.records}
     if cfg.negatives.strategy == "oracle" and cfg.model.kind != "baseline":
-        from cianet.data.synth import TWINS_DIR
-        from cianet.run.pairing import TWIN_PREFIX
+        from cianet.run.pairing import twin_paths
 
-        twin_dir = Path(cfg.data.data_root) / TWINS_DIR
-        if twin_dir.is_dir():
-            paths.update({TWIN_PREFIX + p.name: p for p in twin_dir.iterdir()})
+        paths.update(twin_paths(cfg.data.data_root))
     return ImageSource(cfg.data.image_size, cfg.data.cache, paths)
 
 

@@ -36,21 +36,29 @@ STRATEGIES = ("sim", "random", "canonical", "oracle")
 TWIN_PREFIX = "twin:"
 
 
-def oracle_pairs(data_root: str | Path, data) -> Pairing:
-    """Each image of the run -> its twin ``"twin:NAME"``; a No Finding image -> itself (it is its own twin)."""
+def twin_paths(data_root: str | Path) -> dict[str, Path]:
+    """``{"twin:NAME": path}`` of the phantom's finding-free twins (``cianet synth --twins``)."""
     from cianet.data.synth import TWINS_DIR
 
     twin_dir = Path(data_root) / TWINS_DIR
     if not twin_dir.is_dir():
         raise MissingPathError(f"{twin_dir} does not exist: negatives.strategy=oracle needs the phantom's twins "
                                "(`cianet synth --twins`)")
+    return {TWIN_PREFIX + p.name: p for p in twin_dir.iterdir() if p.is_file()}
+
+
+def oracle_pairs(data_root: str | Path, data) -> Pairing:
+    """Each image of the run -> its twin ``"twin:NAME"``; a No Finding image -> itself (it is its own twin)."""
+    twins = twin_paths(data_root)
     labels = data.labels
     pairs: Pairing = {}
     for name in dict.fromkeys(list(data.train) + data.held_out):
-        if (twin_dir / name).is_file():
+        if TWIN_PREFIX + name in twins:
             pairs[name] = TWIN_PREFIX + name
         elif labels.get(name):
-            raise InputError(f"{twin_dir / name}: the twin of positive image {name} is missing")
+            from cianet.data.synth import TWINS_DIR
+
+            raise InputError(f"{Path(data_root) / TWINS_DIR / name}: the twin of positive image {name} is missing")
         else:
             pairs[name] = name
     return pairs

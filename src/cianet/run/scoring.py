@@ -26,6 +26,8 @@ from cianet.utils.atomic import atomic_write_json, atomic_write_text
 from cianet.utils.progress import progress_bar
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+PREDICTIONS = "predictions.npz"
+PREDICTION_KEYS = ("scores", "labels", "ious", "box_classes", "box_images")
 
 
 def evaluate(
@@ -153,7 +155,19 @@ def write_metrics(run_dir: str | Path, metrics: dict[str, Any], title: str = "")
     if "scores" in metrics:  # per-image scores and per-box IoUs, for ROC curves and further analysis
         from cianet.utils.atomic import atomic_path
 
-        with atomic_path(run_dir / "predictions.npz") as tmp:
+        with atomic_path(run_dir / PREDICTIONS) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, scores=metrics["scores"], labels=metrics["labels"], ious=metrics["ious"],
                          box_classes=metrics["box_classes"], box_images=metrics["box_images"])
+
+
+def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """The ``predictions.npz`` of an evaluated run (keys ``PREDICTION_KEYS``); InputError when absent."""
+    from cianet.errors import InputError
+
+    path = Path(run_dir) / PREDICTIONS
+    if not path.is_file():
+        raise InputError(f"{path} is missing: the run predates per-box predictions; evaluate it again with "
+                               f"`cianet evaluate --run {run_dir}`")
+    with np.load(path) as z:
+        return {k: z[k] for k in PREDICTION_KEYS}
