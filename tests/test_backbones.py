@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 import pytest
 import torch
 
-from cianet.models import backbones
 from cianet.models.backbones import (IMAGENET_MEAN, IMAGENET_STD, cached_weights_path, gray_to_input,
-                                     load_pretrained_or_warn, resnet_trunk)
+                                     pretrained_weights, resnet_trunk)
 from cianet.models.cianet import CIANet
 
 
@@ -45,38 +43,101 @@ def test_unknown_backbone_raises():
 
 @pytest.fixture
 def empty_hub(tmp_path, monkeypatch):
-    """An empty torch hub dir; any download attempt fails the test."""
+    """An empty torch hub dir and no network: a download attempt fails as an offline machine's does."""
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.delenv(backbones.ALLOW_DOWNLOAD_ENV, raising=False)
+    attempts = []
 
-    def no_download(*a, **k):
-        raise AssertionError("a download was attempted")
+    def no_network(url, *a, **k):
+        attempts.append(url)
+        raise OSError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    return tmp_path
-
-
-def test_pretrained_offline_falls_back_with_one_message(empty_hub, caplog):
-    caplog.set_level(logging.WARNING)
-    model = CIANet(num_classes=2, backbone="resnet18", pretrained=True)  # two trunks, one message
-    msgs = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(msgs) == 1 and "resnet18" in msgs[0] and "random init" in msgs[0]
-    assert "\n" not in msgs[0]
-    out = model.eval()(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
-    assert out["logits"].shape == (1, 2, 2, 2)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return attempts
 
 
-def test_pretrained_read_from_local_cache(empty_hub, caplog):
+@pytest.mark.parametrize("spec", ["imagenet", True])
+def test_imagenet_without_cache_or_network_is_an_error_that_says_what_to_do(empty_hub, spec):
+    from cianet.errors import MissingPathError
+
+    with pytest.raises(MissingPathError) as err:
+        CIANet(num_classes=2, backbone="resnet18", pretrained=spec)
+    msg = str(err.value)
+    assert "resnet18" in msg and "--pretrained none" in msg and "--pretrained PATH" in msg and "\n" not in msg
+    assert str(cached_weights_path(torchvision_entry("resnet18"))) in msg and "Name or service not known" in msg
+    assert len(empty_hub) == 1  # one download was tried (through torchvision's weights API), once
+
+
+def torchvision_entry(name):
+    import torchvision.models as tvm
+
+    return {"resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights}[name].IMAGENET1K_V1
+
+
+def test_imagenet_read_from_local_cache_without_download(empty_hub):
     import torchvision.models as tvm
 
     torch.manual_seed(1)
     ref = tvm.resnet18(weights=None)
-    path = cached_weights_path(tvm.ResNet18_Weights.IMAGENET1K_V1)
+    path = cached_weights_path(torchvision_entry("resnet18"))
     os.makedirs(path.parent, exist_ok=True)
     torch.save(ref.state_dict(), path)
-    caplog.set_level(logging.WARNING)
-    sd = load_pretrained_or_warn("resnet18")
-    assert sd is not None and not caplog.records
-    trunk, _ = resnet_trunk("resnet18", pretrained=True)
+    sd = pretrained_weights("resnet18", "imagenet")
+    assert sd is not None and not empty_hub
+    trunk, _ = resnet_trunk("resnet18", pretrained="imagenet")
     torch.testing.assert_close(trunk.layer3[0].conv1.weight, ref.layer3[0].conv1.weight)
     assert not hasattr(trunk, "fc")
+    path.write_bytes(b"torn")  # a broken cache file is named, not silently replaced by random weights
+    with pytest.raises(ValueError, match="unreadable"):
+        pretrained_weights("resnet18", "imagenet")
+
+
+@pytest.mark.slow  # three ResNets built (~3 s)
+def test_state_dict_file_and_none(empty_hub, tmp_path):
+    import torchvision.models as tvm
+
+    from cianet.errors import InputError, MissingPathError
+
+    torch.manual_seed(2)
+    ref = tvm.resnet18(weights=None)
+    state = {k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")}  # a trunk without classifier
+    torch.save(state, tmp_path / "trunk.pt")
+    model = CIANet(num_classes=2, backbone="resnet18", pretrained=str(tmp_path / "trunk.pt"))
+    torch.testing.assert_close(model.upper.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+    torch.testing.assert_close(model.attn_trunk.layer2[0].conv1.weight, ref.layer2[0].conv1.weight)
+    from safetensors.torch import save_file
+
+    save_file(state, str(tmp_path / "trunk.safetensors"))
+    sd = pretrained_weights("resnet18", tmp_path / "trunk.safetensors")
+    torch.testing.assert_close(sd["layer1.0.conv1.weight"], ref.layer1[0].conv1.weight)
+    with pytest.raises(MissingPathError, match="absent.pt"):
+        pretrained_weights("resnet18", tmp_path / "absent.pt")
+    torch.save(tvm.resnet34(weights=None).state_dict(), tmp_path / "r34.pt")
+    with pytest.raises(InputError, match="r34.pt"):
+        pretrained_weights("resnet18", tmp_path / "r34.pt")
+    (tmp_path / "junk.pt").write_text("junk")
+    with pytest.raises(InputError, match="junk.pt: not a readable state-dict file"):
+        pretrained_weights("resnet18", tmp_path / "junk.pt")
+    assert pretrained_weights("resnet18", "none") is None and pretrained_weights("resnet18", False) is None
+    assert not empty_hub
+
+
+def test_pretrained_config_values_and_old_booleans(tmp_path):
+    from cianet.config import apply_overrides, config_from_dict, load_config
+
+    assert load_config("paper").model.pretrained == "imagenet" and load_config("tiny").align.pretrained == "none"
+    old = config_from_dict({"model": {"pretrained": False}, "align": {"pretrained": True}})  # a run saved earlier
+    assert (old.model.pretrained, old.align.pretrained) == ("none", "imagenet")
+    cfg = apply_overrides(load_config("tiny"), ["model.pretrained=/weights/r18.pt", "align.pretrained=true"])
+    assert (cfg.model.pretrained, cfg.align.pretrained) == ("/weights/r18.pt", "imagenet")
+
+
+def test_train_commands_refuse_unavailable_weights_before_reading_data(empty_hub, tmp_path, capsys):
+    from cianet.cli import main
+
+    rc = main(["train", "--config", "tiny", "--data-root", str(tmp_path), "--out", str(tmp_path / "run"),
+               "--pretrained", "imagenet", "--no-progress"])
+    assert rc == 2 and "--pretrained none" in capsys.readouterr().err and len(empty_hub) == 1
+    rc = main(["train-align", "--config", "tiny", "--data-root", str(tmp_path), "--out", str(tmp_path / "al"),
+               "--pretrained", str(tmp_path / "nope.pt"), "--no-progress"])
+    assert rc == 2 and f"--pretrained {tmp_path / 'nope.pt'}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "al").exists()

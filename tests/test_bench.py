@@ -68,6 +68,31 @@ def test_peak_rss_is_at_least_current_rss() -> None:
     assert peak_rss_mb() >= current > 0
 
 
+def test_flop_count_matches_a_hand_count() -> None:
+    from cianet.bench.predict_profile import count_flops
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, stride=2)  # 16 x 16 -> 8 x 8
+    fc = torch.nn.Linear(8 * 8 * 8, 10)
+    x = torch.randn(2, 3, 16, 16)
+
+    def forward() -> torch.Tensor:
+        return fc(F.relu(conv(x)).flatten(1))
+
+    # 2 FLOPs per multiply-add; bias additions, ReLU and flatten are not counted (as in the bench's fractions)
+    conv_macs = 2 * 8 * 8 * 8 * (3 * 3 * 3)  # batch x out channels x out pixels x (in channels x kernel)
+    fc_macs = 2 * (8 * 8 * 8) * 10
+    assert count_flops(forward) == 2 * (conv_macs + fc_macs)
+    # forward and backward of a step: the weights' gradients (and the conv output's, for the linear layer's
+    # input) double and triple the products: conv grad-weight, linear grad-weight and grad-input
+    assert count_flops(lambda: forward().sum().backward()) == 2 * (conv_macs + fc_macs) + 2 * (conv_macs + 2 * fc_macs)
+
+
+def test_bench_predict_profile_settings_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--quick", "--only", "predict", "--predict-folder-images", "0"]) == 2
+    assert "--predict-folder-images must be >= 1" in capsys.readouterr().err
+
+
 def test_bad_bench_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--quick", "--only", "matmul,bogus"]) == 2
     assert "bogus" in capsys.readouterr().err
@@ -131,3 +156,34 @@ def test_quick_bench_is_internally_consistent(quick_result: dict) -> None:
     q = r["predict"]
     assert q["bank_speedup"] == pytest.approx(q["bank_images_per_s"] / q["recompute_images_per_s"])
     assert set(r["part_seconds"]) >= {"matmul", "train", "data", "pairing", "predict"}
+
+
+@pytest.mark.slow
+def test_quick_bench_predict_profile(quick_result: dict) -> None:
+    from cianet.bench.predict_profile import STAGES
+    from cianet.run.precision import cpu_bf16_native
+
+    r, q = quick_result, quick_result["predict"]
+    assert r["bf16_supported"] is cpu_bf16_native()
+    assert _finite_positive(q["gflops_per_image"]) and _finite_positive(q["networks_images_per_s"])
+    assert q["achieved_gflops"] == pytest.approx(q["gflops_per_image"] * q["networks_images_per_s"])
+    assert q["flop_fraction"] == pytest.approx(q["achieved_gflops"] / r["matmul_gflops"])
+    if r["bf16_supported"]:
+        assert q["bf16_speedup"] == pytest.approx(q["bf16_networks_images_per_s"] / q["networks_images_per_s"])
+    else:
+        assert q["bf16_speedup"] is None
+    assert q["folder_images"] == r["settings"]["predict_folder_images"]
+    for suffix in ("", "_no_overlay", "_no_overlay_no_prefetch"):
+        stages = q[f"stages{suffix}"]
+        assert list(stages) == list(STAGES)
+        # every stage ran (the bench bundle aligns; "writing" is the JSON, heatmaps, overlays)
+        assert all(_finite_positive(v) for v in stages.values()), stages
+        assert q[f"folder_images_per_s{suffix}"] == pytest.approx(q["folder_images"] / q[f"folder_s{suffix}"])
+        assert q[f"folder_vs_networks{suffix}"] == pytest.approx(
+            q[f"folder_s{suffix}"] * q["networks_images_per_s"] / q["folder_images"])
+    # the overlay figure is part of "writing": without it, writing takes less
+    assert q["stages_no_overlay"]["writing"] < q["stages"]["writing"]
+    e = r["evaluate"]  # evaluation's networks: the negative image through the attention trunk as well
+    assert e["flop_fraction"] == pytest.approx(e["achieved_gflops"] / r["matmul_gflops"])
+    assert e["achieved_gflops"] == pytest.approx(e["gflops_per_image"] * e["images_per_s"])
+    assert (e["bf16_speedup"] is None) is (not r["bf16_supported"])

@@ -35,10 +35,14 @@ def test_bank_holds_training_negatives_with_their_maps(run_dir, tmp_path):
     from cianet.negatives import hash_codes
 
     run, images = run_dir
-    path = save_bundle(bundle_from_run(run, n_negatives=100, progress=False), tmp_path / "m.cianet")
-    raw = torch.load(path, weights_only=True)  # plain containers only: the safe loader accepts it
-    assert raw["format"] == "cianet-model-bundle"
-    b = load_bundle(path)
+    b = bundle_from_run(run, n_negatives=100, progress=False)
+    path = save_bundle(b, tmp_path / "m.cianet")
+    # The file keeps codes and maps only: no training image names, and the same numbers.
+    saved = load_bundle(path)
+    assert saved["negatives"]["names"] == [f"negative-{i:05d}" for i in range(len(b["negatives"]["names"]))]
+    for key in ("codes", "maps"):
+        assert torch.equal(saved["negatives"][key], b["negatives"][key])
+    assert not any(name.encode() in path.read_bytes() for name in images)
     names = b["negatives"]["names"]
     split = json.loads((run / "split.json").read_text())
     no_finding = {n for i, n in enumerate(sorted(images)) if i % 2 == 0}

@@ -14,6 +14,7 @@ import cianet.data.cache as cache_mod
 from cianet.cli import main as cli_main
 from cianet.data.cache import ImageCache, build_cache, verify_cache
 from cianet.data.io import load_xray, resize_gray
+from cianet.errors import InputError
 
 SIZE = 32
 N_GOOD = 40
@@ -147,7 +148,14 @@ def test_resume_after_interrupt_recomputes_nothing(image_set, tmp_path, monkeypa
 def test_changed_size_rebuilds(image_set, tmp_path):
     out = tmp_path / "c"
     build_cache(image_set[:10], SIZE, out, workers=1, progress=False)
-    cache = build_cache(image_set[:10], 16, out, workers=1, progress=False)
+    before = (out / "images.npy").read_bytes()
+    # Another size (or image list) is refused without rebuild=True (--rebuild), and the cache is kept as it was.
+    with pytest.raises(InputError, match=f"holds a cianet cache of 10 images at {SIZE}x{SIZE}.*--rebuild"):
+        build_cache(image_set[:10], 16, out, workers=1, progress=False)
+    with pytest.raises(InputError, match="--rebuild"):
+        build_cache(image_set[:9], SIZE, out, workers=1, progress=False)
+    assert (out / "images.npy").read_bytes() == before and (out / "index.json").exists()
+    cache = build_cache(image_set[:10], 16, out, workers=1, progress=False, rebuild=True)
     assert cache.size == 16 and cache.array.shape == (10, 16, 16)
     name, path = image_set[0]
     ref = resize_gray(load_xray(path), 16)
@@ -199,6 +207,10 @@ def test_verify_detects_shape_mismatch_and_duplicates(image_set, tmp_path):
     build_cache(image_set[:6], SIZE, out, workers=1, progress=False)
     index = json.loads((out / "index.json").read_text())
     index["names"][1] = index["names"][0]
+    (out / "index.json").write_text(json.dumps(index))
+    rep = verify_cache(out, sample=0, progress=False)  # the names' checksum no longer matches
+    assert not rep["ok"] and "names were changed" in rep["problems"][0]
+    del index["names_sha256"]  # as an index written before the checksum existed
     (out / "index.json").write_text(json.dumps(index))
     rep = verify_cache(out, sample=0, progress=False)
     assert not rep["ok"] and any("duplicate" in p for p in rep["problems"])

@@ -123,9 +123,16 @@ def test_rows_tested_on_different_boxes_cannot_be_paired(tmp_path):
 
 def test_oracle_experiment_and_seed_flags():
     from cianet.cli import main
+    from cianet.evaluation.experiments import experiment_comparisons
 
     oracle = experiment_variants("oracle")
     assert [v.name for v in oracle] == ["Base", "CIA-Net+Oracle"]
     assert oracle[1].settings["negatives"]["strategy"] == "oracle"
     assert oracle[0].settings == experiment_variants("table1")[0].settings  # table1's Base runs serve both
     assert main(["experiment", "oracle", "--seeds", "0,x", "--data-root", "nope"]) == 2
+    unboxed = experiment_variants("oracle-table2")
+    assert [v.name for v in unboxed] == ["Base", "CIA-Net+Oracle"] and not any(v.folds for v in unboxed)
+    assert unboxed[1].settings["negatives"]["strategy"] == "oracle"
+    assert unboxed[0].settings == experiment_variants("table2")[0].settings  # table2's Base runs serve both
+    assert unboxed[1].settings["protocol"] == unboxed[0].settings["protocol"]
+    assert experiment_comparisons("oracle-table2") == [("CIA-Net+Oracle", "Base")]

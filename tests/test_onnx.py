@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +65,9 @@ def test_onnx_sidecars_and_metadata(exported):
     from cianet.labels import LABELS
 
     bundle, path = exported
+    raw = path.read_bytes()  # no install or source paths of the exporting machine (issue 11)
+    for local in (Path(torch.__file__).parent.parent, Path(__file__).parent.parent):
+        assert str(local).encode() not in raw, local
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(meta["labels"]) == list(LABELS) and meta["input_size"] == str(SIZE)
     assert meta["aligned_input"] == "true"

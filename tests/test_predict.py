@@ -191,7 +191,7 @@ def test_predict_cli_skips_bad_files_and_reads_dicom(bundles, tmp_path, capsys):
     (src / "notes.png").write_text("not an image at all\n")
     out = tmp_path / "out"
     rc = main(["predict", str(src), "--model", str(bundles["plain"]), "--out", str(out), "--batch-size", "2",
-               "--no-progress", "--no-overlay"])
+               "--no-progress", "--no-overlay", "--precision", "fp32"])  # as Predictor's default, compared below
     assert rc == 0
     err = capsys.readouterr().err
     assert "empty.png" in err and "notes.png" in err

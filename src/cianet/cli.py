@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "cianet.commands.demo",
     "cianet.commands.bundle",
     "cianet.commands.predict",
+    "cianet.commands.view",
     "cianet.commands.export_onnx",
     "cianet.commands.bench",
 )
@@ -63,6 +64,21 @@ def one_line(exc: BaseException) -> str:
     return "; ".join(parts) or type(exc).__name__
 
 
+def _one_line_warnings(prefix: str) -> None:
+    """Print cianet's own warnings (bad-looking images, ...) as ``cianet CMD: warning: MESSAGE``, once each."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__name__ == "XrayWarning":  # by name: importing cianet.data.io here would slow --help
+            print(f"{prefix}: warning: {one_line(message)}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show  # the default filter shows each distinct message (each names its file) once
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -70,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     prefix = f"cianet {args.command}"
+    _one_line_warnings(prefix)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -2,12 +2,18 @@
 
 ``load_config("paper")`` / ``load_config("tiny")`` load the shipped recipes (``cianet/configs/*.yaml``);
 any other argument is a path to a YAML file. Overrides are ``section.field=value`` strings (YAML values).
-The resolved config is saved as ``config.yaml`` next to every checkpoint.
+Every value is type-, range- and choice-checked wherever it comes from (:func:`check_value`); an error
+names the key, the value and what is allowed. The resolved config is saved as ``config.yaml`` next to
+every checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,10 +21,20 @@ from typing import Any
 
 import yaml
 
+from cianet.errors import UsageError
+
 
 @dataclass
 class DataConfig:
-    data_root: str = ""  # NIH-layout folder (Data_Entry_2017*.csv, BBox_List_2017.csv, images)
+    data_root: str = ""  # data folder in the layout of `dataset` (README, "Data sets")
+    dataset: str = "auto"  # "nih" | "rsna" | "vindr" | "csv" | "auto" (detected from the data root's files)
+    # The class list of the run, box classes first: set by `cianet train` from the data set and saved with the
+    # run, so its checkpoint, bundle and tables know their classes. null = ChestX-ray14's 14 (8 with boxes).
+    labels: list[str] | None = None
+    box_labels: list[str] | None = None
+    box_merge: str = "mean"  # readers' boxes of one finding (VinDr-CXR): "mean" | "union" | "none" (docs/method.md)
+    merge_iou: float = 0.4  # boxes of one class linked at IoU >= this are one finding
+    label_map: str | None = None  # "nih": map the data set's classes to ChestX-ray14's (cianet.data.label_maps)
     entry_csv: str | None = None  # override the Data_Entry file name/path
     bbox_csv: str | None = None  # override the BBox_List file name/path
     cache: str | None = None  # `cianet prepare` cache folder; read from it when present
@@ -47,7 +63,10 @@ class ProtocolConfig:
 class ModelConfig:
     kind: str = "cianet"  # "cianet" | "baseline"
     backbone: str = "resnet50"
-    pretrained: bool = True  # ImageNet weights when in the local torch cache
+    # "imagenet" (torchvision's weights: the torch hub cache, else a download; an error when neither works),
+    # "none" (random init) or a state-dict file of the backbone (cianet.models.backbones.pretrained_weights).
+    # true/false in older configs mean imagenet/none.
+    pretrained: str = "imagenet"
     test_upsample: int | None = 128  # paper 3.3: upsample F_bar to 128x128 before the head at test time
     head_channels: int = 512
     output_stride: int = 32  # 32: the paper (16x16 grid at 512 px); 16 or 8 turn the last strides into dilation
@@ -60,7 +79,7 @@ class AlignConfig:
     canonical: str | None = None  # canonical chest PNG for `cianet train-align` (its crop is read from <stem>.json)
     canonical_n: int = 500
     backbone: str = "resnet18"
-    pretrained: bool = True
+    pretrained: str = "imagenet"  # as model.pretrained; "none" also leaves the structure loss's feature net random
     input_size: int = 224  # the regressor sees a downsized copy; the warp applies at full size
     epochs: int = 10
     batch_size: int = 32
@@ -125,6 +144,10 @@ class RunConfig:
     progress: bool = True
     tensorboard: bool = True
     threads: int | None = None  # torch intra-op threads (None: torch default)
+    # fp32 | bf16 | auto (bfloat16 where the CPU has it natively) | None: float32 on CPU, optim.amp on CUDA.
+    # None by default: bfloat16 training is not switched on before its effect on results is measured
+    # (cianet.run.precision, docs/performance.md).
+    precision: str | None = None
 
 
 @dataclass
@@ -147,6 +170,186 @@ class Config:
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
+# ------------------------------------------------------------------------------------------------ checks
+# Every value is checked against its field's type (from the annotations) and, where it has one, a range or a
+# set of choices, whether it comes from a YAML file, --set or a flag. Ranges say what the code can run, not
+# what is sensible (that is the recipes' job).
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "data.dataset": ("auto", "nih", "rsna", "vindr", "csv"),
+    "data.box_merge": ("mean", "union", "none"),
+    "data.label_map": ("nih",),
+    "protocol.kind": ("localization", "classification"),
+    "model.kind": ("cianet", "baseline"),
+    "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
+    "model.last_stage": ("c4", "c5"),
+    "align.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
+    "align.lr_schedule": ("cosine", "constant"),
+    "align.center": ("crop", "identity"),
+    "align.feature_net": ("vgg16", "resnet18", "none"),
+    "align.feat_norm": ("unit", "paper"),
+    "negatives.strategy": ("sim", "random", "canonical", "oracle"),
+    "run.precision": ("fp32", "bf16", "auto"),  # or null (cianet.run.precision)
+}
+_INT_CHOICES: dict[str, tuple[int, ...]] = {"model.output_stride": (8, 16, 32)}
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _at_least(n: float):
+    return lambda v: v >= n
+
+
+def _share(v: float) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+#: key -> (test, what it allows); None values (where the type allows None) are not tested
+_RANGES: dict[str, tuple[Any, str]] = {
+    "data.image_size": (lambda v: v >= 32 and v % 32 == 0, "a multiple of 32, at least 32"),
+    "data.workers": (_at_least(0), ">= 0"),
+    "data.max_images": (_at_least(1), ">= 1 (or null: no cap)"),
+    "data.merge_iou": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "data.labels": (lambda v: len(v) > 0 and len(set(v)) == len(v), "a non-empty list of distinct class names"),
+    "protocol.fold": (lambda v: 0 <= v <= 4, "0 to 4"),
+    "protocol.annotated_ratio": (_share, "in [0, 1]"),
+    "protocol.unannotated_ratio": (_share, "in [0, 1]"),
+    "protocol.val_share": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "model.test_upsample": (_at_least(1), ">= 1 (or null: the native grid)"),
+    "model.head_channels": (_at_least(1), ">= 1"),
+    "align.canonical_n": (_at_least(1), ">= 1"),
+    "align.input_size": (_at_least(32), ">= 32"),
+    "align.epochs": (_at_least(1), ">= 1"),
+    "align.batch_size": (_at_least(1), ">= 1"),
+    "align.lr": (_positive, "> 0"),
+    "align.max_shift": (_positive, "> 0"),
+    "align.max_scale": (lambda v: v > 1.0, "> 1"),
+    "align.max_rotation": (_at_least(0), ">= 0"),
+    "align.feat_weight": (_at_least(0), ">= 0"),
+    "align.pixel_weight": (_at_least(0), ">= 0"),
+    "align.consistency_weight": (_at_least(0), ">= 0"),
+    "align.warp_rotation": (_at_least(0), ">= 0"),
+    "align.warp_scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "two numbers [lo, hi] with 0 < lo <= hi"),
+    "align.warp_shift": (_at_least(0), ">= 0"),
+    "align.max_images": (_at_least(1), ">= 1 (or null: no cap)"),
+    "loss.beta_b": (_at_least(0), ">= 0"),
+    "optim.epochs": (_at_least(1), ">= 1"),
+    "optim.batch_size": (_at_least(1), ">= 1"),
+    "optim.lr": (_positive, "> 0"),
+    "optim.momentum": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "optim.weight_decay": (_at_least(0), ">= 0"),
+    "optim.lr_step": (_at_least(1), ">= 1"),
+    "optim.lr_gamma": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "optim.grad_clip": (_positive, "> 0 (or null: no clipping)"),
+    "optim.box_share": (_share, "in [0, 1]"),
+    "run.device": (lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None, "auto, cpu, mps, cuda or cuda:N"),
+    "run.seed": (_at_least(0), ">= 0"),
+    "run.eval_every": (_at_least(0), ">= 0"),
+    "run.threads": (_at_least(1), ">= 1 (or null: the torch default)"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _typed(value: Any, tp: Any, name: str) -> Any:
+    """``value`` as type ``tp`` (an int is a valid float), or ValueError saying what was expected."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return None
+        tp = args[0]
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{name} must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_typed(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+    ok = (isinstance(value, bool) if tp is bool else
+          isinstance(value, int) and not isinstance(value, bool) if tp is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if tp is float else
+          isinstance(value, tp))
+    if not ok:
+        raise ValueError(f"{name} must be {_type_name(tp)}, got {value!r}")
+    if tp is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
+def check_value(section: str, key: str, value: Any) -> Any:
+    """``value`` checked (and an int made a float where a float is expected) for ``section.key``.
+
+    Raises ValueError naming the key, the value and what is allowed.
+    """
+    name = f"{section}.{key}"
+    if key == "pretrained" and isinstance(value, bool):  # configs saved before imagenet|none|PATH
+        value = "imagenet" if value else "none"
+    hints = typing.get_type_hints(type(getattr(Config(), section)))
+    value = _typed(value, hints[key], name)
+    if value is None:
+        return value
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ValueError(f"{name} must be one of {', '.join(_CHOICES[name])}, got {value!r}")
+    if name in _INT_CHOICES and value not in _INT_CHOICES[name]:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, _INT_CHOICES[name]))}, got {value!r}")
+    if name in _RANGES:
+        test, allowed = _RANGES[name]
+        if not test(value):
+            raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def validate_config(cfg: Config, source: str = "config", flags: dict[str, str] | None = None) -> Config:
+    """Check every value of ``cfg`` (see :func:`check_value`); raises UsageError naming ``source`` (or, for a
+    key in ``flags``, the command-line flag that set it)."""
+    for section in SECTIONS:
+        part = getattr(cfg, section)
+        for f in dataclasses.fields(part):
+            try:
+                setattr(part, f.name, check_value(section, f.name, getattr(part, f.name)))
+            except ValueError as exc:
+                raise UsageError(f"{(flags or {}).get(f'{section}.{f.name}', source)}: {exc}") from None
+    return cfg
+
+
+#: config keys that name an input file or folder, with the flag that sets them
+PATH_KEYS = {"data.data_root": "--data-root", "data.cache": "--cache", "protocol.splits": "--splits",
+             "align.checkpoint": "--align", "align.canonical": "--canonical", "negatives.hash_index": "--hash-index"}
+
+
+def check_paths_exist(cfg: Config) -> None:
+    """Every input path the config names must exist (none is silently replaced by a computed default).
+
+    ``data.cache`` is exempt: a run reads the cache when it is there. Raises MissingPathError naming the key.
+    """
+    from cianet.errors import MissingPathError
+
+    for key, flag in PATH_KEYS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if key == "data.cache" or not value:
+            continue
+        if not Path(value).exists():
+            raise MissingPathError(f"{flag} {value} ({key}) does not exist")
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """A copy of ``cfg`` with every input path (``PATH_KEYS``) absolute, as a run saves it: the run folder's
+    config then means the same files from any working folder (``cianet bundle --run R`` from elsewhere).
+    Files meant to be shared (bundles, ONNX) carry no paths at all."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value:
+            setattr(getattr(cfg, section), name, str(Path(value).expanduser().resolve()))
+    return cfg
+
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     """Build a Config from a nested dict; unknown sections or keys raise ValueError naming them."""
@@ -165,7 +368,10 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
         for key, value in values.items():
             if key not in known:
                 raise ValueError(f"{source}: unknown key {section}.{key} (known: {', '.join(sorted(known))})")
-            setattr(current, key, value)
+            try:
+                setattr(current, key, check_value(section, key, value))
+            except ValueError as exc:
+                raise UsageError(f"{source}: {exc}") from None
     return cfg
 
 
@@ -202,9 +408,12 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             raise ValueError(f"override {item!r} must look like section.key=value (e.g. optim.lr=0.01)")
         dotted, raw = item.split("=", 1)
         section, key = dotted.split(".", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
-        config_from_dict({section: {key: value}}, source=f"override {item!r}")  # validates names
-        setattr(getattr(cfg, section), key, value)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            raise UsageError(f"override {item!r}: the value is not valid YAML") from None
+        checked = config_from_dict({section: {key: value}}, source=f"override {item!r}")  # validates name and value
+        setattr(getattr(cfg, section), key, getattr(getattr(checked, section), key))
     return cfg
 
 

@@ -359,26 +359,31 @@ def format_localization_table(
     thresholds: Sequence[float | str] | None = None,
     std_by_model: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
     digits: int = 2,
+    class_names: Sequence[str] | None = None,
 ) -> str:
-    """Markdown table in the paper's layout: rows T(IoU) x model, columns the 8 box classes and "Mean".
+    """Markdown table in the paper's layout: rows T(IoU) x model, columns the box classes and "Mean".
 
     Args:
         results_by_model: ``{model: localization_accuracy(...) result}``.
         thresholds: which T(IoU) rows (floats or their ``f"{t:g}"`` keys); default all in the first model.
         std_by_model: optional ``{model: std result}`` (e.g. from :func:`mean_std_results`) -> "m ± s" cells.
+        class_names: the columns; default the classes of the first model's results (NIH: the 8 box classes).
     """
     if not results_by_model:
         raise ValueError("no results to format")
     first = next(iter(results_by_model.values()))
+    if class_names is None:
+        row = next(iter(first.values()), {})
+        class_names = [c for c in row if c != "Mean"] or list(BOX_LABELS)
     keys = [t if isinstance(t, str) else f"{t:g}" for t in thresholds] if thresholds else list(first.keys())
-    header = ["T(IoU)", "Model", *BOX_LABELS, "Mean"]
+    header = ["T(IoU)", "Model", *class_names, "Mean"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key in keys:
         for i, (model, res) in enumerate(results_by_model.items()):
             if key not in res:
                 raise ValueError(f"model {model!r} has no result at T(IoU) = {key}")
             std_row = (std_by_model or {}).get(model, {}).get(key, {})
-            cells = [_cell(res[key].get(c, float("nan")), std_row.get(c), digits) for c in (*BOX_LABELS, "Mean")]
+            cells = [_cell(res[key].get(c, float("nan")), std_row.get(c), digits) for c in (*class_names, "Mean")]
             lines.append("| " + " | ".join([key if i == 0 else "", model, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -386,12 +391,15 @@ def format_localization_table(
 def format_auc_table(
     results_by_model: Mapping[str, Mapping[str, float]],
     std_by_model: Mapping[str, Mapping[str, float]] | None = None,
-    class_names: Sequence[str] = LABELS,
+    class_names: Sequence[str] | None = None,
     digits: int = 2,
 ) -> str:
-    """Markdown table of AUCs: one row per model, columns the 14 classes and "Mean" (as Table 4)."""
+    """Markdown table of AUCs: one row per model, columns the classes (default: those of the first model's
+    result; NIH: the 14) and "Mean" (as Table 4)."""
     if not results_by_model:
         raise ValueError("no results to format")
+    if class_names is None:
+        class_names = [c for c in next(iter(results_by_model.values())) if c != "Mean"] or list(LABELS)
     header = ["Model", *class_names, "Mean"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model, res in results_by_model.items():

@@ -143,6 +143,10 @@ class HashIndex:
                 f"hash index has {codes.shape[0]} codes but {len(self.names)} names and "
                 f"{len(self.patients)} patients"
             )
+        bad = np.flatnonzero(~np.isfinite(codes).all(axis=1)) if codes.dtype.kind == "f" else []
+        if len(bad):  # a NaN code would pair every query with an arbitrary image
+            raise ValueError(f"hash index has non-finite codes for {len(bad)} images (first: "
+                             f"{self.names[bad[0]]}); rebuild it with `cianet hash`")
         self.codes = _normalize(codes)
         self._name_to_idx = {n: i for i, n in enumerate(self.names)}
         if len(self._name_to_idx) != len(self.names):
@@ -585,5 +589,12 @@ class NegativeSampler:
             raise ValueError(f"{path}: pairs were made with a different hash index; delete it to re-pair")
         if bool(obj.get("exclude_same_patient")) != self.exclude_same_patient:
             raise ValueError(f"{path}: pairs were made with exclude_same_patient={obj.get('exclude_same_patient')}")
+        pool = set(self.hash_index.names)
+        wrong = sorted(n for n, neg in obj["pairs"].items() if neg not in pool)
+        if wrong:  # an edited file pairing a positive (or an unknown image) as the "negative"
+            from cianet.errors import InputError
+
+            raise InputError(f"{path}: pairs {wrong[0]} with {obj['pairs'][wrong[0]]!r}, which is not a No Finding "
+                             f"image of the negative pool ({len(wrong)} such pairs); delete the file to re-pair")
         self._pairs.update(obj["pairs"])
         return len(obj["pairs"])

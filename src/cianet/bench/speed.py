@@ -14,7 +14,12 @@ bank / recompute, vectorized / naive pairing) are comparable even on a machine w
    ``wait_fraction``: the share of the tiny recipe's training loop spent blocked in ``next(loader)``.
 4. ``pairing``: ``HashIndex.query`` against a bank of random unit codes vs ``query_naive``.
 5. ``predict``: ``Predictor`` with the negative bank (stored ``M-``) vs recomputing ``M-`` from the negative
-   image, each in a fresh subprocess so that its peak resident memory is its own.
+   image, each in a fresh subprocess so that its peak resident memory is its own; then, in a third process
+   (:mod:`cianet.bench.predict_profile`), the networks' FLOPs per image and ``flop_fraction`` (their achieved
+   rate over the matmul rate of part 1), bfloat16 against float32 (``bf16_speedup``), the same for the
+   networks as evaluation runs them (top-level ``evaluate``) and the seconds per image of each stage of
+   ``cianet predict`` over a folder of real-size PNGs. ``bf16_supported`` (top level) says whether the
+   device computes bfloat16 natively (:mod:`cianet.run.precision`).
 
 Nothing here changes how the library trains or predicts; variants (the other memory layout, the literal
 "upsample then convolve" test-time head instead of the library's factorized one) are measured side by side so
@@ -82,6 +87,9 @@ class BenchSettings:
     predict_bank: int = 16  # negatives in the bundle's bank
     predict_upsample: int | None = 128  # test-time grid (paper: 128)
     compare_heads: bool = True  # also time the direct (unfactorized) test-time head
+    predict_folder_images: int = 64  # real-size PNGs that `predict` runs over for the stage breakdown
+    predict_folder_size: int = 1024  # their side (NIH: 1024)
+    compare_prefetch: bool = True  # also run the folder with decoding in turn (no prefetch)
     seed: int = 0
 
     @classmethod
@@ -92,6 +100,7 @@ class BenchSettings:
             compare_layouts=False, head_channels=32, phantom_images=80, phantom_size=64, data_size=64, wait_steps=2,
             bank_codes=2000, queries=500, naive_queries=3, predict_backbone="resnet18", predict_size=64,
             predict_images=2, predict_batch=2, predict_bank=4, predict_upsample=8, compare_heads=False,
+            predict_folder_images=4, predict_folder_size=128,
         )
 
 
@@ -200,8 +209,7 @@ def bench_train_step(kind: str, backbone: str = "resnet18", size: int = 256, bat
     timed step), ``gflops_per_step``
     (FlopCounterMode over one step), ``achieved_gflops`` = gflops_per_step / step_s.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
+    from cianet.bench.predict_profile import count_flops
     from cianet.run.networks import build_network
     from cianet.training.loop import build_optimizer, train_one_epoch
 
@@ -223,9 +231,7 @@ def bench_train_step(kind: str, backbone: str = "resnet18", size: int = 256, bat
         _sync(device)
         return time.perf_counter() - t0
 
-    with FlopCounterMode(display=False) as counter:
-        step()  # also the first (allocating) step
-    flops = float(counter.get_total_flops())
+    flops = count_flops(step)  # also the first (allocating) step
     step()  # warm-up outside the counter
     times = [step() for _ in range(max(1, steps))]
     best = _best(times)
@@ -400,12 +406,14 @@ def use_direct_head(model: nn.Module) -> nn.Module:
 
 def make_predict_bundle(path: Path, data_root: Path, backbone: str, size: int, upsample: int | None,
                         bank: int, head_channels: int = 512, seed: int = 0) -> list[str]:
-    """Write a CIA-Net bundle (random init, paper recipe at ``backbone``/``size``) with ``bank`` phantom No
-    Finding negatives (images stored, so ``recompute`` can run); return the query image paths (not in the bank)."""
+    """Write a CIA-Net bundle (random init, paper recipe at ``backbone``/``size``, with a ResNet-18 alignment
+    network at 224 px or ``size`` if smaller) with ``bank`` phantom No Finding negatives (images stored, so
+    ``recompute`` can run); return the query image paths (not in the bank)."""
     from cianet.config import Config
     from cianet.data.io import load_xray, resize_gray
     from cianet.data.nih import NIHIndex
     from cianet.inference.bundle import negative_bank
+    from cianet.models.alignment import AlignmentNet
     from cianet.run.bundle_file import make_bundle, save_bundle
     from cianet.run.networks import build_network
 
@@ -421,8 +429,10 @@ def make_predict_bundle(path: Path, data_root: Path, backbone: str, size: int, u
     if not negatives:
         raise ValueError(f"{data_root}: the phantom has no No Finding image for the negative bank")
     images = np.stack([resize_gray(load_xray(r.path), size) for r in negatives])
-    neg_bank = negative_bank(model, images, [r.name for r in negatives], include_images=True)
-    save_bundle(make_bundle(model, cfg, bank=neg_bank), path)
+    align_kwargs = {"backbone": "resnet18", "input_size": min(224, size)}
+    align_net = AlignmentNet(pretrained=False, **align_kwargs).eval()  # its zero last layer: the identity warp
+    neg_bank = negative_bank(model, images, [r.name for r in negatives], align_net, include_images=True)
+    save_bundle(make_bundle(model, cfg, bank=neg_bank, align_net=align_net, align_kwargs=align_kwargs), path)
     used = {r.name for r in negatives}
     return [str(r.path) for r in records if r.name not in used]
 
@@ -451,9 +461,15 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Run in a fresh process: Predictor in one mode over image files; images/s and this process's peak RSS."""
     from cianet.inference.predictor import Predictor
 
+    if spec["mode"] == "profile":
+        from cianet.bench.predict_profile import profile_worker
+
+        return {**profile_worker(spec), "peak_rss_mb": peak_rss_mb()}
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    pred = Predictor.from_bundle(spec["bundle"], mode=spec["mode"], batch_size=spec["batch"])
+    # float32, so that the figures compare with those taken before bfloat16 existed (profile_worker has both)
+    pred = Predictor.from_bundle(spec["bundle"], device=spec.get("device", "cpu"), mode=spec["mode"],
+                                 batch_size=spec["batch"], precision="fp32")
     if spec.get("direct_head"):
         use_direct_head(pred.model)
     paths, b = spec["paths"], int(spec["batch"])
@@ -478,12 +494,17 @@ def _run_worker(spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
 def bench_predict(data_root: Path, work: Path, backbone: str = "resnet50", size: int = 512,
                   upsample: int | None = 128, images: int = 8, batch: int = 4, bank: int = 16,
                   threads: int | None = None, compare_heads: bool = True, seed: int = 0,
-                  log: Log | None = None) -> dict[str, Any]:
-    """Predict images/s and peak RSS with the bank vs recomputing ``M-`` (each mode in a fresh process).
+                  log: Log | None = None, folder_images: int = 64, folder_size: int = 1024,
+                  compare_prefetch: bool = True, device: str = "cpu") -> dict[str, Any]:
+    """Predict images/s and peak RSS with the bank vs recomputing ``M-`` (each mode in a fresh process), then
+    the profile of :mod:`cianet.bench.predict_profile` (FLOPs, networks-only float32 and bfloat16 speed,
+    the stage breakdown of ``predict_files`` over ``folder_images`` PNGs of ``folder_size`` px).
 
     Main figures use the library's test-time head (factorized); with ``compare_heads`` (and an upsampling grid)
     both modes are timed again with the literal upsample-then-convolve head (``*_direct`` keys).
     """
+    from cianet.bench.predict_profile import write_folder
+
     bundle = work / "bench-bundle.pt"
     paths = make_predict_bundle(bundle, data_root, backbone, size, upsample, bank, seed=seed)
     need = batch + images
@@ -498,11 +519,21 @@ def bench_predict(data_root: Path, work: Path, backbone: str = "resnet50", size:
             if log:
                 log(f"predict: {mode}{' (direct head)' if direct else ''}")
             r = _run_worker({"bundle": str(bundle), "mode": mode, "batch": batch, "images": images,
-                             "paths": paths[:need], "threads": threads, "direct_head": direct})
+                             "paths": paths[:need], "threads": threads, "direct_head": direct, "device": device})
             out[f"{mode}_images_per_s{suffix}"] = r["images_per_s"]
             out[f"{mode}_peak_rss_mb{suffix}"] = r["peak_rss_mb"]
         out[f"bank_speedup{suffix}"] = out[f"bank_images_per_s{suffix}"] / out[f"recompute_images_per_s{suffix}"]
     out["images"] = images
+    if log:
+        log(f"predict: profile (FLOPs, float32 vs bfloat16, {folder_images} PNGs of {folder_size} px by stage)")
+    folder = work / "predict-folder"
+    write_folder(folder, paths, folder_images, folder_size, seed)
+    profile = _run_worker({"bundle": str(bundle), "mode": "profile", "batch": batch, "images": images,
+                           "folder": str(folder), "out": str(work / "predict-out"), "threads": threads,
+                           "compare_prefetch": compare_prefetch, "device": device})
+    profile["profile_peak_rss_mb"] = profile.pop("peak_rss_mb")
+    out.update(profile)
+    out["bf16_speedup"] = profile.get("bf16_speedup")  # None where the device has no native bfloat16
     return out
 
 
@@ -543,7 +574,13 @@ def run_bench(settings: BenchSettings | None = None, log: Log | None = None) -> 
 
 
 def _run_parts(s: BenchSettings, say: Log) -> dict[str, Any]:
+    from cianet.run.precision import cpu_bf16_native
+
     result: dict[str, Any] = {"env": env_info(), "settings": dataclasses.asdict(s)}
+    # whether the bench's device computes bfloat16 natively: where "auto" precision turns it on
+    dev = torch.device(s.device)
+    result["bf16_supported"] = bool(cpu_bf16_native() if dev.type == "cpu" else
+                                    dev.type == "cuda" and torch.cuda.is_bf16_supported())
     part_s: dict[str, float] = {}
     t_start = time.perf_counter()
 
@@ -559,7 +596,7 @@ def _run_parts(s: BenchSettings, say: Log) -> dict[str, Any]:
         samples.append(matmul_gflops(s.matmul_n, s.matmul_repeats, device=s.device))
         return max(samples)
 
-    if "matmul" in s.parts or "train" in s.parts:
+    if "matmul" in s.parts or "train" in s.parts or "predict" in s.parts:
         say(f"matmul: {s.matmul_n}x{s.matmul_n} float32")
         result["matmul_gflops"] = timed("matmul", matmul)
     if "train" in s.parts:
@@ -567,11 +604,7 @@ def _run_parts(s: BenchSettings, say: Log) -> dict[str, Any]:
         # The ceiling is measured again after the training steps and the best rate kept: on a shared machine a
         # single early measurement can land in a busy moment and inflate every fraction.
         result["matmul_gflops"] = matmul()
-        for r in train["variants"]:
-            r["flop_fraction"] = r["achieved_gflops"] / result["matmul_gflops"]
         result["train"] = train
-    if samples:
-        result["matmul_gflops_samples"] = samples
     with tempfile.TemporaryDirectory(prefix="cianet-bench-") as tmp:
         work = Path(tmp)
         if "data" in s.parts or "predict" in s.parts:
@@ -592,7 +625,18 @@ def _run_parts(s: BenchSettings, say: Log) -> dict[str, Any]:
         if "predict" in s.parts:
             result["predict"] = timed("predict", lambda: bench_predict(
                 data_root, work, s.predict_backbone, s.predict_size, s.predict_upsample, s.predict_images,
-                s.predict_batch, s.predict_bank, s.threads, s.compare_heads, s.seed, log=say))
+                s.predict_batch, s.predict_bank, s.threads, s.compare_heads, s.seed, log=say,
+                folder_images=s.predict_folder_images, folder_size=s.predict_folder_size,
+                compare_prefetch=s.compare_prefetch, device=s.device))
+            result["matmul_gflops"] = matmul()  # the ceiling again, as after training; the best is kept
+    if samples:
+        result["matmul_gflops_samples"] = samples
+    for r in result.get("train", {}).get("variants", []):
+        r["flop_fraction"] = r["achieved_gflops"] / result["matmul_gflops"]
+    if "predict" in result:  # the prediction (and evaluation) networks' share of the float32 matmul rate
+        result["predict"]["flop_fraction"] = result["predict"]["achieved_gflops"] / result["matmul_gflops"]
+        result["evaluate"] = result["predict"].pop("evaluate")
+        result["evaluate"]["flop_fraction"] = result["evaluate"]["achieved_gflops"] / result["matmul_gflops"]
     result["part_seconds"] = part_s
     result["env"]["loadavg_1min_end"] = env_info()["loadavg_1min"]
     result["seconds"] = time.perf_counter() - t_start
@@ -603,7 +647,8 @@ def format_table(result: dict[str, Any]) -> str:
     """The human-readable report of :func:`run_bench`'s result."""
     env = result["env"]
     lines = [f"cianet bench: torch {env['torch']}, {env['threads']} threads, {env['cpu']} "
-             f"({env['cpu_count']} CPUs, load {env['loadavg_1min']} -> {env.get('loadavg_1min_end')})"]
+             f"({env['cpu_count']} CPUs, load {env['loadavg_1min']} -> {env.get('loadavg_1min_end')}), "
+             f"native bfloat16: {'yes' if result.get('bf16_supported') else 'no'}"]
 
     def row(label: str, value: str) -> None:
         lines.append(f"  {label:<44}{value}")
@@ -645,6 +690,28 @@ def format_table(result: dict[str, Any]) -> str:
                 row(f"{mode}{label}", f"{p[f'{mode}_images_per_s{suffix}']:8.2f} images/s, "
                     f"peak RSS {p[f'{mode}_peak_rss_mb{suffix}']:.0f} MB")
             row(f"bank speed-up{label}", f"{p[f'bank_speedup{suffix}']:8.2f} x")
+        if "networks_images_per_s" in p:
+            row("networks alone, float32", f"{p['networks_images_per_s']:8.2f} images/s, "
+                f"{p['gflops_per_image']:.1f} GFLOP/image, {p['flop_fraction']:.2f} of matmul")
+            for prec in ("bf16", "fp16"):
+                if p.get(f"{prec}_networks_images_per_s") is not None:
+                    row(f"networks alone, {prec}", f"{p[f'{prec}_networks_images_per_s']:8.2f} images/s "
+                        f"({p[f'{prec}_speedup']:.2f}x float32)")
+            if p.get("bf16_speedup") is None:
+                row("networks alone, bf16", "     n/a (no native bfloat16 on this device)")
+            e = result.get("evaluate")
+            if e:
+                bf = "" if e.get("bf16_speedup") is None else f", bf16 {e['bf16_speedup']:.2f}x"
+                row("evaluation networks (negative image too)", f"{e['images_per_s']:8.2f} images/s, "
+                    f"{e['gflops_per_image']:.1f} GFLOP/image, {e['flop_fraction']:.2f} of matmul{bf}")
+            for suffix, label in (("", "all outputs"), ("_no_overlay", "no overlays"),
+                                  ("_no_overlay_no_prefetch", "no overlays, decoding in turn")):
+                if f"folder_s{suffix}" not in p:
+                    continue
+                row(f"predict {p['folder_images']} PNGs, {label}", f"{p[f'folder_images_per_s{suffix}']:8.2f} images/s, "
+                    f"{p[f'folder_vs_networks{suffix}']:.2f}x the networks alone")
+                stages = p[f"stages{suffix}"]
+                row("  seconds per image", ", ".join(f"{k} {v:.3f}" for k, v in stages.items()))
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in result.get("part_seconds", {}).items())
     lines.append(f"({result['seconds']:.0f} s: {parts})")
     return "\n".join(lines)

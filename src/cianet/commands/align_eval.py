@@ -13,12 +13,14 @@ def register(sub) -> None:
     p.add_argument("--align", required=True, help="align.pt (or the folder holding it)")
     p.add_argument("--data-root", required=True, help="NIH-layout data root (a phantom's synth_truth.csv is used)")
     p.add_argument("--entry-csv", default=None, help="entry CSV instead of Data_Entry_2017[_v2020].csv")
+    p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default="auto",
+                   help="layout of the data root (default: detected from its files)")
     p.add_argument("--cache", default=None, help="image cache folder (`cianet prepare`) to read images from")
     p.add_argument("--n", type=int, default=400, help="images measured, drawn with --seed (default 400)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image draw and of the random warps (default 0)")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--image-size", "--size", dest="size", type=int, default=None,
                    help="side the images are read at (default: the cache's, else the alignment's training size)")
-    p.add_argument("--device", default="cpu", help="cpu | auto | cuda | cuda:N (default cpu)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: the GPU when there is one)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (without the image names)")
     p.add_argument("--out", default=None, help="write the JSON report (image names included) to this file")
     p.set_defaults(func=cmd_align_eval)
@@ -28,7 +30,7 @@ def cmd_align_eval(args: argparse.Namespace) -> int:
     from cianet.evaluation.alignment import evaluate_alignment, format_alignment_report
 
     rep = evaluate_alignment(args.align, args.data_root, cache=args.cache, n=args.n, seed=args.seed, size=args.size,
-                             entry_csv=args.entry_csv, device=args.device, out=args.out)
+                             entry_csv=args.entry_csv, device=args.device, out=args.out, dataset=args.dataset)
     if args.json:
         print(json.dumps({k: v for k, v in rep.items() if k != "names"}, indent=2))
     else:

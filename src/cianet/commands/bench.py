@@ -28,12 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None,
                    help="device of the matmul and training parts (default cpu; cuda: AMP as the recipe)")
     p.add_argument("--backbone", default=None, help="training backbone (default resnet18)")
-    p.add_argument("--size", type=int, default=None, help="training input size, multiple of 32 (default 256)")
-    p.add_argument("--batch", type=int, default=None, help="training batch (default 16)")
+    p.add_argument("--image-size", "--size", dest="size", type=int, default=None,
+                   help="training input size, multiple of 32 (default 256)")
+    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=None, help="training batch (default 16)")
     p.add_argument("--steps", type=int, default=None, help="timed training steps per model (default 3)")
     p.add_argument("--no-channels-last", action="store_true", help="main training figures in NCHW layout")
     p.add_argument("--no-compare", action="store_true",
-                   help="skip the side-by-side variants (other memory layout, direct test-time head)")
+                   help="skip the side-by-side variants (other memory layout, direct test-time head, predict "
+                        "without decoding ahead)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the tiny recipe's)")
     p.add_argument("--bank-codes", type=int, default=None, help="pairing bank size (default 60000)")
     p.add_argument("--queries", type=int, default=None, help="pairing queries (default 112120, one NIH epoch)")
@@ -41,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--predict-size", type=int, default=None, help="predict input size (default 512)")
     p.add_argument("--predict-batch", type=int, default=None, help="predict batch (default 4)")
     p.add_argument("--predict-images", type=int, default=None, help="timed predict images per mode (default 8)")
+    p.add_argument("--predict-folder-images", type=int, default=None,
+                   help="real-size PNGs `predict` runs over for the stage breakdown (default 64)")
     p.set_defaults(func=run)
 
 
@@ -58,7 +62,8 @@ def settings_from_args(args: argparse.Namespace):
     pairs = {"threads": "threads", "device": "device", "backbone": "backbone", "size": "size", "batch": "batch", "steps": "steps",
              "workers": "workers", "bank_codes": "bank_codes", "queries": "queries",
              "predict_backbone": "predict_backbone", "predict_size": "predict_size",
-             "predict_batch": "predict_batch", "predict_images": "predict_images"}
+             "predict_batch": "predict_batch", "predict_images": "predict_images",
+             "predict_folder_images": "predict_folder_images"}
     for arg, fieldname in pairs.items():
         value = getattr(args, arg)
         if value is not None:
@@ -66,7 +71,7 @@ def settings_from_args(args: argparse.Namespace):
     for name in ("size", "predict_size"):
         if getattr(s, name) % 32:
             raise UsageError(f"--{name.replace('_', '-')} must be a multiple of 32, got {getattr(s, name)}")
-    for name in ("batch", "steps", "predict_batch", "predict_images", "bank_codes", "queries"):
+    for name in ("batch", "steps", "predict_batch", "predict_images", "predict_folder_images", "bank_codes", "queries"):
         if getattr(s, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")
     if s.device != "cpu":
@@ -77,7 +82,7 @@ def settings_from_args(args: argparse.Namespace):
     if args.no_channels_last:
         s.channels_last = False
     if args.no_compare:
-        s.compare_layouts = s.compare_heads = False
+        s.compare_layouts = s.compare_heads = s.compare_prefetch = False
     return s
 
 

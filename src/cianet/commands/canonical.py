@@ -20,7 +20,8 @@ def cmd_canonical(args: argparse.Namespace) -> int:
     from cianet.data.canonical import make_canonical
 
     res = make_canonical(args.data_root, args.out, n=args.n, size=args.size, seed=args.seed, crop=args.crop,
-                         cache=args.cache, entry_csv=args.entry_csv, progress=None if not args.progress else True)
+                         cache=args.cache, entry_csv=args.entry_csv, progress=False if args.no_progress else (True if args.progress else None),
+                         dataset=args.dataset)
     crop, how = tuple(res["crop"]), res["crop_source"]
     if how == "fallback-central":
         print(f"cianet canonical: warning: lungs not found on the mean image; using the central crop {crop} "
@@ -36,13 +37,17 @@ def register(subparsers) -> None:
         "canonical", help="build the canonical chest: mean of random No Finding images cropped to the lungs")
     p.add_argument("--data-root", required=True, help="NIH-layout data root (entry CSV + images)")
     p.add_argument("--entry-csv", default=None, help="entry CSV instead of Data_Entry_2017[_v2020].csv")
+    p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default="auto",
+                   help="layout of the data root (default: detected from its files)")
     p.add_argument("--n", type=int, default=500, help="No Finding images to average (paper: 500)")
-    p.add_argument("--size", type=int, default=512, help="side of the mean and canonical images (default 512)")
+    p.add_argument("--image-size", "--size", dest="size", type=int, default=512,
+                   help="side of the mean and canonical images (default 512)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random image draw")
     p.add_argument("--out", required=True,
                    help="canonical PNG to write; <stem>_mean.png and <stem>.json are written beside it")
     p.add_argument("--crop", type=parse_crop, default=None,
                    help="x0,y0,x1,y1 crop on the size x size mean image instead of the automatic lung box")
-    p.add_argument("--cache", default=None, help="image cache folder (cianet cache) to read images from")
+    p.add_argument("--cache", default=None, help="image cache folder (`cianet prepare`) to read images from")
     p.add_argument("--progress", action="store_true", help="force the progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_canonical)

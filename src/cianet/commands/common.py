@@ -6,12 +6,25 @@ import argparse
 
 
 def add_root_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", required=True, help="folder holding Data_Entry_2017*.csv[.gz] and the images")
+    p.add_argument("--data-root", required=True, help="data folder (metadata tables and images; README, Data sets)")
+    add_dataset_args(p)
     p.add_argument("--entry-csv", default=None, help="entry CSV to use instead of Data_Entry_2017[_v2020].csv "
                    "(relative to the data root or absolute)")
     p.add_argument("--bbox-csv", default=None, help="box CSV to use instead of BBox_List_2017.csv")
     p.add_argument("--strict", action="store_true",
-                   help="fail if any image file is missing or a box names an image not in the entry CSV")
+                   help="fail if any image file is missing, a box names an image not in the entry CSV, or a box lies "
+                        "outside its image or names a finding its image lacks (without it: a warning)")
+
+
+def add_dataset_args(p) -> None:
+    """``--dataset`` and the reader-box merge, for every command reading a data root."""
+    p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default=None,
+                   help="layout of the data root (default: detected from its files)")
+    p.add_argument("--box-merge", choices=("mean", "union", "none"), default=None,
+                   help="merge readers' boxes of one finding (VinDr-CXR; csv with a reader column): default mean")
+    p.add_argument("--merge-iou", type=float, default=None, help="IoU linking readers' boxes (default 0.4)")
+    p.add_argument("--label-map", choices=("nih",), default=None,
+                   help="map the data set's classes to ChestX-ray14's (cross-data-set evaluation; docs/method.md)")
 
 
 def add_config_args(p: argparse.ArgumentParser, default_config: str = "paper") -> None:
@@ -19,7 +32,8 @@ def add_config_args(p: argparse.ArgumentParser, default_config: str = "paper") -
     g.add_argument("--config", default=default_config, help=f"recipe name (paper, tiny) or YAML file (default {default_config})")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config value, e.g. --set optim.lr=0.01 (repeatable)")
-    g.add_argument("--data-root", help="NIH-layout data folder")
+    g.add_argument("--data-root", help="data folder (layout: --dataset)")
+    add_dataset_args(g)
     g.add_argument("--entry-csv", help="Data_Entry csv (default: found at the data root)")
     g.add_argument("--bbox-csv", help="BBox_List csv (default: found at the data root)")
     g.add_argument("--cache", help="image cache folder from `cianet prepare` (same --image-size)")
@@ -37,26 +51,36 @@ def add_config_args(p: argparse.ArgumentParser, default_config: str = "paper") -
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    """``--precision`` (run.precision) for the commands that train CIA-Net or the baseline."""
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"],
+                   help="run.precision: bf16 = bfloat16 autocast, auto = bf16 on CPUs with native bfloat16 "
+                        "(default: float32 on CPU, optim.amp's float16 on CUDA)")
+
+
 def config_from_args(args: argparse.Namespace):
     """The run config: the recipe of ``--config``, then the flags given, then every ``--set``."""
-    from cianet.config import apply_overrides, load_config
-    from cianet.errors import UsageError
+    from cianet.config import apply_overrides, check_paths_exist, load_config, validate_config
 
     cfg = load_config(args.config)
     pairs = {
         ("data", "data_root"): "data_root", ("data", "entry_csv"): "entry_csv", ("data", "bbox_csv"): "bbox_csv",
-        ("data", "cache"): "cache", ("run", "out"): "out", ("data", "image_size"): "image_size",
+        ("data", "cache"): "cache", ("data", "dataset"): "dataset", ("data", "box_merge"): "box_merge",
+        ("data", "merge_iou"): "merge_iou", ("data", "label_map"): "label_map", ("run", "out"): "out", ("data", "image_size"): "image_size",
         ("model", "backbone"): "backbone", ("optim", "epochs"): "epochs", ("optim", "batch_size"): "batch_size",
-        ("optim", "lr"): "lr", ("data", "workers"): "workers", ("run", "device"): "device", ("run", "seed"): "seed",
+        ("optim", "lr"): "lr", ("data", "workers"): "workers", ("run", "device"): "device", ("run", "precision"): "precision", ("run", "seed"): "seed",
         ("data", "max_images"): "max_images", ("align", "canonical"): "canonical",
+        ("model", "pretrained"): "pretrained", ("align", "pretrained"): "align_pretrained",
         ("model", "kind"): "model", ("negatives", "strategy"): "negatives", ("negatives", "hash_index"): "hash_index",
         ("protocol", "fold"): "fold", ("protocol", "annotated_ratio"): "annotated_ratio",
         ("protocol", "unannotated_ratio"): "unannotated_ratio", ("protocol", "splits"): "splits",
     }
+    flags = {}
     for (section, key), attr in pairs.items():
         value = getattr(args, attr, None)
         if value is not None:
             setattr(getattr(cfg, section), key, value)
+            flags[f"{section}.{key}"] = f"--{attr.replace('_', '-')} {value}"
     if getattr(args, "align", None) is not None:
         cfg.align.checkpoint = None if args.align.lower() == "none" else args.align
     for flag, (section, key) in {"unannotated_only": ("protocol", "unannotated_only"),
@@ -68,7 +92,19 @@ def config_from_args(args: argparse.Namespace):
         cfg.protocol.kind = "classification"
     if args.no_progress:
         cfg.run.progress = False
+    for flag, key in (("align", "align.checkpoint"), ("unannotated_only", "protocol.unannotated_only"),
+                      ("allow_patient_overlap", "protocol.allow_patient_overlap"), ("official", "protocol.official"),
+                      ("classification", "protocol.kind")):
+        if getattr(args, flag, None) not in (None, False):
+            flags[key] = f"--{flag.replace('_', '-')}"
+    for item in args.overrides:
+        flags[item.split("=", 1)[0].strip()] = f"--set {item}"
+    args.given = flags  # what the user set, for --resume to check against the run's own recipe
     apply_overrides(cfg, args.overrides)
-    if cfg.data.image_size % 32:
-        raise UsageError(f"image size {cfg.data.image_size} is not a multiple of 32")
+    validate_config(cfg, "command line", flags)  # the flags' values too: --epochs -1, --lr nan, --device tpu
+    check_paths_exist(cfg)  # --splits /nope.json is an error, never replaced by a split made on the fly
     return cfg
+
+
+PRETRAINED_HELP = ("initial backbone weights: imagenet (torchvision's, from the torch hub cache or downloaded; an "
+                   "error when neither works), none (random init) or PATH (a state-dict file of the backbone)")

@@ -11,7 +11,7 @@ def register(sub) -> None:
     p.add_argument("--fast", action="store_true",
                    help="a smoke run: 240 images, 1 epoch (checks the pipeline, not the method)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-images", type=int, help="phantom size (default: 1200, --fast: 240)")
+    p.add_argument("--n-images", type=int, help="phantom size (default: 700, --fast: 240)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming what exists in --out")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -6,13 +6,32 @@ import argparse
 import json
 from pathlib import Path
 
+from cianet.commands.common import add_dataset_args
+
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a run as the paper does (localization accuracy, AUC)")
+    p = sub.add_parser("evaluate", help="evaluate a run as the paper does (localization accuracy, AUC)",
+                       description="Score a run on its own test split: metrics.json/md with bootstrap confidence "
+                                   "intervals, predictions.npz, and ROC, PR, localization-vs-T(IoU) and training "
+                                   "loss plots (PNG). `cianet view RUN` shows them in a web page. With --out: score "
+                                   "it on another data set (--data-root, --dataset, --label-map nih) instead, on "
+                                   "the classes both have, writing into --out (README, Cross-data-set evaluation).")
     p.add_argument("--run", required=True, help="run folder of `cianet train`")
-    p.add_argument("--data-root", help="override the data root saved in the run")
+    p.add_argument("--data-root", help="override the data root saved in the run (with --out: the data set to score "
+                                       "the run on)")
+    p.add_argument("--out", help="cross-data-set evaluation: score the run on every image of --data-root (not its "
+                                 "own split) and write metrics, predictions and plots here, not into the run")
+    add_dataset_args(p)
+    p.add_argument("--entry-csv", default=None, help="with --out: the data set's image table, if not the standard name")
+    p.add_argument("--bbox-csv", default=None, help="with --out: the data set's box table, if not the standard name")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None,
+                   help="bf16: bfloat16 autocast; auto: bf16 on CPUs with native bfloat16 (default: the run's "
+                        "run.precision, float32 on CPU unless trained otherwise)")
     p.add_argument("--json", action="store_true", help="print metrics as one JSON object")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples for the confidence intervals of AUC and localization (default 1000; "
+                        "0: none)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -21,9 +40,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cianet.evaluation.evaluate import evaluate_run
     from cianet.run.scoring import json_safe
 
-    metrics = evaluate_run(args.run, device=args.device, progress=not args.no_progress, data_root=args.data_root)
-    if args.json:
-        print(json.dumps(json_safe({k: metrics[k] for k in ("localization", "auc", "n_images", "n_boxes")})))
+    from cianet.errors import UsageError
+
+    if args.bootstrap < 0:
+        raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.out:
+        if not args.data_root:
+            raise UsageError("--out scores the run on another data set: give that data set's --data-root")
+        from cianet.evaluation.cross_dataset import evaluate_on_dataset
+
+        metrics = evaluate_on_dataset(args.run, args.data_root, args.out, dataset=args.dataset or "auto",
+                                      label_map=args.label_map, box_merge=args.box_merge, merge_iou=args.merge_iou,
+                                      entry_csv=args.entry_csv, bbox_csv=args.bbox_csv, device=args.device,
+                                      progress=not args.no_progress, n_boot=args.bootstrap, precision=args.precision)
     else:
-        print((Path(args.run) / "metrics.md").read_text())
+        given = [f for f, v in (("--label-map", args.label_map), ("--box-merge", args.box_merge),
+                                ("--merge-iou", args.merge_iou), ("--entry-csv", args.entry_csv),
+                                ("--bbox-csv", args.bbox_csv)) if v is not None]
+        if given:  # the run's own split is scored on the data and classes it trained with
+            raise UsageError(f"{', '.join(given)} only apply to a cross-data-set evaluation: add --out DIR")
+        metrics = evaluate_run(args.run, device=args.device, progress=not args.no_progress, data_root=args.data_root,
+                               n_boot=args.bootstrap, precision=args.precision, dataset=args.dataset)
+    if args.json:
+        keys = ("localization", "auc", "n_images", "n_boxes", "precision", "ci", "plots", "cross_dataset")
+        print(json.dumps(json_safe({k: metrics[k] for k in keys if k in metrics}), allow_nan=False))
+    else:
+        run = Path(args.out or args.run)
+        print(((run.parent if run.is_file() else run) / "metrics.md").read_text())  # --run R/checkpoint.pt too
     return 0

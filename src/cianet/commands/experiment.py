@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from cianet.commands.common import add_config_args, config_from_args
+from cianet.commands.common import add_config_args, add_precision_arg, config_from_args
 
 
 def register(sub) -> None:
@@ -14,6 +14,7 @@ def register(sub) -> None:
     p = sub.add_parser("experiment", help="one of the paper's tables (table1 ... table6) or the oracle check")
     p.add_argument("name", choices=list(EXPERIMENTS))
     add_config_args(p)
+    add_precision_arg(p)
     p.add_argument("--folds", help="comma-separated folds to run (default: all 5; table4 has none)")
     p.add_argument("--seeds", help="comma-separated seeds: every run once per seed, differences with a bootstrap "
                                    "over seeds too (default: --seed alone)")

@@ -20,8 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", required=True, help="folder holding Data_Entry_2017*.csv[.gz] and the images")
     p.add_argument("--out", required=True, help="output index file (.npz)")
     p.add_argument("--cache", default=None, help="image cache folder from `cianet prepare` (read instead of files)")
-    p.add_argument("--size", type=int, default=16, help="hash side: codes have SIZE*SIZE entries (default 16)")
+    p.add_argument("--hash-size", "--size", dest="size", type=int, default=16,
+                   help="hash side: codes have SIZE*SIZE entries (default 16)")
     p.add_argument("--entry-csv", default=None, help="entry CSV to use instead of Data_Entry_2017[_v2020].csv")
+    p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default="auto",
+                   help="layout of the data root (default: detected from its files)")
     p.add_argument("--workers", type=int, default=4, help="threads decoding image files (default 4)")
     p.add_argument("--center", action="store_true", help="subtract each code's mean before normalizing")
     p.add_argument("--align", default=None, metavar="ALIGN.pt",
@@ -30,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=None,
                    help="with --align: the run's data.image_size, at which images are read and aligned "
                         "(default: the cache's size)")
-    p.add_argument("--device", default="cpu", help="with --align: where the alignment network runs (default cpu)")
+    p.add_argument("--device", default="auto", help="with --align: where the alignment network runs (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_hash)
 
@@ -46,7 +49,7 @@ def cmd_hash(args: argparse.Namespace) -> int:
         raise MissingPathError(f"alignment checkpoint {args.align} (--align) does not exist")
     res = hash_data_root(args.data_root, args.out, cache=args.cache, size=args.size, entry_csv=args.entry_csv,
                          workers=args.workers, center=args.center, progress=False if args.no_progress else None,
-                         align=args.align, image_size=args.image_size, device=args.device)
+                         align=args.align, image_size=args.image_size, device=args.device, dataset=args.dataset)
     kind = f", aligned at {res['index'].meta['image_size']} px" if args.align else ""
     print(f"hashed {len(res['index']):,} No Finding images of {res['patients']:,} patients "
           f"({args.size}x{args.size} codes{kind}) -> {args.out}")

@@ -1,4 +1,4 @@
-"""``cianet index``: summarize an NIH data root (labels, boxes, files)."""
+"""``cianet index``: summarize a data root of any layout (labels, boxes, files)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,26 @@ from cianet.commands.common import add_root_args
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("index", help="summarize an NIH ChestX-ray14 data root (labels, boxes, files)")
+    p = subparsers.add_parser("index", help="summarize a data root (NIH, RSNA, VinDr-CXR, CSV): labels, boxes, files")
     add_root_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=cmd_index)
 
 
 def print_summary(s: dict) -> None:
-    print(f"data root        {s['root']}")
-    print(f"metadata         {s['entry_csv']}" + (f", {s['bbox_csv']}" if s["bbox_csv"] else " (no box list)"))
-    print(f"images           {s['images']:,} of {s['patients']:,} patients ({s['no_finding']:,} No Finding)")
+    print(f"data root        {s['root']} ({s['dataset']} layout)")
+    boxes_file = f", {s['bbox_csv']}" if s["bbox_csv"] and s["bbox_csv"] != s["entry_csv"] else ""
+    print(f"metadata         {s['entry_csv']}" + (boxes_file if s["bbox_csv"] else " (no box list)"))
+    print(f"images           {s['images']:,} of {s['patients']:,} patients ({s['no_finding']:,} No Finding)"
+          + (f", {s['rows']:,} table rows" if "rows" in s else ""))
     print(f"image files      {s['found_files']:,} found, {s['missing_files']:,} missing"
           + (f", {s['duplicate_files']:,} duplicates ignored" if s["duplicate_files"] else ""))
     print(f"boxes            {s['boxes']:,} on {s['annotated_images']:,} annotated images"
           + (f" ({s['orphan_boxes']} boxes of unknown images skipped)" if s["orphan_boxes"] else ""))
+    if "readers" in s:
+        merge = s.get("box_merge") or {}
+        print(f"readers          {s['readers']:,}; {s['reader_boxes']:,} reader boxes merged by "
+              f"{merge.get('rule')} at IoU {merge.get('iou')}")
     for lab, n in s["boxes_per_class"].items():
         print(f"  {lab:<20}{n:>6,}")
     print("images per label")
@@ -33,10 +39,12 @@ def print_summary(s: dict) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from cianet.data.nih import NIHIndex
+    from cianet.data.layouts import open_index
 
-    summary = NIHIndex.from_root(args.data_root, strict=args.strict, entry_csv=args.entry_csv,
-                                 bbox_csv=args.bbox_csv).summary()
+    summary = open_index(args.data_root, args.dataset or "auto", strict=args.strict, entry_csv=args.entry_csv,
+                         bbox_csv=args.bbox_csv, box_merge=args.box_merge or "mean",
+                         merge_iou=0.4 if args.merge_iou is None else args.merge_iou,
+                         label_map=args.label_map).summary()
     if args.json:
         print(json.dumps(summary))
     else:

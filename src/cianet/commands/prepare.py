@@ -15,8 +15,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "same arguments. Unreadable files are listed under 'failed' in the index. With --verify (and no "
         "--data-root) only checks an existing cache.",
     )
-    p.add_argument("--data-root", default=None, help="NIH layout folder (Data_Entry_2017*.csv[.gz] and images)")
-    p.add_argument("--size", type=int, default=None, help="side of the cached images in pixels (e.g. 256, 512)")
+    p.add_argument("--data-root", default=None, help="data folder (metadata tables and images; README, Data sets)")
+    p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default="auto",
+                   help="layout of the data root (default: detected from its files)")
+    p.add_argument("--image-size", "--size", dest="size", type=int, default=None,
+                   help="side of the cached images in pixels (e.g. 256, 512; the run's --image-size)")
     p.add_argument("--cache", required=True, help="cache folder to create or resume")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all CPUs)")
     p.add_argument("--entry-csv", default=None,
@@ -32,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="check the cache (after building, if --data-root is given); non-zero exit on a problem")
     p.add_argument("--verify-sample", type=int, default=32,
                    help="images to decode again and compare when verifying (-1: all; default 32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -57,11 +61,12 @@ def run(args: argparse.Namespace) -> int:
         print_verify(report)
         return 0 if report["ok"] else 1
     if args.size is None:
-        raise UsageError("--size is required to build a cache")
+        raise UsageError("--image-size/--size is required to build a cache")
     cache, report = prepare_cache(
         args.data_root, args.size, args.cache, entry_csv=args.entry_csv, all_files=args.all_files,
         workers=args.workers, chunk_size=args.chunk_size, max_pixels=max_pixels, rebuild=args.rebuild,
-        verify=args.verify, verify_sample=args.verify_sample, log=lambda msg: print(msg, file=sys.stderr))
+        verify=args.verify, verify_sample=args.verify_sample, log=lambda msg: print(msg, file=sys.stderr),
+        dataset=args.dataset, progress=not args.no_progress)
     print(f"cached {len(cache):,} images at {cache.size}x{cache.size} in {cache.cache_dir}")
     if cache.failed:
         print(f"warning: {len(cache.failed)} unreadable files skipped (listed under 'failed' in index.json):",

@@ -14,7 +14,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="splits JSON to write (atomically)")
     p.add_argument("--official", action="store_true",
                    help="classification from train_val_list.txt / test_list.txt (val carved from train_val by patient)")
-    p.add_argument("--folds", type=int, default=5, help="number of localization folds (default 5)")
+    p.add_argument("--n-folds", dest="folds", type=int, default=5, help="number of localization folds (default 5)")
+    # the older spelling; elsewhere --folds is a list of folds (experiment)
+    p.add_argument("--folds", dest="folds", type=int, help=argparse.SUPPRESS)
     p.add_argument("--ratios", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"),
                    help="classification split shares of images (default 0.7 0.1 0.2)")
     p.add_argument("--only-present", action="store_true", help="split only the images whose file was found")
@@ -26,7 +28,9 @@ def cmd_splits(args: argparse.Namespace) -> int:
 
     splits = write_root_splits(args.data_root, args.out, seed=args.seed, k=args.folds, official=args.official,
                                ratios=args.ratios, only_present=args.only_present, entry_csv=args.entry_csv,
-                               bbox_csv=args.bbox_csv, strict=args.strict)
+                               bbox_csv=args.bbox_csv, strict=args.strict, dataset=args.dataset or "auto",
+                               box_merge=args.box_merge or "mean", merge_iou=0.4 if args.merge_iou is None else args.merge_iou,
+                               label_map=args.label_map)
     c = splits["counts"]
     cls = c["classification"]
     print(f"wrote {args.out}: classification train {cls['train']:,} / val {cls['val']:,} / test {cls['test']:,}"

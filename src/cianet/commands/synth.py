@@ -1,4 +1,4 @@
-"""``cianet synth``: write the synthetic chest X-ray data set (NIH layout, known ground truth)."""
+"""``cianet synth``: write the synthetic chest X-ray data set (NIH layout or another one, known ground truth)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _share(text: str) -> float:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "synth",
-        help="write a synthetic NIH-layout chest X-ray data set with ground truth",
+        help="write a synthetic chest X-ray data set with ground truth (NIH layout, or --layout rsna|vindr|csv)",
         description=(
             "Write a synthetic chest X-ray data set in the NIH ChestX-ray14 layout (images/, "
             "Data_Entry_2017.csv, BBox_List_2017.csv, train_val_list.txt, test_list.txt) plus "
@@ -24,8 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("out", help="output folder (must be empty unless --overwrite)")
+    p.add_argument("--layout", choices=("nih", "rsna", "vindr", "csv"), default="nih",
+                   help="write the phantom in this data set's layout (rsna, vindr: DICOM images; README, Data "
+                        "sets); default nih")
     p.add_argument("--n-images", type=int, default=2000, help="number of images (default 2000)")
-    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    p.add_argument("--image-size", "--size", dest="size", type=int, default=256, help="image side in pixels (default 256)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
     p.add_argument("--deform-share", type=_share, default=0.5,
                    help="share of images with a random affine deformation (default 0.5)")
@@ -46,14 +49,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also write each positive image's finding-free twin to OUT/twins (oracle negatives)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cianet.data.synth import generate_dataset
+    from cianet.data.synth_layouts import write_layout
 
-    summary = generate_dataset(
+    summary = write_layout(
         args.out,
+        args.layout,
         n_images=args.n_images,
         size=args.size,
         seed=args.seed,
@@ -62,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         annotated_share=args.annotated_share,
         backgrounds=args.backgrounds,
         images_per_patient=tuple(args.images_per_patient),
-        progress=True,
+        progress=not args.no_progress,
         force_progress=args.progress,
         workers=args.workers,
         no_finding_share=args.no_finding_share,

@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from cianet.commands.common import add_config_args, config_from_args
+from cianet.commands.common import PRETRAINED_HELP, add_config_args, add_precision_arg, config_from_args
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train CIA-Net or the baseline on a protocol (paper 3.2-3.3)")
     add_config_args(p)
+    add_precision_arg(p)
     g = p.add_argument_group("model and protocol")
     g.add_argument("--model", choices=["cianet", "baseline"])
+    g.add_argument("--pretrained", metavar="imagenet|none|PATH", help=f"model.pretrained: {PRETRAINED_HELP}")
     g.add_argument("--align", help="alignment checkpoint (align.pt or its run folder), or 'none'")
     g.add_argument("--negatives", choices=["sim", "random", "canonical", "oracle"],
                    help="negative sampling (paper Table 5); oracle: the phantom's twins (`cianet synth --twins`)")
@@ -30,10 +32,17 @@ def register(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from cianet.run.checkpoints import check_resume_flags
     from cianet.run.device import is_main_process
     from cianet.training.loop import fit
 
+    from cianet.run.networks import check_pretrained
+
     cfg = config_from_args(args)
+    if args.resume:
+        check_resume_flags(cfg.run.out, cfg, args.given)  # --resume --epochs 2: refused, not ignored
+    else:
+        check_pretrained(cfg.model.pretrained, cfg.model.backbone)  # before hours of data preparation
     out = fit(cfg, resume=args.resume)
     if not is_main_process():  # under torchrun only rank 0 reports
         return 0

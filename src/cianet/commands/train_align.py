@@ -4,22 +4,49 @@ from __future__ import annotations
 
 import argparse
 
-from cianet.commands.common import add_config_args, config_from_args
+from cianet.commands.common import PRETRAINED_HELP, add_config_args, config_from_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train-align", help="train the alignment network against the canonical chest (paper 3.1)")
+    p = sub.add_parser("train-align", help="train the alignment network against the canonical chest (paper 3.1)",
+                       description="Train the alignment network. Here --epochs, --batch-size and --lr set the "
+                                   "alignment's align.epochs, align.batch_size and align.lr.")
     add_config_args(p)
+    p.add_argument("--pretrained", dest="align_pretrained", metavar="imagenet|none|PATH",
+                   help=f"align.pretrained (the alignment trunk; none also leaves the structure loss's feature net "
+                        f"random): {PRETRAINED_HELP}")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.set_defaults(func=cmd_train_align)
 
 
 def cmd_train_align(args: argparse.Namespace) -> int:
+    from cianet.run.checkpoints import check_resume_flags
     from cianet.training.alignment import train_alignment
 
     cfg = config_from_args(args)
+    set_alignment_schedule(cfg, args)
     if args.out is None:
         cfg.run.out = "runs/align"
+    if args.resume:
+        check_resume_flags(cfg.run.out, cfg, args.given)
+    else:
+        from cianet.run.networks import check_pretrained
+
+        check_pretrained(cfg.align.pretrained, cfg.align.backbone)  # before any image is read
     out = train_alignment(cfg, resume=args.resume)
     print(f"alignment network: {out / 'align.pt'}")
     return 0
+
+
+def set_alignment_schedule(cfg, args: argparse.Namespace) -> None:
+    """--epochs, --batch-size and --lr of train-align are the alignment network's (align.*), not the classifier's."""
+    from cianet.config import check_value
+    from cianet.errors import UsageError
+
+    for attr in ("epochs", "batch_size", "lr"):
+        value = getattr(args, attr, None)
+        if value is not None:
+            try:
+                setattr(cfg.align, attr, check_value("align", attr, value))
+            except ValueError as exc:
+                raise UsageError(f"--{attr.replace('_', '-')} {value}: {exc}") from None

@@ -22,7 +22,6 @@ import concurrent.futures
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -30,7 +29,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from cianet.data.io import DEFAULT_MAX_PIXELS, XrayReadError, load_xray, resize_gray, to_uint8
+from cianet.errors import InputError
 from cianet.utils.atomic import atomic_path, atomic_write_json
+from cianet.utils.progress import progress_enabled
+from cianet.utils.outputs import LOCK, output_lock
 
 FORMAT_VERSION = 1
 IMAGES_FILE = "images.npy"
@@ -84,6 +86,10 @@ class ImageCache:
         """Open a built cache; raises FileNotFoundError/ValueError naming the folder when it is not valid."""
         cache_dir = Path(cache_dir)
         index = _read_index(cache_dir)
+        if "names_sha256" in index and index["names_sha256"] != names_checksum(index.get("names", [])):
+            # rows are matched to names by position only: an edited list would mislabel every image after it
+            raise InputError(f"{cache_dir / INDEX_FILE}: its image names were changed after the cache was built "
+                             "(checksum mismatch); rebuild the cache with `cianet prepare --rebuild`")
         cache = cls(cache_dir, index)
         arr = cache.array  # checks images.npy against the index
         expected = (len(cache.all_names), cache.size, cache.size)
@@ -137,6 +143,13 @@ class ImageCache:
 
     def __repr__(self) -> str:
         return f"ImageCache({str(self.cache_dir)!r}, size={self.size}, images={len(self)}, failed={len(self.failed)})"
+
+
+def names_checksum(names: Sequence[str]) -> str:
+    """SHA-256 of the row order of a cache (``index.json`` keeps it to detect edited names)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(map(str, names)).encode("utf-8")).hexdigest()
 
 
 def _read_index(cache_dir: Path) -> dict[str, Any]:
@@ -244,18 +257,52 @@ def _open_rows(cache_dir: Path, n: int, size: int) -> np.ndarray | None:
     return arr
 
 
+def _cache_description(cache_dir: Path) -> str | None:
+    """'a cianet cache of N images at SxS' (complete or unfinished) when the folder holds one, else None."""
+    for fname, state in ((INDEX_FILE, "cache"), (PLAN_FILE, "unfinished cache build")):
+        try:
+            data = json.loads((cache_dir / fname).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("format"), int) and isinstance(data.get("names"), list):
+            return f"a cianet {state} of {len(data['names'])} images at {data.get('size')}x{data.get('size')}"
+    return None
+
+
+def _check_replaceable(cache_dir: Path, names: list[str], size: int, rebuild: bool) -> None:
+    """Refuse to build over anything but an empty folder, a cache build of this very list, or (with
+    ``rebuild``) another cianet cache: a cache never deletes files it did not write."""
+    own = {IMAGES_FILE, INDEX_FILE, PLAN_FILE, PROGRESS_FILE, LOCK}
+    entries = [p.name for p in cache_dir.iterdir() if p.name != LOCK]
+    if not entries:
+        return
+    foreign = [e for e in entries if e not in own and not (e.startswith(".") and e.endswith(".tmp")
+                                                         and e[1:].split(".", 1)[0] in {"images", "index", "plan", "progress"})]
+    what = _cache_description(cache_dir)
+    if foreign or what is None:
+        shown = ", ".join(sorted(foreign or entries)[:3]) + (" ..." if len(foreign or entries) > 3 else "")
+        raise InputError(f"{cache_dir}: not a cianet cache (it holds {shown}); choose a new or empty --cache "
+                         "folder (prepare never deletes files it did not write)")
+    if _plan_matches(cache_dir, names, size):
+        return  # our own unfinished build of this list whose files are damaged: start it again
+    if not rebuild:
+        raise InputError(f"{cache_dir}: holds {what}, not the {len(names)} images at {size}x{size} asked for; "
+                         "pass --rebuild to replace it, or choose another --cache folder")
+
+
 def _start_fresh(cache_dir: Path, names: list[str], paths: list[str], size: int) -> tuple[np.ndarray, _Progress]:
-    # Invalidate first, so that no old index/progress can ever be paired with the new array.
-    for fname in (INDEX_FILE, PROGRESS_FILE, PLAN_FILE):
+    # Invalidate first, so that no old index/progress can ever be paired with the new array; the plan comes
+    # before the array so that a build killed at any point leaves a folder recognised as a cianet cache.
+    for fname in (INDEX_FILE, PROGRESS_FILE):
         (cache_dir / fname).unlink(missing_ok=True)
+    atomic_write_json(cache_dir / PLAN_FILE, {"format": FORMAT_VERSION, "size": size, "names": names, "paths": paths},
+                      indent=None)
     n = len(names)
-    with atomic_path(cache_dir / IMAGES_FILE) as tmp:
+    with atomic_path(cache_dir / IMAGES_FILE, clean_stale=True) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size))  # sparse zeros
         del arr
     progress = _Progress(n)
     progress.save(cache_dir / PROGRESS_FILE)
-    atomic_write_json(cache_dir / PLAN_FILE, {"format": FORMAT_VERSION, "size": size, "names": names, "paths": paths},
-                      indent=None)
     rows = _open_rows(cache_dir, n, size)
     assert rows is not None
     return rows, progress
@@ -294,7 +341,8 @@ def build_cache(
         names_and_paths: ``(name, path)`` per image; row i of the cache is the i-th pair. Names must be unique.
         size: side S of the cached images (S x S uint8).
         cache_dir: output folder (created). A complete cache for the same names and size is reused as is;
-            an unfinished build for the same names and size is resumed; anything else there is rebuilt.
+            an unfinished build for the same names and size is resumed; another cianet cache is replaced only
+            with ``rebuild``; a folder holding anything else is refused (InputError).
         workers: processes decoding in parallel (default ``os.cpu_count()``; <= 1 decodes in this process).
         progress: show a tqdm bar (only when stderr is a terminal).
         chunk_size: rows between commits (memory-map flush + atomic progress write).
@@ -307,8 +355,6 @@ def build_cache(
     Returns:
         The opened :class:`ImageCache`. Unreadable files are listed in ``.failed``.
     """
-    from tqdm import tqdm
-
     say = log or (lambda _msg: None)
     size = int(size)
     if size <= 0:
@@ -327,6 +373,17 @@ def build_cache(
     if cache_dir.exists() and not cache_dir.is_dir():
         raise FileNotFoundError(f"{cache_dir}: cache location exists and is not a folder")
     cache_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(cache_dir, "cianet prepare"):  # two builds into one folder would corrupt each other
+        return _build_locked(names, paths, size, cache_dir, workers, progress, chunk_size, max_pixels, on_chunk,
+                             say, rebuild)
+
+
+def _build_locked(names: list[str], paths: list[str], size: int, cache_dir: Path, workers: int | None,
+                  progress: bool, chunk_size: int, max_pixels: float,
+                  on_chunk: Callable[[list[int]], None] | None, say: Callable[[str], None],
+                  rebuild: bool) -> ImageCache:
+    from tqdm import tqdm
+
     n = len(names)
 
     if not rebuild and _index_matches(cache_dir, names, size):
@@ -338,8 +395,10 @@ def build_cache(
         rows = _open_rows(cache_dir, n, size)
         state = _Progress.load(cache_dir / PROGRESS_FILE, n)
     if rows is None or state is None:
+        _check_replaceable(cache_dir, names, size, rebuild)
         if (cache_dir / INDEX_FILE).exists() or (cache_dir / PLAN_FILE).exists():
-            say(f"{cache_dir}: existing cache is for another image list or size; rebuilding it")
+            say(f"{cache_dir}: replacing the cache there (--rebuild)" if rebuild else
+                f"{cache_dir}: resuming an interrupted build from the start")
         rows, state = _start_fresh(cache_dir, names, paths, size)
     else:
         say(f"{cache_dir}: resuming, {int((state.state != _PENDING).sum())} of {n} images already done")
@@ -357,7 +416,7 @@ def build_cache(
         state.save(cache_dir / PROGRESS_FILE)
 
     bar = tqdm(total=n, initial=n - len(tasks), unit="img", desc=f"caching {size}x{size}",
-               disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True)
+               disable=not (progress and progress_enabled()), dynamic_ncols=True)  # terminal or CIANET_PROGRESS
     chunk: list[int] = []
     results = _results(tasks, n_workers)
     try:
@@ -396,6 +455,7 @@ def build_cache(
         "images": IMAGES_FILE,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "names": names,
+        "names_sha256": names_checksum(names),
         "paths": paths,
         "original_sizes": [None if s != _DONE else [int(w), int(h)] for s, (w, h) in zip(state.state, state.sizes)],
         "failed": failed,
@@ -476,7 +536,7 @@ def verify_cache(
         rng = np.random.default_rng(seed)
         chosen = [candidates[i] for i in sorted(rng.choice(len(candidates), size=sample, replace=False))]
     worst = 0
-    for name in tqdm(chosen, desc="verifying", unit="img", disable=not (progress and sys.stderr.isatty())):
+    for name in tqdm(chosen, desc="verifying", unit="img", disable=not (progress and progress_enabled())):
         src = cache.paths.get(name)
         if not src or not Path(src).is_file():
             report["warnings"].append(f"{name}: source file {src} not found, not re-decoded")
@@ -524,10 +584,11 @@ def read_image(name: str, path: str | os.PathLike | None, cache: "ImageCache | N
 
 
 def images_of_root(data_root: str | os.PathLike, entry_csv: str | None = None, all_files: bool = False,
-                   log: Callable[[str], None] | None = None) -> list[tuple[str, Path]]:
+                   log: Callable[[str], None] | None = None, dataset: str = "auto") -> list[tuple[str, Path]]:
     """``(name, path)`` of the images to cache under a data root: those of its entry CSV found on disk, or
     with ``all_files`` every PNG/JPEG/DICOM file below it (no CSV read)."""
-    from cianet.data.nih import NIHIndex, scan_images
+    from cianet.data.layouts import open_index
+    from cianet.data.tables import scan_images
     from cianet.errors import MissingPathError
 
     say = log or (lambda msg: None)
@@ -541,7 +602,7 @@ def images_of_root(data_root: str | os.PathLike, entry_csv: str | None = None, a
         if dups:
             say(f"note: {dups} files share a name with another one under {root}; the first was kept")
         return sorted(files.items())
-    index = NIHIndex.from_root(root, entry_csv=entry_csv, images_required=True)
+    index = open_index(root, dataset, entry_csv=entry_csv, images_required=True)  # `dataset`: its layout
     missing = [r.name for r in index.records if r.path is None]
     if missing:
         listed = index.entry_csv.name if index.entry_csv else "the index"
@@ -554,7 +615,8 @@ def prepare_cache(data_root: str | os.PathLike, size: int, cache_dir: str | os.P
                   entry_csv: str | None = None, all_files: bool = False, workers: int | None = None,
                   chunk_size: int = 512, max_pixels: float = DEFAULT_MAX_PIXELS, rebuild: bool = False,
                   verify: bool = False, verify_sample: int = 32,
-                  log: Callable[[str], None] | None = None) -> tuple[ImageCache, dict | None]:
+                  log: Callable[[str], None] | None = None, dataset: str = "auto",
+                  progress: bool = True) -> tuple[ImageCache, dict | None]:
     """``cianet prepare``: build (or resume) the cache of a data root, then verify it when asked.
 
     Returns the cache and the :func:`verify_cache` report (None without ``verify``).
@@ -565,8 +627,9 @@ def prepare_cache(data_root: str | os.PathLike, size: int, cache_dir: str | os.P
         raise UsageError(f"--size must be positive, got {size}")
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be >= 0, got {workers}")
-    pairs = images_of_root(data_root, entry_csv=entry_csv, all_files=all_files, log=log)
+    pairs = images_of_root(data_root, entry_csv=entry_csv, all_files=all_files, log=log, dataset=dataset)
     cache = build_cache(pairs, size, cache_dir, workers=workers, chunk_size=chunk_size, max_pixels=max_pixels,
-                        rebuild=rebuild, log=log)
-    report = verify_cache(cache.cache_dir, sample=verify_sample, max_pixels=max_pixels) if verify else None
+                        rebuild=rebuild, log=log, progress=progress)
+    report = verify_cache(cache.cache_dir, sample=verify_sample, max_pixels=max_pixels,
+                          progress=progress) if verify else None
     return cache, report

@@ -20,7 +20,6 @@ warning. ``--crop`` overrides all of this.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -209,7 +208,9 @@ def mean_of_records(records: Sequence, size: int, cache: Any = None, progress: b
     acc = np.zeros((size, size), dtype=np.float64)
     used: list[str] = []
     failed: dict[str, str] = {}
-    disable = (not sys.stderr.isatty()) if progress is None else (not progress)
+    from cianet.utils.progress import progress_enabled
+
+    disable = not progress_enabled(None if progress is None else not progress)  # honours CIANET_PROGRESS
     for rec in tqdm(records, desc="canonical: averaging", unit="img", disable=disable):
         try:
             img, _ = read_image(rec.name, rec.path, cache)
@@ -310,13 +311,13 @@ def save_canonical(out: str | Path, canonical: np.ndarray, mean: np.ndarray, inf
 
 def make_canonical(data_root: str | Path, out: str | Path, n: int = 500, size: int = 512, seed: int = 0,
                    crop: Sequence[int] | None = None, cache: str | Path | None = None, entry_csv: str | None = None,
-                   progress: bool | None = None) -> dict[str, Any]:
+                   progress: bool | None = None, dataset: str = "auto") -> dict[str, Any]:
     """``cianet canonical``: build the canonical chest of a data root and write it with :func:`save_canonical`.
 
     Returns the JSON sidecar's contents plus ``paths`` (the three files written). ``crop_source`` is
     ``"user"``, ``"auto"`` or ``"fallback-central"`` (the lungs were not found on the mean image).
     """
-    from cianet.data.nih import NIHIndex
+    from cianet.data.layouts import open_index
     from cianet.errors import UsageError
 
     if size <= 0:
@@ -329,7 +330,7 @@ def make_canonical(data_root: str | Path, out: str | Path, n: int = 500, size: i
         from cianet.data.cache import ImageCache
 
         opened = ImageCache.open(cache)
-    index = NIHIndex.from_root(data_root, entry_csv=entry_csv)
+    index = open_index(data_root, dataset, entry_csv=entry_csv)  # `dataset`: the layout (auto: detected)
     records = select_canonical_records(index, n=n, seed=seed, cache=opened)
     res = mean_of_records(records, size, cache=opened, progress=progress)
     if crop is not None:

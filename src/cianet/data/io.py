@@ -16,7 +16,8 @@ Formats and how their values reach [0, 1]:
   ``MONOCHROME1`` so that dense tissue is always bright. Multi-frame files give their first frame.
 
 Every failure raises :class:`XrayReadError` (a ``ValueError``) whose message starts with the file name and
-says what is wrong. The decoded size is checked against ``max_pixels`` from the header, *before* any
+says what is wrong. An image that is read but looks wrong (tiny, an extreme shape, a 16-bit PNG whose values
+fit in 12 bits, which reads near-black) gives an :class:`XrayWarning` naming the file. The decoded size is checked against ``max_pixels`` from the header, *before* any
 pixel is decoded, so a decompression bomb cannot exhaust memory.
 """
 
@@ -43,6 +44,29 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
 class XrayReadError(CianetError, ValueError):
     """An image file could not be read; the message names the file and the cause."""
+
+
+class XrayWarning(UserWarning):
+    """An image was read, but looks wrong for a chest X-ray (tiny, extreme shape, a 16-bit file using 12 bits);
+    the message names the file. ``cianet`` prints it as one ``warning:`` line."""
+
+
+#: below this side (pixels) or beyond this aspect ratio an image is warned about
+TINY_SIDE = 32
+MAX_ASPECT = 4.0
+
+
+def suspicious_image(path: str | os.PathLike, arr: np.ndarray, sixteen_bit: bool = False) -> str | None:
+    """Why ``arr`` (read from ``path``) looks wrong for a chest X-ray, or None."""
+    h, w = arr.shape[:2]
+    if min(h, w) < TINY_SIDE:
+        return f"{path}: a tiny {w}x{h} image (under {TINY_SIDE} pixels a side); check the file"
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        return f"{path}: an extreme {w}x{h} shape (aspect ratio over {MAX_ASPECT:g}); check the file"
+    if sixteen_bit and arr.size and float(arr.max()) <= 4095.0 / 65535.0 + 1e-9:
+        return (f"{path}: a 16-bit PNG whose values use at most 12 bits (max {round(float(arr.max()) * 65535)}); "
+                "it is read on the 16-bit scale and looks near-black: rescale the file if it holds 12-bit data")
+    return None
 
 
 def _fail(path: Path, cause: str) -> XrayReadError:
@@ -162,9 +186,13 @@ def _load_pil(path: Path, max_pixels: float) -> np.ndarray:
             im.load()
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise _fail(path, f"truncated or corrupt image data ({exc})") from exc
+        sixteen = im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG")
         out = _pil_to_gray(im)
     if out.shape != (height, width):
         raise _fail(path, f"decoded to shape {out.shape}, expected ({height}, {width})")
+    why = suspicious_image(path, out, sixteen)
+    if why:
+        warnings.warn(why, XrayWarning, stacklevel=2)
     return out
 
 

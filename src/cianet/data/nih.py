@@ -14,118 +14,27 @@ made from and are kept only as metadata.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import math
 import os
-from collections import Counter
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
-import numpy as np
+from cianet.data.index import Box, ImageIndex, ImageRecord, attach_paths, few
+from cianet.data.tables import IMAGE_EXTENSIONS, find_metadata_file, resolve_path, scan_images
+from cianet.data.tables import cell as _cell
+from cianet.data.tables import column as _column
+from cianet.data.tables import open_text as _open_text
+from cianet.data.tables import read_rows as _read_rows
+from cianet.labels import LABELS, NO_FINDING, canonical_label
 
-from cianet.labels import BOX_LABELS, LABEL_TO_INDEX, LABELS, NO_FINDING, NUM_CLASSES, canonical_label
+__all__ = ["Box", "ImageRecord", "NIHIndex", "IMAGE_EXTENSIONS", "find_metadata_file", "scan_images",
+           "read_data_entry", "read_bbox_list", "read_name_list"]
 
 #: Accepted names of the image-level label file, most preferred first (v2020 fixes patient ages).
 ENTRY_CSV_NAMES: tuple[str, ...] = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 BBOX_CSV_NAMES: tuple[str, ...] = ("BBox_List_2017.csv",)
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
-
-#: File extensions taken for images while scanning the root (matched case-insensitively).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".dcm"})
-
-#: How many names an error message lists before "...".
-_NAMES_IN_ERRORS = 5
-
-
-@dataclass(frozen=True)
-class Box:
-    """One box of BBox_List_2017.csv: ``[x, x + w) x [y, y + h)`` in the image file's pixel frame."""
-
-    label: str
-    x: float
-    y: float
-    w: float
-    h: float
-
-    def xywh(self) -> tuple[float, float, float, float]:
-        return (self.x, self.y, self.w, self.h)
-
-
-@dataclass
-class ImageRecord:
-    """Everything the index knows about one image."""
-
-    name: str  # "00000001_000.png"
-    patient_id: str  # "00000001", zero padded as in the file name
-    labels: tuple[str, ...]  # subset of LABELS in LABELS order; () == No Finding
-    boxes: list[Box] = field(default_factory=list)  # canonical labels, file pixel frame
-    path: Path | None = None  # where the file was found under the root; None if missing
-    view: str | None = None  # "PA" / "AP" when known
-    follow_up: int | None = None
-    #: (width, height) of the DICOM NIH converted from; NOT the frame of the boxes.
-    original_size: tuple[int, int] | None = None
-
-    @property
-    def no_finding(self) -> bool:
-        return not self.labels
-
-    @property
-    def annotated(self) -> bool:
-        """True when the image has at least one box."""
-        return bool(self.boxes)
-
-    @property
-    def box_labels(self) -> tuple[str, ...]:
-        """The distinct labels of this image's boxes, in LABELS order."""
-        present = {b.label for b in self.boxes}
-        return tuple(lab for lab in LABELS if lab in present)
-
-
-def find_metadata_file(root: Path, names: Sequence[str]) -> Path | None:
-    """The first of ``names`` (each tried plain, then ``.gz``) present in ``root``, else None."""
-    for name in names:
-        for candidate in (root / name, root / f"{name}.gz"):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    """Open a plain or gzipped text file (gzip detected by magic bytes, not by name)."""
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
-
-
-def _read_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """Yield ``(line_number, fields)`` of a CSV file, skipping blank lines; errors name the file."""
-    try:
-        with _open_text(path) as fh:
-            reader = csv.reader(fh)
-            try:
-                for row in reader:
-                    if row and any(cell.strip() for cell in row):
-                        yield reader.line_num, row
-            except csv.Error as exc:
-                raise ValueError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from exc
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise FileNotFoundError(f"{path}: no such file") from exc
-        raise ValueError(f"{path}: cannot read ({exc})") from exc
-
-
-def _column(header: list[str], wanted: str, path: Path) -> int:
-    """Index of the header cell starting with ``wanted`` (NIH headers split ``[x,y]`` over cells)."""
-    for i, cell in enumerate(header):
-        if cell.strip().startswith(wanted):
-            return i
-    raise ValueError(f"{path}: line 1: malformed header, no column {wanted!r} (header: {','.join(header)})")
 
 
 def _parse_labels(text: str, path: Path, line: int) -> tuple[str, ...]:
@@ -159,11 +68,6 @@ def _optional_int(text: str) -> int | None:
         return int(float(text))
     except (ValueError, OverflowError):
         return None
-
-
-def _cell(row: list[str], i: int | None) -> str:
-    """Stripped cell ``i`` of ``row``, "" when the column is absent or the row is short."""
-    return row[i].strip() if i is not None and i < len(row) else ""
 
 
 def read_data_entry(path: Path) -> list[ImageRecord]:
@@ -259,82 +163,9 @@ def read_name_list(path: Path) -> set[str]:
         raise ValueError(f"{path}: cannot read ({exc})") from exc
 
 
-def scan_images(root: Path) -> tuple[dict[str, Path], int]:
-    """Map file name -> path for every image file under ``root`` (one recursive scandir pass).
-
-    Hidden folders are skipped. When a name occurs more than once the first in sorted folder order wins;
-    returns ``(mapping, number of duplicate files ignored)``.
-    """
-    found: dict[str, Path] = {}
-    duplicates = 0
-    seen: set[tuple[int, int]] = set()  # (device, inode) of visited folders: symlink loops end here
-    stack = [str(root)]
-    while stack:
-        folder = stack.pop()
-        try:
-            st = os.stat(folder)
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            continue  # unreadable folder: its images count as missing
-        subdirs = []
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir(follow_symlinks=True):
-                subdirs.append(entry.path)
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-                if entry.name in found:
-                    duplicates += 1
-                else:
-                    found[entry.name] = Path(entry.path)
-        stack.extend(reversed(subdirs))  # depth first, in sorted order
-    return found, duplicates
-
-
-def _resolve(root: Path, override: str | os.PathLike | None) -> Path | None:
-    if override is None:
-        return None
-    p = Path(override)
-    return p if p.is_absolute() else root / p
-
-
-def _few(names: Iterable[str]) -> str:
-    names = list(names)
-    shown = ", ".join(names[:_NAMES_IN_ERRORS])
-    return shown + (", ..." if len(names) > _NAMES_IN_ERRORS else "")
-
-
-class NIHIndex:
-    """All images of a ChestX-ray14 data root, in Data_Entry order.
-
-    ``records[i]`` is an ImageRecord; ``index[name]`` looks one up by file name.
-    """
-
-    def __init__(
-        self,
-        root: Path,
-        records: list[ImageRecord],
-        official_train_val: set[str] | None = None,
-        official_test: set[str] | None = None,
-        entry_csv: Path | None = None,
-        bbox_csv: Path | None = None,
-        orphan_boxes: int = 0,
-        duplicate_files: int = 0,
-        files_scanned: bool = True,
-    ) -> None:
-        self.root = Path(root)
-        self.records = records
-        self.official_train_val = official_train_val
-        self.official_test = official_test
-        self.entry_csv = entry_csv
-        self.bbox_csv = bbox_csv
-        self.orphan_boxes = orphan_boxes  # boxes whose image is not in the entry CSV (skipped)
-        self.duplicate_files = duplicate_files  # image files found twice under the root (first kept)
-        self.files_scanned = files_scanned
-        self._by_name = {r.name: i for i, r in enumerate(records)}
+class NIHIndex(ImageIndex):
+    """All images of a ChestX-ray14 data root, in Data_Entry order (:class:`~cianet.data.index.ImageIndex`
+    with the 14 NIH classes and the official split lists)."""
 
     @classmethod
     def from_root(
@@ -349,7 +180,9 @@ class NIHIndex:
         """Load the metadata at ``data_root`` and find each image file below it.
 
         Args:
-            strict: raise if any listed image file is missing or a box names an image not in the entry CSV.
+            strict: raise if any listed image file is missing, a box names an image not in the entry CSV, or a
+                box is bad (``cianet.data.box_checks``: outside its image, no area, a finding the image lacks;
+                a warning without ``strict``).
             images_required: raise if no image file at all is found (by default metadata only works).
             entry_csv / bbox_csv: file to use instead of the standard names (relative to the root or absolute).
             scan: look for image files (False: metadata only, every ``path`` is None, nothing counted missing).
@@ -358,20 +191,21 @@ class NIHIndex:
         if not root.is_dir():
             raise FileNotFoundError(f"data root {root} is not a folder")
 
-        entry_path = _resolve(root, entry_csv)
+        entry_path = resolve_path(root, entry_csv)
         if entry_path is None:
             entry_path = find_metadata_file(root, ENTRY_CSV_NAMES)
             if entry_path is None:
                 expected = " or ".join(f"{n}[.gz]" for n in ENTRY_CSV_NAMES)
                 near = sorted(p.name for p in root.glob("Data_Entry*"))
-                hint = f"; found {', '.join(near)}: pass it with --entry-csv" if near else " (or pass --entry-csv)"
+                hint = (f"; found {', '.join(near)}: pass it with --entry-csv" if near
+                        else " (or pass --entry-csv; another layout: --dataset rsna|vindr|csv)")
                 raise FileNotFoundError(f"{root}: no {expected} in the data root{hint}")
         elif not entry_path.is_file():
             raise FileNotFoundError(f"{entry_path}: entry CSV not found")
         records = read_data_entry(entry_path)
         by_name = {r.name: r for r in records}
 
-        bbox_path = _resolve(root, bbox_csv)
+        bbox_path = resolve_path(root, bbox_csv)
         if bbox_path is None:
             bbox_path = find_metadata_file(root, BBOX_CSV_NAMES)
         elif not bbox_path.is_file():
@@ -386,7 +220,7 @@ class NIHIndex:
                     rec.boxes.append(box)
             if orphans and strict:
                 raise ValueError(
-                    f"{bbox_path}: {len(orphans)} boxes name images absent from {entry_path.name}: {_few(orphans)}"
+                    f"{bbox_path}: {len(orphans)} boxes name images absent from {entry_path.name}: {few(orphans)}"
                 )
 
         lists = {}
@@ -396,26 +230,14 @@ class NIHIndex:
 
         duplicates = 0
         if scan:
-            files, duplicates = scan_images(root)
-            stems: dict[str, Path] | None = None
-            for rec in records:
-                rec.path = files.get(rec.name)
-                if rec.path is None and files:
-                    # Accept a re-encoded copy with the same stem (e.g. 00000001_000.jpg).
-                    if stems is None:
-                        stems = {}
-                        for fname, fpath in files.items():
-                            stems.setdefault(os.path.splitext(fname)[0], fpath)
-                    rec.path = stems.get(os.path.splitext(rec.name)[0])
-            missing = [r.name for r in records if r.path is None]
-            if images_required and len(missing) == len(records):
-                raise FileNotFoundError(
-                    f"{root}: none of the {len(records)} images of {entry_path.name} found below it"
-                )
-            if strict and missing:
-                raise FileNotFoundError(
-                    f"{root}: {len(missing)} of {len(records)} image files missing: {_few(missing)}"
-                )
+            duplicates = attach_paths(root, records, entry_path.name, images_required=images_required, strict=strict)
+        if orphans and not strict:
+            print(f"warning: {bbox_path}: {len(orphans)} boxes name images absent from {entry_path.name} and are "
+                  f"ignored: {few(orphans)} (--strict makes this an error)", file=sys.stderr)
+        if bbox_path is not None:
+            from cianet.data.box_checks import check_boxes
+
+            check_boxes(records, str(bbox_path), strict)  # ValueError with --strict, else a warning
 
         return cls(
             root,
@@ -428,97 +250,3 @@ class NIHIndex:
             duplicate_files=duplicates,
             files_scanned=scan,
         )
-
-    # -- access ---------------------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._by_name
-
-    def __getitem__(self, name: str) -> ImageRecord:
-        try:
-            return self.records[self._by_name[name]]
-        except KeyError:
-            raise KeyError(f"image {name!r} is not in the index of {self.root}") from None
-
-    def __iter__(self) -> Iterator[ImageRecord]:
-        return iter(self.records)
-
-    def names(self) -> list[str]:
-        return [r.name for r in self.records]
-
-    def subset(self, names: Iterable[str]) -> list[ImageRecord]:
-        """Records of ``names``, in the order given (KeyError naming the first unknown name)."""
-        return [self[n] for n in names]
-
-    def restrict(self, names: Iterable[str]) -> NIHIndex:
-        """A new index over only ``names`` (records shared, Data_Entry order kept)."""
-        keep = set(names)
-        unknown = keep - self._by_name.keys()
-        if unknown:
-            raise KeyError(f"{len(unknown)} names not in the index of {self.root}: {_few(sorted(unknown))}")
-        return NIHIndex(
-            self.root,
-            [r for r in self.records if r.name in keep],
-            official_train_val=self.official_train_val,
-            official_test=self.official_test,
-            entry_csv=self.entry_csv,
-            bbox_csv=self.bbox_csv,
-            orphan_boxes=self.orphan_boxes,
-            duplicate_files=self.duplicate_files,
-            files_scanned=self.files_scanned,
-        )
-
-    def present(self) -> list[str]:
-        """Names whose image file was found."""
-        return [r.name for r in self.records if r.path is not None]
-
-    def missing(self) -> list[str]:
-        """Names whose image file was not found (empty when files were not scanned)."""
-        return [r.name for r in self.records if r.path is None] if self.files_scanned else []
-
-    def annotated_names(self) -> list[str]:
-        return [r.name for r in self.records if r.annotated]
-
-    def patients(self) -> dict[str, list[str]]:
-        """patient id -> names of that patient's images (Data_Entry order)."""
-        out: dict[str, list[str]] = {}
-        for r in self.records:
-            out.setdefault(r.patient_id, []).append(r.name)
-        return out
-
-    def label_matrix(self, names: Sequence[str] | None = None) -> np.ndarray:
-        """(N, 14) float32 0/1 matrix in LABELS column order; rows follow ``names`` (default: all)."""
-        recs = self.records if names is None else self.subset(names)
-        out = np.zeros((len(recs), NUM_CLASSES), dtype=np.float32)  # (N, 14)
-        for i, r in enumerate(recs):
-            for lab in r.labels:
-                out[i, LABEL_TO_INDEX[lab]] = 1.0
-        return out
-
-    def summary(self) -> dict:
-        """Counts describing the index (JSON-serializable)."""
-        per_label = Counter(lab for r in self.records for lab in r.labels)
-        box_counts = Counter(b.label for r in self.records for b in r.boxes)
-        views = Counter(r.view for r in self.records if r.view)
-        return {
-            "root": str(self.root),
-            "entry_csv": self.entry_csv.name if self.entry_csv else None,
-            "bbox_csv": self.bbox_csv.name if self.bbox_csv else None,
-            "images": len(self.records),
-            "patients": len({r.patient_id for r in self.records}),
-            "no_finding": sum(r.no_finding for r in self.records),
-            "annotated_images": sum(r.annotated for r in self.records),
-            "boxes": sum(box_counts.values()),
-            "boxes_per_class": {lab: box_counts[lab] for lab in LABELS if lab in BOX_LABELS or box_counts[lab]},
-            "per_label": {lab: per_label[lab] for lab in LABELS},
-            "views": dict(sorted(views.items())),
-            "files_scanned": self.files_scanned,
-            "found_files": len(self.present()),
-            "missing_files": len(self.missing()),
-            "duplicate_files": self.duplicate_files,
-            "orphan_boxes": self.orphan_boxes,
-            "official_train_val": None if self.official_train_val is None else len(self.official_train_val),
-            "official_test": None if self.official_test is None else len(self.official_test),
-        }

@@ -22,8 +22,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from cianet.data.nih import TEST_LIST, TRAIN_VAL_LIST, NIHIndex
-from cianet.labels import LABELS
+from cianet.data.index import ImageIndex as NIHIndex  # any data set's index (the name predates the others)
+from cianet.data.nih import TEST_LIST, TRAIN_VAL_LIST
 from cianet.utils.atomic import atomic_write_json
 
 SPLITS_FORMAT_VERSION = 1
@@ -67,10 +67,12 @@ def _take_patients(groups: dict[str, list[str]], order: Sequence[str], targets: 
 
 
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
-    if len(ratios) != 3 or any(not math.isfinite(r) or r < 0 for r in ratios) or sum(ratios) <= 0:
-        raise ValueError(f"ratios must be three non-negative numbers (train, val, test), got {tuple(ratios)}")
+    if len(ratios) != 3 or any(not math.isfinite(r) or r < 0 for r in ratios):
+        raise ValueError(f"--ratios must be three non-negative numbers (train, val, test), got {tuple(ratios)}")
     total = float(sum(ratios))
-    return tuple(float(r) / total for r in ratios)  # type: ignore[return-value]
+    if abs(total - 1.0) > 1e-6:  # never renormalized silently: 0.5 0.6 0.2 is a typo, not a recipe
+        raise ValueError(f"--ratios must sum to 1, got {' '.join(f'{r:g}' for r in ratios)} (sum {total:g})")
+    return tuple(float(r) for r in ratios)  # type: ignore[return-value]
 
 
 def classification_split(
@@ -362,6 +364,7 @@ def make_splits(
         "official": bool(official),
         "ratios": [float(r) for r in ratios],
         "entry_csv": index.entry_csv.name if index.entry_csv else None,
+        "dataset": getattr(index, "dataset", "nih"),
         "images": len(index),
         "classification": cls,
         "localization_folds": folds,
@@ -370,7 +373,7 @@ def make_splits(
             "localization_folds": [len(f) for f in folds],
             "localization_fold_boxes": [
                 {lab: c for lab, c in sorted(Counter(b.label for n in f for b in index[n].boxes).items(),
-                                             key=lambda kv: LABELS.index(kv[0]))}
+                                             key=lambda kv: index.label_set.index(kv[0]))}
                 for f in folds
             ],
         },
@@ -417,14 +420,19 @@ def read_splits(path: str | os.PathLike) -> dict:
 
 def write_root_splits(data_root: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, k: int = 5,
                       official: bool = False, ratios: Sequence[float] = (0.7, 0.1, 0.2), only_present: bool = False,
-                      entry_csv: str | None = None, bbox_csv: str | None = None, strict: bool = False) -> dict:
+                      entry_csv: str | None = None, bbox_csv: str | None = None, strict: bool = False,
+                      dataset: str = "auto", box_merge: str = "mean", merge_iou: float = 0.4,
+                      label_map: str | None = None) -> dict:
     """``cianet splits``: index a data root, make its splits (:func:`make_splits`) and write them to ``out``.
 
     ``only_present`` splits only the images whose file was found.
     """
     from cianet.errors import MissingPathError
 
-    index = NIHIndex.from_root(data_root, strict=strict, entry_csv=entry_csv, bbox_csv=bbox_csv)
+    from cianet.data.layouts import open_index
+
+    index = open_index(data_root, dataset, strict=strict, entry_csv=entry_csv, bbox_csv=bbox_csv,
+                       box_merge=box_merge, merge_iou=merge_iou, label_map=label_map)
     if only_present:
         present = index.present()
         if not present:

@@ -46,8 +46,6 @@ import io
 import math
 import multiprocessing
 import os
-import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +107,7 @@ N_FINDINGS_P = (0.72, 0.21, 0.07)
 FIELD_OF_VIEW_MM = 358.0
 #: where ``twins=True`` writes the finding-free twins, under the data set's root
 TWINS_DIR = "twins"
-_NAME_RE = re.compile(r"^\d{8}_\d{3}\.png$")
+MAX_SIZE = 4096  # image side; the NIH images are 1024
 
 
 class SynthBox(NamedTuple):
@@ -601,6 +599,33 @@ def _check_share(name: str, v: float) -> float:
     return v
 
 
+def _previous_synth_names(out: Path, planned: set[str]) -> set[str]:
+    """The image names a previous ``synth`` wrote into ``out`` (from its synth_truth.csv).
+
+    Raises InputError when writing the new plan would overwrite a file that no synth wrote: a metadata CSV
+    in a folder without synth_truth.csv, or an image (or twin) of the plan that the previous synth did not write.
+    """
+    from cianet.errors import InputError
+
+    truth = out / "synth_truth.csv"
+    previous: set[str] = set()
+    if truth.is_file():
+        with open(truth, newline="", encoding="utf-8") as fh:
+            previous = {row.get("Image Index", "") for row in csv.DictReader(fh)}
+    else:
+        ours = [n for n in ("Data_Entry_2017.csv", "BBox_List_2017.csv", "train_val_list.txt", "test_list.txt")
+                if (out / n).exists()]
+        if ours:
+            raise InputError(f"{out}: holds {', '.join(ours)} not written by cianet synth (no synth_truth.csv); "
+                             "--overwrite replaces only a previous synth's output: choose another folder")
+    for sub in ("images", TWINS_DIR):
+        clash = sorted(n for n in planned - previous if (out / sub / n).exists())
+        if clash:
+            raise InputError(f"{out / sub}: {clash[0]}{f' and {len(clash) - 1} more' if len(clash) > 1 else ''} "
+                             "not written by cianet synth would be overwritten; choose another folder")
+    return previous
+
+
 def generate_dataset(
     out_dir: str | os.PathLike,
     n_images: int = 2000,
@@ -624,8 +649,9 @@ def generate_dataset(
     the positive images with box-class findings have their boxes in BBox_List_2017.csv. ``backgrounds``: a
     folder of real No Finding X-rays drawn instead of the anatomy. ``workers``: processes (default: all
     CPUs; the output does not depend on it). ``progress``: a tqdm bar on a terminal (``force_progress``:
-    also elsewhere). ``overwrite``: allow a non-empty ``out_dir`` (stale
-    NIH-named PNGs in ``out_dir/images`` are removed). ``twins``: also write each positive image's
+    also elsewhere). ``overwrite``: allow a non-empty ``out_dir`` holding
+    an earlier synth's output (its images that the new plan lacks are removed; files it did not write are never
+    deleted or overwritten: InputError). ``twins``: also write each positive image's
     finding-free twin (same anatomy, deformation and noise) as ``out_dir/twins/NAME.png``, the oracle
     negatives of ``negatives.strategy=oracle``.
     """
@@ -635,8 +661,8 @@ def generate_dataset(
     out = Path(out_dir)
     if int(n_images) < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")
-    if int(size) < 16:
-        raise ValueError(f"size must be >= 16 pixels, got {size}")
+    if not 16 <= int(size) <= MAX_SIZE:  # above MAX_SIZE a phantom needs tens of GB of memory
+        raise ValueError(f"size must be between 16 and {MAX_SIZE} pixels, got {size}")
     if int(seed) < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     lo, hi = (int(v) for v in images_per_patient)
@@ -655,11 +681,13 @@ def generate_dataset(
     plans = plan_dataset(n_images, seed, deform_share, strong_share, annotated_share, no_finding_share,
                          (lo, hi), bg_paths)
     img_dir = out / "images"
-    img_dir.mkdir(parents=True, exist_ok=True)
     names = {p.name for p in plans}
-    for stale in img_dir.iterdir():
-        if _NAME_RE.match(stale.name) and stale.name not in names:
-            stale.unlink()
+    previous = _previous_synth_names(out, names) if overwrite else set()
+    img_dir.mkdir(parents=True, exist_ok=True)
+    for stale in sorted(previous - names):  # only images a previous synth wrote; nothing else is deleted
+        (img_dir / stale).unlink(missing_ok=True)
+        if twins:
+            (out / TWINS_DIR / stale).unlink(missing_ok=True)
 
     twin_dir = out / TWINS_DIR if twins else None
     if twin_dir is not None:
@@ -668,7 +696,10 @@ def generate_dataset(
     workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
     workers = min(workers, n_images)
     results: dict[int, dict] = {}
-    bar = tqdm(total=n_images, desc="synth", unit="img",                 disable=not progress or not (force_progress or sys.stderr.isatty()))
+    from cianet.utils.progress import progress_enabled
+
+    bar = tqdm(total=n_images, desc="synth", unit="img",  # a terminal or CIANET_PROGRESS, or force_progress
+               disable=not progress or not (force_progress or progress_enabled()))
     try:
         if workers == 1:
             for t in tasks:

@@ -21,7 +21,7 @@ BOUND_KEYS = ("center", "max_shift", "max_scale", "max_rotation")
 def evaluate_alignment(align: str | Path, data_root: str | Path, cache: str | Path | None = None,
                        n: int | None = 400, seed: int = 0, size: int | None = None, entry_csv: str | None = None,
                        device: str = "cpu", warps: dict | None = None, batch_size: int = 64,
-                       out: str | Path | None = None) -> dict[str, Any]:
+                       out: str | Path | None = None, dataset: str = "auto") -> dict[str, Any]:
     """Measure the alignment network of ``align`` (``align.pt`` or its folder) on ``data_root``.
 
     ``n`` images (all when None or fewer exist) are drawn with ``seed`` from those on disk or in ``cache``,
@@ -34,7 +34,7 @@ def evaluate_alignment(align: str | Path, data_root: str | Path, cache: str | Pa
     they were stored in it, and the image names; also written to ``out`` as JSON (NaN as null) when given.
     """
     from cianet.alignment_eval import measure_alignment, read_synth_truth
-    from cianet.data.nih import NIHIndex
+    from cianet.data.layouts import open_index
     from cianet.run.checkpoints import load_alignment, read_alignment_checkpoint
     from cianet.run.datasets import ImageSource
     from cianet.run.device import resolve_device
@@ -46,7 +46,7 @@ def evaluate_alignment(align: str | Path, data_root: str | Path, cache: str | Pa
     path, ckpt = read_alignment_checkpoint(align)
     loaded = load_alignment(path, resolve_device(device))
     net = loaded.net
-    index = NIHIndex.from_root(data_root, entry_csv=entry_csv)
+    index = open_index(data_root, dataset, entry_csv=entry_csv)  # `dataset`: the layout (auto: detected)
     opened = None
     if cache:
         from cianet.data.cache import ImageCache

@@ -14,7 +14,6 @@ resumed when its output already exists in the demo folder, so an interrupted dem
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,11 +22,12 @@ from typing import Callable
 
 def demo_settings(fast: bool, n_images: int | None) -> dict:
     if fast:
-        return {"n_images": n_images or 240, "size": 128, "epochs": 1, "align_epochs": 1, "align_images": 120,
-                "canonical_n": 60, "max_images": None}
-    # alignment: the tiny recipe's 5 epochs over 800 images (docs/method.md, "Measuring alignment")
-    return {"n_images": n_images or 1200, "size": 128, "epochs": 8, "align_epochs": 5, "align_images": 800,
-            "canonical_n": 200, "max_images": None}
+        return {"n_images": n_images or 240, "size": 128, "epochs": 1, "lr_step": 1, "align_epochs": 1,
+                "align_images": 120, "canonical_n": 60, "max_images": None}
+    # Sized for the slower 2-core machine (README, docs/method.md "The demo's size"): 700 images, 6 epochs with the
+    # recipe's schedule shape (the last two epochs at lr / 10), alignment 5 epochs over up to 800 images.
+    return {"n_images": n_images or 700, "size": 128, "epochs": 6, "lr_step": 4, "align_epochs": 5,
+            "align_images": 800, "canonical_n": 200, "max_images": None}
 
 
 def demo_config(data: Path, cache: Path, canonical: Path, size: int, seed: int, progress: bool):
@@ -45,9 +45,38 @@ def demo_config(data: Path, cache: Path, canonical: Path, size: int, seed: int, 
 
 def run_demo(out: str | Path = "cianet-demo", fast: bool = False, seed: int = 0, n_images: int | None = None,
              resume: bool = True, progress: bool = True) -> Path:
-    """Run every stage into ``out``; returns the path of ``report.md``."""
-    import copy
+    """Run every stage into ``out``; returns the path of ``report.md``.
+
+    ``out`` must be new, empty or a demo folder; ``resume=False`` deletes the demo's own outputs in it first.
+    """
     import shutil
+
+    from cianet.errors import UsageError
+    from cianet.utils.outputs import claim_output, output_lock
+
+    out = Path(out)
+    st = demo_settings(fast, n_images)
+    if st["n_images"] < 20:  # the 5-fold protocol needs images in every split
+        raise UsageError(f"--n-images must be >= 20, got {st['n_images']}")
+    claim_output(out, "demo", adopt=DEMO_ENTRIES)  # never writes into (or empties) a folder it did not make
+    with output_lock(out, "cianet demo"):
+        if not resume:
+            for name in sorted(DEMO_ENTRIES):  # only what a demo writes; anything else in the folder stays
+                path = out / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+        return _run_stages(out, st, fast, seed, progress)
+
+
+#: every entry a demo writes at the top of its folder (what --fresh deletes, and nothing else)
+DEMO_ENTRIES = frozenset({"data", "cache", "canonical.png", "canonical_mean.png", "canonical.json", "align",
+                          "hash.npz", "runs", "figures", "alignment.json", "report.md", "timings.json"})
+
+
+def _run_stages(out: Path, st: dict, fast: bool, seed: int, progress: bool) -> Path:
+    import copy
 
     from cianet.data.cache import prepare_cache
     from cianet.data.canonical import make_canonical
@@ -56,12 +85,8 @@ def run_demo(out: str | Path = "cianet-demo", fast: bool = False, seed: int = 0,
     from cianet.run.pairing import hash_data_root
     from cianet.training.alignment import train_alignment
     from cianet.training.loop import fit
+    from cianet.utils.atomic import atomic_write_json
 
-    out = Path(out)
-    if not resume and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    st = demo_settings(fast, n_images)
     size = st["size"]
     data, cache = out / "data", out / "cache"
     canonical, align_dir, hash_npz = out / "canonical.png", out / "align", out / "hash.npz"
@@ -101,14 +126,14 @@ def run_demo(out: str | Path = "cianet-demo", fast: bool = False, seed: int = 0,
         runs[kind] = run_dir
         cfg = copy.deepcopy(base)
         cfg.model.kind, cfg.run.out, cfg.align.checkpoint = kind, str(run_dir), str(align_dir / "align.pt")
-        cfg.negatives.hash_index, cfg.optim.epochs = str(hash_npz), st["epochs"]
+        cfg.negatives.hash_index, cfg.optim.epochs, cfg.optim.lr_step = str(hash_npz), st["epochs"], st["lr_step"]
         cfg.protocol.annotated_ratio, cfg.protocol.unannotated_ratio = 0.8, 0.5
         stage(f"train {kind}", (run_dir / "metrics.json").exists(), lambda cfg=cfg: fit(cfg, resume=True))
     t0 = time.time()
     report = write_demo_report(out, runs, canonical, align_dir / "align.pt", timings, settings=st)
     timings["report"] = round(time.time() - t0, 1)
     total = round(time.time() - t_all, 1)
-    (out / "timings.json").write_text(json.dumps({**timings, "total": total}, indent=2))
+    atomic_write_json(out / "timings.json", {**timings, "total": total})
     print(f"[demo] finished in {total} s", file=sys.stderr)
     return report
 

@@ -27,8 +27,9 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, device: str = "auto", data_root: str | None = None,
-             progress: bool = False) -> LoadedRun:
-    """Load a run's checkpoint and rebuild its own test split (and negatives, alignment) as it trained.
+             progress: bool = False, dataset: str | None = None) -> LoadedRun:
+    """Load a run's checkpoint and rebuild its own test split (and negatives, alignment) as it trained;
+    ``data_root`` / ``dataset`` (its layout) override the run's ``data.data_root`` / ``data.dataset``.
 
     Reads the run folder (checkpoint, ``pairs.json``); writes nothing.
     """
@@ -38,10 +39,14 @@ def load_run(run_dir: str | Path, device: str = "auto", data_root: str | None = 
     from cianet.run.protocol import build_run_data
 
     run_dir = Path(run_dir)
+    if run_dir.is_file():  # --run R/checkpoint.pt: the run is the folder holding it
+        run_dir = run_dir.parent
     dev = resolve_device(device)
     model, cfg = model_from_checkpoint(load_checkpoint(run_dir), dev)
     if data_root:
         cfg.data.data_root = data_root
+    if dataset:
+        cfg.data.dataset = dataset
     cfg.run.out, cfg.run.progress = str(run_dir), progress
     data = build_run_data(cfg)
     _, _, test_ds, test_loader = make_loaders(cfg, data)
@@ -50,12 +55,50 @@ def load_run(run_dir: str | Path, device: str = "auto", data_root: str | None = 
 
 
 def evaluate_run(run_dir: str | Path, device: str = "auto", progress: bool = True, data_root: str | None = None,
-                 keep_predictions: bool = False) -> dict[str, Any]:
-    """Re-evaluate a finished run on its own test split; writes metrics.json/md into the run folder."""
+                 n_boot: int = 1000, precision: str | None = None, dataset: str | None = None) -> dict[str, Any]:
+    """Re-evaluate a finished run on its own test split; writes into the run folder metrics.json/md (with
+    bootstrap intervals, ``n_boot`` resamples; 0: none), predictions.npz and the plots (roc, pr,
+    localization, loss PNGs; :mod:`cianet.evaluation.plots`).
+
+    ``precision``: fp32 | bf16 | auto (:mod:`cianet.run.precision`); default: the run's ``run.precision``, so
+    that the figures are those training wrote. What was used is recorded in metrics.json. Another data set
+    is scored by :func:`cianet.evaluation.cross_dataset.evaluate_on_dataset` instead (``cianet evaluate --out``)."""
+    from cianet.evaluation.plots import write_evaluation_plots
+    from cianet.labels import label_set_from
     from cianet.run.scoring import evaluate, write_metrics
 
-    run = load_run(run_dir, device, data_root)
+    from cianet.run.precision import check_setting, resolve_precision
+
+    check_setting(precision)  # before the run is loaded
+    if Path(run_dir).is_file():  # --run R/checkpoint.pt: the run is the folder holding it
+        run_dir = Path(run_dir).parent
+    run = load_run(run_dir, device, data_root, dataset=dataset)
+    precision = resolve_precision(precision or run.cfg.run.precision, run.device,
+                                  what="--precision" if precision else "run.precision")
     metrics = evaluate(run.model, run.test_loader, run.device, align_net=run.align_net, progress=progress,
-                       upsample=True, keep_predictions=keep_predictions, rescale=run.cfg.loss.mil_rescale)
+                       upsample=True, keep_predictions=True, rescale=run.cfg.loss.mil_rescale, precision=precision)
+    if n_boot:
+        metrics["ci"] = bootstrap_intervals(metrics, n_boot, seed=int(run.cfg.run.seed))
+    classes = label_set_from(run.cfg.data.labels, run.cfg.data.box_labels).names  # the run's data set's
+    metrics["plots"] = write_evaluation_plots(run_dir, metrics, list(classes))
     write_metrics(run_dir, metrics, title=f"{run.cfg.model.kind} ({run.description})")
     return metrics
+
+
+def bootstrap_intervals(metrics: dict[str, Any], n_boot: int = 1000, seed: int = 0,
+                        confidence: float = 0.95) -> dict[str, Any]:
+    """Bootstrap intervals of the mean AUC (test images resampled) and of the class-mean localization accuracy
+    at each T(IoU) (boxes resampled within their class), from ``evaluate(..., keep_predictions=True)``."""
+    import math
+
+    from cianet.metrics import auc_ci, localization_ci
+
+    out: dict[str, Any] = {"n_boot": int(n_boot), "confidence": float(confidence), "auc": None, "localization": {}}
+    mean_auc = metrics.get("auc", {}).get("Mean")
+    if len(metrics["scores"]) and mean_auc is not None and math.isfinite(mean_auc):  # else no class has both labels
+        out["auc"] = auc_ci(metrics["scores"], metrics["labels"], n_boot=n_boot, seed=seed, confidence=confidence)
+    if len(metrics["ious"]):
+        for t in metrics["localization"]:
+            out["localization"][t] = localization_ci(metrics["ious"], metrics["box_classes"], threshold=float(t),
+                                                     n_boot=n_boot, seed=seed, confidence=confidence)
+    return out

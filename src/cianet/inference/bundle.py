@@ -24,12 +24,14 @@ from cianet.run.bundle_file import make_bundle
 @torch.no_grad()
 def compute_attention_maps(model: nn.Module, images: np.ndarray, align_net: nn.Module | None = None,
                            batch_size: int = 16, device: torch.device | str = "cpu",
-                           progress: bool = False) -> torch.Tensor:
+                           progress: bool = False, precision: str = "fp32") -> torch.Tensor:
     """Attention maps M of gray images ``(N, S, S)`` in [0, 1] -> ``(N, h, w)`` float32 (CPU), the native grid.
 
-    The images are aligned first when ``align_net`` is given (as the negatives were in training).
+    The images are aligned first when ``align_net`` is given (as the negatives were in training), in float32;
+    the attention trunk runs in ``precision`` ("fp32", "bf16" or "fp16", :mod:`cianet.run.precision`).
     """
     from cianet.models.backbones import gray_to_input
+    from cianet.run.precision import autocast
     from cianet.utils.progress import progress_bar
 
     model.eval()
@@ -39,14 +41,15 @@ def compute_attention_maps(model: nn.Module, images: np.ndarray, align_net: nn.M
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32))[:, None].to(device)
         if align_net is not None:
             x = align_net(x)["aligned"]  # (B, 1, S, S)
-        out.append(model.attention_map(gray_to_input(x)).float().cpu())  # (B, h, w)
+        with autocast(precision, x.device):
+            out.append(model.attention_map(gray_to_input(x)).float().cpu())  # (B, h, w)
     return torch.cat(out) if out else torch.zeros(0, 0, 0)
 
 
 def negative_bank(model: nn.Module, images: np.ndarray, names: Sequence[str], align_net: nn.Module | None = None,
                   include_images: bool = False, strategy: str = "sim", batch_size: int = 16,
                   device: torch.device | str = "cpu", progress: bool = False,
-                  aligned_codes: bool = False) -> dict[str, Any]:
+                  aligned_codes: bool = False, precision: str = "fp32") -> dict[str, Any]:
     """The bank of negatives ``images`` ``(N, S, S)`` (float [0, 1] or uint8) named ``names``.
 
     Codes come from the 8-bit image, aligned by ``align_net`` first with ``aligned_codes`` (as the run's "sim"
@@ -66,7 +69,8 @@ def negative_bank(model: nn.Module, images: np.ndarray, names: Sequence[str], al
     from cianet.data.io import to_uint8
 
     u8 = arr if arr.dtype == np.uint8 else to_uint8(arr)
-    maps = compute_attention_maps(model, u8.astype(np.float32) / 255.0, align_net, batch_size, device, progress)
+    maps = compute_attention_maps(model, u8.astype(np.float32) / 255.0, align_net, batch_size, device, progress,
+                                  precision)
     aligned_codes = bool(aligned_codes and align_net is not None)
     if aligned_codes:
         codes = np.concatenate([hash_codes(aligned_images(align_net, u8[i:i + batch_size]))
@@ -107,7 +111,9 @@ def negative_candidates(run_dir: Path, index, cache: str | None) -> tuple[list[s
 def bundle_from_run(run_dir: str | Path, n_negatives: int = 1000, data_root: str | None = None,
                     cache: str | None = None, thresholds: Sequence[float] | float | None = None,
                     include_images: bool = False, seed: int = 0, device: str = "cpu", batch_size: int = 16,
-                    progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    progress: bool = True, log: Callable[[str], None] | None = None,
+                    precision: str = "fp32", card_name: str | None = None,
+                    card_version: str | None = None, dataset: str | None = None) -> dict[str, Any]:
     """Build the bundle of a finished training run (see the module docstring).
 
     Args:
@@ -115,21 +121,27 @@ def bundle_from_run(run_dir: str | Path, n_negatives: int = 1000, data_root: str
         n_negatives: bank size; all candidates when fewer. Training images are taken first, in a seeded
             random order.
         data_root, cache: where the run's images are (default: the run config's data.data_root / data.cache).
+        dataset: the layout of that data root (default: the run config's data.dataset).
         thresholds: per-class image-probability thresholds for reporting boxes (one number or 14).
         include_images: also store the 8-bit negatives (for Predictor(mode="recompute") without the data).
         log: where notes go (default: stderr).
+        card_name, card_version: the model card's name and version (default: the run folder's name, "1"; cianet.inference.model_card).
+        precision: of the bank's maps M-: fp32 (default: a stored artefact should not depend on the machine
+            that built it), bf16 or auto (:mod:`cianet.run.precision`).
     """
     from cianet.data.canonical import load_canonical
     from cianet.data.io import resize_gray
     from cianet.run.checkpoints import load_alignment, load_checkpoint, model_from_checkpoint
     from cianet.run.device import resolve_device
     from cianet.run.datasets import ImageSource
+    from cianet.run.precision import resolve_precision
     from cianet.utils.progress import progress_bar
 
     say = log or (lambda msg: print(msg, file=sys.stderr))
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     model, cfg = model_from_checkpoint(ckpt, dev)
     size = int(cfg.data.image_size)
     align_net, align_kwargs, canonical = None, None, None
@@ -147,9 +159,9 @@ def bundle_from_run(run_dir: str | Path, n_negatives: int = 1000, data_root: str
                 raise InputError(f"{run_dir}: the run paired every image with the canonical chest, but neither "
                                  "align.pt nor align.canonical gives it")
             bank = negative_bank(model, np.asarray(canonical)[None], ["canonical"], align_net, include_images,
-                                 strategy="canonical", device=dev)
+                                 strategy="canonical", device=dev, precision=precision)
         else:
-            from cianet.data.nih import NIHIndex
+            from cianet.data.layouts import open_index
 
             root = data_root or cfg.data.data_root
             if cache is not None:
@@ -161,7 +173,8 @@ def bundle_from_run(run_dir: str | Path, n_negatives: int = 1000, data_root: str
                 cache = cfg.data.cache
             if not root:
                 raise UsageError(f"{run_dir}: no data root in the run config: pass --data-root")
-            index = NIHIndex.from_root(root, entry_csv=cfg.data.entry_csv, bbox_csv=cfg.data.bbox_csv)
+            index = open_index(root, dataset or cfg.data.dataset, entry_csv=cfg.data.entry_csv,
+                               bbox_csv=cfg.data.bbox_csv, box_merge=cfg.data.box_merge, merge_iou=cfg.data.merge_iou)
             train_pool, rest_pool = negative_candidates(run_dir, index, cache)
             if not train_pool and not rest_pool:
                 raise InputError(f"{run_dir}: no No Finding training image found under {root} for the negative bank")
@@ -187,7 +200,12 @@ def bundle_from_run(run_dir: str | Path, n_negatives: int = 1000, data_root: str
             order = np.argsort(names)  # a stable, readable bank order
             bank = negative_bank(model, np.stack(images)[order], [names[i] for i in order], align_net,
                                  include_images, batch_size=batch_size, device=dev, progress=progress,
-                                 aligned_codes=cfg.negatives.aligned_codes)
-    return make_bundle(model.cpu(), cfg, bank=bank, align_net=None if align_net is None else align_net.cpu(),
-                       align_kwargs=align_kwargs, canonical=canonical, thresholds=thresholds,
-                       epoch=int(ckpt.get("epoch", -1)), run_name=run_dir.resolve().name)
+                                 aligned_codes=cfg.negatives.aligned_codes, precision=precision)
+    bundle = make_bundle(model.cpu(), cfg, bank=bank, align_net=None if align_net is None else align_net.cpu(),
+                         align_kwargs=align_kwargs, canonical=canonical, thresholds=thresholds,
+                         epoch=int(ckpt.get("epoch", -1)), run_name=run_dir.resolve().name)
+    from cianet.inference.model_card import model_card
+
+    bundle["card"] = model_card(run_dir, cfg, bundle["labels"], bundle["thresholds"], name=card_name,
+                                version=card_version)
+    return bundle

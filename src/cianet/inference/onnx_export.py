@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,40 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names
     raise ExportError("ONNX export failed with both exporters: " + "; ".join(errors))
 
 
+_SOURCE_PATH = re.compile(r"(?:[A-Za-z]:)?[\\/][^\s\"']*\.py\b")
+
+
+def strip_source_paths(proto) -> int:
+    """Remove what the exporters record about the exporting machine (stack traces and doc strings naming
+    installed source files) from every node of an ONNX model; returns how many entries went. A shared model
+    carries no local paths."""
+    removed = 0
+
+    def nodes(graph):
+        for node in graph.node:
+            yield node
+            for attr in node.attribute:
+                if attr.g is not None and len(attr.g.node):
+                    yield from nodes(attr.g)
+                for g in attr.graphs:
+                    yield from nodes(g)
+
+    all_nodes = list(nodes(proto.graph)) + [n for f in proto.functions for n in f.node]
+    for holder in all_nodes + [proto.graph, *proto.functions]:
+        if holder.doc_string and _SOURCE_PATH.search(holder.doc_string):
+            holder.doc_string = ""
+            removed += 1
+    for holder in all_nodes + list(proto.functions) + [proto]:
+        keep = [(e.key, e.value) for e in holder.metadata_props if not _SOURCE_PATH.search(e.value)]
+        if len(keep) != len(holder.metadata_props):
+            removed += len(holder.metadata_props) - len(keep)
+            del holder.metadata_props[:]
+            for key, value in keep:
+                entry = holder.metadata_props.add()
+                entry.key, entry.value = key, value
+    return removed
+
+
 def _save_with_metadata(src: Path, dst: Path, metadata: dict[str, str]) -> None:
     """Copy the ONNX model at ``src`` to ``dst`` atomically, adding ``metadata_props``."""
     import onnx
@@ -99,6 +134,7 @@ def _save_with_metadata(src: Path, dst: Path, metadata: dict[str, str]) -> None:
     from cianet.utils.atomic import atomic_write_bytes
 
     proto = onnx.load(str(src))
+    strip_source_paths(proto)
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

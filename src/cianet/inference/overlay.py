@@ -56,9 +56,10 @@ def render_overlay(image: np.ndarray, result: PredictionResult, box_labels: list
     shown, dsize = _display(image)
     extent = (0, w, h, 0)  # draw everything in the file's pixel frame
     colors = {lab: f"C{k}" for k, lab in enumerate(box_labels)}
-    fig = Figure(figsize=(12, 12.4), dpi=dpi)
+    heat_rows = max(1, -(-len(box_labels) // 4))  # 4 heatmaps a row: 2 rows for NIH's 8 box classes
+    fig = Figure(figsize=(12, 12.4 * (2 + heat_rows) / 4), dpi=dpi)
     FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(4, 4, hspace=0.28, wspace=0.08, top=0.95, bottom=0.06, left=0.02, right=0.98)
+    gs = fig.add_gridspec(2 + heat_rows, 4, hspace=0.28, wspace=0.08, top=0.95, bottom=0.06, left=0.02, right=0.98)
 
     ax = fig.add_subplot(gs[0:2, 0:2])
     ax.imshow(shown, cmap="gray", vmin=0, vmax=1, extent=extent)

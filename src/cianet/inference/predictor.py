@@ -233,6 +233,32 @@ def dicom_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
+def model_identity(bundle: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"id", "version", "kind", "format_version", "trained_with", "sha256"}`` of a bundle: its model card's
+    name and version (older bundles: the run folder's name and the epoch), the cianet version that wrote it."""
+    card = bundle.get("card") or {}
+    source = bundle.get("source") or {}
+    return {
+        "id": str(card.get("name") or source.get("run") or "unnamed"),
+        "version": str(card.get("version") or f"epoch-{source.get('epoch', -1)}"),
+        "kind": bundle["kind"],
+        "format_version": int(bundle["format_version"]),
+        "trained_with": str(bundle.get("cianet_version", "")),
+        "sha256": None,  # of the bundle file, set by Predictor.from_bundle
+    }
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 # -------------------------------------------------------------------------------------------- predictor
 class Predictor:
     """Runs a model bundle on images.
@@ -247,12 +273,21 @@ class Predictor:
         cell_threshold: a test-grid cell is positive when ``p > cell_threshold`` (0.5, the paper's).
         negative_images: for ``recompute`` without stored images: a mapping or callable name -> ``(S, S)``
             gray image in [0, 1].
+        precision: "fp32" (default: the same numbers on every machine), "bf16" (bfloat16 autocast) or
+            "auto" (bfloat16 on CPUs with native bfloat16, float16 on CUDA, float32 elsewhere: what
+            ``cianet predict`` uses; :mod:`cianet.run.precision`). The attribute ``precision`` holds what is
+            computed ("fp32", "bf16" or "fp16"). The alignment network always runs in float32: its output is
+            geometry that the boxes are mapped back through.
+        timer: a :class:`cianet.utils.timing.StageTimer` charged with the stages resize, alignment, pairing,
+            networks and boxes (None: not timed).
     """
 
     def __init__(self, bundle: dict[str, Any], device: str | torch.device = "cpu", mode: str = "bank",
                  batch_size: int = 8, connectivity: int = 8, cell_threshold: float = 0.5,
-                 negative_images: NegativeImages | None = None, name: str = "<bundle>") -> None:
+                 negative_images: NegativeImages | None = None, name: str = "<bundle>",
+                 precision: str = "fp32", timer: Any = None) -> None:
         from cianet.run.device import resolve_device
+        from cianet.run.precision import resolve_precision
         from cianet.run.networks import alignment_from_weights, network_from_weights
 
         validate_bundle(bundle, name)
@@ -264,6 +299,8 @@ class Predictor:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         self.name = name
         self.device = resolve_device(str(device))
+        self.precision: str = resolve_precision(precision, self.device)
+        self.timer = timer
         self.mode, self.batch_size = mode, int(batch_size)
         self.connectivity, self.cell_threshold = connectivity, float(cell_threshold)
         self.kind: str = bundle["kind"]
@@ -295,6 +332,8 @@ class Predictor:
             codes = bank["codes"].float().numpy()
             self._index = HashIndex(codes, self.bank_names, [""] * len(self.bank_names))
         self.negative_images = negative_images
+        #: which model this is, written into every output record (cianet predict)
+        self.model_info: dict[str, Any] = model_identity(bundle)
         if mode == "recompute" and self.kind == "cianet" and self.bank_images is None and negative_images is None:
             raise UsageError(f"{name}: mode='recompute' needs the negative images: rebuild the bundle with "
                              "--with-negative-images or pass negative_images=")
@@ -302,8 +341,10 @@ class Predictor:
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, device: str | torch.device = "cpu", mode: str = "bank",
                     **kw: Any) -> "Predictor":
-        """Load a bundle file (``torch.load(weights_only=True)``, validated) and build a Predictor."""
-        return cls(load_bundle(path), device=device, mode=mode, name=str(path), **kw)
+        """Load a bundle file (:func:`cianet.run.bundle_file.load_bundle`, validated) and build a Predictor."""
+        pred = cls(load_bundle(path), device=device, mode=mode, name=str(path), **kw)
+        pred.model_info["sha256"] = file_sha256(path)
+        return pred
 
     # ------------------------------------------------------------------------------------- negatives
     def choose_negatives(self, images_s: np.ndarray, names: Sequence[str]) -> np.ndarray:
@@ -351,28 +392,35 @@ class Predictor:
         ``params`` (B, 5) or None, ``rows`` (B,) bank rows or None (torch tensors on CPU).
         """
         from cianet.models.backbones import gray_to_input
+        from cianet.run.precision import autocast
+        from cianet.utils.timing import stage
 
         x = torch.from_numpy(np.ascontiguousarray(images_s, dtype=np.float32))[:, None].to(self.device)
         params = None
         if self.align_net is not None:
-            a = self.align_net(x)
-            x, params = a["aligned"], a["params"]  # (B, 1, S, S), (B, 5)
+            with stage(self.timer, "alignment"):
+                a = self.align_net(x)
+                x, params = a["aligned"], a["params"]  # (B, 1, S, S), (B, 5)
         pos = gray_to_input(x)
-        rows = None
+        rows, neg = None, None
         if self.kind == "cianet":
-            rows = self.choose_negatives(images_s, names)
-            if self.mode == "bank":
+            with stage(self.timer, "pairing"):
+                rows = self.choose_negatives(images_s, names)
+            if self.mode == "recompute":
+                neg = torch.from_numpy(np.stack([self.negative_image(int(r)) for r in rows]))[:, None].to(self.device)
+                if self.align_net is not None:
+                    with stage(self.timer, "alignment"):
+                        neg = self.align_net(neg)["aligned"]
+        with stage(self.timer, "networks"), autocast(self.precision, self.device):
+            if self.kind != "cianet":
+                out = self.model(pos, upsample=False, return_feats=True)
+            elif self.mode == "bank":
                 out = self.model(pos, m_neg=self.bank_maps[torch.as_tensor(rows, device=self.device)],
                                  upsample=False, return_feats=True)
             else:
-                neg = torch.from_numpy(np.stack([self.negative_image(int(r)) for r in rows]))[:, None].to(self.device)
-                if self.align_net is not None:
-                    neg = self.align_net(neg)["aligned"]
                 out = self.model(pos, neg=gray_to_input(neg), upsample=False, return_feats=True)
-        else:
-            out = self.model(pos, upsample=False, return_feats=True)
-        logits = out["logits"]
-        test_logits = self.model.test_grid_logits(out["f_bar"]) if self.model.test_upsample else logits
+            logits = out["logits"]
+            test_logits = self.model.test_grid_logits(out["f_bar"]) if self.model.test_upsample else logits
         return {
             "logits": logits.float().cpu(),
             "test_logits": test_logits.float().cpu(),
@@ -381,15 +429,36 @@ class Predictor:
             "rows": rows,
         }
 
-    def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str]) -> list[PredictionResult]:
-        """One forward pass over gray images ``[(H, W)]`` float [0, 1] of any sizes."""
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """A gray image ``(H, W)`` float [0, 1] resized to the network input ``(S, S)`` float32 (stage "resize");
+        thread-safe, so that it can run ahead of the networks (:func:`cianet.inference.batch.predict_files`)."""
         from cianet.data.io import resize_gray
-        from cianet.metrics import image_scores_from_logits
+        from cianet.utils.timing import stage
+
+        with stage(self.timer, "resize"):
+            return resize_gray(np.asarray(image, np.float32), self.input_size)
+
+    def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str],
+                       resized: np.ndarray | None = None) -> list[PredictionResult]:
+        """One forward pass over gray images ``[(H, W)]`` float [0, 1] of any sizes.
+
+        ``resized``: the images already resized to ``(B, S, S)`` (:meth:`prepare`), e.g. ahead of time in
+        another thread; computed here when None.
+        """
+        from cianet.utils.timing import stage
 
         if not images:
             return []
-        resized = np.stack([resize_gray(np.asarray(im, np.float32), self.input_size) for im in images])
+        if resized is None:
+            resized = np.stack([self.prepare(im) for im in images])
         out = self.forward(resized, names)
+        with stage(self.timer, "boxes"):
+            return self._results(images, names, out)
+
+    def _results(self, images: Sequence[np.ndarray], names: Sequence[str], out: dict[str, Any]) -> list[PredictionResult]:
+        """Image probabilities and boxes in each image file's frame from :meth:`forward`'s output."""
+        from cianet.metrics import image_scores_from_logits
+
         # (B, C) on the native grid, with the MIL rescaling the run trained with (the bundle's loss.mil_rescale)
         scores = image_scores_from_logits(out["logits"], rescale=bool(self.config.loss.mil_rescale)).numpy()
         heat = torch.sigmoid(out["test_logits"]).numpy()  # (B, C, U, U)

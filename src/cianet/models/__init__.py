@@ -17,7 +17,7 @@ from cianet.models.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     gray_to_input,
-    load_pretrained_or_warn,
+    pretrained_weights,
     resnet_trunk,
 )
 from cianet.models.cianet import Baseline, CIANet, build_model, normalize_delta
@@ -34,7 +34,7 @@ __all__ = [
     "boxes_to_original",
     "build_model",
     "gray_to_input",
-    "load_pretrained_or_warn",
+    "pretrained_weights",
     "mask_to_original",
     "normalize_delta",
     "params_to_matrix",

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cianet.models.backbones import gray_to_input, load_pretrained_or_warn, resnet_trunk
+from cianet.models.backbones import gray_to_input, pretrained_spec, pretrained_weights, resnet_trunk
 
 IDENTITY_PARAMS: tuple[float, float, float, float, float] = (0.0, 0.0, 1.0, 1.0, 0.0)
 
@@ -119,7 +119,8 @@ class AlignmentNet(nn.Module):
 
     Args:
         backbone: ResNet name (the paper: resnet18).
-        pretrained: ImageNet init of the trunk from the local cache.
+        pretrained: initial weights of the trunk: "imagenet" | "none" | a state-dict file
+            (:func:`cianet.models.backbones.pretrained_weights`).
         input_size: side of the downsized copy the parameters are regressed from (None: use the input
             as is); the warp is always applied to the full-resolution input.
         center: the parameters at ``z = 0``.
@@ -127,7 +128,7 @@ class AlignmentNet(nn.Module):
         padding_mode: grid_sample padding of the warp (``zeros`` or ``border``).
     """
 
-    def __init__(self, backbone: str = "resnet18", pretrained: bool = False, input_size: int | None = 256,
+    def __init__(self, backbone: str = "resnet18", pretrained: bool | str = False, input_size: int | None = 256,
                  max_shift: float = 0.4, max_scale: float = 1.4, max_rotation: float = 0.35,
                  padding_mode: str = "zeros", center: Sequence[float] = IDENTITY_PARAMS) -> None:
         super().__init__()
@@ -147,7 +148,7 @@ class AlignmentNet(nn.Module):
         self.max_rotation = float(max_rotation)
         self.center = center
         self.padding_mode = padding_mode
-        sd = load_pretrained_or_warn(backbone) if pretrained else None
+        sd = pretrained_weights(backbone, pretrained)
         self.trunk, channels = resnet_trunk(backbone, upto="c5", state_dict=sd)
         self.fc = nn.Linear(channels, 5)
         nn.init.zeros_(self.fc.weight)
@@ -355,7 +356,7 @@ def mask_to_original(mask, params, orig_size: Sequence[int]):
 
 
 # ------------------------------------------------------------------------------------ structure loss
-def _feature_net(name: str, pretrained: bool, seed: int) -> nn.Module | None:
+def _feature_net(name: str, pretrained: bool | str, seed: int) -> nn.Module | None:
     """The frozen feature extractor ``N_feat`` of equation 2 (None for ``"none"``)."""
     import torchvision.models as tvm
 
@@ -363,7 +364,9 @@ def _feature_net(name: str, pretrained: bool, seed: int) -> nn.Module | None:
         return None
     if name not in ("vgg16", "resnet18"):
         raise ValueError(f"feature_net must be 'vgg16', 'resnet18' or 'none', got {name!r}")
-    sd = load_pretrained_or_warn(name) if pretrained else None
+    # ImageNet features unless the alignment runs without pretrained weights (a trunk's state-dict file does
+    # not fit the feature net: it still gets ImageNet's)
+    sd = None if pretrained_spec(pretrained) == "none" else pretrained_weights(name, "imagenet")
     # Without ImageNet weights: a fixed random init from `seed` (the global RNG is left untouched).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -404,7 +407,7 @@ class StructureLoss(nn.Module):
     """
 
     def __init__(self, feat_weight: float = 1.0, pixel_weight: float = 1.0, feature_net: str = "vgg16",
-                 squared: bool = False, pretrained: bool = True, seed: int = 0, feat_norm: str = "paper") -> None:
+                 squared: bool = False, pretrained: bool | str = True, seed: int = 0, feat_norm: str = "paper") -> None:
         super().__init__()
         if feat_norm not in ("paper", "unit"):
             raise ValueError(f"feat_norm must be 'paper' or 'unit', got {feat_norm!r}")

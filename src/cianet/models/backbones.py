@@ -4,11 +4,11 @@ Networks take ``(B, 3, S, S)`` tensors: the grayscale X-ray in ``[0, 1]`` replic
 normalized with the ImageNet statistics (:func:`gray_to_input`); ``S`` is a multiple of 32 so that C4 and C5
 are exactly ``S/16`` and ``S/32``.
 
-ImageNet weights are only ever read from the local torch hub cache (``torch.hub.get_dir()/checkpoints``):
-the checkpoint file is checked before torchvision is asked for it, so an offline machine never attempts a
-download (and never hangs). Downloading is allowed only when asked for (``allow_download=True`` or the
-environment variable ``CIANET_ALLOW_DOWNLOAD=1``). Without weights the caller gets one logged line and a
-randomly initialized network.
+Initial weights of a backbone (:func:`pretrained_weights`, config ``model.pretrained`` / ``align.pretrained``,
+flag ``--pretrained``): ``"imagenet"`` is torchvision's ImageNet weights, read from the torch hub cache
+(``torch.hub.get_dir()/checkpoints``) or downloaded through torchvision's weights API when absent (with a
+time limit); when neither works it is an error that says how to proceed, never a silent random init.
+``"none"`` is random initialization; any other value is a state-dict file of the torchvision backbone.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ RESNET_CHANNELS: dict[str, tuple[int, int, int]] = {
 #: stage name -> (last torchvision layer, stride without dilation)
 STAGES: dict[str, tuple[str, int]] = {"c3": ("layer2", 8), "c4": ("layer3", 16), "c5": ("layer4", 32)}
 
-#: Environment variable that lets :func:`load_pretrained_or_warn` download missing weights.
-ALLOW_DOWNLOAD_ENV = "CIANET_ALLOW_DOWNLOAD"
+#: seconds a download of ImageNet weights may stall before it is given up (an offline machine fails fast)
+DOWNLOAD_TIMEOUT_S = 60
 
 
 def gray_to_input(x: Tensor) -> Tensor:
@@ -88,43 +88,98 @@ def cached_weights_path(weights: Any) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
-def load_pretrained_or_warn(name: str, allow_download: bool | None = None) -> dict[str, Tensor] | None:
-    """ImageNet state dict of torchvision model ``name`` from the local cache, or ``None`` with one warning.
+def pretrained_spec(value: Any) -> str:
+    """``"imagenet"``, ``"none"`` or a file path from a ``pretrained`` setting (true/false: imagenet/none)."""
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return "imagenet"
+    text = str(value).strip()
+    return text.lower() if text.lower() in ("imagenet", "none") else text
 
-    The classic ``IMAGENET1K_V1`` weights (what the paper's ResNet-50 was) are preferred; any other
-    ImageNet entry of the enum found in the cache is used otherwise. The cache is checked *before*
-    torchvision is called, so nothing is downloaded unless ``allow_download`` is true (default: the
-    ``CIANET_ALLOW_DOWNLOAD`` environment variable is ``1``/``true``/``yes``).
-    """
+
+def pretrained_weights(name: str, spec: Any) -> dict[str, Tensor] | None:
+    """The initial state dict of torchvision model ``name`` for ``spec`` (see :func:`pretrained_spec`); None
+    for random initialization. Errors (cianet.errors: MissingPathError, InputError) say how to proceed."""
+    spec = pretrained_spec(spec)
+    if spec == "none":
+        return None
+    if spec == "imagenet":
+        return imagenet_weights(name)
+    return state_dict_file(name, Path(spec))
+
+
+def imagenet_weights(name: str) -> dict[str, Tensor]:
+    """ImageNet state dict of ``name``: the classic ``IMAGENET1K_V1`` entry (the paper's ResNet-50), or any other
+    ImageNet entry of the enum, from the torch hub cache; else downloaded through torchvision's weights API."""
+    import socket
+
+    from cianet.errors import InputError, MissingPathError
+
     enum = _weights_enum(name)
     entries = [enum.IMAGENET1K_V1] + [w for w in enum if w is not enum.IMAGENET1K_V1]
-    if allow_download is None:
-        allow_download = os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip().lower() in {"1", "true", "yes"}
     for weights in entries:
-        if cached_weights_path(weights).is_file():
+        path = cached_weights_path(weights)
+        if path.is_file():
             try:
                 return weights.get_state_dict(progress=False, check_hash=False)
-            except Exception as exc:  # corrupt cache file: say so and fall back
-                log.warning("could not read cached %s weights %s (%s); using random init",
-                            name, cached_weights_path(weights), exc)
-                return None
-    if allow_download:
-        try:
-            return entries[0].get_state_dict(progress=True)
-        except Exception as exc:
-            log.warning("downloading ImageNet weights for %s failed (%s); using random init", name, exc)
-            return None
-    log.warning(
-        "ImageNet weights for %s not in the local torch hub cache (%s); using random init "
-        "(set %s=1 to allow downloading)",
-        name, cached_weights_path(entries[0]), ALLOW_DOWNLOAD_ENV,
-    )
-    return None
+            except Exception as exc:  # a torn or foreign file in the cache
+                raise InputError(f"cached ImageNet weights {path} for {name} are unreadable ({type(exc).__name__}: "
+                                 f"{exc}); delete the file to download it again") from None
+    path = cached_weights_path(entries[0])
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # never hang on a network that does not answer
+    try:
+        log.info("downloading ImageNet weights for %s to %s", name, path)
+        return entries[0].get_state_dict(progress=False)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MissingPathError(
+            f"ImageNet weights for {name} are not in the torch hub cache ({path}) and could not be downloaded "
+            f"({reason}): copy {entries[0].url} to that path (TORCH_HOME moves it to $TORCH_HOME/hub/checkpoints), "
+            "or pass --pretrained PATH (a state-dict file) or --pretrained none (random init)"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def state_dict_file(name: str, path: Path) -> dict[str, Tensor]:
+    """A torchvision ``name`` state dict read from ``path`` (``torch.save``: loaded with ``weights_only=True``;
+    ``.safetensors``); the classifier (``fc.*``) may be missing, every other tensor must fit."""
+    import torchvision.models as tvm
+
+    from cianet.errors import InputError, MissingPathError
+
+    if not path.is_file():
+        raise MissingPathError(f"--pretrained {path}: no such file (expected imagenet, none or a state-dict file)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"--pretrained {path}: not a readable state-dict file ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise InputError(f"--pretrained {path}: expected a dict of tensors (a torchvision {name} state dict)")
+    net = getattr(tvm, name)(weights=None)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc)[:200])
+        raise InputError(f"--pretrained {path}: the tensors do not fit a {name} ({first})") from None
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        bad = (missing or unexpected)[0]
+        raise InputError(f"--pretrained {path}: not a {name} state dict ({len(missing)} tensors missing, "
+                         f"{len(unexpected)} unexpected, e.g. {bad})")
+    return net.state_dict()
 
 
 def resnet_trunk(
     name: str = "resnet50",
-    pretrained: bool = False,
+    pretrained: bool | str = False,
     upto: str = "c5",
     state_dict: dict[str, Tensor] | None = None,
     output_stride: int = 32,
@@ -133,8 +188,8 @@ def resnet_trunk(
 
     Args:
         name: ``resnet18 | resnet34 | resnet50 | resnet101``.
-        pretrained: load ImageNet weights from the local cache (see :func:`load_pretrained_or_warn`);
-            ignored when ``state_dict`` is given.
+        pretrained: initial weights, "imagenet" | "none" | a state-dict file (true/false: imagenet/none; see
+            :func:`pretrained_weights`); ignored when ``state_dict`` is given.
         upto: ``"c4"`` or ``"c5"``.
         state_dict: torchvision ResNet state dict to load (lets a caller read the checkpoint once for
             several trunks).
@@ -150,8 +205,8 @@ def resnet_trunk(
     if upto not in STAGES:
         raise ValueError(f"upto must be one of {sorted(STAGES)}, got {upto!r}")
     net = getattr(tvm, name)(weights=None)
-    if state_dict is None and pretrained:
-        state_dict = load_pretrained_or_warn(name)
+    if state_dict is None:
+        state_dict = pretrained_weights(name, pretrained)
     if state_dict is not None:
         net.load_state_dict(state_dict)
     layers = ["layer1", "layer2", "layer3", "layer4"]

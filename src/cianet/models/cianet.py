@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cianet.models.upsample_head import upsampled_head
-from cianet.models.backbones import check_input, load_pretrained_or_warn, resnet_trunk, stage_stride
+from cianet.models.backbones import check_input, pretrained_weights, resnet_trunk, stage_stride
 
 
 def normalize_delta(m_pos: Tensor, m_neg: Tensor, eps: float = 1e-6) -> Tensor:
@@ -123,18 +123,19 @@ class CIANet(_GridModel):
     Args:
         num_classes: grid logit channels (14 for NIH).
         backbone: ``resnet18 | resnet34 | resnet50 | resnet101`` for both branches.
-        pretrained: ImageNet init of both trunks from the local cache (random init with a warning otherwise).
+        pretrained: initial weights of both trunks: "imagenet" | "none" | a state-dict file (true/false:
+            imagenet/none; :func:`cianet.models.backbones.pretrained_weights`).
         test_upsample: grid size to upsample ``F_bar`` to before the head in eval mode (paper: 128), or None.
         head_channels: channels of the head's 3x3 conv.
         prior_prob: initial per-cell probability set through the final bias (None: zero bias).
         delta_eps: the ``eps`` of :func:`normalize_delta`.
     """
 
-    def __init__(self, num_classes: int = 14, backbone: str = "resnet50", pretrained: bool = False,
+    def __init__(self, num_classes: int = 14, backbone: str = "resnet50", pretrained: bool | str = False,
                  test_upsample: int | None = None, head_channels: int = 512,
                  prior_prob: float | None = 0.01, delta_eps: float = 1e-6, output_stride: int = 32,
                  last_stage: str = "c5") -> None:
-        state_dict = load_pretrained_or_warn(backbone) if pretrained else None  # read (and warn) once
+        state_dict = pretrained_weights(backbone, pretrained)  # read once for both trunks
         super().__init__(num_classes, backbone, test_upsample, head_channels, prior_prob, state_dict, output_stride,
                          last_stage)
         self.delta_eps = delta_eps
@@ -153,6 +154,13 @@ class CIANet(_GridModel):
         Maps of fixed negatives can be computed once (in eval mode) and passed to ``forward(m_neg=...)``.
         """
         check_input(x, name="attention_map input")
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.bfloat16:
+            # The contrast |M+ - M-| is a small difference of large maps (|M| ~ 100 against |M+ - M-| ~ 4 on the
+            # phantom): bfloat16's 8-bit mantissa would swamp it (dM off by 2.5 of its mean 1, measured), so the
+            # attention branch computes in float32 under bfloat16 autocast; float16 (11 bits) is left alone.
+            with torch.autocast(device_type=dev, enabled=False):
+                return self.attn_conv(self.attn_pool(self.attn_trunk(x.float())))[:, 0]
         blob = self.attn_trunk(x)  # (B, c4, S/16, S/16)
         return self.attn_conv(self.attn_pool(blob))[:, 0]  # (B, S/32, S/32)
 
@@ -208,12 +216,12 @@ class Baseline(_GridModel):
     strict=False)`` transfers them.
     """
 
-    def __init__(self, num_classes: int = 14, backbone: str = "resnet50", pretrained: bool = False,
+    def __init__(self, num_classes: int = 14, backbone: str = "resnet50", pretrained: bool | str = False,
                  test_upsample: int | None = None, head_channels: int = 512,
                  prior_prob: float | None = 0.01, delta_eps: float = 1e-6, output_stride: int = 32,
                  last_stage: str = "c5") -> None:
         del delta_eps  # attention only
-        state_dict = load_pretrained_or_warn(backbone) if pretrained else None
+        state_dict = pretrained_weights(backbone, pretrained)
         super().__init__(num_classes, backbone, test_upsample, head_channels, prior_prob, state_dict, output_stride,
                          last_stage)
 
@@ -236,7 +244,7 @@ def grid_side(image_size: int, output_stride: int = 32, last_stage: str = "c5") 
 
 
 def build_model(kind: str = "cianet", num_classes: int = 14, backbone: str = "resnet50",
-                pretrained: bool = False, test_upsample: int | None = None, channels_last: bool = False,
+                pretrained: bool | str = False, test_upsample: int | None = None, channels_last: bool = False,
                 **kw) -> nn.Module:
     """Build ``"cianet"`` (:class:`CIANet`) or ``"baseline"`` (:class:`Baseline`).
 

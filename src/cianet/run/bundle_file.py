@@ -2,8 +2,10 @@
 
 This module writes, reads and validates the file; :mod:`cianet.inference.bundle` builds one from a run.
 
-A bundle is a ``torch.save``d dict of plain tensors, dicts, lists, strings and numbers only, so it loads with
-``torch.load(weights_only=True)`` and never unpickles arbitrary objects. Keys:
+In memory a bundle is a dict of plain tensors, dicts, lists, strings and numbers. On disk (format 2) it is a
+safetensors file whose JSON header describes everything but the tensors (:mod:`cianet.run.bundle_format`:
+readable without torch, no pickle); format 1 files (a ``torch.save`` of the dict, loaded with
+``torch.load(weights_only=True)``) still load. Keys:
 
     format, format_version, cianet_version   "cianet-model-bundle", BUNDLE_VERSION, cianet.__version__
     kind                 "cianet" | "baseline"
@@ -17,6 +19,8 @@ A bundle is a ``torch.save``d dict of plain tensors, dicts, lists, strings and n
     canonical            None, or (S, S) float32 canonical chest
     negatives            the negative bank (below)
     source               {"run": run folder name, "epoch": int}
+    card                 the model card (format 2; cianet.inference.model_card): name, version, intended use,
+                         training data, metrics, thresholds
 
 The negative bank holds, for N No Finding training images (never a test image of the run):
     names   N image names
@@ -46,7 +50,7 @@ from torch import nn
 from cianet.errors import InputError
 
 BUNDLE_FORMAT = "cianet-model-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 1: torch.save dict; 2: safetensors + JSON header (cianet.run.bundle_format)
 DEFAULT_THRESHOLD = 0.5  # the paper's operating point (p > 0.5)
 REQUIRED_KEYS = (
     "format", "format_version", "cianet_version", "kind", "model", "config", "labels", "box_labels",
@@ -64,11 +68,15 @@ def empty_bank() -> dict[str, Any]:
 def make_bundle(model: nn.Module, cfg, *, bank: dict[str, Any] | None = None, align_net: nn.Module | None = None,
                 align_kwargs: dict[str, Any] | None = None, canonical: np.ndarray | torch.Tensor | None = None,
                 thresholds: Sequence[float] | float | None = None, epoch: int | None = None,
-                run_name: str | None = None) -> dict[str, Any]:
+                run_name: str | None = None, card: dict[str, Any] | None = None) -> dict[str, Any]:
     """Assemble a bundle dict from a model, its config (cianet.config.Config) and the pieces above."""
     import cianet
-    from cianet.labels import BOX_LABELS, LABELS
+    from cianet.labels import label_set_from
+    from cianet.run.bundle_format import scrub_config
     from cianet.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+    classes = label_set_from(cfg.data.labels, cfg.data.box_labels)  # the data set the model was trained on
+    LABELS, BOX_LABELS = classes.names, classes.box_names
 
     kind = cfg.model.kind
     if kind == "cianet" and (bank is None or len(bank["names"]) == 0):
@@ -91,7 +99,7 @@ def make_bundle(model: nn.Module, cfg, *, bank: dict[str, Any] | None = None, al
         "cianet_version": cianet.__version__,
         "kind": kind,
         "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-        "config": cfg.to_dict(),
+        "config": scrub_config(cfg.to_dict()),  # no local paths in a file meant to be shared
         "labels": list(LABELS),
         "box_labels": list(BOX_LABELS),
         "input_size": int(cfg.data.image_size),
@@ -104,22 +112,24 @@ def make_bundle(model: nn.Module, cfg, *, bank: dict[str, Any] | None = None, al
         "canonical": canonical,
         "negatives": bank if bank is not None else empty_bank(),
         "source": {"run": run_name or "", "epoch": -1 if epoch is None else int(epoch)},
+        "card": dict(card or {}),
     }
 
 
 def save_bundle(bundle: dict[str, Any], path: str | Path) -> Path:
     """Validate and write ``bundle`` atomically to ``path``."""
-    from cianet.utils.atomic import atomic_torch_save
+    from cianet.run.bundle_format import encode
+    from cianet.utils.atomic import atomic_write_bytes
 
     path = Path(path)
     validate_bundle(bundle, path)
-    atomic_torch_save(bundle, path)
+    atomic_write_bytes(path, encode(bundle))
     return path
 
 
 def validate_bundle(bundle: Any, path: str | Path = "<bundle>") -> dict[str, Any]:
     """Check a bundle against this code; InputError (a ValueError) naming ``path`` and the problem otherwise."""
-    from cianet.labels import BOX_LABELS, LABELS
+    from cianet.labels import label_set_from
 
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise InputError(f"{path}: not a cianet model bundle (make one with `cianet bundle --run RUN --out FILE`)")
@@ -130,11 +140,17 @@ def validate_bundle(bundle: Any, path: str | Path = "<bundle>") -> dict[str, Any
     if not isinstance(version, int) or version > BUNDLE_VERSION:
         raise InputError(f"{path}: bundle format {version!r} is newer than this cianet understands "
                          f"({BUNDLE_VERSION}); upgrade cianet")
-    if list(bundle["labels"]) != list(LABELS):
-        raise InputError(f"{path}: the bundle's label names differ from this cianet's LABELS "
+    data_cfg = (bundle["config"].get("data") or {}) if isinstance(bundle["config"], dict) else {}
+    try:  # the classes the network was built for: its config's (null: ChestX-ray14's)
+        classes = label_set_from(data_cfg.get("labels"), data_cfg.get("box_labels"))
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    LABELS = classes.names
+    if list(bundle["labels"]) != list(classes.names):
+        raise InputError(f"{path}: the bundle's label names differ from those of its config "
                          f"({list(bundle['labels'])[:3]}... vs {list(LABELS)[:3]}...)")
-    if list(bundle["box_labels"]) != list(BOX_LABELS):
-        raise InputError(f"{path}: the bundle's box label names differ from this cianet's BOX_LABELS")
+    if list(bundle["box_labels"]) != list(classes.box_names):
+        raise InputError(f"{path}: the bundle's box label names differ from those of its config")
     kind = bundle["kind"]
     if kind not in ("cianet", "baseline"):
         raise InputError(f"{path}: unknown model kind {kind!r} in bundle (expected cianet or baseline)")
@@ -147,6 +163,9 @@ def validate_bundle(bundle: Any, path: str | Path = "<bundle>") -> dict[str, Any
     thr = bundle["thresholds"]
     if not isinstance(thr, list) or len(thr) != len(LABELS):
         raise InputError(f"{path}: bundle thresholds must be a list of {len(LABELS)} numbers")
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0 for t in thr):
+        raise InputError(f"{path}: bundle thresholds must be numbers in [0, 1] (no NaN), got "
+                         f"{next(t for t in thr if not (isinstance(t, (int, float)) and 0.0 <= t <= 1.0))!r}")
     bank = bundle["negatives"]
     if not isinstance(bank, dict) or any(k not in bank for k in BANK_KEYS):
         absent = [k for k in BANK_KEYS if not isinstance(bank, dict) or k not in bank]
@@ -169,12 +188,19 @@ def validate_bundle(bundle: Any, path: str | Path = "<bundle>") -> dict[str, Any
     align = bundle["alignment"]
     if align is not None and (not isinstance(align, dict) or "model" not in align or "net_kwargs" not in align):
         raise InputError(f"{path}: bundle alignment entry must hold model and net_kwargs")
+    for what, t in (("negative bank maps", bank.get("maps")), ("negative bank codes", bank.get("codes"))):
+        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise InputError(f"{path}: the {what} hold NaN or infinite values")
     return bundle
 
 
 def load_bundle(path: str | Path) -> dict[str, Any]:
-    """Read a bundle file with ``torch.load(weights_only=True)`` and validate it; errors name the file."""
+    """Read a bundle file (format 2: safetensors; format 1: ``torch.load(weights_only=True)``) and validate it;
+    errors name the file."""
+    from cianet.run.bundle_format import decode, is_safetensors
     from cianet.run.checkpoints import torch_read
 
     path = Path(path)
+    if path.is_file() and is_safetensors(path):
+        return validate_bundle(decode(path), path)
     return validate_bundle(torch_read(path, "cianet model bundle", " (make one with `cianet bundle`)"), path)

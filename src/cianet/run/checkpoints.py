@@ -26,7 +26,7 @@ from torch import nn
 
 from cianet.config import Config, config_from_dict
 from cianet.errors import InputError, MissingPathError, UsageError
-from cianet.labels import LABELS
+from cianet.labels import LABELS, label_set_from
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -51,12 +51,14 @@ def checkpoint_payload(model: nn.Module, cfg: Config, epoch: int, **extra: Any) 
     from cianet.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
     net = model.module if hasattr(model, "module") else model
+    classes = label_set_from(cfg.data.labels, cfg.data.box_labels)
     return {
         "format_version": FORMAT_VERSION,
         "kind": cfg.model.kind,
         "model": net.state_dict(),
         "config": cfg.to_dict(),
-        "labels": list(LABELS),
+        "labels": list(classes.names),
+        "box_labels": list(classes.box_names),
         "input_size": cfg.data.image_size,
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "input": "gray [0,1] x3"},
         "epoch": epoch,
@@ -80,8 +82,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(f"{path}: not a cianet checkpoint (no model weights/config inside)")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise InputError(f"{path}: made by a newer cianet (format {ckpt['format_version']}); upgrade cianet")
-    if list(ckpt.get("labels", LABELS)) != list(LABELS):
-        raise InputError(f"{path}: label names differ from this cianet's LABELS")
+    data = ckpt["config"].get("data", {}) if isinstance(ckpt["config"], dict) else {}
+    expected = label_set_from(data.get("labels"), data.get("box_labels"))  # what the network was built for
+    if list(ckpt.get("labels", LABELS)) != list(expected.names):
+        raise InputError(f"{path}: the checkpoint's label names differ from those of its config")
     return ckpt
 
 
@@ -166,3 +170,43 @@ def resume_state(checkpoint: Path, read: Callable[[Path], dict[str, Any]], cfg: 
     saved = config_from_dict(state["config"], source=str(checkpoint))
     saved.run.out, saved.run.device, saved.run.progress = cfg.run.out, cfg.run.device, cfg.run.progress
     return state, saved
+
+
+#: what a resumed run takes from the new command line; everything else comes from the run's own config
+RESUME_FREE = frozenset({"run.out", "run.device", "run.progress", "run.threads", "data.workers"})
+_PATH_KEYS = frozenset({"data.data_root", "data.entry_csv", "data.bbox_csv", "data.cache", "protocol.splits",
+                        "align.checkpoint", "align.canonical", "negatives.hash_index"})
+
+
+def check_resume_flags(run_dir: str | Path, cfg: Config, given: dict[str, str]) -> None:
+    """Refuse flags that ``--resume`` would silently ignore.
+
+    ``given`` maps the keys the user set (``optim.epochs``) to how (``--epochs 2``); ``cfg`` holds their
+    values. A resumed run continues with its own recipe (its ``config.yaml``), so a given value that differs
+    from it is a UsageError naming the flag, the run's value and what to do.
+    """
+    from cianet.config import load_config
+
+    saved_path = Path(run_dir) / "config.yaml"
+    if not saved_path.is_file():
+        return  # nothing to resume: the trainer says so
+    saved = load_config(saved_path)
+    for key, label in given.items():
+        if key in RESUME_FREE:
+            continue
+        section, name = key.split(".", 1)
+        want, have = getattr(getattr(cfg, section), name), getattr(getattr(saved, section), name)
+        if key in _PATH_KEYS and want is not None and have is not None:
+            same = _same_path(want, have, Path(run_dir))
+        else:
+            same = want == have
+        if not same:
+            raise UsageError(f"{label}: --resume continues {run_dir} with its own recipe ({key} = {have!r}); drop "
+                             "the flag to resume, or start a new run with another --out")
+
+
+def _same_path(a: str, b: str, run_dir: Path) -> bool:
+    """Whether two spellings name one file (b may be relative to the run folder, as runs save paths)."""
+    pa = Path(a).expanduser().resolve()
+    return pa == Path(b).expanduser().resolve() or pa == (run_dir / b).resolve()
+

@@ -3,8 +3,8 @@
 An item is a dict of tensors:
   image     (1, S, S) float32 in [0, 1]   the (positive or any) image, resized to S
   neg       (1, S, S) float32 in [0, 1]   its paired negative (the canonical chest for strategy "canonical")
-  labels    (14,) float32 0/1             image-level labels in LABELS order
-  box_mask  (14,) float32 0/1             1 where this class has boxes *used for supervision* on this image
+  labels    (C,) float32 0/1              image-level labels in the data set's class order (C = 14 on NIH)
+  box_mask  (C,) float32 0/1              1 where this class has boxes *used for supervision* on this image
   boxes     (K, 5) float32                (class_index, x, y, w, h) in the S x S frame; K may be 0
   orig_size (2,) float32                  (W, H) of the image file: boxes in file frame = S-frame / S * size
   index     ()  int64                     position in the dataset's name list
@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cianet.errors import InputError
-from cianet.labels import LABEL_TO_INDEX, NUM_CLASSES
+from cianet.labels import NIH_LABEL_SET, LabelSet
 
 
 class ImageSource:
@@ -86,6 +86,7 @@ class PairedXrayDataset(Dataset):
         negatives: dict[str, str | None] | None = None,
         canonical: np.ndarray | None = None,
         pair_fn: Callable[[int], dict[str, str | None]] | None = None,
+        label_set: LabelSet = NIH_LABEL_SET,
     ):
         self.names = list(names)
         self.labels = labels
@@ -95,6 +96,7 @@ class PairedXrayDataset(Dataset):
         self.negatives = negatives
         self.canonical = canonical
         self.pair_fn = pair_fn  # epoch -> pairing (strategy "random" changes every epoch)
+        self.label_set = label_set  # the data set's classes: the columns of labels and box_mask
 
     def set_epoch(self, epoch: int) -> None:
         if self.pair_fn is not None:
@@ -104,9 +106,9 @@ class PairedXrayDataset(Dataset):
         return len(self.names)
 
     def label_vector(self, name: str) -> np.ndarray:
-        v = np.zeros(NUM_CLASSES, dtype=np.float32)
+        v = np.zeros(len(self.label_set), dtype=np.float32)
         for lab in self.labels.get(name, ()):
-            v[LABEL_TO_INDEX[lab]] = 1.0
+            v[self.label_set.index(lab)] = 1.0
         return v
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
@@ -114,11 +116,11 @@ class PairedXrayDataset(Dataset):
         img, (w, h) = self.source.load(name)
         s = self.source.size
         label_vec = self.label_vector(name)
-        box_mask = np.zeros(NUM_CLASSES, dtype=np.float32)
+        box_mask = np.zeros(len(self.label_set), dtype=np.float32)
         rows = []
         if name in self.box_names:
             for b in self.boxes.get(name, ()):
-                k = LABEL_TO_INDEX[b.label]
+                k = self.label_set.index(b.label)
                 box_mask[k] = 1.0
                 label_vec[k] = 1.0  # a box implies the label, whatever the text mining said
                 rows.append((k, b.x * s / w, b.y * s / h, b.w * s / w, b.h * s / h))

@@ -15,7 +15,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; an explicit CUDA device on a machine without one is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {name!r} asked for, but CUDA is not available (use --device cpu or auto)")
     return dev

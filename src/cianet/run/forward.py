@@ -47,12 +47,16 @@ def network_inputs(batch: dict[str, torch.Tensor], channels_last: bool) -> tuple
 
 @torch.no_grad()
 def forward_grids(model: nn.Module, batch: dict[str, torch.Tensor], upsample: bool, channels_last: bool = False,
-                  amp: bool = False) -> dict[str, torch.Tensor]:
-    """Native-grid logits (B, C, h, w), test-grid logits (B, C, U, U) (== native without upsampling), maps."""
+                  precision: str = "fp32") -> dict[str, torch.Tensor]:
+    """Native-grid logits (B, C, h, w), test-grid logits (B, C, U, U) (== native without upsampling), maps.
+
+    ``precision``: "fp32", "bf16" or "fp16" (autocast; :func:`cianet.run.precision.resolve_precision`).
+    """
+    from cianet.run.precision import autocast
+
     net = model.module if hasattr(model, "module") else model
     pos, neg = network_inputs(batch, channels_last)
-    dev = pos.device.type
-    with torch.autocast(device_type=dev, dtype=torch.float16 if dev == "cuda" else torch.bfloat16, enabled=amp):
+    with autocast(precision, pos.device):
         out = net(pos, neg, upsample=False, return_feats=True)
         test_logits = out["logits"]
         if upsample and net.test_upsample:

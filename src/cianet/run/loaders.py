@@ -36,9 +36,10 @@ def make_loaders(cfg: Config, data, rank: int = 0, world: int = 1, pairing=None)
         pairing = pair_negatives(cfg, data, source)
     labels, boxes = data.labels, data.boxes
     train_ds = PairedXrayDataset(data.train, labels, boxes, source, data.box_names, None, pairing.canonical,
-                                 pair_fn=pairing.train)
+                                 pair_fn=pairing.train, label_set=data.label_set)
     test_names = list(data.test) + list(data.auc_extra)
-    test_ds = PairedXrayDataset(test_names, labels, boxes, source, set(data.test), pairing.test(0), pairing.canonical)
+    test_ds = PairedXrayDataset(test_names, labels, boxes, source, set(data.test), pairing.test(0), pairing.canonical,
+                                label_set=data.label_set)
 
     def train_loader(epoch: int):
         train_ds.set_epoch(epoch)
@@ -85,7 +86,7 @@ def make_val_loader(cfg: Config, data, pairing, source=None):
         return None, None
     source = source if source is not None else image_source(cfg, data.index)
     val_ds = PairedXrayDataset(list(data.val), data.labels, data.boxes, source, set(data.val), pairing.test(0),
-                               pairing.canonical)
+                               pairing.canonical, label_set=data.label_set)
     loader = DataLoader(val_ds, batch_size=max(1, cfg.optim.batch_size), shuffle=False,
                         num_workers=cfg.data.workers, collate_fn=collate)
     return val_ds, loader

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cianet.config import Config, config_from_dict
-from cianet.labels import NUM_CLASSES
+from cianet.labels import label_set_from
 
 
 def build_network(cfg: Config) -> nn.Module:
@@ -21,9 +21,18 @@ def build_network(cfg: Config) -> nn.Module:
     from cianet.models.cianet import build_model
 
     m = cfg.model
-    return build_model(m.kind, num_classes=NUM_CLASSES, backbone=m.backbone, pretrained=m.pretrained,
+    n_classes = len(label_set_from(cfg.data.labels, cfg.data.box_labels))  # the data set's classes
+    return build_model(m.kind, num_classes=n_classes, backbone=m.backbone, pretrained=m.pretrained,
                        test_upsample=m.test_upsample, head_channels=m.head_channels,
                        output_stride=m.output_stride, last_stage=m.last_stage)
+
+
+def check_pretrained(spec: Any, backbone: str) -> None:
+    """Fail now, before any data is read, when the initial weights ``spec`` (imagenet | none | PATH) cannot be
+    had (cianet.models.backbones.pretrained_weights: the error says how to proceed)."""
+    from cianet.models.backbones import pretrained_weights
+
+    pretrained_weights(backbone, spec)
 
 
 def alignment_net_kwargs(cfg: Config) -> dict[str, Any]:
@@ -47,7 +56,7 @@ def alignment_net_kwargs(cfg: Config) -> dict[str, Any]:
     return {"backbone": a.backbone, "input_size": a.input_size, **bounds}
 
 
-def build_alignment_net(cfg: Config, pretrained: bool | None = None,
+def build_alignment_net(cfg: Config, pretrained: bool | str | None = None,
                         net_kwargs: dict[str, Any] | None = None) -> nn.Module:
     """A new AlignmentNet for ``cfg`` (``net_kwargs``, e.g. a checkpoint's, instead of the config's)."""
     from cianet.models.alignment import AlignmentNet
@@ -57,19 +66,29 @@ def build_alignment_net(cfg: Config, pretrained: bool | None = None,
 
 
 def with_weights(build: Callable[[], nn.Module], state: dict[str, torch.Tensor],
-                 device: torch.device | str = "cpu") -> nn.Module:
+                 device: torch.device | str = "cpu", source: str = "<weights>") -> nn.Module:
     """``build()`` with ``state`` loaded, in eval mode on ``device``.
 
     The module is built on the meta device (no random initialization, which costs seconds for two ResNet
     trunks) and the saved tensors are assigned; a module holding state outside its state dict falls back
     to a normal build.
     """
-    with torch.device("meta"):
-        module = build()
-    module.load_state_dict(state, assign=True)
-    if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
-        module = build()
-        module.load_state_dict(state)
+    from cianet.errors import InputError
+
+    bad = sorted(k for k, t in state.items() if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all())
+    if bad:  # NaN weights would predict NaN for every image, reported as "ok"
+        raise InputError(f"{source}: non-finite (NaN or infinite) weights in {bad[0]}"
+                         f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}")
+    try:
+        with torch.device("meta"):
+            module = build()
+        module.load_state_dict(state, assign=True)
+        if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+            module = build()
+            module.load_state_dict(state)
+    except RuntimeError as exc:  # missing, unexpected or wrongly shaped tensors
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc)[:200])
+        raise InputError(f"{source}: the weights do not fit the network its config describes ({first})") from None
     return module.to(device).eval()
 
 
@@ -77,8 +96,8 @@ def network_from_weights(config: dict[str, Any], state: dict[str, torch.Tensor],
                          source: str = "<weights>") -> tuple[nn.Module, Config]:
     """(model in eval mode on ``device``, its Config) from a saved config dict and state dict."""
     cfg = config_from_dict(config, source=f"{source} config")
-    cfg.model.pretrained = False  # the weights are the saved ones
-    return with_weights(lambda: build_network(cfg), state, device), cfg
+    cfg.model.pretrained = "none"  # the weights are the saved ones
+    return with_weights(lambda: build_network(cfg), state, device, source), cfg
 
 
 def alignment_from_weights(net_kwargs: dict[str, Any], state: dict[str, torch.Tensor],

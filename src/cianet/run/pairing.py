@@ -186,11 +186,17 @@ def _pool_index(cfg: Config, pool: list[str], patients: dict[str, str], source, 
         full = HashIndex.load(cfg.negatives.hash_index)
         check_index_codes(cfg.negatives.hash_index, full.meta, code_kind(align_net, cfg.data.image_size),
                           cfg.align.checkpoint)
+        unknown = [n for n in full.names if n not in patients]
+        if unknown:
+            raise InputError(f"hash index {cfg.negatives.hash_index}: {len(unknown)} of its images are not in the "
+                             f"data set (first: {unknown[0]}); build it for this data set with `cianet hash`")
         keep = set(pool)
         rows = [i for i, n in enumerate(full.names) if n in keep]
-        if rows:
-            return HashIndex(full.codes[rows], [full.names[i] for i in rows], [full.patients[i] for i in rows],
-                             dict(full.meta))
+        if not rows:
+            raise InputError(f"hash index {cfg.negatives.hash_index} holds none of the run's {len(pool)} negative "
+                             "candidates; build it for this data set with `cianet hash`")
+        return HashIndex(full.codes[rows], [full.names[i] for i in rows], [full.patients[i] for i in rows],
+                         dict(full.meta))
     return HashIndex(hash_codes_for(pool, source, cfg.run.progress, align_net), list(pool),
                      [patients[n] for n in pool])
 
@@ -281,7 +287,7 @@ def save_pairs(pairing: RunPairing, run_dir: str | Path) -> Path | None:
 def hash_data_root(data_root: str | Path, out: str | Path, cache: str | Path | None = None, size: int = 16,
                    entry_csv: str | None = None, workers: int = 4, center: bool = False,
                    progress: bool | None = None, align: str | Path | None = None, image_size: int | None = None,
-                   device: str = "cpu") -> dict:
+                   device: str = "cpu", dataset: str = "auto") -> dict:
     """``cianet hash``: the perceptual-hash index of a data root's No Finding images, saved to ``out``.
 
     Images come from the image cache when it holds them, else from their files. Images with neither are left
@@ -294,14 +300,14 @@ def hash_data_root(data_root: str | Path, out: str | Path, cache: str | Path | N
     (:func:`code_kind`).
     """
     from cianet.data.cache import read_image
-    from cianet.data.nih import NIHIndex
+    from cianet.data.layouts import open_index
     from cianet.negatives import build_hash_index
 
     if size < 1:
         raise UsageError(f"--size must be positive, got {size}")
     if workers < 1:
         raise UsageError(f"--workers must be positive, got {workers}")
-    index = NIHIndex.from_root(data_root, entry_csv=entry_csv)
+    index = open_index(data_root, dataset, entry_csv=entry_csv)  # `dataset`: the layout (auto: detected)
     records = [r for r in index.records if r.no_finding]
     if not records:
         raise InputError(f"{data_root}: no No Finding image in {index.entry_csv or 'the entry CSV'}")

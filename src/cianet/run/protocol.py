@@ -24,13 +24,14 @@ from pathlib import Path
 
 from cianet.config import Config
 from cianet.errors import InputError, MissingPathError, UsageError
+from cianet.labels import NIH_LABEL_SET, LabelSet, label_set_from
 
 SPLIT_FILE = "split.json"
 
 
 @dataclass
 class RunData:
-    index: object  # cianet.data.nih.NIHIndex
+    index: object  # cianet.data.index.ImageIndex
     train: list[str]
     test: list[str]
     box_names: set[str]  # training images whose boxes supervise (eq. 6 lambda)
@@ -46,6 +47,10 @@ class RunData:
         return {r.name: r.labels for r in self.index.records}
 
     @property
+    def label_set(self) -> LabelSet:
+        return self.index.label_set
+
+    @property
     def boxes(self) -> dict[str, list]:
         return {r.name: r.boxes for r in self.index.records if r.boxes}
 
@@ -56,11 +61,36 @@ class RunData:
 
 
 def load_index(cfg: Config):
-    from cianet.data.nih import NIHIndex
+    """The index of ``cfg.data`` (data root, layout, metadata tables, reader-box merge)."""
+    from cianet.data.layouts import open_index
 
-    if not cfg.data.data_root:
+    d = cfg.data
+    if not d.data_root:
         raise UsageError("no data root: pass --data-root (or set data.data_root in the config)")
-    return NIHIndex.from_root(cfg.data.data_root, entry_csv=cfg.data.entry_csv, bbox_csv=cfg.data.bbox_csv)
+    try:
+        return open_index(d.data_root, d.dataset, entry_csv=d.entry_csv, bbox_csv=d.bbox_csv,
+                          box_merge=d.box_merge, merge_iou=d.merge_iou, label_map=d.label_map)
+    except FileNotFoundError as exc:
+        raise MissingPathError(str(exc)) from None
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def adopt_labels(cfg: Config, index) -> LabelSet:
+    """The run's classes: those of ``index``'s data set, recorded in ``cfg.data.labels`` / ``box_labels`` (left
+    null for ChestX-ray14, as configs always had). A config that names other classes (a run resumed or
+    evaluated on another data set) is an InputError naming both."""
+    have = label_set_from(cfg.data.labels, cfg.data.box_labels)
+    if cfg.data.labels is None and index.label_set == NIH_LABEL_SET:
+        return NIH_LABEL_SET
+    if cfg.data.labels is not None and have != index.label_set:
+        raise InputError(f"the run's classes ({len(have)}: {', '.join(have.names[:4])}...) differ from those of "
+                         f"the data root {index.root} ({index.dataset}, {len(index.label_set)}: "
+                         f"{', '.join(index.label_set.names[:4])}...); to score a run on another data set's "
+                         "matching classes: `cianet evaluate --run RUN --data-root ROOT --out DIR [--label-map nih]`")
+    if cfg.data.labels is None:
+        cfg.data.labels, cfg.data.box_labels = list(index.label_set.names), list(index.label_set.box_names)
+    return index.label_set
 
 
 def load_or_make_splits(cfg: Config, index) -> dict:
@@ -93,6 +123,7 @@ def build_run_data(cfg: Config, index=None) -> RunData:
     from cianet.data import splits as sp
 
     index = index if index is not None else load_index(cfg)
+    adopt_labels(cfg, index)
     splits = load_or_make_splits(cfg, index)
     p = cfg.protocol
     if p.kind == "classification":

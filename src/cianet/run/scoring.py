@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cianet.labels import LABELS, NUM_BOX_CLASSES
+from cianet.labels import NIH_LABEL_SET, LabelSet
 from cianet.utils.atomic import atomic_write_json, atomic_write_text
 from cianet.utils.progress import progress_bar
 
@@ -42,11 +41,15 @@ def evaluate(
     progress: bool = True,
     keep_predictions: bool = False,
     rescale: bool = False,
+    label_set: LabelSet | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate on ``loader`` (a test or validation loader whose boxes are all the boxes of its images).
 
     ``rescale``: the run's ``loss.mil_rescale``, so that the image scores are the probabilities the MIL loss
     trained (``image_scores_from_logits(..., rescale)``). ``"names"`` lists the images scored, in order.
+    ``precision``: "fp32", "bf16" or "fp16" (:func:`cianet.run.precision.resolve_precision`; default: float16
+    autocast on CUDA, float32 elsewhere), recorded as ``"precision"``.
 
     Returns {"auc": {class: auc, "Mean"}, "localization": {"0.1": {class: acc, "Mean"}, ...}, "n_images", "n_boxes"}
     and, with keep_predictions, "scores" (N, 14), "labels" (N, 14) and per-box "ious".
@@ -54,6 +57,10 @@ def evaluate(
     from cianet.run.forward import align_batch, forward_grids
     from cianet.metrics import accuracy_from_ious, auc_per_class, box_ious, image_scores_from_logits, mask_iou
 
+    # The data set's classes: given, else those of the loader's dataset (PairedXrayDataset.label_set), else NIH.
+    classes = label_set or getattr(getattr(loader, "dataset", None), "label_set", None) or NIH_LABEL_SET
+    n_box = classes.n_box
+    precision = precision or ("fp16" if device.type == "cuda" else "fp32")
     model.eval()
     scores, labels, ious, box_cls, box_img, seen = [], [], [], [], [], []
     att_maps, att_boxes = [], []  # CIA-Net: |M+ - M-| of test images with boxes, and their boxes (model frame)
@@ -61,22 +68,22 @@ def evaluate(
         batch = {k: v.to(device) for k, v in batch.items()}
         orig_boxes = batch["boxes"]  # (B, K, 5) in the un-aligned S frame
         batch = align_batch(align_net, batch)
-        out = forward_grids(model, batch, upsample, channels_last, amp=device.type == "cuda")
+        out = forward_grids(model, batch, upsample, channels_last, precision=precision)
         scores.append(image_scores_from_logits(out["logits"], rescale=rescale).cpu().numpy())
         labels.append(batch["labels"].cpu().numpy())
         seen.extend(int(i) for i in batch["index"])
-        probs = torch.sigmoid(out["test_logits"][:, :NUM_BOX_CLASSES]).cpu().numpy()  # (B, 8, U, U)
+        probs = torch.sigmoid(out["test_logits"][:, :n_box]).cpu().numpy()  # (B, n_box, U, U): 8 on NIH
         s = batch["image"].shape[-1]
         for b in range(probs.shape[0]):
             rows = orig_boxes[b][orig_boxes[b, :, 0] >= 0].cpu().numpy()
-            rows = rows[rows[:, 0] < NUM_BOX_CLASSES]
+            rows = rows[rows[:, 0] < n_box]
             if not len(rows):
                 continue
             img_idx = int(batch["index"][b])
             if "delta" in out:
                 moved = batch["boxes"][b][batch["boxes"][b, :, 0] >= 0].cpu().numpy()  # aligned when aligning
                 att_maps.append(out["delta"][b].cpu().numpy())
-                att_boxes.append([tuple(map(float, r[1:])) for r in moved if r[0] < NUM_BOX_CLASSES])
+                att_boxes.append([tuple(map(float, r[1:])) for r in moved if r[0] < n_box])
             if align_net is None:
                 blist = [(0, int(r[0]), *map(float, r[1:])) for r in rows]
                 ious.extend(box_ious(probs[b : b + 1], blist, (s, s)).tolist())
@@ -92,14 +99,15 @@ def evaluate(
                     ious.append(mask_iou(region, (r[1] * fx, r[2] * fy, r[3] * fx, r[4] * fy)))
             box_cls.extend(int(r[0]) for r in rows)
             box_img.extend([img_idx] * len(rows))
-    scores_a = np.concatenate(scores) if scores else np.zeros((0, len(LABELS)))
-    labels_a = np.concatenate(labels) if labels else np.zeros((0, len(LABELS)))
+    scores_a = np.concatenate(scores) if scores else np.zeros((0, len(classes)))
+    labels_a = np.concatenate(labels) if labels else np.zeros((0, len(classes)))
     ious_a, cls_a = np.asarray(ious, dtype=np.float64), np.asarray(box_cls, dtype=np.int64)
     result: dict[str, Any] = {
-        "auc": auc_per_class(scores_a, labels_a),
-        "localization": accuracy_from_ious(ious_a, cls_a, thresholds),
+        "auc": auc_per_class(scores_a, labels_a, classes.names),
+        "localization": accuracy_from_ious(ious_a, cls_a, thresholds, classes.box_names),
         "n_images": int(len(scores_a)),
         "n_boxes": int(len(ious_a)),
+        "precision": precision,
     }
     dataset_names = getattr(getattr(loader, "dataset", None), "names", None)
     result["names"] = [dataset_names[i] for i in seen] if dataset_names is not None else []
@@ -109,16 +117,16 @@ def evaluate(
         result["attention"] = attention_in_boxes(np.stack(att_maps), att_boxes, (s, s))
     if keep_predictions:
         result.update(scores=scores_a, labels=labels_a, ious=ious_a, box_classes=cls_a, box_images=np.asarray(box_img))
+        if dataset_names is not None:  # the image of each box by name (box_images are dataset positions)
+            result["box_names"] = [dataset_names[i] for i in box_img]
     return result
 
 
 def json_safe(obj):
-    """``obj`` with non-finite floats replaced by None, recursively through dicts (JSON has no NaN)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    return obj
+    """``obj`` with non-finite floats replaced by None, recursively through dicts and lists (JSON has no NaN)."""
+    from cianet.utils.atomic import strict_json
+
+    return strict_json(obj)
 
 
 def metrics_markdown(metrics: dict[str, Any], title: str = "") -> str:
@@ -127,12 +135,57 @@ def metrics_markdown(metrics: dict[str, Any], title: str = "") -> str:
     loc = metrics["localization"]
     parts = [f"# {title}\n" if title else "",
              f"{metrics.get('n_images', '?')} test images, {metrics.get('n_boxes', '?')} boxes.\n",
+             cross_dataset_lines(metrics["cross_dataset"]) if metrics.get("cross_dataset") else "",
              "## Localization accuracy\n", format_localization_table({"model": loc}), "",
              "## AUC\n", format_auc_table({"model": metrics["auc"]}), ""]
     att = metrics.get("attention")
     if att and att.get("n_images"):
         parts += ["## Contrast attention\n", attention_sentence(att), ""]
+    if metrics.get("ci"):
+        parts += ["## Bootstrap confidence intervals\n", ci_lines(metrics["ci"]), ""]
+    plots = metrics.get("plots") or {}
+    if plots:
+        titles = {"roc": "ROC per class", "pr": "Precision-recall per class",
+                  "localization": "Localization accuracy against T(IoU)", "loss": "Training loss"}
+        parts += ["## Plots\n"] + [f"![{titles.get(k, k)}]({f})\n" for k, f in plots.items()]
     return "\n".join(parts)
+
+
+def cross_dataset_lines(cross: dict[str, Any]) -> str:
+    """Markdown of ``metrics["cross_dataset"]`` (``cianet evaluate --out``): what was scored, and what not."""
+    def names(key: str) -> str:
+        return ", ".join(cross.get(key) or []) or "none"
+
+    mapped = f", classes mapped to {cross['label_map']}" if cross.get("label_map") else ""
+    lines = [f"Cross-data-set evaluation of run {cross.get('run')} on {cross.get('dataset')} "
+             f"({cross.get('data_root')}{mapped}): {cross.get('scored_images')} of {cross.get('images')} images "
+             f"scored ({cross.get('negative_pool')} No Finding images kept as negatives, "
+             f"{cross.get('missing_files')} files missing).", "",
+             f"- classes scored: {names('scored')}",
+             f"- the model's classes left out (no counterpart in the data set): {names('left_out')}",
+             f"- the data set's classes the model has no output for: {names('not_in_model')}"]
+    dropped = cross.get("boxes_dropped") or {}
+    if dropped:
+        lines.append("- boxes not used for localization: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+    return "\n".join(lines) + "\n"
+
+
+def ci_lines(ci: dict[str, Any]) -> str:
+    """Markdown lines of ``metrics["ci"]`` (mean AUC and class-mean localization accuracy per T(IoU))."""
+    def fmt(r):
+        if r.get("value") is None:
+            return "n/a"
+        lo, hi = r.get("low"), r.get("high")
+        interval = "n/a" if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"
+        return f"{r['value']:.3f} {interval}"
+
+    conf = round(100 * ci.get("confidence", 0.95))
+    lines = [f"{conf}% intervals from {ci.get('n_boot', '?')} bootstrap resamples of the test images/boxes.", ""]
+    if ci.get("auc"):
+        lines.append(f"- mean AUC: {fmt(ci['auc'])}")
+    for t, r in (ci.get("localization") or {}).items():
+        lines.append(f"- localization accuracy (class mean), T(IoU) = {t}: {fmt(r)}")
+    return "\n".join(lines)
 
 
 def attention_sentence(att: dict[str, Any]) -> str:
@@ -149,7 +202,9 @@ def write_metrics(run_dir: str | Path, metrics: dict[str, Any], title: str = "")
     """``metrics.json`` (keys localization, auc, n_images, n_boxes, and attention for CIA-Net; NaN -> null) and
     ``metrics.md``."""
     run_dir = Path(run_dir)
-    keep = {k: metrics[k] for k in ("localization", "auc", "n_images", "n_boxes", "attention") if k in metrics}
+    keep = {k: metrics[k] for k in ("localization", "auc", "n_images", "n_boxes", "precision", "attention", "ci",
+                                    "plots", "cross_dataset")
+            if k in metrics}
     atomic_write_json(run_dir / "metrics.json", json_safe(keep))
     atomic_write_text(run_dir / "metrics.md", metrics_markdown(metrics, title))
     if "scores" in metrics:  # per-image scores and per-box IoUs, for ROC curves and further analysis
@@ -157,8 +212,9 @@ def write_metrics(run_dir: str | Path, metrics: dict[str, Any], title: str = "")
 
         with atomic_path(run_dir / PREDICTIONS) as tmp:
             with open(tmp, "wb") as fh:
+                names = {k: np.asarray(metrics[k], dtype=str) for k in ("names", "box_names") if metrics.get(k)}
                 np.savez(fh, scores=metrics["scores"], labels=metrics["labels"], ious=metrics["ious"],
-                         box_classes=metrics["box_classes"], box_images=metrics["box_images"])
+                         box_classes=metrics["box_classes"], box_images=metrics["box_images"], **names)
 
 
 def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
@@ -170,4 +226,6 @@ def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
         raise InputError(f"{path} is missing: the run predates per-box predictions; evaluate it again with "
                                f"`cianet evaluate --run {run_dir}`")
     with np.load(path) as z:
-        return {k: z[k] for k in PREDICTION_KEYS}
+        out = {k: z[k] for k in PREDICTION_KEYS}
+        out.update({k: z[k] for k in ("names", "box_names") if k in z.files})  # written since the viewer
+        return out

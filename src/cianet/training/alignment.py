@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cianet.config import Config, save_config
+from cianet.config import Config, resolve_paths, save_config
 from cianet.errors import InputError, NonFiniteLossError, UsageError
 from cianet.utils.progress import progress_bar
 
@@ -47,8 +47,15 @@ def train_alignment(cfg: Config, resume: bool = False) -> Path:
 
     Per batch ``x`` (downsized to ``align.input_size``): random warps ``W`` give ``x' = W x``; one pass
     predicts ``P`` for ``x`` and ``P'`` for ``x'``; the loss is the structure loss of both aligned copies
-    plus ``consistency_weight * consistency_loss(P, P', W)``.
+    plus ``consistency_weight * consistency_loss(P, P', W)``. Holds the run folder's lock while it writes.
     """
+    from cianet.utils.outputs import output_lock
+
+    with output_lock(cfg.run.out, "cianet train-align"):
+        return _train_alignment(cfg, resume)
+
+
+def _train_alignment(cfg: Config, resume: bool) -> Path:
     from torch.utils.data import DataLoader
 
     from cianet.data.canonical import load_canonical
@@ -74,6 +81,7 @@ def train_alignment(cfg: Config, resume: bool = False) -> Path:
         raise UsageError(f"align.lr_schedule must be 'cosine' or 'constant', got {a.lr_schedule!r}")
     if a.consistency_weight < 0:
         raise UsageError(f"align.consistency_weight must be >= 0, got {a.consistency_weight}")
+    cfg = resolve_paths(cfg)  # the saved config means the same files from any folder (relocatable runs)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     seed_everything(cfg.run.seed)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cianet.config import Config, save_config
+from cianet.config import Config, resolve_paths, save_config
 from cianet.errors import NonFiniteLossError
 from cianet.utils.progress import progress_bar
 
@@ -50,14 +50,21 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     log=None,
     progress: bool = True,
+    precision: str | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the epoch's mean losses. Raises NonFiniteLossError on NaN/inf."""
+    """One pass over ``loader``; returns the epoch's mean losses. Raises NonFiniteLossError on NaN/inf.
+
+    ``precision``: "fp32", "bf16" or "fp16" (:func:`cianet.run.precision.resolve_precision`); default: what
+    ``cfg.run.precision`` resolves to on ``device``.
+    """
     from cianet.losses import cianet_loss, padded_grid_targets
     from cianet.run.forward import align_batch, network_inputs
+    from cianet.run.precision import autocast, resolve_precision
 
     cfg = cfg or Config()
     model.train()
-    amp = bool(cfg.optim.amp and device.type == "cuda")
+    if precision is None:
+        precision = resolve_precision(cfg.run.precision, device, cuda_amp=cfg.optim.amp, what="run.precision")
     sums = {"loss": 0.0, "box": 0.0, "mil": 0.0}
     n = 0
     bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not progress, leave=False)
@@ -65,7 +72,7 @@ def train_one_epoch(
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         batch = align_batch(align_net, batch)
         pos, neg = network_inputs(batch, cfg.optim.channels_last)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16, enabled=amp):
+        with autocast(precision, device):
             out = model(pos, neg)
         logits = out["logits"].float()  # (B, C, h, w)
         size, grid = (pos.shape[-1], pos.shape[-2]), (logits.shape[-1], logits.shape[-2])  # (W, H) pairs
@@ -121,8 +128,19 @@ class JsonlLog:
 def fit(cfg: Config, resume: bool = False) -> Path:
     """Train a model as ``cfg`` says; write checkpoints, logs and metrics into cfg.run.out. Returns the folder.
 
-    Only rank 0 writes (config, split, negative pairs, checkpoints, logs, metrics) under torchrun.
+    Only rank 0 writes (config, split, negative pairs, checkpoints, logs, metrics) under torchrun, and it
+    holds the run folder's lock meanwhile: a second ``train`` into the same folder is refused.
     """
+    from cianet.run.device import distributed_info
+    from cianet.utils.outputs import output_lock
+
+    if distributed_info()[0] != 0:
+        return _fit(cfg, resume)
+    with output_lock(cfg.run.out, "cianet train"):
+        return _fit(cfg, resume)
+
+
+def _fit(cfg: Config, resume: bool) -> Path:
     from cianet.run.checkpoints import (CHECKPOINT, checkpoint_payload, load_alignment, load_checkpoint,
                                         resume_state, save_checkpoint)
     from cianet.run.device import init_distributed, resolve_device, seed_everything
@@ -130,9 +148,11 @@ def fit(cfg: Config, resume: bool = False) -> Path:
     from cianet.run.networks import build_network
     from cianet.run.pairing import pair_negatives, save_pairs
     from cianet.run.protocol import build_run_data, check_same_split, write_split_file
+    from cianet.run.precision import resolve_precision
     from cianet.run.scoring import evaluate, write_metrics
 
     device = resolve_device(cfg.run.device)
+    precision = resolve_precision(cfg.run.precision, device, cuda_amp=cfg.optim.amp, what="run.precision")
     rank, world = init_distributed(device)
     is_main = rank == 0
     if cfg.run.threads:
@@ -140,12 +160,14 @@ def fit(cfg: Config, resume: bool = False) -> Path:
     out = Path(cfg.run.out)
     ckpt_path = out / CHECKPOINT
     state, cfg = resume_state(ckpt_path, load_checkpoint, cfg, resume)
+    cfg = resolve_paths(cfg)  # the saved config means the same files from any folder (relocatable runs)
     start_epoch = 0 if state is None else int(state["epoch"]) + 1
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
     seed_everything(cfg.run.seed + rank)
-    data = build_run_data(cfg)
+    data = build_run_data(cfg)  # records the data set's classes in cfg.data.labels (saved with the run)
+    if is_main:
+        save_config(cfg, out / "config.yaml")
     if state is not None:
         check_same_split(out, data)  # a resumed run continues on the lists it started with
     if is_main:
@@ -155,7 +177,7 @@ def fit(cfg: Config, resume: bool = False) -> Path:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=bool(cfg.optim.amp and device.type == "cuda"))
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")  # bfloat16 needs no loss scaling
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -178,15 +200,16 @@ def fit(cfg: Config, resume: bool = False) -> Path:
     for epoch in range(start_epoch, cfg.optim.epochs):
         t0 = time.time()
         losses = train_one_epoch(model, optimizer, train_loader(epoch), device, epoch, cfg=cfg,
-                                 align_net=align_net, scaler=scaler, log=log, progress=progress)
+                                 align_net=align_net, scaler=scaler, log=log, progress=progress,
+                                 precision=precision)
         scheduler.step()
-        record = {"event": "epoch", "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+        record = {"event": "epoch", "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "precision": precision,
                   "seconds": round(time.time() - t0, 2), **{f"train_{k}": v for k, v in losses.items()}}
         last = epoch == cfg.optim.epochs - 1
         due = last or bool(cfg.run.eval_every and (epoch + 1) % cfg.run.eval_every == 0)
         if is_main and val_loader is not None and due:  # validation images only; the test images wait for the end
             m = evaluate(model, val_loader, device, align_net=align_net, progress=False, upsample=True,
-                         channels_last=cfg.optim.channels_last, rescale=cfg.loss.mil_rescale)
+                         channels_last=cfg.optim.channels_last, rescale=cfg.loss.mil_rescale, precision=precision)
             record.update({"val_auc_mean": m["auc"]["Mean"],
                            "val_loc_mean_0.5": m["localization"].get("0.5", {}).get("Mean"),
                            "val_images": m["n_images"], "val_boxes": m["n_boxes"]})
@@ -203,9 +226,10 @@ def fit(cfg: Config, resume: bool = False) -> Path:
                 print(f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {losses['loss']:.4f} ({record['seconds']}s)", file=sys.stderr)
     if is_main:  # the test images, once: the last epoch's weights (no model selection, docs/method.md)
         metrics = evaluate(model, test_loader, device, align_net=align_net, progress=progress, upsample=True,
-                           channels_last=cfg.optim.channels_last, keep_predictions=True, rescale=cfg.loss.mil_rescale)
+                           channels_last=cfg.optim.channels_last, keep_predictions=True, rescale=cfg.loss.mil_rescale,
+                           precision=precision)
         write_metrics(out, metrics, title=f"{cfg.model.kind} ({data.description})")
-        log({"event": "final", "weights": f"epoch {cfg.optim.epochs - 1} (last)",
+        log({"event": "final", "weights": f"epoch {cfg.optim.epochs - 1} (last)", "precision": precision,
              "test_auc_mean": metrics["auc"]["Mean"],
              "test_localization_mean": {t: v["Mean"] for t, v in metrics["localization"].items()},
              "test_images": metrics["n_images"], "test_boxes": metrics["n_boxes"]})

@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
 
-A reader (or a killed run) sees either the old file or the complete new one, never a torn write.
+A reader (or a killed run) sees either the old file or the complete new one, never a torn write. The
+temporary file is ``.NAME.PID.RANDOM.tmp``; one left by a killed writer (its pid no longer runs) is removed
+by the next write of the same file that asks for it (``clean_stale=True``: checkpoints, caches).
 """
 
 from __future__ import annotations
@@ -9,19 +11,68 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 
+#: a temporary file without a pid in its name (written by an older cianet) counts as stale after this long
+_LEGACY_TEMP_AGE_S = 600.0
+
+
+def stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Temporary files of ``path`` left by writers that no longer run (killed mid-write)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    prefix = f".{path.name}."
+    stale = []
+    for tmp in path.parent.glob(f"{glob_escape(prefix)}*.tmp"):
+        middle = tmp.name[len(prefix):-len(".tmp")]
+        pid_text = middle.split(".", 1)[0]
+        try:
+            if pid_text.isdigit() and "." in middle:
+                alive = _pid_alive(int(pid_text))
+            else:
+                alive = time.time() - tmp.stat().st_mtime < _LEGACY_TEMP_AGE_S
+        except FileNotFoundError:
+            continue
+        if not alive:
+            stale.append(tmp)
+    return stale
+
+
+def glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, clean_stale: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. ``clean_stale``: first
+    remove the temporary files of ``path`` that killed writers left (worth it for large files).
     """
     path = Path(path)
+    if path.is_dir():
+        from cianet.errors import UsageError
+
+        raise UsageError(f"{path}: is a folder; give the path of a file to write (a folder is never replaced)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if clean_stale:
+        for tmp in stale_temps(path):
+            tmp.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -47,12 +98,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, allow_nan=True) + "\n")
+    """Strict JSON (NaN and infinities become null: strict parsers reject the bare tokens)."""
+    atomic_write_text(path, json.dumps(strict_json(obj), indent=indent, sort_keys=False, allow_nan=False) + "\n")
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (numpy scalars and arrays become lists/floats)."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if hasattr(obj, "tolist") and type(obj).__module__ == "numpy":
+        return strict_json(obj.tolist())
+    return obj
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through a temporary file and rename."""
     import torch
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, clean_stale=True) as tmp:
         torch.save(obj, tmp)

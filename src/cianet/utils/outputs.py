@@ -1,0 +1,222 @@
+"""Output folders cianet owns, and a lock for one writer at a time.
+
+A command that writes a folder of results (``demo``, ``predict``) first *claims* it: a new or empty folder
+gets a marker file (``.cianet-output.json``) naming the command and, as the command goes on, the files it
+wrote (its manifest). A folder holding anything else is refused with a message that names what is there,
+so a command can never delete or overwrite files it did not write itself; ``--fresh``/``--overwrite``
+delete only what the manifest lists.
+
+``output_lock`` keeps two processes from writing one folder at once: it creates ``.cianet.lock`` with
+O_EXCL, holding the writer's pid and host. A lock left by a process that no longer runs (killed with
+SIGKILL, a crashed machine) is stale and taken over; a live one is an error naming the pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from cianet.errors import InputError
+
+MARKER = ".cianet-output.json"
+LOCK = ".cianet.lock"
+_FORMAT = 1
+#: a lock file that cannot be read is taken for stale once it is this old (a writer killed between
+#: creating and filling it); younger ones may still be being written
+_UNREADABLE_LOCK_GRACE_S = 10.0
+
+
+def describe_entries(folder: Path, limit: int = 3) -> str:
+    """``'a.png, b.csv and 5 more'``: the first few entries of a folder, for error messages."""
+    names = sorted(p.name for p in folder.iterdir())
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def read_marker(folder: str | os.PathLike) -> dict | None:
+    """The marker of a folder cianet claimed, or None when there is none (or it is not ours)."""
+    try:
+        data = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("kind"), str) or not isinstance(data.get("files"), list):
+        return None
+    return data
+
+
+def _write_marker(folder: Path, kind: str, files: Iterable[str]) -> None:
+    from cianet.utils.atomic import atomic_write_json
+
+    atomic_write_json(folder / MARKER, {"format": _FORMAT, "kind": kind, "files": sorted(set(files))})
+
+
+def claim_output(folder: str | os.PathLike, kind: str, *, adopt: Iterable[str] = ()) -> Path:
+    """Make ``folder`` a ``kind`` output folder (creating it), or check that it already is one.
+
+    Refused (InputError): a path that is a file, a folder claimed by another kind of output, a non-empty
+    folder without a marker. ``adopt``: entry names that, when they are all a markerless folder holds,
+    show it was written by an older cianet that wrote no marker; such a folder is claimed.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: exists and is not a folder; give a folder path (it is never replaced)")
+    if folder.is_dir():
+        marker = read_marker(folder)
+        if marker is not None:
+            if marker["kind"] != kind:
+                raise InputError(f"{folder}: holds the output of cianet {marker['kind']}, not of cianet {kind}; "
+                                 "choose another folder")
+            return folder
+        entries = {p.name for p in folder.iterdir()}
+        if entries and not (set(adopt) and entries <= set(adopt)):
+            raise InputError(f"{folder}: not empty and not written by cianet {kind} (it holds "
+                             f"{describe_entries(folder)}); choose a new or empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_marker(folder, kind, [])
+    return folder
+
+
+def record_outputs(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Add ``names`` (relative to ``folder``) to the manifest of a claimed folder."""
+    folder = Path(folder)
+    marker = read_marker(folder)
+    if marker is None:
+        raise InputError(f"{folder}: no {MARKER} (the folder was not claimed)")
+    _write_marker(folder, marker["kind"], [*marker["files"], *names])
+
+
+def remove_recorded(folder: str | os.PathLike) -> list[str]:
+    """Delete the files the manifest of a claimed folder lists (and nothing else); returns their names.
+
+    Names that would leave the folder (absolute, ``..``) are ignored: a manifest is data, not a command.
+    """
+    import shutil
+
+    folder = Path(folder)
+    marker = read_marker(folder)
+    if marker is None:
+        return []
+    removed = []
+    root = folder.resolve()
+    for name in marker["files"]:
+        path = folder / str(name)
+        if Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(root):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(str(name))
+    _write_marker(folder, marker["kind"], [])
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _lock_is_stale(path: Path) -> bool:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        pid, host = int(info["pid"]), str(info["host"])
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            return time.time() - path.stat().st_mtime > _UNREADABLE_LOCK_GRACE_S
+        except FileNotFoundError:
+            return True
+    if host != socket.gethostname():
+        return False  # cannot tell whether a process on another machine still runs
+    return not _pid_alive(pid)
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, what: str = "cianet") -> Iterator[Path]:
+    """Hold ``folder/.cianet.lock`` while writing ``folder``; InputError if a live process holds it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    payload = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "what": what})
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _lock_is_stale(path):
+                # Rename before deleting, so that of two processes finding the same stale lock only one removes it.
+                grave = path.with_name(f"{LOCK}.stale.{os.getpid()}")
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(path, grave)
+                    grave.unlink()
+                continue
+            try:
+                holder = json.loads(path.read_text(encoding="utf-8"))
+                who = f"pid {holder.get('pid')} on {holder.get('host')}, {holder.get('what')}, since {holder.get('started')}"
+            except (OSError, ValueError):
+                who = "a process that is starting"
+            raise InputError(f"{folder}: another cianet process is writing here ({who}); wait for it to end, "
+                             f"or delete {path} if no such process runs") from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(payload)
+        break
+    else:
+        raise InputError(f"{folder}: could not take the lock {path} (it keeps reappearing)")
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+                path.unlink()
+
+
+@contextlib.contextmanager
+def owned_output(folder: str | os.PathLike, kind: str, *, overwrite: bool = False, flag: str = "--overwrite",
+                 adopt: Iterable[str] = ()) -> Iterator[Path]:
+    """Claim ``folder`` for ``kind`` and hold its lock while the block writes it.
+
+    When the folder holds the recorded output of an earlier ``kind`` run, that output is deleted first with
+    ``overwrite`` (and nothing else is), else refused naming ``flag``. Every file the block creates or changes
+    is recorded in the manifest, even when the block fails, so that a later ``overwrite`` removes it.
+    """
+    folder = claim_output(folder, kind, adopt=adopt)
+    with output_lock(folder, f"cianet {kind}"):
+        marker = read_marker(folder) or {"files": []}
+        if marker["files"]:
+            if not overwrite:
+                names = sorted(marker["files"])
+                shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                raise InputError(f"{folder}: holds the output of an earlier cianet {kind} ({shown}); pass {flag} "
+                                 "to replace it, or choose another folder")
+            remove_recorded(folder)
+        before = _mtimes(folder)
+        try:
+            yield folder
+        finally:
+            after = _mtimes(folder)
+            record_outputs(folder, [n for n, t in after.items() if before.get(n) != t])
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    out = {}
+    for p in folder.iterdir():
+        if p.name in (MARKER, LOCK) or (p.name.startswith(".") and p.name.endswith(".tmp")):
+            continue
+        try:
+            out[p.name] = p.stat().st_mtime_ns
+        except FileNotFoundError:
+            continue
+    return out

@@ -1,0 +1,62 @@
+"""scripts/gpu-bench.sh: its arguments, the commands it runs, and (slow) a whole run on CPU with --quick."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from cianet.cli import main
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu-bench.sh"
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_bad_arguments_exit_2_with_one_line():
+    for args in (["--bogus"], ["--device", "tpu"], ["--device"]):
+        r = _run(*args)
+        assert r.returncode == 2, args
+        assert r.stderr.splitlines()[0].startswith("gpu-bench.sh: ")
+
+
+@pytest.mark.slow  # starts python and imports torch: seconds, more on a loaded machine
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_refused():
+    r = _run("--device", "cuda")
+    assert r.returncode == 2 and "CUDA is not available" in r.stderr
+
+
+def test_dry_run_lists_valid_bench_commands(capsys):
+    r = _run("--device", "cpu", "--quick", "--dry-run", "--out", "somewhere")
+    assert r.returncode == 0
+    commands = [line[2:].split() for line in r.stderr.splitlines() if line.startswith("+ ")]
+    assert len(commands) == 3
+    for cmd in commands:
+        assert cmd[1] == "bench" and cmd[cmd.index("--device") + 1] == "cpu" and "--quick" in cmd
+    outs = [cmd[cmd.index("--out") + 1] for cmd in commands]
+    assert outs == ["somewhere/train-b6.json", "somewhere/train-b24.json", "somewhere/predict.json"]
+    # every command's arguments are accepted by `cianet bench` (checked without running it: a bad
+    # --predict-folder-images value stops it at argument checking, after everything else was parsed)
+    for cmd in commands:
+        args = cmd[1:cmd.index("--out")] + ["--predict-folder-images", "0"]
+        assert main(args) == 2
+        assert "--predict-folder-images must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_cpu_run_writes_every_result(tmp_path):
+    r = _run("--device", "cpu", "--quick", "--out", str(tmp_path), timeout=1200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ("train-b6", "train-b24", "predict"):
+        result = json.loads((tmp_path / f"{name}.json").read_text())
+        assert result["settings"]["device"] == "cpu"
+    assert json.loads((tmp_path / "train-b24.json").read_text())["train"]["batch"] == 24
+    assert "of matmul" in r.stdout and "folder of" in r.stdout

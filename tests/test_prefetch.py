@@ -1,0 +1,108 @@
+"""Decoding ahead of the networks: input order kept, memory bounded, bad files skipped by name as without it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import make_run, synthetic_chest
+
+
+def test_prefetch_keeps_order_and_hands_over_errors():
+    from cianet.utils.prefetch import prefetch
+
+    rng = random.Random(0)
+    delays = {i: rng.random() * 0.01 for i in range(30)}
+
+    def work(i: int) -> int:
+        time.sleep(delays[i])  # later items often finish first
+        if i % 7 == 3:
+            raise OSError(f"item {i} is broken")
+        return i * i
+
+    for depth, workers in ((0, 1), (1, 1), (4, 3), (50, 4)):
+        got = list(prefetch(range(30), work, depth, workers))
+        assert [item for item, _, _ in got] == list(range(30))
+        for item, value, exc in got:
+            if item % 7 == 3:
+                assert value is None and isinstance(exc, OSError) and f"item {item}" in str(exc)
+            else:
+                assert exc is None and value == item * item
+
+
+def test_prefetch_holds_at_most_depth_items_ahead():
+    from cianet.utils.prefetch import prefetch
+
+    lock = threading.Lock()
+    started, consumed, ahead = [0], [0], []
+
+    def work(i: int) -> int:
+        with lock:
+            started[0] += 1
+            ahead.append(started[0] - consumed[0])
+        return i
+
+    for _ in prefetch(range(40), work, depth=3, workers=2):
+        time.sleep(0.002)  # a slow consumer: the producer would run away if it were not bounded
+        with lock:
+            consumed[0] += 1
+    assert max(ahead) <= 3 + 1  # the item being handed over and at most `depth` behind it
+
+
+def test_prefetch_rejects_bad_arguments():
+    from cianet.utils.prefetch import prefetch
+
+    with pytest.raises(ValueError):
+        list(prefetch([1], lambda x: x, depth=-1))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from cianet.inference.bundle import bundle_from_run
+    from cianet.run.bundle_file import save_bundle
+
+    tmp = tmp_path_factory.mktemp("prefetch")
+    run, _ = make_run(tmp, kind="cianet")
+    return save_bundle(bundle_from_run(run, n_negatives=100, progress=False), tmp / "model.cianet")
+
+
+def test_predict_files_with_prefetch_matches_the_plain_loop(bundle, tmp_path):
+    from cianet.inference.batch import predict_files
+    from cianet.utils.timing import StageTimer
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(7):
+        img = np.rint(synthetic_chest(np.random.default_rng(i), lesion=i % 2 == 1) * 255).astype(np.uint8)
+        Image.fromarray(img).save(src / f"img{i}.png")
+    (src / "img3.png").write_bytes(b"")  # unreadable files among the good ones
+    (src / "img5.png").write_text("not an image\n")
+    outputs = {}
+    for depth in (0, 5):
+        logged: list[str] = []
+        timer = StageTimer()
+        summary = predict_files([str(src)], bundle, tmp_path / f"out{depth}", batch_size=2, precision="fp32",
+                                overlay=False, heatmaps=False, progress=False, prefetch=depth, timer=timer,
+                                log=logged.append)
+        assert summary.predicted == 5 and sorted(Path(e["file"]).name for e in summary.errors) == ["img3.png",
+                                                                                                   "img5.png"]
+        assert [line.split()[3].rstrip(":") for line in logged] == [str(src / "img3.png"), str(src / "img5.png")]
+        rows = list(csv.DictReader(open(tmp_path / f"out{depth}" / "predictions.csv")))
+        ok = [Path(r["file"]).name for r in rows if r["status"] == "ok"]
+        assert ok == ["img0.png", "img1.png", "img2.png", "img4.png", "img6.png"]  # input order
+        outputs[depth] = rows
+        # every stage of the breakdown was timed: 7 decodes (2 of them failing), 5 resizes, 3 batches
+        assert set(timer.seconds) == {"decode", "resize", "pairing", "networks", "boxes", "writing"}
+        assert timer.calls["decode"] == 7 and timer.calls["resize"] == 5 and timer.calls["networks"] == 3
+    assert outputs[0] == outputs[5]  # the same rows, probabilities included
+    for i in (0, 6):
+        a, b = (json.loads((tmp_path / f"out{d}" / f"img{i}.json").read_text())["probabilities"] for d in (0, 5))
+        assert a == b

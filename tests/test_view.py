@@ -1,0 +1,255 @@
+"""`cianet predict`'s standard outputs (heatmaps in the image frame, COCO files, model stamps) and `cianet view`
+(the static page, its data, and the page as a real headless browser runs it)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import TinyImage, make_run, synthetic_chest, write_nih
+
+BOX = (20, 30, 24, 20)  # the true Nodule box of the second image (x, y, w, h)
+
+
+def strict_load(path: Path):
+    """json.loads that refuses NaN/Infinity (as strict parsers do)."""
+    def refuse(token):
+        raise AssertionError(f"{path}: non-standard JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory) -> dict:
+    """A bundle (alignment shift tx = 0.25, every class's boxes reported) run over a small NIH-layout folder
+    whose index gives the ground truth; returns paths and the in-memory results."""
+    from cianet.inference.batch import predict_files
+    from cianet.inference.bundle import bundle_from_run
+    from cianet.run.bundle_file import save_bundle
+
+    tmp = tmp_path_factory.mktemp("view")
+    run, _ = make_run(tmp / "run", kind="cianet", shift=0.25)
+    imgs = [np.rint(synthetic_chest(np.random.default_rng(s), lesion=s == 2) * 255).astype(np.uint8) for s in (1, 2, 3)]
+    bundle = bundle_from_run(run, n_negatives=100, progress=False, thresholds=0.0)
+    # An untrained head puts few cells above 0.5: shift each class's bias by minus its median test-grid logit
+    # on these images, so that about half the cells (some regions, not the whole image) become boxes.
+    from cianet.inference.predictor import Predictor
+
+    logits = Predictor(bundle).forward(np.stack([im[:64, :64] / 255.0 for im in imgs]), ["a", "b", "c"])["test_logits"]
+    bundle["model"]["head.cls.bias"] -= logits.transpose(0, 1).reshape(14, -1).median(dim=1).values
+    bundle = save_bundle(bundle, tmp / "m.cianet")
+    truth = tmp / "truth"
+    write_nih(truth, [TinyImage("00000101_000.png", imgs[0], "No Finding", 101),
+                      TinyImage("00000102_000.png", imgs[1], "Nodule", 102, box=BOX),
+                      TinyImage("00000103_000.png", imgs[2], "Effusion|Mass", 103)])
+    out = tmp / "pred"
+    res = predict_files([str(truth / "images")], bundle, out, batch_size=2, progress=False, overlay=False)
+    assert res.predicted == 3
+    return {"tmp": tmp, "bundle": bundle, "truth": truth, "out": out}
+
+
+@pytest.mark.slow  # builds a bundle and predicts (~12 s, shared)
+def test_records_name_the_model_and_are_strict_json(predicted):
+    import cianet
+
+    out = predicted["out"]
+    sha = hashlib.sha256(predicted["bundle"].read_bytes()).hexdigest()
+    for stem in ("00000101_000", "00000102_000", "00000103_000"):
+        rec = strict_load(out / f"{stem}.json")
+        assert rec["cianet_version"] == cianet.__version__
+        assert rec["model"]["sha256"] == sha and rec["model"]["kind"] == "cianet"
+        assert rec["model"]["id"] and rec["model"]["version"]
+    summary = strict_load(out / "summary.json")
+    assert summary["model"]["sha256"] == sha and "/" not in summary["bundle"]
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert {r["model"] for r in rows} == {f"{summary['model']['id']}@{summary['model']['version']}"}
+
+
+@pytest.mark.slow  # builds a bundle and predicts (~12 s, shared)
+def test_coco_files_hold_every_box_with_its_category(predicted):
+    from cianet.labels import LABELS
+
+    out = predicted["out"]
+    dataset, results = strict_load(out / "coco.json"), strict_load(out / "coco_results.json")
+    assert [c["name"] for c in sorted(dataset["categories"], key=lambda c: c["id"])] == list(LABELS)
+    assert [c["id"] for c in dataset["categories"]] == list(range(1, 15))
+    images = {im["id"]: im for im in dataset["images"]}
+    assert sorted(Path(im["file_name"]).name for im in images.values()) == [
+        "00000101_000.png", "00000102_000.png", "00000103_000.png"]
+    assert all((im["width"], im["height"]) == (80, 96) for im in images.values())
+    boxes = list(csv.DictReader(open(out / "boxes.csv")))
+    assert len(boxes) == len(results) == len(dataset["annotations"]) > 0  # thresholds 0: boxes are reported
+    got = sorted((Path(images[r["image_id"]]["file_name"]).name, LABELS[r["category_id"] - 1],
+                  *np.round(r["bbox"], 1), r["score"]) for r in results)
+    want = sorted((Path(b["file"]).name, b["label"], *np.round([float(b[k]) for k in "xywh"], 1),
+                   float(b["score"])) for b in boxes)
+    assert [g[:-1] for g in got] == [w[:-1] for w in want]
+    assert [g[-1] for g in got] == pytest.approx([w[-1] for w in want], abs=1e-4)  # boxes.csv has 4 decimals
+    for a, r in zip(dataset["annotations"], results):
+        assert a["bbox"] == r["bbox"] and a["area"] == pytest.approx(r["bbox"][2] * r["bbox"][3], abs=0.05)
+
+
+@pytest.mark.slow  # builds a bundle and predicts (~12 s, shared)
+def test_heatmaps_are_in_the_image_frame(predicted):
+    """The region p > 0.5 of each class in the saved (image-frame) heatmap has the bounding box of the predicted
+    box, which was mapped through the alignment (shift 0.25) independently."""
+    from cianet.inference.outputs import read_heatmaps
+
+    out = predicted["out"]
+    checked = 0
+    for stem in ("00000101_000", "00000102_000", "00000103_000"):
+        rec = strict_load(out / f"{stem}.json")
+        z = read_heatmaps(out / rec["heatmaps"])
+        assert z["heatmaps"].shape[1:] == (96, 80) and tuple(z["image_size"]) == (80, 96)
+        assert z["attention"].shape == (96, 80) and float(z["scale"]) == 1.0
+        labels = list(z["labels"])
+        for lab in {b["label"] for b in rec["boxes"]}:
+            mask = z["heatmaps"][labels.index(lab)] > 0.5
+            # the map is float16: cells just above 0.5 may round to 0.5; compare with a one-cell tolerance
+            ys, xs = np.nonzero(mask)
+            mine = [b for b in rec["boxes"] if b["label"] == lab]
+            x0 = min(b["x"] for b in mine)
+            x1 = max(b["x"] + b["w"] for b in mine)
+            y0 = min(b["y"] for b in mine)
+            y1 = max(b["y"] + b["h"] for b in mine)
+            if len(xs):
+                cell = 80 / 16 + 1
+                assert abs(xs.min() - x0) <= cell and abs(xs.max() + 1 - x1) <= cell
+                assert abs(ys.min() - y0) <= 96 / 16 + 1 and abs(ys.max() + 1 - y1) <= 96 / 16 + 1
+                checked += 1
+        # the shift moves content right by 0.25 * W / 2 = 10 px: the first 10 columns map outside the grid
+        assert not z["heatmaps"][:, :, :9].any()
+    assert checked > 0
+
+
+def page_data(index: Path) -> dict:
+    text = index.read_text()
+    m = re.search(r'<script type="application/json" id="cianet-data">(.*?)</script>', text, re.S)
+    return json.loads(m.group(1).replace("<\\/", "</"))
+
+
+@pytest.mark.slow  # builds a bundle and predicts (~12 s, shared)
+def test_view_writes_a_self_contained_page(predicted, tmp_path):
+    from cianet.cli import main
+
+    site = tmp_path / "site"
+    assert main(["view", str(predicted["out"]), "--out", str(site), "--data-root", str(predicted["truth"]),
+                 "--no-progress"]) == 0
+    text = (site / "index.html").read_text()
+    # No network: no external script, style, image or link; everything the page names is beside it.
+    assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', text) and "<link" not in text
+    assert "<script src" not in text
+    for ref in re.findall(r'"(img/[^"]+)"', text):
+        assert (site / ref).is_file(), ref
+    assert str(predicted["tmp"]) not in text  # no local absolute path in a page meant to be mailed
+    data = page_data(site / "index.html")
+    items = {it["name"]: it for it in data["items"]}
+    assert sorted(items) == ["00000101_000.png", "00000102_000.png", "00000103_000.png"]
+    assert items["00000102_000.png"]["truth"] == {
+        "labels": ["Nodule"], "boxes": [{"label": "Nodule", "x": 20.0, "y": 30.0, "w": 24.0, "h": 20.0}]}
+    assert items["00000101_000.png"]["truth"]["labels"] == []
+    assert sorted(items["00000103_000.png"]["truth"]["labels"]) == ["Effusion", "Mass"]
+    for it in items.values():
+        rec = json.loads((predicted["out"] / f"{Path(it['name']).stem}.json").read_text())
+        assert it["probabilities"] == pytest.approx(rec["probabilities"]) and it["boxes"] == rec["boxes"]
+        with Image.open(site / it["image"]) as im:
+            assert im.size == (80, 96)
+        assert it["attention"] and "*" in it["heat"]
+    assert data["models"][0]["sha256"] == hashlib.sha256(predicted["bundle"].read_bytes()).hexdigest()
+
+
+def test_view_refuses_a_folder_that_is_no_result(tmp_path, capsys):
+    from cianet.cli import main
+
+    (tmp_path / "x").mkdir()
+    assert main(["view", str(tmp_path / "x")]) == 2
+    assert "neither a `cianet predict` output folder" in capsys.readouterr().err
+    assert main(["view", str(tmp_path / "absent")]) == 2
+
+
+def browser() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no headless browser: the viewer's browser test needs Debian's chromium "
+                    "(apt-get install chromium; .ci/run installs it)")
+    return exe
+
+
+def run_browser(exe: str, *args: str) -> str:
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--allow-file-access-from-files",
+           "--virtual-time-budget=5000", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+@pytest.mark.slow  # two headless browser runs
+def test_page_in_a_headless_browser(predicted, tmp_path):
+    from cianet.evaluation.viewer import build_site
+
+    exe = browser()
+    res = build_site([predicted["out"]], tmp_path / "site", data_root=str(predicted["truth"]), progress=False)
+    data = page_data(res.index)
+    url = res.index.resolve().as_uri()
+    # Filter by a class and a probability, low first, heatmaps hidden: the DOM after the script ran.
+    probs = {it["name"]: it["probabilities"]["Nodule"] for it in data["items"]}
+    cut = sorted(probs.values())[1]  # keeps two of the three images
+    dom = run_browser(exe, "--dump-dom", f"{url}#class=Nodule&min={cut!r}&sort=asc&hide=heat,attention")
+    assert 'data-ready="1"' in dom
+    cards = re.findall(r'<div class="card" data-name="([^"]+)" data-score="([^"]+)"', dom)
+    want = sorted((n for n, p in probs.items() if p >= cut), key=lambda n: probs[n])
+    assert [n for n, _ in cards] == want
+    assert [float(s) for _, s in cards] == sorted(float(s) for _, s in cards)
+    assert f"{len(want)} of 3 images" in dom
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    assert "hide-heat" in body and "hide-attention" in body and "hide-boxes" not in body
+    # Ground truth beside the prediction: the true Nodule box drawn dashed in the truth panel.
+    if "00000102_000.png" in want:
+        assert re.search(r'<rect x="20" y="30" width="24" height="20"[^>]*class="box truth" data-label="Nodule" '
+                         r'stroke-dasharray', dom)
+    n_pred = sum(1 for it in data["items"] if it["name"] in want for b in it["boxes"] if b["label"] == "Nodule")
+    assert dom.count('class="box pred"') == n_pred
+    shot = tmp_path / "shot.png"
+    run_browser(exe, f"--screenshot={shot}", "--window-size=1000,1200", url)
+    with Image.open(shot) as im:
+        arr = np.asarray(im.convert("L"), np.float32)
+    assert arr.shape == (1200, 1000) and arr.std() > 10  # a drawn page, not a blank one
+
+
+def test_page_data_cannot_break_out_of_its_script_element():
+    from cianet.evaluation.viewer import render_page
+
+    evil = "</script><script>alert(1)</script><!-- %STYLE% %SCRIPT%.png"
+    page = render_page("t", {"labels": ["A"], "items": [{"name": evil}], "models": [], "notes": [evil]}, "")
+    assert page.count("<script") == 2 and "alert(1)</script>" not in page  # the data block and our script only
+    data = json.loads(re.search(r'id="cianet-data">(.*?)</script>', page, re.S).group(1))
+    assert data["items"][0]["name"] == evil and data["notes"] == [evil]
+
+
+def test_view_never_deletes_an_img_folder_it_did_not_write(tmp_path, capsys):
+    from cianet.cli import main
+    from cianet.evaluation.viewer import render_page
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"auc": {"Mass": 0.5, "Mean": 0.5}, "n_images": 1, "n_boxes": 0,
+                                                  "localization": {}}))
+    site = tmp_path / "site"
+    (site / "img").mkdir(parents=True)
+    (site / "img" / "holiday.jpg").write_bytes(b"mine")
+    assert main(["view", str(run), "--out", str(site), "--no-progress"]) == 2
+    assert "did not write" in capsys.readouterr().err and (site / "img" / "holiday.jpg").read_bytes() == b"mine"
+    (site / "img" / "holiday.jpg").unlink()
+    (site / "index.html").write_text(render_page("old", {"labels": [], "items": [], "models": [], "notes": []}, ""))
+    (site / "img" / "0.jpg").write_bytes(b"stale")  # a page of ours: its images are replaced
+    assert main(["view", str(run), "--out", str(site), "--no-progress"]) == 0
+    assert not (site / "img" / "0.jpg").exists() and "Run run" in (site / "index.html").read_text()
