@@ -97,3 +97,17 @@ def test_counts_and_strategies_have_their_own_flags():
     assert parse(["splits", "--data-root", "D", "--out", "s.json"]).folds == 5
     assert parse(["splits", "--data-root", "D", "--out", "s.json", "--n-folds", "3"]).folds == 3
     assert parse(["experiment", "table1", "--folds", "0,1"]).folds == "0,1"
+
+
+def test_train_align_backbone_sets_the_alignment_backbone():
+    from cianet.commands.common import config_from_args
+    from cianet.commands.train_align import set_alignment_schedule
+    from cianet.errors import UsageError
+
+    args = parse(["train-align", "--config", "tiny", "--backbone", "resnet34"])
+    cfg = config_from_args(args)
+    set_alignment_schedule(cfg, args)
+    assert cfg.align.backbone == "resnet34"  # the network train-align trains, not the classifier's alone
+    args.backbone = "resnet999"
+    with pytest.raises(UsageError, match="--backbone resnet999: align.backbone"):
+        set_alignment_schedule(cfg, args)

@@ -36,7 +36,14 @@ def test_fast_demo_writes_a_complete_report(tmp_path, capsys):
         assert m["auc"]["Mean"] is None or 0.0 <= m["auc"]["Mean"] <= 1.0
     timings = json.loads((out / "timings.json").read_text())
     assert math.isfinite(timings["total"])
-    # a second run resumes: every stage is skipped, the report is rewritten
-    assert main(["demo", "--fast", "--out", str(out), "--no-progress", "--n-images", "200"]) == 0
+    # a second run resumes: every stage is skipped, the report is rewritten; --json says what the demo produced
+    capsys.readouterr()
+    assert main(["demo", "--fast", "--out", str(out), "--no-progress", "--n-images", "200", "--json"]) == 0
     again = json.loads((out / "timings.json").read_text())
     assert again["train cianet"] < timings["train cianet"]
+    res = json.loads(capsys.readouterr().out)  # one strict object: the NaN AUCs of absent classes are null
+    assert res["report"] == str(out / "report.md") and res["timings"] == again
+    for kind in ("baseline", "cianet"):
+        saved = json.loads((out / "runs" / kind / "metrics.json").read_text())
+        assert res["runs"][kind]["run"] == str(out / "runs" / kind)
+        assert res["runs"][kind]["n_boxes"] == saved["n_boxes"] and res["runs"][kind]["auc"]["Mean"] == saved["auc"]["Mean"]

@@ -138,3 +138,5 @@ def test_torchrun_two_processes_on_cpu(tiny_root, tmp_path):
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert set(json.loads((out / "metrics.json").read_text())) >= {"localization", "auc"}
+    assert json.loads((out / ".cianet-output.json").read_text())["kind"] == "train"  # rank 0 claimed the folder
+    assert not (out / ".cianet.lock").exists()  # ... and released its lock

@@ -180,6 +180,128 @@ def test_predict_out_is_a_file_and_strict(bundle_and_images, tmp_path, capsys):
     assert main(["predict", *args, "--out", str(tmp_path / "o2"), "--strict"]) == 1
 
 
+def _dead_pid() -> int:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return dead.pid  # a pid that no longer runs
+
+
+def test_a_journal_lists_what_a_killed_writer_wrote_and_overwrite_removes_exactly_that(tmp_path):
+    from cianet.utils.outputs import claim_output, journal_outputs, owned_output, read_marker
+
+    out = claim_output(tmp_path / "p", "predict")
+    journal_outputs(out, ["a.json", "a.heatmaps.npz"])  # recorded before they are written
+    (out / "a.json").write_text("{}")
+    (out / "a.heatmaps.npz").write_bytes(b"npz")
+    journal_outputs(out, ["b.json", "b.heatmaps.npz"])
+    (out / f".b.json.{_dead_pid()}.x1y2.tmp").write_text("half")  # b.json's write was killed (SIGKILL) ...
+    with open(out / ".cianet-output.journal", "ab") as fh:
+        fh.write(b'\n["c.js')  # ... and a line torn by a crash is skipped, without spoiling the next one
+    journal_outputs(out, ["d.json"])
+    (out / "notes.txt").write_text("mine")
+    (out / ".notes.txt.1.x1y2.tmp").write_text("not listed")  # a temp of a name it did not write: kept
+    assert read_marker(out)["files"] == ["a.heatmaps.npz", "a.json", "b.heatmaps.npz", "b.json", "d.json"]
+    with pytest.raises(InputError, match="earlier cianet predict"):
+        with owned_output(out, "predict"):
+            pass
+    with owned_output(out, "predict", overwrite=True):
+        (out / "e.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == [".cianet-output.json", ".notes.txt.1.x1y2.tmp", "e.json",
+                                                     "notes.txt"]
+    assert read_marker(out)["files"] == ["e.json"]
+
+
+# ------------------------------------------------------------------------------------------ run folders
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_train_never_writes_into_a_folder_it_did_not_make(tiny_root, tmp_path, capsys):
+    from cianet.config import load_config, save_config
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my: notes\n")
+    (mine / "metrics.json").write_text('{"auc": 0.99}')
+    only_config = tmp_path / "only-config"  # a user's own cianet config beside where the run should go
+    only_config.mkdir()
+    save_config(load_config("tiny"), only_config / "config.yaml")
+    for out, holds in ((mine, "config.yaml, metrics.json"), (only_config, "config.yaml")):
+        before = _listing(out)
+        for command in ("train", "train-align"):
+            argv = [command, "--config", "tiny", "--data-root", str(tiny_root), "--out", str(out), "--no-progress"]
+            assert main(argv) == 2
+            one_line(capsys.readouterr().err, f"{out}: not empty and not written by cianet {command}", holds)
+            assert _listing(out) == before  # untouched: no marker, no lock, nothing replaced
+
+
+def test_a_run_folder_of_the_other_kind_is_refused(tiny_root, tmp_path, capsys):
+    from cianet.run.run_folder import claim_run_folder
+
+    old_align = tmp_path / "old-align"  # train-align's folder from before markers
+    old_align.mkdir()
+    for name in ("align.pt", "config.yaml", "log.jsonl"):
+        (old_align / name).write_text(name)
+    align = claim_run_folder(tmp_path / "align", "train-align")
+    (align / "align.pt").write_text("weights")
+    run = claim_run_folder(tmp_path / "run", "train")
+    (run / "checkpoint.pt").write_text("weights")
+    cases = [("train", old_align, "not empty and not written by cianet train (it holds align.pt"),
+             ("train", align, "holds the output of cianet train-align, not of cianet train"),
+             ("train-align", run, "holds the output of cianet train, not of cianet train-align")]
+    for command, out, message in cases:
+        before = _listing(out)
+        argv = [command, "--config", "tiny", "--data-root", str(tiny_root), "--out", str(out), "--no-progress"]
+        assert main(argv) == 2
+        one_line(capsys.readouterr().err, str(out), message)
+        assert _listing(out) == before
+
+
+def test_a_run_folder_from_before_markers_is_adopted_only_when_it_is_one(tmp_path):
+    from cianet.evaluation.plots import PLOT_FILES
+    from cianet.run.checkpoints import ALIGN_CHECKPOINT, CHECKPOINT
+    from cianet.run.pairing import PAIRS_FILE
+    from cianet.run.protocol import SPLIT_FILE
+    from cianet.run.run_folder import ALIGN_ENTRIES, TRAIN_ENTRIES, claim_run_folder
+    from cianet.run.scoring import PREDICTIONS
+    from cianet.utils.outputs import read_marker
+
+    # the names this module spells out are those the writers use
+    assert {CHECKPOINT, SPLIT_FILE, PAIRS_FILE, PREDICTIONS, *PLOT_FILES.values()} <= TRAIN_ENTRIES
+    assert ALIGN_CHECKPOINT in ALIGN_ENTRIES
+
+    def old_folder(name: str, entries: list[str]) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        for entry in entries:
+            if entry in ("tb", "site"):
+                (folder / entry).mkdir()
+                (folder / entry / "inside").write_text("x")
+            else:
+                (folder / entry).write_text(entry)
+        return folder
+
+    run = old_folder("run", ["checkpoint.pt", "config.yaml", "split.json", "pairs.json", "log.jsonl", "tb", "site",
+                             "metrics.json", "metrics.md", "predictions.npz", "roc.png", "pr.png",
+                             "localization.png", "loss.png", f".checkpoint.pt.{_dead_pid()}.ab12.tmp",
+                             ".cianet.lock"])
+    killed_early = old_folder("killed-early", ["config.yaml", "split.json"])  # before the first checkpoint
+    align = old_folder("align", ["align.pt", "config.yaml", "log.jsonl", ".cianet.lock"])
+    for folder, command in ((run, "train"), (killed_early, "train"), (align, "train-align")):
+        before = _listing(folder)
+        claim_run_folder(folder, command)
+        assert read_marker(folder)["kind"] == command
+        assert {k: v for k, v in _listing(folder).items() if k != ".cianet-output.json"} == before
+    not_a_run = [("notes", ["checkpoint.pt", "config.yaml", "notes.txt"], "train"),  # one entry a run never writes
+                 ("no-evidence", ["config.yaml", "metrics.json", "log.jsonl"], "train"),  # nothing only a run writes
+                 ("no-align", ["config.yaml", "log.jsonl"], "train-align")]
+    for name, entries, command in not_a_run:
+        folder = old_folder(name, entries)
+        with pytest.raises(InputError, match=f"not empty and not written by cianet {command}"):
+            claim_run_folder(folder, command)
+        assert read_marker(folder) is None
+
+
 def test_a_killed_checkpoint_write_leaves_nothing_behind(tmp_path):
     import torch
 
@@ -658,3 +780,61 @@ def test_experiment_killed_mid_way_resumes_to_the_same_table(tiny_root, tmp_path
     a, b = (json.loads((d / "table1.json").read_text()) for d in (ref, out))
     assert a["results"] == b["results"] and a["comparisons"] == b["comparisons"]
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.name == ".cianet.lock"]
+
+
+@pytest.mark.slow
+def test_a_second_train_is_refused_naming_the_first_and_an_old_run_folder_resumes(tiny_root, tmp_path, capsys):
+    from cianet.run.run_folder import claim_run_folder
+
+    common = ["train", "--config", "tiny", "--data-root", str(tiny_root), "--image-size", "64", "--no-progress",
+              "--epochs", "2", "--batch-size", "8", "--set", "model.test_upsample=16", "--set",
+              "model.head_channels=16", "--set", "run.threads=1", "--set", "data.workers=0"]
+    run = tmp_path / "run"
+    proc = _cianet(*common, "--out", str(run))
+
+    def holder() -> int | None:
+        try:
+            return json.loads((run / ".cianet.lock").read_text())["pid"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    t0 = time.time()
+    while holder() != proc.pid:
+        assert proc.poll() is None and time.time() - t0 < 120, "the first train never took the lock"
+        time.sleep(0.02)
+    assert main([*common, "--out", str(run)]) == 2  # two writers into one run folder: the second is refused
+    one_line(capsys.readouterr().err, f"{run}: another cianet process", f"pid {proc.pid}", "cianet train")
+    assert _kill_when(proc, lambda: (run / "checkpoint.pt").exists())  # the first was not disturbed
+    # An older cianet wrote no marker: its killed run is adopted and resumes.
+    (run / ".cianet-output.json").unlink()
+    assert main([*common, "--out", str(run), "--resume"]) == 0
+    assert json.loads((run / ".cianet-output.json").read_text())["kind"] == "train"
+    assert (run / "metrics.json").exists()
+    # Everything train, evaluate and view write into a run folder is recognised as an old run's.
+    assert main(["evaluate", "--run", str(run), "--bootstrap", "0", "--no-progress"]) == 0
+    assert main(["view", str(run), "--no-progress"]) == 0
+    (run / ".cianet-output.json").unlink()
+    claim_run_folder(run, "train")
+
+
+@pytest.mark.slow
+def test_a_killed_predict_is_removed_exactly_by_overwrite(bundle_and_images, tmp_path):
+    model, src = bundle_and_images
+    files = sorted(src.iterdir())
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(60):
+        (many / f"s{i:02d}.png").write_bytes(files[i % len(files)].read_bytes())
+    out = tmp_path / "out"
+    base = ["--model", str(model), "--out", str(out), "--no-progress", "--batch-size", "1", "--prefetch", "0"]
+    proc = _cianet("predict", str(many), *base)
+    assert _kill_when(proc, lambda: len(list(out.glob("s*.json"))) >= 3)  # SIGKILL: no manifest written at the end
+    assert not (out / "summary.json").exists()
+    (out / "reading-notes.txt").write_text("mine")
+    again = _cianet("predict", str(files[0]), *base, "--overwrite")
+    assert again.wait() == 0, again.stderr.read()
+    stem = files[0].stem
+    second = sorted([f"{stem}.json", f"{stem}.heatmaps.npz", f"{stem}.overlay.png", "predictions.csv", "boxes.csv",
+                     "coco.json", "coco_results.json", "summary.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*second, "reading-notes.txt", ".cianet-output.json"])
+    assert json.loads((out / ".cianet-output.json").read_text())["files"] == second

@@ -13,11 +13,13 @@ say otherwise); anything else is reported as a bug, exit status 3. The exit code
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+from typing import Iterator
 
 from cianet import __version__
-from cianet.errors import EXIT_INPUT, EXIT_INTERNAL, CianetError
+from cianet.errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, CianetError
 
 # Order here is the order in `cianet --help`.
 COMMAND_MODULES = (
@@ -41,7 +43,7 @@ COMMAND_MODULES = (
 )
 
 EPILOG = ("exit status: 0 success; 1 some inputs failed; 2 usage or input error; 3 internal error (a bug: "
-          "rerun with --debug for the traceback)")
+          "rerun with --debug for the traceback); 130 interrupted")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,19 +81,35 @@ def _one_line_warnings(prefix: str) -> None:
     warnings.showwarning = show  # the default filter shows each distinct message (each names its file) once
 
 
+@contextlib.contextmanager
+def result_stdout(args: argparse.Namespace) -> Iterator[None]:
+    """Run a command so that, with ``--json``, stdout carries its one JSON object alone.
+
+    Whatever the work prints on stdout meanwhile (a library's message, an exporter's chatter) goes to stderr;
+    ``cianet.commands.common.print_json`` writes to the stdout saved here as ``args.result_stream``.
+    """
+    args.result_stream = sys.stdout
+    if getattr(args, "json", False):
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    else:
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 1
+    if not getattr(args, "func", None):  # no command: a usage error
+        parser.print_help(sys.stderr)
+        return EXIT_INPUT
     prefix = f"cianet {args.command}"
     _one_line_warnings(prefix)
     try:
-        return int(args.func(args) or 0)
+        with result_stdout(args):  # --json: stdout holds the one JSON object, nothing else
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted (finished work is kept; rerun the same command to resume)", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except (CianetError, ValueError, OSError) as exc:
         # Raised for bad input, with a message that names the file or flag and the problem.
         if args.debug:

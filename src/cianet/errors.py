@@ -12,6 +12,7 @@ Exit codes of the ``cianet`` command (see ``cianet.cli``):
        ``prepare --verify`` found a problem)
     2  usage or input error: a bad flag, a missing or unreadable file, a run that cannot go on
     3  internal error: a bug in cianet (or in a library it drives); ``cianet --debug`` shows the traceback
+  130  interrupted (Ctrl-C); finished work is kept and the same command resumes where it can
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_INPUT = 2
 EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process ended by Ctrl-C
 
 
 class CianetError(Exception):

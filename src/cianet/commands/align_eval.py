@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from cianet.commands.common import add_json_arg, print_json
 
 
 def register(sub) -> None:
@@ -11,7 +12,8 @@ def register(sub) -> None:
         "align-eval", help="measure an alignment network: residual under known random warps (any data), against "
                            "the phantom's true deformations, and the share of parameters at a bound")
     p.add_argument("--align", required=True, help="align.pt (or the folder holding it)")
-    p.add_argument("--data-root", required=True, help="NIH-layout data root (a phantom's synth_truth.csv is used)")
+    p.add_argument("--data-root", required=True,
+                   help="data folder, layout: --dataset (a phantom's synth_truth.csv is used when present)")
     p.add_argument("--entry-csv", default=None, help="entry CSV instead of Data_Entry_2017[_v2020].csv")
     p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default="auto",
                    help="layout of the data root (default: detected from its files)")
@@ -21,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--image-size", "--size", dest="size", type=int, default=None,
                    help="side the images are read at (default: the cache's, else the alignment's training size)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: the GPU when there is one)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON (without the image names)")
+    add_json_arg(p, "the report (without the image names)")
     p.add_argument("--out", default=None, help="write the JSON report (image names included) to this file")
     p.set_defaults(func=cmd_align_eval)
 
@@ -32,7 +34,7 @@ def cmd_align_eval(args: argparse.Namespace) -> int:
     rep = evaluate_alignment(args.align, args.data_root, cache=args.cache, n=args.n, seed=args.seed, size=args.size,
                              entry_csv=args.entry_csv, device=args.device, out=args.out, dataset=args.dataset)
     if args.json:
-        print(json.dumps({k: v for k, v in rep.items() if k != "names"}, indent=2))
+        print_json(args, {k: v for k, v in rep.items() if k != "names"})
     else:
         print(format_alignment_report(rep))
         if args.out:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from cianet.commands.common import add_json_arg, print_json
 
 PARTS = ("matmul", "train", "data", "pairing", "predict")
 
@@ -20,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "process with its peak memory). The full run takes a few minutes on 2 CPU cores; --quick takes seconds.",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes everywhere (seconds; for tests)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    add_json_arg(p, "the measurements (instead of the table)")
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
     p.add_argument("--only", default=None, metavar="PARTS",
                    help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
@@ -95,5 +96,8 @@ def run(args: argparse.Namespace) -> int:
         from cianet.utils.atomic import atomic_write_json
 
         atomic_write_json(args.out, result)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    if args.json:
+        print_json(args, result)
+    else:
+        print(format_table(result))
     return 0

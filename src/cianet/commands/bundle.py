@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cianet.commands.common import add_json_arg, print_json
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -23,8 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="bundle file to write (e.g. model.cianet)")
     p.add_argument("--name", help="model name in the card (default: the run folder's name)")
     p.add_argument("--model-version", default="1", help="model version in the card (default 1)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object (info: the bundle's whole header; writing: what was written)")
+    add_json_arg(p, "the result (info: the bundle's whole header; writing: what was written)")
     p.add_argument("--bank-size", dest="negatives", type=int, default=1000, metavar="N",
                    help="negatives in the bank (default 1000, or all if fewer)")
     # the older spelling; elsewhere --negatives is the pairing strategy (train)
@@ -69,12 +70,10 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     bank = bundle["negatives"]
     size_mb = path.stat().st_size / 1e6
     if args.json:
-        import json
-
-        print(json.dumps({"path": str(path), "size_mb": round(size_mb, 1), "kind": bundle["kind"],
+        print_json(args, {"path": str(path), "size_mb": round(size_mb, 1), "kind": bundle["kind"],
                           "input_size": bundle["input_size"], "alignment": bundle["alignment"] is not None,
                           "negatives": len(bank["names"]), "strategy": bank["strategy"],
-                          "name": bundle["card"].get("name"), "version": bundle["card"].get("version")}))
+                          "name": bundle["card"].get("name"), "version": bundle["card"].get("version")})
         return 0
     print(f"wrote {path} ({size_mb:.1f} MB): {bundle['kind']}, {bundle['input_size']} px, "
           f"alignment {'yes' if bundle['alignment'] else 'no'}, {len(bank['names'])} negatives "
@@ -84,7 +83,6 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 def bundle_info(args: argparse.Namespace) -> int:
     """``cianet bundle info FILE``: the model card (format 2 headers are read without torch)."""
-    import json
     from pathlib import Path
 
     from cianet.errors import MissingPathError, UsageError
@@ -108,7 +106,7 @@ def bundle_info(args: argparse.Namespace) -> int:
         header["negatives"] = {"count": len(b["negatives"]["names"]), "strategy": b["negatives"]["strategy"]}
         tensors = None
     if args.json:
-        print(json.dumps(header, indent=2))
+        print_json(args, header)
         return 0
     print(format_card(header, tensors))
     if tensors is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cianet.commands.common import add_json_arg, print_json
+
 
 def parse_crop(text: str) -> tuple[int, int, int, int]:
     try:
@@ -27,6 +29,10 @@ def cmd_canonical(args: argparse.Namespace) -> int:
         print(f"cianet canonical: warning: lungs not found on the mean image; using the central crop {crop} "
               "(pass --crop x0,y0,x1,y1 to override)", file=sys.stderr)
     paths = res["paths"]
+    if args.json:
+        print_json(args, {"canonical": paths["canonical"], "mean": paths["mean"], "json": paths["json"],
+                          "size": res["size"], "n_used": res["n_used"], "crop": list(crop), "crop_source": how})
+        return 0
     print(f"wrote {paths['canonical']} ({args.size}x{args.size}, mean of {res['n_used']} No Finding images, "
           f"crop {crop} [{how}]), {paths['mean'].name}, {paths['json'].name}")
     return 0
@@ -35,19 +41,20 @@ def cmd_canonical(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "canonical", help="build the canonical chest: mean of random No Finding images cropped to the lungs")
-    p.add_argument("--data-root", required=True, help="NIH-layout data root (entry CSV + images)")
+    p.add_argument("--data-root", required=True, help="data folder (metadata table and images; layout: --dataset)")
     p.add_argument("--entry-csv", default=None, help="entry CSV instead of Data_Entry_2017[_v2020].csv")
     p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default="auto",
                    help="layout of the data root (default: detected from its files)")
-    p.add_argument("--n", type=int, default=500, help="No Finding images to average (paper: 500)")
+    p.add_argument("--n", type=int, default=500, help="No Finding images to average (default 500, as in the paper)")
     p.add_argument("--image-size", "--size", dest="size", type=int, default=512,
                    help="side of the mean and canonical images (default 512)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random image draw")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random image draw (default 0)")
     p.add_argument("--out", required=True,
                    help="canonical PNG to write; <stem>_mean.png and <stem>.json are written beside it")
     p.add_argument("--crop", type=parse_crop, default=None,
-                   help="x0,y0,x1,y1 crop on the size x size mean image instead of the automatic lung box")
+                   help="x0,y0,x1,y1 crop on the mean image (--image-size square) instead of the automatic lung box")
     p.add_argument("--cache", default=None, help="image cache folder (`cianet prepare`) to read images from")
     p.add_argument("--progress", action="store_true", help="force the progress bar")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_arg(p, "the files written, the images averaged and the crop")
     p.set_defaults(func=cmd_canonical)

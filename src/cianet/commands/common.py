@@ -1,8 +1,43 @@
-"""Flags shared by several commands (each command module imports only this and the library)."""
+"""Flags shared by several commands (each command module imports only this and the library), and the one way
+a command prints its result as JSON."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
+
+
+def add_json_arg(p, what: str = "what was written") -> None:
+    """``--json``: the command's result as one JSON object on stdout (see :func:`print_json`)."""
+    p.add_argument("--json", action="store_true",
+                   help=f"print {what} as one JSON object on stdout (progress and messages go to stderr)")
+
+
+def print_json(args: argparse.Namespace, obj: Any) -> None:
+    """``obj`` as one strict JSON object on one line of the command's stdout: NaN and infinities become null
+    (strict parsers reject the bare tokens), paths and other objects become strings.
+
+    The command's stdout is ``args.result_stream``, saved by :func:`cianet.cli.result_stdout`, which sends
+    whatever else the work prints on stdout to stderr while a ``--json`` command runs."""
+    import json
+
+    from cianet.utils.atomic import strict_json
+
+    stream = getattr(args, "result_stream", None) or sys.stdout
+    print(json.dumps(strict_json(obj), allow_nan=False, default=str), file=stream, flush=True)
+
+
+def run_result(run_dir) -> dict[str, Any]:
+    """What a finished training run produced, for ``--json``: its folder and files, and the test metrics of its
+    ``metrics.json`` (test images and boxes, AUC per class and mean, localization accuracy per T(IoU))."""
+    import json
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {"run": run_dir, "checkpoint": run_dir / "checkpoint.pt", "metrics_file": run_dir / "metrics.json",
+            **{k: metrics.get(k) for k in ("n_images", "n_boxes", "auc", "localization")}}
 
 
 def add_root_args(p: argparse.ArgumentParser) -> None:
@@ -37,15 +72,18 @@ def add_config_args(p: argparse.ArgumentParser, default_config: str = "paper") -
     g.add_argument("--entry-csv", help="Data_Entry csv (default: found at the data root)")
     g.add_argument("--bbox-csv", help="BBox_List csv (default: found at the data root)")
     g.add_argument("--cache", help="image cache folder from `cianet prepare` (same --image-size)")
-    g.add_argument("--out", help="run folder")
-    g.add_argument("--image-size", type=int, help="network input size (multiple of 32)")
-    g.add_argument("--backbone", help="resnet18 | resnet34 | resnet50 | resnet101")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
+    g.add_argument("--out", help="output folder (train: the run; train-align: default runs/align; experiment: "
+                                 "default runs/NAME)")
+    g.add_argument("--image-size", type=int, help="data.image_size: network input size (multiple of 32)")
+    g.add_argument("--backbone", help="model.backbone (train-align: align.backbone): resnet18 | resnet34 | resnet50 | "
+                                      "resnet101")
+    g.add_argument("--epochs", type=int, help="optim.epochs (train-align: align.epochs)")
+    g.add_argument("--batch-size", type=int, help="optim.batch_size (train-align: align.batch_size)")
+    g.add_argument("--lr", type=float, help="optim.lr (train-align: align.lr)")
     g.add_argument("--workers", type=int, help="DataLoader worker processes")
-    g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="run.device: auto | cpu | cuda | cuda:N (default: the recipe's; paper auto, "
+                                    "tiny cpu)")
+    g.add_argument("--seed", type=int, help="run.seed (default: the recipe's, 0)")
     g.add_argument("--max-images", type=int, help="cap the image lists (reduced runs)")
     g.add_argument("--canonical", help="canonical chest PNG (`cianet canonical`)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")

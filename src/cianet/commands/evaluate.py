@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from cianet.commands.common import add_dataset_args
+from cianet.commands.common import add_dataset_args, add_json_arg, print_json
 
 
 def register(sub) -> None:
@@ -24,22 +23,21 @@ def register(sub) -> None:
     add_dataset_args(p)
     p.add_argument("--entry-csv", default=None, help="with --out: the data set's image table, if not the standard name")
     p.add_argument("--bbox-csv", default=None, help="with --out: the data set's box table, if not the standard name")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda | cuda:N (default auto: the GPU when there is one)")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None,
                    help="bf16: bfloat16 autocast; auto: bf16 on CPUs with native bfloat16 (default: the run's "
                         "run.precision, float32 on CPU unless trained otherwise)")
-    p.add_argument("--json", action="store_true", help="print metrics as one JSON object")
+    add_json_arg(p, "the metrics")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples for the confidence intervals of AUC and localization (default 1000; "
                         "0: none)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cianet.evaluation.evaluate import evaluate_run
-    from cianet.run.scoring import json_safe
-
     from cianet.errors import UsageError
 
     if args.bootstrap < 0:
@@ -63,7 +61,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                n_boot=args.bootstrap, precision=args.precision, dataset=args.dataset)
     if args.json:
         keys = ("localization", "auc", "n_images", "n_boxes", "precision", "ci", "plots", "cross_dataset")
-        print(json.dumps(json_safe({k: metrics[k] for k in keys if k in metrics}), allow_nan=False))
+        print_json(args, {k: metrics[k] for k in keys if k in metrics})
     else:
         run = Path(args.out or args.run)
         print(((run.parent if run.is_file() else run) / "metrics.md").read_text())  # --run R/checkpoint.pt too

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from cianet.commands.common import add_config_args, add_precision_arg, config_from_args
+from cianet.commands.common import add_config_args, add_json_arg, add_precision_arg, config_from_args, print_json
 
 
 def register(sub) -> None:
     from cianet.evaluation.experiments import EXPERIMENTS
 
-    p = sub.add_parser("experiment", help="one of the paper's tables (table1 ... table6) or the oracle check")
+    p = sub.add_parser("experiment",
+                       help="one of the paper's tables (table1 ... table6) or an oracle check (oracle, oracle-table2)")
     p.add_argument("name", choices=list(EXPERIMENTS))
     add_config_args(p)
     add_precision_arg(p)
@@ -19,6 +20,7 @@ def register(sub) -> None:
     p.add_argument("--seeds", help="comma-separated seeds: every run once per seed, differences with a bootstrap "
                                    "over seeds too (default: --seed alone)")
     p.add_argument("--align", help="alignment checkpoint used by the variants that align (table6: required)")
+    add_json_arg(p, "the table's files and its results (tableN.json)")
     p.set_defaults(func=cmd_experiment, model=None, negatives=None)
 
 
@@ -41,5 +43,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     folds = int_list(args.folds, "--folds") if args.folds else None
     seeds = int_list(args.seeds, "--seeds") if args.seeds else None
     out = run_experiment(args.name, cfg, out_dir=args.out or f"runs/{args.name}", folds=folds, seeds=seeds)
+    if args.json:
+        import json
+
+        table = out.with_suffix(".json")
+        print_json(args, {"table_md": out, "table_json": table, **json.loads(table.read_text())})
+        return 0
     print(out.read_text())
     return 0

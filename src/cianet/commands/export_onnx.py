@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cianet.commands.common import add_json_arg, print_json
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -19,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17, default 18)")
     p.add_argument("--static-batch", action="store_true", help="fixed batch size 2 instead of a dynamic axis")
     p.add_argument("--no-alignment", action="store_true", help="do not export the alignment network")
+    add_json_arg(p, "the files written and the exporter used")
     p.set_defaults(func=cmd_export_onnx)
 
 
@@ -27,6 +30,9 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
     res = export_onnx(args.model, args.out, opset=args.opset, dynamic_batch=not args.static_batch,
                       alignment=not args.no_alignment)
+    if args.json:
+        print_json(args, {**res, "opset": args.opset, "dynamic_batch": not args.static_batch})
+        return 0
     extra = [str(p) for p in (res["negatives"], res["alignment"]) if p]
     print(f"wrote {res['model']} ({res['exporter']} exporter)" + (f" and {', '.join(extra)}" if extra else ""))
     return 0

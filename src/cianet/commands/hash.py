@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cianet.commands.common import add_json_arg, print_json
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -17,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "cache when given (faster), else decoded from their files."
         ),
     )
-    p.add_argument("--data-root", required=True, help="folder holding Data_Entry_2017*.csv[.gz] and the images")
+    p.add_argument("--data-root", required=True, help="data folder (metadata table and images; layout: --dataset)")
     p.add_argument("--out", required=True, help="output index file (.npz)")
     p.add_argument("--cache", default=None, help="image cache folder from `cianet prepare` (read instead of files)")
     p.add_argument("--hash-size", "--size", dest="size", type=int, default=16,
@@ -35,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: the cache's size)")
     p.add_argument("--device", default="auto", help="with --align: where the alignment network runs (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_arg(p, "the index written and its counts")
     p.set_defaults(func=cmd_hash)
 
 
@@ -50,6 +53,12 @@ def cmd_hash(args: argparse.Namespace) -> int:
     res = hash_data_root(args.data_root, args.out, cache=args.cache, size=args.size, entry_csv=args.entry_csv,
                          workers=args.workers, center=args.center, progress=False if args.no_progress else None,
                          align=args.align, image_size=args.image_size, device=args.device, dataset=args.dataset)
+    if args.json:
+        print_json(args, {"out": args.out, "images": len(res["index"]), "patients": res["patients"],
+                          "hash_size": args.size, "aligned": args.align is not None,
+                          "image_size": res["index"].meta.get("image_size") if args.align else None,
+                          "absent": res["absent"], "failed": len(res["failed"])})
+        return 0
     kind = f", aligned at {res['index'].meta['image_size']} px" if args.align else ""
     print(f"hashed {len(res['index']):,} No Finding images of {res['patients']:,} patients "
           f"({args.size}x{args.size} codes{kind}) -> {args.out}")

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from cianet.commands.common import add_root_args
+from cianet.commands.common import add_json_arg, add_root_args, print_json
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("index", help="summarize a data root (NIH, RSNA, VinDr-CXR, CSV): labels, boxes, files")
     add_root_args(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    add_json_arg(p, "the summary (instead of the table)")
     p.set_defaults(func=cmd_index)
 
 
@@ -46,7 +45,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                          merge_iou=0.4 if args.merge_iou is None else args.merge_iou,
                          label_map=args.label_map).summary()
     if args.json:
-        print(json.dumps(summary))
+        print_json(args, summary)
     else:
         print_summary(summary)
     return 0

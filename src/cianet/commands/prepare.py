@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cianet.commands.common import add_json_arg, print_json
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -32,10 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rebuild", action="store_true",
                    help="start from scratch even if CACHE holds a complete or partial cache of the same images")
     p.add_argument("--verify", action="store_true",
-                   help="check the cache (after building, if --data-root is given); non-zero exit on a problem")
+                   help="check the cache (after building, if --data-root is given); exit status 1 on a problem")
     p.add_argument("--verify-sample", type=int, default=32,
                    help="images to decode again and compare when verifying (-1: all; default 32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_arg(p, "the cache built (folder, size, counts) and the verify report")
     p.set_defaults(func=run)
 
 
@@ -58,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.verify:
             raise UsageError("--data-root is required to build a cache (only --verify works without it)")
         report = verify_cache(args.cache, sample=args.verify_sample, max_pixels=max_pixels)
-        print_verify(report)
+        if args.json:
+            print_json(args, {"cache": args.cache, "verify": report})
+        else:
+            print_verify(report)
         return 0 if report["ok"] else 1
     if args.size is None:
         raise UsageError("--image-size/--size is required to build a cache")
@@ -67,12 +73,17 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, chunk_size=args.chunk_size, max_pixels=max_pixels, rebuild=args.rebuild,
         verify=args.verify, verify_sample=args.verify_sample, log=lambda msg: print(msg, file=sys.stderr),
         dataset=args.dataset, progress=not args.no_progress)
-    print(f"cached {len(cache):,} images at {cache.size}x{cache.size} in {cache.cache_dir}")
+    if not args.json:
+        print(f"cached {len(cache):,} images at {cache.size}x{cache.size} in {cache.cache_dir}")
     if cache.failed:
         print(f"warning: {len(cache.failed)} unreadable files skipped (listed under 'failed' in index.json):",
               file=sys.stderr)
         for line in iter_failed_lines(cache.failed):
             print(line, file=sys.stderr)
+    if args.json:
+        print_json(args, {"cache": cache.cache_dir, "size": cache.size, "images": len(cache),
+                          "failed": len(cache.failed), "verify": report})
+        return 0 if report is None or report["ok"] else 1
     if report is not None:
         print_verify(report)
         return 0 if report["ok"] else 1

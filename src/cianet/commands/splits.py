@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from cianet.commands.common import add_root_args
+from cianet.commands.common import add_json_arg, add_root_args, print_json
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("splits", help="write seeded patient-disjoint splits and localization folds (JSON)")
     add_root_args(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random splits and folds (default 0)")
     p.add_argument("--out", required=True, help="splits JSON to write (atomically)")
     p.add_argument("--official", action="store_true",
                    help="classification from train_val_list.txt / test_list.txt (val carved from train_val by patient)")
@@ -20,6 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--ratios", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"),
                    help="classification split shares of images (default 0.7 0.1 0.2)")
     p.add_argument("--only-present", action="store_true", help="split only the images whose file was found")
+    add_json_arg(p, "the file written and its counts")
     p.set_defaults(func=cmd_splits)
 
 
@@ -32,6 +33,10 @@ def cmd_splits(args: argparse.Namespace) -> int:
                                box_merge=args.box_merge or "mean", merge_iou=0.4 if args.merge_iou is None else args.merge_iou,
                                label_map=args.label_map)
     c = splits["counts"]
+    if args.json:
+        print_json(args, {"out": args.out, "seed": splits["seed"], "official": splits["official"],
+                          "dataset": splits["dataset"], "images": splits["images"], "counts": c})
+        return 0
     cls = c["classification"]
     print(f"wrote {args.out}: classification train {cls['train']:,} / val {cls['val']:,} / test {cls['test']:,}"
           f" ({'official lists' if args.official else 'random by patient'}, seed {args.seed}); "

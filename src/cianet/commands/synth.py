@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from cianet.commands.common import add_json_arg, print_json
+
 
 def _share(text: str) -> float:
     v = float(text)
@@ -20,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Write a synthetic chest X-ray data set in the NIH ChestX-ray14 layout (images/, "
             "Data_Entry_2017.csv, BBox_List_2017.csv, train_val_list.txt, test_list.txt) plus "
-            "synth_truth.csv with every box and the parameters that undo each image's deformation."
+            "synth_truth.csv with every box and the parameters that undo each image's deformation; --layout "
+            "rsna|vindr|csv writes it in that data set's layout instead, with synth_layout.json."
         ),
     )
     p.add_argument("out", help="output folder (must be empty unless --overwrite)")
@@ -50,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_arg(p, "the data set's summary on one line (without --json: indented)")
     p.set_defaults(func=run)
 
 
@@ -74,5 +78,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         twins=args.twins,
     )
-    print(json.dumps(summary, indent=2))
+    if args.json:
+        print_json(args, summary)
+    else:
+        print(json.dumps(summary, indent=2))
     return 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from cianet.commands.common import PRETRAINED_HELP, add_config_args, add_precision_arg, config_from_args
+from cianet.commands.common import (PRETRAINED_HELP, add_config_args, add_json_arg, add_precision_arg,
+                                    config_from_args, print_json, run_result)
 
 
 def register(sub) -> None:
@@ -13,7 +14,7 @@ def register(sub) -> None:
     add_config_args(p)
     add_precision_arg(p)
     g = p.add_argument_group("model and protocol")
-    g.add_argument("--model", choices=["cianet", "baseline"])
+    g.add_argument("--model", choices=["cianet", "baseline"], help="model.kind (both recipes: cianet)")
     g.add_argument("--pretrained", metavar="imagenet|none|PATH", help=f"model.pretrained: {PRETRAINED_HELP}")
     g.add_argument("--align", help="alignment checkpoint (align.pt or its run folder), or 'none'")
     g.add_argument("--negatives", choices=["sim", "random", "canonical", "oracle"],
@@ -28,6 +29,7 @@ def register(sub) -> None:
     g.add_argument("--official", action="store_true", help="with --classification: NIH's official lists")
     g.add_argument("--allow-patient-overlap", action="store_true", help="reproduce the naive, leaky split")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    add_json_arg(p, "the run folder, its files and its test metrics (AUC, localization accuracy)")
     p.set_defaults(func=cmd_train)
 
 
@@ -45,6 +47,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_pretrained(cfg.model.pretrained, cfg.model.backbone)  # before hours of data preparation
     out = fit(cfg, resume=args.resume)
     if not is_main_process():  # under torchrun only rank 0 reports
+        return 0
+    if args.json:
+        print_json(args, run_result(out))
         return 0
     metrics = json.loads((out / "metrics.json").read_text())
     loc = metrics["localization"]

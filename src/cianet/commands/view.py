@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cianet.commands.common import add_json_arg, print_json
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -22,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="data folder giving the ground truth (default: the run's, when a run is given)")
     p.add_argument("--max-images", type=int, default=1000, metavar="N", help="gallery size limit (default 1000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print what was written as one JSON object")
+    add_json_arg(p)
     p.set_defaults(func=cmd_view)
 
 
@@ -36,10 +38,8 @@ def cmd_view(args: argparse.Namespace) -> int:
     for note in res.notes[:10]:
         print(f"cianet view: note: {note}", file=sys.stderr)
     if args.json:
-        import json
-
-        print(json.dumps({"index": str(res.index), "images": res.images, "tables": res.tables, "plots": res.plots,
-                          "notes": res.notes}))
+        print_json(args, {"index": str(res.index), "images": res.images, "tables": res.tables, "plots": res.plots,
+                          "notes": res.notes})
     else:
         print(f"wrote {res.index}: {res.images} images, {res.tables} tables, {res.plots} plots")
     return 0

@@ -624,7 +624,7 @@ def prepare_cache(data_root: str | os.PathLike, size: int, cache_dir: str | os.P
     from cianet.errors import UsageError
 
     if size <= 0:
-        raise UsageError(f"--size must be positive, got {size}")
+        raise UsageError(f"--image-size must be positive, got {size}")
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be >= 0, got {workers}")
     pairs = images_of_root(data_root, entry_csv=entry_csv, all_files=all_files, log=log, dataset=dataset)

@@ -321,7 +321,7 @@ def make_canonical(data_root: str | Path, out: str | Path, n: int = 500, size: i
     from cianet.errors import UsageError
 
     if size <= 0:
-        raise UsageError(f"--size must be positive, got {size}")
+        raise UsageError(f"--image-size must be positive, got {size}")
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out must name a .png file, got {out}")

@@ -191,6 +191,6 @@ def write_layout(out_dir, layout: str, seed: int = 0, overwrite: bool = False, *
             counts = _write_csv(tmp, out, index)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    summary = {**summary, "layout": {"name": layout, **counts}}
+    summary = {**summary, "out_dir": str(out), "layout": {"name": layout, **counts}}  # not the temporary folder
     atomic_write_json(out / "synth_layout.json", summary)
     return summary

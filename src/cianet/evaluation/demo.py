@@ -24,9 +24,9 @@ def demo_settings(fast: bool, n_images: int | None) -> dict:
     if fast:
         return {"n_images": n_images or 240, "size": 128, "epochs": 1, "lr_step": 1, "align_epochs": 1,
                 "align_images": 120, "canonical_n": 60, "max_images": None}
-    # Sized for the slower 2-core machine (README, docs/method.md "The demo's size"): 700 images, 6 epochs with the
+    # Sized for the slower 2-core machine (README, docs/method.md "The demo's size"): 900 images, 6 epochs with the
     # recipe's schedule shape (the last two epochs at lr / 10), alignment 5 epochs over up to 800 images.
-    return {"n_images": n_images or 700, "size": 128, "epochs": 6, "lr_step": 4, "align_epochs": 5,
+    return {"n_images": n_images or 900, "size": 128, "epochs": 6, "lr_step": 4, "align_epochs": 5,
             "align_images": 800, "canonical_n": 200, "max_images": None}
 
 

@@ -57,10 +57,28 @@ def verdict_section(runs: dict[str, Path], metrics: dict[str, dict[str, Any]]) -
         "",
         comparison_markdown({"CIA-Net - Base": comp}),
     ]
+    few = few_box_classes(runs["cianet"])
+    if few:
+        lines += ["Caution: the class-stratified bootstrap keeps each class's boxes within the class, so a class "
+                  f"with very few test boxes ({few}) barely varies across replicates and the interval understates "
+                  "the uncertainty of this one run. docs/method.md (\"Evidence\") has runs with several seeds and "
+                  "hundreds of test boxes.", ""]
     att = metrics["cianet"].get("attention")
     if att and att.get("n_images"):
         lines += ["### The attention mechanism", "", attention_sentence(att), ""]
     return lines
+
+
+def few_box_classes(run_dir: Path, below: int = 5) -> str:
+    """``"Mass: 1, Nodule: 2"``: the box classes with fewer than ``below`` test boxes in a run's predictions
+    (0 boxes excluded: those classes are not in the mean), or ``""``."""
+    import numpy as np
+
+    from cianet.labels import LABELS
+    from cianet.run.scoring import read_predictions
+
+    counts = np.bincount(read_predictions(run_dir)["box_classes"], minlength=len(LABELS))
+    return ", ".join(f"{LABELS[k]}: {int(n)}" for k, n in enumerate(counts) if 0 < n < below)
 
 
 # ------------------------------------------------------------------------------------------- figures

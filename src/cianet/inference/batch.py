@@ -77,7 +77,7 @@ def predict_files(paths: list[str], model: str | Path, out: str | Path, *, batch
                   include_dicom_metadata: bool = False,
                   connectivity: int = 8, mode: str = "bank", progress: bool | None = None,
                   log: Callable[[str], None] | None = None, precision: str = "auto", prefetch: int | None = None,
-                  timer: Any = None) -> BatchSummary:
+                  timer: Any = None, record: Callable[[list[str]], None] | None = None) -> BatchSummary:
     """Predict every image file under ``paths`` with the bundle ``model`` and write the outputs into ``out``.
 
     ``log`` receives one line per skipped input (default: stderr). ``precision``: fp32, bf16 or auto (see
@@ -86,7 +86,9 @@ def predict_files(paths: list[str], model: str | Path, out: str | Path, *, batch
     ``batch_size``: the next batch; 0: decode in turn, as a plain loop). Outputs come in input order whatever
     the depth, and at most ``batch_size + prefetch + 1`` decoded images are held at once. ``timer``: a
     :class:`cianet.utils.timing.StageTimer` charged with decode, resize, alignment, pairing, networks, boxes
-    and writing (the bench's breakdown).
+    and writing (the bench's breakdown). ``record``: called with the names of the files (in ``out``) each
+    batch and the final tables are about to be written, before they are (the folder's manifest, kept so that a
+    process killed with SIGKILL leaves a list of everything it wrote: :func:`cianet.utils.outputs.journal_outputs`).
     """
     import csv
     import io
@@ -132,6 +134,9 @@ def predict_files(paths: list[str], model: str | Path, out: str | Path, *, batch
         results = pred.predict_arrays([img for _, _, img, _ in batch], [str(f) for f, _, _, _ in batch],
                                       resized=np.stack([r for _, _, _, r in batch]))
         with stage(timer, "writing"):
+            if record is not None:
+                suffixes = [".json"] + [".heatmaps.npz"] * bool(heatmaps) + [".overlay.png"] * bool(write_overlay)
+                record([f"{stem}{suffix}" for _, stem, _, _ in batch for suffix in suffixes])
             write(batch, results)
 
     def write(batch: list[tuple[Path, str, Any, Any]], results: list) -> None:
@@ -176,6 +181,8 @@ def predict_files(paths: list[str], model: str | Path, out: str | Path, *, batch
     if batch:
         flush(batch)
 
+    if record is not None:
+        record(["predictions.csv", "boxes.csv", "coco.json", "coco_results.json", "summary.json"])
     fields = ["file", "status", "error", "model", "negative", "n_boxes", *pred.labels]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, restval="")

@@ -13,4 +13,5 @@ Modules (each imports only the core and other ``cianet.run`` modules, never the 
 - :mod:`~cianet.run.loaders`      the train and test loaders (no side effects)
 - :mod:`~cianet.run.forward`      alignment of a batch, network inputs, grid logits
 - :mod:`~cianet.run.scoring`      the paper's evaluation of a model on a loader, and ``metrics.json``
+- :mod:`~cianet.run.run_folder`   claiming the run folder of ``train``/``train-align`` (and adopting old ones)
 """

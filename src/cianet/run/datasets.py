@@ -44,7 +44,7 @@ class ImageSource:
                 if cache.size != self.size:
                     raise InputError(
                         f"image cache {self.cache_dir} holds {cache.size}px images but the run uses {self.size}px: "
-                        f"rebuild it with `cianet prepare --size {self.size}` or drop --cache"
+                        f"rebuild it with `cianet prepare --image-size {self.size}` or drop --cache"
                     )
                 self._cache = cache
         return self._cache

@@ -304,7 +304,7 @@ def hash_data_root(data_root: str | Path, out: str | Path, cache: str | Path | N
     from cianet.negatives import build_hash_index
 
     if size < 1:
-        raise UsageError(f"--size must be positive, got {size}")
+        raise UsageError(f"--hash-size must be positive, got {size}")
     if workers < 1:
         raise UsageError(f"--workers must be positive, got {workers}")
     index = open_index(data_root, dataset, entry_csv=entry_csv)  # `dataset`: the layout (auto: detected)

@@ -47,10 +47,13 @@ def train_alignment(cfg: Config, resume: bool = False) -> Path:
 
     Per batch ``x`` (downsized to ``align.input_size``): random warps ``W`` give ``x' = W x``; one pass
     predicts ``P`` for ``x`` and ``P'`` for ``x'``; the loss is the structure loss of both aligned copies
-    plus ``consistency_weight * consistency_loss(P, P', W)``. Holds the run folder's lock while it writes.
+    plus ``consistency_weight * consistency_loss(P, P', W)``. Claims the run folder first (a folder that is
+    not a ``train-align`` run is refused, :mod:`cianet.run.run_folder`) and holds its lock while it writes.
     """
+    from cianet.run.run_folder import claim_run_folder
     from cianet.utils.outputs import output_lock
 
+    claim_run_folder(cfg.run.out, "train-align")
     with output_lock(cfg.run.out, "cianet train-align"):
         return _train_alignment(cfg, resume)
 

@@ -128,14 +128,17 @@ class JsonlLog:
 def fit(cfg: Config, resume: bool = False) -> Path:
     """Train a model as ``cfg`` says; write checkpoints, logs and metrics into cfg.run.out. Returns the folder.
 
-    Only rank 0 writes (config, split, negative pairs, checkpoints, logs, metrics) under torchrun, and it
-    holds the run folder's lock meanwhile: a second ``train`` into the same folder is refused.
+    Only rank 0 writes (config, split, negative pairs, checkpoints, logs, metrics) under torchrun. It first
+    claims the run folder (:mod:`cianet.run.run_folder`: a folder that is not a ``train`` run is refused, never
+    written into) and holds its lock meanwhile: a second ``train`` into the same folder is refused.
     """
     from cianet.run.device import distributed_info
+    from cianet.run.run_folder import claim_run_folder
     from cianet.utils.outputs import output_lock
 
     if distributed_info()[0] != 0:
         return _fit(cfg, resume)
+    claim_run_folder(cfg.run.out, "train")
     with output_lock(cfg.run.out, "cianet train"):
         return _fit(cfg, resume)
 

@@ -9,11 +9,18 @@ delete only what the manifest lists.
 ``output_lock`` keeps two processes from writing one folder at once: it creates ``.cianet.lock`` with
 O_EXCL, holding the writer's pid and host. A lock left by a process that no longer runs (killed with
 SIGKILL, a crashed machine) is stale and taken over; a live one is an error naming the pid.
+
+A command killed with SIGKILL never reaches the end where it records what it wrote, so one that writes many
+files (``predict``) also appends the names of the files it is *about to write* to a journal
+(``.cianet-output.journal``, one JSON list a line, :func:`journal_outputs`); the manifest is the marker's list
+plus the journal, so a later ``--overwrite`` deletes exactly what the killed run wrote (and the temp files its
+interrupted writes left).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import socket
@@ -24,6 +31,7 @@ from typing import Iterable, Iterator
 from cianet.errors import InputError
 
 MARKER = ".cianet-output.json"
+JOURNAL = ".cianet-output.journal"
 LOCK = ".cianet.lock"
 _FORMAT = 1
 #: a lock file that cannot be read is taken for stale once it is this old (a writer killed between
@@ -46,21 +54,50 @@ def read_marker(folder: str | os.PathLike) -> dict | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("kind"), str) or not isinstance(data.get("files"), list):
         return None
+    journal = _journal_names(Path(folder))
+    if journal:
+        data["files"] = sorted({*map(str, data["files"]), *journal})
     return data
 
 
+def _journal_names(folder: Path) -> list[str]:
+    """The names appended by :func:`journal_outputs`; a line torn by a crash is not valid JSON and is skipped."""
+    try:
+        lines = (folder / JOURNAL).read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
+        return []
+    names = []
+    for line in filter(None, lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, list):
+            names += [n for n in entry if isinstance(n, str)]
+    return names
+
+
 def _write_marker(folder: Path, kind: str, files: Iterable[str]) -> None:
+    """Write the marker with ``files`` (which hold the journal's names: callers read them with read_marker),
+    then drop the journal; killed in between, the journal only repeats names the marker holds."""
     from cianet.utils.atomic import atomic_write_json
 
     atomic_write_json(folder / MARKER, {"format": _FORMAT, "kind": kind, "files": sorted(set(files))})
+    with contextlib.suppress(FileNotFoundError):
+        (folder / JOURNAL).unlink()
 
 
-def claim_output(folder: str | os.PathLike, kind: str, *, adopt: Iterable[str] = ()) -> Path:
+def claim_output(folder: str | os.PathLike, kind: str, *, adopt: Iterable[str] = (),
+                 adopt_if: Iterable[str] = ()) -> Path:
     """Make ``folder`` a ``kind`` output folder (creating it), or check that it already is one.
 
     Refused (InputError): a path that is a file, a folder claimed by another kind of output, a non-empty
-    folder without a marker. ``adopt``: entry names that, when they are all a markerless folder holds,
-    show it was written by an older cianet that wrote no marker; such a folder is claimed.
+    folder without a marker. ``adopt``: entry names (or glob patterns such as ``.*.tmp``) that, when they
+    are all a markerless folder holds, show it was written by an older cianet that wrote no marker; such a
+    folder is claimed. ``adopt_if``: names of which such a folder must also hold one (a file only that
+    command writes, e.g. its checkpoint), so that a folder holding, say, only a user's ``config.yaml`` is
+    never taken for an old output. A folder holding nothing but a lock and marker temp files counts as empty
+    (another process claiming it at this moment).
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -72,8 +109,12 @@ def claim_output(folder: str | os.PathLike, kind: str, *, adopt: Iterable[str] =
                 raise InputError(f"{folder}: holds the output of cianet {marker['kind']}, not of cianet {kind}; "
                                  "choose another folder")
             return folder
-        entries = {p.name for p in folder.iterdir()}
-        if entries and not (set(adopt) and entries <= set(adopt)):
+        entries = {p.name for p in folder.iterdir()
+                   if p.name != LOCK and not (p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp"))}
+        adopt, adopt_if = tuple(adopt), set(adopt_if)
+        old_output = bool(adopt) and all(any(fnmatch.fnmatchcase(e, pat) for pat in adopt) for e in entries) \
+            and (not adopt_if or bool(entries & adopt_if))
+        if entries and not old_output:
             raise InputError(f"{folder}: not empty and not written by cianet {kind} (it holds "
                              f"{describe_entries(folder)}); choose a new or empty folder")
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,10 +131,27 @@ def record_outputs(folder: str | os.PathLike, names: Iterable[str]) -> None:
     _write_marker(folder, marker["kind"], [*marker["files"], *names])
 
 
+def journal_outputs(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Add ``names`` to the manifest of a claimed folder *before* writing them: one line appended to the
+    journal (a single write, so a SIGKILL leaves the line whole or absent), cheap enough to call per image.
+
+    Names recorded but never written (killed first) are skipped by :func:`remove_recorded`.
+    """
+    # The leading newline starts a fresh line even after a line torn by a crash of the machine.
+    line = ("\n" + json.dumps(sorted({str(n) for n in names})) + "\n").encode("utf-8")
+    fd = os.open(Path(folder) / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
 def remove_recorded(folder: str | os.PathLike) -> list[str]:
     """Delete the files the manifest of a claimed folder lists (and nothing else); returns their names.
 
-    Names that would leave the folder (absolute, ``..``) are ignored: a manifest is data, not a command.
+    Also deleted: the temp files (``.NAME.PID.RANDOM.tmp``) of listed names whose writer no longer runs,
+    left by a write that was killed. Names that would leave the folder (absolute, ``..``) are ignored: a
+    manifest is data, not a command.
     """
     import shutil
 
@@ -114,6 +172,12 @@ def remove_recorded(folder: str | os.PathLike) -> list[str]:
         else:
             continue
         removed.append(str(name))
+    listed = {str(n) for n in marker["files"]}
+    for tmp in folder.glob(".*.tmp"):  # one scan of the folder, not one per listed name
+        name_pid = tmp.name[1:-len(".tmp")].rpartition(".")[0]  # .NAME.PID.RANDOM.tmp -> NAME.PID
+        name, _, pid = name_pid.rpartition(".")
+        if name in listed and pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
     _write_marker(folder, marker["kind"], [])
     return removed
 
@@ -213,7 +277,7 @@ def owned_output(folder: str | os.PathLike, kind: str, *, overwrite: bool = Fals
 def _mtimes(folder: Path) -> dict[str, int]:
     out = {}
     for p in folder.iterdir():
-        if p.name in (MARKER, LOCK) or (p.name.startswith(".") and p.name.endswith(".tmp")):
+        if p.name in (MARKER, LOCK, JOURNAL) or (p.name.startswith(".") and p.name.endswith(".tmp")):
             continue
         try:
             out[p.name] = p.stat().st_mtime_ns
