@@ -39,21 +39,30 @@ def _colors(n: int) -> list:
     return [cmap(k % 20) for k in range(n)]
 
 
-def roc_figure(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> bytes | None:
-    """One ROC curve per class with both label values present (legend: AUC); None when there is none."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    fig = _figure()
-    ax = fig.add_subplot(1, 1, 1)
+def _class_curves(ax, scores: np.ndarray, labels: np.ndarray, names: Sequence[str], curve) -> int:
+    """Draw ``curve(y, s) -> (x, y, value)`` for each class whose labels hold both values; returns how many."""
     drawn = 0
     for k, (name, color) in enumerate(zip(names, _colors(len(names)))):
         y = labels[:, k]
         if y.min() == y.max():
             continue
-        fpr, tpr, _ = roc_curve(y, scores[:, k])
-        ax.plot(fpr, tpr, color=color, lw=1.3, label=f"{name} {roc_auc_score(y, scores[:, k]):.3f}")
+        xs, ys, value = curve(y, scores[:, k])
+        ax.plot(xs, ys, color=color, lw=1.3, label=f"{name} {value:.3f}")
         drawn += 1
-    if not drawn:
+    return drawn
+
+
+def roc_figure(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> bytes | None:
+    """One ROC curve per class with both label values present (legend: AUC); None when there is none."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    def roc(y, s):
+        fpr, tpr, _ = roc_curve(y, s)
+        return fpr, tpr, roc_auc_score(y, s)
+
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    if not _class_curves(ax, scores, labels, names, roc):
         return None
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
@@ -63,21 +72,17 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> 
 
 
 def pr_figure(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> bytes | None:
-    """One precision-recall curve per class with positives (legend: average precision); None when none."""
+    """One precision-recall curve per class with both label values present (legend: average precision);
+    None when there is none."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    def pr(y, s):
+        precision, recall, _ = precision_recall_curve(y, s)
+        return recall, precision, average_precision_score(y, s)
 
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
-    drawn = 0
-    for k, (name, color) in enumerate(zip(names, _colors(len(names)))):
-        y = labels[:, k]
-        if y.max() <= 0 or y.min() == y.max():
-            continue
-        precision, recall, _ = precision_recall_curve(y, scores[:, k])
-        ax.plot(recall, precision, color=color, lw=1.3,
-                label=f"{name} {average_precision_score(y, scores[:, k]):.3f}")
-        drawn += 1
-    if not drawn:
+    if not _class_curves(ax, scores, labels, names, pr):
         return None
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
            title="Precision-recall per class (legend: average precision)")
