@@ -21,7 +21,9 @@
 #      phantom images and the real X-rays (probabilities, heatmaps, box regions, against the tolerances);
 #   4. unless --no-training: the same training in bfloat16 (`--precision bf16`); both runs evaluated with 1000
 #      bootstrap resamples; is bfloat16's mean AUC and localization accuracy inside float32's interval?
-#   5. the figures, one `key = value` per line: the placeholders of docs/performance.md have these keys.
+#   5. memory (when the checkout has git history): peak RSS of Predictor in bank mode at batch 4 and 8, this
+#      code against the code before issue 14 (74bd2a9), on one bundle written by the old code, twice, alternating;
+#   6. the figures, one `key = value` per line: the placeholders of docs/performance.md have these keys.
 # Without native bfloat16 (e.g. an AMD EPYC without AVX512-BF16) steps 3-4 still run, in emulated bfloat16,
 # and bf16_speedup is null: what "auto" would never choose there.
 set -euo pipefail
@@ -35,7 +37,7 @@ while [ $# -gt 0 ]; do
     --nih) NIH=$2; shift 2 ;;
     --no-training) TRAIN=0; shift ;;
     --quick) QUICK=1; shift ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "issue14_measure.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -45,16 +47,16 @@ mkdir -p "$OUT"
 say() { echo "[issue14 $(date -u +%H:%M:%S)] $*" >&2; }
 
 if [ "$QUICK" = 1 ]; then
-  BENCH=(--quick --threads 1) N=160 TRAINSET=(--epochs 1 --image-size 64) LIMIT=8 BOOT=50
+  BENCH=(--quick --threads 1) N=160 TRAINSET=(--epochs 1 --image-size 64) LIMIT=8 BOOT=50 MEMNET="resnet18 64 16"
 else
-  BENCH=() N=700 TRAINSET=() LIMIT=200 BOOT=1000
+  BENCH=() N=700 TRAINSET=() LIMIT=200 BOOT=1000 MEMNET="resnet50 512 128"
 fi
 
-say "1/5 cianet bench (load before: $(cut -d' ' -f1 /proc/loadavg))"
+say "1/6 cianet bench (load before: $(cut -d' ' -f1 /proc/loadavg))"
 "$C" bench "${BENCH[@]}" --json --out "$OUT/bench.json" > /dev/null
 
 if [ -z "$BUNDLE" ]; then
-  say "2/5 phantom ($N images), tiny recipe CIA-Net in float32, bundle"
+  say "2/6 phantom ($N images), tiny recipe CIA-Net in float32, bundle"
   [ -f "$OUT/phantom/Data_Entry_2017.csv" ] || "$C" synth "$OUT/phantom" --n-images "$N" --size 256 --seed 0 --overwrite > /dev/null
   rm -rf "$OUT/run-fp32"
   "$C" train --config tiny --data-root "$OUT/phantom" --out "$OUT/run-fp32" --precision fp32 --no-progress \
@@ -63,7 +65,7 @@ if [ -z "$BUNDLE" ]; then
   BUNDLE=$OUT/phantom.cianet
 fi
 
-say "3/5 float32 vs bfloat16 prediction"
+say "3/6 float32 vs bfloat16 prediction"
 FOLDERS=()
 [ -d "$OUT/phantom/images" ] && FOLDERS+=("$OUT/phantom/images")
 [ -d "$NIH" ] && FOLDERS+=("$NIH")
@@ -71,7 +73,7 @@ FOLDERS=()
 "$PY" -m cianet.bench.precision_check --bundle "$BUNDLE" "${FOLDERS[@]}" --limit "$LIMIT" --json > "$OUT/precision.json"
 
 if [ "$TRAIN" = 1 ] && [ -d "$OUT/run-fp32" ]; then
-  say "4/5 the same training in bfloat16; both evaluated with $BOOT bootstrap resamples"
+  say "4/6 the same training in bfloat16; both evaluated with $BOOT bootstrap resamples"
   rm -rf "$OUT/run-bf16"
   "$C" train --config tiny --data-root "$OUT/phantom" --out "$OUT/run-bf16" --precision bf16 --no-progress \
     "${TRAINSET[@]}" > "$OUT/train-bf16.txt"
@@ -80,10 +82,39 @@ if [ "$TRAIN" = 1 ] && [ -d "$OUT/run-fp32" ]; then
   done
 fi
 
-say "5/5 figures (load after: $(cut -d' ' -f1 /proc/loadavg))"
+BEFORE=74bd2a9  # the last commit before issue 14's work: "no more memory than today per image"
+if [ -d "$OUT/phantom/images" ] && git rev-parse -q --verify "$BEFORE^{commit}" > /dev/null 2>&1; then
+  say "5/6 memory: Predictor (bank mode, batch 4) of this code and of $BEFORE on one bundle that both read"
+  rm -rf "$OUT/before" && mkdir -p "$OUT/before" && git archive "$BEFORE" src | tar -x -C "$OUT/before"
+  # the bundle as $BEFORE's bench made it (format 1, no alignment network), written by $BEFORE's own code
+  PYTHONPATH="$OUT/before/src" "$PY" - "$OUT" $MEMNET <<'PYEOF'
+import json, sys
+from pathlib import Path
+from cianet.bench.speed import make_predict_bundle
+out, backbone, size, grid = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+paths = make_predict_bundle(out / "before-bundle.pt", out / "phantom", backbone, size, grid, 16)
+(out / "before-paths.json").write_text(json.dumps((paths * 16)[:16]))
+PYEOF
+  : > "$OUT/memory.jsonl"
+  for round in 1 2; do  # alternating, each in a fresh process; batch 4 and 8 give the memory per image
+    for batch in 4 8; do
+      SPEC=$("$PY" -c "import json,sys; print(json.dumps({'bundle': sys.argv[1] + '/before-bundle.pt', 'mode': 'bank',
+        'batch': int(sys.argv[2]), 'images': 8, 'paths': json.load(open(sys.argv[1] + '/before-paths.json'))}))" "$OUT" $batch)
+      for code in before now; do
+        if [ "$code" = before ]; then R=$(PYTHONPATH="$OUT/before/src" "$PY" -m cianet.bench.speed --predict-worker "$SPEC" | tail -1)
+        else R=$("$PY" -m cianet.bench.speed --predict-worker "$SPEC" | tail -1); fi
+        echo "{\"code\": \"$code\", \"round\": $round, \"batch\": $batch, \"result\": $R}" >> "$OUT/memory.jsonl"
+      done
+    done
+  done
+fi
+
+say "6/6 figures (load after: $(cut -d' ' -f1 /proc/loadavg))"
 "$PY" - "$OUT" <<'PYEOF'
 import json, sys
 from pathlib import Path
+
+import numpy as np
 
 out = Path(sys.argv[1])
 b = json.loads((out / "bench.json").read_text())
@@ -135,6 +166,19 @@ for p_ in ("fp32", "bf16"):
         loc_ci = (ci.get("localization") or {}).get(t) or {}
         fig[f"train_{p_}.loc_mean_{t}"] = loc_ci.get("value", m["localization"][t]["Mean"])
         fig[f"train_{p_}.loc_mean_{t}_ci"] = [loc_ci.get("low"), loc_ci.get("high")]
+mem = out / "memory.jsonl"
+if mem.is_file():
+    rows = [json.loads(line) for line in mem.read_text().splitlines() if line.strip()]
+    for code in ("before", "now"):
+        for batch in (4, 8):
+            mine = [r["result"] for r in rows if r["code"] == code and r["batch"] == batch]
+            fig[f"memory.{code}.batch{batch}.peak_rss_mb"] = [round(r["peak_rss_mb"]) for r in mine]
+            fig[f"memory.{code}.batch{batch}.images_per_s"] = [round(r["images_per_s"], 2) for r in mine]
+        # memory per image: the growth of the peak from batch 4 to batch 8, per added image (medians of the rounds)
+        med = {b: float(np.median(fig[f"memory.{code}.batch{b}.peak_rss_mb"])) for b in (4, 8)}
+        fig[f"memory.{code}.mb_per_image"] = round((med[8] - med[4]) / 4, 1)
+    fig["memory.now_le_before.batch4"] = max(fig["memory.now.batch4.peak_rss_mb"]) <= min(fig["memory.before.batch4.peak_rss_mb"])
+    fig["memory.now_le_before.per_image"] = fig["memory.now.mb_per_image"] <= fig["memory.before.mb_per_image"]
 if "train_bf16.auc_mean" in fig:
     def inside(key: str) -> bool | None:
         lo, hi = fig[f"train_fp32.{key}_ci"]

@@ -96,7 +96,9 @@ def test_bank_gives_the_logits_of_recomputing_the_negative(tmp_path, shift):
     rec = rec_pred.predict_arrays(query, names)
     for r1, r2, q in zip(bank, rec, query):
         assert r1.negative == r2.negative
-        np.testing.assert_allclose(r1.logits, r2.logits, atol=1e-5, rtol=0)
+        # the bank's M- came from the network as trained, recompute's from the folded one (cianet.models.folding):
+        # float32 rounding apart (logits ~5: 1e-4 is ~20 ulp)
+        np.testing.assert_allclose(r1.logits, r2.logits, atol=1e-4, rtol=0)
         np.testing.assert_allclose(r1.heatmaps, r2.heatmaps, atol=1e-5, rtol=0)
         # The negative is the bank's nearest hash code (naive python loop over the bank); with alignment (and the
         # recipe's negatives.aligned_codes) the codes are of the aligned 8-bit images, as the run paired them.
@@ -114,7 +116,7 @@ def test_bank_gives_the_logits_of_recomputing_the_negative(tmp_path, shift):
         q_s, n_s = rec_pred.align_net(q_s)["aligned"], rec_pred.align_net(n_s)["aligned"]
     with torch.no_grad():
         direct = rec_pred.model(gray_to_input(q_s), neg=gray_to_input(n_s), upsample=False)["logits"][0]
-    np.testing.assert_allclose(bank[0].logits, direct.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(bank[0].logits, direct.numpy(), atol=1e-4, rtol=0)  # stored vs folded M-: rounding
 
 
 def _tampered(bundle: dict, key: str, value) -> dict:

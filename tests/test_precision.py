@@ -201,16 +201,20 @@ def test_train_flag_sets_run_precision_and_align_training_has_none(capsys):
     capsys.readouterr()
 
 
-def test_attention_branch_stays_float32_under_bfloat16(tmp_path):
-    """|M+ - M-| is a small difference of large maps: under bf16 autocast the attention branch computes in
-    float32 (the same map as without autocast), while the classification trunk does run in bfloat16."""
-    cfg = tiny_config(tmp_path, model__kind="cianet")
-    model = tiny_model(cfg)
-    x = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
-        m32 = model.attention_map(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            m16 = model.attention_map(x)
-            feats = model.upper(x)
-    assert m16.dtype == torch.float32 and torch.allclose(m16, m32, atol=1e-5, rtol=1e-5)
-    assert feats.dtype == torch.bfloat16
+def test_bf16_prediction_runs_both_branches_in_bfloat16_within_tolerance(bundle):
+    """Both trunks (the attention branch too) compute in bfloat16; the contrast attention dM stays close to
+    float32's for images that are not their own negative."""
+    from cianet.inference.predictor import Predictor
+
+    p32 = Predictor.from_bundle(bundle, precision="fp32")
+    p16 = Predictor.from_bundle(bundle, precision="bf16")
+    seen = {}
+    for name in ("attn_trunk", "upper"):
+        conv = next(m for m in getattr(p16.model, name).modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, o.dtype) and None)
+    images = [synthetic_chest(np.random.default_rng(10 + s), lesion=True) for s in range(4)]
+    names = [f"q{i}.png" for i in range(4)]
+    r32, r16 = p32.predict_arrays(images, names), p16.predict_arrays(images, names)
+    assert seen == {"attn_trunk": torch.bfloat16, "upper": torch.bfloat16}
+    dd = max(float(np.abs(a.attention - b.attention).max()) for a, b in zip(r32, r16))
+    assert 0 < dd <= 0.25  # dM has mean 1; measured 0.19 at most on 200 phantom images (docs/performance.md)

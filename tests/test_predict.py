@@ -223,3 +223,71 @@ def test_predict_cli_skips_bad_files_and_reads_dicom(bundles, tmp_path, capsys):
     assert "Doe" not in text and "PID-98765" not in text and "19700101" not in text
     with Image.open(out2 / "c.overlay.png") as im:  # an overlay per image unless --no-overlay
         assert im.size[0] > 500 and im.mode in ("RGB", "RGBA")
+
+
+def test_a_bank_image_is_never_its_own_negative(tmp_path):
+    """A bundle's bank is anonymous, so a bank image predicted again is recognized by its hash code: paired with
+    itself, |M+ - M-| would be rounding noise blown up to mean 1 by dM's normalization."""
+    from cianet.inference.bundle import bundle_from_run
+    from cianet.inference.predictor import Predictor
+
+    run, _ = make_run(tmp_path, kind="cianet")
+    pred = Predictor(bundle_from_run(run, n_negatives=100, include_images=True, progress=False))
+    bank = pred.bank_images.numpy()  # (N, S, S) uint8, the images the bank's codes were computed from
+    assert len(bank) >= 3
+    picks = pred.choose_negatives(bank[:3].astype(np.float32) / 255, ["a.png", "b.png", "c.png"])
+    assert all(int(p) != i for i, p in enumerate(picks))
+    # a bank image's hash code finds its own row first: the rule, not chance, moved it
+    codes = pred._index.codes[:3]
+    assert (pred._index.query(codes, k=1) == np.arange(3)).all()
+    # an image not in the bank keeps its nearest entry
+    other = synthetic_chest(np.random.default_rng(99), lesion=True)
+    from cianet.data.io import resize_gray
+
+    q = resize_gray(other, pred.input_size)[None]
+    from cianet.data.io import to_uint8
+    from cianet.negatives import hash_codes
+
+    assert pred.choose_negatives(q, ["q.png"])[0] == pred._index.query(hash_codes(to_uint8(q)), k=1)[0]
+
+
+def test_prediction_networks_match_the_unfolded_model(bundles):
+    """The Predictor folds BatchNorm into the convolutions and runs channels-last: the same logits, test-grid
+    logits and attention as the network exactly as trained (float32, NCHW, BatchNorm applied)."""
+    from cianet.inference.predictor import Predictor
+    from cianet.models.backbones import gray_to_input
+    from cianet.run.bundle_file import load_bundle
+    from cianet.run.networks import network_from_weights
+
+    pred = Predictor.from_bundle(bundles["plain"])
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in pred.model.modules())
+    b = load_bundle(bundles["plain"])
+    model, _ = network_from_weights(b["config"], b["model"], "cpu")
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0
+    images = np.stack([pred.prepare(synthetic_chest(np.random.default_rng(s), lesion=True)) for s in range(3)])
+    out = pred.forward(images, ["a.png", "b.png", "c.png"])
+    with torch.no_grad():
+        x = gray_to_input(torch.from_numpy(images)[:, None])
+        ref = model(x, m_neg=pred.bank_maps[torch.as_tensor(out["rows"])], upsample=False, return_feats=True)
+        ref_test = model.test_grid_logits(ref["f_bar"])
+    np.testing.assert_allclose(out["logits"], ref["logits"], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(out["test_logits"], ref_test, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(out["delta"], ref["delta"], atol=1e-4, rtol=1e-4)
+
+
+def test_heatmap_stack_in_image_frame_matches_one_map_at_a_time():
+    """The output writer maps all classes through one pixel-to-cell table and converts to float16 with torch:
+    the same arrays as the per-map mapping and numpy's conversion, bit for bit (subnormals included)."""
+    from cianet.inference.outputs import float16
+    from cianet.models.alignment import mask_to_original, masks_to_original
+
+    rng = np.random.default_rng(0)
+    grids = (rng.random((3, 16, 16)) ** 12).astype(np.float32)  # many values below float16's normal range
+    params = (0.05, -0.1, 1.1, 0.9, 0.2)
+    stack = masks_to_original(grids, params, (40, 30))
+    assert stack.shape == (3, 30, 40)
+    for k in range(3):
+        assert np.array_equal(stack[k], mask_to_original(grids[k], params, (40, 30)))
+    assert (stack == 0).any() and (stack > 0).any()  # parts of the frame outside the rotated aligned image
+    assert np.array_equal(float16(stack).view(np.uint16), stack.astype(np.float16).view(np.uint16))
+    assert (np.abs(float16(stack)) < np.float16(6.1e-5)).sum() > 0  # subnormals were really exercised

@@ -47,6 +47,9 @@ def test_factorized_head_matches_model_test_head() -> None:
 
 def test_upsampled_head_refuses_other_layouts() -> None:
     head = torch.nn.Module()
-    head.conv = torch.nn.Conv2d(4, 4, 3, padding=1, bias=True)
+    head.conv = torch.nn.Conv2d(4, 4, 3, padding=2, dilation=2)  # a bias is fine (a folded BatchNorm), dilation not
+    with pytest.raises(ValueError, match="3x3 conv"):
+        upsampled_head(head, torch.zeros(1, 4, 2, 2), 8)
+    head.conv = torch.nn.Conv2d(4, 4, 5, padding=2)
     with pytest.raises(ValueError, match="3x3 conv"):
         upsampled_head(head, torch.zeros(1, 4, 2, 2), 8)

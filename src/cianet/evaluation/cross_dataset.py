@@ -85,6 +85,7 @@ def evaluate_on_dataset(run_dir: str | Path, data_root: str | Path, out: str | P
     from cianet.evaluation.evaluate import bootstrap_intervals
     from cianet.evaluation.plots import write_evaluation_plots
     from cianet.labels import label_set_from
+    from cianet.models.folding import for_inference
     from cianet.run.checkpoints import load_alignment, load_checkpoint, model_from_checkpoint
     from cianet.run.device import resolve_device
     from cianet.run.loaders import image_source, make_loaders
@@ -147,8 +148,8 @@ def evaluate_on_dataset(run_dir: str | Path, data_root: str | Path, out: str | P
     with warnings.catch_warnings():  # classes left out are measured again below, without them
         warnings.filterwarnings("ignore", message="AUC undefined")
         warnings.filterwarnings("ignore", message="localization accuracy: no ground-truth box")
-        raw = evaluate(model, loader, dev, align_net=align_net, progress=progress, upsample=True,
-                       keep_predictions=True, rescale=cfg.loss.mil_rescale, precision=precision)
+        raw = evaluate(for_inference(model), loader, dev, align_net=align_net, progress=progress, upsample=True,
+                       keep_predictions=True, rescale=cfg.loss.mil_rescale, precision=precision, channels_last=True)
     metrics = restrict_metrics(raw, classes, match.scored, THRESHOLDS)
     metrics["cross_dataset"] = {
         "run": run_dir.resolve().name, "model_classes": list(classes.names),

@@ -24,6 +24,14 @@ HEATMAP_MAX_SIDE = 512
 IDENTITY = (0.0, 0.0, 1.0, 1.0, 0.0)
 
 
+def float16(arr: np.ndarray) -> np.ndarray:
+    """``arr.astype(np.float16)``, bit for bit, through torch: numpy converts small values (float16 subnormals,
+    which near-zero probabilities are) one at a time in software, 25x slower on a 512 px heatmap stack."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(torch.float16).numpy()
+
+
 def frame_size(image_size: Sequence[int], max_side: int = HEATMAP_MAX_SIDE) -> tuple[int, int]:
     """``(W', H')``: the image size ``(W, H)`` scaled down so that its longest side is at most ``max_side``."""
     w, h = int(image_size[0]), int(image_size[1])
@@ -34,20 +42,21 @@ def frame_size(image_size: Sequence[int], max_side: int = HEATMAP_MAX_SIDE) -> t
 def heatmaps_in_image_frame(result: PredictionResult, box_labels: Sequence[str],
                             max_side: int = HEATMAP_MAX_SIDE) -> dict[str, Any]:
     """The arrays of ``<stem>.heatmaps.npz`` (see the module docstring) for one prediction."""
-    from cianet.models.alignment import mask_to_original
+    from cianet.models.alignment import masks_to_original
 
     params = result.align_params if result.align_params is not None else IDENTITY
     size = frame_size(result.image_size, max_side)
-    heat = np.stack([mask_to_original(np.asarray(result.heatmaps[k], np.float32), params, size)
-                     for k in range(len(box_labels))])
+    # the box classes' heatmaps share one grid (the test grid): one pixel-to-cell mapping for all of them
+    heat = masks_to_original(np.asarray(result.heatmaps[:len(box_labels)], np.float32), params, size)
     out: dict[str, Any] = {
-        "heatmaps": np.clip(heat, 0.0, 1.0).astype(np.float16),
+        "heatmaps": float16(np.clip(heat, 0.0, 1.0)),
         "labels": np.asarray(list(box_labels)),
         "image_size": np.asarray(result.image_size, dtype=np.int64),
         "scale": np.float64(size[0] / result.image_size[0]),
     }
     if result.attention is not None:
-        out["attention"] = mask_to_original(np.asarray(result.attention, np.float32), params, size).astype(np.float16)
+        att = masks_to_original(np.asarray(result.attention, np.float32)[None], params, size)[0]
+        out["attention"] = float16(att)
     return out
 
 
@@ -55,10 +64,16 @@ def write_heatmaps(path: str | Path, result: PredictionResult, box_labels: Seque
     """Write ``<stem>.heatmaps.npz`` atomically (compressed)."""
     from cianet.utils.atomic import atomic_path
 
+    import zipfile
+
     arrays = heatmaps_in_image_frame(result, box_labels)
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+        # np.savez_compressed's layout (a zip of .npy files, what np.load reads) at deflate level 1: half the
+        # time of its default level 6 for a quarter more bytes, on 512 px heatmaps (measured: 16 vs 34 ms)
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+            for key, value in arrays.items():
+                with z.open(f"{key}.npy", "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
 
 
 def read_heatmaps(path: str | Path) -> dict[str, np.ndarray]:

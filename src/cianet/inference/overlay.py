@@ -1,107 +1,401 @@
 """Overlay figures of a prediction: the X-ray with its boxes, the attention map dM and per-class heatmaps.
 
-Layout (matplotlib, Agg canvas, no pyplot global state): top left the X-ray with the predicted boxes (one
-colour per box class, label and score on each box, a legend with the image probabilities); top right the
-normalized contrast attention ``dM`` over the X-ray; below, one panel per box class with its cell
-probabilities over the X-ray (titled with the class probability; a box class above its threshold is shown in
-bold). Grids are mapped back through the alignment into the image frame (``mask_to_original``), so every
-panel is in the pixel frame of the image file.
+Drawn with Pillow and numpy straight into one RGB canvas (no matplotlib figure: laying out and rasterizing
+a 10-panel figure cost more than the networks themselves; matplotlib is only asked once per process for
+its "jet" and "inferno" colour tables). Layout, top to bottom (:func:`overlay_layout` gives the pixel
+positions):
+
+* a title line ("cianet prediction ...");
+* top left, titled with the file name and the number of boxes: the X-ray scaled to ``DISPLAY_MAX`` px on
+  its longest side, with the predicted boxes (one colour per box class, matplotlib's tab10 cycle; a label
+  "Class 0.87" on a filled background of the box's colour at its top-left corner) and, at the lower left
+  (below the X-ray only when it is too flat to hold it), a legend of every box class with its colour and
+  image probability;
+* top right, titled "contrast attention dM (negative: NAME)": the same X-ray with the normalized contrast
+  attention ``dM`` in "inferno" at alpha 0.5 where it is non-zero (spanning the smallest to the largest
+  non-zero value of the map), and at its right a colour bar: the gradient strip with those two values at
+  its bottom and top; for the baseline model (no attention) the plain X-ray under the title "no attention
+  map (baseline model)";
+* one panel per box class, ``HEAT_COLS`` a row: the X-ray with the class's cell probabilities in "jet"
+  (0..1) at alpha 0.45, cells below 0.05 left transparent; titled "Class p=0.87" in the class colour, in
+  bold and underlined when the probability reaches the class's threshold;
+* a bottom line with the probabilities of the classes without boxes.
+
+Grids live in the aligned frame of the network input; they are mapped back through the alignment into the
+image frame at display size (``cianet.models.alignment.masks_to_original``), and boxes (pixels of the image
+file) are scaled to the display size, so every panel shows the pixel frame of the image file.
+
+The PNG is encoded here too (:func:`encode_png`: one fixed row filter, zlib's fastest level), because
+Pillow's encoder alone took longer than all the drawing.
 """
 
 from __future__ import annotations
 
-import io
+import functools
+import os
+import struct
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
-from cianet.inference.predictor import PredictionResult
+from cianet.inference.predictor import PredictedBox, PredictionResult
 
-DISPLAY_MAX = 512  # longest side of the displayed X-ray (the figure is ~1100 px wide)
+DISPLAY_MAX = 512  # longest side of the X-ray in the two top panels
 IDENTITY = (0.0, 0.0, 1.0, 1.0, 0.0)
+HEAT_COLS = 4
+HEAT_ALPHA = 0.45
+HEAT_FLOOR = 0.05  # heatmap cells below this stay transparent, so the anatomy under an empty map stays visible
+ATTENTION_ALPHA = 0.5
+#: matplotlib's default colour cycle C0..C9 (tab10): box class k gets TAB10[k % 10]
+TAB10: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)
+UNKNOWN_BOX_COLOR = (255, 255, 0)  # a box whose class is not among the box classes
+BACKGROUND = (255, 255, 255)
+TEXT_COLOR = (0, 0, 0)
+BOX_WIDTH = 2
+PNG_COMPRESS_LEVEL = 1  # zlib's fastest: its default, 6, took 3-4x as long for files ~8 % smaller
+
+# canvas geometry (pixels)
+_MARGIN = 10
+_TITLE_H = 30
+_PANEL_TITLE_H = 22
+_TOP_GAP = 24  # between the two top panels
+_COLORBAR_W = 64  # gradient strip and its numbers, right of the attention panel
+_STRIP_W = 14
+_HEAT_GAP = 14
+_ROW_GAP = 10
+_BOTTOM_H = 24
+_LEGEND_LINE = 15
+_LEGEND_PAD = 5
+
+Rect = tuple[int, int, int, int]  # (x, y, width, height) in canvas pixels
 
 
-def _to_frame(grid: np.ndarray, params, size: tuple[int, int]) -> np.ndarray:
-    """A float grid ``(g, g)`` of the aligned frame -> ``(H', W')`` of the image frame at display size."""
-    from cianet.models.alignment import mask_to_original
+@dataclass(frozen=True)
+class OverlayLayout:
+    """Where :func:`render_overlay` draws what, in pixels of the canvas (x right, y down).
 
-    return mask_to_original(np.asarray(grid, np.float32), params if params is not None else IDENTITY, size)
+    Attributes:
+        size: ``(width, height)`` of the canvas.
+        display_size: ``(W', H')`` of the X-ray in the two top panels.
+        heat_size: ``(w, h)`` of the X-ray in each heatmap panel.
+        boxes_panel: the X-ray of the top-left panel (boxes, legend), ``(x, y, W', H')``.
+        attention_panel: the X-ray of the top-right panel, ``(x, y, W', H')``.
+        colorbar: the attention colour bar's gradient strip.
+        legend: the top-left corner of the box-class legend.
+        heat_panels: the X-ray of each box class's heatmap panel, ``(x, y, w, h)``, in box-class order.
+        titles: the top-centre anchor of each panel title: boxes, attention, then the heatmap panels.
+        bottom_line: the top-centre anchor of the line of the other classes' probabilities.
+    """
+
+    size: tuple[int, int]
+    display_size: tuple[int, int]
+    heat_size: tuple[int, int]
+    boxes_panel: Rect
+    attention_panel: Rect
+    colorbar: Rect
+    legend: tuple[int, int]
+    heat_panels: tuple[Rect, ...]
+    titles: tuple[tuple[int, int], ...]
+    bottom_line: tuple[int, int]
+
+    def display_scale(self, image_size: tuple[int, int]) -> tuple[float, float]:
+        """``(sx, sy)``: display pixels of the top panels per pixel of an image of ``image_size = (W, H)``."""
+        return self.display_size[0] / image_size[0], self.display_size[1] / image_size[1]
 
 
-def _display(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-    """Downscale ``(H, W)`` for display; returns the image and its display ``(W', H')``."""
-    from cianet.data.io import resize_gray
-    from PIL import Image
+def _fit(image_size: tuple[int, int], side: int) -> tuple[int, int]:
+    """``(w, h)`` of an image of ``image_size`` scaled so that its longest side is ``side``."""
+    w, h = image_size
+    f = side / max(w, h)
+    return max(1, round(w * f)), max(1, round(h * f))
 
+
+def _placed(slot_x: int, slot_y: int, side: int, size: tuple[int, int]) -> Rect:
+    # centred across the column, at the top of its row: right under its title
+    return slot_x + (side - size[0]) // 2, slot_y, size[0], size[1]
+
+
+def _legend_height(n_box_classes: int) -> int:
+    return 0 if n_box_classes == 0 else 2 * _LEGEND_PAD + _LEGEND_LINE * (n_box_classes + 1)
+
+
+@functools.lru_cache(maxsize=64)
+def overlay_layout(image_size: tuple[int, int], n_box_classes: int) -> OverlayLayout:
+    """The layout of the overlay of an image of ``image_size = (W, H)`` with ``n_box_classes`` heatmap panels.
+
+    The canvas is as wide for every image (the X-ray is scaled, up or down, to ``DISPLAY_MAX`` px, or the
+    heatmap panel's side, on its longest side, centred in its column); rows are as high as the image is at
+    that scale, so a wide image leaves no blank band (the top row keeps at least the legend's height).
+    """
+    width = 2 * _MARGIN + 2 * DISPLAY_MAX + _TOP_GAP + _COLORBAR_W
+    display = _fit(image_size, DISPLAY_MAX)
+    heat_side = (width - 2 * _MARGIN - (HEAT_COLS - 1) * _HEAT_GAP) // HEAT_COLS
+    heat = _fit(image_size, heat_side)
+    top = _TITLE_H + _PANEL_TITLE_H
+    left_x, right_x = _MARGIN, _MARGIN + DISPLAY_MAX + _TOP_GAP
+    boxes = _placed(left_x, top, DISPLAY_MAX, display)
+    attention = _placed(right_x, top, DISPLAY_MAX, display)
+    colorbar = (attention[0] + display[0] + 6, attention[1], _STRIP_W, display[1])
+    legend_h = _legend_height(n_box_classes)
+    top_h = max(display[1], legend_h + 12)
+    # lower left of the top-left panel: over the X-ray, below it only when the image is too flat to hold it
+    legend = (boxes[0] + 6, top + top_h - legend_h - 6)
+    titles = [(left_x + DISPLAY_MAX // 2, _TITLE_H), (right_x + DISPLAY_MAX // 2, _TITLE_H)]
+    panels = []
+    row_y = top + top_h + _ROW_GAP
+    for k in range(n_box_classes):
+        x = _MARGIN + (k % HEAT_COLS) * (heat_side + _HEAT_GAP)
+        y = row_y + (k // HEAT_COLS) * (_PANEL_TITLE_H + heat[1] + _ROW_GAP)
+        panels.append(_placed(x, y + _PANEL_TITLE_H, heat_side, heat))
+        titles.append((x + heat_side // 2, y))
+    rows = -(-n_box_classes // HEAT_COLS)
+    bottom_y = row_y + rows * (_PANEL_TITLE_H + heat[1] + _ROW_GAP)
+    return OverlayLayout((width, bottom_y + _BOTTOM_H), display, heat, boxes, attention, colorbar, legend,
+                         tuple(panels), tuple(titles), (width // 2, bottom_y + 2))
+
+
+# ----------------------------------------------------------------------------------------------- colours
+@functools.lru_cache(maxsize=8)
+def colormap_table(name: str) -> np.ndarray:
+    """A matplotlib colormap as a ``(256, 3)`` uint8 table (read once per process)."""
+    import matplotlib
+
+    rgba = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))
+    return np.round(rgba[:, :3] * 255.0).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _tint_table(name: str, alpha: float) -> np.ndarray:
+    """``(256 * 257, 3)`` uint8: row ``g * 257 + code`` is gray ``g`` under colour code ``code`` (0: none,
+    ``1 + i``: entry ``i`` of colormap ``name`` at ``alpha``), so tinting a panel is a single gather."""
+    lut = np.concatenate([np.zeros((1, 3)), colormap_table(name).astype(np.float64)])
+    g = np.arange(256, dtype=np.float64)[:, None, None]
+    mixed = g * (1.0 - alpha) + lut[None] * alpha
+    mixed[:, 0] = g[:, 0]  # code 0 leaves the gray as it is
+    return np.round(mixed).astype(np.uint8).reshape(256 * 257, 3)
+
+
+def _codes(values: np.ndarray, lo: float, hi: float, shown: np.ndarray) -> np.ndarray:
+    """Colour codes of ``values`` (``1 + `` table index for ``lo..hi``; 0 where not ``shown``) as uint16."""
+    # matplotlib's rule for a 256-entry table: t in [0, 1] -> entry int(256 t), t = 1 into the last one
+    t = (values - lo) * (256.0 / (hi - lo)) if hi > lo else np.zeros(values.shape, np.float32)
+    t = np.where(shown, t, 0.0)  # NaN cells are not shown; keep them out of the integer cast
+    codes = np.clip(t, 0, 255).astype(np.uint16) + 1
+    codes[~shown] = 0
+    return codes
+
+
+def _tint(gray: np.ndarray, codes: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """RGB ``(..., h, w, 3)`` of the gray ``(h, w)`` uint8 under the colour ``codes`` ``(..., h, w)``."""
+    return np.take(table, gray.astype(np.int32) * 257 + codes, axis=0)
+
+
+def class_colors(box_labels: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+    """Box class -> its RGB colour (the k-th box class gets matplotlib's ``C{k}``)."""
+    return {lab: TAB10[k % len(TAB10)] for k, lab in enumerate(box_labels)}
+
+
+def _ink(color: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads better on ``color``."""
+    return (0, 0, 0) if 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 150 else (255, 255, 255)
+
+
+# ------------------------------------------------------------------------------------------------- text
+@functools.lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _text_centered(draw: ImageDraw.ImageDraw, anchor: tuple[int, int], text: str, size: int,
+                   fill: tuple[int, int, int] = TEXT_COLOR, bold: bool = False, underline: bool = False) -> None:
+    font = _font(size)
+    x, y = anchor
+    if bold:
+        # Pillow's default font has no bold face; the text drawn twice a pixel apart reads as bold and costs
+        # a quarter of a stroked outline
+        x -= 1
+        draw.text((x + 1, y), text, fill=fill, font=font, anchor="mt")
+    draw.text((x, y), text, fill=fill, font=font, anchor="mt")
+    if underline:
+        x0, _, x1, y1 = draw.textbbox((x, y), text, font=font, anchor="mt")
+        draw.rectangle((x0, y1 + 2, x1 + 1, y1 + 3), fill=fill)
+
+
+# ------------------------------------------------------------------------------------------------ image
+def _gray_u8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The gray ``image`` ``(H, W)`` in [0, 1] resized to ``size = (w, h)`` as uint8 ``(h, w)``."""
+    img = np.ascontiguousarray(image, np.float32)
+    if (img.shape[1], img.shape[0]) != size:
+        # BOX averages the covered pixels when shrinking (no aliasing, no ringing); enlarging needs interpolation
+        shrink = size[0] <= img.shape[1] and size[1] <= img.shape[0]
+        resample = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+        img = np.asarray(Image.fromarray(img, mode="F").resize(size, resample), np.float32)
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def box_outline(box: PredictedBox, scale: tuple[float, float]) -> tuple[int, int, int, int]:
+    """The inclusive pixel rectangle ``(x0, y0, x1, y1)`` of ``box`` in the X-ray of the top-left panel
+    (``scale`` from :meth:`OverlayLayout.display_scale`); its ``BOX_WIDTH`` px outline lies inside it."""
+    sx, sy = scale
+    x0, y0 = round(box.x * sx), round(box.y * sy)
+    return x0, y0, max(x0, round((box.x + box.w) * sx) - 1), max(y0, round((box.y + box.h) * sy) - 1)
+
+
+def _draw_boxes(panel: Image.Image, boxes: Sequence[PredictedBox], colors: dict[str, tuple[int, int, int]],
+                scale: tuple[float, float]) -> None:
+    # drawn on the panel's own image, so that boxes reaching past the X-ray are clipped to it
+    draw = ImageDraw.Draw(panel)
+    font = _font(11)
+    pw, ph = panel.size
+    for b in boxes:
+        color = colors.get(b.label, UNKNOWN_BOX_COLOR)
+        x0, y0, x1, y1 = box_outline(b, scale)
+        draw.rectangle((x0, y0, x1, y1), outline=color, width=BOX_WIDTH)
+        text = f"{b.label} {b.score:.2f}"
+        left, top, right, bottom = font.getbbox(text)
+        # inside the box's top-left corner; moved left/up when the box ends at the panel's right/bottom edge
+        tx = max(0, min(x0 + BOX_WIDTH + 1, pw - (right - left) - 2))
+        ty = max(0, min(y0 + BOX_WIDTH + 1, ph - (bottom - top) - 2))
+        draw.rectangle((tx - 1, ty - 1, tx + right - left + 1, ty + bottom - top + 1), fill=color)
+        draw.text((tx - left, ty - top), text, fill=_ink(color), font=font)
+
+
+def _draw_legend(canvas: Image.Image, origin: tuple[int, int], result: PredictionResult,
+                 box_labels: Sequence[str], colors: dict[str, tuple[int, int, int]]) -> None:
+    if not box_labels:
+        return
+    font, line, pad, swatch = _font(11), _LEGEND_LINE, _LEGEND_PAD, 18
+    lines = [f"{lab}: p={result.probabilities.get(lab, float('nan')):.2f}" for lab in box_labels]
+    text_w = max(int(font.getlength(s)) for s in [*lines, "box classes"])
+    x0, y0 = origin
+    region = (x0, y0, x0 + pad * 3 + swatch + text_w, y0 + _legend_height(len(box_labels)))
+    # an 80 % white backing keeps the entries readable over bright and dark lungs alike
+    crop = canvas.crop(region)
+    canvas.paste(Image.blend(crop, Image.new("RGB", crop.size, BACKGROUND), 0.8), region[:2])
+    draw = ImageDraw.Draw(canvas)
+    draw.text(((region[0] + region[2]) // 2, y0 + pad), "box classes", fill=TEXT_COLOR, font=font, anchor="mt")
+    for i, (lab, text) in enumerate(zip(box_labels, lines), start=1):
+        y = y0 + pad + i * line
+        draw.rectangle((x0 + pad, y + 2, x0 + pad + swatch, y + 10), outline=colors[lab], width=2)
+        draw.text((x0 + 2 * pad + swatch, y), text, fill=TEXT_COLOR, font=font)
+
+
+def _attention_codes(attention: np.ndarray, params: Sequence[float], size: tuple[int, int],
+                     ) -> tuple[np.ndarray, float, float]:
+    """Inferno codes of ``dM`` in the display frame and the colour bar's ``(min, max)``."""
+    from cianet.models.alignment import masks_to_original
+
+    att = np.asarray(attention, np.float32)
+    # 0 is what lies outside the aligned image once mapped, so dM's exact zeros stay transparent as well (as
+    # matplotlib masked them); coding the small grid before mapping it spares a float pass over the display
+    shown = np.isfinite(att) & (att != 0.0)
+    lo, hi = (float(att[shown].min()), float(att[shown].max())) if shown.any() else (0.0, 0.0)
+    return masks_to_original(_codes(att, lo, hi, shown)[None], params, size)[0], lo, hi
+
+
+def _heat_codes(heatmaps: np.ndarray, params: Sequence[float], size: tuple[int, int]) -> np.ndarray:
+    """Jet codes ``(C, h, w)`` of the heatmaps in the frame of the heatmap panels (one mapping for all)."""
+    from cianet.models.alignment import masks_to_original
+
+    heat = np.asarray(heatmaps, np.float32)
+    return masks_to_original(_codes(heat, 0.0, 1.0, heat >= HEAT_FLOOR), params, size)  # NaN >= floor: False
+
+
+def encode_png(rgb: np.ndarray, level: int = PNG_COMPRESS_LEVEL) -> bytes:
+    """An 8-bit RGB PNG of ``rgb`` ``(h, w, 3)`` uint8.
+
+    Pillow's encoder tries all five PNG filters on every row and took longer than the drawing itself. Here
+    every row gets the "up" filter (the overlay's panels are smooth down their columns and its margins
+    constant), computed by numpy, then one zlib pass at its fastest level.
+    """
+    h, w, _ = rgb.shape
+    rows = np.ascontiguousarray(rgb, np.uint8).reshape(h, w * 3)
+    data = np.empty((h, w * 3 + 1), np.uint8)
+    data[:, 0] = 2  # "up"; the first row's row above is zeros
+    data[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=data[1:, 1:])  # uint8 wraps around, as PNG's filter arithmetic does
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(kind)))
+
+    # 8 bits a sample, truecolour, deflate, the standard per-row filter method, no interlace
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(data.tobytes(), level))
+            + chunk(b"IEND", b""))
+
+
+def render_canvas(image: np.ndarray, result: PredictionResult, box_labels: Sequence[str],
+                  thresholds: dict[str, float] | None = None) -> Image.Image:
+    """The overlay of ``result`` as an RGB image: what :func:`render_overlay` encodes (:func:`overlay_layout`)."""
+    thresholds = thresholds or {}
     h, w = image.shape
-    f = min(1.0, DISPLAY_MAX / max(h, w))
-    dw, dh = max(1, round(w * f)), max(1, round(h * f))
-    if (dw, dh) == (w, h):
-        return image, (w, h)
-    if dw == dh:
-        return resize_gray(image, dw), (dw, dh)
-    pil = Image.fromarray(np.ascontiguousarray(image, np.float32)).resize((dw, dh), Image.Resampling.BOX)
-    return np.asarray(pil, np.float32), (dw, dh)
+    lay = overlay_layout((int(w), int(h)), len(box_labels))
+    params = tuple(result.align_params) if result.align_params is not None else IDENTITY
+    colors = class_colors(box_labels)
+    canvas = Image.new("RGB", lay.size, BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+
+    heat_codes = None if not box_labels else _heat_codes(np.asarray(result.heatmaps)[:len(box_labels)], params,
+                                                          lay.heat_size)
+    gray = _gray_u8(image, lay.display_size)
+    gray_rgb = Image.fromarray(gray, mode="L").convert("RGB")
+    panel = gray_rgb.copy()
+    _draw_boxes(panel, result.boxes, colors, lay.display_scale((w, h)))
+    canvas.paste(panel, lay.boxes_panel[:2])
+    _draw_legend(canvas, lay.legend, result, box_labels, colors)
+    _text_centered(draw, lay.titles[0], f"{Path(result.source).name}: {len(result.boxes)} box(es)", 13)
+
+    if result.attention is not None:
+        codes, lo, hi = _attention_codes(result.attention, params, lay.display_size)
+        canvas.paste(Image.fromarray(_tint(gray, codes, _tint_table("inferno", ATTENTION_ALPHA))),
+                     lay.attention_panel[:2])
+        cx, cy, cw, ch = lay.colorbar
+        strip = colormap_table("inferno")[np.linspace(255, 0, ch).round().astype(np.intp)]  # max at the top
+        canvas.paste(Image.fromarray(np.ascontiguousarray(np.repeat(strip[:, None], cw, axis=1))), (cx, cy))
+        draw.rectangle((cx - 1, cy - 1, cx + cw, cy + ch), outline=TEXT_COLOR)
+        draw.text((cx + cw + 4, cy), f"{hi:.2f}", fill=TEXT_COLOR, font=_font(10), anchor="lt")
+        draw.text((cx + cw + 4, cy + ch), f"{lo:.2f}", fill=TEXT_COLOR, font=_font(10), anchor="lb")
+        _text_centered(draw, lay.titles[1], f"contrast attention dM (negative: {result.negative})", 13)
+    else:
+        canvas.paste(gray_rgb, lay.attention_panel[:2])
+        _text_centered(draw, lay.titles[1], "no attention map (baseline model)", 13)
+
+    if heat_codes is not None:
+        small = np.asarray(Image.fromarray(gray, mode="L").resize(lay.heat_size, Image.Resampling.BOX))
+        heat = _tint(small, heat_codes, _tint_table("jet", HEAT_ALPHA))
+        for k, lab in enumerate(box_labels):
+            canvas.paste(Image.fromarray(heat[k]), lay.heat_panels[k][:2])
+            p = result.probabilities.get(lab, float("nan"))
+            hit = p >= thresholds.get(lab, 0.5)
+            _text_centered(draw, lay.titles[2 + k], f"{lab} p={p:.2f}", 12, colors[lab], bold=hit, underline=hit)
+
+    others = [lab for lab in result.probabilities if lab not in box_labels]
+    _text_centered(draw, lay.bottom_line, "  ".join(f"{lab} {result.probabilities[lab]:.2f}" for lab in others), 12)
+    _text_centered(draw, (lay.size[0] // 2, 6), "cianet prediction (heatmaps: cell probability, jet 0..1)", 16)
+    return canvas
 
 
 def render_overlay(image: np.ndarray, result: PredictionResult, box_labels: list[str],
                    thresholds: dict[str, float] | None = None, dpi: int = 90) -> bytes:
-    """The overlay figure of ``result`` over its gray ``image`` ``(H, W)`` [0, 1] as PNG bytes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch, Rectangle
+    """The overlay figure of ``result`` over its gray ``image`` ``(H, W)`` [0, 1] as RGB PNG bytes.
 
-    thresholds = thresholds or {}
-    h, w = image.shape
-    shown, dsize = _display(image)
-    extent = (0, w, h, 0)  # draw everything in the file's pixel frame
-    colors = {lab: f"C{k}" for k, lab in enumerate(box_labels)}
-    heat_rows = max(1, -(-len(box_labels) // 4))  # 4 heatmaps a row: 2 rows for NIH's 8 box classes
-    fig = Figure(figsize=(12, 12.4 * (2 + heat_rows) / 4), dpi=dpi)
-    FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(2 + heat_rows, 4, hspace=0.28, wspace=0.08, top=0.95, bottom=0.06, left=0.02, right=0.98)
-
-    ax = fig.add_subplot(gs[0:2, 0:2])
-    ax.imshow(shown, cmap="gray", vmin=0, vmax=1, extent=extent)
-    for b in result.boxes:
-        c = colors.get(b.label, "yellow")
-        ax.add_patch(Rectangle((b.x, b.y), b.w, b.h, fill=False, edgecolor=c, linewidth=2))
-        ax.text(b.x + 2, b.y + 2, f"{b.label} {b.score:.2f}", color="white", fontsize=8, va="top",
-                bbox={"facecolor": c, "alpha": 0.75, "pad": 1, "edgecolor": "none"})
-    handles = [Patch(facecolor="none", edgecolor=colors[lab], linewidth=2,
-                     label=f"{lab}: p={result.probabilities[lab]:.2f}") for lab in box_labels]
-    ax.legend(handles=handles, loc="lower left", fontsize=7, framealpha=0.8, title="box classes", title_fontsize=7)
-    ax.set_title(f"{Path(result.source).name}: {len(result.boxes)} box(es)", fontsize=10)
-    ax.set_axis_off()
-
-    ax = fig.add_subplot(gs[0:2, 2:4])
-    ax.imshow(shown, cmap="gray", vmin=0, vmax=1, extent=extent)
-    if result.attention is not None:
-        att = _to_frame(result.attention, result.align_params, dsize)
-        im = ax.imshow(np.ma.masked_equal(att, 0.0), cmap="inferno", alpha=0.5, extent=extent)
-        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.01).ax.tick_params(labelsize=7)
-        ax.set_title(f"contrast attention dM (negative: {result.negative})", fontsize=10)
-    else:
-        ax.set_title("no attention map (baseline model)", fontsize=10)
-    ax.set_axis_off()
-
-    for k, lab in enumerate(box_labels):
-        ax = fig.add_subplot(gs[2 + k // 4, k % 4])
-        ax.imshow(shown, cmap="gray", vmin=0, vmax=1, extent=extent)
-        heat = _to_frame(result.heatmaps[k], result.align_params, dsize)
-        # Cells below 5 % stay transparent so the anatomy under an empty heatmap remains visible.
-        ax.imshow(np.ma.masked_less(heat, 0.05), cmap="jet", vmin=0, vmax=1, alpha=0.45, extent=extent)
-        p = result.probabilities[lab]
-        hit = p >= thresholds.get(lab, 0.5)
-        ax.set_title(f"{lab} p={p:.2f}", fontsize=9, color=colors[lab], fontweight="bold" if hit else "normal")
-        ax.set_axis_off()
-    others = [lab for lab in result.probabilities if lab not in box_labels]
-    fig.text(0.5, 0.015, "  ".join(f"{lab} {result.probabilities[lab]:.2f}" for lab in others),
-             ha="center", fontsize=8)
-    fig.suptitle("cianet prediction (heatmaps: cell probability, jet 0..1)", fontsize=11)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
+    Args:
+        image: the X-ray as predicted, in the pixel frame of its file (the boxes' frame).
+        result: its prediction; ``heatmaps[k]`` is the heatmap of ``box_labels[k]``.
+        box_labels: the box classes, in heatmap order.
+        thresholds: class -> probability from which a class counts as found (default 0.5 each).
+        dpi: unused, kept for callers of the former matplotlib figure: the canvas has a fixed size in pixels
+            (:func:`overlay_layout`).
+    """
+    del dpi
+    return encode_png(np.asarray(render_canvas(image, result, box_labels, thresholds)))
 
 
 def write_overlay(path: str | Path, image: np.ndarray, result: PredictionResult, box_labels: list[str],

@@ -327,6 +327,24 @@ def boxes_to_original(boxes_xywh, params, aligned_size: Sequence[float], orig_si
     return _as_output(out, boxes_xywh, is_torch)
 
 
+def _original_frame_cells(grid: tuple[int, int], params, orig_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every pixel centre of the original ``(H, W)`` frame: the ``(row, col)`` of the aligned-frame cell of a
+    ``grid = (h, w)`` grid it falls in, and whether it falls inside the aligned image at all."""
+    gh, gw = grid
+    W, H = int(orig_size[0]), int(orig_size[1])
+    m, t = _matrix_np(params)
+    m_inv = np.linalg.inv(m)
+    qx = 2.0 * (np.arange(W) + 0.5) / W - 1.0 - t[0]  # pixel centers, normalized, minus the shift: (W,)
+    qy = 2.0 * (np.arange(H) + 0.5) / H - 1.0 - t[1]  # (H,)
+    # p = m_inv @ q is affine in each axis: outer sums of two 1-D vectors, no (H, W, 2) coordinate array
+    px = m_inv[0, 0] * qx[None, :] + m_inv[0, 1] * qy[:, None]  # aligned-frame normalized coordinates (H, W)
+    py = m_inv[1, 0] * qx[None, :] + m_inv[1, 1] * qy[:, None]
+    col = np.floor((px + 1.0) / 2.0 * gw).astype(np.int64)
+    row = np.floor((py + 1.0) / 2.0 * gh).astype(np.int64)
+    inside = (col >= 0) & (col < gw) & (row >= 0) & (row < gh)
+    return row, col, inside
+
+
 def mask_to_original(mask, params, orig_size: Sequence[int]):
     """Rasterize a cell mask ``(h, w)`` of the aligned frame into the original image frame ``(H, W)``.
 
@@ -339,20 +357,23 @@ def mask_to_original(mask, params, orig_size: Sequence[int]):
     m_arr = mask.detach().cpu().numpy() if is_torch else np.asarray(mask)
     if m_arr.ndim != 2:
         raise ValueError(f"mask must be (h, w), got shape {m_arr.shape}")
-    gh, gw = m_arr.shape
-    W, H = int(orig_size[0]), int(orig_size[1])
-    m, t = _matrix_np(params)
-    m_inv = np.linalg.inv(m)
-    qx = 2.0 * (np.arange(W) + 0.5) / W - 1.0  # pixel centers, normalized
-    qy = 2.0 * (np.arange(H) + 0.5) / H - 1.0
-    q = np.stack(np.meshgrid(qx, qy, indexing="xy"), axis=-1) - t  # (H, W, 2)
-    p = q @ m_inv.T  # aligned-frame normalized coordinates
-    col = np.floor((p[..., 0] + 1.0) / 2.0 * gw).astype(np.int64)
-    row = np.floor((p[..., 1] + 1.0) / 2.0 * gh).astype(np.int64)
-    inside = (col >= 0) & (col < gw) & (row >= 0) & (row < gh)
-    out = np.zeros((H, W), dtype=m_arr.dtype)
-    out[inside] = m_arr[row[inside], col[inside]]
+    out = masks_to_original(m_arr[None], params, orig_size)[0]
     return torch.from_numpy(out) if is_torch else out
+
+
+def masks_to_original(masks: np.ndarray, params, orig_size: Sequence[int]) -> np.ndarray:
+    """:func:`mask_to_original` of a stack ``(C, h, w)`` of grids of one image -> ``(C, H, W)`` (numpy, same dtype).
+
+    The pixel-to-cell mapping is computed once for the stack (a float64 pass over ``H x W``), then each grid
+    is gathered through it: the heatmaps of all classes cost little more than one.
+    """
+    m_arr = np.asarray(masks)
+    if m_arr.ndim != 3:
+        raise ValueError(f"masks must be (C, h, w), got shape {m_arr.shape}")
+    row, col, inside = _original_frame_cells(m_arr.shape[1:], params, orig_size)
+    out = np.zeros((m_arr.shape[0], *row.shape), dtype=m_arr.dtype)
+    out[:, inside] = m_arr[:, row[inside], col[inside]]
+    return out
 
 
 # ------------------------------------------------------------------------------------ structure loss

@@ -51,11 +51,18 @@ def upsampled_conv3x3(f_bar: Tensor, weight: Tensor, size: int) -> Tensor:
     if weight.shape[1:] != (c, 3, 3):
         raise ValueError(f"weight must be (O, {c}, 3, 3), got {tuple(weight.shape)}")
     mix = weight.permute(2, 3, 0, 1).reshape(9 * o, c, 1, 1)  # tap-major: (ky, kx, O)
-    z = F.conv2d(f_bar, mix).view(b, 3, 3, o, h, w)  # (B, ky, kx, O, h, w)
-    ry = _shifted_bilinear(h, size, f_bar.dtype, f_bar.device)  # (3, U, h)
-    rx = _shifted_bilinear(w, size, f_bar.dtype, f_bar.device)  # (3, U, w)
-    t = torch.einsum("byxohw,xvw->byohv", z, rx)  # columns upsampled, kx summed: (B, ky, O, h, U)
-    return torch.einsum("byohv,yuh->bouv", t, ry).contiguous()  # (B, O, U, U)
+    z = F.conv2d(f_bar, mix)  # (B, 9 O, h, w)
+    # Both contractions as plain matrix products over explicit layouts, channels innermost: the result comes
+    # out channels-last, the layout the head's 1x1 convolution runs fastest in (10x NCHW's on CPU, measured).
+    z = z.permute(0, 2, 3, 1).reshape(b, h, w, 3, 3, o).permute(0, 1, 3, 4, 2, 5)  # (B, h, ky, kx, w, O)
+    z = z.reshape(b * h * 3, 3 * w, o)
+    ry = _shifted_bilinear(h, size, z.dtype, f_bar.device)  # (3, U, h)
+    rx = _shifted_bilinear(w, size, z.dtype, f_bar.device)  # (3, U, w)
+    cols = rx.permute(1, 0, 2).reshape(size, 3 * w)  # (U, (kx, w))
+    t = torch.matmul(cols, z)  # columns upsampled, kx summed: (B h ky, U, O)
+    rows = ry.permute(1, 2, 0).reshape(size, h * 3)  # (U, (h, ky))
+    y = torch.matmul(rows, t.view(b, h * 3, size * o))  # rows upsampled, ky summed: (B, U, U O)
+    return y.view(b, size, size, o).permute(0, 3, 1, 2)  # (B, O, U, U), channels-last strides
 
 
 def upsampled_head(head: nn.Module, f_bar: Tensor, size: int) -> Tensor:
@@ -64,7 +71,9 @@ def upsampled_head(head: nn.Module, f_bar: Tensor, size: int) -> Tensor:
     ``(B, C, h, w)`` -> ``(B, num_classes, U, U)``; equal to the direct computation up to float rounding.
     """
     conv = head.conv
-    if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.bias is not None:
-        raise ValueError("upsampled_head needs the GridHead layout: 3x3 conv, padding 1, stride 1, no bias")
+    if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.dilation != (1, 1):
+        raise ValueError("upsampled_head needs the GridHead layout: 3x3 conv, padding 1, stride 1, dilation 1")
     y = upsampled_conv3x3(f_bar, conv.weight, size)
+    if conv.bias is not None:  # a BatchNorm folded into the conv (cianet.models.folding): a constant per channel
+        y = y.add_(conv.bias.view(1, -1, 1, 1).to(y.dtype))
     return head.cls(head.relu(head.bn(y)))
