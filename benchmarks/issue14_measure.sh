@@ -133,7 +133,7 @@ fig = {
     "predict.bank_peak_rss_mb": round(p["bank_peak_rss_mb"]),
     "predict.profile_peak_rss_mb": round(p["profile_peak_rss_mb"]),
 }
-for suffix in ("", "_no_overlay", "_no_overlay_no_prefetch"):
+for suffix in ("", "_no_overlay", "_no_overlay_no_prefetch", "_bf16", "_bf16_no_overlay"):
     if f"folder_s{suffix}" in p:
         fig[f"predict.folder_images_per_s{suffix}"] = round(p[f"folder_images_per_s{suffix}"], 2)
         fig[f"predict.folder_vs_networks{suffix}"] = round(p[f"folder_vs_networks{suffix}"], 2)

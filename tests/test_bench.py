@@ -183,6 +183,12 @@ def test_quick_bench_predict_profile(quick_result: dict) -> None:
             q[f"folder_s{suffix}"] * q["networks_images_per_s"] / q["folder_images"])
     # the overlay figure is part of "writing": without it, writing takes less
     assert q["stages_no_overlay"]["writing"] < q["stages"]["writing"]
+    # bfloat16 folders (where native): against the bfloat16 networks
+    for suffix in ("_bf16", "_bf16_no_overlay"):
+        assert (f"folder_s{suffix}" in q) is bool(r["bf16_supported"])
+        if r["bf16_supported"]:
+            assert q[f"folder_vs_networks{suffix}"] == pytest.approx(
+                q[f"folder_s{suffix}"] * q["bf16_networks_images_per_s"] / q["folder_images"])
     e = r["evaluate"]  # evaluation's networks: the negative image through the attention trunk as well
     assert e["flop_fraction"] == pytest.approx(e["achieved_gflops"] / r["matmul_gflops"])
     assert e["achieved_gflops"] == pytest.approx(e["gflops_per_image"] * e["images_per_s"])

@@ -57,6 +57,45 @@ def test_prefetch_holds_at_most_depth_items_ahead():
     assert max(ahead) <= 3 + 1  # the item being handed over and at most `depth` behind it
 
 
+def test_behind_runs_jobs_in_order_with_a_bounded_backlog_and_raises_their_errors():
+    import threading
+
+    from cianet.utils.prefetch import Behind
+
+    done, gate, main = [], threading.Event(), threading.get_ident()
+    threads = set()
+
+    def job(i: int) -> None:
+        threads.add(threading.get_ident())
+        if i == 0:
+            gate.wait(5)  # the first job blocks: the next submit must wait for it (depth 1)
+        done.append(i)
+
+    with Behind(1) as w:
+        w.submit(job, 0)
+        assert done == []  # handed over, not run inline
+        threading.Timer(0.2, gate.set).start()
+        w.submit(job, 1)  # returns only once job 0 finished
+        assert done == [0]
+    assert done == [0, 1] and main not in threads  # close() waited for job 1; all ran in the writer thread
+
+    inline = []
+    with Behind(0) as w:
+        w.submit(inline.append, 1)
+        assert inline == [1]  # depth 0: in turn
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    w = Behind(1)
+    w.submit(fail)
+    with pytest.raises(OSError, match="disk full"):  # raised in the caller, at the next submit or at close
+        w.submit(done.append, 2)
+        w.close()
+    with pytest.raises(ValueError):
+        Behind(-1)
+
+
 def test_prefetch_rejects_bad_arguments():
     from cianet.utils.prefetch import prefetch
 
@@ -86,12 +125,12 @@ def test_predict_files_with_prefetch_matches_the_plain_loop(bundle, tmp_path):
     (src / "img3.png").write_bytes(b"")  # unreadable files among the good ones
     (src / "img5.png").write_text("not an image\n")
     outputs = {}
-    for depth in (0, 5):
+    for depth in (0, 5):  # decoding in turn and writing in turn; decoding ahead and writing behind
         logged: list[str] = []
         timer = StageTimer()
         summary = predict_files([str(src)], bundle, tmp_path / f"out{depth}", batch_size=2, precision="fp32",
                                 overlay=False, heatmaps=False, progress=False, prefetch=depth, timer=timer,
-                                log=logged.append)
+                                log=logged.append, write_behind=depth > 0)
         assert summary.predicted == 5 and sorted(Path(e["file"]).name for e in summary.errors) == ["img3.png",
                                                                                                    "img5.png"]
         assert [line.split()[3].rstrip(":") for line in logged] == [str(src / "img3.png"), str(src / "img5.png")]
@@ -102,7 +141,8 @@ def test_predict_files_with_prefetch_matches_the_plain_loop(bundle, tmp_path):
         # every stage of the breakdown was timed: 7 decodes (2 of them failing), 5 resizes, 3 batches
         assert set(timer.seconds) == {"decode", "resize", "pairing", "networks", "boxes", "writing"}
         assert timer.calls["decode"] == 7 and timer.calls["resize"] == 5 and timer.calls["networks"] == 3
-    assert outputs[0] == outputs[5]  # the same rows, probabilities included
+    assert outputs[0] == outputs[5]  # the same rows in the same order (error rows too), probabilities included
+    assert [r["status"] for r in outputs[5]] == ["ok", "ok", "error", "ok", "ok", "error", "ok"]  # as handled
     for i in (0, 6):
         a, b = (json.loads((tmp_path / f"out{d}" / f"img{i}.json").read_text())["probabilities"] for d in (0, 5))
         assert a == b

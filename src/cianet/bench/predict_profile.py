@@ -8,8 +8,9 @@
 - the same for the networks as evaluation runs them (the negative image through the attention trunk);
 - the library's ``predict_files`` over a folder of real-size PNGs, its wall time and the seconds per image
   of each stage (decode, resize, alignment, pairing, networks, boxes, writing): as ``cianet predict`` runs
-  by default, without the overlay figures, and without them decoding in turn instead of ahead. With decoding
-  ahead the stage sums exceed the wall time: that difference is the hidden work.
+  by default (decoding ahead, writing behind) in float32, without the overlay PNGs, without them decoding in
+  turn instead of ahead, and in bfloat16 with and without overlays where the device has it natively. With
+  work ahead and behind the stage sums exceed the wall time: that difference is the hidden work.
 """
 
 from __future__ import annotations
@@ -137,17 +138,20 @@ def profile_worker(spec: dict[str, Any]) -> dict[str, Any]:
         del fast
     out["evaluate"] = profile_evaluation(pred.model, resized, n, batch, device, others)
     del pred
-    # (suffix, prefetch depth, overlay): as users run it; without the overlay figure (whose drawing is most
-    # of "writing"); and, to see what decoding ahead hides, without the overlay and decoding in turn
-    variants = [("", None, True), ("_no_overlay", None, False)]
+    # (suffix, prefetch depth, overlay, precision): as users run it, in float32; without the overlay PNGs;
+    # to see what decoding ahead hides, without the overlay and decoding in turn; and in bfloat16 where the
+    # device has it natively (what `--precision auto` picks), against the bfloat16 networks
+    variants = [("", None, True, "fp32"), ("_no_overlay", None, False, "fp32")]
     if spec.get("compare_prefetch", True):
-        variants.append(("_no_overlay_no_prefetch", 0, False))
-    for suffix, depth, overlay in variants:
+        variants.append(("_no_overlay_no_prefetch", 0, False, "fp32"))
+    if "bf16" in others:
+        variants += [("_bf16", None, True, "bf16"), ("_bf16_no_overlay", None, False, "bf16")]
+    for suffix, depth, overlay, precision in variants:
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
         timer = StageTimer(sync)
         t0 = time.perf_counter()
         summary = predict_files([str(spec["folder"])], spec["bundle"], Path(spec["out"]) / f"run{suffix}",
-                                batch_size=batch, device=str(device), precision="fp32", prefetch=depth, timer=timer,
+                                batch_size=batch, device=str(device), precision=precision, prefetch=depth, timer=timer,
                                 overlay=overlay, progress=False, log=lambda msg: None)
         wall = time.perf_counter() - t0
         if summary.predicted != len(files):
@@ -155,7 +159,8 @@ def profile_worker(spec: dict[str, Any]) -> dict[str, Any]:
         out[f"folder_s{suffix}"] = wall
         out[f"folder_images_per_s{suffix}"] = len(files) / wall
         # the folder against the networks alone on as many images (the target: <= 1.2, decoding hidden)
-        out[f"folder_vs_networks{suffix}"] = wall / (len(files) / out["networks_images_per_s"])
+        networks = out["networks_images_per_s" if precision == "fp32" else f"{precision}_networks_images_per_s"]
+        out[f"folder_vs_networks{suffix}"] = wall / (len(files) / networks)
         out[f"stages{suffix}"] = {s: timer.seconds.get(s, 0.0) / len(files) for s in STAGES}
     out["folder_images"] = len(files)
     return out

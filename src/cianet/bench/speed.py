@@ -705,7 +705,8 @@ def format_table(result: dict[str, Any]) -> str:
                 row("evaluation networks (negative image too)", f"{e['images_per_s']:8.2f} images/s, "
                     f"{e['gflops_per_image']:.1f} GFLOP/image, {e['flop_fraction']:.2f} of matmul{bf}")
             for suffix, label in (("", "all outputs"), ("_no_overlay", "no overlays"),
-                                  ("_no_overlay_no_prefetch", "no overlays, decoding in turn")):
+                                  ("_no_overlay_no_prefetch", "no overlays, decoding in turn"),
+                                  ("_bf16", "bf16, all outputs"), ("_bf16_no_overlay", "bf16, no overlays")):
                 if f"folder_s{suffix}" not in p:
                     continue
                 row(f"predict {p['folder_images']} PNGs, {label}", f"{p[f'folder_images_per_s{suffix}']:8.2f} images/s, "

@@ -77,14 +77,17 @@ def predict_files(paths: list[str], model: str | Path, out: str | Path, *, batch
                   include_dicom_metadata: bool = False,
                   connectivity: int = 8, mode: str = "bank", progress: bool | None = None,
                   log: Callable[[str], None] | None = None, precision: str = "auto", prefetch: int | None = None,
-                  timer: Any = None, record: Callable[[list[str]], None] | None = None) -> BatchSummary:
+                  timer: Any = None, record: Callable[[list[str]], None] | None = None,
+                  write_behind: bool = True) -> BatchSummary:
     """Predict every image file under ``paths`` with the bundle ``model`` and write the outputs into ``out``.
 
     ``log`` receives one line per skipped input (default: stderr). ``precision``: fp32, bf16 or auto (see
     :class:`~cianet.inference.predictor.Predictor`; what was computed is recorded in every JSON output).
     ``prefetch``: images decoded and resized ahead, in a background thread, while the networks run (default
     ``batch_size``: the next batch; 0: decode in turn, as a plain loop). Outputs come in input order whatever
-    the depth, and at most ``batch_size + prefetch + 1`` decoded images are held at once. ``timer``: a
+    the depth, and at most ``batch_size + prefetch + 1`` decoded images are held at once. ``write_behind``: a
+    batch's files are written in a background thread while the next batch is computed (one batch at a time, in
+    order; False: in turn). ``timer``: a
     :class:`cianet.utils.timing.StageTimer` charged with decode, resize, alignment, pairing, networks, boxes
     and writing (the bench's breakdown). ``record``: called with the names of the files (in ``out``) each
     batch and the final tables are about to be written, before they are (the folder's manifest, kept so that a
@@ -101,7 +104,7 @@ def predict_files(paths: list[str], model: str | Path, out: str | Path, *, batch
     from cianet.inference.outputs import coco_outputs, write_heatmaps
     from cianet.inference.predictor import Predictor, dicom_metadata
     from cianet.utils.atomic import atomic_write_json, atomic_write_text
-    from cianet.utils.prefetch import prefetch as ahead
+    from cianet.utils.prefetch import Behind, prefetch as ahead
     from cianet.utils.progress import progress_bar
     from cianet.utils.timing import stage
 
@@ -133,13 +136,16 @@ def predict_files(paths: list[str], model: str | Path, out: str | Path, *, batch
     def flush(batch: list[tuple[Path, str, Any, Any]]) -> None:
         results = pred.predict_arrays([img for _, _, img, _ in batch], [str(f) for f, _, _, _ in batch],
                                       resized=np.stack([r for _, _, _, r in batch]))
-        with stage(timer, "writing"):
-            if record is not None:
-                suffixes = [".json"] + [".heatmaps.npz"] * bool(heatmaps) + [".overlay.png"] * bool(write_overlay)
-                record([f"{stem}{suffix}" for _, stem, _, _ in batch for suffix in suffixes])
-            write(batch, results)
+        if record is not None:  # journaled here, before the writer thread may write any of them
+            suffixes = [".json"] + [".heatmaps.npz"] * bool(heatmaps) + [".overlay.png"] * bool(write_overlay)
+            record([f"{stem}{suffix}" for _, stem, _, _ in batch for suffix in suffixes])
+        writer.submit(write, batch, results)
 
     def write(batch: list[tuple[Path, str, Any, Any]], results: list) -> None:
+        with stage(timer, "writing"):
+            write_batch(batch, results)
+
+    def write_batch(batch: list[tuple[Path, str, Any, Any]], results: list) -> None:
         for (f, stem, img, _), res in zip(batch, results):
             if include_dicom_metadata:
                 res.metadata["dicom"] = dicom_metadata(f)
@@ -166,20 +172,23 @@ def predict_files(paths: list[str], model: str | Path, out: str | Path, *, batch
     batch: list[tuple[Path, str, Any, Any]] = []
     loaded = progress_bar(ahead(inputs, load, depth), desc="predict", total=len(inputs),
                           disable=None if progress is None else not progress)
-    for (f, stem), images, exc in loaded:
-        if exc is not None:
-            if not isinstance(exc, (XrayReadError, OSError)):
-                raise exc
-            msg = str(exc)
-            say(f"cianet predict: skipped {msg if str(f) in msg else f'{f}: {msg}'}")
-            rows.append({"file": str(f), "status": "error", "error": msg})
-            continue
-        batch.append((f, stem, *images))
-        if len(batch) == batch_size:
+    # Only the writer touches rows, box_rows and coco_records from here on (an error row goes through it
+    # too), so the tables keep the input order.
+    with Behind(1 if write_behind else 0) as writer:
+        for (f, stem), images, exc in loaded:
+            if exc is not None:
+                if not isinstance(exc, (XrayReadError, OSError)):
+                    raise exc
+                msg = str(exc)
+                say(f"cianet predict: skipped {msg if str(f) in msg else f'{f}: {msg}'}")
+                writer.submit(rows.append, {"file": str(f), "status": "error", "error": msg})
+                continue
+            batch.append((f, stem, *images))
+            if len(batch) == batch_size:
+                flush(batch)
+                batch = []
+        if batch:
             flush(batch)
-            batch = []
-    if batch:
-        flush(batch)
 
     if record is not None:
         record(["predictions.csv", "boxes.csv", "coco.json", "coco_results.json", "summary.json"])

@@ -51,3 +51,50 @@ def prefetch(items: Iterable[T], fn: Callable[[T], R], depth: int, workers: int 
 def _result(item, fut: Future):
     exc = fut.exception()
     return (item, None, exc) if exc is not None else (item, fut.result(), None)
+
+
+class Behind:
+    """Jobs run in one background thread, in the order they were given, at most ``depth`` not yet finished.
+
+    The writing side of :func:`prefetch`: ``cianet predict`` hands each batch's outputs over and computes the
+    next batch while they are written. ``submit`` waits when ``depth`` jobs are pending (memory stays bounded)
+    and raises there the first exception a finished job raised; ``close`` waits for the rest and raises it too.
+    ``depth`` 0 runs every job inline. Leaving a ``with`` block on an exception lets the running job finish
+    (files are written atomically either way) and drops the ones not started.
+    """
+
+    def __init__(self, depth: int = 1) -> None:
+        if depth < 0:
+            raise ValueError(f"Behind: depth must be >= 0, got {depth}")
+        self.depth = depth
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cianet-writer") if depth else None
+        self._pending: deque[Future] = deque()
+
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
+        if self._pool is None:
+            fn(*args)
+            return
+        while len(self._pending) >= self.depth:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def close(self) -> None:
+        """Wait for every pending job (raising the first exception) and stop the thread."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "Behind":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        for fut in self._pending:
+            fut.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
