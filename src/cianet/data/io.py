@@ -365,8 +365,8 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
         return tuple(im.size)  # type: ignore[return-value]
 
 
-def resize_gray(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize a gray image (H, W) to (size, size), antialiased; float32 out.
+def resize_gray(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize a gray image (H, W) to (size, size), or to ``size = (w, h)``, antialiased; float32 out.
 
     Shrinking uses Pillow's BOX filter on a 32-bit float (``F``) image: each output pixel is the
     area-weighted mean of the input pixels it covers (exactly the block mean for integer factors), which
@@ -376,25 +376,25 @@ def resize_gray(img: np.ndarray, size: int) -> np.ndarray:
 
     Args:
         img: (H, W) array, any real dtype.
-        size: output side in pixels (> 0).
+        size: output side in pixels (> 0), or ``(width, height)``.
 
     Returns:
-        float32 array (size, size).
+        float32 array (size, size) or (height, width).
     """
     from PIL import Image
 
     if img.ndim != 2:
         raise ValueError(f"resize_gray expects a 2-D (H, W) image, got shape {img.shape}")
-    if int(size) <= 0:
+    out_w, out_h = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    if out_w <= 0 or out_h <= 0:
         raise ValueError(f"resize_gray: size must be positive, got {size}")
-    size = int(size)
     h, w = img.shape
-    if (h, w) == (size, size):
+    if (h, w) == (out_h, out_w):
         return np.array(img, dtype=np.float32)
-    shrink = size <= h and size <= w
+    shrink = out_w <= w and out_h <= h
     resample = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
     pil = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32))  # mode "F"
-    return np.asarray(pil.resize((size, size), resample=resample), dtype=np.float32)
+    return np.asarray(pil.resize((out_w, out_h), resample=resample), dtype=np.float32)
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:

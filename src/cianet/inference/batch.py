@@ -143,26 +143,25 @@ def predict_files(paths: list[str], model: str | Path, out: str | Path, *, batch
 
     def write(batch: list[tuple[Path, str, Any, Any]], results: list) -> None:
         with stage(timer, "writing"):
-            write_batch(batch, results)
-
-    def write_batch(batch: list[tuple[Path, str, Any, Any]], results: list) -> None:
-        for (f, stem, img, _), res in zip(batch, results):
-            if include_dicom_metadata:
-                res.metadata["dicom"] = dicom_metadata(f)
-            record = res.to_dict()
-            if heatmaps:
-                write_heatmaps(out / f"{stem}.heatmaps.npz", res, pred.box_labels)
-                record["heatmaps"] = Path(f"{stem}.heatmaps.npz").name
-            if write_overlay is not None:
-                write_overlay(out / f"{stem}.overlay.png", img, res, pred.box_labels, pred.thresholds)
-                record["overlay"] = Path(f"{stem}.overlay.png").name
-            atomic_write_json(out / f"{stem}.json", {**record, **stamp})
-            coco_records.append({"file_name": str(f), "width": res.image_size[0], "height": res.image_size[1],
-                                 "boxes": record["boxes"]})
-            rows.append({"file": str(f), "status": "ok", "error": "", "model": model_id, "negative": res.negative or "",
-                         "n_boxes": len(res.boxes), **{k: f"{v:.6f}" for k, v in res.probabilities.items()}})
-            box_rows.extend({"file": str(f), "model": model_id, "label": b.label, "x": f"{b.x:.2f}", "y": f"{b.y:.2f}",
-                             "w": f"{b.w:.2f}", "h": f"{b.h:.2f}", "score": f"{b.score:.4f}"} for b in res.boxes)
+            for (f, stem, img, _), res in zip(batch, results):
+                if include_dicom_metadata:
+                    res.metadata["dicom"] = dicom_metadata(f)
+                record = res.to_dict()
+                if heatmaps:
+                    write_heatmaps(out / f"{stem}.heatmaps.npz", res, pred.box_labels)
+                    record["heatmaps"] = Path(f"{stem}.heatmaps.npz").name
+                if write_overlay is not None:
+                    write_overlay(out / f"{stem}.overlay.png", img, res, pred.box_labels, pred.thresholds)
+                    record["overlay"] = Path(f"{stem}.overlay.png").name
+                atomic_write_json(out / f"{stem}.json", {**record, **stamp})
+                coco_records.append({"file_name": str(f), "width": res.image_size[0], "height": res.image_size[1],
+                                     "boxes": record["boxes"]})
+                rows.append({"file": str(f), "status": "ok", "error": "", "model": model_id,
+                             "negative": res.negative or "", "n_boxes": len(res.boxes),
+                             **{k: f"{v:.6f}" for k, v in res.probabilities.items()}})
+                box_rows.extend({"file": str(f), "model": model_id, "label": b.label, "x": f"{b.x:.2f}",
+                                 "y": f"{b.y:.2f}", "w": f"{b.w:.2f}", "h": f"{b.h:.2f}", "score": f"{b.score:.4f}"}
+                                for b in res.boxes)
 
     def load(item: tuple[Path, str]) -> tuple[Any, Any]:  # runs ahead, in the prefetch thread
         with stage(timer, "decode"):

@@ -19,9 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from cianet.inference.predictor import PredictionResult
+from cianet.models.alignment import IDENTITY_PARAMS
 
 HEATMAP_MAX_SIDE = 512
-IDENTITY = (0.0, 0.0, 1.0, 1.0, 0.0)
 
 
 def float16(arr: np.ndarray) -> np.ndarray:
@@ -44,7 +44,7 @@ def heatmaps_in_image_frame(result: PredictionResult, box_labels: Sequence[str],
     """The arrays of ``<stem>.heatmaps.npz`` (see the module docstring) for one prediction."""
     from cianet.models.alignment import masks_to_original
 
-    params = result.align_params if result.align_params is not None else IDENTITY
+    params = result.align_params if result.align_params is not None else IDENTITY_PARAMS
     size = frame_size(result.image_size, max_side)
     # the box classes' heatmaps share one grid (the test grid): one pixel-to-cell mapping for all of them
     heat = masks_to_original(np.asarray(result.heatmaps[:len(box_labels)], np.float32), params, size)
@@ -62,9 +62,9 @@ def heatmaps_in_image_frame(result: PredictionResult, box_labels: Sequence[str],
 
 def write_heatmaps(path: str | Path, result: PredictionResult, box_labels: Sequence[str]) -> None:
     """Write ``<stem>.heatmaps.npz`` atomically (compressed)."""
-    from cianet.utils.atomic import atomic_path
-
     import zipfile
+
+    from cianet.utils.atomic import atomic_path
 
     arrays = heatmaps_in_image_frame(result, box_labels)
     with atomic_path(path) as tmp:

@@ -32,7 +32,6 @@ Pillow's encoder alone took longer than all the drawing.
 from __future__ import annotations
 
 import functools
-import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -43,9 +42,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from cianet.inference.predictor import PredictedBox, PredictionResult
+from cianet.models.alignment import IDENTITY_PARAMS
 
 DISPLAY_MAX = 512  # longest side of the X-ray in the two top panels
-IDENTITY = (0.0, 0.0, 1.0, 1.0, 0.0)
 HEAT_COLS = 4
 HEAT_ALPHA = 0.45
 HEAT_FLOOR = 0.05  # heatmap cells below this stay transparent, so the anatomy under an empty map stays visible
@@ -231,13 +230,9 @@ def _text_centered(draw: ImageDraw.ImageDraw, anchor: tuple[int, int], text: str
 # ------------------------------------------------------------------------------------------------ image
 def _gray_u8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The gray ``image`` ``(H, W)`` in [0, 1] resized to ``size = (w, h)`` as uint8 ``(h, w)``."""
-    img = np.ascontiguousarray(image, np.float32)
-    if (img.shape[1], img.shape[0]) != size:
-        # BOX averages the covered pixels when shrinking (no aliasing, no ringing); enlarging needs interpolation
-        shrink = size[0] <= img.shape[1] and size[1] <= img.shape[0]
-        resample = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
-        img = np.asarray(Image.fromarray(img, mode="F").resize(size, resample), np.float32)
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    from cianet.data.io import resize_gray
+
+    return (np.clip(resize_gray(np.asarray(image), size), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def box_outline(box: PredictedBox, scale: tuple[float, float]) -> tuple[int, int, int, int]:
@@ -337,7 +332,7 @@ def render_canvas(image: np.ndarray, result: PredictionResult, box_labels: Seque
     thresholds = thresholds or {}
     h, w = image.shape
     lay = overlay_layout((int(w), int(h)), len(box_labels))
-    params = tuple(result.align_params) if result.align_params is not None else IDENTITY
+    params = tuple(result.align_params) if result.align_params is not None else IDENTITY_PARAMS
     colors = class_colors(box_labels)
     canvas = Image.new("RGB", lay.size, BACKGROUND)
     draw = ImageDraw.Draw(canvas)
