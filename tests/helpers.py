@@ -175,3 +175,13 @@ def make_run(tmp: Path, kind: str = "cianet", shift: float | None = None, n: int
     atomic_write_json(run / "split.json", {"description": "tiny", "train": names[:-2], "test": names[-2:],
                                            "box_supervised": [], "excluded": {}})
     return run, images
+
+
+def one_line(err: str, *words: str) -> str:
+    """The one non-empty line of a command's stderr (no traceback), holding every word of ``words``."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]

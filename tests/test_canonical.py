@@ -99,11 +99,12 @@ def test_canonical_command_on_real_sample(nih_sample_dir, tmp_path):
     assert canon[32:96, 16:48].mean() < mid and canon[32:96, 80:112].mean() < mid
 
     rc = main(["canonical", "--data-root", str(nih_sample_dir), "--entry-csv", "Data_Entry_2017_v2020_subset.csv",
-               "--n", "5", "--size", "64", "--out", str(out), "--crop", "8,4,56,50"])
+               "--n", "5", "--size", "64", "--out", str(out), "--crop", "8,4,56,50", "--overwrite"])
     meta = json.loads((tmp_path / "c" / "canonical.json").read_text())
     assert rc == 0 and meta["crop"] == [8, 4, 56, 50] and meta["crop_source"] == "user"
     assert main(["canonical", "--data-root", str(nih_sample_dir), "--entry-csv",
-                 "Data_Entry_2017_v2020_subset.csv", "--size", "64", "--out", str(out), "--crop", "8,4,80,50"]) == 2
+                 "Data_Entry_2017_v2020_subset.csv", "--size", "64", "--out", str(out), "--crop", "8,4,80,50",
+                 "--overwrite"]) == 2
 
 
 def test_build_canonical_on_phantom(tmp_path):

@@ -187,6 +187,9 @@ def test_a_run_trained_on_nih_is_scored_on_vindr_matching_classes(tmp_path, caps
     assert "left out (no counterpart in the data set): Pneumonia, Edema, Emphysema, Hernia" in (
         out / "metrics.md").read_text()
     assert not (out / "pairs.json").exists()  # the pairs of this evaluation are not kept as the run's
+    paired = list(csv.DictReader(open(out / "negatives.csv")))  # but recorded: one row per scored image
+    assert len(paired) == metrics["n_images"] and {r["split"] for r in paired} == {"test"}
+    assert all(r["negative"] != r["image"] and r["strategy"] == "sim" for r in paired)
     assert {p.name: _digest(p) for p in run.iterdir() if p.is_file()} == before  # the run is untouched
     # its own evaluation still reads its own data, in the layout given
     assert main(["evaluate", "--run", str(run), "--dataset", "vindr", "--no-progress", "--bootstrap", "0"]) == 2

@@ -91,7 +91,11 @@ def test_evaluate_writes_plots_and_intervals_and_view_shows_them(tmp_path, capsy
     assert all(f"]({f})" in md for f in m["plots"].values()) and "Bootstrap confidence intervals" in md
     pred = read_predictions(run)
     assert len(pred["names"]) == m["n_images"] == len(pred["scores"]) and len(pred["box_names"]) == m["n_boxes"]
-    assert auc_per_class(pred["scores"], pred["labels"])["Mean"] == pytest.approx(m["auc"]["Mean"])
+    # AUCs rank by the evidence (float64, no ties), the scores' monotone, unsaturated form
+    assert auc_per_class(pred["evidence"], pred["labels"])["Mean"] == pytest.approx(m["auc"]["Mean"])
+    assert pred["evidence"].dtype == np.float64 and np.all(np.diff(np.sort(pred["evidence"], axis=0), axis=0) > 0)
+    assert m["ci"]["pointing"]["value"] == pytest.approx(m["pointing_game"]["Mean"])
+    assert m["val_threshold"]["threshold"] is None and "no validation split" in m["val_threshold"]["reason"]
 
     site = tmp_path / "site"
     assert main(["view", str(run), "--out", str(site), "--no-progress"]) == 0

@@ -1,6 +1,6 @@
 """The exit codes README.md documents, one test each, through ``cianet.cli.main`` (the console script exits with
 its return value) and once through a real process: 0 success, 1 some inputs failed, 2 usage or input error,
-3 internal error (a bug), 130 interrupted."""
+3 internal error (a bug: any exception that is not a CianetError or a file-system OSError), 130 interrupted."""
 
 from __future__ import annotations
 
@@ -86,6 +86,25 @@ def test_3_internal_error_is_a_bug_report_and_debug_shows_the_traceback(tiny_roo
     assert main(["--debug", *argv]) == EXIT_INTERNAL
     err = capsys.readouterr().err
     assert "Traceback" in err and "in broken" in err and "--debug for the traceback" not in err
+
+
+@pytest.mark.parametrize("exc,code", [
+    (ValueError("could not broadcast (3,) into (4,)"), EXIT_INTERNAL),  # a plain ValueError is a bug, not input
+    (KeyError("auc"), EXIT_INTERNAL),
+    (PermissionError(13, "Permission denied", "/read-only/site"), EXIT_INPUT),  # the file system's: names the file
+])
+def test_only_cianet_errors_and_file_system_errors_are_input_errors(exc, code, tiny_root, monkeypatch, capsys):
+    import cianet.commands.index as index_command
+    from cianet.errors import InputError
+
+    def broken(args):
+        raise exc
+
+    monkeypatch.setattr(index_command, "cmd_index", broken)
+    assert main(["index", "--data-root", str(tiny_root)]) == code
+    line = only_line(capsys.readouterr().err)
+    assert ("internal error" in line and "--debug" in line) if code == EXIT_INTERNAL else "/read-only/site" in line
+    assert issubclass(InputError, ValueError)  # callers' `except ValueError` still catch the deliberate ones
 
 
 def test_130_interrupted(tiny_root, monkeypatch, capsys):

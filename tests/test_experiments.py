@@ -69,7 +69,8 @@ def _fake_run(run_dir, ious, classes, scores, labels):
 
     run_dir.mkdir(parents=True)
     np.savez(run_dir / "predictions.npz", ious=np.asarray(ious, float), box_classes=np.asarray(classes),
-             scores=np.asarray(scores, float), labels=np.asarray(labels, float), box_images=np.zeros(len(ious)))
+             scores=np.asarray(scores, float), labels=np.asarray(labels, float), box_images=np.zeros(len(ious)),
+             evidence=-np.log1p(-np.asarray(scores, float)), pointing=(np.asarray(ious, float) > 0.4) * 1.0)
 
 
 def test_comparisons_pool_folds_per_seed_and_pair_by_seed(tmp_path):
@@ -104,7 +105,7 @@ def test_comparisons_pool_folds_per_seed_and_pair_by_seed(tmp_path):
     assert comp["0.5"] == ref and comp["0.5"]["n_seeds"] == 2 and comp["0.5"]["n_boxes"] == 48
     assert comp["auc"] == bootstrap_auc_difference(want["sa"], want["sb"], want["lab"], n_boot=300)
     md = comparison_markdown({"A - B": comp})
-    assert "| loc. acc. T(IoU)=0.3 |" in md and "95% CI" in md and "| mean AUC |" in md
+    assert "| loc. acc. T(IoU)=0.3 |" in md and "95% CI" in md and "| mean AUC (by evidence) |" in md
     assert ("A beats B on mean localization accuracy at T(IoU) = 0.5" in md) == (ref["low"] > 0)
     assert ("CIA-Net+Oracle", "Base") in experiment_comparisons("oracle")
 

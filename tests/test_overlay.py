@@ -76,9 +76,10 @@ def test_box_outline_has_the_class_colour_where_the_box_maps_in_the_display():
     label = panel[y0 + BOX_WIDTH + 1:y0 + BOX_WIDTH + 12, x0 + BOX_WIDTH + 1:x0 + BOX_WIDTH + 50]
     assert (label == color).all(axis=-1).mean() > 0.4
     assert (label.min(axis=-1) > 230).any()
-    # the legend (over the lower left of the panel) shows every box class colour
+    # the legend, below the X-ray (never over it), shows every box class colour
     lx, ly = lay.legend
-    legend = rgb[ly:ly + 15 * (len(BOX_LABELS) + 1) + 10, lx:lx + 200]
+    assert ly >= lay.boxes_panel[1] + lay.boxes_panel[3]
+    legend = rgb[ly:ly + 15 * (len(BOX_LABELS) // 2 + 1) + 10, lx:lx + 512]
     for c in TAB10[:len(BOX_LABELS)]:
         assert (legend == c).all(axis=-1).sum() >= 20, c
 
@@ -192,3 +193,32 @@ def test_write_overlay_writes_the_png_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     with Image.open(path) as im:
         assert im.size[0] > 500 and im.mode in ("RGB", "RGBA")
+
+
+def test_one_box_per_class_and_labels_that_do_not_overlap():
+    """Three Mass boxes (only the best is drawn) and a Nodule box at the same corner: two labels, apart."""
+    from cianet.inference.overlay import top_boxes
+
+    boxes = [PredictedBox("Mass", 100.0, 100.0, 200.0, 150.0, 0.6), PredictedBox("Mass", 100.0, 100.0, 80.0, 80.0, 0.9),
+             PredictedBox("Mass", 400.0, 400.0, 50.0, 50.0, 0.7), PredictedBox("Nodule", 100.0, 100.0, 60.0, 60.0, 0.8)]
+    assert [(b.label, b.score) for b in top_boxes(boxes)] == [("Mass", 0.9), ("Nodule", 0.8)]
+    rgb = _render(_result(boxes=boxes))
+    lay = overlay_layout((512, 512), len(BOX_LABELS))
+    panel = _crop(rgb, lay.boxes_panel)
+    mass, nodule = TAB10[BOX_LABELS.index("Mass")], TAB10[BOX_LABELS.index("Nodule")]
+    assert not (panel[395:460, 395:460] == mass).all(axis=-1).any()  # the third Mass box is not drawn
+    # the two label patches (filled with their class colour) share no row where they would overlap
+    rows = lambda c: set(np.flatnonzero(((panel[:, 102:150] == c).all(axis=-1)).sum(axis=1) > 30))  # noqa: E731
+    assert rows(mass) and rows(nodule) and not rows(mass) & rows(nodule)
+
+
+def test_each_heatmap_panel_has_a_colour_bar_from_0_to_1():
+    rgb = _render(_result())
+    lay = overlay_layout((512, 512), len(BOX_LABELS))
+    jet = colormap_table("jet")
+    for rect in lay.heat_bars:
+        x, y, w, h = rect
+        strip = rgb[y + h // 2, x:x + w].astype(int)
+        assert np.abs(strip[0] - jet[0]).max() <= 1 and np.abs(strip[-1] - jet[255]).max() <= 1
+    for (px, py, pw, ph), (x, y, w, h) in zip(lay.heat_panels, lay.heat_bars):
+        assert y >= py + ph and px <= x and x + w <= px + pw  # under its own panel

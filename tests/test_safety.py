@@ -22,16 +22,7 @@ from PIL import Image
 
 from cianet.cli import main
 from cianet.errors import InputError, UsageError
-from helpers import make_run, write_tiny_nih
-
-
-def one_line(err: str, *words: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
+from helpers import make_run, one_line, write_tiny_nih
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +196,11 @@ def test_a_journal_lists_what_a_killed_writer_wrote_and_overwrite_removes_exactl
         with owned_output(out, "predict"):
             pass
     with owned_output(out, "predict", overwrite=True):
+        journal_outputs(out, ["e.json"])  # a writer records a file before writing it ...
         (out / "e.json").write_text("{}")
+        (out / "late-notes.txt").write_text("mine")  # ... and what it does not record is never claimed
     assert sorted(p.name for p in out.iterdir()) == [".cianet-output.json", ".notes.txt.1.x1y2.tmp", "e.json",
-                                                     "notes.txt"]
+                                                     "late-notes.txt", "notes.txt"]
     assert read_marker(out)["files"] == ["e.json"]
 
 
@@ -260,14 +253,15 @@ def test_a_run_folder_of_the_other_kind_is_refused(tiny_root, tmp_path, capsys):
 def test_a_run_folder_from_before_markers_is_adopted_only_when_it_is_one(tmp_path):
     from cianet.evaluation.plots import PLOT_FILES
     from cianet.run.checkpoints import ALIGN_CHECKPOINT, CHECKPOINT
-    from cianet.run.pairing import PAIRS_FILE
+    from cianet.run.pairing import NEGATIVES_CSV, NEGATIVES_JSON, PAIRS_FILE
     from cianet.run.protocol import SPLIT_FILE
     from cianet.run.run_folder import ALIGN_ENTRIES, TRAIN_ENTRIES, claim_run_folder
     from cianet.run.scoring import PREDICTIONS
     from cianet.utils.outputs import read_marker
 
     # the names this module spells out are those the writers use
-    assert {CHECKPOINT, SPLIT_FILE, PAIRS_FILE, PREDICTIONS, *PLOT_FILES.values()} <= TRAIN_ENTRIES
+    assert {CHECKPOINT, SPLIT_FILE, PAIRS_FILE, NEGATIVES_CSV, NEGATIVES_JSON, PREDICTIONS,
+            *PLOT_FILES.values()} <= TRAIN_ENTRIES
     assert ALIGN_CHECKPOINT in ALIGN_ENTRIES
 
     def old_folder(name: str, entries: list[str]) -> Path:
@@ -333,6 +327,8 @@ def _nih_with_boxes(root: Path, boxes: list[str]) -> Path:
 
 @pytest.mark.parametrize("box,problem", [
     ("00000001_000.png,Nodule,60,10,5,5", "lies outside the 50x40 image"),
+    ("00000001_000.png,Nodule,10,10,99999,99999", "lies outside the 50x40 image"),  # larger than the image
+    ("00000001_000.png,Nodule,45,35,20,20", "lies outside the 50x40 image"),  # a sixteenth of it on the image
     ("00000001_000.png,Mass,10,10,5,5", "names a finding the image does not have (Nodule)"),
     ("00000002_000.png,Nodule,10,10,5,5", "names a finding the image does not have (No Finding)"),
 ])
@@ -341,6 +337,17 @@ def test_index_strict_checks_boxes_against_image_and_label(box, problem, tmp_pat
     assert main(["index", "--data-root", str(root), "--strict"]) == 2
     one_line(capsys.readouterr().err, "1 bad boxes", problem)
     assert main(["index", "--data-root", str(root)]) == 0  # without --strict the index opens as before
+
+
+def test_duplicate_box_rows_are_dropped_with_one_warning(tmp_path, capsys):
+    from cianet.data.nih import NIHIndex
+
+    row = "00000001_000.png,Nodule,10,10,5,5"
+    root = _nih_with_boxes(tmp_path / "d", [row, row, "00000001_000.png,Nodule,20,10,5,5", row])
+    capsys.readouterr()
+    index = NIHIndex.from_root(root)
+    assert len(index["00000001_000.png"].boxes) == 2
+    one_line(capsys.readouterr().err, "2 duplicate box rows dropped", "BBox_List_2017.csv")
 
 
 def test_boxes_of_unknown_images_are_warned_about(tmp_path, capsys):
@@ -753,7 +760,7 @@ def test_bundle_killed_at_random_points_leaves_no_half_file(tmp_path, kill_after
     _kill_when(proc, lambda: time.time() - t0 > kill_after_s)
     if out.exists():  # the rename happened before the kill: then the file is whole
         load_bundle(out)
-    assert _cianet(*args, "--out", str(out)).wait() == 0
+    assert _cianet(*args, "--out", str(out), "--overwrite").wait() == 0  # also removes a SIGKILLed write's temp
     a, b = load_bundle(ref), load_bundle(out)
     assert a["model"].keys() == b["model"].keys()
     assert all(bool((a["model"][k] == b["model"][k]).all()) for k in a["model"])

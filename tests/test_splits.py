@@ -250,5 +250,5 @@ def test_cli_splits(tmp_path, nih_metadata_dir, capsys):
     assert "wrote" in capsys.readouterr().out
     assert main(argv[:-1] + [str(tmp_path / "again.json")]) == 0
     assert read_splits(tmp_path / "again.json") == s  # same seed, same file
-    assert main(argv + ["--official"]) == 2
+    assert main(argv + ["--official", "--overwrite"]) == 2
     assert "train_val_list.txt" in capsys.readouterr().err

@@ -278,11 +278,13 @@ def test_same_seed_same_bytes_any_worker_count(tmp_path):
     a = tmp_path / "a"
     b = tmp_path / "b"
     c = tmp_path / "c"
-    generate_dataset(a, n_images=10, size=64, seed=11, workers=1, progress=False)
-    generate_dataset(b, n_images=10, size=64, seed=11, workers=2, progress=False)
+    kw = dict(twins=True, extra_negatives=2, prior_share=0.5)  # every part of the output, whatever the workers
+    generate_dataset(a, n_images=10, size=64, seed=11, workers=1, progress=False, **kw)
+    generate_dataset(b, n_images=10, size=64, seed=11, workers=2, progress=False, **kw)
     generate_dataset(c, n_images=10, size=64, seed=12, workers=1, progress=False)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert Path("pool_only.txt") in files and sum(f.parts[0] == "twins" for f in files) == 12
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     imgs_a = {p.name: p.read_bytes() for p in (a / "images").iterdir()}
@@ -363,3 +365,335 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         generate_dataset(tmp_path / "x", n_images=4, size=64, backgrounds=tmp_path / "nowhere")
     with pytest.raises(ValueError, match="unknown label"):
         sample_spec(np.random.default_rng(0), ["Cardiomegally"])
+
+
+# ------------------------------------------------------------------ twins, extra negatives, priors, re-acquisition
+
+
+def _png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path), dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def twin_sets(tmp_path_factory):
+    """The same phantom without and with 6 extra negatives (twins written for both)."""
+    base = tmp_path_factory.mktemp("twins")
+    kw = dict(n_images=36, size=48, seed=5, workers=1, progress=False, twins=True, annotated_share=1.0)
+    plain = generate_dataset(base / "plain", **kw)
+    extra = generate_dataset(base / "extra", extra_negatives=6, **kw)
+    return base / "plain", plain, base / "extra", extra
+
+
+def test_every_image_has_a_finding_free_twin_of_its_own_acquisition(twin_sets):
+    from cianet.data.synth import TWINS_DIR, twin_spec
+
+    root, summary = twin_sets[2], twin_sets[3]
+    names = sorted(p.name for p in (root / "images").iterdir())
+    assert sorted(p.name for p in (root / TWINS_DIR).iterdir()) == names and summary["twins"] == 42
+    plans = plan_dataset(36, 5)
+    assert any(not p.labels for p in plans) and any(p.labels for p in plans)
+    for p in plans:
+        spec = build_spec(p, 48, 5)
+        tspec = twin_spec(spec, p, 5)
+        img, twin = _png(root / "images" / p.name), _png(root / TWINS_DIR / p.name)
+        assert (img != twin).any(), p.name  # never the image itself, No Finding images included
+        assert tspec.findings == () and tspec.noise_seed != spec.noise_seed and tspec.params != spec.params
+        clean = render_spec(tspec, 48, noise=True, undeformed=False).deformed
+        np.testing.assert_array_equal(twin, np.round(np.clip(clean, 0, 1) * 255).astype(np.int16))
+        if spec.findings:  # the image's findings drawn into the twin's acquisition would show: the twin lacks them
+            drawn = render_spec(dataclasses.replace(tspec, findings=spec.findings), 48, noise=False).deformed
+            bare = render_spec(tspec, 48, noise=False).deformed
+            assert np.abs(drawn - bare).max() > 0.01, p.name
+        # an independent acquisition: it differs from the image away from any finding, not only in noise
+        assert np.abs(img - twin).mean() > 1.0, p.name
+
+
+def test_twin_is_an_independent_acquisition_of_the_same_patient():
+    from cianet.data.synth import REACQUISITION, twin_spec
+
+    for p in plan_dataset(40, 2)[:20]:
+        spec = build_spec(p, 48, 2)
+        t = twin_spec(spec, p, 2)
+        a, b = spec.anatomy, t.anatomy
+        assert (a.lung_cx, a.heart_cy, a.rib_sp, a.female) == (b.lung_cx, b.heart_cy, b.rib_sp, b.female)
+        assert a.shift_x != b.shift_x and a.dome_y_r != b.dome_y_r and a.exposure != b.exposure
+        d = np.abs(np.subtract(t.params, spec.params))
+        assert 0 < d[0] <= REACQUISITION["shift"] and 0 < d[4] <= math.radians(REACQUISITION["rot_deg"]) + 1e-12
+        assert twin_spec(spec, p, 2) == t  # deterministic in the seed
+
+
+def test_extra_negatives_leave_the_data_set_unchanged(twin_sets):
+    from cianet.data.nih import NIHIndex
+
+    plain, ps, extra, es = twin_sets
+    listed = (extra / "pool_only.txt").read_text().split()
+    assert len(listed) == 6 == es["extra_negatives"] and not (plain / "pool_only.txt").exists()
+    for sub in ("images", "twins"):
+        a = {p.name: p.read_bytes() for p in (plain / sub).iterdir()}
+        b = {p.name: p.read_bytes() for p in (extra / sub).iterdir()}
+        assert sorted(set(b) - set(a)) == sorted(listed)
+        assert all(a[n] == b[n] for n in a)
+    for f in ("Data_Entry_2017.csv", "synth_truth.csv"):
+        a, b = (plain / f).read_text().splitlines(), (extra / f).read_text().splitlines()
+        assert b[: len(a)] == a and len(b) == len(a) + 6
+    for f in ("BBox_List_2017.csv", "train_val_list.txt", "test_list.txt"):
+        assert (plain / f).read_bytes() == (extra / f).read_bytes()
+    assert {k: v for k, v in ps.items() if k not in ("out_dir", "seconds", "extra_negatives", "twins")} == \
+        {k: v for k, v in es.items() if k not in ("out_dir", "seconds", "extra_negatives", "twins")}
+    index = NIHIndex.from_root(extra)
+    assert index.pool_only == frozenset(listed) and index.summary()["pool_only"] == 6
+    main_patients = {index[n].patient_id for n in index.names() if n not in index.pool_only}
+    extra_patients = [index[n].patient_id for n in listed]
+    assert all(index[n].no_finding for n in listed) and len(set(extra_patients)) == 6
+    assert not set(extra_patients) & main_patients
+    assert NIHIndex.from_root(plain).pool_only == frozenset()
+
+
+def test_protocol_keeps_pool_only_images_out_of_every_split(twin_sets):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from helpers import tiny_config
+
+    from cianet.run.pairing import negative_pool
+    from cianet.run.protocol import build_run_data
+
+    plain, _, extra, _ = twin_sets
+    pool_only = set((extra / "pool_only.txt").read_text().split())
+    for kind in ("localization", "classification"):
+        a = build_run_data(tiny_config(plain, plain, protocol__kind=kind, protocol__val_share=0.2))
+        b = build_run_data(tiny_config(extra, extra, protocol__kind=kind, protocol__val_share=0.2))
+        for key in ("train", "val", "test", "auc_extra"):
+            assert getattr(a, key) == getattr(b, key), (kind, key)
+            assert not set(getattr(b, key)) & pool_only
+        assert a.box_names == b.box_names
+        pool = negative_pool(b.index, set(b.held_out))
+        assert pool_only <= set(pool) and set(pool) - pool_only == set(negative_pool(a.index, set(a.held_out)))
+
+
+def test_cianet_splits_ignore_pool_only_images(twin_sets, tmp_path):
+    from cianet.data.splits import write_root_splits
+
+    plain, _, extra, _ = twin_sets
+    assert write_root_splits(plain, tmp_path / "a.json") == write_root_splits(extra, tmp_path / "b.json")
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_hash_index_includes_pool_only_images(twin_sets, tmp_path, capsys):
+    import json
+
+    from cianet.cli import main
+
+    plain, _, extra, _ = twin_sets
+    counts = []
+    for root in (plain, extra):
+        assert main(["hash", "--data-root", str(root), "--out", str(tmp_path / f"{root.name}.npz"), "--json",
+                     "--no-progress", "--workers", "1"]) == 0
+        counts.append(json.loads(capsys.readouterr().out)["images"])
+    assert counts[1] == counts[0] + 6
+
+
+def test_pool_only_file_must_name_no_finding_images_of_the_index(twin_sets, tmp_path):
+    import shutil
+
+    from cianet.data.nih import NIHIndex
+    from cianet.errors import InputError
+
+    plain = twin_sets[0]
+    root = tmp_path / "copy"
+    shutil.copytree(plain, root)
+    (root / "pool_only.txt").write_text("99999999_000.png\n")
+    with pytest.raises(InputError, match="pool_only.txt: 1 names are not images"):
+        NIHIndex.from_root(root)
+    positive = next(p.name for p in plan_dataset(36, 5) if p.labels)
+    (root / "pool_only.txt").write_text(positive + "\n")
+    with pytest.raises(InputError, match="not No Finding"):
+        NIHIndex.from_root(root)
+
+
+def test_csv_layout_phantom_keeps_follow_ups_and_priors(tmp_path, capsys):
+    import json
+
+    from cianet.cli import main
+
+    for layout in ("nih", "csv"):
+        assert main(["synth", str(tmp_path / layout), "--layout", layout, "--n-images", "30", "--size", "32",
+                     "--seed", "4", "--workers", "1", "--json"]) == 0
+        capsys.readouterr()
+    counts = []
+    for layout in ("nih", "csv"):
+        assert main(["index", "--data-root", str(tmp_path / layout), "--json"]) == 0
+        s = json.loads(capsys.readouterr().out)
+        counts.append({k: s[k] for k in ("with_prior", "positives_with_prior", "with_prior_any")})
+    assert counts[0] == counts[1] and counts[0]["with_prior"] > 0
+
+
+def test_extra_negatives_only_in_the_nih_layout(tmp_path, capsys):
+    from cianet.cli import main
+
+    rc = main(["synth", str(tmp_path / "r"), "--layout", "csv", "--n-images", "8", "--size", "32",
+               "--workers", "1", "--extra-negatives", "2"])
+    assert rc == 2 and "--extra-negatives is only written in the nih layout" in capsys.readouterr().err
+
+
+# -- backgrounds: one radiograph, one patient
+
+
+def test_each_background_is_one_patient_in_the_plan():
+    bgs = [f"bg{i:03d}.png" for i in range(30)]
+    plans = plan_dataset(60, 4, backgrounds=bgs)
+    owner: dict[str, set[int]] = {}
+    for p in plans:
+        owner.setdefault(p.background, set()).add(p.patient)
+    assert all(len(pats) == 1 for pats in owner.values())
+    assert len(owner) == plans[-1].patient  # every patient has its own
+
+
+def test_too_few_backgrounds_is_a_usage_error():
+    from cianet.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"--backgrounds: 3 radiographs for \d+ patients; each radiograph is one"):
+        plan_dataset(40, 0, backgrounds=["a.png", "b.png", "c.png"])
+
+
+def test_backgrounds_one_patient_each_in_synth_truth(nih_sample_dir, tmp_path, capsys):
+    from cianet.cli import main
+
+    out = tmp_path / "semi"
+    assert main(["synth", str(out), "--n-images", "14", "--size", "48", "--seed", "1", "--workers", "1",
+                 "--backgrounds", str(nih_sample_dir), "--extra-negatives", "3", "--json"]) == 0
+    owner: dict[str, set[str]] = {}
+    for t in read_truth(out):
+        assert t["background"]
+        owner.setdefault(t["background"], set()).add(t["Patient ID"])
+    assert all(len(p) == 1 for p in owner.values())
+    assert len(owner) == len({t["Patient ID"] for t in read_truth(out)})
+    # a folder of two radiographs cannot hold 14 images of distinct patients: one line, status 2
+    small = tmp_path / "two"
+    small.mkdir()
+    for p in find_backgrounds(nih_sample_dir)[:2]:
+        (small / p.name).write_bytes(p.read_bytes())
+    capsys.readouterr()
+    assert main(["synth", str(tmp_path / "x"), "--n-images", "14", "--size", "48", "--workers", "1",
+                 "--backgrounds", str(small)]) == 2
+    err = capsys.readouterr().err
+    assert "--backgrounds: 2 radiographs for" in err and len(err.strip().splitlines()) == 1
+
+
+# -- follow-ups as real re-acquisitions
+
+
+def test_phantom_follow_ups_differ_as_reacquisitions():
+    plans = plan_dataset(120, 6)
+    pairs = [(a, b) for a, b in zip(plans, plans[1:]) if a.patient == b.patient]
+    assert len(pairs) > 20
+    params_differ = 0
+    for a, b in pairs:
+        sa, sb = build_spec(a, 48, 6), build_spec(b, 48, 6)
+        x, y = sa.anatomy, sb.anatomy
+        assert (x.lung_cx, x.lung_b, x.rib_sp, x.female) == (y.lung_cx, y.lung_b, y.rib_sp, y.female)  # one patient
+        assert x.shift_x != y.shift_x and x.shift_y != y.shift_y  # position
+        assert x.dome_y_r - y.dome_y_r == pytest.approx(x.dome_y_l - y.dome_y_l) != 0  # inspiration
+        assert x.exposure != y.exposure and sa.noise_seed != sb.noise_seed  # exposure, noise
+        if a.strength != "none" or b.strength != "none":  # the scan deformation is drawn per image
+            assert sa.params != sb.params
+            params_differ += 1
+    assert params_differ > len(pairs) // 3
+
+
+def test_semi_synthetic_follow_up_is_the_radiograph_taken_again(nih_sample_dir):
+    """reacquire_background against an independent reference: torch affine_grid/grid_sample of the composed map,
+    then the exposure re-toned."""
+    from cianet.data.synth import APEX_Y, REACQUISITION, reacquire_background
+    from cianet.data.synth_anatomy import inverse_tone, tone
+
+    bg = load_background(str(find_backgrounds(nih_sample_dir)[0]), 64)
+    got = reacquire_background(bg, np.random.default_rng(7))
+    r, rng = REACQUISITION, np.random.default_rng(7)
+    dx, dy = rng.uniform(-r["shift"], r["shift"], size=2)
+    kx, ky = rng.uniform(*r["scale"], size=2)
+    t = math.radians(rng.uniform(-r["rot_deg"], r["rot_deg"]))
+    b = rng.uniform(-r["inspiration"], r["inspiration"])
+    f = rng.uniform(*r["exposure"])
+    # new point p -> breath (y about the apex) -> pose
+    pose = np.array([[kx * math.cos(t), -ky * math.sin(t), dx], [kx * math.sin(t), ky * math.cos(t), dy], [0, 0, 1]])
+    breath = np.array([[1, 0, 0], [0, 1 + b, -APEX_Y * b], [0, 0, 1]])
+    A = torch.tensor((pose @ breath)[None, :2], dtype=torch.float64)
+    grid = F.affine_grid(A, (1, 1, 64, 64), align_corners=False)
+    moved = F.grid_sample(torch.from_numpy(bg).double()[None, None], grid, align_corners=False)[0, 0].numpy()
+    k0 = template_anatomy().exposure
+    want = np.clip(tone(inverse_tone(moved, k0), k0 * f), 0, 1)
+    np.testing.assert_allclose(got, want, atol=2e-4)
+    assert np.abs(got - bg).mean() > 0.005  # a visible change, not noise
+
+    # in a data set: a patient's follow-ups are such re-acquisitions, each with its own draw
+    plans = plan_dataset(12, 3, backgrounds=[str(p) for p in find_backgrounds(nih_sample_dir)])
+    follow = [p for p in plans if p.follow_up][:3]
+    assert follow
+    for p in follow:
+        spec = build_spec(p, 64, 3)
+        first = load_background(p.background, 64)
+        assert spec.background.shape == first.shape and np.abs(spec.background - first).mean() > 0.002
+
+
+# -- the share of patients with a prior
+
+
+def _patient_prior_share(plans):
+    from cianet.data.index import ImageRecord
+    from cianet.data.priors import prior_counts, prior_studies
+
+    recs = [ImageRecord(p.name, str(p.patient), p.labels, follow_up=p.follow_up) for p in plans]
+    pri = prior_studies(recs)
+    finding = {r.patient_id for r in recs if r.labels}
+    having = {r.patient_id for r in recs if r.labels and pri[r.name]}
+    return len(finding), len(having), prior_counts(recs)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.75])
+def test_prior_share_is_honoured(share):
+    drawn = plan_dataset(300, 8)
+    plans = plan_dataset(300, 8, prior_share=share)
+    n_finding, n_prior, counts = _patient_prior_share(plans)
+    assert n_prior == round(share * n_finding)
+    # each finding image of a patient with a prior has one; the others have none
+    priors = {p.patient for p in plans if p.labels and p.follow_up and not plans[p.index - p.follow_up].labels}
+    assert counts["positives_with_prior"] == sum(1 for p in plans if p.labels and p.patient in priors)
+    assert (counts["positives_with_prior"] == 0) == (share == 0.0)
+    # the same patients, images, label draws and shares as drawn
+    assert Counter(p.labels for p in plans) == Counter(p.labels for p in drawn)
+    assert [(p.name, p.strength) for p in plans] == [(p.name, p.strength) for p in drawn]
+    assert _patient_prior_share(drawn)[0] == n_finding
+
+
+def test_prior_share_swaps_across_patients_and_refuses_the_unreachable():
+    from cianet.errors import UsageError
+
+    drawn = plan_dataset(300, 8, images_per_patient=(2, 4))
+    kinds: dict[int, set[bool]] = {}
+    for p in drawn:
+        kinds.setdefault(p.patient, set()).add(bool(p.labels))
+    mixed = sum(k == {True, False} for k in kinds.values())
+    n_finding, n_prior, _ = _patient_prior_share(plan_dataset(300, 8, prior_share=0.95, images_per_patient=(2, 4)))
+    assert n_prior == round(0.95 * n_finding) > mixed  # beyond what reordering each patient's studies reaches
+    with pytest.raises(UsageError, match="--prior-share 1.0: at most 0\\.\\d+ of the"):
+        plan_dataset(300, 8, prior_share=1.0)  # single-study patients with a finding never have a prior
+
+
+def test_prior_share_on_backgrounds_and_through_the_cli(tmp_path, capsys):
+    import json
+
+    from cianet.cli import main
+
+    plans = plan_dataset(60, 2, backgrounds=[f"b{i}" for i in range(60)], prior_share=0.6)
+    n_finding, n_prior, _ = _patient_prior_share(plans)
+    assert n_prior == round(0.6 * n_finding)
+    out = tmp_path / "p"
+    assert main(["synth", str(out), "--n-images", "40", "--size", "32", "--seed", "2", "--workers", "1",
+                 "--prior-share", "0.8", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)["priors"]
+    assert s["patients_with_prior"] == round(0.8 * s["patients_with_finding"])
+    assert main(["index", "--data-root", str(out), "--json"]) == 0
+    idx = json.loads(capsys.readouterr().out)
+    assert {k: idx[k] for k in ("with_prior", "positives_with_prior", "boxed_with_prior")} == \
+        {k: s[k] for k in ("with_prior", "positives_with_prior", "boxed_with_prior")}

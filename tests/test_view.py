@@ -253,3 +253,99 @@ def test_view_never_deletes_an_img_folder_it_did_not_write(tmp_path, capsys):
     (site / "img" / "0.jpg").write_bytes(b"stale")  # a page of ours: its images are replaced
     assert main(["view", str(run), "--out", str(site), "--no-progress"]) == 0
     assert not (site / "img" / "0.jpg").exists() and "Run run" in (site / "index.html").read_text()
+
+
+def test_grid_affine_maps_cells_as_the_alignment_maps_boxes():
+    from cianet.evaluation.viewer import grid_affine
+    from cianet.models.alignment import boxes_to_original
+
+    params, side, size = (0.1, -0.2, 1.1, 0.9, 0.3), 16, (80, 96)
+    a = grid_affine(params, side, size)
+    cells = np.array([[0, 0, 1, 1], [3, 5, 4, 2], [10, 2, 6, 14]], np.float64)  # (col, row, ncols, nrows)
+    want = boxes_to_original(cells, params, (side, side), size)  # bounding boxes of the mapped corners
+    for (c, r, w, h), (x, y, bw, bh) in zip(cells, want):
+        corners = [(c, r), (c + w, r), (c, r + h), (c + w, r + h)]
+        xs = [a[0] * u + a[1] * v + a[2] for u, v in corners]
+        ys = [a[3] * u + a[4] * v + a[5] for u, v in corners]
+        assert (min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)) == pytest.approx((x, y, bw, bh), abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def evaluated_runs(tmp_path_factory) -> dict:
+    """Two evaluated runs (CIA-Net aligned, the baseline) of one test set."""
+    from cianet.evaluation.evaluate import evaluate_run
+    from cianet.training.loop import fit
+    from helpers import tiny_config, write_alignment, write_tiny_nih
+
+    tmp = tmp_path_factory.mktemp("runs")
+    root = write_tiny_nih(tmp / "data", n_patients=16)
+    align = str(write_alignment(tmp / "align.pt", tx=0.1))  # regions mapped back through a shift
+    runs = {kind: fit(tiny_config(tmp / kind, root, model__kind=kind, optim__epochs=1, align__checkpoint=align))
+            for kind in ("cianet", "baseline")}
+    for run in runs.values():
+        evaluate_run(run, device="cpu", progress=False, n_boot=50)
+    return runs
+
+
+@pytest.mark.slow  # evaluates two tiny runs and opens the page in a headless browser
+def test_run_page_draws_predicted_regions_in_a_headless_browser(evaluated_runs, tmp_path):
+    """The target: an evaluated run's page shows each test card's predicted regions (cells above the slider's
+    threshold, mapped through the alignment), as many as cianet predict's region rule gives from the stored grid."""
+    from cianet.evaluation.viewer import build_site
+    from cianet.inference.predictor import boxes_from_heatmap
+    from cianet.run.scoring import read_predictions
+
+    exe = browser()
+    run = evaluated_runs["cianet"]
+    pred = read_predictions(run)
+    assert pred["grids"].dtype == np.uint8 and pred["grids"].shape[1:] == (8, 16, 16)
+    assert np.abs(pred["grid_params"][:, 0] - 0.1).max() < 1e-4  # the alignment's shift, kept per image
+    assert sorted(str(n) for n in pred["grid_names"]) == sorted(str(n) for n in pred["names"])
+    res = build_site([run], tmp_path / "site", progress=False)
+    data = page_data(res.index)
+    k = 5  # Nodule
+    t = (float(np.median(pred["grids"][:, k])) - 0.5) / 255  # about half the cells or more: regions on the cards
+    want = 0
+    for it in data["items"]:
+        (r,) = it["runs"]
+        assert r["run"] == run.name and r["grid"]["classes"][k] == "Nodule"
+        g = pred["grids"][[str(n) for n in pred["grid_names"]].index(it["name"])][k] / 255.0
+        params = pred["grid_params"][[str(n) for n in pred["grid_names"]].index(it["name"])]
+        want += len(boxes_from_heatmap(g, (it["width"], it["height"]), tuple(params), t, 8))
+    assert want > 0, np.unique(pred["grids"][:, k])
+    dom = run_browser(exe, "--dump-dom", f"{res.index.resolve().as_uri()}#class=Nodule&cell={t!r}")
+    assert 'data-ready="1"' in dom
+    assert dom.count('class="box region"') == want
+    assert dom.count('<canvas class="heat"') == len(data["items"])  # a heatmap on every card
+    assert "Trained on real X-rays" in dom or "Trained and tested" in dom or "Run " in dom
+    # the ground truth's IoU sits beside the region it refers to: on the same panel
+    assert re.search(r'class="box truth" data-label="Nodule"', dom) and "true Nodule IoU" in dom
+
+
+@pytest.mark.slow  # evaluates two tiny runs (shared fixture)
+def test_two_runs_share_one_card_per_image_and_a_comparison_table(evaluated_runs, tmp_path):
+    from cianet.evaluation.viewer import build_site
+
+    res = build_site([evaluated_runs["cianet"], evaluated_runs["baseline"]], tmp_path / "site", progress=False)
+    data = page_data(res.index)
+    names = [it["name"] for it in data["items"]]
+    assert len(names) == len(set(names)) > 1  # every test image once
+    for it in data["items"]:
+        assert [r["run"] for r in it["runs"]] == [evaluated_runs["cianet"].name, evaluated_runs["baseline"].name]
+    text = res.index.read_text()
+    assert "Runs compared" in text and text.count("<tr>") >= 3
+    m = json.loads((evaluated_runs["cianet"] / "metrics.json").read_text())
+    lo = m["ci"]["auc"]["low"]
+    if lo is not None:
+        assert f"[{lo:.3f}," in text
+
+
+def test_unevaluated_run_offers_the_evaluate_command(tmp_path, capsys):
+    from cianet.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"x")
+    assert main(["view", str(run)]) == 2
+    assert f"cianet evaluate --run {run}" in capsys.readouterr().err
+    assert not (run / "site").exists()  # nothing left behind to block the retry

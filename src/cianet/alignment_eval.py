@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cianet.errors import InputError
+
 PARAM_NAMES = ("tx", "ty", "sx", "sy", "theta")
 
 #: The check of issue 9: rotations up to 12 degrees, scales 0.85-1.15, shifts up to 6 % of the width.
@@ -193,14 +195,14 @@ def read_synth_truth(path) -> dict[str, dict[str, Any]]:
         reader = csv.DictReader(fh)
         missing = {"Image Index", "strength", *PARAM_NAMES} - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{path}: not a synth_truth.csv (missing columns {', '.join(sorted(missing))})")
+            raise InputError(f"{path}: not a synth_truth.csv (missing columns {', '.join(sorted(missing))})")
         for row in reader:
             name = row["Image Index"]
             if name not in out:
                 try:
                     params = tuple(float(row[k]) for k in PARAM_NAMES)
                 except ValueError:
-                    raise ValueError(f"{path}: bad parameters for {name}") from None
+                    raise InputError(f"{path}: bad parameters for {name}") from None
                 out[name] = {"params": params, "strength": row["strength"] or "none"}
     return out
 

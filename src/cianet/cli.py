@@ -4,9 +4,10 @@ Each command module exposes ``register(subparsers)``, adding its parsers with ``
 ``func(args) -> int`` parses nothing more, calls the library and prints. Command modules import torch and
 friends inside ``func`` so that ``cianet --help`` stays fast.
 
-Errors never end in a traceback unless ``--debug`` is given: a deliberate error (:class:`cianet.errors.CianetError`,
-and ``ValueError``/``OSError`` raised for bad input) is one line on stderr and exit status 2 (its class may
-say otherwise); anything else is reported as a bug, exit status 3. The exit codes are listed in
+Errors never end in a traceback unless ``--debug`` is given: a deliberate error (:class:`cianet.errors.CianetError`)
+or a file-system error (``OSError``: permission denied, disk full, naming the file) is one line on stderr and
+exit status 2 (a CianetError's class may say otherwise); anything else, a plain ``ValueError`` included, is
+reported as a bug, exit status 3, with a pointer to ``--debug``. The exit codes are listed in
 :mod:`cianet.errors`.
 """
 
@@ -57,7 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    examples = importlib.import_module("cianet.commands.examples")  # loaded as the command modules are
+    for name, command in sub.choices.items():
+        progress_flags(command)
+        command.formatter_class = examples.HelpFormatter  # every default shown; the examples as written
+        command.epilog = examples.examples_epilog(name, command.epilog)
     return parser
+
+
+def progress_flags(command: argparse.ArgumentParser) -> None:
+    """``--progress`` beside every ``--no-progress``: one meaning on every command (cianet.utils.progress)."""
+    flags = {s for a in command._actions for s in a.option_strings}
+    if "--no-progress" in flags and "--progress" not in flags:
+        command.add_argument("--progress", action="store_true",
+                             help="show progress bars even when stderr is not a terminal (default: only on a "
+                                  "terminal, or as the environment variable CIANET_PROGRESS=1/0 says)")
 
 
 def one_line(exc: BaseException) -> str:
@@ -67,18 +82,61 @@ def one_line(exc: BaseException) -> str:
 
 
 def _one_line_warnings(prefix: str) -> None:
-    """Print cianet's own warnings (bad-looking images, ...) as ``cianet CMD: warning: MESSAGE``, once each."""
+    """Print every warning (cianet's own, and those of pydicom, torch, numpy ... it drives) as one line,
+    ``cianet CMD: warning: MESSAGE``, once per distinct message: no source lines, no install paths."""
     import warnings
 
-    default = warnings.showwarning
+    seen: set[str] = set()
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if category.__name__ == "XrayWarning":  # by name: importing cianet.data.io here would slow --help
-            print(f"{prefix}: warning: {one_line(message)}", file=sys.stderr)
-        else:
-            default(message, category, filename, lineno, file, line)
+        text = one_line(message)
+        origin = _origin(str(filename))
+        if origin not in ("cianet", "") and category.__name__ != "XrayWarning":
+            text = f"{text} ({origin} {category.__name__})"
+        if text not in seen:
+            seen.add(text)
+            print(f"{prefix}: warning: {text}", file=sys.stderr)
 
-    warnings.showwarning = show  # the default filter shows each distinct message (each names its file) once
+    warnings.showwarning = show
+
+
+def _origin(filename: str) -> str:
+    """The package a warning came from (``torch``, ``pydicom``, ``cianet``), read off its file's path."""
+    parts = filename.replace("\\", "/").split("/")
+    for marker in ("site-packages", "dist-packages", "src"):
+        if marker in parts[:-1]:
+            return parts[parts.index(marker) + 1].removesuffix(".py")
+    return "cianet" if "cianet" in parts else ""
+
+
+#: what to tell a user whose command was interrupted: only where rerunning really continues the work
+RESUME_ADVICE = {
+    "prepare": "rerun the same command to resume",
+    "experiment": "rerun the same command to resume",
+    "train": "add --resume to the same command to continue from the last checkpoint",
+    "train-align": "add --resume to the same command to continue from the last checkpoint",
+    "predict": "predict does not resume: rerun with --overwrite to start again, or choose another --out",
+}
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler ending a job) unwinds like Ctrl-C: every atomic write removes its temp file
+    and locks are released. (SIGKILL cannot be caught: its temp files go with the next write of the file.)"""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -105,13 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"cianet {args.command}"
     _one_line_warnings(prefix)
     try:
-        with result_stdout(args):  # --json: stdout holds the one JSON object, nothing else
-            return int(args.func(args) or 0)
+        from cianet.utils.progress import forced_progress
+
+        forced = False if getattr(args, "no_progress", False) else (True if getattr(args, "progress", False) else None)
+        with result_stdout(args), forced_progress(forced), _terminate_as_interrupt():
+            return int(args.func(args) or 0)  # --json: stdout holds the one JSON object alone
     except KeyboardInterrupt:
-        print(f"{prefix}: interrupted (finished work is kept; rerun the same command to resume)", file=sys.stderr)
+        advice = RESUME_ADVICE.get(args.command)
+        print(f"{prefix}: interrupted (finished files are kept" + (f"; {advice})" if advice else ")"), file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (CianetError, ValueError, OSError) as exc:
-        # Raised for bad input, with a message that names the file or flag and the problem.
+    except (CianetError, OSError) as exc:
+        # Raised on purpose for bad input (a message naming the file or flag and the problem), or by the file
+        # system (permission denied, disk full: the environment's, naming the file), not by a bug.
         if args.debug:
             import traceback
 

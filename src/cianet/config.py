@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from cianet.errors import UsageError
+from cianet.errors import MissingPathError, UsageError
 
 
 @dataclass
@@ -105,12 +105,65 @@ class AlignConfig:
     max_images: int | None = 5000  # alignment needs far fewer images than classification
 
 
+@dataclass(frozen=True)
+class NegativeStrategy:
+    """What one negative strategy is and reads (the one declaration: config choices, ``cianet train
+    --negatives``, :mod:`cianet.run.pairing`, :mod:`cianet.negatives` and docs/method.md read it)."""
+
+    description: str  # one line, for --help and the docs
+    pool: bool  # draws from the pool of No Finding training images (the labels of *training* images only)
+    codes: bool  # needs perceptual-hash codes of the pool and of the image being paired
+    base: bool  # needs nothing of the image but its pixels and patient: a valid negatives.prior_fallback
+    reads: str  # what it reads besides pixels, for the record
+    prior: str | None = None  # "earlier" | "any": the patient's own No Finding study (cianet.data.priors)
+    upper_bound: bool = False  # reads the image's own finding-free twin: an upper bound, never evidence
+
+
+#: Every negative strategy, by its config name (negatives.strategy, `cianet train --negatives`).
+NEGATIVE_STRATEGIES: dict[str, NegativeStrategy] = {
+    "sim": NegativeStrategy(
+        "the paper's: the No Finding training image of another patient with the nearest perceptual-hash code",
+        pool=True, codes=True, base=True, reads="the pool's labels (training images)"),
+    "random": NegativeStrategy(
+        "a random No Finding training image of another patient, redrawn every epoch (paper Table 5)",
+        pool=True, codes=False, base=True, reads="the pool's labels (training images)"),
+    "canonical": NegativeStrategy(
+        "the canonical chest (`cianet canonical`) for every image: capacity without a contrast (paper Table 5)",
+        pool=False, codes=False, base=True, reads="nothing"),
+    "prior": NegativeStrategy(
+        "the same patient's most recent earlier No Finding study; images without one: negatives.prior_fallback",
+        pool=False, codes=False, base=False, prior="earlier",
+        reads="patient ids, follow-up numbers and the labels of the patient's earlier studies"),
+    "prior_any": NegativeStrategy(
+        "as prior, but a No Finding study at any other follow-up of the patient (earlier preferred on ties)",
+        pool=False, codes=False, base=False, prior="any",
+        reads="patient ids, follow-up numbers and the labels of the patient's other studies"),
+    "oracle": NegativeStrategy(
+        "UPPER BOUND, phantom only: the image's own finding-free re-render (`cianet synth --twins`)",
+        pool=False, codes=False, base=False, reads="the image's own twin", upper_bound=True),
+}
+#: strategies that pair from the pool or the canonical chest alone: negatives.prior_fallback's choices
+BASE_STRATEGIES: tuple[str, ...] = tuple(n for n, s in NEGATIVE_STRATEGIES.items() if s.base)
+
+
 @dataclass
 class NegativeConfig:
-    strategy: str = "sim"  # "sim" | "random" | "canonical" (paper Table 5) | "oracle" (phantom twins)
+    strategy: str = "sim"  # a key of NEGATIVE_STRATEGIES (docs/method.md, "Negative sampling")
     hash_index: str | None = None  # `cianet hash` output; built on the fly when absent
     exclude_same_patient: bool = True
     aligned_codes: bool = True  # "sim" codes of pool and queries from aligned images (when align.checkpoint is set)
+    prior_fallback: str = "sim"  # prior / prior_any: the strategy of images without such a study (BASE_STRATEGIES)
+
+    def fallback_strategy(self) -> str | None:
+        """The base strategy that pairs images the strategy leaves unpaired (prior, prior_any), else None."""
+        return self.prior_fallback if NEGATIVE_STRATEGIES[self.strategy].prior else None
+
+    def pool_strategy(self) -> str | None:
+        """The pool strategy in use (sim or random: the strategy itself or prior's fallback), else None."""
+        for name in (self.strategy, self.fallback_strategy()):
+            if name is not None and NEGATIVE_STRATEGIES[name].pool:
+                return name
+        return None
 
 
 @dataclass
@@ -187,7 +240,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "align.center": ("crop", "identity"),
     "align.feature_net": ("vgg16", "resnet18", "none"),
     "align.feat_norm": ("unit", "paper"),
-    "negatives.strategy": ("sim", "random", "canonical", "oracle"),
+    "negatives.strategy": tuple(NEGATIVE_STRATEGIES),
+    "negatives.prior_fallback": BASE_STRATEGIES,
     "run.precision": ("fp32", "bf16", "auto"),  # or null (cianet.run.precision)
 }
 _INT_CHOICES: dict[str, tuple[int, ...]] = {"model.output_stride": (8, 16, 32)}
@@ -201,52 +255,61 @@ def _at_least(n: float):
     return lambda v: v >= n
 
 
+def _between(lo: float, hi: float):
+    """Bounds on both sides: an upper bound keeps a crafted file (a bundle's config) from asking for memory
+    or time no run needs."""
+    return lambda v: lo <= v <= hi
+
+
 def _share(v: float) -> bool:
     return 0.0 <= v <= 1.0
 
 
 #: key -> (test, what it allows); None values (where the type allows None) are not tested
 _RANGES: dict[str, tuple[Any, str]] = {
-    "data.image_size": (lambda v: v >= 32 and v % 32 == 0, "a multiple of 32, at least 32"),
-    "data.workers": (_at_least(0), ">= 0"),
-    "data.max_images": (_at_least(1), ">= 1 (or null: no cap)"),
+    "data.image_size": (lambda v: 32 <= v <= 4096 and v % 32 == 0, "a multiple of 32, at least 32 and at most 4096"),
+    "data.workers": (_between(0, 256), ">= 0 and <= 256"),
+    "data.max_images": (_between(1, 10 ** 9), ">= 1 and <= 10^9 (or null: no cap)"),
     "data.merge_iou": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
-    "data.labels": (lambda v: len(v) > 0 and len(set(v)) == len(v), "a non-empty list of distinct class names"),
+    "data.labels": (lambda v: 0 < len(v) <= 1000 and len(set(v)) == len(v),
+                    "a non-empty list of at most 1000 distinct class names"),
+    "data.box_labels": (lambda v: len(v) <= 1000 and len(set(v)) == len(v), "at most 1000 distinct class names"),
     "protocol.fold": (lambda v: 0 <= v <= 4, "0 to 4"),
     "protocol.annotated_ratio": (_share, "in [0, 1]"),
     "protocol.unannotated_ratio": (_share, "in [0, 1]"),
     "protocol.val_share": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "model.test_upsample": (_at_least(1), ">= 1 (or null: the native grid)"),
-    "model.head_channels": (_at_least(1), ">= 1"),
-    "align.canonical_n": (_at_least(1), ">= 1"),
-    "align.input_size": (_at_least(32), ">= 32"),
-    "align.epochs": (_at_least(1), ">= 1"),
-    "align.batch_size": (_at_least(1), ">= 1"),
-    "align.lr": (_positive, "> 0"),
-    "align.max_shift": (_positive, "> 0"),
-    "align.max_scale": (lambda v: v > 1.0, "> 1"),
-    "align.max_rotation": (_at_least(0), ">= 0"),
-    "align.feat_weight": (_at_least(0), ">= 0"),
-    "align.pixel_weight": (_at_least(0), ">= 0"),
-    "align.consistency_weight": (_at_least(0), ">= 0"),
-    "align.warp_rotation": (_at_least(0), ">= 0"),
-    "align.warp_scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "two numbers [lo, hi] with 0 < lo <= hi"),
-    "align.warp_shift": (_at_least(0), ">= 0"),
-    "align.max_images": (_at_least(1), ">= 1 (or null: no cap)"),
-    "loss.beta_b": (_at_least(0), ">= 0"),
-    "optim.epochs": (_at_least(1), ">= 1"),
-    "optim.batch_size": (_at_least(1), ">= 1"),
-    "optim.lr": (_positive, "> 0"),
+    "model.test_upsample": (_between(1, 1024), ">= 1 and <= 1024 (or null: the native grid)"),
+    "model.head_channels": (_between(1, 8192), ">= 1 and <= 8192"),
+    "align.canonical_n": (_between(1, 10 ** 6), ">= 1 and <= 10^6"),
+    "align.input_size": (_between(32, 2048), ">= 32 and <= 2048"),
+    "align.epochs": (_between(1, 10 ** 5), ">= 1 and <= 10^5"),
+    "align.batch_size": (_between(1, 4096), ">= 1 and <= 4096"),
+    "align.lr": (lambda v: 0 < v <= 10, "> 0 and <= 10"),
+    "align.max_shift": (lambda v: 0 < v <= 10, "> 0 and <= 10"),
+    "align.max_scale": (lambda v: 1.0 < v <= 100, "> 1 and <= 100"),
+    "align.max_rotation": (_between(0, 2 * math.pi), ">= 0 and <= 2 pi"),
+    "align.feat_weight": (_between(0, 1e6), ">= 0 and <= 10^6"),
+    "align.pixel_weight": (_between(0, 1e6), ">= 0 and <= 10^6"),
+    "align.consistency_weight": (_between(0, 1e6), ">= 0 and <= 10^6"),
+    "align.warp_rotation": (_between(0, 180), ">= 0 and <= 180 (degrees)"),
+    "align.warp_scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 100,
+                         "two numbers [lo, hi] with 0 < lo <= hi <= 100"),
+    "align.warp_shift": (_between(0, 10), ">= 0 and <= 10"),
+    "align.max_images": (_between(1, 10 ** 9), ">= 1 and <= 10^9 (or null: no cap)"),
+    "loss.beta_b": (_between(0, 1e6), ">= 0 and <= 10^6"),
+    "optim.epochs": (_between(1, 10 ** 5), ">= 1 and <= 10^5"),
+    "optim.batch_size": (_between(1, 4096), ">= 1 and <= 4096"),
+    "optim.lr": (lambda v: 0 < v <= 10, "> 0 and <= 10"),
     "optim.momentum": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "optim.weight_decay": (_at_least(0), ">= 0"),
-    "optim.lr_step": (_at_least(1), ">= 1"),
+    "optim.weight_decay": (_between(0, 1), ">= 0 and <= 1"),
+    "optim.lr_step": (_between(1, 10 ** 6), ">= 1 and <= 10^6"),
     "optim.lr_gamma": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
-    "optim.grad_clip": (_positive, "> 0 (or null: no clipping)"),
+    "optim.grad_clip": (lambda v: 0 < v <= 1e9, "> 0 and <= 10^9 (or null: no clipping)"),
     "optim.box_share": (_share, "in [0, 1]"),
     "run.device": (lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None, "auto, cpu, mps, cuda or cuda:N"),
-    "run.seed": (_at_least(0), ">= 0"),
-    "run.eval_every": (_at_least(0), ">= 0"),
-    "run.threads": (_at_least(1), ">= 1 (or null: the torch default)"),
+    "run.seed": (_between(0, 2 ** 32 - 1), ">= 0 and <= 2^32 - 1"),
+    "run.eval_every": (_between(0, 10 ** 6), ">= 0 and <= 10^6"),
+    "run.threads": (_between(1, 1024), ">= 1 and <= 1024 (or null: the torch default)"),
 }
 
 
@@ -263,7 +326,7 @@ def _typed(value: Any, tp: Any, name: str) -> Any:
         tp = args[0]
     if typing.get_origin(tp) is list:
         if not isinstance(value, list):
-            raise ValueError(f"{name} must be a list, got {value!r}")
+            raise UsageError(f"{name} must be a list, got {value!r}")
         (item,) = typing.get_args(tp)
         return [_typed(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
     ok = (isinstance(value, bool) if tp is bool else
@@ -271,11 +334,11 @@ def _typed(value: Any, tp: Any, name: str) -> Any:
           isinstance(value, (int, float)) and not isinstance(value, bool) if tp is float else
           isinstance(value, tp))
     if not ok:
-        raise ValueError(f"{name} must be {_type_name(tp)}, got {value!r}")
+        raise UsageError(f"{name} must be {_type_name(tp)}, got {value!r}")
     if tp is float:
         value = float(value)
         if not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+            raise UsageError(f"{name} must be a finite number, got {value!r}")
     return value
 
 
@@ -292,13 +355,13 @@ def check_value(section: str, key: str, value: Any) -> Any:
     if value is None:
         return value
     if name in _CHOICES and value not in _CHOICES[name]:
-        raise ValueError(f"{name} must be one of {', '.join(_CHOICES[name])}, got {value!r}")
+        raise UsageError(f"{name} must be one of {', '.join(_CHOICES[name])}, got {value!r}")
     if name in _INT_CHOICES and value not in _INT_CHOICES[name]:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, _INT_CHOICES[name]))}, got {value!r}")
+        raise UsageError(f"{name} must be one of {', '.join(map(str, _INT_CHOICES[name]))}, got {value!r}")
     if name in _RANGES:
         test, allowed = _RANGES[name]
         if not test(value):
-            raise ValueError(f"{name} must be {allowed}, got {value!r}")
+            raise UsageError(f"{name} must be {allowed}, got {value!r}")
     return value
 
 
@@ -325,7 +388,6 @@ def check_paths_exist(cfg: Config) -> None:
 
     ``data.cache`` is exempt: a run reads the cache when it is there. Raises MissingPathError naming the key.
     """
-    from cianet.errors import MissingPathError
 
     for key, flag in PATH_KEYS.items():
         section, name = key.split(".")
@@ -355,19 +417,19 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     """Build a Config from a nested dict; unknown sections or keys raise ValueError naming them."""
     cfg = Config()
     if not isinstance(data, dict):
-        raise ValueError(f"{source}: a config must be a mapping of sections, got {type(data).__name__}")
+        raise UsageError(f"{source}: a config must be a mapping of sections, got {type(data).__name__}")
     for section, values in data.items():
         if section not in SECTIONS:
-            raise ValueError(f"{source}: unknown config section {section!r} (known: {', '.join(SECTIONS)})")
+            raise UsageError(f"{source}: unknown config section {section!r} (known: {', '.join(SECTIONS)})")
         if values is None:
             continue
         if not isinstance(values, dict):
-            raise ValueError(f"{source}: section {section!r} must be a mapping")
+            raise UsageError(f"{source}: section {section!r} must be a mapping")
         current = getattr(cfg, section)
         known = {f.name for f in dataclasses.fields(current)}
         for key, value in values.items():
             if key not in known:
-                raise ValueError(f"{source}: unknown key {section}.{key} (known: {', '.join(sorted(known))})")
+                raise UsageError(f"{source}: unknown key {section}.{key} (known: {', '.join(sorted(known))})")
             try:
                 setattr(current, key, check_value(section, key, value))
             except ValueError as exc:
@@ -382,21 +444,21 @@ def shipped_configs() -> list[str]:
 def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
     """Load a shipped recipe by name ("paper", "tiny") or a YAML file, then apply ``section.key=value`` overrides."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder named "tiny" never shadows the recipe
         if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
+            raise MissingPathError(f"config file {path} does not exist")
         text, source = path.read_text(), str(path)
     else:
         res = resources.files("cianet.configs") / f"{name_or_path}.yaml"
         if not res.is_file():
-            raise ValueError(
+            raise UsageError(
                 f"unknown config {name_or_path!r}: give a YAML path or one of {', '.join(shipped_configs())}"
             )
         text, source = res.read_text(), f"{name_or_path}.yaml"
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{source}: not valid YAML: {exc}") from None
+        raise UsageError(f"{source}: not valid YAML: {exc}") from None
     cfg = config_from_dict(data, source)
     apply_overrides(cfg, overrides or [])
     return cfg
@@ -405,7 +467,7 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"override {item!r} must look like section.key=value (e.g. optim.lr=0.01)")
+            raise UsageError(f"override {item!r} must look like section.key=value (e.g. optim.lr=0.01)")
         dotted, raw = item.split("=", 1)
         section, key = dotted.split(".", 1)
         try:

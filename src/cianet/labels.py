@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from cianet.errors import InputError
+
 #: The 14 finding labels; column k of every (N, 14) array is LABELS[k].
 LABELS: tuple[str, ...] = (
     "Atelectasis",
@@ -57,11 +59,11 @@ class LabelSet:
     def __init__(self, dataset: str, names: tuple[str, ...] | list[str], n_box: int, no_finding: str = NO_FINDING):
         names = tuple(str(n) for n in names)
         if not names:
-            raise ValueError(f"data set {dataset!r}: no classes")
+            raise InputError(f"data set {dataset!r}: no classes")
         if len(set(names)) != len(names):
-            raise ValueError(f"data set {dataset!r}: a class is listed twice in {list(names)}")
+            raise InputError(f"data set {dataset!r}: a class is listed twice in {list(names)}")
         if not 0 <= n_box <= len(names):
-            raise ValueError(f"data set {dataset!r}: {n_box} box classes of {len(names)}")
+            raise InputError(f"data set {dataset!r}: {n_box} box classes of {len(names)}")
         self.dataset, self.names, self.n_box, self.no_finding = dataset, names, int(n_box), no_finding
         self._index = {n: i for i, n in enumerate(names)}
 
@@ -109,7 +111,7 @@ def label_set_from(labels, box_labels, dataset: str = "") -> LabelSet:
     labels = [str(n) for n in labels]
     box = [str(n) for n in (box_labels or [])]
     if labels[: len(box)] != box:
-        raise ValueError(f"box classes {box} must be the first classes of {labels}")
+        raise InputError(f"box classes {box} must be the first classes of {labels}")
     if dataset == "" and (tuple(labels), len(box)) == (LABELS, NUM_BOX_CLASSES):
         dataset = "nih"
     return LabelSet(dataset or "custom", labels, len(box))

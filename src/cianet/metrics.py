@@ -26,6 +26,8 @@ from cianet.labels import BOX_LABELS, LABELS
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "image_scores_from_logits",
+    "image_evidence_from_logits",
+    "format_probability",
     "region_box_iou",
     "box_ious",
     "mask_iou",
@@ -42,6 +44,12 @@ __all__ = [
     "auc_ci",
     "verdict",
     "attention_in_boxes",
+    "PROB_THRESHOLD_GRID",
+    "pointing_hit",
+    "class_mean_accuracy",
+    "choose_prob_threshold",
+    "bootstrap_class_mean_difference",
+    "class_mean_ci",
 ]
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -84,6 +92,44 @@ def image_scores_from_logits(logits: Any, rescale: bool = False) -> Any:
         z = z.to(torch.float32)  # half precision (e.g. autocast outputs) loses small scores
     scores = -torch.expm1(log_prob_none(z, rescale=rescale))  # (N, C)
     return scores.numpy() if is_numpy else scores
+
+
+def image_evidence_from_logits(logits: Any, rescale: bool = False) -> np.ndarray:
+    """The image's MIL evidence ``A = sum_j -log(1 - p_j)`` per (image, class), float64 numpy ``(N, C)``.
+
+    The image score is ``1 - exp(-A)``, so A ranks images as the score does, but it does not saturate: in
+    float32 the score is exactly 1.0 from ``A ~ 17`` on (a cell logit of ~17 suffices), where A still
+    differs. With ``rescale`` (``loss.mil_rescale``) A is ``-log`` of the rescaled probability of no finding,
+    the quantity the MIL loss trained. Computed in float64 from the logits; AUCs rank by it.
+    """
+    import torch
+
+    from cianet.losses import log_prob_none
+
+    z = logits.detach().cpu() if isinstance(logits, torch.Tensor) else torch.as_tensor(np.asarray(logits))
+    if z.dim() != 4:
+        raise ValueError(f"logits must be (N, C, H, W), got shape {tuple(z.shape)}")
+    z = z.to(torch.float64)
+    if rescale:  # each cell's term is bounded (<= -log 0.98): the loss's own form is exact
+        return (-log_prob_none(z, rescale=True)).numpy()
+    # softplus without torch's linear cut-off above z = 20, which drops log1p(e^-z) (~1e-9 a cell)
+    cells = z.clamp(min=0) + torch.log1p(torch.exp(-z.abs()))
+    return cells.flatten(2).sum(-1).numpy()
+
+
+def format_probability(p: float | None, digits: int = 4) -> str:
+    """A probability for people to read: ``digits`` decimals, ``"> 0.9999"`` / ``"< 0.0001"`` where those
+    would round to 1 or 0 (a saturated score is not certainty), ``"0"`` for exactly 0, ``"n/a"`` for
+    None/NaN. Every display of an image probability (viewer, overlays, reports) uses it."""
+    if p is None or not math.isfinite(float(p)):
+        return "n/a"
+    p = float(p)
+    text = f"{p:.{digits}f}"
+    if float(text) >= 1.0:
+        return f"> 0.{'9' * digits}"
+    if p > 0 and float(text) == 0.0:
+        return f"< 0.{'0' * (digits - 1)}1"
+    return "0" if p <= 0 else text
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -580,28 +626,64 @@ def bootstrap_localization_difference(
         ``b`` the mean accuracies over seeds, ``std_a``/``std_b`` their population std over seeds (0 with one
         seed), ``n_boxes`` the total number of boxes over seeds.
     """
-    _check_boot_args(n_boot, confidence)
     t = _check_threshold(threshold)
-    runs_a = _runs(ious_a, 1, "ious_a")
-    runs_b = _runs(ious_b, 1, "ious_b")
+    result = _paired_class_means(ious_a, ious_b, classes, lambda v, c, what: _loc_run(v, c, t, what),
+                                 ("ious_a", "ious_b"), n_boot, seed, confidence)
+    return {**result, "threshold": t}
+
+
+def _paired_class_means(values_a: Any, values_b: Any, classes: Any, per_box, names: tuple[str, str],
+                        n_boot: int, seed: int, confidence: float) -> dict[str, Any]:
+    """The paired class-stratified bootstrap of A - B shared by the localization and pointing differences;
+    ``per_box(values, classes, what) -> (float64 values, int64 classes)`` validates one run."""
+    _check_boot_args(n_boot, confidence)
+    runs_a = _runs(values_a, 1, names[0])
+    runs_b = _runs(values_b, 1, names[1])
     runs_c = _runs(classes, 1, "classes")
     if not len(runs_a) == len(runs_b) == len(runs_c):
         raise ValueError(
-            f"seed counts differ: ious_a has {len(runs_a)}, ious_b {len(runs_b)}, classes {len(runs_c)}"
+            f"seed counts differ: {names[0]} has {len(runs_a)}, {names[1]} {len(runs_b)}, classes {len(runs_c)}"
         )
     acc_a, acc_b, samplers, n_boxes = [], [], [], 0
     for s, (ia, ib, c) in enumerate(zip(runs_a, runs_b, runs_c)):
         if ia.shape != ib.shape:
             raise ValueError(f"seed {s}: A has {ia.size} boxes, B has {ib.size}")
-        hits_a, cls = _loc_run(ia, c, t, f"seed {s} (A)")
-        hits_b, _ = _loc_run(ib, c, t, f"seed {s} (B)")
+        hits_a, cls = per_box(ia, c, f"seed {s} (A)")
+        hits_b, _ = per_box(ib, c, f"seed {s} (B)")
         acc_a.append(_class_mean(hits_a, cls))
         acc_b.append(_class_mean(hits_b, cls))
         samplers.append(_class_mean_sampler(hits_a - hits_b, cls))
         n_boxes += cls.size
     stats = _bootstrap_stats(samplers, int(n_boot), np.random.default_rng(seed))
     return _difference_result(acc_a, acc_b, _interval(stats, confidence), n_boot, confidence,
-                              n_boxes=n_boxes, n_seeds=len(runs_a), threshold=t)
+                              n_boxes=n_boxes, n_seeds=len(runs_a))
+
+
+def _value_run(values: np.ndarray, classes: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validated ``(values float64 (n,), classes int64 (n,))`` of one run of per-box values (e.g. hits)."""
+    v = values.astype(np.float64)
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{what}: values contain NaN or inf")
+    _, cls = _loc_run(np.zeros(v.shape), classes, 0.0, what)  # its checks of the classes and counts
+    return v, cls
+
+
+def bootstrap_class_mean_difference(
+    values_a: Any,
+    values_b: Any,
+    classes: Any,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    metric: str = "pointing game accuracy",
+) -> dict[str, Any]:
+    """:func:`bootstrap_localization_difference` of per-box values instead of IoUs: the class mean of
+    ``values`` (e.g. pointing-game hits, :func:`pointing_hit`) of A minus B, with the same resampling, so
+    that 0/1 hits ``IoU > t`` give exactly that function's result. ``metric`` names the measure in the
+    result (for :func:`verdict`). Returns its keys without ``threshold``, plus ``metric``."""
+    result = _paired_class_means(values_a, values_b, classes, _value_run, ("values_a", "values_b"),
+                                 n_boot, seed, confidence)
+    return {**result, "metric": metric}
 
 
 def _difference_result(values_a: list[float], values_b: list[float], interval: tuple, n_boot: int,
@@ -639,18 +721,31 @@ def localization_ci(
     Returns:
         ``{"value", "low", "high"}``.
     """
-    _check_boot_args(n_boot, confidence)
     t = _check_threshold(threshold)
-    runs_i, runs_c = _runs(ious, 1, "ious"), _runs(classes, 1, "classes")
+    return _class_mean_ci(ious, classes, lambda v, c, what: _loc_run(v, c, t, what), "ious", n_boot, seed,
+                          confidence)
+
+
+def class_mean_ci(values: Any, classes: Any, n_boot: int = 2000, seed: int = 0,
+                  confidence: float = 0.95) -> dict[str, float | None]:
+    """:func:`localization_ci` of per-box values (e.g. pointing-game hits) instead of IoUs: their class mean
+    with its bootstrap interval (the same resampling). Returns ``{"value", "low", "high"}``."""
+    return _class_mean_ci(values, classes, _value_run, "values", n_boot, seed, confidence)
+
+
+def _class_mean_ci(values: Any, classes: Any, per_box, name: str, n_boot: int, seed: int,
+                   confidence: float) -> dict[str, float | None]:
+    _check_boot_args(n_boot, confidence)
+    runs_i, runs_c = _runs(values, 1, name), _runs(classes, 1, "classes")
     if len(runs_i) != len(runs_c):
-        raise ValueError(f"seed counts differ: ious has {len(runs_i)}, classes {len(runs_c)}")
-    values, samplers = [], []
+        raise ValueError(f"seed counts differ: {name} has {len(runs_i)}, classes {len(runs_c)}")
+    points, samplers = [], []
     for s, (i, c) in enumerate(zip(runs_i, runs_c)):
-        hits, cls = _loc_run(i, c, t, f"seed {s}")
-        values.append(_class_mean(hits, cls))
+        hits, cls = per_box(i, c, f"seed {s}")
+        points.append(_class_mean(hits, cls))
         samplers.append(_class_mean_sampler(hits, cls))
     low, high = _interval(_bootstrap_stats(samplers, int(n_boot), np.random.default_rng(seed)), confidence)
-    return {"value": float(np.mean(values)), "low": low, "high": high}
+    return {"value": float(np.mean(points)), "low": low, "high": high}
 
 
 # ---------------------------------------------------------------------------------------------- AUC
@@ -829,7 +924,9 @@ def verdict(
         if key not in diff_result:
             raise ValueError(f"diff_result has no {key!r} (expected a bootstrap_*_difference result)")
     if metric is None:
-        if diff_result.get("threshold") is not None:
+        if diff_result.get("metric"):
+            metric = str(diff_result["metric"])
+        elif diff_result.get("threshold") is not None:
             metric = f"mean localization accuracy at T(IoU) = {float(diff_result['threshold']):g}"
         else:
             metric = "mean AUC"
@@ -905,3 +1002,99 @@ def attention_in_boxes(delta: Any, boxes: Sequence[Any], image_size: Sequence[fl
         return float(np.mean(values)) if values else None
 
     return {"hit_rate": mean(hits), "mass_in_boxes": mean(masses), "area_share": mean(shares), "n_images": len(hits)}
+
+
+# ---------------------------------------------------------------------------------------------- calibration-free
+# The paper's localization accuracy counts the cells with p > 0.5, so it depends on how the model's
+# probabilities are calibrated. Two measures that do not: the pointing game (only the ranking of the cells of
+# one map matters) and the T(IoU) accuracy at a probability threshold chosen on the validation split.
+
+#: The candidate probability thresholds for :func:`choose_prob_threshold`: dense around the paper's 0.5 and
+#: towards 1, where MIL-trained cell probabilities crowd.
+PROB_THRESHOLD_GRID: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99,
+                                          0.995, 0.999, 0.9995, 0.9999)
+
+
+def pointing_hit(grid: Any, box_xywh: Sequence[float], image_size: Sequence[float], to_frame=None) -> float:
+    """The pointing game of one box: does the highest cell of its class's map lie in the box?
+
+    Args:
+        grid: ``(h, w)`` cell scores of the box's class; logits rather than probabilities, which saturate
+            (tie) at 1.0. Cell ``(i, j)`` covers ``[j W/w, (j+1) W/w) x [i H/h, (i+1) H/h)``; its point is its
+            centre.
+        box_xywh: the true box, in the frame ``to_frame`` maps into (default: the grid's image frame).
+        image_size: ``(W, H)`` of the image the grid covers.
+        to_frame: ``(x (n,), y (n,)) -> (x, y)``, points of the grid's frame to the box's frame (the inverse
+            alignment); None: the same frame.
+
+    Returns:
+        1.0 when the centre of the highest cell lies in the closed box ``[x, x+w] x [y, y+h]``, else 0.0. When
+        several cells share the maximum, the share of them whose centre is in the box: the expected hit of a
+        uniformly random tie-break (a constant map scores the box's share of the cells, not a hit).
+    """
+    x, y, w, h = _check_box(box_xywh, "pointing_hit")
+    g = _to_numpy(grid).astype(np.float64)
+    if g.ndim != 2 or g.size == 0:
+        raise ValueError(f"grid must be a non-empty (h, w) array, got shape {g.shape}")
+    if not np.all(np.isfinite(g)):
+        raise ValueError("grid contains NaN or inf")
+    gh, gw = g.shape
+    rows, cols = np.divmod(np.flatnonzero(g == g.max()), gw)
+    px = (cols + 0.5) * float(image_size[0]) / gw
+    py = (rows + 0.5) * float(image_size[1]) / gh
+    if to_frame is not None:
+        px, py = to_frame(px, py)
+    inside = (px >= x) & (px <= x + w) & (py >= y) & (py <= y + h)
+    return float(np.mean(inside))
+
+
+def class_mean_accuracy(values: Any, class_indices: Any, class_names: Sequence[str] = BOX_LABELS) -> dict[str, float]:
+    """``{class: mean of its boxes' values, ..., "Mean": mean over the classes with boxes}`` (NaN for a class
+    without boxes, left out of "Mean"): the pointing game's layout, one row of :func:`accuracy_from_ious`."""
+    v = np.asarray(values, dtype=np.float64)
+    cls = np.asarray(class_indices, dtype=np.int64)
+    if v.shape != cls.shape:
+        raise ValueError(f"{v.size} values for {cls.size} class indices")
+    row = {name: float(np.mean(v[cls == k])) if np.any(cls == k) else float("nan")
+           for k, name in enumerate(class_names)}
+    defined = [a for a in row.values() if not math.isnan(a)]
+    row["Mean"] = float(np.mean(defined)) if defined else float("nan")
+    return row
+
+
+def choose_prob_threshold(
+    ious_by_threshold: Any,
+    class_indices: Any,
+    grid: Sequence[float] = PROB_THRESHOLD_GRID,
+    t_iou: float = 0.5,
+) -> dict[str, Any] | None:
+    """The probability threshold of the grid that maximizes the class-mean localization accuracy at
+    ``T(IoU) = t_iou`` on (validation) boxes.
+
+    Args:
+        ious_by_threshold: ``(n_boxes, len(grid))``: column g holds each box's IoU with the region of cells
+            with ``p > grid[g]``.
+        class_indices: ``(n_boxes,)``.
+
+    Ties (equal accuracy within 1e-12) go to the threshold nearest the paper's 0.5 in logit, then to the
+    lower one, so a map that localizes nothing keeps 0.5.
+
+    Returns:
+        ``{"threshold", "accuracy" (the class mean at it), "accuracies" (one per grid value), "grid",
+        "t_iou", "n_boxes"}``, or None without boxes.
+    """
+    iou = np.asarray(ious_by_threshold, dtype=np.float64)
+    cls = np.asarray(class_indices, dtype=np.int64)
+    grid = [float(t) for t in grid]
+    if iou.ndim != 2 or iou.shape != (cls.size, len(grid)):
+        raise ValueError(f"ious_by_threshold must be (n_boxes, {len(grid)}), got {iou.shape} for {cls.size} boxes")
+    if not all(0.0 < t < 1.0 for t in grid):
+        raise ValueError(f"probability thresholds must be in (0, 1), got {grid}")
+    if cls.size == 0:
+        return None
+    acc = [_class_mean((iou[:, g] > t_iou).astype(np.float64), cls) for g in range(len(grid))]
+    best = max(acc)
+    candidates = [g for g in range(len(grid)) if acc[g] >= best - 1e-12]
+    pick = min(candidates, key=lambda g: (abs(math.log(grid[g] / (1.0 - grid[g]))), grid[g]))
+    return {"threshold": grid[pick], "accuracy": acc[pick], "accuracies": acc, "grid": grid,
+            "t_iou": float(t_iou), "n_boxes": int(cls.size)}

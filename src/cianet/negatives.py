@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from cianet.errors import InputError, MissingPathError
+from cianet.config import BASE_STRATEGIES
 from cianet.utils.atomic import atomic_path, atomic_write_json
 
 __all__ = [
@@ -38,7 +40,9 @@ __all__ = [
 ]
 
 HASH_SIZE = 16
-STRATEGIES = ("sim", "random", "canonical")
+#: the strategies the sampler implements: those that need only the pool or the canonical chest
+#: (cianet.config.NEGATIVE_STRATEGIES; prior, prior_any and oracle pair in cianet.run.pairing)
+STRATEGIES = BASE_STRATEGIES
 _FORMAT = "cianet-hash-index-v1"
 _PAIRS_FORMAT = "cianet-negative-pairs-v1"
 
@@ -135,22 +139,22 @@ class HashIndex:
     def __post_init__(self) -> None:
         codes = np.asarray(self.codes)
         if codes.ndim != 2:
-            raise ValueError(f"hash index codes must be (M, D), got shape {codes.shape}")
+            raise InputError(f"hash index codes must be (M, D), got shape {codes.shape}")
         self.names = [str(n) for n in self.names]
         self.patients = [str(p) for p in self.patients]
         if len(self.names) != codes.shape[0] or len(self.patients) != codes.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"hash index has {codes.shape[0]} codes but {len(self.names)} names and "
                 f"{len(self.patients)} patients"
             )
         bad = np.flatnonzero(~np.isfinite(codes).all(axis=1)) if codes.dtype.kind == "f" else []
         if len(bad):  # a NaN code would pair every query with an arbitrary image
-            raise ValueError(f"hash index has non-finite codes for {len(bad)} images (first: "
+            raise InputError(f"hash index has non-finite codes for {len(bad)} images (first: "
                              f"{self.names[bad[0]]}); rebuild it with `cianet hash`")
         self.codes = _normalize(codes)
         self._name_to_idx = {n: i for i, n in enumerate(self.names)}
         if len(self._name_to_idx) != len(self.names):
-            raise ValueError("hash index names must be unique")
+            raise InputError("hash index names must be unique")
         self._patient_to_id: dict[str, int] = {}
         self._pid = np.array(
             [self._patient_to_id.setdefault(p, len(self._patient_to_id)) for p in self.patients], dtype=np.int64
@@ -199,32 +203,32 @@ class HashIndex:
         """Read an index written by :meth:`save`; errors name the file and the problem."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: hash index not found")
+            raise MissingPathError(f"{path}: hash index not found")
         try:
             data = np.load(path, allow_pickle=False)
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-            raise ValueError(f"{path}: not a hash index (cannot read as .npz: {exc})") from None
+            raise InputError(f"{path}: not a hash index (cannot read as .npz: {exc})") from None
         if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path}: not a hash index (a plain .npy array, not an .npz archive)")
+            raise InputError(f"{path}: not a hash index (a plain .npy array, not an .npz archive)")
         with data:
             missing = [k for k in ("format", "codes", "names", "patients") if k not in data.files]
             if missing:
-                raise ValueError(f"{path}: not a cianet hash index (missing {', '.join(missing)})")
+                raise InputError(f"{path}: not a cianet hash index (missing {', '.join(missing)})")
             fmt = str(data["format"])
             if fmt != _FORMAT:
-                raise ValueError(f"{path}: not a cianet hash index (format {fmt!r}, expected {_FORMAT!r})")
+                raise InputError(f"{path}: not a cianet hash index (format {fmt!r}, expected {_FORMAT!r})")
             codes, names, patients = data["codes"], data["names"], data["patients"]
             meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
         if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.floating):
-            raise ValueError(f"{path}: hash index codes have wrong shape/dtype {codes.shape} {codes.dtype}")
+            raise InputError(f"{path}: hash index codes have wrong shape/dtype {codes.shape} {codes.dtype}")
         if names.shape != (codes.shape[0],) or patients.shape != (codes.shape[0],):
-            raise ValueError(
+            raise InputError(
                 f"{path}: hash index has {codes.shape[0]} codes but names {names.shape}, patients {patients.shape}"
             )
         try:
             return cls(codes, names.tolist(), patients.tolist(), meta)
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+            raise InputError(f"{path}: {exc}") from None
 
     # -- queries -----------------------------------------------------------------------------------------
 
@@ -442,9 +446,9 @@ class NegativeSampler:
         if strategy not in STRATEGIES:
             raise ValueError(f"negative sampling strategy must be one of {STRATEGIES}, got {strategy!r}")
         if strategy != "canonical" and hash_index is None:
-            raise ValueError(f"negative sampling strategy {strategy!r} needs a hash index (the negative pool)")
+            raise InputError(f"negative sampling strategy {strategy!r} needs a hash index (the negative pool)")
         if hash_index is not None and len(hash_index) == 0:
-            raise ValueError("the hash index is empty: no negative images to pair with")
+            raise InputError("the hash index is empty: no negative images to pair with")
         self.strategy = strategy
         self.hash_index = hash_index
         self.seed = int(seed)
@@ -452,6 +456,11 @@ class NegativeSampler:
         #: what the codes were computed on (e.g. ``{"aligned": False}``); saved with the pairs and checked on load
         self.codes_kind = dict(codes_kind) if codes_kind is not None else None
         self._pairs: dict[str, str | None] = {}
+        self._cosine: dict[str, float] = {}  # "sim": the cosine of each pair's codes (for the run's record)
+
+    def similarity(self, name: str) -> float | None:
+        """The cosine similarity of ``name``'s "sim" pair (None: unpaired, or a file that did not record it)."""
+        return self._cosine.get(name)
 
     def _patients_arg(self, names: Sequence[str], patients: Sequence[str] | None) -> Sequence[str | None] | None:
         if not self.exclude_same_patient or patients is None:
@@ -489,13 +498,16 @@ class NegativeSampler:
             if codes.shape[0] != len(names):
                 raise ValueError(f"{codes.shape[0]} codes for {len(names)} names")
             assert self.hash_index is not None
-            found = self.hash_index.query_names(
+            rows = self.hash_index.query(
                 codes[todo],
                 exclude_names=[names[i] for i in todo],
                 exclude_patients=[pats[i] for i in todo] if pats is not None else None,
             )
-            for i, neg in zip(todo, found):
-                self._pairs[names[i]] = neg
+            unit = _normalize(codes[todo])
+            for i, row, code in zip(todo, rows, unit):
+                self._pairs[names[i]] = self.hash_index.names[row] if row >= 0 else None
+                if row >= 0:
+                    self._cosine[names[i]] = float(np.dot(code.astype(np.float64), self.hash_index.codes[row]))
         return [self._pairs[n] for n in names]
 
     def _random_one(self, name: str, patient: str | None, epoch: int) -> str | None:
@@ -558,6 +570,7 @@ class NegativeSampler:
                 "exclude_same_patient": self.exclude_same_patient,
                 "codes": self.codes_kind if self.codes_kind is not None else {"aligned": False},
                 "pairs": self._pairs,
+                "cosine": {n: round(c, 6) for n, c in self._cosine.items()},
             },
         )
 
@@ -573,28 +586,29 @@ class NegativeSampler:
         try:
             obj = json.loads(path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: negative pairs file not found") from None
+            raise MissingPathError(f"{path}: negative pairs file not found") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not a negative pairs file ({exc})") from None
+            raise InputError(f"{path}: not a negative pairs file ({exc})") from None
         if not isinstance(obj, dict) or obj.get("format") != _PAIRS_FORMAT or not isinstance(obj.get("pairs"), dict):
-            raise ValueError(f"{path}: not a cianet negative pairs file")
+            raise InputError(f"{path}: not a cianet negative pairs file")
         made_with = obj.get("codes") or {"aligned": False}  # files of older versions: unaligned codes
         if self.codes_kind is not None and made_with != self.codes_kind:
-            from cianet.errors import InputError
 
             raise InputError(f"{path}: pairs were made with hash codes {made_with}, but this run's codes are "
                              f"{self.codes_kind} (negatives.aligned_codes / align.checkpoint changed?); delete "
                              "it to re-pair, or run with the settings it was made with")
         if obj.get("index_fingerprint") != self.hash_index.fingerprint():
-            raise ValueError(f"{path}: pairs were made with a different hash index; delete it to re-pair")
+            raise InputError(f"{path}: pairs were made with a different hash index; delete it to re-pair")
         if bool(obj.get("exclude_same_patient")) != self.exclude_same_patient:
-            raise ValueError(f"{path}: pairs were made with exclude_same_patient={obj.get('exclude_same_patient')}")
+            raise InputError(f"{path}: pairs were made with exclude_same_patient={obj.get('exclude_same_patient')}")
         pool = set(self.hash_index.names)
         wrong = sorted(n for n, neg in obj["pairs"].items() if neg not in pool)
         if wrong:  # an edited file pairing a positive (or an unknown image) as the "negative"
-            from cianet.errors import InputError
 
             raise InputError(f"{path}: pairs {wrong[0]} with {obj['pairs'][wrong[0]]!r}, which is not a No Finding "
                              f"image of the negative pool ({len(wrong)} such pairs); delete the file to re-pair")
         self._pairs.update(obj["pairs"])
+        cosine = obj.get("cosine")  # absent in files of older versions
+        if isinstance(cosine, dict):
+            self._cosine.update({n: float(c) for n, c in cosine.items() if isinstance(c, (int, float))})
         return len(obj["pairs"])

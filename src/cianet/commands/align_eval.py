@@ -10,7 +10,12 @@ from cianet.commands.common import add_json_arg, print_json
 def register(sub) -> None:
     p = sub.add_parser(
         "align-eval", help="measure an alignment network: residual under known random warps (any data), against "
-                           "the phantom's true deformations, and the share of parameters at a bound")
+                           "the phantom's true deformations, and the share of parameters at a bound",
+        description="Measure an alignment network (align.pt) on --n images of a data root: (1) warp each image by "
+                    "a known random warp and report how much of it the network undoes (residual in pixels, any "
+                    "data set); (2) on a `cianet synth` phantom, the residual to its recorded true deformations; "
+                    "(3) the share of predicted parameters pressed against their bounds. Writes nothing unless "
+                    "--out.")
     p.add_argument("--align", required=True, help="align.pt (or the folder holding it)")
     p.add_argument("--data-root", required=True,
                    help="data folder, layout: --dataset (a phantom's synth_truth.csv is used when present)")

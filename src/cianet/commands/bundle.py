@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
                    help="arithmetic of the bank's attention maps (default fp32: the stored maps do not depend on "
                         "the machine; bf16: bfloat16 autocast; auto: bf16 on CPUs with native bfloat16)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it exists (only that file; without it an existing file is refused)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bundle)
 
@@ -62,6 +64,9 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         raise UsageError(f"--bank-size must be >= 1, got {args.negatives}")
     if not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
+    from cianet.utils.outputs import refuse_replace
+
+    refuse_replace(args.out, args.overwrite)
     bundle = bundle_from_run(args.run, n_negatives=args.negatives, data_root=args.data_root, cache=args.cache,
                              thresholds=args.threshold, include_images=args.with_negative_images, seed=args.seed,
                              device=args.device, progress=not args.no_progress, precision=args.precision,
@@ -95,7 +100,10 @@ def bundle_info(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise MissingPathError(f"bundle {path} does not exist")
     if is_safetensors(path):
-        desc = read_header(path)
+        from cianet.run.bundle_file import load_bundle
+
+        desc = read_header(path)  # the header's checks first: they refuse a crafted file before any allocation
+        load_bundle(path)  # then everything predict checks: the tensors, their SHA-256, the label sets
         header, tensors = desc["bundle"], desc["tensors"]
     else:  # format 1: a torch.save dict, loaded safely; it has no card
         from cianet.run.bundle_file import load_bundle
@@ -108,8 +116,17 @@ def bundle_info(args: argparse.Namespace) -> int:
     if args.json:
         print_json(args, header)
         return 0
-    print(format_card(header, tensors))
+    print(printable(format_card(header, tensors)))
+    if tensors is not None:
+        print("tensor data: SHA-256 verified" if desc["checksum"] else
+              "tensor data: no SHA-256 stored (a bundle from before checksums): not verified; rebuild it to add one")
     if tensors is None:
         print(f"note: {path} is a format-1 bundle (torch.save, no model card; its config and bank may hold local "
               "paths and training image names): rebuild it with `cianet bundle --run RUN --out FILE`")
     return 0
+
+
+def printable(text: str) -> str:
+    """``text`` without control characters (ANSI escapes, carriage returns, bells) but its line breaks: a card
+    is data from a file, and never drives the terminal."""
+    return "".join(c for c in text if c in "\n\t" or (c.isprintable() and c not in "\u2028\u2029"))

@@ -19,7 +19,14 @@ def parse_crop(text: str) -> tuple[int, int, int, int]:
 
 
 def cmd_canonical(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from cianet.data.canonical import make_canonical
+    from cianet.utils.outputs import refuse_replace
+
+    out = Path(args.out)
+    for path in (out, out.with_name(f"{out.stem}_mean.png"), out.with_suffix(".json")):
+        refuse_replace(path, args.overwrite)
 
     res = make_canonical(args.data_root, args.out, n=args.n, size=args.size, seed=args.seed, crop=args.crop,
                          cache=args.cache, entry_csv=args.entry_csv, progress=False if args.no_progress else (True if args.progress else None),
@@ -40,7 +47,10 @@ def cmd_canonical(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "canonical", help="build the canonical chest: mean of random No Finding images cropped to the lungs")
+        "canonical", help="build the canonical chest: mean of random No Finding images cropped to the lungs",
+        description="Average --n random No Finding images at --image-size, find the lungs' box in the mean and "
+                    "write OUT.png (the canonical chest the alignment network is trained towards), OUT_mean.png "
+                    "(the whole mean) and OUT.json (the crop, the images used, the settings).")
     p.add_argument("--data-root", required=True, help="data folder (metadata table and images; layout: --dataset)")
     p.add_argument("--entry-csv", default=None, help="entry CSV instead of Data_Entry_2017[_v2020].csv")
     p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default="auto",
@@ -56,5 +66,7 @@ def register(subparsers) -> None:
     p.add_argument("--cache", default=None, help="image cache folder (`cianet prepare`) to read images from")
     p.add_argument("--progress", action="store_true", help="force the progress bar")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it exists (only that file and its _mean.png and .json siblings; without it an existing file is refused)")
     add_json_arg(p, "the files written, the images averaged and the crop")
     p.set_defaults(func=cmd_canonical)

@@ -62,9 +62,32 @@ def add_dataset_args(p) -> None:
                    help="map the data set's classes to ChestX-ray14's (cross-data-set evaluation; docs/method.md)")
 
 
+def recipe_default(section: str, key: str) -> str:
+    """``"paper X, tiny Y"``: a config value in the two built-in recipes, for the help of a flag that sets it."""
+    values = []
+    for recipe in ("paper", "tiny"):
+        try:
+            values.append(f"{recipe} {getattr(getattr(_recipe(recipe), section), key)}")
+        except (AttributeError, ValueError, OSError):
+            continue
+    return ", ".join(values) or "the recipe's"
+
+
+_RECIPES: dict = {}
+
+
+def _recipe(name: str):
+    from cianet.config import load_config
+
+    if name not in _RECIPES:  # read once per process however many flags ask
+        _RECIPES[name] = load_config(name)
+    return _RECIPES[name]
+
+
 def add_config_args(p: argparse.ArgumentParser, default_config: str = "paper") -> None:
     g = p.add_argument_group("configuration (flags override the config file; --set overrides anything)")
-    g.add_argument("--config", default=default_config, help=f"recipe name (paper, tiny) or YAML file (default {default_config})")
+    shown = default_config or "paper; `experiment evidence` on phantoms: tiny"
+    g.add_argument("--config", default=default_config, help=f"recipe name (paper, tiny) or YAML file (default {shown})")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config value, e.g. --set optim.lr=0.01 (repeatable)")
     g.add_argument("--data-root", help="data folder (layout: --dataset)")
@@ -72,15 +95,19 @@ def add_config_args(p: argparse.ArgumentParser, default_config: str = "paper") -
     g.add_argument("--entry-csv", help="Data_Entry csv (default: found at the data root)")
     g.add_argument("--bbox-csv", help="BBox_List csv (default: found at the data root)")
     g.add_argument("--cache", help="image cache folder from `cianet prepare` (same --image-size)")
-    g.add_argument("--out", help="output folder (train: the run; train-align: default runs/align; experiment: "
-                                 "default runs/NAME)")
+    command = p.prog.split()[-1]  # the help of each command says its own defaults, not the others'
+    align = command == "train-align"
+    g.add_argument("--out", help={"train": "the run folder (default: the recipe's run.out, " + recipe_default("run", "out")
+                                  + ")", "train-align": "output folder (default runs/align)",
+                                  "experiment": "output folder (default runs/NAME)"}.get(command, "output folder"))
     g.add_argument("--image-size", type=int, help="data.image_size: network input size (multiple of 32)")
-    g.add_argument("--backbone", help="model.backbone (train-align: align.backbone): resnet18 | resnet34 | resnet50 | "
-                                      "resnet101")
-    g.add_argument("--epochs", type=int, help="optim.epochs (train-align: align.epochs)")
-    g.add_argument("--batch-size", type=int, help="optim.batch_size (train-align: align.batch_size)")
-    g.add_argument("--lr", type=float, help="optim.lr (train-align: align.lr)")
-    g.add_argument("--workers", type=int, help="DataLoader worker processes")
+    sec = "align" if align else "optim"
+    g.add_argument("--backbone", help=f"{'align' if align else 'model'}.backbone: resnet18 | resnet34 | resnet50 | "
+                                      f"resnet101 (default: {recipe_default('align' if align else 'model', 'backbone')})")
+    g.add_argument("--epochs", type=int, help=f"{sec}.epochs (default: {recipe_default(sec, 'epochs')})")
+    g.add_argument("--batch-size", type=int, help=f"{sec}.batch_size (default: {recipe_default(sec, 'batch_size')})")
+    g.add_argument("--lr", type=float, help=f"{sec}.lr (default: {recipe_default(sec, 'lr')})")
+    g.add_argument("--workers", type=int, help=f"DataLoader worker processes (default: {recipe_default('data', 'workers')})")
     g.add_argument("--device", help="run.device: auto | cpu | cuda | cuda:N (default: the recipe's; paper auto, "
                                     "tiny cpu)")
     g.add_argument("--seed", type=int, help="run.seed (default: the recipe's, 0)")
@@ -110,6 +137,7 @@ def config_from_args(args: argparse.Namespace):
         ("data", "max_images"): "max_images", ("align", "canonical"): "canonical",
         ("model", "pretrained"): "pretrained", ("align", "pretrained"): "align_pretrained",
         ("model", "kind"): "model", ("negatives", "strategy"): "negatives", ("negatives", "hash_index"): "hash_index",
+        ("negatives", "prior_fallback"): "prior_fallback",
         ("protocol", "fold"): "fold", ("protocol", "annotated_ratio"): "annotated_ratio",
         ("protocol", "unannotated_ratio"): "unannotated_ratio", ("protocol", "splits"): "splits",
     }

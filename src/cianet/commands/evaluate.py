@@ -36,31 +36,61 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+#: what `cianet evaluate` writes into its folder (the run's, or --out): claimed in the folder's manifest
+EVALUATE_FILES = ("metrics.json", "metrics.md", "predictions.npz", "roc.png", "pr.png", "localization.png",
+                  "loss.png", "negatives.csv", "negatives.json")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cianet.evaluation.evaluate import evaluate_run
     from cianet.errors import UsageError
+    from cianet.utils.outputs import writing_into
 
     if args.bootstrap < 0:
         raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if args.out:
         if not args.data_root:
             raise UsageError("--out scores the run on another data set: give that data set's --data-root")
-        from cianet.evaluation.cross_dataset import evaluate_on_dataset
+        import contextlib
 
-        metrics = evaluate_on_dataset(args.run, args.data_root, args.out, dataset=args.dataset or "auto",
-                                      label_map=args.label_map, box_merge=args.box_merge, merge_iou=args.merge_iou,
-                                      entry_csv=args.entry_csv, bbox_csv=args.bbox_csv, device=args.device,
-                                      progress=not args.no_progress, n_boot=args.bootstrap, precision=args.precision)
+        from cianet.evaluation.cross_dataset import evaluate_on_dataset
+        from cianet.utils.outputs import check_claimable, claim_output
+
+        # a folder of its own: new, empty or an earlier cross-data-set evaluation's, never a user's files (the run
+        # folder itself is refused by evaluate_on_dataset, naming it); a new one is made only once the data passed
+        out = Path(args.out)
+        run_dir = Path(args.run).parent if Path(args.run).is_file() else Path(args.run)
+        if not (out.exists() and run_dir.exists() and out.resolve() == run_dir.resolve()):
+            check_claimable(out, "evaluate", adopt=EVALUATE_FILES, adopt_if=("metrics.json",))
+        existing = out.is_dir()
+        with writing_into(out, "cianet evaluate") if existing else contextlib.nullcontext():
+            metrics = evaluate_on_dataset(args.run, args.data_root, args.out, dataset=args.dataset or "auto",
+                                          label_map=args.label_map, box_merge=args.box_merge,
+                                          merge_iou=args.merge_iou, entry_csv=args.entry_csv, bbox_csv=args.bbox_csv,
+                                          device=args.device, progress=not args.no_progress, n_boot=args.bootstrap,
+                                          precision=args.precision)
+        claim_output(out, "evaluate", adopt=("*",))  # checked above: new, empty or an earlier evaluate's
+        from cianet.utils.outputs import record_outputs
+
+        record_outputs(out, [name for name in EVALUATE_FILES if (out / name).is_file()])
     else:
         given = [f for f, v in (("--label-map", args.label_map), ("--box-merge", args.box_merge),
                                 ("--merge-iou", args.merge_iou), ("--entry-csv", args.entry_csv),
                                 ("--bbox-csv", args.bbox_csv)) if v is not None]
         if given:  # the run's own split is scored on the data and classes it trained with
             raise UsageError(f"{', '.join(given)} only apply to a cross-data-set evaluation: add --out DIR")
-        metrics = evaluate_run(args.run, device=args.device, progress=not args.no_progress, data_root=args.data_root,
-                               n_boot=args.bootstrap, precision=args.precision, dataset=args.dataset)
+        run = Path(args.run)
+        if not run.exists():
+            from cianet.errors import MissingPathError
+
+            raise MissingPathError(f"--run {run}: no such run folder")
+        with writing_into(run.parent if run.is_file() else run, "cianet evaluate", EVALUATE_FILES):
+            metrics = evaluate_run(args.run, device=args.device, progress=not args.no_progress,
+                                   data_root=args.data_root, n_boot=args.bootstrap, precision=args.precision,
+                                   dataset=args.dataset)
     if args.json:
-        keys = ("localization", "auc", "n_images", "n_boxes", "precision", "ci", "plots", "cross_dataset")
+        keys = ("localization", "auc", "pointing_game", "val_threshold", "n_images", "n_boxes", "precision", "ci",
+                "plots", "cross_dataset")
         print_json(args, {k: metrics[k] for k in keys if k in metrics})
     else:
         run = Path(args.out or args.run)

@@ -21,12 +21,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17, default 18)")
     p.add_argument("--static-batch", action="store_true", help="fixed batch size 2 instead of a dynamic axis")
     p.add_argument("--no-alignment", action="store_true", help="do not export the alignment network")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it exists (only that file and its .align.onnx and .negatives.npz siblings; without it an existing file is refused)")
     add_json_arg(p, "the files written and the exporter used")
     p.set_defaults(func=cmd_export_onnx)
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from cianet.inference.onnx_export import export_onnx
+    from cianet.utils.outputs import refuse_replace
+
+    out = Path(args.out)
+    for path in (out, out.with_name(out.stem + ".align.onnx"), out.with_name(out.stem + ".negatives.npz")):
+        refuse_replace(path, args.overwrite)
 
     res = export_onnx(args.model, args.out, opset=args.opset, dynamic_batch=not args.static_batch,
                       alignment=not args.no_alignment)

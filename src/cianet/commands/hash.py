@@ -22,8 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", required=True, help="data folder (metadata table and images; layout: --dataset)")
     p.add_argument("--out", required=True, help="output index file (.npz)")
     p.add_argument("--cache", default=None, help="image cache folder from `cianet prepare` (read instead of files)")
-    p.add_argument("--hash-size", "--size", dest="size", type=int, default=16,
+    p.add_argument("--hash-size", dest="size", type=int, default=16,
                    help="hash side: codes have SIZE*SIZE entries (default 16)")
+    # --size means the image size on every other command: here it is refused with the new name, never misread
+    p.add_argument("--size", dest="old_size", default=None, help=argparse.SUPPRESS)
     p.add_argument("--entry-csv", default=None, help="entry CSV to use instead of Data_Entry_2017[_v2020].csv")
     p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default="auto",
                    help="layout of the data root (default: detected from its files)")
@@ -37,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: the cache's size)")
     p.add_argument("--device", default="auto", help="with --align: where the alignment network runs (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it exists (only that file; without it an existing file is refused)")
     add_json_arg(p, "the index written and its counts")
     p.set_defaults(func=cmd_hash)
 
@@ -45,6 +49,12 @@ def cmd_hash(args: argparse.Namespace) -> int:
     from cianet.run.pairing import hash_data_root
 
     from cianet.errors import MissingPathError, UsageError
+    from cianet.utils.outputs import refuse_replace
+
+    if args.old_size is not None:
+        raise UsageError(f"--size {args.old_size}: on `cianet hash` the hash side is --hash-size (--size is the "
+                         "image size on every other command; the hash reads the images at the cache's size)")
+    refuse_replace(args.out, args.overwrite)
 
     if args.align is None and args.image_size is not None:
         raise UsageError("--image-size only applies with --align")

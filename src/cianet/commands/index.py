@@ -8,7 +8,12 @@ from cianet.commands.common import add_json_arg, add_root_args, print_json
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("index", help="summarize a data root (NIH, RSNA, VinDr-CXR, CSV): labels, boxes, files")
+    p = subparsers.add_parser(
+        "index", help="summarize a data root (NIH, RSNA, VinDr-CXR, CSV): labels, boxes, files",
+        description="Read a data root's metadata tables (its layout detected, or --dataset) and print a summary: "
+                    "images, patients, No Finding images, annotated images and boxes per class, image files missing "
+                    "under the root, label counts. Nothing is written. --strict turns the warnings about boxes "
+                    "outside their image or of an unknown class into errors.")
     add_root_args(p)
     add_json_arg(p, "the summary (instead of the table)")
     p.set_defaults(func=cmd_index)
@@ -33,6 +38,15 @@ def print_summary(s: dict) -> None:
     print("images per label")
     for lab, n in s["per_label"].items():
         print(f"  {lab:<20}{n:>6,}")
+    if s.get("pool_only"):
+        print(f"pool-only        {s['pool_only']:,} No Finding images that serve only as negatives (pool_only.txt)")
+    if s.get("with_prior") is None:
+        print(f"prior studies    {s.get('priors_note', 'none')}")
+    else:
+        print(f"prior studies    earlier No Finding study of the same patient: {s['with_prior']:,} images, "
+              f"{s['positives_with_prior']:,} with a finding, {s['boxed_with_prior']:,} with a box")
+        print(f"                 at any other follow-up: {s['with_prior_any']:,} images, "
+              f"{s['positives_with_prior_any']:,} with a finding, {s['boxed_with_prior_any']:,} with a box")
     if s["official_train_val"] is not None or s["official_test"] is not None:
         print(f"official lists   train_val {s['official_train_val']}, test {s['official_test']}")
 

@@ -32,6 +32,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--include-dicom-metadata", action="store_true",
                    help="add Modality, ViewPosition, BodyPartExamined, pixel spacing... of DICOM inputs to the JSON")
     p.add_argument("--connectivity", type=int, choices=(4, 8), default=8, help="cell connectivity of a box region (default 8)")
+    p.add_argument("--threshold", type=float, default=None, metavar="P",
+                   help="report a box class's regions when its image probability reaches P, for every class "
+                        "(default: the bundle's per-class thresholds, `cianet bundle info`; 0.5 unless set)")
+    priors = p.add_mutually_exclusive_group()
+    priors.add_argument("--prior", metavar="FILE",
+                        help="the patient's earlier No Finding study, contrasted with the one image given instead of "
+                             "the bundle's bank (a model trained with --negatives prior); the record names it as "
+                             "its negative")
+    priors.add_argument("--priors", metavar="CSV",
+                        help="a CSV with the header image,prior and one row per image (paths relative to the CSV's "
+                             "folder): each image is contrasted with its prior; images not in it use the bank")
     p.add_argument("--mode", choices=("bank", "recompute"), default="bank",
                    help="bank: the negative's stored M- (default); recompute: its stored image through the network")
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="auto",
@@ -49,20 +60,88 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cianet.inference.batch import predict_files
+    from pathlib import Path
+
+    from cianet.errors import UsageError
+    from cianet.inference.batch import predict_files, read_prior_table
     from cianet.utils.outputs import journal_outputs, owned_output
 
+    from cianet.inference.batch import check_threshold
+
+    check_threshold(args.threshold)  # exit 2 before anything is claimed or written
+    priors = None
+    if args.prior is not None:
+        if len(args.paths) != 1 or not Path(args.paths[0]).is_file():
+            raise UsageError("--prior goes with exactly one image file; for several images use --priors CSV")
+        priors = {args.paths[0]: args.prior}
+        check_prior(args.prior, args.paths[0])  # exit 2 before anything is claimed or written
+    elif args.priors is not None:
+        priors = read_prior_table(args.priors)
+
+    check_before_claiming(args)
     with owned_output(args.out, "predict", overwrite=args.overwrite) as out:  # one writer; never mixes two runs
         res = predict_files(args.paths, args.model, args.out, batch_size=args.batch_size, device=args.device,
                             overlay=not args.no_overlay, heatmaps=not args.no_heatmaps,
                             include_dicom_metadata=args.include_dicom_metadata,
                             connectivity=args.connectivity, mode=args.mode, precision=args.precision,
-                            prefetch=args.prefetch, record=lambda names: journal_outputs(out, names),
+                            prefetch=args.prefetch, record=lambda names: journal_outputs(out, names), priors=priors,
+                            threshold=args.threshold,
                             progress=False if args.no_progress else None)
     if args.json:
         print_json(args, {"out": str(res.out), "images": res.images, "predicted": res.predicted, "boxes": res.boxes,
-                          "errors": res.errors})
+                          "errors": res.errors, "negatives": negatives_used(res.out)})
     else:
         print(f"predicted {res.predicted} of {res.images} images ({res.boxes} boxes, {len(res.errors)} errors) "
               f"-> {res.out}")
     return 0 if res.predicted and not (args.strict and res.errors) else 1
+
+
+def check_before_claiming(args: argparse.Namespace) -> None:
+    """The errors a user can make in the flags, found before --out is claimed: a refused command leaves no
+    folder behind. The bundle's header is checked too (cheap: no tensors read)."""
+    from pathlib import Path
+
+    from cianet.errors import MissingPathError, UsageError
+    from cianet.run.bundle_format import is_safetensors, read_header
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.prefetch is not None and args.prefetch < 0:
+        raise UsageError(f"--prefetch must be >= 0, got {args.prefetch}")
+    model = Path(args.model)
+    if not model.is_file():
+        raise MissingPathError(f"--model {model}: no such bundle file (make one with `cianet bundle`)")
+    if is_safetensors(model):
+        read_header(model)
+
+
+def check_prior(prior: str, image: str) -> None:
+    """``--prior``: an existing, readable image file that is not the image itself; else an error naming it."""
+    from pathlib import Path
+
+    from cianet.data.io import XrayReadError, load_xray
+    from cianet.errors import InputError, MissingPathError, UsageError
+
+    if not Path(prior).is_file():
+        raise MissingPathError(f"--prior {prior} does not exist" if not Path(prior).exists()
+                               else f"--prior {prior} is not a file")
+    if Path(prior).resolve() == Path(image).resolve():
+        raise UsageError(f"--prior {prior} is the image itself: an image is never its own negative")
+    try:
+        load_xray(prior)
+    except (XrayReadError, OSError) as exc:
+        raise InputError(f"--prior {prior} cannot be read: {exc}") from None
+
+
+def negatives_used(out) -> list[dict[str, str]]:
+    """Per predicted image, the negative it was contrasted with and where it came from (prior, bank,
+    canonical), from the run's predictions.csv."""
+    import csv
+    from pathlib import Path
+
+    path = Path(out) / "predictions.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{"file": r["file"], "negative": r.get("negative", ""), "negative_source": r.get("negative_source", "")}
+                for r in csv.DictReader(fh) if r.get("status") == "ok"]

@@ -46,10 +46,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="images per patient, drawn uniformly (default 1 4)")
     p.add_argument("--backgrounds", metavar="DIR", default=None,
                    help="draw findings into real No Finding X-rays from DIR (DIR/images when present; "
-                        "an NIH Data_Entry CSV in DIR selects the No Finding ones) instead of the phantom anatomy")
+                        "an NIH Data_Entry CSV in DIR selects the No Finding ones) instead of the phantom anatomy. "
+                        "Each radiograph is one patient, never shared (its follow-ups are re-acquisitions of it: "
+                        "position, breath, exposure, noise), so N radiographs yield at most N patients, about "
+                        "N x (MIN + MAX) / 2 images (2.5 N with the default 1 4); too few is an error")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
     p.add_argument("--twins", action="store_true",
-                   help="also write each positive image's finding-free twin to OUT/twins (oracle negatives)")
+                   help="also write for every image, No Finding included, a finding-free re-render of the same "
+                        "patient under an independent acquisition (own pose change, breath, exposure, noise) to "
+                        "OUT/twins: the negatives of the oracle, an upper bound (nih layout only)")
+    p.add_argument("--extra-negatives", type=int, default=0, metavar="N",
+                   help="add N No Finding images of N new patients that serve only as negatives (the hash pool), "
+                        "listed in OUT/pool_only.txt; runs never train, validate or test on them, and the other "
+                        "images are those written without this flag (nih layout only; default 0)")
+    p.add_argument("--prior-share", type=_share, default=None, metavar="F",
+                   help="arrange each patient's studies so that the share F of the patients with a finding has a "
+                        "No Finding first study (a prior for every finding) and the others none before their "
+                        "findings (cianet.data.priors). Default: as drawn, about half of them with the default "
+                        "shares; an F the patients cannot reach (single-study patients) is an error")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -77,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         no_finding_share=args.no_finding_share,
         overwrite=args.overwrite,
         twins=args.twins,
+        extra_negatives=args.extra_negatives,
+        prior_share=args.prior_share,
     )
     if args.json:
         print_json(args, summary)

@@ -6,24 +6,38 @@ import argparse
 import json
 
 from cianet.commands.common import (PRETRAINED_HELP, add_config_args, add_json_arg, add_precision_arg,
-                                    config_from_args, print_json, run_result)
+                                    config_from_args, print_json, recipe_default, run_result)
+from cianet.config import BASE_STRATEGIES, NEGATIVE_STRATEGIES
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train CIA-Net or the baseline on a protocol (paper 3.2-3.3)")
+    p = sub.add_parser(
+        "train", help="train CIA-Net or the baseline on a protocol (paper 3.2-3.3)",
+        description="Train CIA-Net (or the baseline of Li et al.) on a protocol of the paper: the recipe "
+                    "(--config paper or tiny, or a YAML file), then the flags, then every --set. Writes the run "
+                    "folder (config.yaml, split.json, checkpoint.pt, log.jsonl) and scores the last epoch on the "
+                    "test split (metrics.json); `cianet evaluate --run OUT` adds curves and intervals. Flags left "
+                    "out take the recipe's value.")
     add_config_args(p)
     add_precision_arg(p)
     g = p.add_argument_group("model and protocol")
-    g.add_argument("--model", choices=["cianet", "baseline"], help="model.kind (both recipes: cianet)")
+    g.add_argument("--model", choices=["cianet", "baseline"], help="model.kind (default: cianet in both recipes)")
     g.add_argument("--pretrained", metavar="imagenet|none|PATH", help=f"model.pretrained: {PRETRAINED_HELP}")
     g.add_argument("--align", help="alignment checkpoint (align.pt or its run folder), or 'none'")
-    g.add_argument("--negatives", choices=["sim", "random", "canonical", "oracle"],
-                   help="negative sampling (paper Table 5); oracle: the phantom's twins (`cianet synth --twins`)")
+    g.add_argument("--negatives", choices=list(NEGATIVE_STRATEGIES),
+                   help="negatives.strategy, what each image is contrasted with (docs/method.md, Negative "
+                        "sampling): " + "; ".join(f"{k}: {v.description}" for k, v in NEGATIVE_STRATEGIES.items())
+                        + f" (default: {recipe_default('negatives', 'strategy')})")
+    g.add_argument("--prior-fallback", choices=list(BASE_STRATEGIES),
+                   help="negatives.prior_fallback: how prior/prior_any pair images without such a study "
+                        "(default sim)")
     g.add_argument("--hash-index", help="hash index from `cianet hash` (default: built for the run)")
     g.add_argument("--splits", help="splits JSON from `cianet splits` (default: made from --seed)")
-    g.add_argument("--fold", type=int, help="localization fold 0-4")
-    g.add_argument("--annotated-ratio", type=float, help="share of annotated images with boxes: 0, 0.4, 0.8")
-    g.add_argument("--unannotated-ratio", type=float, help="share of unannotated images: 0.5 or 1.0")
+    g.add_argument("--fold", type=int, help=f"localization fold 0-4 (default: {recipe_default('protocol', 'fold')})")
+    g.add_argument("--annotated-ratio", type=float, help="share of annotated images with boxes: 0, 0.4, 0.8 "
+                                                          f"(default: {recipe_default('protocol', 'annotated_ratio')})")
+    g.add_argument("--unannotated-ratio", type=float, help="share of unannotated images: 0.5 or 1.0 (default: "
+                                                            f"{recipe_default('protocol', 'unannotated_ratio')})")
     g.add_argument("--unannotated-only", action="store_true", help="paper Table 2: no boxes; test on all annotated")
     g.add_argument("--classification", action="store_true", help="the 70/10/20 classification split (Table 4)")
     g.add_argument("--official", action="store_true", help="with --classification: NIH's official lists")
@@ -48,12 +62,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = fit(cfg, resume=args.resume)
     if not is_main_process():  # under torchrun only rank 0 reports
         return 0
+    from cianet.run.pairing import NEGATIVES_JSON, counts_line
+
+    negatives = json.loads((out / NEGATIVES_JSON).read_text()) if (out / NEGATIVES_JSON).is_file() else None
     if args.json:
-        print_json(args, run_result(out))
+        print_json(args, {**run_result(out), "negatives": negatives})
         return 0
     metrics = json.loads((out / "metrics.json").read_text())
     loc = metrics["localization"]
     print(f"run: {out}")
+    if negatives is not None:
+        print(f"{counts_line(negatives)} (per image: {out / 'negatives.csv'})")
     print(f"mean AUC {metrics['auc']['Mean']}; mean localization accuracy "
           + ", ".join(f"T={t}: {v['Mean']}" for t, v in loc.items() if t in ("0.1", "0.3", "0.5", "0.7")))
     return 0

@@ -34,9 +34,27 @@ def box_problems(records: Iterable) -> list[str]:
                 problems.append(f"{where} has no area")
             elif b.label not in rec.labels:
                 problems.append(f"{where} names a finding the image does not have ({'|'.join(rec.labels) or 'No Finding'})")
-            elif size is not None and (b.x >= size[0] or b.y >= size[1] or b.x + b.w <= 0 or b.y + b.h <= 0):
+            elif size is not None and not inside_image(b, size):
                 problems.append(f"{where} lies outside the {size[0]}x{size[1]} image")
     return problems
+
+
+#: pixels by which a box may be larger than its image (annotation tools round their corners)
+EDGE_TOLERANCE = 1.0
+#: the least share of a box's area that must lie on its image (a box cut by the edge is fine; one mostly
+#: beyond it is not)
+MIN_INSIDE_SHARE = 0.25
+
+
+def inside_image(box, size: tuple[int, int]) -> bool:
+    """Whether ``box`` lies on the ``(W, H)`` image: no larger than the image and at least
+    ``MIN_INSIDE_SHARE`` of it inside. (100, 100, 99999, 99999) on a 1024 px image is a data error even though
+    a corner of it covers the image."""
+    if box.w > size[0] + EDGE_TOLERANCE or box.h > size[1] + EDGE_TOLERANCE:
+        return False
+    iw = min(box.x + box.w, size[0]) - max(box.x, 0.0)
+    ih = min(box.y + box.h, size[1]) - max(box.y, 0.0)
+    return iw > 0 and ih > 0 and iw * ih >= MIN_INSIDE_SHARE * box.w * box.h - 1e-9
 
 
 def check_boxes(records: Iterable, where: str, strict: bool) -> int:
@@ -46,7 +64,9 @@ def check_boxes(records: Iterable, where: str, strict: bool) -> int:
 
     bad = box_problems(records)
     if bad and strict:
-        raise ValueError(f"{where}: {len(bad)} bad boxes: {few(bad)}")
+        from cianet.errors import InputError
+
+        raise InputError(f"{where}: {len(bad)} bad boxes: {few(bad)}")
     if bad:
         print(f"warning: {where}: {len(bad)} bad boxes (kept): {few(bad)} (--strict makes this an error)",
               file=sys.stderr)

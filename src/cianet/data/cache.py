@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from cianet.data.io import DEFAULT_MAX_PIXELS, XrayReadError, load_xray, resize_gray, to_uint8
-from cianet.errors import InputError
+from cianet.errors import InputError, MissingPathError, UsageError
 from cianet.utils.atomic import atomic_path, atomic_write_json
 from cianet.utils.progress import progress_enabled
 from cianet.utils.outputs import LOCK, output_lock
@@ -94,7 +94,7 @@ class ImageCache:
         arr = cache.array  # checks images.npy against the index
         expected = (len(cache.all_names), cache.size, cache.size)
         if arr.shape != expected or arr.dtype != np.uint8:
-            raise ValueError(
+            raise InputError(
                 f"{cache_dir / IMAGES_FILE}: array {arr.dtype} {arr.shape} does not match {INDEX_FILE} "
                 f"(uint8 {expected}); rebuild the cache with `cianet prepare`"
             )
@@ -106,11 +106,11 @@ class ImageCache:
         if self._array is None:
             path = self.cache_dir / IMAGES_FILE
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: image array missing; rebuild the cache with `cianet prepare`")
+                raise MissingPathError(f"{path}: image array missing; rebuild the cache with `cianet prepare`")
             try:
                 self._array = np.load(path, mmap_mode="r")
             except (ValueError, OSError) as exc:
-                raise ValueError(f"{path}: unreadable image array ({exc})") from exc
+                raise InputError(f"{path}: unreadable image array ({exc})") from exc
         return self._array
 
     def __getstate__(self) -> dict[str, Any]:
@@ -156,18 +156,18 @@ def _read_index(cache_dir: Path) -> dict[str, Any]:
     path = cache_dir / INDEX_FILE
     if not path.is_file():
         hint = " (a build was interrupted: rerun `cianet prepare` to finish it)" if (cache_dir / PLAN_FILE).exists() else ""
-        raise FileNotFoundError(f"{cache_dir}: not a built image cache, {INDEX_FILE} missing{hint}")
+        raise MissingPathError(f"{cache_dir}: not a built image cache, {INDEX_FILE} missing{hint}")
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable cache index ({exc})") from exc
+        raise InputError(f"{path}: unreadable cache index ({exc})") from exc
     missing = [k for k in ("size", "names", "original_sizes") if k not in index]
     if missing or not isinstance(index.get("names"), list):
-        raise ValueError(f"{path}: not a cianet cache index (missing {', '.join(missing) or 'names list'})")
+        raise InputError(f"{path}: not a cianet cache index (missing {', '.join(missing) or 'names list'})")
     if index.get("format", FORMAT_VERSION) != FORMAT_VERSION:
-        raise ValueError(f"{path}: cache format {index.get('format')} not supported (expected {FORMAT_VERSION})")
+        raise InputError(f"{path}: cache format {index.get('format')} not supported (expected {FORMAT_VERSION})")
     if len(index["original_sizes"]) != len(index["names"]):
-        raise ValueError(f"{path}: {len(index['names'])} names but {len(index['original_sizes'])} original sizes")
+        raise InputError(f"{path}: {len(index['names'])} names but {len(index['original_sizes'])} original sizes")
     return index
 
 
@@ -358,20 +358,20 @@ def build_cache(
     say = log or (lambda _msg: None)
     size = int(size)
     if size <= 0:
-        raise ValueError(f"cache image size must be positive, got {size}")
+        raise InputError(f"cache image size must be positive, got {size}")
     if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        raise InputError(f"chunk_size must be positive, got {chunk_size}")
     names = [str(n) for n, _ in names_and_paths]
     paths = [os.fspath(p) for _, p in names_and_paths]
     if not names:
-        raise ValueError("no images to cache (empty image list)")
+        raise InputError("no images to cache (empty image list)")
     if len(set(names)) != len(names):
         seen: set[str] = set()
         dups = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
-        raise ValueError(f"image names must be unique; duplicated: {', '.join(dups[:5])}{', ...' if len(dups) > 5 else ''}")
+        raise InputError(f"image names must be unique; duplicated: {', '.join(dups[:5])}{', ...' if len(dups) > 5 else ''}")
     cache_dir = Path(cache_dir)
     if cache_dir.exists() and not cache_dir.is_dir():
-        raise FileNotFoundError(f"{cache_dir}: cache location exists and is not a folder")
+        raise MissingPathError(f"{cache_dir}: cache location exists and is not a folder")
     cache_dir.mkdir(parents=True, exist_ok=True)
     with output_lock(cache_dir, "cianet prepare"):  # two builds into one folder would corrupt each other
         return _build_locked(names, paths, size, cache_dir, workers, progress, chunk_size, max_pixels, on_chunk,
@@ -589,7 +589,6 @@ def images_of_root(data_root: str | os.PathLike, entry_csv: str | None = None, a
     with ``all_files`` every PNG/JPEG/DICOM file below it (no CSV read)."""
     from cianet.data.layouts import open_index
     from cianet.data.tables import scan_images
-    from cianet.errors import MissingPathError
 
     say = log or (lambda msg: None)
     root = Path(data_root)
@@ -621,7 +620,6 @@ def prepare_cache(data_root: str | os.PathLike, size: int, cache_dir: str | os.P
 
     Returns the cache and the :func:`verify_cache` report (None without ``verify``).
     """
-    from cianet.errors import UsageError
 
     if size <= 0:
         raise UsageError(f"--image-size must be positive, got {size}")

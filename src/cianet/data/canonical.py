@@ -26,6 +26,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from cianet.errors import InputError, MissingPathError, UsageError
+
 log = logging.getLogger(__name__)
 
 #: Fallback crop as fractions of the side: (x0, y0, x1, y1).
@@ -39,15 +41,15 @@ def mean_image(images: Iterable[np.ndarray]) -> np.ndarray:
     for img in images:
         a = np.asarray(img, dtype=np.float64)
         if a.ndim != 2:
-            raise ValueError(f"mean_image expects (H, W) images, image {n} has shape {a.shape}")
+            raise InputError(f"mean_image expects (H, W) images, image {n} has shape {a.shape}")
         if acc is None:
             acc = np.zeros_like(a)
         elif a.shape != acc.shape:
-            raise ValueError(f"mean_image: image {n} has shape {a.shape}, expected {acc.shape}")
+            raise InputError(f"mean_image: image {n} has shape {a.shape}, expected {acc.shape}")
         acc += a
         n += 1
     if acc is None:
-        raise ValueError("mean_image: no images")
+        raise InputError("mean_image: no images")
     return (acc / n).astype(np.float32)
 
 
@@ -102,7 +104,7 @@ def search_lung_box(mean: np.ndarray, margin: float = 0.04, steps: int = 6) -> t
 
     m = np.asarray(mean, dtype=np.float64)
     if m.ndim != 2 or min(m.shape) < 16:
-        raise ValueError(f"find_lung_crop expects an (H, W) image of at least 16 px, got shape {m.shape}")
+        raise InputError(f"find_lung_crop expects an (H, W) image of at least 16 px, got shape {m.shape}")
     h, w = m.shape
     smooth = ndi.gaussian_filter(m, sigma=max(h, w) / 100.0)
     central = smooth[int(0.15 * h):int(0.70 * h), int(0.20 * w):int(0.80 * w)]
@@ -149,11 +151,11 @@ def find_lung_crop(mean: np.ndarray, margin: float = 0.04, steps: int = 6) -> tu
 def check_crop(crop: Sequence[int], shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """Validate ``(x0, y0, x1, y1)`` against an image ``shape = (H, W)``; ValueError naming the problem."""
     if len(crop) != 4:
-        raise ValueError(f"crop must be x0,y0,x1,y1, got {tuple(crop)}")
+        raise InputError(f"crop must be x0,y0,x1,y1, got {tuple(crop)}")
     x0, y0, x1, y1 = (int(v) for v in crop)
     h, w = shape
     if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-        raise ValueError(f"crop {(x0, y0, x1, y1)} is not a non-empty box inside the {w}x{h} mean image")
+        raise InputError(f"crop {(x0, y0, x1, y1)} is not a non-empty box inside the {w}x{h} mean image")
     return x0, y0, x1, y1
 
 
@@ -172,13 +174,13 @@ def select_canonical_records(index: Any, n: int = 500, seed: int = 0, cache: Any
     name so that the draw depends on ``seed`` only.
     """
     if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
+        raise InputError(f"n must be positive, got {n}")
     candidates = sorted(
         (r for r in index.records if r.no_finding and (r.path is not None or (cache is not None and r.name in cache))),
         key=lambda r: r.name,
     )
     if not candidates:
-        raise ValueError(f"{index.root}: no No Finding image found (need the image files or a cache holding them)")
+        raise InputError(f"{index.root}: no No Finding image found (need the image files or a cache holding them)")
     if len(candidates) < n:
         log.warning("only %d No Finding images available; the canonical chest averages all of them (asked %d)",
                     len(candidates), n)
@@ -222,7 +224,7 @@ def mean_of_records(records: Sequence, size: int, cache: Any = None, progress: b
     if failed:
         log.warning("canonical: skipped %d unreadable images, e.g. %s", len(failed), next(iter(failed.values())))
     if not used:
-        raise ValueError("canonical: none of the selected No Finding images could be read")
+        raise InputError("canonical: none of the selected No Finding images could be read")
     return MeanResult((acc / len(used)).astype(np.float32), used, failed)
 
 
@@ -256,7 +258,6 @@ def build_canonical(index: Any, n: int = 500, size: int = 256, seed: int = 0,
 def load_canonical(path: str | Path, size: int) -> np.ndarray:
     """The canonical chest PNG at ``path`` as float32 ``(size, size)`` in [0, 1]; the one reader of the file."""
     from cianet.data.io import load_xray, resize_gray
-    from cianet.errors import MissingPathError
 
     path = Path(path)
     if not path.is_file():
@@ -269,7 +270,6 @@ def read_canonical_crop(path: str | Path) -> tuple[tuple[int, int, int, int], in
     :func:`save_canonical` writes beside it; None when there is no such file (a canonical chest made by hand)."""
     import json
 
-    from cianet.errors import InputError
 
     meta_path = Path(path).with_suffix(".json")
     if not meta_path.is_file():
@@ -318,7 +318,6 @@ def make_canonical(data_root: str | Path, out: str | Path, n: int = 500, size: i
     ``"user"``, ``"auto"`` or ``"fallback-central"`` (the lungs were not found on the mean image).
     """
     from cianet.data.layouts import open_index
-    from cianet.errors import UsageError
 
     if size <= 0:
         raise UsageError(f"--image-size must be positive, got {size}")

@@ -1,14 +1,15 @@
 """Any chest X-ray data set described by two plain CSV files (the ``csv`` layout; format in the README,
 "Your own data set"), as an :class:`~cianet.data.index.ImageIndex`::
 
-    D/images.csv [.gz]   image, labels [, patient]          one row per image              (required)
+    D/images.csv [.gz]   image, labels [, patient, follow_up]  one row per image            (required)
     D/boxes.csv [.gz]    image, label, x, y, w, h [, reader]  one row per box               (optional)
     D/**/<image>         the image files, anywhere below D (PNG, JPEG or DICOM)
 
 ``image`` is the file's name (unique in the data set); ``labels`` the image's classes separated by ``|``,
 empty (or "No Finding") for a negative; ``patient`` groups images for patient-disjoint splits (each image is
-its own patient when the column is absent). A box is ``x, y, w, h`` in the image file's pixel frame; its class
-counts as a label of its image. A box whose class ``images.csv`` does not list for its image, or which lies
+its own patient when the column is absent); ``follow_up`` (a whole number, with ``patient``) orders a
+patient's studies in time, which prior studies (``cianet.data.priors``) need. A box is ``x, y, w, h`` in the
+image file's pixel frame; its class counts as a label of its image. A box whose class ``images.csv`` does not list for its image, or which lies
 outside the image, is a warning (an error with ``--strict``; ``cianet.data.box_checks``). With a ``reader``
 column the readers' boxes are merged as ``cianet.data.box_merge`` says; without one every box is its own
 finding.
@@ -23,6 +24,7 @@ import os
 import sys
 from pathlib import Path
 
+from cianet.errors import InputError, MissingPathError
 from cianet.data.box_checks import check_boxes
 from cianet.data.box_merge import DEFAULT_MERGE, DEFAULT_MERGE_IOU, check_merge, merge_boxes
 from cianet.data.index import Box, ImageIndex, ImageRecord, attach_paths, few
@@ -39,22 +41,39 @@ def read_images_csv(path: Path) -> list[ImageRecord]:
     header = header_of(rows, path, IMAGES_CSV)
     c_image, c_labels = column(header, "image", path, exact=True), column(header, "labels", path, exact=True)
     c_patient = optional_column(header, "patient")
+    c_follow = optional_column(header, "follow_up")
+    if c_follow is not None and c_patient is None:
+        raise InputError(f"{path}: a 'follow_up' column needs a 'patient' column (whose studies it orders)")
     records: list[ImageRecord] = []
     seen: set[str] = set()
     for line, row in rows:
         name = cell(row, c_image)
         if not name or "/" in name or "\\" in name:
-            raise ValueError(f"{path}: line {line}: 'image' must be a file name (no folders), got {name!r}")
+            raise InputError(f"{path}: line {line}: 'image' must be a file name (no folders), got {name!r}")
         if name in seen:
-            raise ValueError(f"{path}: line {line}: image {name!r} listed twice")
+            raise InputError(f"{path}: line {line}: image {name!r} listed twice")
         seen.add(name)
         parts = [p.strip() for p in cell(row, c_labels).split("|") if p.strip()]
         if any(p.lower() in NEGATIVE_SPELLINGS for p in parts):
             if len(parts) > 1:
-                raise ValueError(f"{path}: line {line}: a negative label combined with findings in {parts}")
+                raise InputError(f"{path}: line {line}: a negative label combined with findings in {parts}")
             parts = []
-        records.append(ImageRecord(name=name, patient_id=cell(row, c_patient) or name, labels=tuple(parts)))
+        records.append(ImageRecord(name=name, patient_id=cell(row, c_patient) or name, labels=tuple(parts),
+                                   follow_up=_follow_up(cell(row, c_follow), path, line)))
     return records
+
+
+def _follow_up(text: str, path: Path, line: int) -> int | None:
+    """An empty cell: unknown (the image has no prior); otherwise a whole number >= 0."""
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise InputError(f"{path}: line {line}: 'follow_up' must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise InputError(f"{path}: line {line}: 'follow_up' must be >= 0, got {value}")
+    return value
 
 
 def read_boxes_csv(path: Path) -> tuple[list[tuple[int, str, Box, str]], bool]:
@@ -68,7 +87,7 @@ def read_boxes_csv(path: Path) -> tuple[list[tuple[int, str, Box, str]], bool]:
     for line, row in rows:
         name, label = cell(row, c_image), cell(row, c_label)
         if not name or not label:
-            raise ValueError(f"{path}: line {line}: empty 'image' or 'label'")
+            raise InputError(f"{path}: line {line}: empty 'image' or 'label'")
         texts = [cell(row, i) for i in c_box]
         out.append((line, name, Box(label, *parse_xywh(texts, path, line)), cell(row, c_reader)))
     return out, c_reader is not None
@@ -83,10 +102,10 @@ def csv_index(data_root: str | os.PathLike, strict: bool = False, images_require
     check_merge(box_merge, merge_iou)
     root = Path(data_root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data root {root} is not a folder")
+        raise MissingPathError(f"data root {root} is not a folder")
     img_path = resolve_path(root, images_csv) or find_metadata_file(root, (IMAGES_CSV,))
     if img_path is None or not img_path.is_file():
-        raise FileNotFoundError(f"{img_path or root / IMAGES_CSV}: no image table (the generic CSV layout needs "
+        raise MissingPathError(f"{img_path or root / IMAGES_CSV}: no image table (the generic CSV layout needs "
                                 f"{IMAGES_CSV} with columns image, labels[, patient])")
     records = read_images_csv(img_path)
     by_name = {r.name: r for r in records}
@@ -94,7 +113,7 @@ def csv_index(data_root: str | os.PathLike, strict: bool = False, images_require
     if box_path is None:
         box_path = find_metadata_file(root, (BOXES_CSV,))
     elif not box_path.is_file():
-        raise FileNotFoundError(f"{box_path}: box CSV not found")
+        raise MissingPathError(f"{box_path}: box CSV not found")
     orphans: list[str] = []
     readers: set[str] = set()
     has_readers = False
@@ -108,7 +127,7 @@ def csv_index(data_root: str | os.PathLike, strict: bool = False, images_require
             rec.boxes.append(box)
             readers.add(reader)
         if orphans and strict:
-            raise ValueError(f"{box_path}: {len(orphans)} boxes name images absent from {img_path.name}: "
+            raise InputError(f"{box_path}: {len(orphans)} boxes name images absent from {img_path.name}: "
                              f"{few(orphans)}")
         if orphans:  # as the NIH reader: never dropped silently
             print(f"warning: {box_path}: {len(orphans)} boxes name images absent from {img_path.name} and are "

@@ -17,10 +17,14 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from cianet.errors import InputError, MissingPathError
 from cianet.labels import LABEL_TO_INDEX, LABELS, NIH_LABEL_SET, LabelSet
 
 #: How many names an error message lists before "...".
 NAMES_IN_ERRORS = 5
+#: Names of No Finding images that only serve as negatives (``cianet synth --extra-negatives``), one per line
+#: in the data root: never trained on, validated or tested, still in the negative pool and the hash index.
+POOL_ONLY_FILE = "pool_only.txt"
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,26 @@ class ImageRecord:
         return tuple(sorted(present, key=lambda lab: (LABEL_TO_INDEX.get(lab, len(LABELS)), lab)))
 
 
+def read_pool_only(root: Path, index: ImageIndex) -> frozenset[str]:
+    """The names in ``root``/:data:`POOL_ONLY_FILE` (empty without the file). InputError naming the file when
+    it lists an image the index lacks or one with a finding (a pool-only image is a negative)."""
+
+    path = Path(root) / POOL_ONLY_FILE
+    if not path.is_file():
+        return frozenset()
+    try:
+        names = frozenset(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read ({exc})") from None
+    unknown = sorted(n for n in names if n not in index)
+    if unknown:
+        raise InputError(f"{path}: {len(unknown)} names are not images of the data set: {few(unknown)}")
+    positive = sorted(n for n in names if not index[n].no_finding)
+    if positive:
+        raise InputError(f"{path}: {len(positive)} pool-only images are not No Finding: {few(positive)}")
+    return names
+
+
 def few(names: Iterable[str]) -> str:
     """The first few of ``names`` for an error message."""
     names = list(names)
@@ -100,9 +124,9 @@ def attach_paths(root: Path, records: Sequence[ImageRecord], what: str, images_r
             rec.path = stems.get(os.path.splitext(rec.name)[0])
     missing = [r.name for r in records if r.path is None]
     if images_required and records and len(missing) == len(records):
-        raise FileNotFoundError(f"{root}: none of the {len(records)} images of {what} found below it")
+        raise MissingPathError(f"{root}: none of the {len(records)} images of {what} found below it")
     if strict and missing:
-        raise FileNotFoundError(f"{root}: {len(missing)} of {len(records)} image files missing: {few(missing)}")
+        raise MissingPathError(f"{root}: {len(missing)} of {len(records)} image files missing: {few(missing)}")
     return duplicates
 
 
@@ -112,7 +136,9 @@ class ImageIndex:
     ``records[i]`` is an ImageRecord; ``index[name]`` looks one up by file name; ``label_set`` holds the data
     set's classes (the columns of :meth:`label_matrix` and of a model trained on it); ``dataset`` names the
     adapter that read it ("nih", "rsna", "vindr", "csv"); ``facts`` holds layout-specific counts for
-    :meth:`summary` (rows, readers, the reader-box merge).
+    :meth:`summary` (rows, readers, the reader-box merge). ``pool_only``: the names of :data:`POOL_ONLY_FILE`
+    (read from the root when not given; empty without the file), No Finding images of the index that serve
+    only as negatives (``cianet.run.protocol`` keeps them out of every split).
     """
 
     def __init__(
@@ -129,6 +155,7 @@ class ImageIndex:
         label_set: LabelSet = NIH_LABEL_SET,
         dataset: str = "nih",
         facts: dict[str, Any] | None = None,
+        pool_only: Iterable[str] | None = None,
     ) -> None:
         self.root = Path(root)
         self.records = records
@@ -143,6 +170,8 @@ class ImageIndex:
         self.dataset = dataset
         self.facts = dict(facts or {})
         self._by_name = {r.name: i for i, r in enumerate(records)}
+        self.pool_only: frozenset[str] = (read_pool_only(self.root, self) if pool_only is None
+                                          else frozenset(pool_only))
 
     # -- access ---------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -186,7 +215,12 @@ class ImageIndex:
             label_set=self.label_set,
             dataset=self.dataset,
             facts=self.facts,
+            pool_only=self.pool_only & keep,
         )
+
+    def without_pool_only(self) -> ImageIndex:
+        """This index without its pool-only images (itself when it has none): what splits are made from."""
+        return self.restrict(n for n in self.names() if n not in self.pool_only) if self.pool_only else self
 
     def present(self) -> list[str]:
         """Names whose image file was found."""
@@ -243,6 +277,20 @@ class ImageIndex:
             "orphan_boxes": self.orphan_boxes,
             "official_train_val": None if self.official_train_val is None else len(self.official_train_val),
             "official_test": None if self.official_test is None else len(self.official_test),
+            "pool_only": len(self.pool_only),
         }
+        out.update(self.prior_summary())
         out.update(self.facts)
+        return out
+
+    def prior_summary(self) -> dict:
+        """``cianet.data.priors.prior_counts`` where the data set has follow-up numbers; otherwise every count
+        None and ``priors_note`` saying why (RSNA, VinDr-CXR, a CSV without a ``follow_up`` column)."""
+        from cianet.data.priors import PRIOR_COUNT_KEYS, prior_counts
+
+        if any(r.follow_up is not None for r in self.records):
+            return dict(prior_counts(self.records))
+        out: dict[str, Any] = {k: None for k in PRIOR_COUNT_KEYS}
+        out["priors_note"] = (f"the {self.dataset} layout gives no follow-up numbers of a patient's studies: "
+                              "no prior studies")
         return out

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from cianet.errors import InputError
 from cianet.data.index import ImageIndex, ImageRecord
 from cianet.labels import LABELS, NIH_LABEL_SET, LabelSet
 
@@ -39,7 +40,7 @@ TO_NIH: dict[str, dict[str, tuple[str, ...]]] = {"nih": {n: (n,) for n in LABELS
 def map_index(index: ImageIndex, label_map: str) -> ImageIndex:
     """``index`` with its classes mapped to those of ``label_map`` (only "nih"); records are copies."""
     if label_map not in LABEL_MAPS:
-        raise ValueError(f"unknown label map {label_map!r}: expected one of {', '.join(LABEL_MAPS)}")
+        raise InputError(f"unknown label map {label_map!r}: expected one of {', '.join(LABEL_MAPS)}")
     mapping = TO_NIH[index.dataset]
     records: list[ImageRecord] = []
     for rec in index.records:
@@ -96,10 +97,10 @@ def match_classes(index: ImageIndex, classes: LabelSet) -> tuple[ImageIndex, Cla
         # a named data set meets only its own classes by name; a csv data set's classes are the user's names.
         hint = ("map the data set's classes with --label-map nih" if classes == NIH_LABEL_SET and
                 index.dataset in TO_NIH else "cianet declares no map between these classes")
-        raise ValueError(f"{index.root}: the model's classes ({', '.join(foreign[:4])}...) are not those of the "
+        raise InputError(f"{index.root}: the model's classes ({', '.join(foreign[:4])}...) are not those of the "
                          f"{index.dataset} data set ({', '.join(index.label_set.names[:4])}...): {hint}")
     if not scored:
-        raise ValueError(f"{index.root}: none of the model's {len(classes)} classes ({', '.join(classes.names[:4])}"
+        raise InputError(f"{index.root}: none of the model's {len(classes)} classes ({', '.join(classes.names[:4])}"
                          f"...) has a counterpart in the {index.dataset} data set "
                          f"({', '.join(index.label_set.names[:4])}...)")
     keep, localized = set(scored), set(classes.box_names) & set(scored)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cianet.errors import InputError, MissingPathError
 from cianet.data.box_merge import DEFAULT_MERGE, DEFAULT_MERGE_IOU
 from cianet.data.index import ImageIndex
 
@@ -51,12 +52,12 @@ def detect_dataset(root: str | os.PathLike) -> str:
         return found[0]
     if not found:
         return "nih"
-    raise ValueError(f"{root}: the files of several layouts are there ({', '.join(found)}); pass --dataset")
+    raise InputError(f"{root}: the files of several layouts are there ({', '.join(found)}); pass --dataset")
 
 
 def check_dataset(name: str) -> str:
     if name not in DATASETS + (AUTO,):
-        raise ValueError(f"unknown data set {name!r}: expected one of {', '.join(DATASETS + (AUTO,))}")
+        raise InputError(f"unknown data set {name!r}: expected one of {', '.join(DATASETS + (AUTO,))}")
     return name
 
 
@@ -78,7 +79,7 @@ def open_index(data_root: str | os.PathLike, dataset: str = AUTO, *, strict: boo
         return map_index(index, label_map)
     root = Path(data_root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data root {root} is not a folder")
+        raise MissingPathError(f"data root {root} is not a folder")
     if dataset == AUTO:
         dataset = detect_dataset(root)
     common = {"strict": strict, "images_required": images_required, "scan": scan}
@@ -87,7 +88,7 @@ def open_index(data_root: str | os.PathLike, dataset: str = AUTO, *, strict: boo
 
         return NIHIndex.from_root(root, entry_csv=entry_csv, bbox_csv=bbox_csv, **common)
     if bbox_csv is not None and dataset in ("rsna", "vindr"):
-        raise ValueError(f"--bbox-csv does not apply to the {dataset} layout (its boxes are in the label table; "
+        raise InputError(f"--bbox-csv does not apply to the {dataset} layout (its boxes are in the label table; "
                          "name that with --entry-csv)")
     if dataset == "rsna":
         from cianet.data.rsna import rsna_index

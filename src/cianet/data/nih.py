@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from cianet.errors import InputError, MissingPathError
 from cianet.data.index import Box, ImageIndex, ImageRecord, attach_paths, few
 from cianet.data.tables import IMAGE_EXTENSIONS, find_metadata_file, resolve_path, scan_images
 from cianet.data.tables import cell as _cell
@@ -40,17 +41,17 @@ TEST_LIST = "test_list.txt"
 def _parse_labels(text: str, path: Path, line: int) -> tuple[str, ...]:
     parts = [p.strip() for p in text.split("|") if p.strip()]
     if not parts:
-        raise ValueError(f"{path}: line {line}: empty 'Finding Labels'")
+        raise InputError(f"{path}: line {line}: empty 'Finding Labels'")
     if parts == [NO_FINDING]:
         return ()
     found: set[str] = set()
     for part in parts:
         if part == NO_FINDING:
-            raise ValueError(f"{path}: line {line}: '{NO_FINDING}' combined with findings in {text!r}")
+            raise InputError(f"{path}: line {line}: '{NO_FINDING}' combined with findings in {text!r}")
         try:
             found.add(canonical_label(part))
         except KeyError:
-            raise ValueError(f"{path}: line {line}: unknown label {part!r}") from None
+            raise InputError(f"{path}: line {line}: unknown label {part!r}") from None
     return tuple(lab for lab in LABELS if lab in found)
 
 
@@ -79,7 +80,7 @@ def read_data_entry(path: Path) -> list[ImageRecord]:
     try:
         _, header = next(rows)
     except StopIteration:
-        raise ValueError(f"{path}: empty file, expected a Data_Entry_2017 CSV header") from None
+        raise InputError(f"{path}: empty file, expected a Data_Entry_2017 CSV header") from None
     c_name = _column(header, "Image Index", path)
     c_labels = _column(header, "Finding Labels", path)
     c_patient = _column(header, "Patient ID", path)
@@ -94,13 +95,13 @@ def read_data_entry(path: Path) -> list[ImageRecord]:
     seen: set[str] = set()
     for line, row in rows:
         if len(row) < need:
-            raise ValueError(f"{path}: line {line}: malformed row, {len(row)} fields where {need}+ expected")
+            raise InputError(f"{path}: line {line}: malformed row, {len(row)} fields where {need}+ expected")
         name = row[c_name].strip()
         patient = row[c_patient].strip()
         if not name or not patient:
-            raise ValueError(f"{path}: line {line}: empty 'Image Index' or 'Patient ID'")
+            raise InputError(f"{path}: line {line}: empty 'Image Index' or 'Patient ID'")
         if name in seen:
-            raise ValueError(f"{path}: line {line}: image {name!r} listed twice")
+            raise InputError(f"{path}: line {line}: image {name!r} listed twice")
         seen.add(name)
         view = _cell(row, optional.get("view"))
         follow = _optional_int(_cell(row, optional.get("follow")))
@@ -124,33 +125,46 @@ def read_data_entry(path: Path) -> list[ImageRecord]:
 def read_bbox_list(path: Path) -> list[tuple[int, str, Box]]:
     """Parse BBox_List_2017.csv into ``(line, image name, Box)``; labels canonical ("Infiltrate" -> "Infiltration").
 
-    The header's trailing empty cells are ignored. Raises ValueError naming file and line for a bad row.
+    The header's trailing empty cells are ignored. Raises ValueError naming file and line for a bad row. A row
+    that repeats an earlier one exactly (image, label, box) is dropped, with one warning line counting them: it
+    would weigh that box twice.
     """
     rows = _read_rows(path)
     try:
         _, header = next(rows)
     except StopIteration:
-        raise ValueError(f"{path}: empty file, expected a BBox_List_2017 CSV header") from None
+        raise InputError(f"{path}: empty file, expected a BBox_List_2017 CSV header") from None
     c_name = _column(header, "Image Index", path)
     c_label = _column(header, "Finding Label", path)
     c_box = _column(header, "Bbox", path)
     out: list[tuple[int, str, Box]] = []
+    seen: set[tuple] = set()
+    repeated: list[int] = []
     for line, row in rows:
         if len(row) < c_box + 4:
-            raise ValueError(f"{path}: line {line}: malformed row, {len(row)} fields where {c_box + 4}+ expected")
+            raise InputError(f"{path}: line {line}: malformed row, {len(row)} fields where {c_box + 4}+ expected")
         name = row[c_name].strip()
         label_text = row[c_label].strip()
         try:
             label = canonical_label(label_text)
         except KeyError:
-            raise ValueError(f"{path}: line {line}: unknown label {label_text!r}") from None
+            raise InputError(f"{path}: line {line}: unknown label {label_text!r}") from None
         try:
             x, y, w, h = (float(v) for v in row[c_box : c_box + 4])
         except ValueError:
-            raise ValueError(f"{path}: line {line}: box {row[c_box:c_box + 4]} is not four numbers") from None
+            raise InputError(f"{path}: line {line}: box {row[c_box:c_box + 4]} is not four numbers") from None
         if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-            raise ValueError(f"{path}: line {line}: invalid box x={x} y={y} w={w} h={h} (need finite, w, h > 0)")
+            raise InputError(f"{path}: line {line}: invalid box x={x} y={y} w={w} h={h} (need finite, w, h > 0)")
+        if (name, label, x, y, w, h) in seen:
+            repeated.append(line)
+            continue
+        seen.add((name, label, x, y, w, h))
         out.append((line, name, Box(label, x, y, w, h)))
+    if repeated:
+        import sys
+
+        print(f"warning: {path}: {len(repeated)} duplicate box rows dropped (lines {', '.join(map(str, repeated[:3]))}"
+              f"{' ...' if len(repeated) > 3 else ''})", file=sys.stderr)
     return out
 
 
@@ -160,7 +174,7 @@ def read_name_list(path: Path) -> set[str]:
         with _open_text(path) as fh:
             return {line.strip() for line in fh if line.strip()}
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read ({exc})") from exc
+        raise InputError(f"{path}: cannot read ({exc})") from exc
 
 
 class NIHIndex(ImageIndex):
@@ -189,7 +203,7 @@ class NIHIndex(ImageIndex):
         """
         root = Path(data_root)
         if not root.is_dir():
-            raise FileNotFoundError(f"data root {root} is not a folder")
+            raise MissingPathError(f"data root {root} is not a folder")
 
         entry_path = resolve_path(root, entry_csv)
         if entry_path is None:
@@ -199,9 +213,9 @@ class NIHIndex(ImageIndex):
                 near = sorted(p.name for p in root.glob("Data_Entry*"))
                 hint = (f"; found {', '.join(near)}: pass it with --entry-csv" if near
                         else " (or pass --entry-csv; another layout: --dataset rsna|vindr|csv)")
-                raise FileNotFoundError(f"{root}: no {expected} in the data root{hint}")
+                raise MissingPathError(f"{root}: no {expected} in the data root{hint}")
         elif not entry_path.is_file():
-            raise FileNotFoundError(f"{entry_path}: entry CSV not found")
+            raise MissingPathError(f"{entry_path}: entry CSV not found")
         records = read_data_entry(entry_path)
         by_name = {r.name: r for r in records}
 
@@ -209,7 +223,7 @@ class NIHIndex(ImageIndex):
         if bbox_path is None:
             bbox_path = find_metadata_file(root, BBOX_CSV_NAMES)
         elif not bbox_path.is_file():
-            raise FileNotFoundError(f"{bbox_path}: bbox CSV not found")
+            raise MissingPathError(f"{bbox_path}: bbox CSV not found")
         orphans: list[str] = []
         if bbox_path is not None:
             for line, name, box in read_bbox_list(bbox_path):
@@ -219,7 +233,7 @@ class NIHIndex(ImageIndex):
                 else:
                     rec.boxes.append(box)
             if orphans and strict:
-                raise ValueError(
+                raise InputError(
                     f"{bbox_path}: {len(orphans)} boxes name images absent from {entry_path.name}: {few(orphans)}"
                 )
 

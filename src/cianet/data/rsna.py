@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cianet.errors import InputError
 from cianet.data.box_checks import check_boxes
 from cianet.data.index import Box, ImageIndex, ImageRecord, attach_paths
 from cianet.data.tables import cell, column, find_metadata_file, header_of, locate_table, parse_xywh, read_rows
@@ -51,17 +52,17 @@ def read_rsna_labels(path: Path) -> tuple[list[ImageRecord], int]:
         n_rows += 1
         pid, target = cell(row, c_id), cell(row, c_target)
         if not pid or target not in ("0", "1"):
-            raise ValueError(f"{path}: line {line}: need a patientId and Target 0 or 1, got {pid!r}, {target!r}")
+            raise InputError(f"{path}: line {line}: need a patientId and Target 0 or 1, got {pid!r}, {target!r}")
         rec = records.get(pid)
         if rec is None:
             rec = records[pid] = ImageRecord(name=f"{pid}.dcm", patient_id=pid,
                                              labels=("Pneumonia",) if target == "1" else ())
         elif bool(rec.labels) != (target == "1"):
-            raise ValueError(f"{path}: line {line}: patient {pid} is listed with Target 0 and Target 1")
+            raise InputError(f"{path}: line {line}: patient {pid} is listed with Target 0 and Target 1")
         texts = [cell(row, i) for i in c_box]
         if target == "0":
             if any(texts):
-                raise ValueError(f"{path}: line {line}: a box on a Target 0 row")
+                raise InputError(f"{path}: line {line}: a box on a Target 0 row")
             continue
         rec.boxes.append(Box("Pneumonia", *parse_xywh(texts, path, line)))
     return list(records.values()), n_rows

@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from cianet.errors import InputError, MissingPathError
 from cianet.data.index import ImageIndex as NIHIndex  # any data set's index (the name predates the others)
 from cianet.data.nih import TEST_LIST, TRAIN_VAL_LIST
 from cianet.utils.atomic import atomic_write_json
@@ -68,10 +69,10 @@ def _take_patients(groups: dict[str, list[str]], order: Sequence[str], targets: 
 
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
     if len(ratios) != 3 or any(not math.isfinite(r) or r < 0 for r in ratios):
-        raise ValueError(f"--ratios must be three non-negative numbers (train, val, test), got {tuple(ratios)}")
+        raise InputError(f"--ratios must be three non-negative numbers (train, val, test), got {tuple(ratios)}")
     total = float(sum(ratios))
     if abs(total - 1.0) > 1e-6:  # never renormalized silently: 0.5 0.6 0.2 is a typo, not a recipe
-        raise ValueError(f"--ratios must sum to 1, got {' '.join(f'{r:g}' for r in ratios)} (sum {total:g})")
+        raise InputError(f"--ratios must sum to 1, got {' '.join(f'{r:g}' for r in ratios)} (sum {total:g})")
     return tuple(float(r) for r in ratios)  # type: ignore[return-value]
 
 
@@ -98,7 +99,7 @@ def classification_split(
         train, val, test = _take_patients(groups, order, [r_train * n, r_val * n, r_test * n])
     else:
         if index.official_train_val is None or index.official_test is None:
-            raise FileNotFoundError(
+            raise MissingPathError(
                 f"{index.root}: the official split needs {TRAIN_VAL_LIST} and {TEST_LIST} in the data root"
             )
         names = index.names()
@@ -121,13 +122,13 @@ def localization_folds(index: NIHIndex, seed: int = 0, k: int = 5) -> list[list[
     patient's box classes relative to their per-fold targets.
     """
     if k < 2:
-        raise ValueError(f"need at least 2 folds, got k={k}")
+        raise InputError(f"need at least 2 folds, got k={k}")
     annotated = index.annotated_names()
     if len(annotated) < k:
-        raise ValueError(f"{index.root}: only {len(annotated)} annotated images, cannot make {k} folds")
+        raise InputError(f"{index.root}: only {len(annotated)} annotated images, cannot make {k} folds")
     groups = _group_by_patient(index, annotated)
     if len(groups) < k:
-        raise ValueError(f"{index.root}: annotated images come from only {len(groups)} patients, cannot make {k} folds")
+        raise InputError(f"{index.root}: annotated images come from only {len(groups)} patients, cannot make {k} folds")
     rng = _rng(seed, _STREAM_FOLDS)
     order = sorted(groups)
     rng.shuffle(order)
@@ -187,9 +188,9 @@ def _check_folds(index: NIHIndex, folds: Sequence[Sequence[str]]) -> None:
     for i, f in enumerate(folds):
         for n in f:
             if n in seen:
-                raise ValueError(f"localization folds: image {n!r} is in more than one fold (again in fold {i})")
+                raise InputError(f"localization folds: image {n!r} is in more than one fold (again in fold {i})")
             if n not in index:
-                raise ValueError(f"localization folds: image {n!r} (fold {i}) is not in the index of {index.root}")
+                raise InputError(f"localization folds: image {n!r} (fold {i}) is not in the index of {index.root}")
             seen.add(n)
 
 
@@ -237,14 +238,14 @@ def localization_protocol(
     """
     k = len(folds)
     if k < 2:
-        raise ValueError(f"need at least 2 localization folds, got {k}")
+        raise InputError(f"need at least 2 localization folds, got {k}")
     _check_folds(index, folds)
     if not 0.0 <= unannotated_ratio <= 1.0:
-        raise ValueError(f"unannotated_ratio must be in [0, 1], got {unannotated_ratio}")
+        raise InputError(f"unannotated_ratio must be in [0, 1], got {unannotated_ratio}")
     if not 0.0 <= annotated_ratio <= 1.0:
-        raise ValueError(f"annotated_ratio must be in [0, 1], got {annotated_ratio}")
+        raise InputError(f"annotated_ratio must be in [0, 1], got {annotated_ratio}")
     if not 0.0 <= val_share < 1.0:
-        raise ValueError(f"val_share must be in [0, 1), got {val_share}")
+        raise InputError(f"val_share must be in [0, 1), got {val_share}")
     annotated_all = sorted(n for f in folds for n in f)
     annotated_set = set(annotated_all)
     unannotated_all = [n for n in index.names() if n not in annotated_set]
@@ -256,10 +257,10 @@ def localization_protocol(
         fold_id: int | None = None
     else:
         if not 0 <= fold < k:
-            raise ValueError(f"fold must be in [0, {k - 1}], got {fold}")
+            raise InputError(f"fold must be in [0, {k - 1}], got {fold}")
         n_folds = annotated_ratio * k
         if abs(n_folds - round(n_folds)) > 1e-6 or round(n_folds) > k - 1:
-            raise ValueError(
+            raise InputError(
                 f"annotated_ratio {annotated_ratio} must be a multiple of 1/{k} of at most {(k - 1) / k:g} "
                 f"(a whole number of the other {k - 1} folds)"
             )
@@ -382,19 +383,19 @@ def make_splits(
 
 def _validate(splits: dict, where: str) -> None:
     if not isinstance(splits, dict):
-        raise ValueError(f"{where}: splits must be a JSON object")
+        raise InputError(f"{where}: splits must be a JSON object")
     for key in ("classification", "localization_folds"):
         if key not in splits:
-            raise ValueError(f"{where}: missing key {key!r}")
+            raise InputError(f"{where}: missing key {key!r}")
     cls = splits["classification"]
     if not isinstance(cls, dict) or any(not isinstance(cls.get(p), list) for p in ("train", "val", "test")):
-        raise ValueError(f"{where}: 'classification' must hold lists 'train', 'val' and 'test'")
+        raise InputError(f"{where}: 'classification' must hold lists 'train', 'val' and 'test'")
     folds = splits["localization_folds"]
     if not isinstance(folds, list) or any(not isinstance(f, list) for f in folds):
-        raise ValueError(f"{where}: 'localization_folds' must be a list of lists of image names")
+        raise InputError(f"{where}: 'localization_folds' must be a list of lists of image names")
     for lst in [*(cls[p] for p in ("train", "val", "test")), *folds]:
         if any(not isinstance(n, str) for n in lst):
-            raise ValueError(f"{where}: split lists must hold image file names (strings)")
+            raise InputError(f"{where}: split lists must hold image file names (strings)")
 
 
 def write_splits(path: str | os.PathLike, splits: dict) -> None:
@@ -409,11 +410,11 @@ def read_splits(path: str | os.PathLike) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: splits file not found (make one with `cianet splits`)") from None
+        raise MissingPathError(f"{path}: splits file not found (make one with `cianet splits`)") from None
     try:
         splits = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
     _validate(splits, str(path))
     return splits
 
@@ -425,14 +426,14 @@ def write_root_splits(data_root: str | os.PathLike, out: str | os.PathLike, *, s
                       label_map: str | None = None) -> dict:
     """``cianet splits``: index a data root, make its splits (:func:`make_splits`) and write them to ``out``.
 
-    ``only_present`` splits only the images whose file was found.
+    ``only_present`` splits only the images whose file was found. Pool-only images (``ImageIndex.pool_only``)
+    are in no split, as in a run's protocol.
     """
-    from cianet.errors import MissingPathError
 
     from cianet.data.layouts import open_index
 
     index = open_index(data_root, dataset, strict=strict, entry_csv=entry_csv, bbox_csv=bbox_csv,
-                       box_merge=box_merge, merge_iou=merge_iou, label_map=label_map)
+                       box_merge=box_merge, merge_iou=merge_iou, label_map=label_map).without_pool_only()
     if only_present:
         present = index.present()
         if not present:

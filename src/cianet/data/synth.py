@@ -9,10 +9,14 @@
     train_val_list.txt, test_list.txt   patient-disjoint, about 80 / 20
     synth_truth.csv               the ground truth of every image (below)
     synth_meta.json               the generation arguments and a summary
+    twins/NAME.png                with ``twins``: every image's finding-free twin (:func:`twin_spec`)
+    pool_only.txt                 with ``extra_negatives``: the names of the pool-only No Finding images
 
-Each image is drawn analytically from a per-patient :class:`~cianet.data.synth_anatomy.Anatomy` (follow-ups
-vary slightly) or, with ``backgrounds``, from a real No Finding X-ray; findings
-(:mod:`cianet.data.synth_findings`) are defined in the patient frame.
+Each image is drawn analytically from a per-patient :class:`~cianet.data.synth_anatomy.Anatomy` or, with
+``backgrounds``, from a real No Finding X-ray of its own (one radiograph, one patient); findings
+(:mod:`cianet.data.synth_findings`) are defined in the patient frame. A follow-up is a re-acquisition of the
+patient: another position, breath and exposure (:func:`~cianet.data.synth_anatomy.vary_anatomy`, or
+:func:`reacquire_background` for a real radiograph), its own noise and scan deformation.
 
 Deformation convention (the one of docs/architecture.md). A deformed ("bad scan") image is recorded with the
 alignment parameters ``(tx, ty, sx, sy, theta)`` that *undo* it. With
@@ -53,6 +57,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from cianet.errors import InputError, MissingPathError, UsageError
 from cianet.data.synth_anatomy import (
     Anatomy,
     anatomy_layers,
@@ -107,6 +112,15 @@ N_FINDINGS_P = (0.72, 0.21, 0.07)
 FIELD_OF_VIEW_MM = 358.0
 #: where ``twins=True`` writes the finding-free twins, under the data set's root
 TWINS_DIR = "twins"
+#: the names of the pool-only No Finding images (``extra_negatives``), one per line, under the root
+POOL_ONLY_FILE = "pool_only.txt"
+#: A re-acquisition of the same chest (a twin, a follow-up of a real radiograph): the small pose change added
+#: to the scan deformation (|shift|, scale range, |rotation| in degrees), the inspiration (vertical stretch of
+#: the chest below the apex) and the exposure factor.
+REACQUISITION: dict = {"shift": 0.015, "scale": (0.985, 1.015), "rot_deg": 1.5, "inspiration": 0.02,
+                       "exposure": (0.94, 1.06)}
+#: normalized height of the lung apices, which stay in place when a breath stretches the chest
+APEX_Y = -0.75
 MAX_SIZE = 4096  # image side; the NIH images are 1024
 
 
@@ -229,7 +243,7 @@ def sample_deformation(rng: np.random.Generator, strength: str) -> tuple[float, 
     if strength == "none":
         return IDENTITY
     if strength not in DEFORMATION_RANGES:
-        raise ValueError(f"unknown deformation strength {strength!r}; expected none, mild or strong")
+        raise UsageError(f"unknown deformation strength {strength!r}; expected none, mild or strong")
     r = DEFORMATION_RANGES[strength]
     tx, ty = rng.uniform(-r["shift"], r["shift"], size=2)
     sx, sy = rng.uniform(*r["scale"], size=2)
@@ -338,7 +352,7 @@ def sample_spec(
     """A random image: anatomy (drawn when None), deformation of ``strength``, findings for ``labels``."""
     for lab in labels:
         if lab not in LABELS:
-            raise ValueError(f"unknown label {lab!r}; expected one of {', '.join(LABELS)}")
+            raise UsageError(f"unknown label {lab!r}; expected one of {', '.join(LABELS)}")
     if anatomy is None:
         anatomy = template_anatomy() if background is not None else sample_anatomy(rng)
     params = sample_deformation(rng, strength)
@@ -392,8 +406,13 @@ def plan_dataset(
     no_finding_share: float = 0.5,
     images_per_patient: tuple[int, int] = (1, 4),
     backgrounds: Sequence[str] | None = None,
+    prior_share: float | None = None,
 ) -> list[ImagePlan]:
-    """Patients, labels, annotated and deformed images of a data set (exact shares, rounded)."""
+    """Patients, labels, annotated and deformed images of a data set (exact shares, rounded).
+
+    ``backgrounds``: each patient gets a radiograph of its own (UsageError when there are fewer than
+    patients). ``prior_share``: the labels are arranged (:func:`arrange_priors`) so that this share of the
+    patients with a finding has a No Finding first study; None keeps them as drawn."""
     rng = np.random.default_rng([seed, 7])
     lo, hi = images_per_patient
     patients: list[int] = []
@@ -406,9 +425,10 @@ def plan_dataset(
     ages = rng.integers(18, 86, size=n_patients + 1)
     bg_of_patient: dict[int, str] = {}
     if backgrounds:
+        check_backgrounds(len(backgrounds), n_patients, images_per_patient)
         order = rng.permutation(len(backgrounds))
-        for p in range(1, n_patients + 1):
-            bg_of_patient[p] = str(backgrounds[int(order[(p - 1) % len(backgrounds)])])
+        for p in range(1, n_patients + 1):  # one radiograph, one patient: never shared
+            bg_of_patient[p] = str(backgrounds[int(order[p - 1])])
 
     positives = _exact_choice(rng, range(n_images), 1.0 - no_finding_share)
     names = list(LABELS)
@@ -421,6 +441,8 @@ def plan_dataset(
         k = int(rng.choice(3, p=N_FINDINGS_P)) + 1
         pick = rng.choice(len(names), size=k, replace=False, p=w / w.sum())
         labels.append(tuple(names[j] for j in sorted(pick)))
+    if prior_share is not None:  # its own generator: the draws below stay those of the plan without it
+        labels = arrange_priors(patients, labels, prior_share, np.random.default_rng([seed, 13]))
     eligible = [i for i in range(n_images) if any(lab in BOX_LABELS for lab in labels[i])]
     annotated = _exact_choice(rng, eligible, annotated_share)
     deformed = sorted(_exact_choice(rng, range(n_images), deform_share))
@@ -434,15 +456,116 @@ def plan_dataset(
     }
     plans = []
     follow = 0
+    deformed_set = set(deformed)
     for i in range(n_images):
         follow = follow + 1 if i > 0 and patients[i] == patients[i - 1] else 0
-        strength = "strong" if i in strong else ("mild" if i in set(deformed) else "none")
+        strength = "strong" if i in strong else ("mild" if i in deformed_set else "none")
         plans.append(ImagePlan(
             index=i, patient=patients[i], follow_up=follow, labels=labels[i], annotated=i in annotated,
             strength=strength, age=int(ages[patients[i]]) + follow // 4,
             view="PA" if rng.random() < 0.75 else "AP", female=female[patients[i]],
             background=bg_of_patient.get(patients[i]),
         ))
+    return plans
+
+
+def check_backgrounds(n_backgrounds: int, n_patients: int, images_per_patient: Sequence[int],
+                      extra: int = 0) -> None:
+    """UsageError unless there is a radiograph for every patient (and every extra negative's patient)."""
+
+    need = n_patients + int(extra)
+    if n_backgrounds < need:
+        lo, hi = images_per_patient
+        fit = int(n_backgrounds - int(extra)) * (lo + hi) / 2
+        raise UsageError(
+            f"--backgrounds: {n_backgrounds} radiographs for {n_patients} patients"
+            + (f" and {extra} extra negatives" if extra else "")
+            + "; each radiograph is one patient (its follow-ups are re-acquisitions of it), never shared: add "
+            f"radiographs or lower --n-images (about {max(0, int(fit))} images fit)")
+
+
+def _patient_groups(patients: Sequence[int]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(patients):
+        groups.setdefault(p, []).append(i)
+    return groups
+
+
+def arrange_priors(patients: Sequence[int], labels: Sequence[tuple[str, ...]], share: float,
+                   rng: np.random.Generator) -> list[tuple[str, ...]]:
+    """Labels re-arranged so that ``round(share * P)`` of the ``P`` patients with a finding have a No Finding
+    first study (each of their finding images then has an earlier No Finding study) and the others have no
+    No Finding study before their last finding. Images follow the patient's order (its follow-up numbers).
+
+    Moves the fewest labels it can: a patient already arranged keeps its order; one to change moves its first
+    No Finding study to the front (a prior) or its findings before its No Finding studies (none). When there
+    are not enough patients with both kinds of study, a finding of a patient with several findings and no
+    No Finding study is swapped with a spare No Finding study of another patient (who keeps one), so the
+    patients with a finding and the per-image label draws stay the same. UsageError when ``share`` cannot be
+    reached (single-study patients with a finding never have a prior).
+    """
+
+    labels = list(labels)
+    groups = _patient_groups(patients)
+    finding = [p for p, idx in groups.items() if any(labels[i] for i in idx)]
+    target = int(round(float(share) * len(finding)))
+
+    def normals(p: int) -> list[int]:
+        return [i for i in groups[p] if not labels[i]]
+
+    mixed = [p for p in finding if normals(p)]
+    if target > len(mixed):
+        pure = [p for p in finding if not normals(p) and len(groups[p]) >= 2]
+        spares = [i for p in mixed for i in normals(p)[1:]]
+        need = target - len(mixed)
+        if need > min(len(pure), len(spares)):
+            most = (len(mixed) + min(len(pure), len(spares))) / max(1, len(finding))
+            raise UsageError(f"--prior-share {share}: at most {most:.3f} of the {len(finding)} patients with a "
+                             "finding can have a No Finding first study here (single-study patients cannot); "
+                             "raise --images-per-patient MIN or --no-finding-share")
+        pure = [pure[int(j)] for j in rng.permutation(len(pure))[:need]]
+        spares = [spares[int(j)] for j in rng.permutation(len(spares))[:need]]
+        for p, j in zip(pure, spares):
+            i = groups[p][-1]
+            labels[i], labels[j] = labels[j], labels[i]
+        mixed = [p for p in finding if normals(p)]
+    with_prior = {mixed[int(j)] for j in rng.permutation(len(mixed))[:target]}
+    for p in mixed:
+        idx = groups[p]
+        seq = [labels[i] for i in idx]
+        if p in with_prior and seq[0]:
+            first = next(k for k, lab in enumerate(seq) if not lab)
+            seq = [seq[first]] + seq[:first] + seq[first + 1:]
+        elif p not in with_prior:
+            seq = [lab for lab in seq if lab] + [lab for lab in seq if not lab]  # stable: findings first
+        for i, lab in zip(idx, seq):
+            labels[i] = lab
+    return labels
+
+
+def plan_extra_negatives(n_extra: int, first_patient: int, first_index: int, seed: int,
+                         deform_share: float = 0.5, strong_share: float = 0.3,
+                         backgrounds: Sequence[str] | None = None) -> list[ImagePlan]:
+    """``n_extra`` No Finding images of new patients (one image each), numbered after the plan's last patient
+    and image, from their own generator: the plan's images are the same with or without them.
+    ``backgrounds``: the radiographs no plan patient uses (one per extra patient)."""
+    rng = np.random.default_rng([seed, 21])
+    n = int(n_extra)
+    deformed = sorted(_exact_choice(rng, range(n), deform_share))
+    strong = _exact_choice(rng, deformed, strong_share)
+    deformed_set = set(deformed)
+    ages = rng.integers(18, 86, size=max(n, 1))
+    order = rng.permutation(len(backgrounds)) if backgrounds else None
+    plans = []
+    for j in range(n):
+        pid = first_patient + j
+        female = (bool(np.random.default_rng([seed, 3, pid]).random() < 0.45) if backgrounds
+                  else sample_anatomy(np.random.default_rng([seed, 0, pid])).female)
+        plans.append(ImagePlan(
+            index=first_index + j, patient=pid, follow_up=0, labels=(), annotated=False,
+            strength="strong" if j in strong else ("mild" if j in deformed_set else "none"), age=int(ages[j]),
+            view="PA" if rng.random() < 0.75 else "AP", female=female,
+            background=str(backgrounds[int(order[j])]) if order is not None else None))
     return plans
 
 
@@ -475,7 +598,7 @@ def find_backgrounds(folder: str | os.PathLike) -> list[Path]:
     """
     root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: backgrounds folder not found")
+        raise MissingPathError(f"{root}: backgrounds folder not found")
     img_dir = root / "images" if (root / "images").is_dir() else root
     files = {p.name: p for p in img_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm")}
     wanted: set[str] | None = None
@@ -491,10 +614,10 @@ def find_backgrounds(folder: str | os.PathLike) -> list[Path]:
     if wanted is not None:
         chosen = sorted(files[n] for n in wanted if n in files)
         if not chosen:
-            raise ValueError(f"{root}: the CSV lists no No Finding image that is present in {img_dir}")
+            raise UsageError(f"{root}: the CSV lists no No Finding image that is present in {img_dir}")
         return chosen
     if not files:
-        raise ValueError(f"{img_dir}: no PNG/JPEG/DICOM images to use as backgrounds")
+        raise UsageError(f"{img_dir}: no PNG/JPEG/DICOM images to use as backgrounds")
     return [files[n] for n in sorted(files)]
 
 
@@ -529,17 +652,65 @@ def build_spec(plan: ImagePlan, size: int, seed: int) -> ImageSpec:
     if plan.background is not None:
         base = template_anatomy()
         bg = load_background(plan.background, size)
-        # A follow-up is the same radiograph, slightly repositioned.
-        jitter = (rng.uniform(-0.01, 0.01), rng.uniform(-0.01, 0.01), rng.uniform(0.99, 1.01),
-                  rng.uniform(0.99, 1.01), 0.0) if plan.follow_up else IDENTITY
-        if jitter != IDENTITY:
-            X, Y = patient_grid(size, jitter)
-            bg = bilinear_sample(bg, X, Y)
-        background = bg
+        # A follow-up is the same radiograph taken again (position, breath, exposure; noise comes later).
+        background = reacquire_background(bg, rng) if plan.follow_up else bg
     else:
         base = sample_anatomy(np.random.default_rng([seed, 0, plan.patient]))
         base = vary_anatomy(base, rng) if plan.follow_up else base
     return sample_spec(rng, plan.labels, plan.strength, anatomy=base, background=background)
+
+
+def reacquire_params(params: Sequence[float], rng: np.random.Generator) -> tuple[float, float, float, float, float]:
+    """The undo parameters of the same chest scanned again: ``params`` plus a small pose change
+    (:data:`REACQUISITION`)."""
+    r = REACQUISITION
+    tx, ty, sx, sy, theta = (float(v) for v in params)
+    dx, dy = rng.uniform(-r["shift"], r["shift"], size=2)
+    kx, ky = rng.uniform(*r["scale"], size=2)
+    dt = math.radians(rng.uniform(-r["rot_deg"], r["rot_deg"]))
+    return float(tx + dx), float(ty + dy), float(sx * kx), float(sy * ky), float(theta + dt)
+
+
+def reacquisition_matrix(pose: Sequence[float], inspiration: float) -> Array:
+    """(2, 3) map from the new film's normalized points to the old film's: a breath stretches the chest
+    vertically about the apices (``1 + inspiration``), then the pose ``(tx, ty, sx, sy, theta)`` moves it."""
+    J = np.vstack([params_to_matrix_np(pose), [0.0, 0.0, 1.0]])
+    s = 1.0 + float(inspiration)
+    breath = np.array([[1.0, 0.0, 0.0], [0.0, s, APEX_Y * (1.0 - s)], [0.0, 0.0, 1.0]])
+    return (J @ breath)[:2]
+
+
+def reacquire_background(bg: Array, rng: np.random.Generator) -> Array:
+    """A real radiograph as if taken again: another position (a small shift, scale and rotation), another
+    depth of inspiration and another exposure (the film's densities re-toned with a changed exposure).
+    (S, S) float32 in [0, 1]; the detector noise is added later, with the image's own draw."""
+    r = REACQUISITION
+    pose = reacquire_params(IDENTITY, rng)
+    inspiration = rng.uniform(-r["inspiration"], r["inspiration"])
+    factor = rng.uniform(*r["exposure"])
+    M = reacquisition_matrix(pose, inspiration)
+    c = pixel_centres(bg.shape[0])
+    qx, qy = np.meshgrid(c, c)
+    moved = bilinear_sample(bg, M[0, 0] * qx + M[0, 1] * qy + M[0, 2], M[1, 0] * qx + M[1, 1] * qy + M[1, 2])
+    k0 = template_anatomy().exposure
+    return np.clip(tone(inverse_tone(moved, k0), k0 * factor), 0.0, 1.0).astype(np.float32)
+
+
+def twin_spec(spec: ImageSpec, plan: ImagePlan, seed: int) -> ImageSpec:
+    """The oracle's twin of a planned image: the same patient without any finding, under an independent
+    acquisition (its own small pose change on top of the image's deformation, breath and exposure, its own
+    noise draw), from a generator seeded with (seed, image index)."""
+    rng = np.random.default_rng([seed, 17, plan.index])
+    anatomy, background = spec.anatomy, spec.background
+    if background is not None:
+        background = reacquire_background(background, rng)
+    else:
+        anatomy = vary_anatomy(anatomy, rng)
+    params = reacquire_params(spec.params, rng)
+    noise_seed = int(rng.integers(0, 2**31 - 1))
+    if noise_seed == spec.noise_seed:  # never the image's own noise
+        noise_seed = (noise_seed + 1) % (2**31 - 1)
+    return ImageSpec(anatomy, (), params, noise_seed, background, spec.strength)
 
 
 def _render_task(task: tuple[ImagePlan, int, int, str, str | None]) -> dict:
@@ -547,13 +718,15 @@ def _render_task(task: tuple[ImagePlan, int, int, str, str | None]) -> dict:
     plan, size, seed, img_dir, twin_dir = task
     spec = build_spec(plan, size, seed)
     r = render_spec(spec, size, noise=True, undeformed=False)
+    image_png = _png_bytes(r.deformed)
     with atomic_path(Path(img_dir) / plan.name) as tmp:
-        tmp.write_bytes(_png_bytes(r.deformed))
-    if twin_dir is not None and spec.findings:
-        # Same anatomy, deformation and noise draw; only the findings are left out.
-        twin = render_spec(dataclasses.replace(spec, findings=()), size, noise=True, undeformed=False)
+        tmp.write_bytes(image_png)
+    if twin_dir is not None:
+        twin = _png_bytes(render_spec(twin_spec(spec, plan, seed), size, noise=True, undeformed=False).deformed)
+        if twin == image_png:  # cannot happen with an independent acquisition; never write one
+            raise RuntimeError(f"the twin of {plan.name} is the image itself")
         with atomic_path(Path(twin_dir) / plan.name) as tmp:
-            tmp.write_bytes(_png_bytes(twin.deformed))
+            tmp.write_bytes(twin)
     return {"index": plan.index, "boxes": [tuple(b) for b in r.boxes], "params": r.params}
 
 
@@ -592,10 +765,27 @@ def _write_csvs(out: Path, plans: Sequence[ImagePlan], results: dict[int, dict],
     atomic_write_text(out / "test_list.txt", "".join(n + "\n" for n in test))
 
 
+def _plan_prior_counts(plans: Sequence[ImagePlan]) -> dict:
+    """``cianet.data.priors.prior_counts`` of the planned images (boxes: the annotated ones), and the share of
+    patients with a finding whose findings have an earlier No Finding study."""
+    from cianet.data.index import Box, ImageRecord
+    from cianet.data.priors import prior_counts, prior_studies
+
+    records = [ImageRecord(p.name, f"{p.patient:08d}", p.labels, follow_up=p.follow_up,
+                           boxes=[Box(p.labels[0], 0, 0, 1, 1)] if p.annotated else []) for p in plans]
+    out: dict = dict(prior_counts(records))
+    priors = prior_studies(records)
+    finding = {r.patient_id for r in records if r.labels}
+    having = {r.patient_id for r in records if r.labels and priors[r.name] is not None}
+    out["patients_with_finding"] = len(finding)
+    out["patients_with_prior"] = len(having)
+    return out
+
+
 def _check_share(name: str, v: float) -> float:
     v = float(v)
     if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {v}")
+        raise UsageError(f"{name} must be in [0, 1], got {v}")
     return v
 
 
@@ -605,7 +795,6 @@ def _previous_synth_names(out: Path, planned: set[str]) -> set[str]:
     Raises InputError when writing the new plan would overwrite a file that no synth wrote: a metadata CSV
     in a folder without synth_truth.csv, or an image (or twin) of the plan that the previous synth did not write.
     """
-    from cianet.errors import InputError
 
     truth = out / "synth_truth.csv"
     previous: set[str] = set()
@@ -642,6 +831,8 @@ def generate_dataset(
     overwrite: bool = False,
     force_progress: bool = False,
     twins: bool = False,
+    extra_negatives: int = 0,
+    prior_share: float | None = None,
 ) -> dict:
     """Write a synthetic NIH-layout data set (see the module docstring) and return its summary.
 
@@ -651,54 +842,71 @@ def generate_dataset(
     CPUs; the output does not depend on it). ``progress``: a tqdm bar on a terminal (``force_progress``:
     also elsewhere). ``overwrite``: allow a non-empty ``out_dir`` holding
     an earlier synth's output (its images that the new plan lacks are removed; files it did not write are never
-    deleted or overwritten: InputError). ``twins``: also write each positive image's
-    finding-free twin (same anatomy, deformation and noise) as ``out_dir/twins/NAME.png``, the oracle
-    negatives of ``negatives.strategy=oracle``.
+    deleted or overwritten: InputError). ``twins``: also write for every image, No Finding included, its
+    finding-free twin as ``out_dir/twins/NAME.png`` (:func:`twin_spec`: the same patient under an independent
+    acquisition), the oracle negatives of ``negatives.strategy=oracle``. ``extra_negatives``: that many No
+    Finding images of new patients, listed in ``pool_only.txt`` (:func:`plan_extra_negatives`; the other images
+    do not change). ``prior_share``: :func:`arrange_priors` (None: labels as drawn). With ``backgrounds`` every
+    patient, extra ones included, takes a radiograph of its own (UsageError when the folder has too few).
     """
     from tqdm import tqdm
 
     t0 = time.perf_counter()
     out = Path(out_dir)
     if int(n_images) < 1:
-        raise ValueError(f"n_images must be >= 1, got {n_images}")
+        raise UsageError(f"n_images must be >= 1, got {n_images}")
     if not 16 <= int(size) <= MAX_SIZE:  # above MAX_SIZE a phantom needs tens of GB of memory
-        raise ValueError(f"size must be between 16 and {MAX_SIZE} pixels, got {size}")
+        raise UsageError(f"size must be between 16 and {MAX_SIZE} pixels, got {size}")
     if int(seed) < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+        raise UsageError(f"seed must be >= 0, got {seed}")
     lo, hi = (int(v) for v in images_per_patient)
     if not 1 <= lo <= hi:
-        raise ValueError(f"images_per_patient must be (lo, hi) with 1 <= lo <= hi, got {images_per_patient}")
+        raise UsageError(f"images_per_patient must be (lo, hi) with 1 <= lo <= hi, got {images_per_patient}")
     for name, v in (("deform_share", deform_share), ("strong_share", strong_share),
                     ("annotated_share", annotated_share), ("no_finding_share", no_finding_share)):
         _check_share(name, v)
+    if prior_share is not None:
+        prior_share = _check_share("prior_share", prior_share)
+    if int(extra_negatives) < 0:
+        raise UsageError(f"extra_negatives must be >= 0, got {extra_negatives}")
+    extra_negatives = int(extra_negatives)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder")
+        raise UsageError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"{out}: folder is not empty (pass overwrite=True / --overwrite to write into it)")
+        raise UsageError(f"{out}: folder is not empty (pass overwrite=True / --overwrite to write into it)")
     n_images, size, seed = int(n_images), int(size), int(seed)
     bg_paths = [str(p) for p in find_backgrounds(backgrounds)] if backgrounds is not None else None
 
     plans = plan_dataset(n_images, seed, deform_share, strong_share, annotated_share, no_finding_share,
-                         (lo, hi), bg_paths)
+                         (lo, hi), bg_paths, prior_share=prior_share)
+    n_patients = plans[-1].patient
+    left = None
+    if bg_paths:
+        check_backgrounds(len(bg_paths), n_patients, (lo, hi), extra_negatives)
+        used = {p.background for p in plans}
+        left = [b for b in bg_paths if b not in used]
+    extras = plan_extra_negatives(extra_negatives, n_patients + 1, n_images, seed, deform_share, strong_share,
+                                  left)
+    main_plans, plans = plans, plans + extras
     img_dir = out / "images"
     names = {p.name for p in plans}
     previous = _previous_synth_names(out, names) if overwrite else set()
     img_dir.mkdir(parents=True, exist_ok=True)
     for stale in sorted(previous - names):  # only images a previous synth wrote; nothing else is deleted
         (img_dir / stale).unlink(missing_ok=True)
-        if twins:
-            (out / TWINS_DIR / stale).unlink(missing_ok=True)
+    for stale in sorted(previous if not twins else previous - names):  # no twin of another data set stays
+        (out / TWINS_DIR / stale).unlink(missing_ok=True)
 
     twin_dir = out / TWINS_DIR if twins else None
     if twin_dir is not None:
         twin_dir.mkdir(exist_ok=True)
     tasks = [(p, size, seed, str(img_dir), str(twin_dir) if twin_dir else None) for p in plans]
     workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
-    workers = min(workers, n_images)
+    workers = min(workers, len(tasks))
     results: dict[int, dict] = {}
     from cianet.utils.progress import progress_enabled
 
-    bar = tqdm(total=n_images, desc="synth", unit="img",  # a terminal or CIANET_PROGRESS, or force_progress
+    bar = tqdm(total=len(tasks), desc="synth", unit="img",  # a terminal or CIANET_PROGRESS, or force_progress
                disable=not progress or not (force_progress or progress_enabled()))
     try:
         if workers == 1:
@@ -709,7 +917,7 @@ def generate_dataset(
         else:
             # spawn: safe even when the caller has started threads (torch, tqdm); startup is cheap here.
             ctx = multiprocessing.get_context("spawn")
-            chunk = max(1, min(32, n_images // (workers * 8)))
+            chunk = max(1, min(32, len(tasks) // (workers * 8)))
             with ctx.Pool(workers) as pool:
                 for r in pool.imap_unordered(_render_task, tasks, chunksize=chunk):
                     results[r["index"]] = r
@@ -717,15 +925,20 @@ def generate_dataset(
     finally:
         bar.close()
 
-    train, test = split_patients(plans, seed)
+    train, test = split_patients(main_plans, seed)  # the extras are in neither list
     _write_csvs(out, plans, results, size, train, test)
+    if extras:
+        atomic_write_text(out / POOL_ONLY_FILE, "".join(p.name + "\n" for p in extras))
+    elif previous:  # a previous synth's list would name images of another plan
+        (out / POOL_ONLY_FILE).unlink(missing_ok=True)
 
-    n_boxes = sum(len(r["boxes"]) for r in results.values())
+    plans = main_plans  # the counts below describe the data set proper; the extras are counted apart
+    n_boxes = sum(len(results[p.index]["boxes"]) for p in plans)
     per_label = {lab: sum(lab in p.labels for p in plans) for lab in LABELS}
     summary = {
         "out_dir": str(out),
         "images": n_images,
-        "patients": plans[-1].patient,
+        "patients": n_patients,
         "size": size,
         "seed": seed,
         "no_finding": sum(not p.labels for p in plans),
@@ -737,7 +950,9 @@ def generate_dataset(
         "train_val": len(train),
         "test": len(test),
         "backgrounds": len(bg_paths) if bg_paths else 0,
-        "twins": sum(bool(p.labels) for p in plans) if twins else 0,
+        "twins": n_images + extra_negatives if twins else 0,
+        "extra_negatives": extra_negatives,
+        "priors": _plan_prior_counts(plans),
         "per_label": per_label,
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -745,7 +960,8 @@ def generate_dataset(
         "args": {"n_images": n_images, "size": size, "seed": seed, "deform_share": deform_share,
                  "strong_share": strong_share, "annotated_share": annotated_share,
                  "no_finding_share": no_finding_share, "images_per_patient": [lo, hi],
-                 "backgrounds": str(backgrounds) if backgrounds is not None else None, "twins": bool(twins)},
+                 "backgrounds": str(backgrounds) if backgrounds is not None else None, "twins": bool(twins),
+                 "extra_negatives": extra_negatives, "prior_share": prior_share},
         "summary": {k: v for k, v in summary.items() if k not in ("seconds", "out_dir")},
     }
     atomic_write_json(out / "synth_meta.json", meta)

@@ -11,8 +11,8 @@ The NIH-layout phantom is generated into a temporary folder beside ``OUT`` and r
   (drawn from :data:`READERS`) whose boxes are the true box with seeded jitter of the corners, so the reader
   merge has overlapping boxes to merge. Images whose findings are all image-level (no VinDr class) are left
   out; No Finding images get three "No finding" rows.
-* ``csv``: ``images.csv`` and ``boxes.csv`` of the generic layout with the PNGs under ``images/``: the NIH
-  labels and only the boxes of the annotated images, as the NIH layout has them.
+* ``csv``: ``images.csv`` (with ``patient`` and ``follow_up``) and ``boxes.csv`` of the generic layout with the
+  PNGs under ``images/``: the NIH labels and only the boxes of the annotated images, as the NIH layout has them.
 
 DICOMs hold the phantom's 8-bit pixels scaled to 12 bits (MONOCHROME2, explicit VR little endian), with
 UIDs derived from the seed and the image name, so the same seed writes the same bytes.
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cianet.errors import InputError
 from cianet.utils.atomic import atomic_write_text
 
 LAYOUTS: tuple[str, ...] = ("nih", "rsna", "vindr", "csv")
@@ -150,10 +151,11 @@ def _write_csv(nih: Path, out: Path, index) -> dict:
     from cianet.labels import NO_FINDING
 
     (out / "images").mkdir(parents=True, exist_ok=True)
-    image_rows = [["image", "labels", "patient"]]
+    image_rows = [["image", "labels", "patient", "follow_up"]]
     box_rows = [["image", "label", "x", "y", "w", "h"]]
     for rec in index.records:
-        image_rows.append([rec.name, "|".join(rec.labels) if rec.labels else NO_FINDING, rec.patient_id])
+        image_rows.append([rec.name, "|".join(rec.labels) if rec.labels else NO_FINDING, rec.patient_id,
+                           str(rec.follow_up)])
         box_rows += [[rec.name, b.label, repr(b.x), repr(b.y), repr(b.w), repr(b.h)] for b in rec.boxes]
         shutil.copyfile(rec.path, out / "images" / rec.name)
     atomic_write_text(out / "images.csv", _csv_text(image_rows))
@@ -170,14 +172,16 @@ def write_layout(out_dir, layout: str, seed: int = 0, overwrite: bool = False, *
     from cianet.utils.atomic import atomic_write_json
 
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+        raise InputError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     if layout == "nih":
         return generate_dataset(out_dir, seed=seed, overwrite=overwrite, **synth_args)
     if synth_args.get("twins"):
-        raise ValueError("--twins is only written in the nih layout")
+        raise InputError("--twins is only written in the nih layout")
+    if synth_args.get("extra_negatives"):
+        raise InputError("--extra-negatives is only written in the nih layout")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"{out} is not empty (pass --overwrite to write into it)")
+        raise InputError(f"{out} is not empty (pass --overwrite to write into it)")
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".synth-nih-", dir=out.parent))
     try:

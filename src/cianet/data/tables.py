@@ -14,6 +14,8 @@ import zipfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from cianet.errors import InputError, MissingPathError
+
 #: File extensions taken for images while scanning the root (matched case-insensitively); ``.dicom`` is
 #: VinDr-CXR's spelling.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
@@ -43,7 +45,7 @@ def open_text(path: Path) -> io.TextIOBase:
         members = [m for m in archive.namelist() if not m.endswith("/")]
         if len(members) != 1:
             archive.close()
-            raise ValueError(f"{path}: a zipped table must hold exactly one file, found {len(members)}")
+            raise InputError(f"{path}: a zipped table must hold exactly one file, found {len(members)}")
         return io.TextIOWrapper(archive.open(members[0]), encoding="utf-8-sig", newline="")
     return open(path, encoding="utf-8-sig", newline="")
 
@@ -58,11 +60,11 @@ def read_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
                     if row and any(cell.strip() for cell in row):
                         yield reader.line_num, row
             except csv.Error as exc:
-                raise ValueError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from exc
+                raise InputError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from exc
     except (OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
         if isinstance(exc, FileNotFoundError):
-            raise FileNotFoundError(f"{path}: no such file") from exc
-        raise ValueError(f"{path}: cannot read ({exc})") from exc
+            raise MissingPathError(f"{path}: no such file") from exc
+        raise InputError(f"{path}: cannot read ({exc})") from exc
 
 
 def header_of(rows: Iterator[tuple[int, list[str]]], path: Path, what: str) -> list[str]:
@@ -70,7 +72,7 @@ def header_of(rows: Iterator[tuple[int, list[str]]], path: Path, what: str) -> l
     try:
         return next(rows)[1]
     except StopIteration:
-        raise ValueError(f"{path}: empty file, expected a {what} CSV header") from None
+        raise InputError(f"{path}: empty file, expected a {what} CSV header") from None
 
 
 def column(header: list[str], wanted: str, path: Path, exact: bool = False) -> int:
@@ -80,7 +82,7 @@ def column(header: list[str], wanted: str, path: Path, exact: bool = False) -> i
         cell = cell.strip()
         if cell == wanted or (not exact and cell.startswith(wanted)):
             return i
-    raise ValueError(f"{path}: line 1: malformed header, no column {wanted!r} (header: {','.join(header)})")
+    raise InputError(f"{path}: line 1: malformed header, no column {wanted!r} (header: {','.join(header)})")
 
 
 def optional_column(header: list[str], wanted: str) -> int | None:
@@ -140,9 +142,9 @@ def parse_xywh(texts: Sequence[str], path: Path, line: int) -> tuple[float, floa
     try:
         x, y, w, h = (float(t) for t in texts)
     except ValueError:
-        raise ValueError(f"{path}: line {line}: box {list(texts)} is not four numbers") from None
+        raise InputError(f"{path}: line {line}: box {list(texts)} is not four numbers") from None
     if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        raise ValueError(f"{path}: line {line}: invalid box x={x} y={y} w={w} h={h} (need finite, w, h > 0)")
+        raise InputError(f"{path}: line {line}: invalid box x={x} y={y} w={w} h={h} (need finite, w, h > 0)")
     return x, y, w, h
 
 
@@ -150,14 +152,14 @@ def locate_table(root: Path, given: str | os.PathLike | None, find, what: str, m
     """The metadata table of a data root: ``given`` (relative to ``root`` or absolute) when named, else what
     ``find(root)`` finds. ``what`` names the table in errors; ``missing_hint`` says what the layout expects."""
     if not root.is_dir():
-        raise FileNotFoundError(f"data root {root} is not a folder")
+        raise MissingPathError(f"data root {root} is not a folder")
     path = resolve_path(root, given)
     if path is None:
         path = find(root)
         if path is None:
-            raise FileNotFoundError(f"{root}: {missing_hint}")
+            raise MissingPathError(f"{root}: {missing_hint}")
     elif not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
+        raise MissingPathError(f"{path}: {what} not found")
     return path
 
 

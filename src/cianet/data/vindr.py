@@ -20,6 +20,7 @@ import math
 import os
 from pathlib import Path
 
+from cianet.errors import InputError
 from cianet.data.box_checks import check_boxes
 from cianet.data.box_merge import DEFAULT_MERGE, DEFAULT_MERGE_IOU, check_merge, merge_boxes
 from cianet.data.index import Box, ImageIndex, ImageRecord, attach_paths
@@ -58,7 +59,7 @@ def read_vindr_rows(path: Path) -> tuple[list[ImageRecord], dict]:
         n_rows += 1
         image, name = cell(row, c_id), cell(row, c_class)
         if not image or not name:
-            raise ValueError(f"{path}: line {line}: empty image_id or class_name")
+            raise InputError(f"{path}: line {line}: empty image_id or class_name")
         if c_rad is not None and cell(row, c_rad):
             readers.add(cell(row, c_rad))
         rec = records.get(image)
@@ -68,14 +69,14 @@ def read_vindr_rows(path: Path) -> tuple[list[ImageRecord], dict]:
         texts = [cell(row, i) for i in c_box]
         if name == NO_FINDING:
             if any(texts):
-                raise ValueError(f"{path}: line {line}: a box on a '{NO_FINDING}' row")
+                raise InputError(f"{path}: line {line}: a box on a '{NO_FINDING}' row")
             continue
         try:
             x0, y0, x1, y1 = (float(t) for t in texts)
         except ValueError:
-            raise ValueError(f"{path}: line {line}: box {texts} of {name!r} is not four numbers") from None
+            raise InputError(f"{path}: line {line}: box {texts} of {name!r} is not four numbers") from None
         if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
-            raise ValueError(f"{path}: line {line}: invalid box x_min={x0} y_min={y0} x_max={x1} y_max={y1} "
+            raise InputError(f"{path}: line {line}: invalid box x_min={x0} y_min={y0} x_max={x1} y_max={y1} "
                              "(need finite corners, max > min)")
         rec.boxes.append(Box(name, x0, y0, x1 - x0, y1 - y0))
         classes[image].add(name)

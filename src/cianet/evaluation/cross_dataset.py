@@ -48,7 +48,7 @@ def restrict_metrics(metrics: dict[str, Any], classes, scored: tuple[str, ...],
     """``metrics`` of :func:`cianet.run.scoring.evaluate` (with predictions, in the model's classes
     ``classes``) re-measured on the classes ``scored`` only: AUC, localization and their means, the score and
     label columns and the boxes."""
-    from cianet.metrics import accuracy_from_ious, auc_per_class
+    from cianet.metrics import accuracy_from_ious, auc_per_class, class_mean_accuracy
 
     cols = [classes.index(c) for c in scored]
     box_scored = [c for c in classes.box_names if c in scored]
@@ -57,12 +57,18 @@ def restrict_metrics(metrics: dict[str, Any], classes, scored: tuple[str, ...],
     out = dict(metrics)
     out["scores"], out["labels"] = metrics["scores"][:, cols], metrics["labels"][:, cols]
     out["ious"] = np.asarray(metrics["ious"])[keep]
+    if metrics.get("evidence") is not None:  # what evaluate adds since the tie-free AUC
+        out["evidence"] = np.asarray(metrics["evidence"])[:, cols]
+        out["pointing"] = np.asarray(metrics["pointing"])[keep]
+        out["iou_grid"] = np.asarray(metrics["iou_grid"])[keep]
     out["box_classes"] = np.array([remap[int(k)] for k in np.asarray(metrics["box_classes"])[keep]], np.int64)
     out["box_images"] = np.asarray(metrics["box_images"])[keep]
     if metrics.get("box_names"):
         out["box_names"] = [n for n, k in zip(metrics["box_names"], keep) if k]
-    out["auc"] = auc_per_class(out["scores"], out["labels"], scored)
+    out["auc"] = auc_per_class(out.get("evidence", out["scores"]), out["labels"], scored)  # as evaluate ranks
     out["localization"] = accuracy_from_ious(out["ious"], out["box_classes"], thresholds, box_scored)
+    if "pointing" in out:
+        out["pointing_game"] = class_mean_accuracy(out["pointing"], out["box_classes"], box_scored)
     out["n_boxes"] = int(keep.sum())
     return out
 
@@ -132,7 +138,7 @@ def evaluate_on_dataset(run_dir: str | Path, data_root: str | Path, out: str | P
     if not found:
         raise MissingPathError(f"{data_root}: none of the {len(index)} images of its {index.dataset} index was "
                                "found below it")
-    needs_pool = cfg.model.kind != "baseline" and cfg.negatives.strategy in ("sim", "random")
+    needs_pool = cfg.model.kind != "baseline" and cfg.negatives.pool_strategy() is not None  # prior: its fallback
     pool = reference_pool(index, int(cfg.run.seed)) if needs_pool else []
     in_pool = set(pool)
     scored = [n for n in found if n not in in_pool]
@@ -164,4 +170,7 @@ def evaluate_on_dataset(run_dir: str | Path, data_root: str | Path, out: str | P
     metrics["plots"] = write_evaluation_plots(out, metrics, list(match.scored))
     write_metrics(out, metrics, title=f"{cfg.model.kind} of run {run_dir.resolve().name} on {index.dataset} "
                                       f"({data_root.resolve().name})")
+    from cianet.run.pairing import write_pairing_record
+
+    write_pairing_record(pairing, data, out)  # negatives.csv: what each scored image was contrasted with
     return metrics

@@ -9,7 +9,9 @@ resumed when its output already exists in the demo folder, so an interrupted dem
   5. hash        the perceptual-hash negative index                                        (`cianet hash`)
   6. train       the baseline (Li et al.) and CIA-Net, tiny recipe, Table 1 protocol (80% annotated
                  + 50% unannotated), both with alignment, so the comparison isolates the attention (`cianet train`)
-  7. report.md   Table-1-style comparison, AUCs, figures
+  7. evaluate    both runs as `cianet evaluate` scores them (ROC/PR curves, bootstrap intervals, test grids)
+  8. report.md   Table-1-style comparison, AUCs, figures
+  9. site/       the viewer's page of both runs (`cianet view`), linked from report.md
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def run_demo(out: str | Path = "cianet-demo", fast: bool = False, seed: int = 0,
 
 #: every entry a demo writes at the top of its folder (what --fresh deletes, and nothing else)
 DEMO_ENTRIES = frozenset({"data", "cache", "canonical.png", "canonical_mean.png", "canonical.json", "align",
-                          "hash.npz", "runs", "figures", "alignment.json", "report.md", "timings.json"})
+                          "hash.npz", "runs", "figures", "alignment.json", "report.md", "timings.json", "site"})
 
 
 def _run_stages(out: Path, st: dict, fast: bool, seed: int, progress: bool) -> Path:
@@ -81,6 +83,8 @@ def _run_stages(out: Path, st: dict, fast: bool, seed: int, progress: bool) -> P
     from cianet.data.cache import prepare_cache
     from cianet.data.canonical import make_canonical
     from cianet.data.synth import generate_dataset
+    from cianet.evaluation.evaluate import evaluate_run
+    from cianet.evaluation.viewer import build_site
     from cianet.evaluation.report import write_demo_report
     from cianet.run.pairing import hash_data_root
     from cianet.training.alignment import train_alignment
@@ -129,13 +133,48 @@ def _run_stages(out: Path, st: dict, fast: bool, seed: int, progress: bool) -> P
         cfg.negatives.hash_index, cfg.optim.epochs, cfg.optim.lr_step = str(hash_npz), st["epochs"], st["lr_step"]
         cfg.protocol.annotated_ratio, cfg.protocol.unannotated_ratio = 0.8, 0.5
         stage(f"train {kind}", (run_dir / "metrics.json").exists(), lambda cfg=cfg: fit(cfg, resume=True))
+    for kind, run_dir in runs.items():  # as `cianet evaluate`: ROC/PR curves, intervals, the viewer's test grids
+        stage(f"evaluate {kind}", _evaluated(run_dir),
+              lambda run_dir=run_dir: evaluate_run(run_dir, device=base.run.device, progress=progress))
     t0 = time.time()
     report = write_demo_report(out, runs, canonical, align_dir / "align.pt", timings, settings=st)
     timings["report"] = round(time.time() - t0, 1)
+    t0 = time.time()  # the page of both runs side by side (`cianet view`), linked from the report
+    site = build_site([runs["cianet"], runs["baseline"]], out / SITE, progress=False if not progress else None)
+    link_site(report, site.index)
+    timings["site"] = round(time.time() - t0, 1)
     total = round(time.time() - t_all, 1)
     atomic_write_json(out / "timings.json", {**timings, "total": total})
     print(f"[demo] finished in {total} s", file=sys.stderr)
     return report
+
+
+def _evaluated(run_dir: Path) -> bool:
+    """Whether ``cianet evaluate`` has scored the run (its intervals and the viewer's grids are there)."""
+    import json
+
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(metrics.get("ci")) and (run_dir / "predictions.npz").exists()
+
+
+SITE = "site"
+
+
+def link_site(report: Path, index: Path) -> None:
+    """Add the viewer's page to ``report`` (a "## Viewer" section with a relative link), once."""
+    from cianet.utils.atomic import atomic_write_text
+
+    text = report.read_text()
+    if "## Viewer" in text:
+        return
+    rel = index.relative_to(report.parent).as_posix()
+    atomic_write_text(report, text.rstrip("\n") + "\n\n## Viewer\n\n"
+                      f"Both runs' test images, side by side, with their predicted regions, heatmaps and the ground "
+                      f"truth: [{rel}]({rel}) (open it in a browser; `cianet view runs/cianet runs/baseline` "
+                      "rebuilds it).\n")
 
 
 def _align_done(align_dir: Path, epochs: int) -> bool:

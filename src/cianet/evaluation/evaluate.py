@@ -24,6 +24,9 @@ class LoadedRun:
     test_loader: Any
     align_net: nn.Module | None
     device: torch.device
+    val_loader: Any = None  # the run's validation images (None without a validation split)
+    pairing: Any = None  # cianet.run.pairing.RunPairing: the negatives its images are scored with
+    data: Any = None  # cianet.run.protocol.RunData
 
 
 def load_run(run_dir: str | Path, device: str = "auto", data_root: str | None = None,
@@ -35,7 +38,8 @@ def load_run(run_dir: str | Path, device: str = "auto", data_root: str | None = 
     """
     from cianet.run.checkpoints import load_alignment, load_checkpoint, model_from_checkpoint
     from cianet.run.device import resolve_device
-    from cianet.run.loaders import make_loaders
+    from cianet.run.loaders import image_source, make_loaders, make_val_loader
+    from cianet.run.pairing import pair_negatives
     from cianet.run.protocol import build_run_data
 
     run_dir = Path(run_dir)
@@ -49,16 +53,19 @@ def load_run(run_dir: str | Path, device: str = "auto", data_root: str | None = 
         cfg.data.dataset = dataset
     cfg.run.out, cfg.run.progress = str(run_dir), progress
     data = build_run_data(cfg)
-    _, _, test_ds, test_loader = make_loaders(cfg, data)
+    pairing = pair_negatives(cfg, data, image_source(cfg, data.index))  # shared by the test and val loaders
+    _, _, test_ds, test_loader = make_loaders(cfg, data, pairing=pairing)
+    _, val_loader = make_val_loader(cfg, data, pairing)
     align_net = load_alignment(cfg.align.checkpoint, dev).net if cfg.align.checkpoint else None
-    return LoadedRun(model, cfg, data.description, test_ds, test_loader, align_net, dev)
+    return LoadedRun(model, cfg, data.description, test_ds, test_loader, align_net, dev, val_loader, pairing, data)
 
 
 def evaluate_run(run_dir: str | Path, device: str = "auto", progress: bool = True, data_root: str | None = None,
                  n_boot: int = 1000, precision: str | None = None, dataset: str | None = None) -> dict[str, Any]:
     """Re-evaluate a finished run on its own test split; writes into the run folder metrics.json/md (with
     bootstrap intervals, ``n_boot`` resamples; 0: none), predictions.npz and the plots (roc, pr,
-    localization, loss PNGs; :mod:`cianet.evaluation.plots`).
+    localization, loss PNGs; :mod:`cianet.evaluation.plots`). Its validation images, when it has them, are
+    scored too, to choose the probability threshold of ``val_threshold`` (:func:`cianet.run.scoring.add_val_threshold`).
 
     ``precision``: fp32 | bf16 | auto (:mod:`cianet.run.precision`); default: the run's ``run.precision``, so
     that the figures are those training wrote. What was used is recorded in metrics.json. Another data set
@@ -66,7 +73,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", progress: bool = Tru
     from cianet.evaluation.plots import write_evaluation_plots
     from cianet.labels import label_set_from
     from cianet.models.folding import for_inference
-    from cianet.run.scoring import evaluate, write_metrics
+    from cianet.run.scoring import add_val_threshold, evaluate, write_metrics
 
     from cianet.run.precision import check_setting, resolve_precision
 
@@ -77,31 +84,43 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", progress: bool = Tru
     precision = resolve_precision(precision or run.cfg.run.precision, run.device,
                                   what="--precision" if precision else "run.precision")
     # scoring only: BatchNorm folded, channels-last (the same function, faster: cianet.models.folding)
-    metrics = evaluate(for_inference(run.model), run.test_loader, run.device, align_net=run.align_net,
-                       progress=progress, upsample=True, keep_predictions=True, rescale=run.cfg.loss.mil_rescale,
-                       precision=precision, channels_last=True)
+    net = for_inference(run.model)
+    kw = dict(align_net=run.align_net, upsample=True, rescale=run.cfg.loss.mil_rescale, precision=precision,
+              channels_last=True)
+    metrics = evaluate(net, run.test_loader, run.device, progress=progress, keep_predictions=True, **kw)
+    # the threshold of the calibration-free localization, chosen on the validation images (none: no split)
+    val = None if run.val_loader is None else evaluate(net, run.val_loader, run.device, progress=False, **kw)
+    add_val_threshold(metrics, val)
     if n_boot:
         metrics["ci"] = bootstrap_intervals(metrics, n_boot, seed=int(run.cfg.run.seed))
     classes = label_set_from(run.cfg.data.labels, run.cfg.data.box_labels).names  # the run's data set's
     metrics["plots"] = write_evaluation_plots(run_dir, metrics, list(classes))
     write_metrics(run_dir, metrics, title=f"{run.cfg.model.kind} ({run.description})")
+    from cianet.run.pairing import write_pairing_record
+
+    write_pairing_record(run.pairing, run.data, run_dir)  # negatives.csv: the pairs these figures were scored with
     return metrics
 
 
 def bootstrap_intervals(metrics: dict[str, Any], n_boot: int = 1000, seed: int = 0,
                         confidence: float = 0.95) -> dict[str, Any]:
-    """Bootstrap intervals of the mean AUC (test images resampled) and of the class-mean localization accuracy
-    at each T(IoU) (boxes resampled within their class), from ``evaluate(..., keep_predictions=True)``."""
+    """Bootstrap intervals of the mean AUC (test images resampled; ranked by the evidence where present), of the
+    class-mean localization accuracy at each T(IoU) and of the pointing game (boxes resampled within their
+    class), from ``evaluate(..., keep_predictions=True)``."""
     import math
 
-    from cianet.metrics import auc_ci, localization_ci
+    from cianet.metrics import auc_ci, class_mean_ci, localization_ci
 
     out: dict[str, Any] = {"n_boot": int(n_boot), "confidence": float(confidence), "auc": None, "localization": {}}
     mean_auc = metrics.get("auc", {}).get("Mean")
     if len(metrics["scores"]) and mean_auc is not None and math.isfinite(mean_auc):  # else no class has both labels
-        out["auc"] = auc_ci(metrics["scores"], metrics["labels"], n_boot=n_boot, seed=seed, confidence=confidence)
+        ranks = metrics["evidence"] if metrics.get("evidence") is not None else metrics["scores"]
+        out["auc"] = auc_ci(ranks, metrics["labels"], n_boot=n_boot, seed=seed, confidence=confidence)
     if len(metrics["ious"]):
         for t in metrics["localization"]:
             out["localization"][t] = localization_ci(metrics["ious"], metrics["box_classes"], threshold=float(t),
                                                      n_boot=n_boot, seed=seed, confidence=confidence)
+        if metrics.get("pointing") is not None:
+            out["pointing"] = class_mean_ci(metrics["pointing"], metrics["box_classes"], n_boot=n_boot, seed=seed,
+                                            confidence=confidence)
     return out

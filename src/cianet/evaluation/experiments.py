@@ -2,7 +2,9 @@
 
 Every run lives in ``OUT/<variant>/fold<k>/`` (``OUT/<variant>/split/`` for table 4), or
 ``OUT/<variant>/seed<s>/fold<k>/`` with ``--seeds``. A finished run (its ``metrics.json`` exists) is not run
-again; a started one resumes from its checkpoint. The aggregate over runs (folds x seeds) is the mean and the
+again and a started one resumes from its checkpoint, but only when its saved ``config.yaml`` equals the config
+the experiment would train (:func:`cianet.run.reuse.check_reusable`: otherwise the command refuses and names the
+keys that differ). The aggregate over runs (folds x seeds) is the mean and the
 (population) standard deviation, written to ``NAME.json`` and ``NAME.md``, with the paired differences the
 table is about (CIA-Net minus Base, ...) and their 95% bootstrap confidence intervals: over test boxes
 (stratified by class; the folds of one seed are pooled, their test sets being disjoint) and over seeds where
@@ -172,21 +174,30 @@ def _run_dir(out_dir: Path, variant: Variant, fold: int | None, seed: int | None
 
 
 def _pooled_predictions(run_dirs: list[Path]) -> dict[str, Any]:
-    """Per-box IoUs and classes, per-image scores and labels of several runs of one seed, concatenated."""
+    """Per-box IoUs, pointing-game hits and classes, per-image evidence and labels of several runs of one seed,
+    concatenated (InputError naming the run when its predictions predate the evidence)."""
     import numpy as np
 
     from cianet.run.scoring import read_predictions
 
-    parts = [read_predictions(d) for d in run_dirs]
-    return {k: np.concatenate([p[k] for p in parts]) for k in ("ious", "box_classes", "scores", "labels")}
+    parts = [read_predictions(d, need=("evidence", "pointing")) for d in run_dirs]
+    keys = ["ious", "pointing", "box_classes", "evidence", "labels"]
+    if all("ious_val" in p for p in parts):  # every run chose a threshold on its validation split
+        keys.append("ious_val")
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
 
 def compare_runs(runs_a: list[list[Path]], runs_b: list[list[Path]], thresholds=(0.1, 0.3, 0.5, 0.7),
                  n_boot: int = 2000) -> dict[str, Any]:
-    """Paired bootstrap differences A - B. ``runs_x[s]`` are the run folders of seed ``s`` (its folds)."""
+    """Paired bootstrap differences A - B. ``runs_x[s]`` are the run folders of seed ``s`` (its folds).
+
+    Keys: each T(IoU) (the paper's p > 0.5 regions), "pointing" (the pointing game), "val 0.5" (T(IoU) = 0.5 at
+    each run's validation-chosen threshold; only when every run has one) and "auc" (images ranked by evidence).
+    """
     import numpy as np
 
-    from cianet.metrics import bootstrap_auc_difference, bootstrap_localization_difference
+    from cianet.metrics import (bootstrap_auc_difference, bootstrap_class_mean_difference,
+                                bootstrap_localization_difference)
 
     a = [_pooled_predictions(r) for r in runs_a]
     b = [_pooled_predictions(r) for r in runs_b]
@@ -199,7 +210,14 @@ def compare_runs(runs_a: list[list[Path]], runs_b: list[list[Path]], thresholds=
             out[f"{t:g}"] = bootstrap_localization_difference(
                 [p["ious"] for p in a], [p["ious"] for p in b], [p["box_classes"] for p in a], threshold=t,
                 n_boot=n_boot)
-    out["auc"] = bootstrap_auc_difference([p["scores"] for p in a], [p["scores"] for p in b],
+        out["pointing"] = bootstrap_class_mean_difference(
+            [p["pointing"] for p in a], [p["pointing"] for p in b], [p["box_classes"] for p in a], n_boot=n_boot)
+        if all("ious_val" in p for p in a + b):
+            out["val 0.5"] = bootstrap_localization_difference(
+                [p["ious_val"] for p in a], [p["ious_val"] for p in b], [p["box_classes"] for p in a],
+                threshold=0.5, n_boot=n_boot)
+            out["val 0.5"]["metric"] = "mean localization accuracy at T(IoU) = 0.5, validation-chosen p threshold"
+    out["auc"] = bootstrap_auc_difference([p["evidence"] for p in a], [p["evidence"] for p in b],
                                           [p["labels"] for p in a], n_boot=n_boot)
     return out
 
@@ -216,7 +234,8 @@ def comparison_markdown(comparisons: dict[str, dict[str, Any]]) -> str:
         a_name, b_name = label.split(" - ")
         lines += [f"### {label}", "", f"| metric | {a_name} | {b_name} | difference | 95% CI |", "|---|---|---|---|---|"]
         for key, r in comp.items():
-            what = "mean AUC" if key == "auc" else f"loc. acc. T(IoU)={key}"
+            what = {"auc": "mean AUC (by evidence)", "pointing": "pointing game",
+                    "val 0.5": "loc. acc. T(IoU)=0.5, p threshold from val"}.get(key, f"loc. acc. T(IoU)={key}")
             lines.append(f"| {what} | {r['a']:.3f} | {r['b']:.3f} | {f(r['diff'])} | [{f(r['low'])}, {f(r['high'])}] |")
         main = comp.get("0.5", comp["auc"])
         lines += ["", verdict(main, what=a_name, other=b_name), ""]
@@ -229,6 +248,7 @@ def run_experiment(name: str, cfg: Config, out_dir: str | Path, folds: list[int]
     import json
 
     from cianet.run.checkpoints import CHECKPOINT
+    from cianet.run.reuse import check_reusable
     from cianet.training.loop import fit
 
     out_dir = Path(out_dir)
@@ -243,10 +263,12 @@ def run_experiment(name: str, cfg: Config, out_dir: str | Path, folds: list[int]
             seed_dirs = []
             for fold in (folds if variant.folds else [None]):
                 run_dir = _run_dir(out_dir, variant, fold, seed)
+                run_cfg = _run_config(cfg, variant, fold, run_dir)
+                if seed is not None:
+                    run_cfg.run.seed = seed
+                # an earlier run in the folder is reused only when trained with exactly these settings
+                check_reusable(run_dir, run_cfg, what=f"experiment {name} ({variant.name})")
                 if not (run_dir / "metrics.json").exists():
-                    run_cfg = _run_config(cfg, variant, fold, run_dir)
-                    if seed is not None:
-                        run_cfg.run.seed = seed
                     fit(run_cfg, resume=(run_dir / CHECKPOINT).exists())
                 per_run.append(json.loads((run_dir / "metrics.json").read_text()))
                 seed_dirs.append(run_dir)

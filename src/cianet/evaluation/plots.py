@@ -195,7 +195,9 @@ def write_evaluation_plots(run_dir: str | Path, metrics: Mapping[str, Any], name
     run_dir = Path(run_dir)
     figures: dict[str, bytes | None] = {}
     if "scores" in metrics and len(metrics["scores"]):
-        scores, labels = np.asarray(metrics["scores"]), np.asarray(metrics["labels"])
+        # ranked by the evidence where present, as metrics.json's AUCs (scores saturate at 1.0 and tie)
+        ranks = metrics["evidence"] if metrics.get("evidence") is not None else metrics["scores"]
+        scores, labels = np.asarray(ranks), np.asarray(metrics["labels"])
         figures["roc"] = roc_figure(scores, labels, names)
         figures["pr"] = pr_figure(scores, labels, names)
     figures["localization"] = localization_figure(metrics.get("localization") or {})

@@ -53,6 +53,7 @@ def verdict_section(runs: dict[str, Path], metrics: dict[str, dict[str, Any]]) -
         "so they say what this run shows, not what every run would.",
         "",
         "- " + verdict(comp["0.5"], what="CIA-Net", other="Base"),
+        *(["- " + verdict(comp["pointing"], what="CIA-Net", other="Base")] if "pointing" in comp else []),
         "- " + verdict(comp["auc"], what="CIA-Net", other="Base"),
         "",
         comparison_markdown({"CIA-Net - Base": comp}),
@@ -66,6 +67,32 @@ def verdict_section(runs: dict[str, Path], metrics: dict[str, dict[str, Any]]) -
     att = metrics["cianet"].get("attention")
     if att and att.get("n_images"):
         lines += ["### The attention mechanism", "", attention_sentence(att), ""]
+    return lines
+
+
+def calibration_free_section(named: dict[str, dict[str, Any]]) -> list[str]:
+    """The pointing game of each model and its localization at the validation-chosen threshold (or why there
+    is none), from their metrics.json."""
+    from cianet.evaluation.experiments import localization_markdown
+    from cianet.metrics import format_auc_table
+
+    nan = lambda row: {c: (float("nan") if v is None else v) for c, v in row.items()}  # noqa: E731
+    lines = ["The paper's accuracy counts cells with p > 0.5, so it depends on calibration. The pointing game "
+             "does not: a box is found when its class's highest test-grid cell (by logit) has its centre in the "
+             "box.", ""]
+    points = {m: nan(r["pointing_game"]) for m, r in named.items() if r.get("pointing_game")}
+    if points:
+        lines += [format_auc_table(points), ""]
+    chosen = {m: r.get("val_threshold") or {} for m, r in named.items()}
+    with_t = {m: v for m, v in chosen.items() if v.get("threshold") is not None}
+    if with_t:
+        lines += ["Localization at the probability threshold chosen on the validation boxes (" + ", ".join(
+            f"{m}: p > {v['threshold']:g}" for m, v in with_t.items()) + "):", "",
+            localization_markdown({m: {"localization": {t: nan(row) for t, row in v["localization"].items()}}
+                                   for m, v in with_t.items()}), ""]
+    else:
+        reasons = {v.get("reason") for v in chosen.values() if v.get("reason")}
+        lines += ["No validation-chosen threshold: " + ("; ".join(sorted(reasons)) or "not recorded") + ".", ""]
     return lines
 
 
@@ -256,7 +283,8 @@ def figure_roc(runs: dict[str, Path], out: Path) -> Path | None:
             continue
         z = read_predictions(run_dir)
         n_box = len(BOX_LABELS)
-        curves = roc_curves(z["scores"][:, :n_box], z["labels"][:, :n_box], BOX_LABELS)
+        ranks = z.get("evidence", z["scores"])  # the evidence does not tie where scores saturate at 1.0
+        curves = roc_curves(ranks[:, :n_box], z["labels"][:, :n_box], BOX_LABELS)
         for k, name in enumerate(BOX_LABELS):
             if name in curves:
                 fpr, tpr = curves[name]
@@ -309,7 +337,13 @@ def write_demo_report(out: Path, runs: dict[str, Path], canonical: Path, align_c
         "",
         localization_markdown(named),
         "",
+        "## Calibration-free localization",
+        "",
+        *calibration_free_section(named),
         "## Classification AUC",
+        "",
+        "Images ranked by their MIL evidence sum_j -log(1 - p_j) (the score 1 - prod_j(1 - p_j) rounds to 1.0 in "
+        "float32 for confident images and would tie them).",
         "",
         auc_markdown(named),
         "",

@@ -54,7 +54,8 @@ def source_kind(folder: Path) -> str:
     if (folder / "metrics.json").is_file():
         return "run"
     if (folder / "checkpoint.pt").is_file():
-        raise InputError(f"{folder}: the run has not been evaluated: run `cianet evaluate --run {folder}` first")
+        raise InputError(f"{folder}: the run has not been evaluated: run `{evaluate_command(folder)}` first, then "
+                         f"`cianet view {folder}`")
     raise InputError(f"{folder}: neither a `cianet predict` output folder (summary.json, predictions.csv) nor an "
                      "evaluated run (metrics.json)")
 
@@ -66,14 +67,20 @@ def read_json(path: Path) -> Any:
         raise InputError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def load_truth(data_root: str | None, run_config: Path | None = None):
-    """The image index (labels, boxes) of ``data_root`` or of a run's config; None when neither is readable."""
+def load_truth(data_root: str | None, run_config: Path | None = None, tables: dict[str, str] | None = None):
+    """The image index (labels, boxes) of ``data_root`` or of a run's config; None when neither is readable.
+
+    ``tables``: ``entry_csv``, ``bbox_csv``, ``dataset`` (``cianet view --entry-csv --bbox-csv --dataset``)
+    where the data root's own tables are not found or not wanted."""
     from cianet.config import load_config
     from cianet.run.protocol import load_index
 
     cfg = load_config(run_config) if run_config is not None and run_config.is_file() else load_config("paper")
     if data_root:
         cfg.data.data_root = data_root
+    for key, value in (tables or {}).items():
+        if value:
+            setattr(cfg.data, key, value)
     if not cfg.data.data_root or not Path(cfg.data.data_root).is_dir():
         return None
     return load_index(cfg)
@@ -179,8 +186,9 @@ def predicted_entry(rec: dict[str, Any], k: int, writer: ImageWriter, index, not
     w, h = (int(v) for v in rec["image_size"])
     entry: dict[str, Any] = {
         "id": k, "name": Path(rec["source"]).name, "stem": rec["_stem"], "width": w, "height": h,
-        "probabilities": rec["probabilities"], "boxes": rec.get("boxes", []), "negative": rec.get("negative"),
-        "image": None, "heat": {}, "attention": None, "truth": truth_of(index, rec["source"]),
+        "probabilities": rec["probabilities"], "shown": shown_probabilities(rec["probabilities"]),
+        "boxes": rec.get("boxes", []), "negative": rec.get("negative"), "image": None, "heat": {}, "attention": None, "truth": truth_of(index, rec["source"]),
+        "domain": rec.get("domain"), "model": (rec.get("model") or {}).get("id"),
     }
     src = find_image(rec["source"], folder)
     image = None
@@ -227,36 +235,85 @@ def run_label_set(run_dir: Path) -> tuple[list[str], list[str]]:
     return list(classes.names), list(classes.box_names)
 
 
-def run_entries(run_dir: Path, labels: Sequence[str], box_labels: Sequence[str], writer: ImageWriter, index,
-                max_images: int, notes: list[str], first_id: int) -> list[dict[str, Any]]:
-    """Gallery entries of an evaluated run's test images: scores, true labels, true boxes with their IoU.
+def grid_affine(params, side: int, size: tuple[int, int]) -> list[float]:
+    """``[a, b, c, d, e, f]``: test-grid cell coordinates ``(col, row)`` of a ``side x side`` grid over the aligned
+    network input -> pixels ``(x, y)`` of the image file of ``size = (W, H)``: ``x = a col + b row + c``,
+    ``y = d col + e row + f`` (the alignment's affine map, docs/architecture.md "Alignment parameters")."""
+    import math
 
-    Images with boxes come first, then the rest by their highest score; at most ``max_images``.
-    """
-    from cianet.data.io import XrayReadError, load_xray
+    tx, ty, sx, sy, th = (float(v) for v in params)
+    m00, m01, m10, m11 = sx * math.cos(th), -sy * math.sin(th), sx * math.sin(th), sy * math.cos(th)
+    w, h = float(size[0]), float(size[1])
+    return [w * m00 / side, w * m01 / side, w / 2 * (1 + tx - m00 - m01),
+            h * m10 / side, h * m11 / side, h / 2 * (1 + ty - m10 - m11)]
+
+
+def grid_block(grid: np.ndarray, box_labels: Sequence[str]) -> dict[str, Any]:
+    """A run's uint8 test grid ``(C, g, g)`` of one image for the page (base64, class by class, row by row)."""
+    import base64
+
+    g = np.ascontiguousarray(grid, np.uint8)
+    return {"side": int(g.shape[-1]), "classes": list(box_labels)[: g.shape[0]],
+            "data": base64.b64encode(g.tobytes()).decode("ascii")}
+
+
+def shown_probabilities(probs: dict[str, float]) -> dict[str, str]:
+    """The text the page shows for each probability (:func:`cianet.metrics.format_probability`: "> 0.9999",
+    never a rounded 1.000)."""
+    from cianet.metrics import format_probability
+
+    return {lab: format_probability(v) for lab, v in probs.items()}
+
+
+def run_predictions(run_dir: Path, name: str, labels: Sequence[str], box_labels: Sequence[str],
+                    notes: list[str]) -> dict[str, dict[str, Any]]:
+    """Image name -> what an evaluated run stored for it (``predictions.npz``): probabilities, the per-box IoUs
+    in evaluation order, and, when ``evaluate`` kept it, the low-resolution test grid and its alignment."""
     from cianet.run.scoring import read_predictions
 
     try:
         pred = read_predictions(run_dir)
     except InputError as exc:
         notes.append(str(exc))
-        return []
+        return {}
     if "names" not in pred:
         notes.append(f"{run_dir}: predictions.npz has no image names (evaluated by an older cianet); evaluate it "
-                     "again for a gallery")
-        return []
-    if index is None:
-        notes.append(f"{run_dir}: the run's data root is not readable (pass --data-root); no test-image gallery")
-        return []
-    names = [str(n) for n in pred["names"]]
+                     f"again for a gallery: cianet evaluate --run {run_dir}")
+        return {}
+    if "grids" not in pred:
+        notes.append(f"{run_dir}: predictions.npz holds no test grids (written by an older cianet), so no predicted "
+                     f"regions are drawn: evaluate it again with `cianet evaluate --run {run_dir}`")
     ious: dict[str, list[float]] = {}
     for n, v in zip(pred.get("box_names", []), pred["ious"]):
         ious.setdefault(str(n), []).append(float(v))
-    order = sorted(range(len(names)), key=lambda i: (names[i] not in ious, -float(pred["scores"][i].max())))
+    grids = {str(n): k for k, n in enumerate(pred.get("grid_names", []))}
+    out = {}
+    for i, n in enumerate(str(v) for v in pred["names"]):
+        k = grids.get(n)
+        probs = {lab: float(v) for lab, v in zip(labels, pred["scores"][i])}
+        out[n] = {"run": name, "probabilities": probs, "shown": shown_probabilities(probs),
+                  "box_ious": ious.get(n, []),
+                  "grid": None if k is None else grid_block(pred["grids"][k], box_labels),
+                  "params": None if k is None else [float(v) for v in pred["grid_params"][k]]}
+    return out
+
+
+def run_gallery(runs: Sequence[tuple[dict[str, dict[str, Any]], Sequence[str]]], writer: ImageWriter, index,
+                max_images: int, notes: list[str], first_id: int) -> list[dict[str, Any]]:
+    """Gallery entries of evaluated runs' test images, one card per image with every run that scored it side by
+    side (``runs``: per run, :func:`run_predictions` and its box classes): the regions each run predicts, its
+    heatmap, the true boxes with each run's IoU. Images with boxes come first, then by their highest score."""
+    from cianet.data.io import XrayReadError, load_xray
+
+    if index is None:
+        notes.append("the runs' data root is not readable (pass --data-root): no test-image gallery")
+        return []
+    names = list(dict.fromkeys(n for preds, _ in runs for n in preds))
+    has_box = {n: any(p[n]["box_ious"] for p, _ in runs if n in p) for n in names}
+    best = {n: max(max(p[n]["probabilities"].values(), default=0.0) for p, _ in runs if n in p) for n in names}
+    order = sorted(names, key=lambda n: (not has_box[n], -best[n]))
     out, unreadable = [], 0
-    for i in order[:max_images]:
-        name = names[i]
-        truth = truth_of(index, name)
+    for name in order[:max_images]:
         rec = index[name] if name in index else None
         if rec is None or rec.path is None:
             unreadable += 1
@@ -267,22 +324,41 @@ def run_entries(run_dir: Path, labels: Sequence[str], box_labels: Sequence[str],
             unreadable += 1
             continue
         k = first_id + len(out)
-        if truth is not None:  # the IoU of each true box of a box class, in evaluation order
-            box_ious = iter(ious.get(name, []))
-            for b in truth["boxes"]:
-                if b["label"] in box_labels:
-                    b["iou"] = next(box_ious, None)
+        h, w = image.shape
+        truth = truth_of(index, name)
+        item_runs = []
+        for preds, box_labels in runs:
+            if name not in preds:
+                continue
+            p = preds[name]
+            box_ious = iter(p["box_ious"])  # the IoU of each true box of a box class, in evaluation order
+            run = {"run": p["run"], "probabilities": p["probabilities"], "shown": p["shown"], "grid": p["grid"],
+                   "ious": [next(box_ious, None) if b["label"] in box_labels else None
+                            for b in (truth["boxes"] if truth else [])]}
+            if p["grid"] is not None:
+                run["affine"] = grid_affine(p["params"], p["grid"]["side"], (w, h))
+            item_runs.append(run)
+        if truth and len(runs) == 1:  # one run: each true box also carries its IoU (as pages always had)
+            for b, v in zip(truth["boxes"], item_runs[0]["ious"] if item_runs else []):
+                if v is not None:
+                    b["iou"] = v
         out.append({
-            "id": k, "name": name, "stem": name, "width": int(image.shape[1]), "height": int(image.shape[0]),
-            "probabilities": {lab: float(s) for lab, s in zip(labels, pred["scores"][i])}, "boxes": [],
-            "scores_only": True, "negative": None, "heat": {}, "attention": None, "truth": truth,
-            "image": writer.write(f"{k}.jpg", jpeg_bytes(display_image(image))),
+            "id": k, "name": name, "stem": name, "width": int(w), "height": int(h), "truth": truth,
+            "runs": item_runs, "probabilities": item_runs[0]["probabilities"], "boxes": [], "heat": {},
+            "attention": None, "image": writer.write(f"{k}.jpg", jpeg_bytes(display_image(image))),
         })
     if unreadable:
-        notes.append(f"{run_dir}: {unreadable} test images are not in the data root's index or have no file there")
+        notes.append(f"{unreadable} test images are not in the data root's index or have no file there")
     if len(order) > max_images:
-        notes.append(f"{run_dir}: showing {max_images} of {len(order)} test images (--max-images)")
+        notes.append(f"showing {max_images} of {len(order)} test images (--max-images)")
     return out
+
+
+def run_entries(run_dir: Path, labels: Sequence[str], box_labels: Sequence[str], writer: ImageWriter, index,
+                max_images: int, notes: list[str], first_id: int) -> list[dict[str, Any]]:
+    """Gallery entries of one evaluated run's test images (:func:`run_gallery` of that run alone)."""
+    preds = run_predictions(run_dir, run_dir.name, labels, box_labels, notes)
+    return run_gallery([(preds, box_labels)], writer, index, max_images, notes, first_id) if preds else []
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -293,28 +369,32 @@ def fmt(v: Any, digits: int = 3) -> str:
 def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<div class="scroll"><table class="{html.escape(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
-def run_section(run_dir: Path, writer: ImageWriter) -> tuple[str, int, int]:
+def run_section(run_dir: Path, writer: ImageWriter, name: str | None = None) -> tuple[str, int, int]:
     """HTML of an evaluated run's tables and plots; ``(html, tables, plots)``."""
     from cianet.evaluation.plots import PLOT_FILES, loss_figure
 
     m = read_json(run_dir / "metrics.json")
-    parts = [f'<section class="run"><h2>Run {html.escape(run_dir.name)}</h2>',
-             f"<p>{m.get('n_images', '?')} test images, {m.get('n_boxes', '?')} boxes.</p>"]
+    parts = [f'<section class="run"><h2>Run {html.escape(name or run_dir.name)}</h2>',
+             f"<p>{html.escape(str(m.get('n_images', '?')))} test images, {html.escape(str(m.get('n_boxes', '?')))} boxes.{run_provenance(run_dir)}</p>"]
+    if not m.get("ci"):  # trained (fit scores its test split) but never through `cianet evaluate`
+        parts.append('<p class="note">This run was not evaluated with <code>cianet evaluate</code>: no ROC/PR curves '
+                     "and no bootstrap intervals. Run <code>"
+                     f"{html.escape(evaluate_command(run_dir))}</code> and view it again.</p>")
     tables = plots = 0
     loc = m.get("localization") or {}
     if loc:
         ts = sorted(loc, key=float)
         classes = list(loc[ts[0]])
         parts += ["<h3>Localization accuracy</h3>",
-                  html_table(["T(IoU)", *classes], [[t, *(fmt(loc[t].get(c)) for c in classes)] for t in ts],
+                  html_table(["T(IoU)", *map(str, classes)], [[str(t), *(fmt(loc[t].get(c)) for c in classes)] for t in ts],
                              "metrics loc")]
         tables += 1
     auc = m.get("auc") or {}
     if auc:
-        parts += ["<h3>AUC</h3>", html_table(list(auc), [[fmt(v) for v in auc.values()]], "metrics auc")]
+        parts += ["<h3>AUC</h3>", html_table(list(map(str, auc)), [[fmt(v) for v in auc.values()]], "metrics auc")]
         tables += 1
     ci = m.get("ci") or {}
     if ci:
@@ -324,7 +404,7 @@ def run_section(run_dir: Path, writer: ImageWriter) -> tuple[str, int, int]:
         for t, r in (ci.get("localization") or {}).items():
             rows.append([f"localization, T(IoU) = {t}", fmt(r.get("value")), fmt(r.get("low")), fmt(r.get("high"))])
         conf = round(100 * float(ci.get("confidence", 0.95)))
-        parts += [f"<h3>Bootstrap {conf}% intervals ({ci.get('n_boot', '?')} resamples)</h3>",
+        parts += [f"<h3>Bootstrap {conf}% intervals ({html.escape(str(ci.get('n_boot', '?')))} resamples)</h3>",
                   html_table(["metric", "value", "low", "high"], rows, "metrics ci")]
         tables += 1
     figures = []
@@ -337,21 +417,44 @@ def run_section(run_dir: Path, writer: ImageWriter) -> tuple[str, int, int]:
                 figures.append((kind, writer.write(f"plot{writer.n}.{file}", png)))
     if figures:
         parts.append('<div class="plots">' + "".join(
-            f'<figure><img class="plot" data-kind="{k}" src="{html.escape(src)}" alt="{k}"><figcaption>{k}</figcaption>'
+            f'<figure><img class="plot" data-kind="{html.escape(k)}" src="{html.escape(src)}" alt="{html.escape(k)}"><figcaption>{html.escape(k)}</figcaption>'
             "</figure>" for k, src in figures) + "</div>")
         plots = len(figures)
     parts.append("</section>")
     return "".join(parts), tables, plots
 
 
+def evaluate_command(run_dir: Path) -> str:
+    """The command that evaluates ``run_dir`` (shell-quoted)."""
+    import shlex
+
+    return f"cianet evaluate --run {shlex.quote(str(run_dir))}"
+
+
+def run_provenance(run_dir: Path) -> str:
+    """" Trained on ...": the kind of data set the run trained on (cianet.inference.domain), "" when unknown."""
+    from cianet.config import load_config
+    from cianet.inference.domain import data_root_kind
+
+    if not (run_dir / "config.yaml").is_file():
+        return ""
+    try:
+        kind, _ = data_root_kind(load_config(run_dir / "config.yaml").data.data_root)
+    except (ValueError, OSError):
+        return ""
+    if kind in ("phantom", "semi-synthetic"):
+        return f" Trained and tested on a {kind} data set written by <code>cianet synth</code>, not on real X-rays."
+    return "" if kind == "unknown" else " Trained on real X-rays."
+
+
 # ------------------------------------------------------------------------------------------ the page
 def build_site(sources: Sequence[str | Path], out: str | Path | None = None, data_root: str | None = None,
-               max_images: int = 1000, progress: bool | None = None) -> SiteSummary:
-    """Write ``out/index.html`` (default ``<first source>/site``) for predict folders and evaluated runs."""
-    from cianet.labels import LABELS
-    from cianet.utils.atomic import atomic_write_text
-    from cianet.utils.progress import progress_bar
+               max_images: int = 1000, progress: bool | None = None,
+               tables: dict[str, str] | None = None) -> SiteSummary:
+    """Write ``out/index.html`` (default ``<first source>/site``) for predict folders and evaluated runs.
 
+    ``tables``: the ground truth's ``entry_csv``, ``bbox_csv``, ``dataset`` (:func:`load_truth`). A build that
+    fails removes the ``img/`` folder it started, so that nothing is left to block the retry."""
     if not sources:
         raise UsageError("give at least one predict output folder or evaluated run")
     if max_images < 1:
@@ -367,39 +470,131 @@ def build_site(sources: Sequence[str | Path], out: str | Path | None = None, dat
                              "a new or empty folder")
         shutil.rmtree(site / "img")
     writer = ImageWriter(site)
+    try:
+        return _build(folders, kinds, site, writer, data_root, max_images, progress, tables)
+    except BaseException:
+        shutil.rmtree(site / "img", ignore_errors=True)  # half a gallery would make the retry refuse the folder
+        raise
+
+
+def _build(folders: list[Path], kinds: list[str], site: Path, writer: ImageWriter, data_root: str | None,
+           max_images: int, progress: bool | None, truth_tables: dict[str, str] | None) -> SiteSummary:
+    from cianet.labels import LABELS
+    from cianet.utils.atomic import atomic_write_text
+    from cianet.utils.progress import progress_bar
+
     notes: list[str] = []
     entries: list[dict[str, Any]] = []
     sections: list[str] = []
+    banners: list[str] = []
     tables = plots = 0
     models: list[dict[str, Any]] = []
-    for folder, kind in zip(folders, kinds):
-        if kind == "run":
-            html_part, t, p = run_section(folder, writer)
+    box_classes: list[str] = []
+    run_dirs = [f for f, k in zip(folders, kinds) if k == "run"]
+    run_names = unique_names(run_dirs)
+    if run_dirs:
+        runs, index = [], load_truth(data_root, run_dirs[0] / "config.yaml", truth_tables)
+        for folder, name in zip(run_dirs, run_names):
+            html_part, t, p = run_section(folder, writer, name)
             sections.append(html_part)
             tables, plots = tables + t, plots + p
-            index = load_truth(data_root, folder / "config.yaml")
             run_labels, run_box = run_label_set(folder)
-            entries += run_entries(folder, run_labels, run_box, writer, index, max_images - len(entries), notes,
-                                   len(entries))
-        else:
-            summary = read_json(folder / "summary.json")
-            if isinstance(summary.get("model"), dict):
-                models.append(summary["model"])
-            run_cfg = next((f / "config.yaml" for f, k in zip(folders, kinds) if k == "run"), None)
-            index = load_truth(data_root, run_cfg) if (data_root or run_cfg) else None
-            recs = prediction_items(folder)
-            if len(recs) > max_images - len(entries):
-                notes.append(f"{folder}: showing the first {max_images - len(entries)} of {len(recs)} images "
-                             "(--max-images)")
-                recs = recs[: max(0, max_images - len(entries))]
-            for rec in progress_bar(recs, desc="view", disable=None if progress is None else not progress):
-                entries.append(predicted_entry(rec, len(entries), writer, index, notes))
+            box_classes += run_box
+            runs.append((run_predictions(folder, name, run_labels, run_box, notes), run_box))
+        if len(run_dirs) > 1:
+            sections.insert(0, comparison_section(run_dirs, run_names))
+            tables += 1
+        entries += run_gallery([r for r in runs if r[0]], writer, index, max_images, notes, 0)
+    for folder, kind in zip(folders, kinds):
+        if kind != "predict":
+            continue
+        summary = read_json(folder / "summary.json")
+        if isinstance(summary.get("model"), dict):
+            models.append(summary["model"])
+        banners += provenance_banners(folder, summary)
+        run_cfg = run_dirs[0] / "config.yaml" if run_dirs else None
+        index = load_truth(data_root, run_cfg, truth_tables) if (data_root or run_cfg) else None
+        recs = prediction_items(folder)
+        if len(recs) > max_images - len(entries):
+            notes.append(f"{folder}: showing the first {max_images - len(entries)} of {len(recs)} images "
+                         "(--max-images)")
+            recs = recs[: max(0, max_images - len(entries))]
+        for rec in progress_bar(recs, desc="view", disable=None if progress is None else not progress):
+            entries.append(predicted_entry(rec, len(entries), writer, index, notes))
     labels = list(dict.fromkeys(lab for it in entries for lab in it["probabilities"])) or list(LABELS)
-    data = {"labels": labels, "items": entries, "models": models,
-            "notes": notes}
+    data = {"labels": labels, "items": entries, "models": models, "notes": notes, "banners": banners,
+            "colors": page_colors(box_classes), "colormaps": page_colormaps(), "heat_floor": HEAT_FLOOR}
     title = "cianet results: " + ", ".join(f.name for f in folders)
     atomic_write_text(site / "index.html", render_page(title, data, "".join(sections)))
     return SiteSummary(site / "index.html", len(entries), tables, plots, notes)
+
+
+def unique_names(run_dirs: Sequence[Path]) -> list[str]:
+    """Each run's name on the page: its folder's name, with its parent's where two runs share one."""
+    names = [d.name for d in run_dirs]
+    return [f"{d.parent.name}/{d.name}" if names.count(d.name) > 1 else d.name for d in run_dirs]
+
+
+def page_colors(box_classes: Sequence[str]) -> dict[str, str]:
+    """Box class -> the colour the overlay PNG gives it (``cianet.inference.overlay.class_colors``), as #rrggbb."""
+    from cianet.inference.overlay import class_colors
+    from cianet.labels import BOX_LABELS
+
+    classes = list(dict.fromkeys(box_classes)) or list(BOX_LABELS)
+    return {lab: "#%02x%02x%02x" % rgb for lab, rgb in class_colors(classes).items()}
+
+
+def page_colormaps(stops: int = 17) -> dict[str, list[str]]:
+    """The heatmap ("jet", as the overlay PNG) and attention ("inferno") colour tables as ``stops`` colours."""
+    from cianet.inference.overlay import colormap_table
+
+    def hexes(name: str) -> list[str]:
+        table = colormap_table(name)
+        return ["#%02x%02x%02x" % tuple(table[int(round(i * 255 / (stops - 1)))]) for i in range(stops)]
+
+    return {"heat": hexes("jet"), "attention": hexes("inferno")}
+
+
+def provenance_banners(folder: Path, summary: dict[str, Any]) -> list[str]:
+    """The page's warnings for a predict folder whose model was trained on a phantom (and read other images)."""
+    data = summary.get("training_data") or {}
+    if data.get("kind") not in ("phantom", "semi-synthetic"):
+        return []
+    n = summary.get("out_of_domain") or 0
+    line = (f"{folder.name}: the model was trained on a {data['kind']} data set only ({data.get('name', '?')}); "
+            "cianet ships no weights for real X-rays.")
+    if n:
+        line += (f" {n} of {summary.get('predicted', '?')} images here were not written by `cianet synth`: its "
+                 "predictions on them mean nothing.")
+    return [line]
+
+
+def comparison_section(run_dirs: Sequence[Path], names: Sequence[str]) -> str:
+    """A table of the runs side by side: mean AUC and class-mean localization accuracy, with their bootstrap
+    intervals where ``cianet evaluate`` computed them."""
+    metrics = [read_json(d / "metrics.json") for d in run_dirs]
+    ts = sorted({t for m in metrics for t in (m.get("localization") or {})}, key=float)
+
+    def cell(value: Any, ci: dict[str, Any] | None) -> str:
+        if value is None:
+            return "n/a"
+        if ci and ci.get("low") is not None and ci.get("high") is not None:
+            return f"{float(value):.3f} [{float(ci['low']):.3f}, {float(ci['high']):.3f}]"
+        return f"{float(value):.3f}"
+
+    rows = []
+    for name, m in zip(names, metrics):
+        ci = m.get("ci") or {}
+        loc = m.get("localization") or {}
+        rows.append([name, str(m.get("n_images", "?")), str(m.get("n_boxes", "?")),
+                     cell((m.get("auc") or {}).get("Mean"), ci.get("auc")),
+                     *(cell((loc.get(t) or {}).get("Mean"), (ci.get("localization") or {}).get(t)) for t in ts)])
+    same = len({(m.get("n_images"), m.get("n_boxes")) for m in metrics}) == 1
+    caption = ("the same test set" if same else "test sets of different sizes: not directly comparable")
+    return ('<section class="compare"><h2>Runs compared</h2>'
+            f"<p>{len(names)} runs on {html.escape(caption)}; [low, high]: bootstrap interval (<code>cianet evaluate</code>).</p>"
+            + html_table(["run", "test images", "boxes", "mean AUC", *(f"loc. acc. T(IoU)={t}" for t in ts)], rows,
+                         "metrics compare") + "</section>")
 
 
 def is_our_site(site: Path) -> bool:
@@ -418,223 +613,21 @@ def render_page(title: str, data: dict[str, Any], sections: str) -> str:
 
     # "<" escaped: no "</script>" or "<!--" inside the data can end or confuse the script element
     blob = json.dumps(strict_json(data), allow_nan=False).replace("<", "\\u003c")
-    parts = {"TITLE": html.escape(title), "SECTIONS": sections, "DATA": blob, "STYLE": STYLE, "SCRIPT": SCRIPT}
+    parts = {"TITLE": html.escape(title), "SECTIONS": sections, "DATA": blob, "STYLE": asset("style.css"),
+             "SCRIPT": asset("viewer.js")}
     # one pass, so that a file name holding "%STYLE%" is not expanded inside the data
-    return re.sub(r"%(TITLE|SECTIONS|DATA|STYLE|SCRIPT)%", lambda m: parts[m.group(1)], PAGE)
+    return re.sub(r"%(TITLE|SECTIONS|DATA|STYLE|SCRIPT)%", lambda m: parts[m.group(1)], asset("page.html"))
 
 
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>%TITLE%</title>
-<style>%STYLE%</style></head>
-<body>
-<header><h1>%TITLE%</h1>
-<p class="warn">Research use only; not for clinical use.</p>
-<div id="models"></div></header>
-%SECTIONS%
-<section id="gallery-section"><h2>Images</h2>
-<form id="controls" onsubmit="return false">
-<label>class <select id="class"><option value="*">any class (highest probability)</option></select></label>
-<label>probability &ge; <input id="min" type="range" min="0" max="1" step="0.05" value="0">
-<output id="min-out">0.00</output></label>
-<label>sort <select id="sort"><option value="desc">probability, high first</option>
-<option value="asc">probability, low first</option><option value="name">name</option></select></label>
-<label>truth <select id="truth"><option value="all">all images</option>
-<option value="positive">truly has the class</option><option value="negative">truly without the class</option>
-</select></label>
-<span class="layers">show
-<label><input type="checkbox" id="layer-boxes" checked> boxes</label>
-<label><input type="checkbox" id="layer-heat" checked> heatmap</label>
-<label><input type="checkbox" id="layer-attention"> attention</label>
-<label><input type="checkbox" id="layer-truth" checked> ground truth</label></span>
-</form>
-<p id="count"></p>
-<div id="gallery"></div>
-<ul id="notes"></ul>
-</section>
-<script type="application/json" id="cianet-data">%DATA%</script>
-<script>%SCRIPT%</script>
-</body></html>
-"""
+def asset(name: str) -> str:
+    """A file of the page's template, style or script (package data: cianet/evaluation/viewer_assets/)."""
+    from importlib.resources import files
 
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:0 1.5em 2em;color:#222;background:#fafafa}
-h1{font-size:1.4em}h2{font-size:1.2em;border-bottom:1px solid #ccc}h3{font-size:1em}
-.warn{color:#a40;font-weight:600}
-table.metrics{border-collapse:collapse;font-size:.85em;margin-bottom:1em}
-table.metrics td,table.metrics th{border:1px solid #ccc;padding:2px 6px;text-align:right}
-.plots{display:flex;flex-wrap:wrap;gap:1em}.plots figure{margin:0;flex:0 1 560px}
-.plots img{width:100%;background:#fff}
-#controls{display:flex;flex-wrap:wrap;gap:1em;align-items:center;position:sticky;top:0;background:#fafafa;
-padding:.5em 0;z-index:5}
-#gallery{display:flex;flex-wrap:wrap;gap:1em}
-.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5em;width:min(100%,440px)}
-.card h4{margin:.2em 0 .4em;font-size:.9em;word-break:break-all}
-.panels{display:flex;gap:.5em}
-.panel{flex:1;min-width:0}.panel .cap{font-size:.75em;color:#555;text-align:center}
-.stack{position:relative;background:#000;line-height:0}
-.stack img,.stack svg{width:100%;height:auto;display:block}
-.stack .layer,.stack svg{position:absolute;left:0;top:0;width:100%;height:100%}
-.stack img.layer{image-rendering:pixelated}
-.hide-boxes .pred-box,.hide-heat .heat,.hide-attention .attention,.hide-truth .truth{display:none}
-.probs{font-size:.75em;margin-top:.3em;display:grid;grid-template-columns:9em 1fr 3.2em;gap:1px 4px}
-.bar{background:#eee;height:.8em;align-self:center}.bar span{display:block;height:100%;background:#4a7}
-.probs .true{font-weight:700}.probs .true::after{content:" \\2713"}
-#notes{font-size:.8em;color:#666}
-"""
+    return files("cianet.evaluation").joinpath("viewer_assets", name).read_text(encoding="utf-8")
 
-SCRIPT = r"""
-(function () {
-  "use strict";
-  var data = JSON.parse(document.getElementById("cianet-data").textContent);
-  var COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
-                "#469990", "#9a6324", "#800000", "#808000", "#000075", "#a9a9a9"];
-  var $ = function (id) { return document.getElementById(id); };
-  var sel = $("class");
-  data.labels.forEach(function (lab) {
-    var o = document.createElement("option"); o.value = lab; o.textContent = lab; sel.appendChild(o);
-  });
-  function colorOf(label) { return COLORS[Math.max(0, data.labels.indexOf(label)) % COLORS.length]; }
-  function el(tag, attrs, text) {
-    var e = document.createElement(tag);
-    Object.keys(attrs || {}).forEach(function (k) { e.setAttribute(k, attrs[k]); });
-    if (text !== undefined) { e.textContent = text; }
-    return e;
-  }
-  function svgEl(tag, attrs) {
-    var e = document.createElementNS("http://www.w3.org/2000/svg", tag);
-    Object.keys(attrs).forEach(function (k) { e.setAttribute(k, attrs[k]); });
-    return e;
-  }
-  function prob(item, lab) {  // a class the item's model does not have counts as 0
-    var v = item.probabilities[lab]; return (v === undefined || v === null) ? 0 : v;
-  }
-  function score(item, cls) {
-    if (cls !== "*") { return prob(item, cls); }
-    return Math.max.apply(null, [0].concat(Object.keys(item.probabilities).map(function (l) { return prob(item, l); })));
-  }
-  function boxesSvg(item, boxes, kind) {
-    var svg = svgEl("svg", {viewBox: "0 0 " + item.width + " " + item.height, preserveAspectRatio: "none",
-                            "class": kind === "pred" ? "pred-box" : "truth"});
-    var sw = Math.max(item.width, item.height) / 150;
-    boxes.forEach(function (b) {
-      var r = svgEl("rect", {x: b.x, y: b.y, width: b.w, height: b.h, fill: "none", stroke: colorOf(b.label),
-                             "stroke-width": sw, "class": "box " + kind, "data-label": b.label});
-      if (kind === "truth") { r.setAttribute("stroke-dasharray", (3 * sw) + " " + (2 * sw)); }
-      var t = svgEl("title", {}); t.textContent = b.label + (kind === "pred" ? " score " + b.score.toFixed(2) :
-        (b.iou === undefined || b.iou === null ? "" : " IoU " + b.iou.toFixed(2)));
-      r.appendChild(t); svg.appendChild(r);
-      var tx = svgEl("text", {x: b.x + sw, y: Math.max(b.y - sw, 4 * sw), fill: colorOf(b.label),
-                              "font-size": 5 * sw});
-      tx.textContent = b.label + (kind === "pred" ? " " + b.score.toFixed(2) :
-        (b.iou === undefined || b.iou === null ? "" : " IoU " + b.iou.toFixed(2)));
-      svg.appendChild(tx);
-    });
-    return svg;
-  }
-  function panel(item, caption, layers) {
-    var p = el("div", {"class": "panel"}), s = el("div", {"class": "stack"});
-    var base = item.image || item.overlay;
-    if (base) { s.appendChild(el("img", {src: base, alt: item.name, "class": "base"})); }
-    else { s.appendChild(el("div", {"class": "missing"}, "image not found")); }
-    layers.forEach(function (l) { s.appendChild(l); });
-    p.appendChild(s); p.appendChild(el("div", {"class": "cap"}, caption));
-    return p;
-  }
-  function card(item, cls) {
-    var c = el("div", {"class": "card", "data-name": item.name, "data-score": score(item, cls).toFixed(4)});
-    c.appendChild(el("h4", {}, item.name));
-    var panels = el("div", {"class": "panels"}), layers = [];
-    var heat = item.heat[cls] || (cls === "*" ? item.heat["*"] : null);
-    if (heat) { layers.push(el("img", {src: heat, "class": "layer heat", alt: "heatmap"})); }
-    if (item.attention) { layers.push(el("img", {src: item.attention, "class": "layer attention", alt: "attention"})); }
-    var shown = item.boxes.filter(function (b) { return cls === "*" || b.label === cls; });
-    layers.push(boxesSvg(item, shown, "pred"));
-    var caption = item.scores_only ? "scores only (boxes: cianet predict)" :
-      "prediction (" + shown.length + " box" + (shown.length === 1 ? "" : "es") + ")";
-    panels.appendChild(panel(item, caption, layers));
-    if (item.truth) {
-      var tb = item.truth.boxes.filter(function (b) { return cls === "*" || b.label === cls; });
-      var tp = panel(item, "ground truth: " + (item.truth.labels.join(", ") || "No Finding"),
-                     [boxesSvg(item, tb, "truth")]);
-      tp.classList.add("truth"); panels.appendChild(tp);
-    }
-    c.appendChild(panels);
-    var probs = el("div", {"class": "probs"});
-    var labs = Object.keys(item.probabilities).sort(function (a, b) { return prob(item, b) - prob(item, a); });
-    if (cls !== "*" && cls in item.probabilities) { labs = [cls].concat(labs.filter(function (l) { return l !== cls; })); }
-    labs.slice(0, 5).forEach(function (lab) {
-      var isTrue = item.truth && item.truth.labels.indexOf(lab) >= 0;
-      probs.appendChild(el("span", {"class": isTrue ? "true" : ""}, lab));
-      var bar = el("div", {"class": "bar"}), fill = el("span", {});
-      fill.style.width = (100 * prob(item, lab)).toFixed(1) + "%"; bar.appendChild(fill);
-      probs.appendChild(bar); probs.appendChild(el("span", {}, prob(item, lab).toFixed(3)));
-    });
-    c.appendChild(probs);
-    return c;
-  }
-  function state() {
-    return {cls: sel.value, min: parseFloat($("min").value), sort: $("sort").value, truth: $("truth").value};
-  }
-  function writeHash() {
-    var s = state(), hide = ["boxes", "heat", "attention", "truth"].filter(function (l) {
-      return !$("layer-" + l).checked; });
-    var h = "class=" + encodeURIComponent(s.cls) + "&min=" + s.min + "&sort=" + s.sort + "&truth=" + s.truth +
-            "&hide=" + hide.join(",");
-    if (window.history && window.history.replaceState) { window.history.replaceState(null, "", "#" + h); }
-  }
-  function readHash() {
-    var h = {};
-    window.location.hash.replace(/^#/, "").split("&").forEach(function (kv) {
-      var i = kv.indexOf("="); if (i > 0) { h[kv.slice(0, i)] = decodeURIComponent(kv.slice(i + 1)); }
-    });
-    if (h["class"] && (h["class"] === "*" || data.labels.indexOf(h["class"]) >= 0)) { sel.value = h["class"]; }
-    if (h.min !== undefined && !isNaN(parseFloat(h.min))) { $("min").value = h.min; }
-    if (h.sort) { $("sort").value = h.sort; }
-    if (h.truth) { $("truth").value = h.truth; }
-    if (h.hide !== undefined) {
-      var hide = h.hide.split(",");
-      ["boxes", "heat", "attention", "truth"].forEach(function (l) { $("layer-" + l).checked = hide.indexOf(l) < 0; });
-    }
-  }
-  function applyLayers() {
-    ["boxes", "heat", "attention", "truth"].forEach(function (l) {
-      document.body.classList.toggle("hide-" + l, !$("layer-" + l).checked);
-    });
-  }
-  function render() {
-    var s = state(), g = $("gallery");
-    $("min-out").textContent = s.min.toFixed(2);
-    var items = data.items.filter(function (it) {
-      if (score(it, s.cls) < s.min) { return false; }
-      if (s.truth !== "all") {
-        if (!it.truth) { return false; }
-        var has = s.cls === "*" ? it.truth.labels.length > 0 : it.truth.labels.indexOf(s.cls) >= 0;
-        if ((s.truth === "positive") !== has) { return false; }
-      }
-      return true;
-    });
-    items.sort(function (a, b) {
-      if (s.sort === "name") { return a.name < b.name ? -1 : (a.name > b.name ? 1 : 0); }
-      var d = score(a, s.cls) - score(b, s.cls);
-      return s.sort === "asc" ? d : -d;
-    });
-    while (g.firstChild) { g.removeChild(g.firstChild); }
-    items.forEach(function (it) { g.appendChild(card(it, s.cls)); });
-    $("count").textContent = items.length + " of " + data.items.length + " images";
-    applyLayers(); writeHash();
-  }
-  var models = $("models");
-  data.models.forEach(function (m) {
-    models.appendChild(el("p", {"class": "model"}, "model " + m.id + " " + m.version + " (" + m.kind + ")" +
-      (m.sha256 ? ", sha256 " + m.sha256.slice(0, 12) : "")));
-  });
-  data.notes.forEach(function (n) { $("notes").appendChild(el("li", {}, n)); });
-  readHash();
-  ["class", "min", "sort", "truth", "layer-boxes", "layer-heat", "layer-attention", "layer-truth"].forEach(
-    function (id) { $(id).addEventListener("input", render); $(id).addEventListener("change", render); });
-  render();
-  document.body.setAttribute("data-ready", "1");
-})();
-"""
+
+def __getattr__(name: str) -> str:  # PAGE, STYLE, SCRIPT: read from the package data when first asked for
+    files = {"PAGE": "page.html", "STYLE": "style.css", "SCRIPT": "viewer.js"}
+    if name in files:
+        return asset(files[name])
+    raise AttributeError(name)

@@ -154,7 +154,7 @@ def bundle_from_run(run_dir: str | Path, n_negatives: int = 1000, data_root: str
         canonical = load_canonical(cfg.align.canonical, size)
     bank = None
     if cfg.model.kind == "cianet":
-        if cfg.negatives.strategy == "canonical":
+        if (cfg.negatives.fallback_strategy() or cfg.negatives.strategy) == "canonical":  # prior: its fallback
             if canonical is None:
                 raise InputError(f"{run_dir}: the run paired every image with the canonical chest, but neither "
                                  "align.pt nor align.canonical gives it")

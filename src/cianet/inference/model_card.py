@@ -18,6 +18,10 @@ INTENDED_USE = ("Research on the classification and weakly supervised localizati
 LIMITATIONS = ("Trained on text-mined image labels (noisy) and a few hand-drawn boxes; boxes are coarse grid "
                "regions; not validated on other hospitals, devices, lateral views or children.")
 
+SYNTHETIC_LIMITATIONS = ("Trained on a {kind} data set written by `cianet synth` only: it has never seen a real chest "
+                         "X-ray finding, and its outputs on real X-rays mean nothing. A demonstration of the "
+                         "method, not a model of any disease.")
+
 
 def model_card(run_dir: str | Path, cfg, labels: Sequence[str], thresholds: Sequence[float], *,
                name: str | None = None, version: str | None = None) -> dict[str, Any]:
@@ -25,6 +29,7 @@ def model_card(run_dir: str | Path, cfg, labels: Sequence[str], thresholds: Sequ
     import datetime
 
     import cianet
+    from cianet.inference.domain import training_provenance
     from cianet.run.bundle_format import scrub_text
 
     run_dir = Path(run_dir)
@@ -49,6 +54,9 @@ def model_card(run_dir: str | Path, cfg, labels: Sequence[str], thresholds: Sequ
             "validation_images": len(split.get("val", []) or []),
             "test_images": len(split.get("test", [])),
             "box_supervised_images": len(split.get("box_supervised", [])),
+            # kind (phantom / semi-synthetic / real), name, images, labels: cianet.inference.domain
+            **training_provenance(cfg.data.data_root, str(getattr(cfg.data, "dataset", "") or ""), list(labels),
+                                  sum(len(split.get(k) or []) for k in ("train", "val", "test"))),
         },
         "metrics": _metrics_summary(metrics),
         "thresholds": {lab: float(t) for lab, t in zip(labels, thresholds)},
@@ -57,6 +65,9 @@ def model_card(run_dir: str | Path, cfg, labels: Sequence[str], thresholds: Sequ
         "citation": "J. Liu, G. Zhao, Y. Fei, M. Zhang, Y. Wang, Y. Yu. Align, Attend and Locate: Chest X-ray "
                     "Diagnosis via Contrast Induced Attention Network with Limited Supervision. ICCV 2019.",
     }
+    kind = card["training_data"]["kind"]
+    if kind in ("phantom", "semi-synthetic"):
+        card["limitations"] = SYNTHETIC_LIMITATIONS.format(kind=kind)
     return card
 
 
@@ -75,6 +86,12 @@ def _metrics_summary(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None
     out = {"test_images": metrics.get("n_images"), "test_boxes": metrics.get("n_boxes"),
            "auc_mean": (metrics.get("auc") or {}).get("Mean"),
            "localization_mean": {t: (v or {}).get("Mean") for t, v in loc.items()}}
+    if metrics.get("pointing_game"):  # calibration-free localization (cianet.metrics.pointing_hit)
+        out["pointing_game_mean"] = metrics["pointing_game"].get("Mean")
+    vt = metrics.get("val_threshold") or {}
+    if vt.get("threshold") is not None:
+        out["val_threshold"] = {"threshold": vt["threshold"],
+                                "localization_mean": {t: (v or {}).get("Mean") for t, v in vt["localization"].items()}}
     if metrics.get("ci"):
         out["confidence_intervals"] = metrics["ci"]
     return out
@@ -93,6 +110,13 @@ def format_card(header: Mapping[str, Any], tensors: Mapping[str, Any] | None = N
         if card.get(key):
             lines.append(f"{label}: {card[key]}")
     data = card.get("training_data") or {}
+    if data.get("kind"):
+        lines.append(f"training data set: {data['kind']}: {data.get('name', '?')}; {data.get('images', '?')} images in "
+                     "the run's splits; "
+                     f"labels {', '.join(data.get('labels') or []) or '?'}")
+        if data["kind"] in ("phantom", "semi-synthetic"):
+            lines.append(f"WARNING: trained on a {data['kind']} data set only: its predictions on real X-rays mean "
+                         "nothing (cianet ships no weights for real X-rays)")
     if data:
         lines.append(f"training data: {data.get('dataset', '?')}, {data.get('protocol') or 'protocol not recorded'}; "
                      f"{data.get('train_images', '?')} training, {data.get('validation_images', 0)} validation, "
@@ -105,6 +129,12 @@ def format_card(header: Mapping[str, Any], tensors: Mapping[str, Any] | None = N
         lines.append(f"test metrics ({m.get('test_images', '?')} images, {m.get('test_boxes', '?')} boxes): mean AUC "
                      f"{fmt(m.get('auc_mean'))}; localization " +
                      ", ".join(f"T={t}: {fmt(v)}" for t, v in loc.items()))
+        if "pointing_game_mean" in m:
+            lines.append(f"pointing game (calibration-free): {fmt(m['pointing_game_mean'])}")
+        vt = m.get("val_threshold")
+        if vt:
+            lines.append(f"localization at p > {vt['threshold']:g} (chosen on the validation split): " +
+                         ", ".join(f"T={t}: {fmt(v)}" for t, v in vt["localization_mean"].items()))
     else:
         lines.append("test metrics: none recorded (the run was not evaluated before bundling)")
     thr = card.get("thresholds") or dict(zip(header.get("labels", []), header.get("thresholds", [])))

@@ -36,14 +36,17 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from cianet.inference.predictor import PredictedBox, PredictionResult
+from cianet.metrics import format_probability  # "> 0.9999" for a saturated probability, never "1.00"
 from cianet.models.alignment import IDENTITY_PARAMS
 
+#: a cianet.inference.predictor.PredictionResult / PredictedBox: not imported, so that a result can draw itself
+#: with this module (PredictionResult.show, cianet.inference.notebook) without an import cycle
+PredictionResult = PredictedBox = Any
 DISPLAY_MAX = 512  # longest side of the X-ray in the two top panels
 HEAT_COLS = 4
 HEAT_ALPHA = 0.45
@@ -56,6 +59,7 @@ TAB10: tuple[tuple[int, int, int], ...] = (
 )
 UNKNOWN_BOX_COLOR = (255, 255, 0)  # a box whose class is not among the box classes
 BACKGROUND = (255, 255, 255)
+BANNER_COLOR = (176, 0, 32)  # the out-of-domain warning's background
 TEXT_COLOR = (0, 0, 0)
 BOX_WIDTH = 2
 PNG_COMPRESS_LEVEL = 1  # zlib's fastest: its default, 6, took 3-4x as long for files ~8 % smaller
@@ -72,6 +76,9 @@ _ROW_GAP = 10
 _BOTTOM_H = 24
 _LEGEND_LINE = 15
 _LEGEND_PAD = 5
+_LEGEND_COLS = 2  # the legend's entries in columns, below the X-ray (never over it)
+_LEGEND_GAP = 6  # between the X-ray and the legend
+_HEAT_BAR_H = 16  # under each heatmap panel: its colour bar (8 px) and the 0 / 1 at its ends
 
 Rect = tuple[int, int, int, int]  # (x, y, width, height) in canvas pixels
 
@@ -91,6 +98,7 @@ class OverlayLayout:
         heat_panels: the X-ray of each box class's heatmap panel, ``(x, y, w, h)``, in box-class order.
         titles: the top-centre anchor of each panel title: boxes, attention, then the heatmap panels.
         bottom_line: the top-centre anchor of the line of the other classes' probabilities.
+        heat_bars: under each heatmap panel, its colour bar's gradient strip (jet, 0 at the left, 1 at the right).
     """
 
     size: tuple[int, int]
@@ -103,6 +111,7 @@ class OverlayLayout:
     heat_panels: tuple[Rect, ...]
     titles: tuple[tuple[int, int], ...]
     bottom_line: tuple[int, int]
+    heat_bars: tuple[Rect, ...] = ()
 
     def display_scale(self, image_size: tuple[int, int]) -> tuple[float, float]:
         """``(sx, sy)``: display pixels of the top panels per pixel of an image of ``image_size = (W, H)``."""
@@ -122,7 +131,7 @@ def _placed(slot_x: int, slot_y: int, side: int, size: tuple[int, int]) -> Rect:
 
 
 def _legend_height(n_box_classes: int) -> int:
-    return 0 if n_box_classes == 0 else 2 * _LEGEND_PAD + _LEGEND_LINE * (n_box_classes + 1)
+    return 0 if n_box_classes == 0 else 2 * _LEGEND_PAD + _LEGEND_LINE * (-(-n_box_classes // _LEGEND_COLS) + 1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -143,21 +152,24 @@ def overlay_layout(image_size: tuple[int, int], n_box_classes: int) -> OverlayLa
     attention = _placed(right_x, top, DISPLAY_MAX, display)
     colorbar = (attention[0] + display[0] + 6, attention[1], _STRIP_W, display[1])
     legend_h = _legend_height(n_box_classes)
-    top_h = max(display[1], legend_h + 12)
-    # lower left of the top-left panel: over the X-ray, below it only when the image is too flat to hold it
-    legend = (boxes[0] + 6, top + top_h - legend_h - 6)
+    # the legend below the X-ray of the top-left panel, outside the image
+    legend = (left_x, top + display[1] + _LEGEND_GAP)
+    top_h = display[1] + (_LEGEND_GAP + legend_h if legend_h else 0)
     titles = [(left_x + DISPLAY_MAX // 2, _TITLE_H), (right_x + DISPLAY_MAX // 2, _TITLE_H)]
     panels = []
     row_y = top + top_h + _ROW_GAP
+    bars = []
     for k in range(n_box_classes):
         x = _MARGIN + (k % HEAT_COLS) * (heat_side + _HEAT_GAP)
-        y = row_y + (k // HEAT_COLS) * (_PANEL_TITLE_H + heat[1] + _ROW_GAP)
+        y = row_y + (k // HEAT_COLS) * (_PANEL_TITLE_H + heat[1] + _HEAT_BAR_H + _ROW_GAP)
         panels.append(_placed(x, y + _PANEL_TITLE_H, heat_side, heat))
         titles.append((x + heat_side // 2, y))
+        px, py, pw, ph = panels[-1]
+        bars.append((px + 14, py + ph + 3, max(1, pw - 28), 8))  # the 0 and the 1 fit at its ends
     rows = -(-n_box_classes // HEAT_COLS)
-    bottom_y = row_y + rows * (_PANEL_TITLE_H + heat[1] + _ROW_GAP)
+    bottom_y = row_y + rows * (_PANEL_TITLE_H + heat[1] + _HEAT_BAR_H + _ROW_GAP)
     return OverlayLayout((width, bottom_y + _BOTTOM_H), display, heat, boxes, attention, colorbar, legend,
-                         tuple(panels), tuple(titles), (width // 2, bottom_y + 2))
+                         tuple(panels), tuple(titles), (width // 2, bottom_y + 2), tuple(bars))
 
 
 # ----------------------------------------------------------------------------------------------- colours
@@ -249,17 +261,43 @@ def _draw_boxes(panel: Image.Image, boxes: Sequence[PredictedBox], colors: dict[
     draw = ImageDraw.Draw(panel)
     font = _font(11)
     pw, ph = panel.size
-    for b in boxes:
+    placed: list[tuple[int, int, int, int]] = []  # the labels drawn so far: a new one never covers them
+    for b in top_boxes(boxes):
         color = colors.get(b.label, UNKNOWN_BOX_COLOR)
         x0, y0, x1, y1 = box_outline(b, scale)
         draw.rectangle((x0, y0, x1, y1), outline=color, width=BOX_WIDTH)
-        text = f"{b.label} {b.score:.2f}"
+        text = f"{b.label} {format_probability(b.score)}"
         left, top, right, bottom = font.getbbox(text)
+        tw, th = right - left, bottom - top
         # inside the box's top-left corner; moved left/up when the box ends at the panel's right/bottom edge
-        tx = max(0, min(x0 + BOX_WIDTH + 1, pw - (right - left) - 2))
-        ty = max(0, min(y0 + BOX_WIDTH + 1, ph - (bottom - top) - 2))
-        draw.rectangle((tx - 1, ty - 1, tx + right - left + 1, ty + bottom - top + 1), fill=color)
+        tx = max(0, min(x0 + BOX_WIDTH + 1, pw - tw - 2))
+        ty = max(0, min(y0 + BOX_WIDTH + 1, ph - th - 2))
+        ty = _free_row(placed, tx, ty, tw, th, ph)
+        placed.append((tx - 1, ty - 1, tx + tw + 1, ty + th + 1))
+        draw.rectangle(placed[-1], fill=color)
         draw.text((tx - left, ty - top), text, fill=_ink(color), font=font)
+
+
+def top_boxes(boxes: Sequence[PredictedBox]) -> list[PredictedBox]:
+    """The highest-scoring box of each class (what the overlay draws; the JSON keeps them all)."""
+    best: dict[str, PredictedBox] = {}
+    for b in boxes:
+        if b.label not in best or b.score > best[b.label].score:
+            best[b.label] = b
+    return list(best.values())
+
+
+def _free_row(placed: Sequence[tuple[int, int, int, int]], tx: int, ty: int, tw: int, th: int, ph: int) -> int:
+    """``ty``, moved down (then up) a label's height at a time until the label overlaps none of ``placed``."""
+    def clear(y: int) -> bool:
+        return all(tx + tw + 1 < a or tx - 1 > c or y + th + 1 < b or y - 1 > d for a, b, c, d in placed)
+
+    step = th + 3
+    for k in range(0, ph // step + 1):
+        for y in (ty + k * step, ty - k * step):
+            if 0 <= y <= ph - th - 2 and clear(y):
+                return y
+    return ty
 
 
 def _draw_legend(canvas: Image.Image, origin: tuple[int, int], result: PredictionResult,
@@ -267,19 +305,19 @@ def _draw_legend(canvas: Image.Image, origin: tuple[int, int], result: Predictio
     if not box_labels:
         return
     font, line, pad, swatch = _font(11), _LEGEND_LINE, _LEGEND_PAD, 18
-    lines = [f"{lab}: p={result.probabilities.get(lab, float('nan')):.2f}" for lab in box_labels]
-    text_w = max(int(font.getlength(s)) for s in [*lines, "box classes"])
+    counts = {lab: sum(b.label == lab for b in result.boxes) for lab in box_labels}
+    lines = [f"{lab}: p {format_probability(result.probabilities.get(lab))}"
+             + (f" ({counts[lab]} regions, best drawn)" if counts[lab] > 1 else "") for lab in box_labels]
     x0, y0 = origin
-    region = (x0, y0, x0 + pad * 3 + swatch + text_w, y0 + _legend_height(len(box_labels)))
-    # an 80 % white backing keeps the entries readable over bright and dark lungs alike
-    crop = canvas.crop(region)
-    canvas.paste(Image.blend(crop, Image.new("RGB", crop.size, BACKGROUND), 0.8), region[:2])
+    col_w = DISPLAY_MAX // _LEGEND_COLS
     draw = ImageDraw.Draw(canvas)
-    draw.text(((region[0] + region[2]) // 2, y0 + pad), "box classes", fill=TEXT_COLOR, font=font, anchor="mt")
-    for i, (lab, text) in enumerate(zip(box_labels, lines), start=1):
-        y = y0 + pad + i * line
-        draw.rectangle((x0 + pad, y + 2, x0 + pad + swatch, y + 10), outline=colors[lab], width=2)
-        draw.text((x0 + 2 * pad + swatch, y), text, fill=TEXT_COLOR, font=font)
+    draw.text((x0 + pad, y0 + pad), "box classes (outline colour; p: image probability)", fill=TEXT_COLOR,
+              font=font)
+    rows = -(-len(box_labels) // _LEGEND_COLS)
+    for i, (lab, text) in enumerate(zip(box_labels, lines)):  # down the first column, then the second
+        x, y = x0 + (i // rows) * col_w, y0 + pad + (i % rows + 1) * line
+        draw.rectangle((x + pad, y + 2, x + pad + swatch, y + 10), outline=colors[lab], width=2)
+        draw.text((x + 2 * pad + swatch, y), text, fill=TEXT_COLOR, font=font)
 
 
 def _attention_codes(attention: np.ndarray, params: Sequence[float], size: tuple[int, int],
@@ -345,7 +383,8 @@ def render_canvas(image: np.ndarray, result: PredictionResult, box_labels: Seque
     _draw_boxes(panel, result.boxes, colors, lay.display_scale((w, h)))
     canvas.paste(panel, lay.boxes_panel[:2])
     _draw_legend(canvas, lay.legend, result, box_labels, colors)
-    _text_centered(draw, lay.titles[0], f"{Path(result.source).name}: {len(result.boxes)} box(es)", 13)
+    name = "".join(c if c.isprintable() else "?" for c in Path(result.source).name)  # a newline in a file name
+    _text_centered(draw, lay.titles[0], f"{name}: {len(result.boxes)} box(es)", 13)
 
     if result.attention is not None:
         codes, lo, hi = _attention_codes(result.attention, params, lay.display_size)
@@ -367,14 +406,42 @@ def render_canvas(image: np.ndarray, result: PredictionResult, box_labels: Seque
         heat = _tint(small, heat_codes, _tint_table("jet", HEAT_ALPHA))
         for k, lab in enumerate(box_labels):
             canvas.paste(Image.fromarray(heat[k]), lay.heat_panels[k][:2])
+            _heat_bar(canvas, draw, lay.heat_bars[k])
             p = result.probabilities.get(lab, float("nan"))
             hit = p >= thresholds.get(lab, 0.5)
-            _text_centered(draw, lay.titles[2 + k], f"{lab} p={p:.2f}", 12, colors[lab], bold=hit, underline=hit)
+            _text_centered(draw, lay.titles[2 + k], f"{lab} p {format_probability(p)}", 12, colors[lab], bold=hit,
+                           underline=hit)
 
     others = [lab for lab in result.probabilities if lab not in box_labels]
-    _text_centered(draw, lay.bottom_line, "  ".join(f"{lab} {result.probabilities[lab]:.2f}" for lab in others), 12)
-    _text_centered(draw, (lay.size[0] // 2, 6), "cianet prediction (heatmaps: cell probability, jet 0..1)", 16)
+    _text_centered(draw, lay.bottom_line,
+                   "  ".join(f"{lab} {format_probability(result.probabilities[lab])}" for lab in others), 12)
+    banner = domain_banner(result)
+    if banner:  # the title line becomes a red warning: a synthetic-trained model on an image of another kind
+        draw.rectangle((0, 0, lay.size[0] - 1, _TITLE_H - 4), fill=BANNER_COLOR)
+        _text_centered(draw, (lay.size[0] // 2, 6), banner, 14, (255, 255, 255), bold=True)
+    else:
+        _text_centered(draw, (lay.size[0] // 2, 6), "cianet prediction (heatmaps: cell probability, jet 0..1)", 16)
     return canvas
+
+
+def _heat_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, rect: Rect) -> None:
+    """A heatmap panel's colour bar: jet from probability 0 (left) to 1 (right), as the panel tints cells
+    (HEAT_FLOOR and below are left untinted)."""
+    x, y, w, h = rect
+    strip = colormap_table("jet")[np.linspace(0, 255, w).round().astype(np.intp)]  # (w, 3)
+    canvas.paste(Image.fromarray(np.ascontiguousarray(np.repeat(strip[None], h, axis=0))), (x, y))
+    draw.rectangle((x - 1, y - 1, x + w, y + h), outline=TEXT_COLOR)
+    draw.text((x - 3, y + h // 2), "0", fill=TEXT_COLOR, font=_font(10), anchor="rm")
+    draw.text((x + w + 3, y + h // 2), "1", fill=TEXT_COLOR, font=_font(10), anchor="lm")
+
+
+def domain_banner(result: PredictionResult) -> str:
+    """The out-of-domain warning of ``result`` (its ``domain``, :mod:`cianet.inference.domain`), "" when none."""
+    dom = result.domain or {}
+    if dom.get("in_domain") is not False:
+        return ""
+    return (f"OUT OF DOMAIN: model trained on {dom.get('training_data', '?')} images only; "
+            "its outputs on this image mean nothing")
 
 
 def render_overlay(image: np.ndarray, result: PredictionResult, box_labels: list[str],

@@ -3,9 +3,11 @@
 For each image (paper section 3.3 and 4.1, as ``cianet.run.scoring`` scores a run):
 
 1. read it (PNG/JPEG/DICOM, a numpy array or a PIL image) as gray ``[0, 1]`` ``(H, W)``; resize to ``S x S``;
-2. pick its negative from the bundle's bank: the nearest perceptual-hash code (the run's "sim" pairing; a
-   bank entry with the image's own file name or its hash code, i.e. the image itself, is never picked), or
-   the canonical chest;
+2. pick its negative: the patient's prior study when the caller gives one (``predict(image, prior=...)``,
+   ``cianet predict --prior``: the image's M- is then the prior's attention map, computed here as the bank's
+   were); else from the bundle's bank, which stays the fallback: the nearest perceptual-hash code (the run's
+   "sim" pairing; a bank entry with the image's own file name or its hash code, i.e. the image itself, is never
+   picked), or the canonical chest. Every result names its negative and where it came from;
 3. align the image when the bundle has an alignment network (parameters ``(tx, ty, sx, sy, theta)``);
 4. CIA-Net logits from the (aligned) image and the negative's stored attention map ``M-``
    (``mode="bank"``), or from the negative image through the attention trunk again (``mode="recompute"``);
@@ -31,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from cianet.errors import InputError, UsageError
+from cianet.errors import InputError, MissingPathError, UsageError
 from cianet.run.bundle_file import load_bundle, validate_bundle
 
 ImageInput = Union[str, os.PathLike, np.ndarray, "PIL.Image.Image", torch.Tensor]  # noqa: F821
@@ -65,9 +67,20 @@ class PredictionResult:
         heatmaps: ``(C, U, U)`` float32 cell probabilities on the test grid, aligned frame.
         attention: ``(h, w)`` float32 normalized contrast attention ``dM`` (None for the baseline).
         align_params: ``(tx, ty, sx, sy, theta)`` (None without alignment).
-        negative: name of the bank negative used (None for the baseline).
+        negative: the negative used: the prior's file name (or ``prior-array-<i>``), or the bank entry's name
+            (None for the baseline).
         logits: ``(C, h, w)`` float32 native-grid logits.
         metadata: extra information (e.g. whitelisted DICOM tags when asked for).
+        domain: whether the input is of the kind of data the model was trained on
+            (:func:`cianet.inference.domain.input_domain`; None when not computed).
+        negative_source: where the negative came from: ``"prior"`` (given by the caller), ``"bank"`` (the
+            bundle's nearest bank entry) or ``"canonical"`` (a canonical-chest bank); None for the baseline.
+        box_labels: the classes of ``heatmaps``' first rows (the box classes).
+        image: the input for display (:mod:`cianet.inference.notebook`: the Python API keeps an 8-bit copy at
+            most 512 px a side; None when not kept).
+
+    In a notebook a result shows itself as its overlay (``_repr_png_``); :meth:`heatmap` gives a class's heatmap
+    in the image's own frame, :meth:`to_dataframe` a table.
     """
 
     source: str
@@ -80,6 +93,40 @@ class PredictionResult:
     negative: str | None
     logits: np.ndarray
     metadata: dict[str, Any] = field(default_factory=dict)
+    domain: dict[str, Any] | None = None
+    negative_source: str | None = None
+    box_labels: tuple[str, ...] = ()
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def heatmap(self, label: str | None = None, frame: str = "image") -> np.ndarray:
+        """The cell probabilities of box class ``label`` (None: the largest over the box classes) in the image
+        file's frame (at most 512 px a side; ``frame="grid"``: the test grid of the aligned network input)."""
+        from cianet.inference.notebook import result_heatmap
+
+        return result_heatmap(self, label, frame)
+
+    def to_dataframe(self):
+        """A pandas DataFrame, one row per class: probability, whether a box class, its boxes and best score."""
+        from cianet.inference.notebook import result_dataframe
+
+        return result_dataframe(self)
+
+    def overlay_image(self):
+        """The overlay figure (boxes, attention, heatmaps) as a PIL image; needs the kept ``image``."""
+        from cianet.inference.notebook import overlay_image
+
+        return overlay_image(self)
+
+    def _repr_png_(self) -> bytes | None:  # Jupyter/IPython display
+        from cianet.inference.notebook import overlay_png
+
+        return overlay_png(self)
+
+    def show(self) -> None:
+        """Display the overlay: inline in a notebook, else in the system's image viewer."""
+        from cianet.inference.notebook import show
+
+        show(self)
 
     def to_dict(self, include_arrays: bool = False) -> dict[str, Any]:
         """JSON-ready dict; the grids only with ``include_arrays``."""
@@ -89,10 +136,13 @@ class PredictionResult:
             "probabilities": {k: float(v) for k, v in self.probabilities.items()},
             "boxes": [asdict(b) for b in self.boxes],
             "negative": self.negative,
+            "negative_source": self.negative_source,
             "align_params": None if self.align_params is None else [float(v) for v in self.align_params],
         }
         if self.metadata:
             out["metadata"] = self.metadata
+        if self.domain is not None:
+            out["domain"] = self.domain
         if include_arrays:
             out["heatmaps"] = self.heatmaps.tolist()
             out["attention"] = None if self.attention is None else self.attention.tolist()
@@ -340,6 +390,8 @@ class Predictor:
         self.negative_images = negative_images
         #: which model this is, written into every output record (cianet predict)
         self.model_info: dict[str, Any] = model_identity(bundle)
+        #: the model card's training data (kind, name, images, labels: cianet.inference.domain); {} when unknown
+        self.training_data: dict[str, Any] = dict((bundle.get("card") or {}).get("training_data") or {})
         if mode == "recompute" and self.kind == "cianet" and self.bank_images is None and negative_images is None:
             raise UsageError(f"{name}: mode='recompute' needs the negative images: rebuild the bundle with "
                              "--with-negative-images or pass negative_images=")
@@ -399,11 +451,14 @@ class Predictor:
 
     # --------------------------------------------------------------------------------------- forward
     @torch.no_grad()
-    def forward(self, images_s: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
-        """Network outputs for a batch of resized images ``(B, S, S)`` float [0, 1].
+    def forward(self, images_s: np.ndarray, names: Sequence[str],
+                priors: Sequence[np.ndarray | None] | None = None) -> dict[str, Any]:
+        """Network outputs for a batch of resized images ``(B, S, S)`` float [0, 1]; ``priors``: per image its
+        prior study as :meth:`prepare_prior` returns it, or None for the bank's negative.
 
         Returns ``logits`` (B, C, h, w), ``test_logits`` (B, C, U, U), ``delta`` (B, h, w) or None,
-        ``params`` (B, 5) or None, ``rows`` (B,) bank rows or None (torch tensors on CPU).
+        ``params`` (B, 5) or None, ``rows`` (B,) bank rows or None (torch tensors on CPU), ``with_prior`` the
+        positions paired with their prior.
         """
         from cianet.models.backbones import gray_to_input
         from cianet.run.precision import autocast
@@ -417,6 +472,16 @@ class Predictor:
                 x, params = a["aligned"], a["params"]  # (B, 1, S, S), (B, 5)
         pos = gray_to_input(x)
         rows, neg = None, None
+        with_prior = [i for i, p in enumerate(priors or ()) if p is not None]
+        if with_prior and self.kind != "cianet":
+            raise UsageError(f"{self.name}: a {self.kind} model takes no negative, so a prior study has no use here")
+        prior_x = None
+        if with_prior:  # read as the run read its negatives (8-bit, prepare_prior), aligned as they were
+            prior_x = torch.from_numpy(np.stack([priors[i] for i in with_prior]).astype(np.float32))[:, None]
+            prior_x = prior_x.to(self.device)
+            if self.align_net is not None:
+                with stage(self.timer, "alignment"):
+                    prior_x = self.align_net(prior_x)["aligned"]
         if self.kind == "cianet":
             with stage(self.timer, "pairing"):
                 rows = self.choose_negatives(images_s, names)
@@ -425,12 +490,17 @@ class Predictor:
                 if self.align_net is not None:
                     with stage(self.timer, "alignment"):
                         neg = self.align_net(neg)["aligned"]
+                if with_prior:
+                    neg[with_prior] = prior_x
         with stage(self.timer, "networks"), autocast(self.precision, self.device):
             if self.kind != "cianet":
                 out = self.model(pos, upsample=False, return_feats=True)
             elif self.mode == "bank":
-                out = self.model(pos, m_neg=self.bank_maps[torch.as_tensor(rows, device=self.device)],
-                                 upsample=False, return_feats=True)
+                m_neg = self.bank_maps[torch.as_tensor(rows, device=self.device)]
+                if with_prior:  # the prior's M-, computed as the bundle computed its bank's maps
+                    m_neg = m_neg.clone()
+                    m_neg[with_prior] = self.model.attention_map(gray_to_input(prior_x)).float()
+                out = self.model(pos, m_neg=m_neg, upsample=False, return_feats=True)
             else:
                 out = self.model(pos, neg=gray_to_input(neg), upsample=False, return_feats=True)
             logits = out["logits"]
@@ -441,6 +511,7 @@ class Predictor:
             "delta": out["delta"].float().cpu() if "delta" in out else None,
             "params": None if params is None else params.double().cpu(),
             "rows": rows,
+            "with_prior": with_prior,
         }
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
@@ -452,22 +523,54 @@ class Predictor:
         with stage(self.timer, "resize"):
             return resize_gray(np.asarray(image, np.float32), self.input_size)
 
+    def prepare_prior(self, prior: ImageInput, position: int = 0, image: str = "") -> tuple[np.ndarray, str]:
+        """A prior study (a file path, a numpy array, a PIL image) -> ``((S, S) float32, its name)``: resized and
+        quantized to 8 bits as a run reads its negatives; the name is the path as given (``prior-array-<i>`` /
+        ``prior-image-<i>`` in memory). Errors name the prior (and ``image``, the image it is the prior of)."""
+        from cianet.data.io import XrayReadError, load_xray, resize_gray, to_uint8
+
+        what = "prior study" + (f" of {image}" if image else "")
+        if isinstance(prior, (str, os.PathLike)):
+            path = Path(prior)
+            if image and path.exists() and Path(image).exists() and path.resolve() == Path(image).resolve():
+                raise UsageError(f"{what} {path} is the image itself: an image is never its own negative")
+            if not path.exists():
+                raise MissingPathError(f"{what} {path} does not exist")
+            if not path.is_file():
+                raise InputError(f"{what} {path} is not a file")
+            try:
+                img = load_xray(path)
+            except (XrayReadError, OSError) as exc:
+                raise InputError(f"{what} {path} cannot be read: {exc}") from None
+            name = str(prior)
+        else:
+            name = f"prior-{'array' if isinstance(prior, (np.ndarray, torch.Tensor)) else 'image'}-{position}"
+            img = as_gray(prior, f"{what} ({name})")
+        return to_uint8(resize_gray(img, self.input_size)).astype(np.float32) / 255.0, name
+
     def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str],
-                       resized: np.ndarray | None = None) -> list[PredictionResult]:
+                       resized: np.ndarray | None = None,
+                       priors: Sequence[tuple[np.ndarray, str] | None] | None = None) -> list[PredictionResult]:
         """One forward pass over gray images ``[(H, W)]`` float [0, 1] of any sizes.
 
         ``resized``: the images already resized to ``(B, S, S)`` (:meth:`prepare`), e.g. ahead of time in
-        another thread; computed here when None.
+        another thread; computed here when None. ``priors``: per image, its prior study as
+        :meth:`prepare_prior` returns it, or None (the bank's negative).
         """
         from cianet.utils.timing import stage
 
         if not images:
             return []
+        if priors is not None and len(priors) != len(images):
+            raise UsageError(f"{len(priors)} priors for {len(images)} images")
         if resized is None:
             resized = np.stack([self.prepare(im) for im in images])
-        out = self.forward(resized, names)
+        out = self.forward(resized, names, None if priors is None else [p and p[0] for p in priors])
         with stage(self.timer, "boxes"):
-            return self._results(images, names, out)
+            results = self._results(images, names, out)
+        for i in out["with_prior"]:
+            results[i].negative, results[i].negative_source = priors[i][1], "prior"
+        return results
 
     def _results(self, images: Sequence[np.ndarray], names: Sequence[str], out: dict[str, Any]) -> list[PredictionResult]:
         """Image probabilities and boxes in each image file's frame from :meth:`forward`'s output."""
@@ -489,30 +592,79 @@ class Predictor:
                                                              self.connectivity):
                     boxes.append(PredictedBox(lab, x0, y0, bw, bh, s))
             rows = out["rows"]
+            from cianet.inference.domain import input_domain
+
+            src = name if Path(name).is_file() else None  # in-memory input is named array-i / image-i
             results.append(PredictionResult(
+                domain=input_domain(self.training_data, src, (int(w), int(h))),
                 source=name, image_size=(int(w), int(h)), probabilities=probs, boxes=boxes,
                 heatmaps=heat[b].astype(np.float32),
                 attention=None if out["delta"] is None else out["delta"][b].numpy(),
                 align_params=params, negative=None if rows is None else self.bank_names[int(rows[b])],
-                logits=out["logits"][b].numpy(),
+                negative_source=None if rows is None else "canonical" if self.bank_strategy == "canonical" else "bank",
+                logits=out["logits"][b].numpy(), box_labels=tuple(self.box_labels), image=img,
             ))
         return results
 
-    def predict(self, image: ImageInput) -> PredictionResult:
+    def predict(self, image: ImageInput | Sequence[ImageInput],
+                prior: ImageInput | None = None) -> PredictionResult | list[PredictionResult]:
         """Predict one image: a file path (PNG/JPEG/DICOM), a numpy ``(H, W)`` array (uint8 or float in
-        [0, 1]) or a PIL image. Unreadable files raise ``cianet.data.io.XrayReadError`` naming the file."""
+        [0, 1]) or a PIL image. Unreadable files raise ``cianet.data.io.XrayReadError`` naming the file.
+
+        ``prior``: the same patient's earlier No Finding study (same kinds of input), contrasted with the image
+        instead of the bank's nearest negative (``negatives.strategy=prior``; the result's ``negative`` names
+        it, ``negative_source`` is "prior"). A missing or unreadable prior is an error naming it.
+
+        A list (or tuple) of images gives a list of results (:meth:`predict_batch`); a folder:
+        :meth:`predict_folder`. Results keep an 8-bit copy of the image for display (``show()``)."""
+        if isinstance(image, (list, tuple)):
+            if prior is not None:
+                raise UsageError("predict(list, prior=...): give one prior per image with predict_batch(priors=)")
+            return self.predict_batch(list(image))
+        if isinstance(image, (str, os.PathLike)) and Path(image).is_dir():
+            raise UsageError(f"{image} is a folder: use Predictor.predict_folder({str(image)!r})")
         img, name = load_input(image, 0)
-        return self.predict_arrays([img], [name])[0]
+        priors = None if prior is None else [self.prepare_prior(prior, 0, name)]
+        return self._for_python(self.predict_arrays([img], [name], priors=priors))[0]
+
+    def predict_folder(self, folder: str | os.PathLike, batch_size: int | None = None,
+                       progress: bool = False) -> list[PredictionResult]:
+        """Predict every image file under ``folder`` (PNG/JPEG/DICOM, searched recursively, as ``cianet predict``
+        does), in path order; raises on the first unreadable file."""
+        from cianet.inference.files import image_files
+
+        if not Path(folder).is_dir():
+            raise MissingPathError(f"{folder}: no such folder")
+        files = [str(f) for f in image_files(Path(folder))]
+        if not files:
+            raise InputError(f"{folder}: no PNG, JPEG or DICOM files found")
+        return self.predict_batch(files, batch_size=batch_size, progress=progress)
+
+    def _for_python(self, results: list[PredictionResult]) -> list[PredictionResult]:
+        """Results for the Python API: the kept image shrunk to an 8-bit preview; one warning per Predictor when
+        a synthetic-trained model read an image of another kind (cianet.inference.domain)."""
+        from cianet.inference.notebook import compact, warn_out_of_domain
+
+        warn_out_of_domain(self, results)
+        return [compact(r) for r in results]
 
     def predict_batch(self, images: Sequence[ImageInput], batch_size: int | None = None,
-                      progress: bool = False) -> list[PredictionResult]:
-        """Predict many images, ``batch_size`` per forward pass; raises on the first unreadable file."""
+                      progress: bool = False,
+                      priors: Sequence[ImageInput | None] | None = None) -> list[PredictionResult]:
+        """Predict many images, ``batch_size`` per forward pass; raises on the first unreadable file.
+        ``priors``: one per image, its prior study or None (the bank's negative), as in :meth:`predict`."""
         from cianet.utils.progress import progress_bar
 
+        if priors is not None and len(priors) != len(images):
+            raise UsageError(f"{len(priors)} priors for {len(images)} images")
         bs = batch_size or self.batch_size
         results: list[PredictionResult] = []
         starts = range(0, len(images), bs)
         for i in progress_bar(starts, desc="predict", total=len(starts), disable=not progress):
             loaded = [load_input(item, i + j) for j, item in enumerate(images[i:i + bs])]
-            results.extend(self.predict_arrays([a for a, _ in loaded], [n for _, n in loaded]))
+            chunk = None if priors is None else [
+                None if p is None else self.prepare_prior(p, i + j, loaded[j][1])
+                for j, p in enumerate(priors[i:i + bs])]
+            results.extend(self._for_python(self.predict_arrays([a for a, _ in loaded], [n for _, n in loaded],
+                                                                priors=chunk)))
         return results

@@ -119,11 +119,14 @@ def make_bundle(model: nn.Module, cfg, *, bank: dict[str, Any] | None = None, al
 def save_bundle(bundle: dict[str, Any], path: str | Path) -> Path:
     """Validate and write ``bundle`` atomically to ``path``."""
     from cianet.run.bundle_format import encode
-    from cianet.utils.atomic import atomic_write_bytes
+    from cianet.utils.atomic import atomic_write_bytes, stale_temps
 
     path = Path(path)
     validate_bundle(bundle, path)
-    atomic_write_bytes(path, encode(bundle))
+    data = encode(bundle)
+    for tmp in stale_temps(path):  # a killed earlier write of this file left a temp file (SIGKILL)
+        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, data)
     return path
 
 
@@ -136,6 +139,9 @@ def validate_bundle(bundle: Any, path: str | Path = "<bundle>") -> dict[str, Any
     missing = [k for k in REQUIRED_KEYS if k not in bundle]
     if missing:
         raise InputError(f"{path}: model bundle is missing {', '.join(missing)}")
+    from cianet.run.bundle_format import check_config
+
+    check_config(bundle["config"], path)  # bounds first: nothing is built from an absurd value
     version = bundle["format_version"]
     if not isinstance(version, int) or version > BUNDLE_VERSION:
         raise InputError(f"{path}: bundle format {version!r} is newer than this cianet understands "

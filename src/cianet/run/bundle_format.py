@@ -9,6 +9,14 @@ bytes; any language reads the header with a JSON parser, no torch and no pickle 
     cianet          a JSON document: every non-tensor field of the bundle (kind, config, labels, box_labels,
                     input_size, normalization, thresholds, card, source, cianet_version, alignment's
                     net_kwargs, the bank's strategy / count / aligned flags)
+    tensor_sha256   the SHA-256 of the tensor data (every byte after the header), checked whenever the
+                    tensors are read (:func:`verify_data`). Bundles written before it existed have none and
+                    load unchecked; ``cianet bundle info`` says so.
+
+Everything in the header is checked before anything is allocated (:func:`check_header`): its types, every
+config value against the bounds of :mod:`cianet.config` (upper ones too: a crafted ``test_upsample`` of 10^6
+would ask for terabytes), the bank's count against its tensors, and every tensor's offsets against the file's
+size (a truncated file is refused by name).
 
 and the tensors are named ``model.<state dict key>``, ``alignment.<key>``, ``canonical``,
 ``negatives.codes`` (N, 256), ``negatives.maps`` (N, h, w) and optionally ``negatives.images`` (N, S, S) uint8.
@@ -35,6 +43,9 @@ FORMAT_VERSION = 2
 PATH_CONFIG_KEYS = ("data.data_root", "data.entry_csv", "data.bbox_csv", "data.cache", "protocol.splits",
                     "align.checkpoint", "align.canonical", "negatives.hash_index", "run.out")
 MAX_HEADER = 100 << 20  # a header larger than this is not one of ours (a corrupt length)
+CHECKSUM_KEY = "tensor_sha256"
+#: bytes per element of the safetensors dtypes a bundle may hold
+DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def is_safetensors(path: str | os.PathLike) -> bool:
@@ -46,23 +57,134 @@ def is_safetensors(path: str | os.PathLike) -> bool:
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
     """The bundle's description without torch: ``{"format", "format_version", "bundle": header dict,
-    "tensors": {name: {"dtype", "shape"}}}``; InputError naming the file when it is not a format-2 bundle."""
+    "tensors": {name: {"dtype", "shape"}}, "checksum": the stored SHA-256 or None}``, checked
+    (:func:`check_header`); InputError naming the file when it is not a readable format-2 bundle."""
     path = Path(path)
     try:
+        size = path.stat().st_size
         with open(path, "rb") as fh:
             n = struct.unpack("<Q", fh.read(8))[0]
-            if n >= MAX_HEADER:
-                raise ValueError("implausible header length")
+            if n >= MAX_HEADER or 8 + n > size:
+                raise ValueError("implausible header length (a cut or damaged file)")
             raw = json.loads(fh.read(n))
+        if not isinstance(raw, dict):
+            raise ValueError("the safetensors header is not an object")
         meta = raw.get("__metadata__") or {}
-        if meta.get("format") != "cianet-model-bundle":
+        if not isinstance(meta, dict) or meta.get("format") != "cianet-model-bundle":
             raise ValueError("no cianet metadata")
         header = json.loads(meta["cianet"])
-    except (ValueError, KeyError, struct.error, UnicodeDecodeError) as exc:
+        version = int(meta.get("format_version", 0))
+    except (OSError, ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a readable cianet model bundle ({exc})") from None
-    tensors = {k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in raw.items() if k != "__metadata__"}
-    return {"format": meta["format"], "format_version": int(meta.get("format_version", 0)), "bundle": header,
-            "tensors": tensors}
+    if version > FORMAT_VERSION:
+        raise InputError(f"{path}: bundle format {version} is newer than this cianet understands "
+                         f"({FORMAT_VERSION}); upgrade cianet")
+    tensors = check_tensors({k: v for k, v in raw.items() if k != "__metadata__"}, size - 8 - n, path)
+    check_header(header, tensors, path)
+    checksum = meta.get(CHECKSUM_KEY)
+    return {"format": meta["format"], "format_version": version, "bundle": header,
+            "tensors": {k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in tensors.items()},
+            "checksum": checksum if isinstance(checksum, str) else None, "data_start": 8 + n}
+
+
+def check_tensors(table: dict[str, Any], data_size: int, path: Path) -> dict[str, Any]:
+    """The safetensors tensor table, checked: known dtypes, sizes that match the shapes, offsets inside the
+    data, and data that ends where the last tensor does (a cut file is caught here, before reading it)."""
+    end = 0
+    for name, entry in table.items():
+        try:
+            dtype, shape, (start, stop) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            ok = (dtype in DTYPE_SIZES and isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+                  and isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= data_size)
+            count = 1
+            for d in shape:
+                count *= d
+            ok = ok and stop - start == count * DTYPE_SIZES[dtype]
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(f"{path}: tensor {name!r} is described wrongly in the bundle header (dtype, shape or "
+                             "offsets); the file is damaged")
+        end = max(end, stop)
+    if end != data_size:
+        raise InputError(f"{path}: the tensor data holds {data_size} bytes, the header describes {end}; the file "
+                         "is cut or damaged")
+    return table
+
+
+def check_header(header: Any, tensors: dict[str, Any], path: Path) -> None:
+    """The cianet header's types and values, checked before anything is built from them: InputError naming the
+    file and the field. Config values go through :func:`cianet.config.check_value` (with its upper bounds)."""
+    def fail(what: str) -> None:
+        raise InputError(f"{path}: bundle header {what}; the file is damaged or was not written by cianet")
+
+    if not isinstance(header, dict):
+        fail(f"is a {type(header).__name__}, not an object")
+    types = {"kind": str, "config": dict, "labels": list, "box_labels": list, "input_size": int, "thresholds": list,
+             "negatives": dict, "card": dict, "source": dict, "normalization": dict}
+    for key, tp in types.items():
+        if key in header and (not isinstance(header[key], tp) or isinstance(header[key], bool)):
+            fail(f"field {key!r} must be {'an object' if tp is dict else 'a ' + tp.__name__}, got "
+                 f"{type(header[key]).__name__}")
+    for key in ("labels", "box_labels"):
+        if not all(isinstance(v, str) for v in header.get(key, [])):
+            fail(f"field {key!r} must be a list of names")
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in header.get("thresholds", [])):
+        fail("field 'thresholds' must be a list of numbers")
+    if header.get("alignment") is not None and not (isinstance(header["alignment"], dict)
+                                                    and isinstance(header["alignment"].get("net_kwargs"), dict)):
+        fail("field 'alignment' must be null or an object with net_kwargs")
+    check_config(header.get("config") or {}, path)
+    size = header.get("input_size")
+    if size is not None and not 32 <= size <= 4096:
+        fail(f"input_size {size} is outside 32 to 4096")
+    bank = header.get("negatives") or {}
+    count = bank.get("count", 0)
+    rows = (tensors.get("negatives.codes") or {}).get("shape", [0])[:1] or [0]
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0 or count != rows[0]:
+        fail(f"negatives count {count!r} does not match the bank's {rows[0]} stored rows")
+
+
+def check_config(config: Any, path: str | os.PathLike) -> None:
+    """Every value of a bundle's config against :func:`cianet.config.check_value` (types, choices, bounds with
+    upper ones); keys this cianet does not know are skipped (nothing reads them). InputError naming the file."""
+    import dataclasses
+
+    from cianet.config import Config, check_value
+
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: bundle config must be an object, got {type(config).__name__}")
+    defaults = Config()
+    for section, values in config.items():
+        if not hasattr(defaults, section) or values is None:
+            continue  # a section a later cianet dropped
+        if not isinstance(values, dict):
+            raise InputError(f"{path}: bundle config section {section!r} must be an object")
+        known = {f.name for f in dataclasses.fields(getattr(defaults, section))}
+        for key, value in values.items():
+            if key in known:
+                try:
+                    check_value(section, key, value)
+                except ValueError as exc:
+                    raise InputError(f"{path}: bundle config: {exc}") from None
+
+
+def verify_data(path: str | os.PathLike, desc: dict[str, Any]) -> bool:
+    """Check the tensor data against the SHA-256 stored at bundle time; InputError naming the file when they
+    differ. False for a bundle written before checksums (nothing to check), True when checked."""
+    import hashlib
+
+    if desc.get("checksum") is None:
+        return False
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(desc["data_start"])
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != desc["checksum"]:
+        raise InputError(f"{path}: the tensor data does not match the SHA-256 stored in the bundle (the file was "
+                         "damaged or edited after `cianet bundle` wrote it); rebuild or copy it again")
+    return True
 
 
 def scrub_text(text: str) -> str:
@@ -122,7 +244,15 @@ def encode(bundle: dict[str, Any]) -> bytes:
 
     meta = {"format": "cianet-model-bundle", "format_version": str(FORMAT_VERSION),
             "cianet": json.dumps(strict_json(header), allow_nan=False)}
-    return save(tensors, metadata=meta)
+    first = save(tensors, metadata=meta)
+    # The data section's layout does not depend on the metadata: hash it, then write the file with the hash.
+    data = memoryview(first)[8 + struct.unpack("<Q", first[:8])[0]:]
+    import hashlib
+
+    meta[CHECKSUM_KEY] = hashlib.sha256(data).hexdigest()
+    out = save(tensors, metadata=meta)
+    assert out[8 + struct.unpack("<Q", out[:8])[0]:] == data, "safetensors laid out the tensor data differently"
+    return out
 
 
 def decode(path: str | os.PathLike) -> dict[str, Any]:
@@ -131,9 +261,7 @@ def decode(path: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(path)
     desc = read_header(path)
-    if desc["format_version"] > FORMAT_VERSION:
-        raise InputError(f"{path}: bundle format {desc['format_version']} is newer than this cianet understands "
-                         f"({FORMAT_VERSION}); upgrade cianet")
+    verify_data(path, desc)
     header = desc["bundle"]
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:

@@ -159,7 +159,7 @@ def resume_state(checkpoint: Path, read: Callable[[Path], dict[str, Any]], cfg: 
 
     A folder whose ``checkpoint`` exists is refused without ``resume``; with it, the checkpoint is read with
     ``read`` and the run keeps its own recipe, taking only the output folder, device and progress of the new
-    invocation.
+    invocation (and its thread count).
     """
     if not checkpoint.exists():
         return None, cfg
@@ -169,6 +169,7 @@ def resume_state(checkpoint: Path, read: Callable[[Path], dict[str, Any]], cfg: 
     state = read(checkpoint)
     saved = config_from_dict(state["config"], source=str(checkpoint))
     saved.run.out, saved.run.device, saved.run.progress = cfg.run.out, cfg.run.device, cfg.run.progress
+    saved.run.threads = cfg.run.threads  # RESUME_FREE: how many threads never changes what a run computes
     return state, saved
 
 

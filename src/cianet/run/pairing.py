@@ -1,4 +1,8 @@
-"""Negative pairing of a run (paper 4.3.2): which No Finding image is contrasted with each image.
+"""Negative pairing of a run (paper 4.3.2): which negative image is contrasted with each image, and why.
+
+The strategies are declared once, in :data:`cianet.config.NEGATIVE_STRATEGIES` (docs/method.md, "Negative
+sampling"). No strategy reads a label, a box or a twin of the image it pairs, except the oracle, whose twin is
+the point of an upper bound:
 
 - ``sim``: nearest perceptual-hash code by cosine similarity (never the image itself, by default never the same
   patient). Pairs are computed once per run; training saves them as ``pairs.json`` in the run folder
@@ -7,15 +11,25 @@
 - ``random``: a random negative per image, re-drawn every epoch, seeded by (seed, epoch) so a resumed run sees
   the same pairs as an uninterrupted one.
 - ``canonical``: the canonical chest for every image.
-- ``oracle`` (phantom only): every image's finding-free twin written by ``cianet synth --twins`` (same anatomy,
-  deformation and noise), a No Finding image being its own twin: the best contrast the attention can get, to
-  check the mechanism apart from the pairing.
-The pool is the No Finding images that the run does not hold out (test, AUC extras, validation); held-out
-images are paired like test images. With ``negatives.aligned_codes`` and an alignment network (``align.checkpoint``)
-the "sim" codes of the pool and of the queries are computed on the *aligned* images (the run's network, at the
-run's image size); a ``--hash-index`` file and ``pairs.json`` record which codes they hold, and codes of another
-kind are an error, never recomputed or mixed (:func:`code_kind`). Nothing here writes a file except
-:func:`save_pairs` and :func:`hash_data_root`.
+- ``prior`` / ``prior_any``: the same patient's most recent earlier No Finding study (``prior_any``: the nearest
+  at any other follow-up) by :func:`cianet.data.priors.prior_studies`, which reads the patient id, the
+  follow-up numbers and the labels of the *other* studies, never those of the image it pairs. Images without
+  one (or whose training image's prior is held out, or whose prior's file is missing) are paired by
+  ``negatives.prior_fallback`` (sim, random or canonical), and the record says why.
+- ``oracle`` (phantom only, an UPPER BOUND, never evidence): every image, No Finding included, is paired with
+  its own finding-free twin written by ``cianet synth --twins`` (a re-render of the same patient under an
+  independent acquisition), read as ``"twin:NAME"``. No image is ever its own negative.
+
+The pool of ``sim`` and ``random`` is the No Finding images that the run does not hold out (test, AUC extras,
+validation); held-out images are paired like test images. With ``negatives.aligned_codes`` and an alignment
+network (``align.checkpoint``) the "sim" codes of the pool and of the queries are computed on the *aligned*
+images (the run's network, at the run's image size); a ``--hash-index`` file and ``pairs.json`` record which
+codes they hold, and codes of another kind are an error, never recomputed or mixed (:func:`code_kind`).
+
+Every run records its pairing in ``negatives.csv`` (image, split, negative, strategy, reason; one row per image
+trained on or scored) and the counts in ``negatives.json`` (:func:`write_pairing_record`: training writes them,
+``cianet evaluate`` rewrites them from the pairing it scored with). Nothing here writes a file except
+:func:`save_pairs`, :func:`write_pairing_record` and :func:`hash_data_root`.
 """
 
 from __future__ import annotations
@@ -26,12 +40,15 @@ from typing import Callable
 
 import numpy as np
 
-from cianet.config import Config
+from cianet.config import NEGATIVE_STRATEGIES, Config
 from cianet.errors import InputError, MissingPathError, UsageError
 
 Pairing = dict[str, "str | None"]
 PAIRS_FILE = "pairs.json"
-STRATEGIES = ("sim", "random", "canonical", "oracle")
+#: the run's pairing, one row per image it trained on or scored, and its counts (:func:`write_pairing_record`)
+NEGATIVES_CSV = "negatives.csv"
+NEGATIVES_JSON = "negatives.json"
+NEGATIVES_COLUMNS = ("image", "split", "negative", "strategy", "reason")
 #: prefix of an oracle negative's name: "twin:NAME" is read from DATA_ROOT/twins/NAME (see ``image_source``)
 TWIN_PREFIX = "twin:"
 
@@ -48,19 +65,18 @@ def twin_paths(data_root: str | Path) -> dict[str, Path]:
 
 
 def oracle_pairs(data_root: str | Path, data) -> Pairing:
-    """Each image of the run -> its twin ``"twin:NAME"``; a No Finding image -> itself (it is its own twin)."""
+    """The UPPER BOUND: each image of the run, No Finding included, -> its own twin ``"twin:NAME"`` (a
+    finding-free re-render of the same patient). Reads no label; a missing twin is an InputError naming it."""
+    from cianet.data.synth import TWINS_DIR
+
     twins = twin_paths(data_root)
-    labels = data.labels
     pairs: Pairing = {}
     for name in dict.fromkeys(list(data.train) + data.held_out):
-        if TWIN_PREFIX + name in twins:
-            pairs[name] = TWIN_PREFIX + name
-        elif labels.get(name):
-            from cianet.data.synth import TWINS_DIR
-
-            raise InputError(f"{Path(data_root) / TWINS_DIR / name}: the twin of positive image {name} is missing")
-        else:
-            pairs[name] = name
+        if TWIN_PREFIX + name not in twins:
+            raise InputError(f"{Path(data_root) / TWINS_DIR / name}: the twin of {name} is missing "
+                             "(negatives.strategy=oracle pairs every image with its twin; regenerate the phantom "
+                             "with `cianet synth --twins`)")
+        pairs[name] = TWIN_PREFIX + name
     return pairs
 
 
@@ -201,46 +217,80 @@ def _pool_index(cfg: Config, pool: list[str], patients: dict[str, str], source, 
                      [patients[n] for n in pool])
 
 
+#: explain(image, negative, held_out) -> (the strategy that chose the negative, the reason)
+Explain = Callable[[str, "str | None", bool], "tuple[str, str]"]
+
+
 @dataclass
 class RunPairing:
     """The negatives of a run: ``train(epoch)`` and ``test(epoch)`` map image name -> negative name (None: the
     canonical chest, or no negative at all for the baseline); ``canonical`` is the canonical chest image
-    when the strategy uses it. ``sampler`` holds "sim" pairs that are not yet in the run's ``pairs.json``."""
+    when the strategy uses it. ``sampler`` holds "sim" pairs that are not yet in the run's ``pairs.json``.
+    ``strategy`` is the run's (None: the baseline); ``explain`` says, per image, which strategy chose its
+    negative and why (the rows of ``negatives.csv``)."""
 
     train: Callable[[int], Pairing | None]
     test: Callable[[int], Pairing | None]
     canonical: np.ndarray | None = None
     sampler: object | None = None  # cianet.negatives.NegativeSampler with pairs to save
+    strategy: str | None = None
+    explain: Explain | None = None
+    fallback: str | None = None  # prior, prior_any: negatives.prior_fallback
+
+
+def _fixed(pairs: Pairing) -> Callable[[int], Pairing]:
+    return lambda epoch: pairs
 
 
 def pair_negatives(cfg: Config, data, source, align_net=None) -> RunPairing:
     """The pairing of a run (see the module docstring). Reads ``pairs.json`` from ``cfg.run.out`` when present;
     never writes. ``align_net``: the run's alignment network, when the caller has it loaded (else "sim" with
     aligned codes loads it from ``cfg.align.checkpoint``). Held-out images are paired by ``test(epoch)``."""
+    strategy = cfg.negatives.strategy
+    if strategy not in NEGATIVE_STRATEGIES:
+        raise UsageError(f"negatives.strategy must be one of {', '.join(NEGATIVE_STRATEGIES)}, got {strategy!r}")
+    if cfg.model.kind == "baseline":  # the baseline never looks at a negative
+        return RunPairing(lambda epoch: None, lambda epoch: None,
+                          explain=lambda name, neg, held: ("none", "the baseline takes no negative"))
+    spec = NEGATIVE_STRATEGIES[strategy]
+    if spec.upper_bound:
+        pairs = oracle_pairs(cfg.data.data_root, data)
+        why = "upper bound: the image's own finding-free twin (the same patient, re-rendered)"
+        return RunPairing(_fixed({n: pairs[n] for n in data.train}), _fixed({n: pairs[n] for n in data.held_out}),
+                          strategy=strategy, explain=lambda name, neg, held: (strategy, why))
+    if spec.prior:
+        return _prior_pairing(cfg, data, source, align_net)
+    return _base_pairing(cfg, strategy, data, list(data.train), data.held_out, source, align_net)
+
+
+def _available(cfg: Config) -> set[str]:
+    """Names the run's image cache holds (an image is readable from its file or from the cache)."""
+    if not cfg.data.cache:
+        return set()
+    from cianet.data.cache import ImageCache
+
+    return set(ImageCache.open(cfg.data.cache).names)
+
+
+def _base_pairing(cfg: Config, strategy: str, data, train: list[str], held_out: list[str], source,
+                  align_net=None) -> RunPairing:
+    """A pool or canonical strategy (``cianet.config.BASE_STRATEGIES``) over the images ``train`` (paired by
+    ``train(epoch)``) and ``held_out`` (paired by ``test(epoch)``); the pool never holds a held-out image of the
+    run, whichever images are paired here."""
     from cianet.data.canonical import load_canonical
 
-    strategy = cfg.negatives.strategy
-    if strategy not in STRATEGIES:
-        raise UsageError(f"negatives.strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    if cfg.model.kind == "baseline":  # the baseline never looks at a negative
-        return RunPairing(lambda epoch: None, lambda epoch: None)
-    if strategy == "oracle":
-        pairs = oracle_pairs(cfg.data.data_root, data)
-        return RunPairing(lambda e: pairs, lambda e: pairs)
     if strategy == "canonical":
         if not cfg.align.canonical:
-            raise UsageError("negatives.strategy=canonical needs align.canonical (a canonical chest PNG from "
+            key = "negatives.strategy" if cfg.negatives.strategy == strategy else "negatives.prior_fallback"
+            raise UsageError(f"{key}=canonical needs align.canonical (a canonical chest PNG from "
                              "`cianet canonical`)")
         canonical = load_canonical(cfg.align.canonical, cfg.data.image_size)
-        return RunPairing(lambda e: dict.fromkeys(data.train), lambda e: dict.fromkeys(data.held_out), canonical)
+        why = "the canonical chest, the same for every image"
+        return RunPairing(lambda e: dict.fromkeys(train), lambda e: dict.fromkeys(held_out), canonical,
+                          strategy=strategy, explain=lambda name, neg, held: (strategy, why))
     index = data.index
     patients = {r.name: r.patient_id for r in index.records}
-    available: set[str] = set()
-    if cfg.data.cache:
-        from cianet.data.cache import ImageCache
-
-        available = set(ImageCache.open(cfg.data.cache).names)
-    pool = negative_pool(index, exclude=set(data.held_out), available=available)
+    pool = negative_pool(index, exclude=set(data.held_out), available=_available(cfg))
     if not pool:
         raise InputError("no No Finding image is available as a negative (CIA-Net needs negatives)")
     from cianet.negatives import NegativeSampler
@@ -250,14 +300,22 @@ def pair_negatives(cfg: Config, data, source, align_net=None) -> RunPairing:
     sampler = NegativeSampler(strategy, _pool_index(cfg, pool, patients, source, strategy == "sim", aligner),
                               seed=cfg.run.seed, exclude_same_patient=cfg.negatives.exclude_same_patient,
                               codes_kind=kind if strategy == "sim" else None)
+    blank = "no candidate left once the image and its patient are excluded: a blank negative"
     if strategy == "random":  # redrawn every epoch, keyed by (seed, epoch, name): resumable
         def pair_random(names: list[str], offset: int) -> Callable[[int], Pairing]:
             pats = [patients[n] for n in names]
             return lambda e: dict(zip(names, sampler.pair(names, patients=pats, epoch=offset + e)))
 
-        return RunPairing(pair_random(list(data.train), 0), pair_random(data.held_out, 10_000))
+        def why_random(name: str, neg: str | None, held: bool) -> tuple[str, str]:
+            if neg is None:
+                return strategy, blank
+            return strategy, ("random draw, fixed for scoring" if held
+                              else "random draw, redrawn every epoch (epoch 0 shown)")
+
+        return RunPairing(pair_random(list(train), 0), pair_random(list(held_out), 10_000), strategy=strategy,
+                          explain=why_random)
     # sim: fixed pairs, computed once; a pairs file made with another pool or other codes raises here
-    names = list(dict.fromkeys(list(data.train) + data.held_out))
+    names = list(dict.fromkeys(list(train) + list(held_out)))
     pairs_file = Path(cfg.run.out) / PAIRS_FILE
     to_save = None
     if pairs_file.exists():
@@ -271,7 +329,72 @@ def pair_negatives(cfg: Config, data, source, align_net=None) -> RunPairing:
         found = sampler.pair(names)
         to_save = sampler
     pairs = dict(zip(names, found))
-    return RunPairing(lambda e: pairs, lambda e: pairs, None, to_save)
+    where = "aligned images" if kind["aligned"] else "images"
+
+    def why_sim(name: str, neg: str | None, held: bool) -> tuple[str, str]:
+        if neg is None:
+            return strategy, blank
+        cosine = sampler.similarity(name)
+        return strategy, (f"nearest code of {where} (cosine {cosine:.3f})" if cosine is not None
+                          else f"nearest code of {where}")
+
+    return RunPairing(_fixed({n: pairs[n] for n in train}), _fixed({n: pairs[n] for n in held_out}), None,
+                      to_save, strategy=strategy, explain=why_sim)
+
+
+def prior_pairs(cfg: Config, data) -> tuple[Pairing, dict[str, str]]:
+    """``prior`` / ``prior_any``: ``(pairs, reasons)``: image -> the same patient's No Finding study
+    (:func:`cianet.data.priors.prior_studies`) and, for every image, why it has one or not ("prior: follow-up
+    2", "fallback: no earlier No Finding study", ...). A training image whose prior is held out, and an image
+    whose prior's file is neither under the data root nor in the cache, fall back too."""
+    from cianet.data.priors import prior_studies
+
+    strategy = cfg.negatives.strategy
+    any_time = NEGATIVE_STRATEGIES[strategy].prior == "any"
+    records = {r.name: r for r in data.index.records}
+    found = prior_studies(list(data.index.records), allow_later=any_time)
+    held = set(data.held_out)
+    available = _available(cfg)
+    which = "No Finding study at another follow-up" if any_time else "earlier No Finding study"
+    pairs: Pairing = {}
+    reasons: dict[str, str] = {}
+    for name, is_held in [(n, False) for n in data.train] + [(n, True) for n in data.held_out]:
+        prior = found.get(name)
+        rec = records[name]
+        if prior is None or prior == name:
+            reasons[name] = ("fallback: no follow-up number" if rec.follow_up is None else f"fallback: no {which}")
+        elif not is_held and prior in held:
+            reasons[name] = f"fallback: its {which} {prior} is held out (test/validation)"
+        elif records[prior].path is None and prior not in available:
+            reasons[name] = f"fallback: the file of its {which} {prior} is missing"
+        else:
+            pairs[name] = prior
+            later = any_time and int(records[prior].follow_up) > int(rec.follow_up)
+            reasons[name] = f"prior: follow-up {records[prior].follow_up}" + (" (later)" if later else "")
+    return pairs, reasons
+
+
+def _prior_pairing(cfg: Config, data, source, align_net=None) -> RunPairing:
+    """``prior`` / ``prior_any`` (:func:`prior_pairs`), the rest by ``negatives.prior_fallback``."""
+    strategy, fallback = cfg.negatives.strategy, cfg.negatives.prior_fallback
+    pairs, reasons = prior_pairs(cfg, data)
+    rest_train = [n for n in data.train if n not in pairs]
+    rest_held = [n for n in data.held_out if n not in pairs]
+    base = _base_pairing(cfg, fallback, data, rest_train, rest_held, source, align_net)
+    train_prior = {n: pairs[n] for n in data.train if n in pairs}
+    held_prior = {n: pairs[n] for n in data.held_out if n in pairs}
+
+    def merged(own: Pairing, rest: Callable[[int], Pairing | None]) -> Callable[[int], Pairing]:
+        return lambda e: {**own, **(rest(e) or {})}
+
+    def explain(name: str, neg: str | None, held: bool) -> tuple[str, str]:
+        if name in pairs:
+            return strategy, reasons[name]
+        used, why = base.explain(name, neg, held)
+        return used, f"{reasons[name]}; {why}"
+
+    return RunPairing(merged(train_prior, base.train), merged(held_prior, base.test), base.canonical,
+                      base.sampler, strategy=strategy, explain=explain, fallback=fallback)
 
 
 def save_pairs(pairing: RunPairing, run_dir: str | Path) -> Path | None:
@@ -282,6 +405,82 @@ def save_pairs(pairing: RunPairing, run_dir: str | Path) -> Path | None:
     path = Path(run_dir) / PAIRS_FILE
     pairing.sampler.save_pairs(path)
     return path
+
+
+def negative_label(neg: str | None, pairing: RunPairing) -> str:
+    """What ``negatives.csv`` names a negative: an image file name, ``twins/NAME`` (the oracle's twin file
+    under the data root), ``canonical`` (the canonical chest), or ``none`` (the baseline; a blank negative)."""
+    if neg is None:
+        return "canonical" if pairing.canonical is not None else "none"
+    if neg.startswith(TWIN_PREFIX):
+        from cianet.data.synth import TWINS_DIR
+
+        return f"{TWINS_DIR}/{neg[len(TWIN_PREFIX):]}"
+    return neg
+
+
+def pairing_rows(pairing: RunPairing, data) -> list[dict[str, str]]:
+    """The rows of ``negatives.csv``: one per image the run trains on (epoch 0's negative) or scores
+    (validation, test and AUC-extra images, as scoring pairs them), in that order."""
+    train, held = pairing.train(0) or {}, pairing.test(0) or {}
+    explain = pairing.explain or (lambda name, neg, is_held: (pairing.strategy or "none", ""))
+    rows = []
+    splits = (("train", list(data.train)), ("val", list(data.val)),
+              ("test", list(dict.fromkeys(list(data.test) + list(data.auc_extra)))))
+    for split, names in splits:
+        pairs = train if split == "train" else held
+        for name in names:
+            neg = pairs.get(name)
+            used, reason = explain(name, neg, split != "train")
+            rows.append({"image": name, "split": split, "negative": negative_label(neg, pairing),
+                         "strategy": used, "reason": reason})
+    return rows
+
+
+def pairing_counts(pairing: RunPairing, rows: list[dict[str, str]]) -> dict:
+    """``negatives.json``: the strategy, its fallback, and how many images each way paired (``prior`` /
+    ``fallback`` for prior runs, else the strategy's name), in all and per split."""
+    def key(row: dict[str, str]) -> str:
+        if pairing.fallback is not None:
+            return pairing.strategy if row["strategy"] == pairing.strategy else "fallback"
+        return "blank" if row["negative"] == "none" and pairing.strategy else row["strategy"]
+
+    counts: dict[str, int] = {}
+    by_split: dict[str, dict[str, int]] = {}
+    for row in rows:
+        k = key(row)
+        counts[k] = counts.get(k, 0) + 1
+        split = by_split.setdefault(row["split"], {})
+        split[k] = split.get(k, 0) + 1
+    return {"strategy": pairing.strategy or "none", "fallback": pairing.fallback,
+            "upper_bound": bool(pairing.strategy and NEGATIVE_STRATEGIES[pairing.strategy].upper_bound),
+            "images": len(rows), "counts": counts, "by_split": by_split}
+
+
+def write_pairing_record(pairing: RunPairing, data, run_dir: str | Path) -> dict:
+    """Write ``run_dir/negatives.csv`` (:func:`pairing_rows`) and ``negatives.json`` (:func:`pairing_counts`),
+    each atomically; returns the counts."""
+    import csv
+    import io
+
+    from cianet.utils.atomic import atomic_write_json, atomic_write_text
+
+    rows = pairing_rows(pairing, data)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(NEGATIVES_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    counts = pairing_counts(pairing, rows)
+    atomic_write_text(Path(run_dir) / NEGATIVES_CSV, buf.getvalue())
+    atomic_write_json(Path(run_dir) / NEGATIVES_JSON, counts)
+    return counts
+
+
+def counts_line(counts: dict) -> str:
+    """One line for the console: ``negatives (prior, fallback sim): prior 812, fallback 88``."""
+    head = counts["strategy"] + (f", fallback {counts['fallback']}" if counts.get("fallback") else "")
+    body = ", ".join(f"{k} {v}" for k, v in counts["counts"].items())
+    return f"negatives ({head}{', UPPER BOUND' if counts.get('upper_bound') else ''}): {body}"
 
 
 def hash_data_root(data_root: str | Path, out: str | Path, cache: str | Path | None = None, size: int = 16,

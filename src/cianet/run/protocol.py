@@ -12,6 +12,9 @@ Choices the paper leaves open (see docs/method.md, "Training protocol"):
   ``protocol.val_share`` of the training images by whole patients (``cianet.data.splits.validation_patients``),
   patient-disjoint from train and test, their annotated images keeping their boxes so that validation
   measures localization too. The AUC extras never share a patient with the validation set.
+- Pool-only images (``ImageIndex.pool_only``, ``cianet synth --extra-negatives``) are in no list: splits and
+  protocols are made from the index without them (so the lists of the other images are those of the data set
+  without them); they stay in ``RunData.index``, hence in the negative pool and the hash index.
 - ``max_images`` caps the training list (annotated training images are kept first), the test list and the
   validation list, for reduced runs; the caps are deterministic in the seed.
 """
@@ -122,8 +125,10 @@ def build_run_data(cfg: Config, index=None) -> RunData:
     """The protocol of cfg.protocol on the data set of cfg.data."""
     from cianet.data import splits as sp
 
-    index = index if index is not None else load_index(cfg)
-    adopt_labels(cfg, index)
+    full = index if index is not None else load_index(cfg)
+    adopt_labels(cfg, full)
+    pool_only = getattr(full, "pool_only", frozenset())
+    index = full.without_pool_only() if pool_only else full
     splits = load_or_make_splits(cfg, index)
     p = cfg.protocol
     if p.kind == "classification":
@@ -158,6 +163,11 @@ def build_run_data(cfg: Config, index=None) -> RunData:
                           if not r.boxes and r.name not in taken and r.patient_id not in kept_out]
     else:
         raise UsageError(f"protocol.kind must be 'localization' or 'classification', got {p.kind!r}")
+    data.index = full  # the pool-only images remain negatives
+    if pool_only:  # a splits file made on the whole index may still name them
+        for key in ("train", "val", "test", "auc_extra"):
+            setattr(data, key, [n for n in getattr(data, key) if n not in pool_only])
+        data.box_names -= pool_only
     n = cfg.data.max_images
     if n is not None:
         data.train = _cap(data.train, n, cfg.run.seed, keep_first=data.box_names)

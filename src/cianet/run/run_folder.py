@@ -23,7 +23,8 @@ _COMMON = ("config.yaml", "log.jsonl", ".*.tmp", ".cianet.lock", ".cianet.lock.s
 
 #: what ``train`` writes (checkpoint, config, split, negative pairs, log, TensorBoard scalars, metrics with
 #: per-image predictions), what ``evaluate --run`` adds (metrics again, plots) and ``view RUN`` (its site)
-TRAIN_ENTRIES = frozenset({*_COMMON, "checkpoint.pt", "split.json", "pairs.json", "tb", "metrics.json",
+TRAIN_ENTRIES = frozenset({*_COMMON, "checkpoint.pt", "split.json", "pairs.json", "negatives.csv",
+                           "negatives.json", "tb", "metrics.json",
                            "metrics.md", "predictions.npz", "roc.png", "pr.png", "localization.png", "loss.png",
                            "site"})
 #: a markerless folder is an old ``train`` run only when it holds one of these (written by nothing else)

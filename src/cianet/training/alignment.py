@@ -29,7 +29,7 @@ import torch
 
 from cianet.config import Config, resolve_paths, save_config
 from cianet.errors import InputError, NonFiniteLossError, UsageError
-from cianet.utils.progress import progress_bar
+from cianet.utils.progress import batch_progress
 
 #: The terms logged per epoch (means over the epoch's images).
 LOGGED_TERMS = ("loss", "structure", "feat", "pixel", "feat_weighted", "pixel_weighted", "consistency",
@@ -131,8 +131,8 @@ def _train_alignment(cfg: Config, resume: bool) -> Path:
         g_warp = torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch + 500_000)  # the known warps
         loader = DataLoader(ds, batch_size=a.batch_size, shuffle=True, generator=g,
                             num_workers=cfg.data.workers, collate_fn=collate)
-        bar = progress_bar(loader, desc=f"align epoch {epoch + 1}/{a.epochs}", disable=not cfg.run.progress,
-                           leave=False)
+        bar = batch_progress(loader, f"align epoch {epoch + 1}/{a.epochs}", len(ds), disable=not cfg.run.progress,
+                             leave=False)  # counts images
         for step, batch in enumerate(bar):
             if a.lr_schedule == "cosine":
                 for group in opt.param_groups:

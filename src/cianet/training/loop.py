@@ -23,7 +23,7 @@ from torch import nn
 
 from cianet.config import Config, resolve_paths, save_config
 from cianet.errors import NonFiniteLossError
-from cianet.utils.progress import progress_bar
+from cianet.utils.progress import batch_progress, dataset_size
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -67,7 +67,8 @@ def train_one_epoch(
         precision = resolve_precision(cfg.run.precision, device, cuda_amp=cfg.optim.amp, what="run.precision")
     sums = {"loss": 0.0, "box": 0.0, "mil": 0.0}
     n = 0
-    bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not progress, leave=False)
+    bar = batch_progress(loader, f"epoch {epoch + 1}/{cfg.optim.epochs}", dataset_size(loader), disable=not progress,
+                         leave=False)  # counts images
     for step, batch in enumerate(bar):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         batch = align_batch(align_net, batch)
@@ -149,10 +150,10 @@ def _fit(cfg: Config, resume: bool) -> Path:
     from cianet.run.device import init_distributed, resolve_device, seed_everything
     from cianet.run.loaders import image_source, make_loaders, make_val_loader
     from cianet.run.networks import build_network
-    from cianet.run.pairing import pair_negatives, save_pairs
+    from cianet.run.pairing import pair_negatives, save_pairs, write_pairing_record
     from cianet.run.protocol import build_run_data, check_same_split, write_split_file
     from cianet.run.precision import resolve_precision
-    from cianet.run.scoring import evaluate, write_metrics
+    from cianet.run.scoring import add_val_threshold, evaluate, write_metrics
 
     device = resolve_device(cfg.run.device)
     precision = resolve_precision(cfg.run.precision, device, cuda_amp=cfg.optim.amp, what="run.precision")
@@ -193,6 +194,7 @@ def _fit(cfg: Config, resume: bool) -> Path:
     pairing = pair_negatives(cfg, data, image_source(cfg, data.index), align_net)
     if is_main:
         save_pairs(pairing, out)
+        write_pairing_record(pairing, data, out)  # negatives.csv / .json: what every image is paired with, and why
     _, train_loader, _, test_loader = make_loaders(cfg, data, rank, world, pairing)
     _, val_loader = make_val_loader(cfg, data, pairing)
     log = JsonlLog(out / "log.jsonl", enabled=is_main)
@@ -200,6 +202,7 @@ def _fit(cfg: Config, resume: bool) -> Path:
     progress = cfg.run.progress and is_main
     if start_epoch >= cfg.optim.epochs and is_main:
         print(f"{out}: all {cfg.optim.epochs} epochs already trained", file=sys.stderr)
+    val_final = None  # the last epoch's validation metrics: they choose the calibration-free threshold
     for epoch in range(start_epoch, cfg.optim.epochs):
         t0 = time.time()
         losses = train_one_epoch(model, optimizer, train_loader(epoch), device, epoch, cfg=cfg,
@@ -216,6 +219,7 @@ def _fit(cfg: Config, resume: bool) -> Path:
             record.update({"val_auc_mean": m["auc"]["Mean"],
                            "val_loc_mean_0.5": m["localization"].get("0.5", {}).get("Mean"),
                            "val_images": m["n_images"], "val_boxes": m["n_boxes"]})
+            val_final = m if last else None
         if is_main:
             payload = checkpoint_payload(model, cfg, epoch, optimizer=optimizer.state_dict(),
                                          scheduler=scheduler.state_dict(), scaler=scaler.state_dict())
@@ -228,9 +232,14 @@ def _fit(cfg: Config, resume: bool) -> Path:
             if progress:
                 print(f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {losses['loss']:.4f} ({record['seconds']}s)", file=sys.stderr)
     if is_main:  # the test images, once: the last epoch's weights (no model selection, docs/method.md)
+        if val_loader is not None and val_final is None:  # resumed after the last epoch
+            val_final = evaluate(model, val_loader, device, align_net=align_net, progress=False, upsample=True,
+                                 channels_last=cfg.optim.channels_last, rescale=cfg.loss.mil_rescale,
+                                 precision=precision)
         metrics = evaluate(model, test_loader, device, align_net=align_net, progress=progress, upsample=True,
                            channels_last=cfg.optim.channels_last, keep_predictions=True, rescale=cfg.loss.mil_rescale,
                            precision=precision)
+        add_val_threshold(metrics, val_final)
         write_metrics(out, metrics, title=f"{cfg.model.kind} ({data.description})")
         log({"event": "final", "weights": f"epoch {cfg.optim.epochs - 1} (last)", "precision": precision,
              "test_auc_mean": metrics["auc"]["Mean"],

@@ -25,7 +25,7 @@ def stale_temps(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    prefix = f".{path.name}."
+    prefix = temp_prefix(path)[:-len(f"{os.getpid()}.")]
     stale = []
     for tmp in path.parent.glob(f"{glob_escape(prefix)}*.tmp"):
         middle = tmp.name[len(prefix):-len(".tmp")]
@@ -40,6 +40,23 @@ def stale_temps(path: str | os.PathLike) -> list[Path]:
         if not alive:
             stale.append(tmp)
     return stale
+
+
+#: names longer than this (in bytes) get a shortened temp-file prefix: the file system's limit is 255 bytes
+_MAX_TEMP_STEM = 120
+
+
+def temp_prefix(path: Path) -> str:
+    """``.NAME.PID.``: the prefix of this process's temp files for ``path``; a long NAME is cut and suffixed with
+    a hash of the whole name, so the temp file's name stays within the file system's limit."""
+    name = path.name
+    raw = os.fsencode(name)
+    if len(raw) > _MAX_TEMP_STEM:
+        import hashlib
+
+        cut = raw[:_MAX_TEMP_STEM - 10].decode("utf-8", "ignore").encode("utf-8")  # whole characters only
+        name = os.fsdecode(cut) + "~" + hashlib.sha256(raw).hexdigest()[:8]
+    return f".{name}.{os.getpid()}."
 
 
 def glob_escape(text: str) -> str:
@@ -72,7 +89,7 @@ def atomic_path(path: str | os.PathLike, clean_stale: bool = False) -> Iterator[
     if clean_stale:
         for tmp in stale_temps(path):
             tmp.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

@@ -100,6 +100,18 @@ def claim_output(folder: str | os.PathLike, kind: str, *, adopt: Iterable[str] =
     (another process claiming it at this moment).
     """
     folder = Path(folder)
+    if check_claimable(folder, kind, adopt=adopt, adopt_if=adopt_if):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_marker(folder, kind, [])
+    return folder
+
+
+def check_claimable(folder: str | os.PathLike, kind: str, *, adopt: Iterable[str] = (),
+                    adopt_if: Iterable[str] = ()) -> bool:
+    """The checks of :func:`claim_output`, creating nothing: InputError when ``folder`` may not be claimed for
+    ``kind``; True when it is claimed already (it has a ``kind`` marker), False when it may be."""
+    folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder}: exists and is not a folder; give a folder path (it is never replaced)")
     if folder.is_dir():
@@ -108,7 +120,7 @@ def claim_output(folder: str | os.PathLike, kind: str, *, adopt: Iterable[str] =
             if marker["kind"] != kind:
                 raise InputError(f"{folder}: holds the output of cianet {marker['kind']}, not of cianet {kind}; "
                                  "choose another folder")
-            return folder
+            return True
         entries = {p.name for p in folder.iterdir()
                    if p.name != LOCK and not (p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp"))}
         adopt, adopt_if = tuple(adopt), set(adopt_if)
@@ -117,9 +129,7 @@ def claim_output(folder: str | os.PathLike, kind: str, *, adopt: Iterable[str] =
         if entries and not old_output:
             raise InputError(f"{folder}: not empty and not written by cianet {kind} (it holds "
                              f"{describe_entries(folder)}); choose a new or empty folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_marker(folder, kind, [])
-    return folder
+    return False
 
 
 def record_outputs(folder: str | os.PathLike, names: Iterable[str]) -> None:
@@ -149,12 +159,12 @@ def journal_outputs(folder: str | os.PathLike, names: Iterable[str]) -> None:
 def remove_recorded(folder: str | os.PathLike) -> list[str]:
     """Delete the files the manifest of a claimed folder lists (and nothing else); returns their names.
 
-    Also deleted: the temp files (``.NAME.PID.RANDOM.tmp``) of listed names whose writer no longer runs,
-    left by a write that was killed. Names that would leave the folder (absolute, ``..``) are ignored: a
-    manifest is data, not a command.
+    Only files (and links) are deleted, never a folder wholesale: a listed name that is a folder (a user may
+    have put anything in it) is kept, and so is every name that does not lie inside ``folder`` (absolute,
+    ``..``, ``.``, through a link): a manifest is data, not a command. Sub-folders left empty by the deletion
+    are removed. Also deleted: the temp files (``.NAME.PID.RANDOM.tmp``) of listed names whose writer no
+    longer runs, left by a write that was killed.
     """
-    import shutil
-
     folder = Path(folder)
     marker = read_marker(folder)
     if marker is None:
@@ -162,24 +172,58 @@ def remove_recorded(folder: str | os.PathLike) -> list[str]:
     removed = []
     root = folder.resolve()
     for name in marker["files"]:
-        path = folder / str(name)
-        if Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(root):
+        path = inside(folder, str(name))
+        if path is None or path.name in (MARKER, JOURNAL, LOCK) or (path.is_dir() and not path.is_symlink()):
             continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        else:
+        if not (path.exists() or path.is_symlink()):
             continue
+        path.unlink()
         removed.append(str(name))
+        _remove_empty_parents(path.parent, root)
     listed = {str(n) for n in marker["files"]}
-    for tmp in folder.glob(".*.tmp"):  # one scan of the folder, not one per listed name
+    for tmp in folder.rglob(".*.tmp"):  # one scan of the folder, not one per listed name
         name_pid = tmp.name[1:-len(".tmp")].rpartition(".")[0]  # .NAME.PID.RANDOM.tmp -> NAME.PID
         name, _, pid = name_pid.rpartition(".")
-        if name in listed and pid.isdigit() and not _pid_alive(int(pid)):
+        rel = str((tmp.parent / name).relative_to(folder))
+        if rel in listed and pid.isdigit() and not _pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
     _write_marker(folder, marker["kind"], [])
     return removed
+
+
+def inside(folder: Path, name: str) -> Path | None:
+    """``folder / name`` when that path (links resolved) lies strictly inside ``folder``, else None."""
+    if not name or Path(name).is_absolute() or any(part in ("..", ".") for part in name.replace("\\", "/").split("/")):
+        return None
+    path = folder / name
+    root = folder.resolve()
+    try:
+        real = path.parent.resolve() / path.name  # the entry itself may be a link: it is removed, not followed
+    except OSError:
+        return None
+    return path if real != root and real.is_relative_to(root) else None
+
+
+def _remove_empty_parents(folder: Path, root: Path) -> None:
+    while folder.resolve() != root and folder.resolve().is_relative_to(root):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): stop
+            return
+        folder = folder.parent
+
+
+def refuse_replace(path: str | os.PathLike, overwrite: bool, flag: str = "--out") -> Path:
+    """Check that the command may write the file ``path``: a new path, or any existing file with ``--overwrite``
+    (which then replaces that one file and nothing else). InputError naming the file otherwise; a folder is
+    never replaced."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a folder; give the path of a file to write (a folder is never replaced)")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise InputError(f"{flag} {path}: the file already exists and is never replaced silently; pass "
+                         "--overwrite to replace it (that file only), or choose another path")
+    return path
 
 
 def _pid_alive(pid: int) -> bool:
@@ -253,8 +297,9 @@ def owned_output(folder: str | os.PathLike, kind: str, *, overwrite: bool = Fals
     """Claim ``folder`` for ``kind`` and hold its lock while the block writes it.
 
     When the folder holds the recorded output of an earlier ``kind`` run, that output is deleted first with
-    ``overwrite`` (and nothing else is), else refused naming ``flag``. Every file the block creates or changes
-    is recorded in the manifest, even when the block fails, so that a later ``overwrite`` removes it.
+    ``overwrite`` (and nothing else is), else refused naming ``flag``. The block records every file it writes
+    *before* writing it (:func:`journal_outputs`): only those are ever deleted by a later ``overwrite``, never a
+    file someone else put into the folder while the block ran.
     """
     folder = claim_output(folder, kind, adopt=adopt)
     with output_lock(folder, f"cianet {kind}"):
@@ -266,21 +311,20 @@ def owned_output(folder: str | os.PathLike, kind: str, *, overwrite: bool = Fals
                 raise InputError(f"{folder}: holds the output of an earlier cianet {kind} ({shown}); pass {flag} "
                                  "to replace it, or choose another folder")
             remove_recorded(folder)
-        before = _mtimes(folder)
         try:
             yield folder
         finally:
-            after = _mtimes(folder)
-            record_outputs(folder, [n for n, t in after.items() if before.get(n) != t])
+            record_outputs(folder, [])  # folds the journal into the marker
 
 
-def _mtimes(folder: Path) -> dict[str, int]:
-    out = {}
-    for p in folder.iterdir():
-        if p.name in (MARKER, LOCK, JOURNAL) or (p.name.startswith(".") and p.name.endswith(".tmp")):
-            continue
-        try:
-            out[p.name] = p.stat().st_mtime_ns
-        except FileNotFoundError:
-            continue
-    return out
+@contextlib.contextmanager
+def writing_into(folder: str | os.PathLike, what: str, names: Iterable[str] = ()) -> Iterator[Path]:
+    """Hold the lock of ``folder`` (a run or predict folder another command writes into: ``evaluate``, ``view``)
+    while the block writes, then claim what it wrote: the ``names`` (relative to ``folder``) that exist are added
+    to the folder's manifest when it has a marker. A folder that cannot be locked (read-only) is an error before
+    anything is written."""
+    folder = Path(folder)
+    with output_lock(folder, what):
+        yield folder
+        if read_marker(folder) is not None:
+            record_outputs(folder, [n for n in names if inside(folder, n) is not None and (folder / n).is_file()])

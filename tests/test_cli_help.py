@@ -1,0 +1,104 @@
+"""One CLI: a description, examples and every default on each command's --help; one meaning per flag name;
+`predict --threshold`; `view --entry-csv`; a failed command leaves nothing that blocks its retry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import TinyImage, write_nih
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    from cianet.cli import build_parser
+
+    return next(a for a in build_parser()._actions if a.dest == "command").choices
+
+
+def test_every_command_has_a_description_and_examples_that_parse():
+    from cianet.commands.examples import EXAMPLES
+
+    cmds = commands()
+    assert set(EXAMPLES) == set(cmds)
+    for name, parser in cmds.items():
+        assert parser.description and len(parser.description) > 60, name
+        text = parser.format_help()
+        assert "examples:\n  cianet " + name in text, name
+        for line in EXAMPLES[name]:
+            argv = shlex.split(line.split("#")[0].split("2>")[0])
+            assert argv[:2] == ["cianet", name], line
+            from cianet.cli import build_parser
+
+            args = build_parser().parse_args(argv[1:])  # exits (SystemExit) on a flag that does not exist
+            assert args.command == name
+
+
+def test_every_default_is_shown():
+    for name, parser in commands().items():
+        for action in parser._actions:
+            if not action.option_strings or action.help in (None, argparse.SUPPRESS):
+                continue
+            if action.default in (None, False, [], argparse.SUPPRESS):
+                continue
+            assert "default" in parser._get_formatter()._get_help_string(action), (name, action.option_strings)
+    train = commands()["train"].format_help()
+    for flag in ("--fold", "--annotated-ratio", "--negatives", "--epochs"):
+        block = train.split(f"  {flag} ", 1)[1].split("\n  --", 1)[0]
+        assert "default" in block, flag
+    assert "train-align:" not in train and "experiment:" not in train  # no other command's defaults
+
+
+def test_size_means_the_image_size_everywhere(capsys):
+    from cianet.cli import main
+
+    for name, parser in commands().items():
+        for action in parser._actions:
+            if "--size" in action.option_strings:
+                if name == "hash":  # refused with the new name, never read as the hash side
+                    assert action.help == argparse.SUPPRESS
+                else:
+                    assert "--image-size" in action.option_strings, name  # an alias of --image-size
+    assert main(["hash", "--data-root", "D", "--out", "h.npz", "--size", "16"]) == 2
+    assert "--hash-size" in capsys.readouterr().err
+
+
+def test_predict_threshold_is_checked_before_anything_is_written(tmp_path, capsys):
+    from cianet.cli import main
+
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path), "--model", "m.cianet", "--out", str(out), "--threshold", "1.5"]) == 2
+    assert "--threshold" in capsys.readouterr().err and not out.exists()
+
+
+def fake_predict_folder(folder: Path, image: Path) -> None:
+    """The files `cianet view` reads from a predict folder, for one image."""
+    from cianet.labels import LABELS
+
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"model": {"id": "m", "version": "1", "kind": "cianet"}}))
+    (folder / "predictions.csv").write_text("file,status\n")
+    (folder / "a.json").write_text(json.dumps({"source": str(image), "image_size": [64, 64], "boxes": [],
+                                               "probabilities": {lab: 0.1 for lab in LABELS}}))
+
+
+def test_view_entry_csv_and_a_retry_after_a_failure(tmp_path, capsys):
+    from cianet.cli import main
+
+    root = tmp_path / "data"
+    write_nih(root, [TinyImage("00000001_000.png", np.full((64, 64), 90, np.uint8), "Nodule", 1)])
+    (root / "Data_Entry_2017.csv").rename(root / "Data_Entry_2017_subset.csv")  # as the NIH sample ships it
+    pred = tmp_path / "pred"
+    fake_predict_folder(pred, root / "images" / "00000001_000.png")
+    assert main(["view", str(pred), "--data-root", str(root), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--entry-csv" in err
+    assert not (pred / "site" / "img").exists()  # nothing that would block the retry
+    assert main(["view", str(pred), "--data-root", str(root), "--entry-csv",
+                 str(root / "Data_Entry_2017_subset.csv"), "--no-progress"]) == 0
+    text = (pred / "site" / "index.html").read_text()
+    assert '"labels": ["Nodule"]' in text
