@@ -130,6 +130,7 @@ def test_train_align_stores_bounds_logs_terms_and_resumes(tiny_root, canonical, 
         torch.testing.assert_close(resumed.net.predict_params(x), got, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_align_eval_command(phantom, tmp_path, capsys):
     from cianet.cli import main
 

@@ -59,6 +59,7 @@ def _run(tmp_path, root, align, **over):
     return cfg, data, image_source(cfg, data.index)
 
 
+@pytest.mark.slow
 def test_aligned_codes_are_hash_codes_of_the_warped_images(tiny_root, aligns, tmp_path):
     from cianet.run.checkpoints import load_alignment
     from cianet.run.pairing import hash_codes_for, negative_pool, pair_negatives
@@ -94,6 +95,7 @@ def test_unaligned_run_and_runs_without_alignment_hash_raw_images(tiny_root, tmp
     assert run_code_aligner(cfg) is None and code_kind() == {"aligned": False}
 
 
+@pytest.mark.slow
 def test_hash_index_records_its_kind_and_a_mismatch_is_an_error(tiny_root, aligns, tmp_path):
     from cianet.cli import main
     from cianet.errors import InputError
@@ -136,6 +138,7 @@ def test_hash_index_records_its_kind_and_a_mismatch_is_an_error(tiny_root, align
             assert w in msg, (w, msg)
 
 
+@pytest.mark.slow
 def test_pairs_file_made_with_other_codes_is_refused(tiny_root, aligns, tmp_path):
     import json
 

@@ -159,6 +159,7 @@ def structure_loss() -> StructureLoss:
     return StructureLoss(feature_net="vgg16", pretrained=False, seed=0)
 
 
+@pytest.mark.slow
 def test_structure_loss_zero_for_identical_and_formula(structure_loss):
     torch.manual_seed(2)
     a, t = torch.rand(2, 1, 32, 32), torch.rand(1, 1, 32, 32)

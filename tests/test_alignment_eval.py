@@ -80,6 +80,7 @@ def test_derive_bounds_centre_and_cover_the_crop():
         derive_bounds(cp, center="middle")
 
 
+@pytest.mark.slow
 def test_centred_net_starts_at_the_centre_and_bounds_invert():
     cp = crop_params((8, 12, 119, 94), 128)
     net = AlignmentNet(input_size=32, **derive_bounds(cp, max_shift=0.3, max_scale=1.5, max_rotation=0.2)).eval()

@@ -81,6 +81,7 @@ def graph() -> dict[str, list[tuple[str, list[str], int]]]:
     return {name: imports_of(path, name, known) for name, path in mods.items()}
 
 
+@pytest.mark.slow
 def test_every_module_has_a_layer(graph):
     for name in graph:
         assert name == "cianet" or layer_of(name) in LAYERS, name

@@ -25,6 +25,7 @@ def test_gray_to_input_matches_formula():
         gray_to_input(y)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,c4,c5", [("resnet18", 256, 512), ("resnet50", 1024, 2048)])
 def test_trunk_shapes(name, c4, c5):
     x = torch.randn(1, 3, 64, 96)
@@ -73,6 +74,7 @@ def torchvision_entry(name):
     return {"resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights}[name].IMAGENET1K_V1
 
 
+@pytest.mark.slow
 def test_imagenet_read_from_local_cache_without_download(empty_hub):
     import torchvision.models as tvm
 

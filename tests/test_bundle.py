@@ -27,6 +27,7 @@ def small_bundle(run_dir) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------- tests
+@pytest.mark.slow
 def test_bank_holds_training_negatives_with_their_maps(run_dir, tmp_path):
     from cianet.inference.bundle import bundle_from_run
     from cianet.run.bundle_file import load_bundle, save_bundle
@@ -76,6 +77,7 @@ def test_bank_size_cap_prefers_training_images(run_dir, small_bundle):
     assert b["negatives"]["images"].shape == (2, SIZE, SIZE) and b["negatives"]["images"].dtype == torch.uint8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shift", [None, 0.25])
 def test_bank_gives_the_logits_of_recomputing_the_negative(tmp_path, shift):
     """Stored M- == M- recomputed from the hash-chosen negative image (aligned when the run aligns)."""

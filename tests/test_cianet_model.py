@@ -16,6 +16,7 @@ def net18() -> CIANet:
     return CIANet(num_classes=3, backbone="resnet18").eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,size", [("resnet18", 64), ("resnet18", 128), ("resnet50", 64)])
 def test_shapes(backbone, size):
     torch.manual_seed(0)
@@ -46,6 +47,7 @@ def test_delta_normalization_against_loop():
     torch.testing.assert_close(delta.sum(dim=(1, 2)), torch.full((3,), 20.0))
 
 
+@pytest.mark.slow
 def test_forward_delta_is_the_normalized_contrast(net18):
     torch.manual_seed(1)
     pos, neg = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
@@ -71,6 +73,7 @@ def test_m_neg_reuse_gives_same_logits(net18):
     torch.testing.assert_close(with_map["delta"], with_neg["delta"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_baseline_equals_cianet_without_contrast():
     """Sharing upper branch and head, CIA-Net with identical pos/neg (delta == 1) is the baseline."""
     torch.manual_seed(3)
@@ -86,6 +89,7 @@ def test_baseline_equals_cianet_without_contrast():
     torch.testing.assert_close(out["logits"], ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradients_reach_every_parameter():
     torch.manual_seed(4)
     model = CIANet(num_classes=3, backbone="resnet18").train()
@@ -111,6 +115,7 @@ def test_prior_bias_and_logits_not_probabilities(net18):
     assert torch.all(zero.head.cls.bias == 0)
 
 
+@pytest.mark.slow
 def test_test_time_upsampling():
     torch.manual_seed(5)
     model = CIANet(num_classes=2, backbone="resnet18", test_upsample=16)
@@ -140,6 +145,7 @@ def test_bad_inputs_raise_naming_the_problem(net18):
         build_model("resnet", num_classes=2)
 
 
+@pytest.mark.slow
 def test_build_model_channels_last_parity():
     torch.manual_seed(6)
     ref = build_model("cianet", num_classes=2, backbone="resnet18").eval()

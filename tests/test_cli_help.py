@@ -102,3 +102,46 @@ def test_view_entry_csv_and_a_retry_after_a_failure(tmp_path, capsys):
                  str(root / "Data_Entry_2017_subset.csv"), "--no-progress"]) == 0
     text = (pred / "site" / "index.html").read_text()
     assert '"labels": ["Nodule"]' in text
+
+
+@pytest.mark.slow
+def test_every_list_of_data_sets_reads_the_one_declaration(monkeypatch):
+    """`--dataset` (every command), `synth --layout` and the adapters' list are config.DATASETS: a new layout is
+    one registration, not ten edits."""
+    import ast
+
+    import cianet.config as config
+    from cianet.data import layouts, synth_layouts
+
+    assert config.choices("data.dataset") == (config.AUTO_DATASET, *config.DATASETS)
+    assert layouts.DATASETS is config.DATASETS and synth_layouts.LAYOUTS is config.DATASETS
+    seen = 0
+    for name, parser in commands().items():
+        for action in parser._actions:
+            if "--dataset" in action.option_strings:
+                assert tuple(action.choices) == config.choices("data.dataset"), name
+                seen += 1
+            if "--layout" in action.option_strings:
+                assert tuple(action.choices) == config.DATASETS, name
+    assert seen >= 10
+    # no module spells the list out again (a tuple literal holding three or more of the names)
+    src = Path(config.__file__).parent
+    for path in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Tuple):
+                names = {e.value for e in node.elts if isinstance(e, ast.Constant)}
+                assert len(names & set(config.DATASETS)) < 3 or path.name == "config.py", f"{path}: {ast.unparse(node)}"
+
+
+def test_the_flag_table_names_real_config_keys_and_real_flags():
+    """commands.common.FLAG_KEYS / SWITCH_KEYS: one table from flags to config keys; every entry is a field of
+    the config and the dest of a flag some command has, so the table cannot name what does not exist."""
+    from cianet.commands.common import FLAG_KEYS, SWITCH_KEYS
+    from cianet.config import Config
+
+    cfg = Config()
+    dests = {a.dest for p in commands().values() for a in p._actions}
+    for attr, key in [*FLAG_KEYS.items(), *((a, k) for a, (k, _) in SWITCH_KEYS.items())]:
+        section, name = key.split(".")
+        assert hasattr(getattr(cfg, section), name), key
+        assert attr in dests, attr

@@ -70,6 +70,7 @@ def test_print_json_is_strict_and_on_the_saved_stdout(capsys):
     assert capsys.readouterr().out == "a table\n"  # without --json nothing moves
 
 
+@pytest.mark.slow
 def test_data_commands_print_one_json_object(tiny_root, tmp_path, capsys):
     # synth: the phantom's summary
     assert main(["synth", str(tmp_path / "ph"), "--n-images", "24", "--image-size", "64", "--workers", "1",

@@ -76,6 +76,7 @@ def test_matching_by_name_and_its_errors(tmp_path):
                       NIH_LABEL_SET)
 
 
+@pytest.mark.slow
 def test_restricted_metrics_are_those_of_the_scored_classes_alone():
     from sklearn.metrics import roc_auc_score
 
@@ -116,6 +117,7 @@ def test_the_negative_pool_is_a_seeded_half_of_the_readable_no_finding_images(tm
     assert pool == [r.name for r in recs if r.name in set(pool)]  # index order
 
 
+@pytest.mark.slow
 def test_evaluate_out_refuses_what_would_mix_up_the_runs_own_data(tmp_path, capsys):
     from helpers import make_run, write_chest_nih
 
@@ -134,6 +136,7 @@ def test_evaluate_out_refuses_what_would_mix_up_the_runs_own_data(tmp_path, caps
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_bundle_reads_the_data_root_in_the_layout_given(tmp_path, capsys):
     from helpers import make_run
 

@@ -69,6 +69,7 @@ def _index_json(capsys, *argv) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ RSNA
+@pytest.mark.slow
 def test_rsna_index_figures_from_the_real_table(rsna_root, capsys):
     s = _index_json(capsys, "--dataset", "rsna", "--data-root", str(rsna_root))
     assert s["dataset"] == "rsna" and s["rows"] == 30_227
@@ -121,6 +122,7 @@ def test_rsna_bad_rows_name_file_and_line(tmp_path, rows, match):
 
 
 # ----------------------------------------------------------------------------------------------- VinDr
+@pytest.mark.slow
 def test_vindr_index_figures_from_the_real_table(vindr_root, vindr_rows, capsys):
     s = _index_json(capsys, "--dataset", "vindr", "--data-root", str(vindr_root), "--box-merge", "none")
     assert s["dataset"] == "vindr"
@@ -142,6 +144,7 @@ def test_vindr_merged_figures(vindr_root, vindr_rows, capsys):
     assert all(merged["boxes_per_class"][c] <= n for c, n in raw.items())
 
 
+@pytest.mark.slow
 def test_vindr_boxes_become_x_y_w_h_and_labels_are_any_reader(vindr_unmerged, vindr_rows):
     index = vindr_unmerged
     classes = {int(r["class_id"]): r["class_name"] for r in vindr_rows if r["class_name"] != "No finding"}
@@ -320,6 +323,7 @@ def test_label_sets_recorded_as_name_lists():
 
 
 # ------------------------------------------------------------------------------ protocols on any data set
+@pytest.mark.slow
 def test_protocols_on_vindr_use_the_boxed_images_as_the_annotated_pool(vindr_unmerged):
     from cianet.data.splits import localization_protocol, make_splits
 
@@ -340,6 +344,7 @@ def test_protocols_on_vindr_use_the_boxed_images_as_the_annotated_pool(vindr_unm
 
 
 # ------------------------------------------------------------------------------------ mapping to NIH
+@pytest.mark.slow
 def test_vindr_mapped_to_nih_classes(vindr_unmerged, vindr_root, capsys):
     from cianet.data.label_maps import map_index
 

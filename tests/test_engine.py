@@ -73,6 +73,7 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tiny_root, tmp_path, mon
     assert not (tmp_path / "nan" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_identity_alignment_gives_the_same_localization_as_none(tiny_root, tmp_path):
     """The aligned path (regions rasterized in the image frame) agrees with the exact unaligned path."""
     from cianet.run.loaders import make_loaders

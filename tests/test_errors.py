@@ -118,6 +118,7 @@ def test_building_loaders_writes_nothing(tiny_root, tmp_path):
     assert again.test(0) == pairing.test(0)
 
 
+@pytest.mark.slow
 def test_bundle_refuses_a_missing_cache_folder(tmp_path, capsys):
     run, _ = make_run(tmp_path)
     assert main(["bundle", "--run", str(run), "--out", str(tmp_path / "m.cianet"), "--cache",
@@ -131,6 +132,7 @@ def test_usage_errors_exit_2_with_one_line(capsys, tmp_path):
     assert issubclass(InputError, CianetError)
 
 
+@pytest.mark.slow
 def test_predict_with_only_unreadable_inputs_exits_1(tmp_path, capsys):
     from cianet.inference.bundle import bundle_from_run
     from cianet.run.bundle_file import save_bundle

@@ -104,6 +104,7 @@ def _diff(d, lo, hi):
     return {"a": 0.5, "b": 0.5 - d, "diff": d, "low": lo, "high": hi, "n_boot": 100, "confidence": 0.95}
 
 
+@pytest.mark.slow
 def test_markdown_states_each_interval(tmp_path):
     rows = [r for r in ev.ROWS if r.name in ("Base", "CIA-Net sim")]
     summary = {"seeds": 2, "auc": 0.8, "localization": {"0.1": 0.7, "0.3": 0.5, "0.5": 0.4, "0.7": 0.2},
@@ -177,3 +178,18 @@ def test_evidence_end_to_end_on_a_small_phantom_resumes_and_refuses_other_settin
     cfg.optim.lr = 0.5
     with pytest.raises(UsageError, match=r"optim\.lr"):
         ev.run_evidence(cfg, out, s, log=said.append)
+
+
+@pytest.mark.slow
+def test_real_data_leaves_the_upper_bound_out_and_refuses_it_when_asked(tmp_path, monkeypatch):
+    cfg = load_config("tiny")
+    cfg.data.data_root = str(tmp_path / "nih")
+    asked = ev.EvidenceSettings(seeds=(10,), rows=("Base", "CIA-Net oracle (upper bound)"))
+    with pytest.raises(UsageError, match="twins"):
+        ev.run_evidence(cfg, tmp_path / "ev", asked, log=lambda m: None)
+    trained = []
+    monkeypatch.setattr("cianet.training.loop.fit", lambda c, resume=False: trained.append(c.run.out))
+    monkeypatch.setattr(ev, "write_evidence", lambda out, rows, dirs, s, phantom: (out, [r.name for r in rows]))
+    _, rows = ev.run_evidence(cfg, tmp_path / "ev2", ev.EvidenceSettings(seeds=(10,)), log=lambda m: None)
+    assert rows == [r.name for r in ev.ROWS if not r.upper_bound]
+    assert len(trained) == len(ev.ROWS) - 1 and not any("oracle" in d for d in trained)

@@ -35,6 +35,7 @@ def test_0_success(tiny_root, capsys):
     assert json.loads(capsys.readouterr().out)["images"] == 12
 
 
+@pytest.mark.slow
 def test_1_some_inputs_failed(tmp_path, capsys):
     """A folder with one unreadable file: the readable one is predicted, exit 1 with --strict; without it, 1 when
     no input could be predicted."""

@@ -44,6 +44,7 @@ def test_folded_conv_is_bn_after_conv(bias, groups, dilation):
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone, expected", [("resnet18", 20), ("resnet50", 53)])
 def test_resnet_trunk_folds_every_batchnorm_and_keeps_its_function(backbone, expected):
     from cianet.models.backbones import resnet_trunk
@@ -61,6 +62,7 @@ def test_resnet_trunk_folds_every_batchnorm_and_keeps_its_function(backbone, exp
         torch.testing.assert_close(folded(x), trunk(x), atol=1e-9, rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_cianet_folded_channels_last_gives_the_same_outputs_and_head():
     """The whole model, test-time head included (factorized, with the folded head's bias), in float64."""
     from cianet.models.folding import for_inference

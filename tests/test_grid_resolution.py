@@ -12,6 +12,7 @@ from cianet.models.backbones import resnet_trunk, stage_stride
 from cianet.models.cianet import build_model
 
 
+@pytest.mark.slow
 def test_dilated_resnet50_matches_torchvision_replace_stride_with_dilation():
     torch.manual_seed(0)
     ref = tvm.resnet50(weights=None, replace_stride_with_dilation=[False, True, True]).eval()
@@ -25,6 +26,7 @@ def test_dilated_resnet50_matches_torchvision_replace_stride_with_dilation():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_output_stride_32_is_the_plain_trunk(name):
     torch.manual_seed(0)
@@ -38,11 +40,13 @@ def test_output_stride_32_is_the_plain_trunk(name):
 
 @pytest.mark.parametrize("upto,os_,side", [("c5", 32, 4), ("c5", 16, 8), ("c5", 8, 16), ("c4", 8, 16),
                                             ("c4", 16, 8), ("c3", 8, 16)])
+@pytest.mark.slow
 def test_resnet18_trunk_strides(upto, os_, side):
     trunk, _ = resnet_trunk("resnet18", upto=upto, output_stride=os_)
     assert trunk(torch.zeros(1, 3, 128, 128)).shape[-1] == side == 128 // stage_stride(upto, os_)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("last_stage,os_", [("c5", 32), ("c5", 16), ("c4", 8), ("c5", 8)])
 def test_cianet_attention_lies_on_the_feature_grid(last_stage, os_):
     model = build_model("cianet", backbone="resnet18", head_channels=16, output_stride=os_,

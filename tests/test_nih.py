@@ -75,6 +75,7 @@ def nih_index(nih_metadata_dir) -> NIHIndex:
     return NIHIndex.from_root(nih_metadata_dir)
 
 
+@pytest.mark.slow
 def test_real_nih_counts(nih_index):
     s = nih_index.summary()
     assert s["images"] == 112_120

@@ -66,6 +66,7 @@ def _no_twin_reads(monkeypatch):
     monkeypatch.setattr(pairing, "twin_paths", refuse)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["sim", "random", "canonical", "prior", "prior_any", "oracle"])
 def test_no_strategy_reads_the_label_boxes_or_twin_of_the_image_it_pairs(strategy, phantom, canonical_png,
                                                                          tmp_path, monkeypatch):
@@ -255,6 +256,7 @@ def test_prior_fallback_random_and_canonical(tmp_path, canonical_png):
         assert counts["fallback"] == fallback
 
 
+@pytest.mark.slow
 def test_prior_with_alignment_pairs_the_same_priors_and_aligns_the_fallback_codes(tmp_path):
     from cianet.run.protocol import build_run_data
     from cianet.run.pairing import prior_pairs, save_pairs

@@ -105,6 +105,7 @@ def bundle(tmp_path_factory):
     return save_bundle(bundle_from_run(run, n_negatives=100, progress=False), tmp / "model.cianet")
 
 
+@pytest.mark.slow
 def test_bf16_probabilities_are_within_tolerance_of_fp32(bundle):
     from cianet.inference.predictor import Predictor
 
@@ -174,6 +175,7 @@ def test_region_iou_by_hand():
     assert region_iou([], [], (100, 100)) == 1.0 and region_iou(a, [], (100, 100)) == 0.0
 
 
+@pytest.mark.slow
 def test_precision_check_reports_within_tolerance(bundle, tmp_path, capsys):
     from cianet.bench.precision_check import main
 
@@ -201,6 +203,7 @@ def test_train_flag_sets_run_precision_and_align_training_has_none(capsys):
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_bf16_prediction_runs_both_branches_in_bfloat16_within_tolerance(bundle):
     """Both trunks (the attention branch too) compute in bfloat16; the contrast attention dM stays close to
     float32's for images that are not their own negative."""

@@ -102,6 +102,7 @@ def test_boxes_with_alignment_match_the_rasterized_region():
                                atol=1.0)
 
 
+@pytest.mark.slow
 def test_known_shift_box_lands_in_the_original_frame(bundles):
     """Alignment tx = 0.25 (the network sees the image shifted left by W/8): a region of test-grid cells
     rows 4..7, cols 2..5 is, in the file frame, x in [W/4, W/2), y in [H/4, H/2)."""
@@ -225,6 +226,7 @@ def test_predict_cli_skips_bad_files_and_reads_dicom(bundles, tmp_path, capsys):
         assert im.size[0] > 500 and im.mode in ("RGB", "RGBA")
 
 
+@pytest.mark.slow
 def test_a_bank_image_is_never_its_own_negative(tmp_path):
     """A bundle's bank is anonymous, so a bank image predicted again is recognized by its hash code: paired with
     itself, |M+ - M-| would be rounding noise blown up to mean 1 by dM's normalization."""

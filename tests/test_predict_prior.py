@@ -40,6 +40,7 @@ def films(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["shift", "plain"])
 def test_a_prior_is_contrasted_as_a_bank_of_that_one_film_would_be(bundles, films, key):
     """Reference: a bundle whose bank holds only the prior (built by the bundle's own code) predicts the image
@@ -77,6 +78,7 @@ def test_a_prior_is_contrasted_as_a_bank_of_that_one_film_would_be(bundles, film
     np.testing.assert_allclose(both[1].logits, fallback.logits, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_recompute_mode_uses_the_prior_too(bundles, films):
     from cianet.inference.predictor import Predictor
 
@@ -105,6 +107,7 @@ def test_prior_errors_name_the_file(bundles, films, tmp_path):
         Predictor.from_bundle(bundles["base"]).predict(films["now"], prior=films["prior"])
 
 
+@pytest.mark.slow
 def test_predict_cli_prior_and_priors_table(bundles, films, tmp_path, capsys):
     from cianet.cli import main
 

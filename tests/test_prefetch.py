@@ -113,6 +113,7 @@ def bundle(tmp_path_factory):
     return save_bundle(bundle_from_run(run, n_negatives=100, progress=False), tmp / "model.cianet")
 
 
+@pytest.mark.slow
 def test_predict_files_with_prefetch_matches_the_plain_loop(bundle, tmp_path):
     from cianet.inference.batch import predict_files
     from cianet.utils.timing import StageTimer

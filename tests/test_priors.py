@@ -127,6 +127,7 @@ REAL_NIH = {"with_prior": 71_643, "positives_with_prior": 36_189, "boxed_with_pr
             "with_prior_any": 88_242, "positives_with_prior_any": 43_229, "boxed_with_prior_any": 758}
 
 
+@pytest.mark.slow
 def test_real_nih_index_json(nih_metadata_dir, capsys):
     import json
 
@@ -153,6 +154,7 @@ def _txv_file(name):
 
 @pytest.mark.parametrize("layout, table", [("rsna", "kaggle_stage_2_train_labels.csv.zip"),
                                            ("vindr", "vinbigdata-train.csv.gz")])
+@pytest.mark.slow
 def test_rsna_and_vindr_report_none(tmp_path, layout, table):
     from cianet.data.layouts import open_index
 

@@ -39,6 +39,7 @@ def reference_grid(box, size, grid):
 @FAST
 @given(x=quarter, y=quarter, w=length, h=length, width=st.integers(8, 200), height=st.integers(8, 200),
        gw=st.integers(1, 16), gh=st.integers(1, 16))
+@pytest.mark.slow
 def test_grid_target_is_the_exact_overlap_of_cells_and_box(x, y, w, h, width, height, gw, gh):
     from cianet.losses import box_to_grid
 

@@ -18,6 +18,7 @@ def _trained_probability(logits: torch.Tensor, rescale: bool) -> np.ndarray:
     return torch.exp(-mil_loss(logits.double(), ones.double(), reduction="none", rescale=rescale)).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rescale", [False, True])
 def test_evaluation_scores_are_the_trained_probabilities(tmp_path, rescale):
     from cianet.run.forward import forward_grids
@@ -39,6 +40,7 @@ def test_evaluation_scores_are_the_trained_probabilities(tmp_path, rescale):
     assert not np.allclose(_trained_probability(logits, not rescale), got, rtol=1e-3)  # the option matters
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rescale", [False, True])
 def test_predict_scores_follow_the_bundle_config(tmp_path, rescale):
     from cianet.inference.predictor import Predictor

@@ -33,6 +33,7 @@ def test_every_training_batch_holds_its_box_share(tmp_path):
     assert first == [b["index"].tolist() for b in _loaders(cfg)[1][1](1)]
 
 
+@pytest.mark.slow
 def test_oracle_pairs_every_image_with_its_twin(tmp_path):
     from PIL import Image
 

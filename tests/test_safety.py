@@ -135,6 +135,7 @@ def bundle_and_images(tmp_path_factory):
     return model, src
 
 
+@pytest.mark.slow
 def test_two_predicts_into_one_folder_never_mix(bundle_and_images, tmp_path, capsys):
     model, src = bundle_and_images
     out = tmp_path / "out"
@@ -155,6 +156,7 @@ def test_two_predicts_into_one_folder_never_mix(bundle_and_images, tmp_path, cap
     assert not (out / ".cianet.lock").exists()
 
 
+@pytest.mark.slow
 def test_predict_out_is_a_file_and_strict(bundle_and_images, tmp_path, capsys):
     model, src = bundle_and_images
     afile = tmp_path / "results.csv"
@@ -383,6 +385,7 @@ def test_suspicious_images_are_read_with_a_warning_naming_them(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ corrupt artefacts
+@pytest.mark.slow
 def test_corrupt_bundles_are_refused_by_name(bundle_and_images, tmp_path, capsys):
     import torch
 
@@ -535,6 +538,7 @@ BAD_SETTINGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting,message,value", BAD_SETTINGS)
 def test_a_bad_setting_is_one_line_naming_key_value_and_what_is_allowed(setting, message, value, tmp_path, capsys):
     argv = ["train", "--config", "tiny", "--data-root", str(tmp_path), "--out", str(tmp_path / "r"),

@@ -44,6 +44,7 @@ def table(path: Path) -> list[dict[str, str]]:
 
 
 # ------------------------------------------------------------------------------ predict's output paths
+@pytest.mark.slow
 def test_predict_dotdot_never_writes_outside_out(model_and_images, tmp_path, monkeypatch, capsys):
     model, pngs = model_and_images
     cases, other = tmp_path / "cases", tmp_path / "other"
@@ -97,6 +98,7 @@ def test_input_names_never_collide_with_the_runs_files_or_each_other(model_and_i
     assert isinstance(json.loads((out / "coco_results.json").read_text()), list)
 
 
+@pytest.mark.slow
 def test_a_dot_cianet_output_png_input_never_replaces_the_marker(model_and_images, tmp_path, capsys):
     model, pngs = model_and_images
     odd = tmp_path / ".cianet-output.png"
@@ -108,6 +110,7 @@ def test_a_dot_cianet_output_png_input_never_replaces_the_marker(model_and_image
     assert [r["output"] for r in table(out / "predictions.csv")] == ["cianet-output"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS file systems refuse names that are not UTF-8")
 def test_odd_file_names_are_written_under_safe_stems_and_never_abort(model_and_images, tmp_path, capsys):
     model, pngs = model_and_images
@@ -182,6 +185,7 @@ def _tiny_nih(tmp_path: Path) -> Path:
     return write_tiny_nih(tmp_path / "nih", n_patients=6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["splits", "hash", "canonical"])
 def test_single_file_outputs_never_replace_a_users_file(command, tmp_path, capsys):
     root = _tiny_nih(tmp_path)
@@ -203,6 +207,7 @@ def test_single_file_outputs_never_replace_a_users_file(command, tmp_path, capsy
     assert changed <= allowed and mine.name in changed
 
 
+@pytest.mark.slow
 def test_bundle_out_never_replaces_a_users_file(model_and_images, tmp_path, capsys):
     run, _ = make_run(tmp_path, kind="baseline")
     mine = tmp_path / "mine.cianet"
@@ -309,6 +314,7 @@ def predicted(model_and_images, tmp_path, capsys):
     return out
 
 
+@pytest.mark.slow
 def test_view_never_replaces_a_users_index_html_and_claims_its_page(predicted, tmp_path, capsys):
     mine = tmp_path / "report"
     mine.mkdir()
@@ -356,6 +362,7 @@ def test_view_escapes_every_value_of_a_crafted_metrics_file(tmp_path, capsys):
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
+@pytest.mark.slow
 def test_evaluate_takes_the_run_lock_and_out_never_takes_a_users_folder(tmp_path, capsys):
     from cianet.utils.outputs import output_lock
 

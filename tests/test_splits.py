@@ -76,6 +76,7 @@ def test_classification_split_synthetic(idx):
     assert a["test"] != classification_split(idx, seed=4)["test"]
 
 
+@pytest.mark.slow
 def test_classification_split_real_nih(nih_index):
     split = classification_split(nih_index, seed=0)
     check_classification(nih_index, split, tol=0.005)
@@ -208,6 +209,7 @@ def test_protocol_determinism_and_errors(idx):
         localization_protocol(idx, [folds[0], folds[0] + folds[1]], 0, 0.0, 0.5)
 
 
+@pytest.mark.slow
 def test_protocol_real_nih_leakage(nih_index):
     folds = localization_folds(nih_index, seed=0)
     p = localization_protocol(nih_index, folds, 0, 0.8, 0.5, seed=0)

@@ -63,6 +63,7 @@ def read_truth(root: Path) -> list[dict]:
 # ------------------------------------------------------------------------------------------- rendering
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strength", ["none", "strong"])
 def test_boxes_lie_in_image_and_cover_exactly_the_drawn_lesion(strength):
     """Render with and without each box-class lesion: the changed pixels lie inside the box and touch it."""
@@ -274,6 +275,7 @@ def test_written_png_and_truth_are_the_planned_rendering(synth_set):
         assert got == sorted(tuple(b) for b in r.boxes)
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_any_worker_count(tmp_path):
     a = tmp_path / "a"
     b = tmp_path / "b"
@@ -384,6 +386,7 @@ def twin_sets(tmp_path_factory):
     return base / "plain", plain, base / "extra", extra
 
 
+@pytest.mark.slow
 def test_every_image_has_a_finding_free_twin_of_its_own_acquisition(twin_sets):
     from cianet.data.synth import TWINS_DIR, twin_spec
 

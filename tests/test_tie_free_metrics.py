@@ -346,6 +346,7 @@ def test_scorer_auc_ranks_by_evidence_and_boxes_get_pointing_and_threshold_grid(
     np.testing.assert_allclose(list(m["pointing_game"].values()), list(want.values()))  # NaN == NaN here
 
 
+@pytest.mark.slow
 def test_scorer_pointing_maps_cell_centres_back_through_the_alignment(saturated_run, tmp_path):
     """A constant alignment shifts the image by tx (normalized): a cell centre c of the aligned frame is the
     point c + tx s / 2 of the original frame, where the boxes are."""

@@ -74,6 +74,7 @@ def test_tiny_recipe_has_no_validation_and_paper_recipe_has_one():
     assert paper.protocol.val_share == 0.1 and paper.run.eval_every > 0
 
 
+@pytest.mark.slow
 def test_val_loader_scores_the_val_images_only(tiny_root, tmp_path):
     """The names the evaluation saw are the validation images, in the classification and localization protocols."""
     from cianet.run.loaders import make_loaders, make_val_loader

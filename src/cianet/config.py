@@ -24,15 +24,23 @@ import yaml
 from cianet.errors import MissingPathError, UsageError
 
 
+#: The data-set layouts cianet reads, the one declaration: `data.dataset`'s choices, every command's `--dataset`,
+#: `cianet synth --layout` and the adapters of cianet.data.layouts (one per name) read it. Adding a layout:
+#: docs/architecture.md, "Adding a data set".
+DATASETS: tuple[str, ...] = ("nih", "rsna", "vindr", "csv")
+AUTO_DATASET = "auto"  # detect the layout from the data root's files
+BOX_MERGES: tuple[str, ...] = ("mean", "union", "none")
+
+
 @dataclass
 class DataConfig:
     data_root: str = ""  # data folder in the layout of `dataset` (README, "Data sets")
-    dataset: str = "auto"  # "nih" | "rsna" | "vindr" | "csv" | "auto" (detected from the data root's files)
+    dataset: str = AUTO_DATASET  # one of DATASETS, or AUTO_DATASET (detected from the data root's files)
     # The class list of the run, box classes first: set by `cianet train` from the data set and saved with the
     # run, so its checkpoint, bundle and tables know their classes. null = ChestX-ray14's 14 (8 with boxes).
     labels: list[str] | None = None
     box_labels: list[str] | None = None
-    box_merge: str = "mean"  # readers' boxes of one finding (VinDr-CXR): "mean" | "union" | "none" (docs/method.md)
+    box_merge: str = "mean"  # readers' boxes of one finding (VinDr-CXR), one of BOX_MERGES (docs/method.md)
     merge_iou: float = 0.4  # boxes of one class linked at IoU >= this are one finding
     label_map: str | None = None  # "nih": map the data set's classes to ChestX-ray14's (cianet.data.label_maps)
     entry_csv: str | None = None  # override the Data_Entry file name/path
@@ -228,8 +236,8 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 # set of choices, whether it comes from a YAML file, --set or a flag. Ranges say what the code can run, not
 # what is sensible (that is the recipes' job).
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("auto", "nih", "rsna", "vindr", "csv"),
-    "data.box_merge": ("mean", "union", "none"),
+    "data.dataset": (AUTO_DATASET, *DATASETS),
+    "data.box_merge": BOX_MERGES,
     "data.label_map": ("nih",),
     "protocol.kind": ("localization", "classification"),
     "model.kind": ("cianet", "baseline"),
@@ -245,6 +253,11 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "run.precision": ("fp32", "bf16", "auto"),  # or null (cianet.run.precision)
 }
 _INT_CHOICES: dict[str, tuple[int, ...]] = {"model.output_stride": (8, 16, 32)}
+
+
+def choices(key: str) -> tuple:
+    """The allowed values of config key ``key`` ("section.field"), for flags and docs; () when it has no list."""
+    return _CHOICES.get(key, _INT_CHOICES.get(key, ()))
 
 
 def _positive(v: float) -> bool:

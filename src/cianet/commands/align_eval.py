@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cianet.commands.common import add_json_arg, print_json
+from cianet.commands.common import add_dataset_flag, add_json_arg, print_json
 
 
 def register(sub) -> None:
@@ -20,8 +20,7 @@ def register(sub) -> None:
     p.add_argument("--data-root", required=True,
                    help="data folder, layout: --dataset (a phantom's synth_truth.csv is used when present)")
     p.add_argument("--entry-csv", default=None, help="entry CSV instead of Data_Entry_2017[_v2020].csv")
-    p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default="auto",
-                   help="layout of the data root (default: detected from its files)")
+    add_dataset_flag(p, default="auto")
     p.add_argument("--cache", default=None, help="image cache folder (`cianet prepare`) to read images from")
     p.add_argument("--n", type=int, default=400, help="images measured, drawn with --seed (default 400)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image draw and of the random warps (default 0)")

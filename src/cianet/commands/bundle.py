@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cianet.commands.common import add_json_arg, print_json
+from cianet.commands.common import add_dataset_flag, add_json_arg, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,8 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # the older spelling; elsewhere --negatives is the pairing strategy (train)
     p.add_argument("--negatives", dest="negatives", type=int, help=argparse.SUPPRESS)
     p.add_argument("--data-root", help="the run's data folder (default: from the run config)")
-    p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default=None,
-                   help="layout of the data folder (default: the run's data.dataset)")
+    add_dataset_flag(p, default=None, help="layout of the data folder (default: the run's data.dataset)")
     p.add_argument("--cache", help="image cache folder (default: from the run config, when it exists)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="image probability from which a class's boxes are reported (default 0.5)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cianet.commands.common import add_json_arg, print_json
+from cianet.commands.common import add_dataset_flag, add_json_arg, print_json
 
 
 def parse_crop(text: str) -> tuple[int, int, int, int]:
@@ -53,8 +53,7 @@ def register(subparsers) -> None:
                     "(the whole mean) and OUT.json (the crop, the images used, the settings).")
     p.add_argument("--data-root", required=True, help="data folder (metadata table and images; layout: --dataset)")
     p.add_argument("--entry-csv", default=None, help="entry CSV instead of Data_Entry_2017[_v2020].csv")
-    p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default="auto",
-                   help="layout of the data root (default: detected from its files)")
+    add_dataset_flag(p, default="auto")
     p.add_argument("--n", type=int, default=500, help="No Finding images to average (default 500, as in the paper)")
     p.add_argument("--image-size", "--size", dest="size", type=int, default=512,
                    help="side of the mean and canonical images (default 512)")

@@ -7,6 +7,8 @@ import argparse
 import sys
 from typing import Any
 
+from cianet.config import choices
+
 
 def add_json_arg(p, what: str = "what was written") -> None:
     """``--json``: the command's result as one JSON object on stdout (see :func:`print_json`)."""
@@ -51,11 +53,16 @@ def add_root_args(p: argparse.ArgumentParser) -> None:
                         "outside its image or names a finding its image lacks (without it: a warning)")
 
 
+def add_dataset_flag(p, default: str | None = None,
+                     help: str = "layout of the data root (default: detected from its files)") -> None:
+    """``--dataset``: its choices are config's (data.dataset), so a new layout needs no edit here."""
+    p.add_argument("--dataset", choices=choices("data.dataset"), default=default, help=help)
+
+
 def add_dataset_args(p) -> None:
     """``--dataset`` and the reader-box merge, for every command reading a data root."""
-    p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default=None,
-                   help="layout of the data root (default: detected from its files)")
-    p.add_argument("--box-merge", choices=("mean", "union", "none"), default=None,
+    add_dataset_flag(p)
+    p.add_argument("--box-merge", choices=choices("data.box_merge"), default=None,
                    help="merge readers' boxes of one finding (VinDr-CXR; csv with a reader column): default mean")
     p.add_argument("--merge-iou", type=float, default=None, help="IoU linking readers' boxes (default 0.4)")
     p.add_argument("--label-map", choices=("nih",), default=None,
@@ -123,49 +130,54 @@ def add_precision_arg(p: argparse.ArgumentParser) -> None:
                         "(default: float32 on CPU, optim.amp's float16 on CUDA)")
 
 
+#: flag (its argparse dest) -> the config key it sets to its value, for every command building a run config
+FLAG_KEYS: dict[str, str] = {
+    "data_root": "data.data_root", "entry_csv": "data.entry_csv", "bbox_csv": "data.bbox_csv", "cache": "data.cache",
+    "dataset": "data.dataset", "box_merge": "data.box_merge", "merge_iou": "data.merge_iou",
+    "label_map": "data.label_map", "image_size": "data.image_size", "workers": "data.workers",
+    "max_images": "data.max_images", "out": "run.out", "device": "run.device", "precision": "run.precision",
+    "seed": "run.seed", "backbone": "model.backbone", "pretrained": "model.pretrained", "model": "model.kind",
+    "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr", "canonical": "align.canonical",
+    "align_pretrained": "align.pretrained", "negatives": "negatives.strategy", "hash_index": "negatives.hash_index",
+    "prior_fallback": "negatives.prior_fallback", "fold": "protocol.fold", "annotated_ratio": "protocol.annotated_ratio",
+    "unannotated_ratio": "protocol.unannotated_ratio", "splits": "protocol.splits",
+}
+#: switch (store_true dest) -> (config key, the value it sets)
+SWITCH_KEYS: dict[str, tuple[str, Any]] = {
+    "unannotated_only": ("protocol.unannotated_only", True),
+    "allow_patient_overlap": ("protocol.allow_patient_overlap", True),
+    "official": ("protocol.official", True), "classification": ("protocol.kind", "classification"),
+}
+
+
+def _set_key(cfg, key: str, value: Any) -> None:
+    section, name = key.split(".")
+    setattr(getattr(cfg, section), name, value)
+
+
 def config_from_args(args: argparse.Namespace):
     """The run config: the recipe of ``--config``, then the flags given, then every ``--set``."""
     from cianet.config import apply_overrides, check_paths_exist, load_config, validate_config
 
     cfg = load_config(args.config)
-    pairs = {
-        ("data", "data_root"): "data_root", ("data", "entry_csv"): "entry_csv", ("data", "bbox_csv"): "bbox_csv",
-        ("data", "cache"): "cache", ("data", "dataset"): "dataset", ("data", "box_merge"): "box_merge",
-        ("data", "merge_iou"): "merge_iou", ("data", "label_map"): "label_map", ("run", "out"): "out", ("data", "image_size"): "image_size",
-        ("model", "backbone"): "backbone", ("optim", "epochs"): "epochs", ("optim", "batch_size"): "batch_size",
-        ("optim", "lr"): "lr", ("data", "workers"): "workers", ("run", "device"): "device", ("run", "precision"): "precision", ("run", "seed"): "seed",
-        ("data", "max_images"): "max_images", ("align", "canonical"): "canonical",
-        ("model", "pretrained"): "pretrained", ("align", "pretrained"): "align_pretrained",
-        ("model", "kind"): "model", ("negatives", "strategy"): "negatives", ("negatives", "hash_index"): "hash_index",
-        ("negatives", "prior_fallback"): "prior_fallback",
-        ("protocol", "fold"): "fold", ("protocol", "annotated_ratio"): "annotated_ratio",
-        ("protocol", "unannotated_ratio"): "unannotated_ratio", ("protocol", "splits"): "splits",
-    }
-    flags = {}
-    for (section, key), attr in pairs.items():
+    flags = {}  # config key -> how the user set it, for --resume to check against the run's own recipe
+    for attr, key in FLAG_KEYS.items():
         value = getattr(args, attr, None)
         if value is not None:
-            setattr(getattr(cfg, section), key, value)
-            flags[f"{section}.{key}"] = f"--{attr.replace('_', '-')} {value}"
+            _set_key(cfg, key, value)
+            flags[key] = f"--{attr.replace('_', '-')} {value}"
+    for attr, (key, value) in SWITCH_KEYS.items():
+        if getattr(args, attr, False):
+            _set_key(cfg, key, value)
+            flags[key] = f"--{attr.replace('_', '-')}"
     if getattr(args, "align", None) is not None:
         cfg.align.checkpoint = None if args.align.lower() == "none" else args.align
-    for flag, (section, key) in {"unannotated_only": ("protocol", "unannotated_only"),
-                                 "allow_patient_overlap": ("protocol", "allow_patient_overlap"),
-                                 "official": ("protocol", "official")}.items():
-        if getattr(args, flag, False):
-            setattr(getattr(cfg, section), key, True)
-    if getattr(args, "classification", False):
-        cfg.protocol.kind = "classification"
-    if args.no_progress:
+        flags["align.checkpoint"] = "--align"
+    if args.no_progress:  # how a run reports, not what it trains: never compared on --resume
         cfg.run.progress = False
-    for flag, key in (("align", "align.checkpoint"), ("unannotated_only", "protocol.unannotated_only"),
-                      ("allow_patient_overlap", "protocol.allow_patient_overlap"), ("official", "protocol.official"),
-                      ("classification", "protocol.kind")):
-        if getattr(args, flag, None) not in (None, False):
-            flags[key] = f"--{flag.replace('_', '-')}"
     for item in args.overrides:
         flags[item.split("=", 1)[0].strip()] = f"--set {item}"
-    args.given = flags  # what the user set, for --resume to check against the run's own recipe
+    args.given = flags
     apply_overrides(cfg, args.overrides)
     validate_config(cfg, "command line", flags)  # the flags' values too: --epochs -1, --lr nan, --device tpu
     check_paths_exist(cfg)  # --splits /nope.json is an error, never replaced by a split made on the fly

@@ -9,7 +9,7 @@ from cianet.commands.common import add_config_args, add_json_arg, add_precision_
 
 
 def register(sub) -> None:
-    from cianet.evaluation.evidence import EVIDENCE_SEEDS, PHANTOM
+    from cianet.evaluation.evidence import EVIDENCE_SEEDS, PHANTOM, ROWS
     from cianet.evaluation.pool_study import DEFAULT_EXTRAS
     from cianet.evaluation.experiments import EXPERIMENTS
 
@@ -36,7 +36,8 @@ def register(sub) -> None:
     p.add_argument("--align", help="alignment checkpoint used by the variants that align (table6: required)")
     p.add_argument("--n-images", type=int, default=None,
                    help=f"evidence on phantoms: images per seed's phantom (default {PHANTOM['n_images']})")
-    p.add_argument("--rows", help="evidence: comma-separated rows to run (default: all; names as in the table)")
+    p.add_argument("--rows", help="evidence: comma-separated rows to run (default: all; on real data all but the "
+                                  f"upper bound): {'; '.join(r.name for r in ROWS)}")
     p.add_argument("--extras", help="pool: comma-separated counts of extra pool-only negatives (default "
                                     f"{','.join(map(str, DEFAULT_EXTRAS))}: pools of about 300, 3,000 and 30,000)")
     add_json_arg(p, "the table's files and its results (NAME.json)")

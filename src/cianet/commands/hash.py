@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cianet.commands.common import add_json_arg, print_json
+from cianet.commands.common import add_dataset_flag, add_json_arg, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,8 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # --size means the image size on every other command: here it is refused with the new name, never misread
     p.add_argument("--size", dest="old_size", default=None, help=argparse.SUPPRESS)
     p.add_argument("--entry-csv", default=None, help="entry CSV to use instead of Data_Entry_2017[_v2020].csv")
-    p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default="auto",
-                   help="layout of the data root (default: detected from its files)")
+    add_dataset_flag(p, default="auto")
     p.add_argument("--workers", type=int, default=4, help="threads decoding image files (default 4)")
     p.add_argument("--center", action="store_true", help="subtract each code's mean before normalizing")
     p.add_argument("--align", default=None, metavar="ALIGN.pt",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cianet.commands.common import add_json_arg, print_json
+from cianet.commands.common import add_dataset_flag, add_json_arg, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,8 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data-root) only checks an existing cache.",
     )
     p.add_argument("--data-root", default=None, help="data folder (metadata tables and images; README, Data sets)")
-    p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default="auto",
-                   help="layout of the data root (default: detected from its files)")
+    add_dataset_flag(p, default="auto")
     p.add_argument("--image-size", "--size", dest="size", type=int, default=None,
                    help="side of the cached images in pixels (e.g. 256, 512; the run's --image-size)")
     p.add_argument("--cache", required=True, help="cache folder to create or resume")

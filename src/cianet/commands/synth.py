@@ -6,6 +6,7 @@ import argparse
 import json
 
 from cianet.commands.common import add_json_arg, print_json
+from cianet.config import DATASETS
 
 
 def _share(text: str) -> float:
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("out", help="output folder (must be empty unless --overwrite)")
-    p.add_argument("--layout", choices=("nih", "rsna", "vindr", "csv"), default="nih",
+    p.add_argument("--layout", choices=DATASETS, default="nih",
                    help="write the phantom in this data set's layout (rsna, vindr: DICOM images; README, Data "
                         "sets); default nih")
     p.add_argument("--n-images", type=int, default=2000, help="number of images (default 2000)")

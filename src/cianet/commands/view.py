@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cianet.commands.common import add_json_arg, print_json
+from cianet.commands.common import add_dataset_flag, add_json_arg, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,8 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the ground truth's entry table, where the data root's own is not found "
                         "(default: Data_Entry_2017[_v2020].csv or the layout's table at the data root)")
     p.add_argument("--bbox-csv", default=None, help="the ground truth's box table (default: found at the data root)")
-    p.add_argument("--dataset", choices=("auto", "nih", "rsna", "vindr", "csv"), default=None,
-                   help="layout of --data-root (default: the run's, else detected from its files)")
+    add_dataset_flag(p, default=None, help="layout of --data-root (default: the run's, else detected from its files)")
     p.add_argument("--max-images", type=int, default=1000, metavar="N", help="gallery size limit (default 1000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true",

@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cianet.config import AUTO_DATASET as AUTO
+from cianet.config import DATASETS
 from cianet.errors import InputError, MissingPathError
 from cianet.data.box_merge import DEFAULT_MERGE, DEFAULT_MERGE_IOU
 from cianet.data.index import ImageIndex
-
-DATASETS: tuple[str, ...] = ("nih", "rsna", "vindr", "csv")
-AUTO = "auto"
 
 
 def _looks_like_vindr(path: Path) -> bool:

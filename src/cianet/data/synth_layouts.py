@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cianet.config import DATASETS
 from cianet.errors import InputError
 from cianet.utils.atomic import atomic_write_text
 
-LAYOUTS: tuple[str, ...] = ("nih", "rsna", "vindr", "csv")
+LAYOUTS: tuple[str, ...] = DATASETS  # the phantom writes every layout cianet reads
 TO_VINDR: dict[str, str] = {
     "Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Effusion": "Pleural effusion",
     "Infiltration": "Infiltration", "Mass": "Nodule/Mass", "Nodule": "Nodule/Mass", "Pneumonia": "Lung Opacity",
