@@ -280,7 +280,7 @@ def test_prediction_networks_match_the_unfolded_model(bundles):
 def test_heatmap_stack_in_image_frame_matches_one_map_at_a_time():
     """The output writer maps all classes through one pixel-to-cell table and converts to float16 with torch:
     the same arrays as the per-map mapping and numpy's conversion, bit for bit (subnormals included)."""
-    from cianet.inference.outputs import float16
+    from cianet.inference.result_files import float16
     from cianet.models.alignment import mask_to_original, masks_to_original
 
     rng = np.random.default_rng(0)

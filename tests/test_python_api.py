@@ -47,7 +47,7 @@ def test_predict_takes_a_file_a_list_or_points_to_predict_folder(setup):
 
 @pytest.mark.slow  # builds a bundle (~5 s, shared)
 def test_heatmaps_in_the_image_frame_and_a_dataframe(setup, tmp_path):
-    from cianet.inference.outputs import frame_size, read_heatmaps, write_heatmaps
+    from cianet.inference.result_files import frame_size, read_heatmaps, write_heatmaps
 
     pred = setup["pred"]
     res = pred.predict(str(sorted(setup["images"].glob("*.png"))[1]))

@@ -52,7 +52,7 @@ def test_demo_never_empties_a_folder_it_did_not_make(tmp_path, capsys, monkeypat
 
 
 def test_demo_fresh_deletes_only_the_demos_own_outputs(tmp_path, capsys):
-    from cianet.utils.outputs import claim_output
+    from cianet.utils.output_folders import claim_output
 
     out = claim_output(tmp_path / "demo", "demo")
     (out / "runs" / "cianet").mkdir(parents=True)
@@ -180,7 +180,7 @@ def _dead_pid() -> int:
 
 
 def test_a_journal_lists_what_a_killed_writer_wrote_and_overwrite_removes_exactly_that(tmp_path):
-    from cianet.utils.outputs import claim_output, journal_outputs, owned_output, read_marker
+    from cianet.utils.output_folders import claim_output, journal_outputs, owned_output, read_marker
 
     out = claim_output(tmp_path / "p", "predict")
     journal_outputs(out, ["a.json", "a.heatmaps.npz"])  # recorded before they are written
@@ -259,7 +259,7 @@ def test_a_run_folder_from_before_markers_is_adopted_only_when_it_is_one(tmp_pat
     from cianet.run.protocol import SPLIT_FILE
     from cianet.run.run_folder import ALIGN_ENTRIES, TRAIN_ENTRIES, claim_run_folder
     from cianet.run.scoring import PREDICTIONS
-    from cianet.utils.outputs import read_marker
+    from cianet.utils.output_folders import read_marker
 
     # the names this module spells out are those the writers use
     assert {CHECKPOINT, SPLIT_FILE, PAIRS_FILE, NEGATIVES_CSV, NEGATIVES_JSON, PREDICTIONS,
@@ -472,7 +472,7 @@ def test_an_edited_pairs_file_pairing_a_positive_is_refused(tiny_root, tmp_path)
 # ------------------------------------------------------------------------------------------------ locks
 _HOLDER = """
 import sys, time
-from cianet.utils.outputs import output_lock
+from cianet.utils.output_folders import output_lock
 with output_lock(sys.argv[1], "test holder"):
     print("locked", flush=True)
     time.sleep(60)
@@ -497,7 +497,7 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tiny_root, tmp_p
 
 
 def test_lock_in_process_and_unreadable_lock(tmp_path):
-    from cianet.utils.outputs import output_lock
+    from cianet.utils.output_folders import output_lock
 
     with output_lock(tmp_path, "first"):
         with pytest.raises(InputError, match=f"pid {os.getpid()}"):

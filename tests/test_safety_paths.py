@@ -158,7 +158,7 @@ def test_csv_cells_never_start_a_formula(model_and_images, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ --overwrite
 def test_overwrite_removes_exactly_the_journaled_files(tmp_path):
-    from cianet.utils.outputs import claim_output, journal_outputs, owned_output, read_marker
+    from cianet.utils.output_folders import claim_output, journal_outputs, owned_output, read_marker
 
     out = claim_output(tmp_path / "p", "predict")
     (out / "sub").mkdir()
@@ -330,7 +330,7 @@ def test_view_never_replaces_a_users_index_html_and_claims_its_page(predicted, t
     capsys.readouterr()
     files = json.loads((predicted / ".cianet-output.json").read_text())["files"]
     assert "site/index.html" in files and not (predicted / ".cianet.lock").exists()
-    from cianet.utils.outputs import output_lock
+    from cianet.utils.output_folders import output_lock
 
     with output_lock(predicted, "another writer"):
         assert main(["view", str(predicted), "--no-progress"]) == 2
@@ -364,7 +364,7 @@ def test_view_escapes_every_value_of_a_crafted_metrics_file(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_evaluate_takes_the_run_lock_and_out_never_takes_a_users_folder(tmp_path, capsys):
-    from cianet.utils.outputs import output_lock
+    from cianet.utils.output_folders import output_lock
 
     run, _ = make_run(tmp_path)
     with output_lock(run, "another writer"):

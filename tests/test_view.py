@@ -102,7 +102,7 @@ def test_coco_files_hold_every_box_with_its_category(predicted):
 def test_heatmaps_are_in_the_image_frame(predicted):
     """The region p > 0.5 of each class in the saved (image-frame) heatmap has the bounding box of the predicted
     box, which was mapped through the alignment (shift 0.25) independently."""
-    from cianet.inference.outputs import read_heatmaps
+    from cianet.inference.result_files import read_heatmaps
 
     out = predicted["out"]
     checked = 0

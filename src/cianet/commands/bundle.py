@@ -63,7 +63,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         raise UsageError(f"--bank-size must be >= 1, got {args.negatives}")
     if not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
-    from cianet.utils.outputs import refuse_replace
+    from cianet.utils.output_folders import refuse_replace
 
     refuse_replace(args.out, args.overwrite)
     bundle = bundle_from_run(args.run, n_negatives=args.negatives, data_root=args.data_root, cache=args.cache,

@@ -22,7 +22,7 @@ def cmd_canonical(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cianet.data.canonical import make_canonical
-    from cianet.utils.outputs import refuse_replace
+    from cianet.utils.output_folders import refuse_replace
 
     out = Path(args.out)
     for path in (out, out.with_name(f"{out.stem}_mean.png"), out.with_suffix(".json")):

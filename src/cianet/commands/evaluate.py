@@ -44,7 +44,7 @@ EVALUATE_FILES = ("metrics.json", "metrics.md", "predictions.npz", "roc.png", "p
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cianet.evaluation.evaluate import evaluate_run
     from cianet.errors import UsageError
-    from cianet.utils.outputs import writing_into
+    from cianet.utils.output_folders import writing_into
 
     if args.bootstrap < 0:
         raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
@@ -54,7 +54,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         import contextlib
 
         from cianet.evaluation.cross_dataset import evaluate_on_dataset
-        from cianet.utils.outputs import check_claimable, claim_output
+        from cianet.utils.output_folders import check_claimable, claim_output
 
         # a folder of its own: new, empty or an earlier cross-data-set evaluation's, never a user's files (the run
         # folder itself is refused by evaluate_on_dataset, naming it); a new one is made only once the data passed
@@ -70,7 +70,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                           device=args.device, progress=not args.no_progress, n_boot=args.bootstrap,
                                           precision=args.precision)
         claim_output(out, "evaluate", adopt=("*",))  # checked above: new, empty or an earlier evaluate's
-        from cianet.utils.outputs import record_outputs
+        from cianet.utils.output_folders import record_outputs
 
         record_outputs(out, [name for name in EVALUATE_FILES if (out / name).is_file()])
     else:

@@ -31,7 +31,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cianet.inference.onnx_export import export_onnx
-    from cianet.utils.outputs import refuse_replace
+    from cianet.utils.output_folders import refuse_replace
 
     out = Path(args.out)
     for path in (out, out.with_name(out.stem + ".align.onnx"), out.with_name(out.stem + ".negatives.npz")):

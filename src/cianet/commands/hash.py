@@ -48,7 +48,7 @@ def cmd_hash(args: argparse.Namespace) -> int:
     from cianet.run.pairing import hash_data_root
 
     from cianet.errors import MissingPathError, UsageError
-    from cianet.utils.outputs import refuse_replace
+    from cianet.utils.output_folders import refuse_replace
 
     if args.old_size is not None:
         raise UsageError(f"--size {args.old_size}: on `cianet hash` the hash side is --hash-size (--size is the "

@@ -64,7 +64,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from cianet.errors import UsageError
     from cianet.inference.batch import predict_files, read_prior_table
-    from cianet.utils.outputs import journal_outputs, owned_output
+    from cianet.utils.output_folders import journal_outputs, owned_output
 
     from cianet.inference.batch import check_threshold
 

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
 def cmd_splits(args: argparse.Namespace) -> int:
     from cianet.data.splits import write_root_splits
-    from cianet.utils.outputs import refuse_replace
+    from cianet.utils.output_folders import refuse_replace
 
     refuse_replace(args.out, args.overwrite)
 

@@ -43,7 +43,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 
     from cianet.errors import InputError
     from cianet.evaluation.viewer import build_site, is_our_site
-    from cianet.utils.outputs import MARKER, output_lock, refuse_replace, writing_into
+    from cianet.utils.output_folders import MARKER, output_lock, refuse_replace, writing_into
 
     from cianet.evaluation.viewer import source_kind
 

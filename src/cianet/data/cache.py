@@ -32,7 +32,7 @@ from cianet.data.io import DEFAULT_MAX_PIXELS, XrayReadError, load_xray, resize_
 from cianet.errors import InputError, MissingPathError, UsageError
 from cianet.utils.atomic import atomic_path, atomic_write_json
 from cianet.utils.progress import progress_enabled
-from cianet.utils.outputs import LOCK, output_lock
+from cianet.utils.output_folders import LOCK, output_lock
 
 FORMAT_VERSION = 1
 IMAGES_FILE = "images.npy"

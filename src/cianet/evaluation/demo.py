@@ -54,7 +54,7 @@ def run_demo(out: str | Path = "cianet-demo", fast: bool = False, seed: int = 0,
     import shutil
 
     from cianet.errors import UsageError
-    from cianet.utils.outputs import claim_output, output_lock
+    from cianet.utils.output_folders import claim_output, output_lock
 
     out = Path(out)
     st = demo_settings(fast, n_images)

@@ -256,7 +256,7 @@ def run_evidence(cfg: Config | None, out_dir: str | Path, settings: EvidenceSett
     from cianet.run.checkpoints import CHECKPOINT
     from cianet.run.reuse import check_reusable
     from cianet.training.loop import fit
-    from cianet.utils.outputs import claim_output, output_lock
+    from cianet.utils.output_folders import claim_output, output_lock
 
     s = settings or EvidenceSettings()
     check_settings(s)

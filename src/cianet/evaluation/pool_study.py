@@ -63,7 +63,7 @@ def run_pool_study(cfg: Config | None, out_dir: str | Path, seed: int = ev.EVIDE
     from cianet.run.scoring import json_safe
     from cianet.training.loop import fit
     from cianet.utils.atomic import atomic_write_json, atomic_write_text
-    from cianet.utils.outputs import claim_output, output_lock
+    from cianet.utils.output_folders import claim_output, output_lock
 
     s = settings or ev.EvidenceSettings(seeds=(seed,))
     s.seeds = (seed,)

@@ -209,7 +209,7 @@ def predicted_entry(rec: dict[str, Any], k: int, writer: ImageWriter, index, not
     if heat_file:
         heat_path = folder / Path(rec["_stem"]).parent / heat_file
         if heat_path.is_file():
-            from cianet.inference.outputs import read_heatmaps
+            from cianet.inference.result_files import read_heatmaps
 
             z = read_heatmaps(heat_path)
             for lab, hm in zip(z["labels"].tolist(), z["heatmaps"]):

@@ -3,7 +3,7 @@
 Outputs in the output folder: ``<stem>.json``, ``<stem>.heatmaps.npz`` (heatmaps and attention in the image
 file's frame) and ``<stem>.overlay.png`` per image, ``predictions.csv`` (one row per input, ``status`` ok or
 error), ``boxes.csv`` (one row per box), ``coco.json`` and ``coco_results.json`` (COCO-style detections, see
-:mod:`cianet.inference.outputs`) and ``summary.json``. Every JSON record names the model (bundle id, version,
+:mod:`cianet.inference.result_files`) and ``summary.json``. Every JSON record names the model (bundle id, version,
 file hash) and the cianet version. An unreadable file is reported and skipped; the run goes on.
 
 ``<stem>`` is the input's path below the folder given (below that folder's own name when several paths are
@@ -228,7 +228,7 @@ def predict_files(paths: list[str], model: str | Path, out: str | Path, *, batch
     :class:`cianet.utils.timing.StageTimer` charged with decode, resize, alignment, pairing, networks, boxes
     and writing (the bench's breakdown). ``record``: called with the names of the files (in ``out``) each
     batch and the final tables are about to be written, before they are (the folder's manifest, kept so that a
-    process killed with SIGKILL leaves a list of everything it wrote: :func:`cianet.utils.outputs.journal_outputs`).
+    process killed with SIGKILL leaves a list of everything it wrote: :func:`cianet.utils.output_folders.journal_outputs`).
     ``priors``: image path -> its prior study's path (``--prior``, ``--priors CSV``: :func:`read_prior_table`),
     contrasted with the image instead of the bank's negative; an image without one uses the bank, and every
     record says which (``negative``, ``negative_source``). An unreadable prior makes its image an error row.
@@ -241,7 +241,7 @@ def predict_files(paths: list[str], model: str | Path, out: str | Path, *, batch
     import cianet
     from cianet.data.io import XrayReadError, load_xray
     from cianet.errors import InputError, UsageError
-    from cianet.inference.outputs import coco_outputs, write_heatmaps
+    from cianet.inference.result_files import coco_outputs, write_heatmaps
     from cianet.inference.predictor import Predictor, dicom_metadata
     from cianet.utils.atomic import atomic_write_json, atomic_write_text
     from cianet.utils.prefetch import Behind, prefetch as ahead

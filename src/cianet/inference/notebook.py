@@ -61,7 +61,7 @@ def result_heatmap(result, label: str | None, frame: str) -> np.ndarray:
         raise UsageError(f"frame must be 'image' or 'grid', got {frame!r}")
     from cianet.models.alignment import IDENTITY_PARAMS, masks_to_original
 
-    # as cianet predict's .heatmaps.npz (cianet.inference.outputs), whose module this one cannot import
+    # as cianet predict's .heatmaps.npz (cianet.inference.result_files), whose module this one cannot import
     w, h = result.image_size
     f = min(1.0, PREVIEW_MAX / max(w, h))
     size = (max(1, round(w * f)), max(1, round(h * f)))

@@ -1,6 +1,6 @@
 """The run folders of ``cianet train`` and ``cianet train-align``: claimed before anything is written.
 
-A run folder is claimed like every other output folder (:func:`cianet.utils.outputs.claim_output`): a new or
+A run folder is claimed like every other output folder (:func:`cianet.utils.output_folders.claim_output`): a new or
 empty folder gets a marker naming the command, a folder of the same command is continued (``--resume``), and
 anything else is refused with a message naming what is there, so training never writes over a user's own
 ``config.yaml`` or ``metrics.json``, nor into the run folder of the other command.
@@ -37,7 +37,7 @@ ALIGN_EVIDENCE = frozenset({"align.pt"})
 
 def claim_run_folder(out: str | os.PathLike, command: str) -> Path:
     """Claim ``out`` for ``command`` (``"train"`` or ``"train-align"``); InputError when it is not its folder."""
-    from cianet.utils.outputs import claim_output
+    from cianet.utils.output_folders import claim_output
 
     entries, evidence = {"train": (TRAIN_ENTRIES, TRAIN_EVIDENCE),
                          "train-align": (ALIGN_ENTRIES, ALIGN_EVIDENCE)}[command]

@@ -51,7 +51,7 @@ def train_alignment(cfg: Config, resume: bool = False) -> Path:
     not a ``train-align`` run is refused, :mod:`cianet.run.run_folder`) and holds its lock while it writes.
     """
     from cianet.run.run_folder import claim_run_folder
-    from cianet.utils.outputs import output_lock
+    from cianet.utils.output_folders import output_lock
 
     claim_run_folder(cfg.run.out, "train-align")
     with output_lock(cfg.run.out, "cianet train-align"):

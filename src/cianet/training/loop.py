@@ -135,7 +135,7 @@ def fit(cfg: Config, resume: bool = False) -> Path:
     """
     from cianet.run.device import distributed_info
     from cianet.run.run_folder import claim_run_folder
-    from cianet.utils.outputs import output_lock
+    from cianet.utils.output_folders import output_lock
 
     if distributed_info()[0] != 0:
         return _fit(cfg, resume)
