@@ -75,6 +75,10 @@ def test_estimate_scales_with_rows_seeds_images_and_machine():
     assert ev.estimate_seconds(full, ev.REFERENCE_MATMUL_GFLOPS / 2) == pytest.approx(2 * t)
     one = ev.EvidenceSettings(seeds=(10,), rows=("Base",), n_images=2 * ev.PHANTOM["n_images"])
     assert ev.estimate_seconds(one) == pytest.approx(2 * ref["data"] + ref["align"] + 2 * ref["baseline"])
+    # a resumed experiment counts what is left: seed 10's data and Base done, seed 11 untouched
+    two = ev.EvidenceSettings(seeds=(10, 11), rows=("Base", "CIA-Net sim"))
+    left = ev.estimate_seconds(two, finished=frozenset({(10, "data"), (10, "Base")}))
+    assert left == pytest.approx(ref["cianet"] + ref["data"] + ref["align"] + ref["baseline"] + ref["cianet"])
 
 
 def test_row_configs_differ_only_in_what_they_compare(tmp_path):

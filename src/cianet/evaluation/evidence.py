@@ -136,16 +136,23 @@ def check_settings(s: EvidenceSettings) -> None:
         raise UsageError(f"--n-images must be >= 100 for the evidence (5-fold protocol, test boxes), got {s.n_images}")
 
 
-def estimate_seconds(s: EvidenceSettings, machine_gflops: float | None = None) -> float:
-    """Wall time of the whole experiment on this machine (float32, CPU), from :data:`REFERENCE_SECONDS`."""
+def estimate_seconds(s: EvidenceSettings, machine_gflops: float | None = None,
+                     finished: frozenset[tuple[int, str]] = frozenset()) -> float:
+    """Wall time of the whole experiment on this machine (float32, CPU), from :data:`REFERENCE_SECONDS`.
+
+    ``finished``: ``(seed, row name)`` pairs whose runs are done and ``(seed, "data")`` for seeds whose data and
+    alignment exist; a resumed experiment counts only what is left."""
     scale = s.n_images / PHANTOM["n_images"]
-    per_seed = REFERENCE_SECONDS["data"] * scale + REFERENCE_SECONDS["align"]
-    for row in ROWS:
-        if row.name in s.rows:
-            kind = row.settings["model"]["kind"]
-            per_seed += REFERENCE_SECONDS["baseline" if kind == "baseline" else "cianet"] * scale
+    total = 0.0
+    for seed in s.seeds:
+        if (seed, "data") not in finished:
+            total += REFERENCE_SECONDS["data"] * scale + REFERENCE_SECONDS["align"]
+        for row in ROWS:
+            if row.name in s.rows and (seed, row.name) not in finished:
+                kind = row.settings["model"]["kind"]
+                total += REFERENCE_SECONDS["baseline" if kind == "baseline" else "cianet"] * scale
     speed = (machine_gflops / REFERENCE_MATMUL_GFLOPS) if machine_gflops else 1.0
-    return per_seed * len(s.seeds) / max(speed, 1e-3)
+    return total / max(speed, 1e-3)
 
 
 def base_config(cfg: Config | None, phantom: bool, s: EvidenceSettings) -> Config:
@@ -273,9 +280,14 @@ def run_evidence(cfg: Config | None, out_dir: str | Path, settings: EvidenceSett
     claim_output(out, "experiment-evidence", adopt=())
     with output_lock(out, "cianet experiment evidence"):
         gflops = _machine_gflops()
-        say(f"[evidence] {len(rows)} rows x {len(s.seeds)} seeds; estimated {estimate_seconds(s, gflops) / 3600:.1f} h "
-            f"on this machine (float32 matmul {gflops:.0f} GFLOP/s; the reference 2-core Xeon: "
-            f"{estimate_seconds(s) / 3600:.1f} h)")
+        done = frozenset([(seed, r.name) for seed in s.seeds for r in rows
+                          if (out / f"seed{seed}" / "runs" / run_slug(r.name) / "metrics.json").exists()]
+                         + [(seed, "data") for seed in s.seeds
+                            if not phantom or (out / f"seed{seed}" / "align" / "align.pt").exists()])
+        left = estimate_seconds(s, gflops, done)
+        say(f"[evidence] {len(rows)} rows x {len(s.seeds)} seeds, {len([d for d in done if d[1] != 'data'])} runs "
+            f"done; estimated {left / 3600:.1f} h left on this machine (float32 matmul {gflops:.0f} GFLOP/s; "
+            f"the reference 2-core Xeon: {estimate_seconds(s, None, done) / 3600:.1f} h)")
         dirs: dict[str, list[Path]] = {r.name: [] for r in rows}
         t0 = time.time()
         for seed in s.seeds:
