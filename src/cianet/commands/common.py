@@ -65,7 +65,7 @@ def add_dataset_args(p) -> None:
     p.add_argument("--box-merge", choices=choices("data.box_merge"), default=None,
                    help="merge readers' boxes of one finding (VinDr-CXR; csv with a reader column): default mean")
     p.add_argument("--merge-iou", type=float, default=None, help="IoU linking readers' boxes (default 0.4)")
-    p.add_argument("--label-map", choices=("nih",), default=None,
+    p.add_argument("--label-map", choices=choices("data.label_map"), default=None,
                    help="map the data set's classes to ChestX-ray14's (cross-data-set evaluation; docs/method.md)")
 
 

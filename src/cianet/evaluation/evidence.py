@@ -191,6 +191,19 @@ def run_slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower().replace("__", "_")
 
 
+def seed_paths(out: Path, seed: int) -> dict[str, Path]:
+    """Where one phantom seed's data, cache, canonical chest, alignment network and hash indexes live."""
+    root = out / f"seed{seed}"
+    return {"data": root / "data", "cache": root / "cache", "canonical": root / "canonical.png",
+            "align": root / "align" / "align.pt", "hash_aligned": root / "hash_aligned.npz",
+            "hash_plain": root / "hash_plain.npz"}
+
+
+def row_dir(out: Path, seed: int, row: Row) -> Path:
+    """The run folder of ``row`` on ``seed``."""
+    return out / f"seed{seed}" / "runs" / run_slug(row.name)
+
+
 def prepare_phantom_seed(out: Path, seed: int, s: EvidenceSettings, base: Config,
                          say: Callable[[str], None]) -> dict[str, Path]:
     """Phantom, cache, canonical chest, alignment network and hash indexes of one seed (each step skipped
@@ -201,10 +214,7 @@ def prepare_phantom_seed(out: Path, seed: int, s: EvidenceSettings, base: Config
     from cianet.run.pairing import hash_data_root
     from cianet.training.alignment import train_alignment
 
-    root = out / f"seed{seed}"
-    files = {"data": root / "data", "cache": root / "cache", "canonical": root / "canonical.png",
-             "align": root / "align" / "align.pt", "hash_aligned": root / "hash_aligned.npz",
-             "hash_plain": root / "hash_plain.npz"}
+    files = seed_paths(out, seed)
     size = base.data.image_size
     if not (files["data"] / "synth_truth.csv").exists():
         say(f"seed {seed}: phantom of {s.n_images} images")
@@ -281,9 +291,9 @@ def run_evidence(cfg: Config | None, out_dir: str | Path, settings: EvidenceSett
     with output_lock(out, "cianet experiment evidence"):
         gflops = _machine_gflops()
         done = frozenset([(seed, r.name) for seed in s.seeds for r in rows
-                          if (out / f"seed{seed}" / "runs" / run_slug(r.name) / "metrics.json").exists()]
+                          if (row_dir(out, seed, r) / "metrics.json").exists()]
                          + [(seed, "data") for seed in s.seeds
-                            if not phantom or (out / f"seed{seed}" / "align" / "align.pt").exists()])
+                            if not phantom or seed_paths(out, seed)["align"].exists()])
         left = estimate_seconds(s, gflops, done)
         say(f"[evidence] {len(rows)} rows x {len(s.seeds)} seeds, {len([d for d in done if d[1] != 'data'])} runs "
             f"done; estimated {left / 3600:.1f} h left on this machine (float32 matmul {gflops:.0f} GFLOP/s; "
@@ -294,7 +304,7 @@ def run_evidence(cfg: Config | None, out_dir: str | Path, settings: EvidenceSett
             files = (prepare_phantom_seed(out, seed, s, base, say) if phantom
                      else {"hash_aligned": base.negatives.hash_index})
             for row in rows:
-                run_dir = out / f"seed{seed}" / "runs" / run_slug(row.name)
+                run_dir = row_dir(out, seed, row)
                 run_cfg = row_config(base, row, run_dir, seed, files)
                 check_reusable(run_dir, run_cfg, what=f"experiment evidence ({row.name}, seed {seed})")
                 if not (run_dir / "metrics.json").exists():
