@@ -13,3 +13,7 @@ fi
 if ! .venv/bin/python -c "import cianet, pytest, torchxrayvision, onnxruntime" >/dev/null 2>&1; then
     .venv/bin/pip install --quiet -e ".[test]"
 fi
+# The linter CI runs before the tests (pyproject.toml [tool.ruff]), pinned like torch.
+if ! .venv/bin/ruff --version 2>/dev/null | grep -qx "ruff 0.17.6"; then
+    .venv/bin/pip install --quiet "ruff==0.17.6"
+fi

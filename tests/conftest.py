@@ -22,6 +22,50 @@ def pytest_configure(config) -> None:
     torch.set_num_threads(int(TEST_THREADS))
 
 
+@pytest.fixture(scope="session")
+def tiny_nih(tmp_path_factory):
+    """``tiny_nih(n_patients)``: the root of helpers.write_tiny_nih's data set of that size, written once per
+    test session. Read-only: a test that writes into a data root copies it first."""
+    from helpers import write_tiny_nih
+
+    made: dict[int, tuple[Path, dict]] = {}
+
+    def root(n_patients: int = 24) -> Path:
+        if n_patients not in made:
+            path = write_tiny_nih(tmp_path_factory.mktemp(f"tiny_nih_{n_patients}"), n_patients)
+            made[n_patients] = path, _tree_state(path)
+        return made[n_patients][0]
+
+    yield root
+    for path, state in made.values():  # shared by many tests: none may have written into it
+        assert _tree_state(path) == state, f"a test wrote into the shared data root {path}"
+
+
+def _tree_state(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def tiny_root(request, tiny_nih) -> Path:
+    """The tiny NIH-layout set (read-only), 24 patients unless the module sets TINY_PATIENTS (fewer where a
+    test trains several times on it, more where a validation split needs them)."""
+    return tiny_nih(getattr(request.module, "TINY_PATIENTS", 24))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_nih, tmp_path_factory) -> Path:
+    """A run of the tiny recipe (helpers.tiny_config, 2 epochs) trained on the 24-patient tiny set, once per
+    session. Read-only: a test that evaluates or otherwise writes into it works on a copy
+    (``shutil.copytree(trained_run, tmp_path / "run")``)."""
+    from cianet.training.loop import fit
+    from helpers import tiny_config
+
+    run = fit(tiny_config(tmp_path_factory.mktemp("trained_run"), tiny_nih(24)))
+    state = _tree_state(run)
+    yield run
+    assert _tree_state(run) == state, f"a test wrote into the shared trained run {run}"
+
+
 def shared_dir() -> Path:
     return Path(os.environ.get("CIANET_SHARED", REPO_ROOT.parent / "shared"))
 

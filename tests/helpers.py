@@ -22,8 +22,10 @@ GRID = SIZE // 8
 U = 16  # its test grid
 IMG_W, IMG_H = 80, 96  # the chest set's files are not square and not at the network size
 
-ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-                "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
 BOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 
 
@@ -150,9 +152,19 @@ def write_alignment(path: Path, tx: float = 0.0, ty: float = 0.0) -> Path:
     with torch.no_grad():  # the last layer is zero: z = bias; t = max_shift * tanh(z)
         net.fc.bias[0] = math.atanh(tx / net.max_shift)
         net.fc.bias[1] = math.atanh(ty / net.max_shift)
-    torch.save({"kind": "alignment", "format_version": 1, "model": net.state_dict(), "epoch": 0, "config": {},
-                "net_kwargs": {"backbone": "resnet18", "input_size": SIZE},
-                "canonical": torch.rand(SIZE, SIZE), "input_size": SIZE}, path)
+    torch.save(
+        {
+            "kind": "alignment",
+            "format_version": 1,
+            "model": net.state_dict(),
+            "epoch": 0,
+            "config": {},
+            "net_kwargs": {"backbone": "resnet18", "input_size": SIZE},
+            "canonical": torch.rand(SIZE, SIZE),
+            "input_size": SIZE,
+        },
+        path,
+    )
     return path
 
 
@@ -172,8 +184,10 @@ def make_run(tmp: Path, kind: str = "cianet", shift: float | None = None, n: int
     save_config(cfg, run / "config.yaml")
     names = sorted(images)
     # Test images: the last two (one No Finding, one Nodule); the No Finding one must stay out of the bank.
-    atomic_write_json(run / "split.json", {"description": "tiny", "train": names[:-2], "test": names[-2:],
-                                           "box_supervised": [], "excluded": {}})
+    atomic_write_json(
+        run / "split.json",
+        {"description": "tiny", "train": names[:-2], "test": names[-2:], "box_supervised": [], "excluded": {}},
+    )
     return run, images
 
 

@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import tiny_config, write_alignment, write_tiny_nih
+from helpers import tiny_config, write_alignment
 
 OLD_BOUNDS = {"center": [0.0, 0.0, 1.0, 1.0, 0.0], "max_shift": 0.4, "max_scale": 1.4, "max_rotation": 0.35}
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return write_tiny_nih(tmp_path_factory.mktemp("tiny_nih_align_train"))
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +26,7 @@ def canonical(tiny_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    from cianet.data.synth import generate_dataset
+    from cianet.phantom.generator import generate_dataset
 
     root = tmp_path_factory.mktemp("phantom_align")
     generate_dataset(root, n_images=24, size=64, seed=11, progress=False)
@@ -39,8 +34,15 @@ def phantom(tmp_path_factory):
 
 
 def _align_config(out, root, canonical, **over):
-    settings = {"align__canonical": str(canonical), "align__input_size": 32, "align__epochs": 1,
-                "align__batch_size": 8, "align__max_images": 16, "align__feature_net": "resnet18", **over}
+    settings = {
+        "align__canonical": str(canonical),
+        "align__input_size": 32,
+        "align__epochs": 1,
+        "align__batch_size": 8,
+        "align__max_images": 16,
+        "align__feature_net": "resnet18",
+        **over,
+    }
     return tiny_config(out, root, **settings)
 
 
@@ -136,8 +138,26 @@ def test_align_eval_command(phantom, tmp_path, capsys):
 
     align = write_alignment(tmp_path / "align.pt", tx=0.1)  # constant output: removes none of any warp
     out = tmp_path / "report.json"
-    assert main(["align-eval", "--align", str(align), "--data-root", str(phantom), "--n", "10", "--seed", "2",
-                 "--size", "64", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "align-eval",
+                "--align",
+                str(align),
+                "--data-root",
+                str(phantom),
+                "--n",
+                "10",
+                "--seed",
+                "2",
+                "--size",
+                "64",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "0.0% of the warp removed" in text and "predates stored bounds" in text
     rep = json.loads(out.read_text())
@@ -147,8 +167,25 @@ def test_align_eval_command(phantom, tmp_path, capsys):
     t = rep["truth"]
     assert t["all"]["n"] == 10
     assert t["deformed"]["n"] == sum(t[k]["n"] for k in t if k in ("strength_mild", "strength_strong"))
-    assert main(["align-eval", "--align", str(align), "--data-root", str(phantom), "--n", "10", "--seed", "2",
-                 "--size", "64", "--json"]) == 0
+    assert (
+        main(
+            [
+                "align-eval",
+                "--align",
+                str(align),
+                "--data-root",
+                str(phantom),
+                "--n",
+                "10",
+                "--seed",
+                "2",
+                "--size",
+                "64",
+                "--json",
+            ]
+        )
+        == 0
+    )
     again = json.loads(capsys.readouterr().out)
     assert again["warp"] == rep["warp"] and "names" not in again
     assert main(["align-eval", "--align", str(align), "--data-root", str(phantom), "--n", "0"]) == 2

@@ -7,12 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import SIZE, tiny_config, write_alignment, write_tiny_nih
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return write_tiny_nih(tmp_path_factory.mktemp("tiny_nih_align"))
+from helpers import SIZE, tiny_config, write_alignment
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +32,19 @@ def _reference_warp(img: np.ndarray, params) -> np.ndarray:
             u, v = ((x + 1) * w - 1) / 2, ((y + 1) * h - 1) / 2  # source pixel coordinates (centres at integers)
             c0, r0 = int(np.floor(u)), int(np.floor(v))
             fu, fv = u - c0, v - r0
-            out[i, j] = ((1 - fu) * (1 - fv) * pix(r0, c0) + fu * (1 - fv) * pix(r0, c0 + 1)
-                         + (1 - fu) * fv * pix(r0 + 1, c0) + fu * fv * pix(r0 + 1, c0 + 1))
+            out[i, j] = (
+                (1 - fu) * (1 - fv) * pix(r0, c0)
+                + fu * (1 - fv) * pix(r0, c0 + 1)
+                + (1 - fu) * fv * pix(r0 + 1, c0)
+                + fu * fv * pix(r0 + 1, c0 + 1)
+            )
     return out
 
 
 def _reference_code(img: np.ndarray) -> np.ndarray:
     """16 x 16 block means of a 64 x 64 image, flattened, unit norm."""
     b = img.shape[0] // 16
-    code = np.array([[img[i * b:(i + 1) * b, j * b:(j + 1) * b].mean() for j in range(16)] for i in range(16)])
+    code = np.array([[img[i * b : (i + 1) * b, j * b : (j + 1) * b].mean() for j in range(16)] for i in range(16)])
     code = code.ravel()
     return code / np.linalg.norm(code)
 
@@ -105,8 +104,23 @@ def test_hash_index_records_its_kind_and_a_mismatch_is_an_error(tiny_root, align
 
     raw, aligned_a = tmp_path / "raw.npz", tmp_path / "aligned_a.npz"
     assert main(["hash", "--data-root", str(tiny_root), "--out", str(raw), "--no-progress"]) == 0
-    assert main(["hash", "--data-root", str(tiny_root), "--out", str(aligned_a), "--align", str(aligns[0]),
-                 "--image-size", str(SIZE), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "hash",
+                "--data-root",
+                str(tiny_root),
+                "--out",
+                str(aligned_a),
+                "--align",
+                str(aligns[0]),
+                "--image-size",
+                str(SIZE),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert HashIndex.load(raw).meta["aligned"] is False
     meta = HashIndex.load(aligned_a).meta
     assert meta["aligned"] is True and meta["image_size"] == SIZE
@@ -116,9 +130,9 @@ def test_hash_index_records_its_kind_and_a_mismatch_is_an_error(tiny_root, align
     pairing = pair_negatives(cfg, data, source)
     index = HashIndex.load(aligned_a)
     rows = [index.index_of(n) for n in index.names]
-    np.testing.assert_allclose(index.codes[rows],
-                               hash_codes_for(index.names, source, align_net=load_alignment(aligns[0]).net),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        index.codes[rows], hash_codes_for(index.names, source, align_net=load_alignment(aligns[0]).net), atol=1e-6
+    )
     assert pairing.train(0)
 
     cases = [  # (alignment of the run, aligned_codes, index, words of the message)
@@ -128,8 +142,13 @@ def test_hash_index_records_its_kind_and_a_mismatch_is_an_error(tiny_root, align
         (aligns[1], True, aligned_a, ["with weights", "cianet hash --align", str(aligns[1])]),
     ]
     for k, (align, want_aligned, path, words) in enumerate(cases):
-        cfg, data, source = _run(tmp_path / f"case{k}", tiny_root, align, negatives__hash_index=str(path),
-                                 negatives__aligned_codes=want_aligned)
+        cfg, data, source = _run(
+            tmp_path / f"case{k}",
+            tiny_root,
+            align,
+            negatives__hash_index=str(path),
+            negatives__aligned_codes=want_aligned,
+        )
         with pytest.raises(InputError) as err:
             pair_negatives(cfg, data, source)
         msg = str(err.value)
@@ -164,6 +183,19 @@ def test_pairs_file_made_with_other_codes_is_refused(tiny_root, aligns, tmp_path
 def test_hash_align_needs_an_image_size_without_cache(tiny_root, aligns, tmp_path, capsys):
     from cianet.cli import main
 
-    assert main(["hash", "--data-root", str(tiny_root), "--out", str(tmp_path / "x.npz"),
-                 "--align", str(aligns[0]), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "hash",
+                "--data-root",
+                str(tiny_root),
+                "--out",
+                str(tmp_path / "x.npz"),
+                "--align",
+                str(aligns[0]),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "--image-size" in capsys.readouterr().err

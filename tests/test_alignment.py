@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from cianet.models.alignment import (AlignmentNet, StructureLoss, boxes_to_aligned, boxes_to_original,
-                                     mask_to_original, params_to_matrix, warp)
+from cianet.models.alignment import (
+    AlignmentNet,
+    StructureLoss,
+    boxes_to_aligned,
+    boxes_to_original,
+    mask_to_original,
+    params_to_matrix,
+    warp,
+)
 
 
 def _matrix_ref(p):
@@ -18,8 +25,9 @@ def _matrix_ref(p):
 
 
 def test_params_to_matrix_matches_equation_1():
-    params = torch.tensor([[0.1, -0.2, 1.1, 0.9, 0.3], [0.0, 0.0, 1.0, 1.0, 0.0], [-0.3, 0.25, 0.8, 1.3, -0.2]],
-                          dtype=torch.float64)
+    params = torch.tensor(
+        [[0.1, -0.2, 1.1, 0.9, 0.3], [0.0, 0.0, 1.0, 1.0, 0.0], [-0.3, 0.25, 0.8, 1.3, -0.2]], dtype=torch.float64
+    )
     got = params_to_matrix(params)
     assert got.shape == (3, 2, 3)
     for b in range(3):
@@ -167,10 +175,16 @@ def test_structure_loss_zero_for_identical_and_formula(structure_loss):
     assert float(same["total"]) == 0.0
     got = structure_loss(a, t)
     with torch.no_grad():
-        fa = structure_loss.features(torch.cat([a, a, a], 1).sub(torch.tensor([0.485, 0.456, 0.406])[:, None, None])
-                                     .div(torch.tensor([0.229, 0.224, 0.225])[:, None, None]))
-        ft = structure_loss.features(torch.cat([t, t, t], 1).sub(torch.tensor([0.485, 0.456, 0.406])[:, None, None])
-                                     .div(torch.tensor([0.229, 0.224, 0.225])[:, None, None]))
+        fa = structure_loss.features(
+            torch.cat([a, a, a], 1)
+            .sub(torch.tensor([0.485, 0.456, 0.406])[:, None, None])
+            .div(torch.tensor([0.229, 0.224, 0.225])[:, None, None])
+        )
+        ft = structure_loss.features(
+            torch.cat([t, t, t], 1)
+            .sub(torch.tensor([0.485, 0.456, 0.406])[:, None, None])
+            .div(torch.tensor([0.229, 0.224, 0.225])[:, None, None])
+        )
     d = (fa - ft).double()
     chw = d[0].numel()
     assert fa.shape[1:] == (128, 16, 16)  # relu2_2
@@ -190,7 +204,7 @@ def test_structure_loss_trains_alignment_toward_target(structure_loss):
     """A few steps on a shifted image reduce the structure loss to the un-shifted target."""
     torch.manual_seed(3)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
-    target = (torch.exp(-((xx + 0.35) ** 2 + yy ** 2) / 0.08) + torch.exp(-((xx - 0.35) ** 2 + yy ** 2) / 0.08))
+    target = torch.exp(-((xx + 0.35) ** 2 + yy**2) / 0.08) + torch.exp(-((xx - 0.35) ** 2 + yy**2) / 0.08)
     target = target[None, None] / target.max()
     shifted = warp(target, torch.tensor([[0.25, 0.0, 1.0, 1.0, 0.0]]))  # content moved left
     net = AlignmentNet(input_size=64).train()

@@ -1,5 +1,5 @@
-"""Alignment measurement (cianet.alignment_eval) and the alignment core added for it: crop-centred bounds,
-bound positions, random warps, the consistency loss, the balanced structure loss.
+"""Alignment measurement (cianet.evaluation.alignment_measures) and the alignment core added for it: crop-centred
+bounds, bound positions, random warps, the consistency loss, the balanced structure loss.
 
 References are float64 loops over points with the matrix of equation 1 written out by hand."""
 
@@ -11,9 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from cianet import alignment_eval as ae
-from cianet.models.alignment import (AlignmentNet, StructureLoss, consistency_loss, crop_params, derive_bounds,
-                                     random_warp_params, warp)
+from cianet.evaluation import alignment_measures as ae
+from cianet.models.alignment import (
+    AlignmentNet,
+    StructureLoss,
+    consistency_loss,
+    crop_params,
+    derive_bounds,
+    random_warp_params,
+    warp,
+)
 
 
 def _mat(p) -> np.ndarray:
@@ -111,8 +118,9 @@ def test_random_warp_params_ranges():
     a = ae.random_warps(2000, seed=1, max_rotation_deg=12, scale_range=(0.85, 1.15), max_shift_frac=0.06)
     assert np.abs(a[:, :2]).max() <= 0.12 and np.abs(a[:, 4]).max() <= math.radians(12)
     assert 0.85 <= a[:, 2:4].min() and a[:, 2:4].max() <= 1.15
-    np.testing.assert_array_equal(a, ae.random_warps(2000, seed=1, max_rotation_deg=12, scale_range=(0.85, 1.15),
-                                                     max_shift_frac=0.06))
+    np.testing.assert_array_equal(
+        a, ae.random_warps(2000, seed=1, max_rotation_deg=12, scale_range=(0.85, 1.15), max_shift_frac=0.06)
+    )
 
 
 def test_consistency_loss_against_loop_and_zero_when_consistent():
@@ -202,8 +210,11 @@ def test_fit_reference_is_least_squares():
     fitted = ae.fit_reference(pred, u, (90, 60), k=4)
 
     def cost(m):
-        return sum(_px(_map(_mat(pred[i]), x, y), _map(_mat(u[i]) @ m, x, y), 90, 60) ** 2
-                   for i in range(4) for x, y in _points(4))
+        return sum(
+            _px(_map(_mat(pred[i]), x, y), _map(_mat(u[i]) @ m, x, y), 90, 60) ** 2
+            for i in range(4)
+            for x, y in _points(4)
+        )
 
     best = cost(fitted)
     rng = np.random.default_rng(0)
@@ -246,8 +257,13 @@ def test_measure_alignment_end_to_end():
     rep = ae.measure_alignment(_centroid_predictor, imgs, seed=3, warps=shifts, batch_size=5)
     assert rep["n_images"] == 12 and rep["image_size"] == [64, 64]
     assert rep["warp"]["share_removed"] > 0.97 and rep["warp"]["baseline_px"] > 0.5
-    constant = ae.measure_alignment(lambda x: torch.tensor([[0.1, 0, 0.9, 0.9, 0.05]]).expand(len(x), -1), imgs,
-                                    truth=_centroid_predictor(imgs), reference=[0, 0, 1, 1, 0.0], seed=3)
+    constant = ae.measure_alignment(
+        lambda x: torch.tensor([[0.1, 0, 0.9, 0.9, 0.05]]).expand(len(x), -1),
+        imgs,
+        truth=_centroid_predictor(imgs),
+        reference=[0, 0, 1, 1, 0.0],
+        seed=3,
+    )
     assert constant["warp"]["share_removed"] == pytest.approx(0.0, abs=1e-12)
     assert constant["truth"]["deformed"]["n"] == 12
     # the truth parameters (the centroid shift) are what the centroid predictor outputs: exact
@@ -255,8 +271,9 @@ def test_measure_alignment_end_to_end():
     assert net_like["truth"]["deformed"]["residual_px"] < 1e-9
     assert net_like["truth"]["deformed"]["share_removed"] == pytest.approx(1.0)
     net = AlignmentNet(input_size=32, max_scale=1.4)
-    at_bound = ae.measure_alignment(lambda x: net.bound(torch.full((len(x), 5), 10.0)), imgs.float(),
-                                    position=net.bound_position, seed=0)
+    at_bound = ae.measure_alignment(
+        lambda x: net.bound(torch.full((len(x), 5), 10.0)), imgs.float(), position=net.bound_position, seed=0
+    )
     assert at_bound["bounds"]["share_params"] == 1.0
 
 
@@ -290,13 +307,17 @@ def test_unit_feature_term_against_reference_and_calibration():
 
 def test_read_synth_truth(tmp_path):
     p = tmp_path / "synth_truth.csv"
-    p.write_text("Image Index,Patient ID,deformed,strength,tx,ty,sx,sy,theta,box_label\n"
-                 "a.png,1,1,mild,0.1,-0.2,1.05,0.95,0.03,Mass\n"
-                 "a.png,1,1,mild,0.1,-0.2,1.05,0.95,0.03,Nodule\n"
-                 "b.png,2,0,none,0.0,0.0,1.0,1.0,0.0,\n")
+    p.write_text(
+        "Image Index,Patient ID,deformed,strength,tx,ty,sx,sy,theta,box_label\n"
+        "a.png,1,1,mild,0.1,-0.2,1.05,0.95,0.03,Mass\n"
+        "a.png,1,1,mild,0.1,-0.2,1.05,0.95,0.03,Nodule\n"
+        "b.png,2,0,none,0.0,0.0,1.0,1.0,0.0,\n"
+    )
     t = ae.read_synth_truth(p)
-    assert t == {"a.png": {"params": (0.1, -0.2, 1.05, 0.95, 0.03), "strength": "mild"},
-                 "b.png": {"params": (0.0, 0.0, 1.0, 1.0, 0.0), "strength": "none"}}
+    assert t == {
+        "a.png": {"params": (0.1, -0.2, 1.05, 0.95, 0.03), "strength": "mild"},
+        "b.png": {"params": (0.0, 0.0, 1.0, 1.0, 0.0), "strength": "none"},
+    }
     (tmp_path / "bad.csv").write_text("Image Index,tx\nx.png,1\n")
     with pytest.raises(ValueError, match="bad.csv"):
         ae.read_synth_truth(tmp_path / "bad.csv")

@@ -12,17 +12,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cianet"
 
 #: Layers from the bottom; a module may import its own layer package and the layers below it, nothing else.
 LAYERS = {
-    "core": 0,  # cianet.{errors,config,labels,losses,metrics,negatives}, cianet.{data,models,utils,configs}
+    "core": 0,  # cianet.{errors,config,labels,losses,metrics,negatives}, cianet.{data,models,utils,configs},
+    #             cianet.phantom (imports cianet.data, never the reverse: test_data_never_imports_the_phantom)
     "run": 1,
     "training": 2,
     "inference": 2,
-    "evaluation": 3,  # drives training (experiments, demo)
+    "evaluation": 3,  # measures runs; never trains (test_evaluation_never_trains)
     "bench": 3,  # measures training and inference
-    "commands": 4,
-    "cli": 5,
+    "experiments": 4,  # train, then measure: the paper's tables, the evidence, the demo
+    "commands": 5,
+    "cli": 6,
 }
 #: Layers allowed to import a sideways or higher layer package, with the reason.
-ALLOWED = {("evaluation", "training"), ("bench", "training"), ("bench", "inference")}
+ALLOWED = {("bench", "training"), ("bench", "inference")}
 
 
 def module_name(path: Path) -> str:
@@ -101,15 +103,47 @@ def test_imports_go_one_way(graph):
 
 
 def test_no_module_imports_commands_but_the_cli(graph):
-    bad = [f"{src}:{line}" for src, edges in graph.items() for target, _, line in edges
-           if target.startswith("cianet.commands") and not src.startswith("cianet.commands")
-           and layer_of(src) != "cli"]
+    bad = [
+        f"{src}:{line}"
+        for src, edges in graph.items()
+        for target, _, line in edges
+        if target.startswith("cianet.commands") and not src.startswith("cianet.commands") and layer_of(src) != "cli"
+    ]
     assert not bad
 
 
 def test_inference_never_imports_training_or_evaluation(graph):
-    bad = [f"{src}:{line} -> {target}" for src, edges in graph.items() if src.startswith("cianet.inference")
-           for target, _, line in edges if target.startswith(("cianet.training", "cianet.evaluation"))]
+    bad = [
+        f"{src}:{line} -> {target}"
+        for src, edges in graph.items()
+        if src.startswith("cianet.inference")
+        for target, _, line in edges
+        if target.startswith(("cianet.training", "cianet.evaluation"))
+    ]
+    assert not bad
+
+
+def test_evaluation_never_trains(graph):
+    """Evaluation measures runs and never trains: what trains, then measures, is cianet.experiments."""
+    bad = [
+        f"{src}:{line} -> {target}"
+        for src, edges in graph.items()
+        if src.startswith("cianet.evaluation")
+        for target, _, line in edges
+        if target.startswith(("cianet.training", "cianet.experiments"))
+    ]
+    assert not bad
+
+
+def test_data_never_imports_the_phantom(graph):
+    """The phantom writes data sets and re-reads them with cianet.data; the readers know nothing of it."""
+    bad = [
+        f"{src}:{line} -> {target}"
+        for src, edges in graph.items()
+        if src.startswith("cianet.data")
+        for target, _, line in edges
+        if target.startswith("cianet.phantom")
+    ]
     assert not bad
 
 
@@ -123,7 +157,7 @@ def test_no_import_cycle(graph):
         stack.append(node)
         for nxt in sorted(edges[node]):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -139,8 +173,13 @@ def test_no_import_cycle(graph):
 
 
 def test_no_module_imports_another_modules_private_name(graph):
-    bad = [f"{src}:{line} takes {n} from {target}" for src, edges in graph.items() for target, names, line in edges
-           for n in names if n.startswith("_") and not n.startswith("__") and target != src]
+    bad = [
+        f"{src}:{line} takes {n} from {target}"
+        for src, edges in graph.items()
+        for target, names, line in edges
+        for n in names
+        if n.startswith("_") and not n.startswith("__") and target != src
+    ]
     assert not bad
 
 

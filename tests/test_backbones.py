@@ -7,8 +7,14 @@ import os
 import pytest
 import torch
 
-from cianet.models.backbones import (IMAGENET_MEAN, IMAGENET_STD, cached_weights_path, gray_to_input,
-                                     pretrained_weights, resnet_trunk)
+from cianet.models.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    cached_weights_path,
+    gray_to_input,
+    pretrained_weights,
+    resnet_trunk,
+)
 from cianet.models.cianet import CIANet
 
 
@@ -136,10 +142,34 @@ def test_pretrained_config_values_and_old_booleans(tmp_path):
 def test_train_commands_refuse_unavailable_weights_before_reading_data(empty_hub, tmp_path, capsys):
     from cianet.cli import main
 
-    rc = main(["train", "--config", "tiny", "--data-root", str(tmp_path), "--out", str(tmp_path / "run"),
-               "--pretrained", "imagenet", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            "tiny",
+            "--data-root",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "run"),
+            "--pretrained",
+            "imagenet",
+            "--no-progress",
+        ]
+    )
     assert rc == 2 and "--pretrained none" in capsys.readouterr().err and len(empty_hub) == 1
-    rc = main(["train-align", "--config", "tiny", "--data-root", str(tmp_path), "--out", str(tmp_path / "al"),
-               "--pretrained", str(tmp_path / "nope.pt"), "--no-progress"])
+    rc = main(
+        [
+            "train-align",
+            "--config",
+            "tiny",
+            "--data-root",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "al"),
+            "--pretrained",
+            str(tmp_path / "nope.pt"),
+            "--no-progress",
+        ]
+    )
     assert rc == 2 and f"--pretrained {tmp_path / 'nope.pt'}: no such file" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not (tmp_path / "al").exists()

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cianet.cli import main
 from cianet.bench.speed import (
     TimedLoader,
     peak_rss_mb,
     synthetic_batch,
 )
+from cianet.cli import main
 
 
 def test_synthetic_batch_has_boxes_on_every_other_image() -> None:
@@ -180,7 +180,8 @@ def test_quick_bench_predict_profile(quick_result: dict) -> None:
         assert all(_finite_positive(v) for v in stages.values()), stages
         assert q[f"folder_images_per_s{suffix}"] == pytest.approx(q["folder_images"] / q[f"folder_s{suffix}"])
         assert q[f"folder_vs_networks{suffix}"] == pytest.approx(
-            q[f"folder_s{suffix}"] * q["networks_images_per_s"] / q["folder_images"])
+            q[f"folder_s{suffix}"] * q["networks_images_per_s"] / q["folder_images"]
+        )
     # the overlay figure is part of "writing": without it, writing takes less
     assert q["stages_no_overlay"]["writing"] < q["stages"]["writing"]
     # bfloat16 folders (where native): against the bfloat16 networks
@@ -188,7 +189,8 @@ def test_quick_bench_predict_profile(quick_result: dict) -> None:
         assert (f"folder_s{suffix}" in q) is bool(r["bf16_supported"])
         if r["bf16_supported"]:
             assert q[f"folder_vs_networks{suffix}"] == pytest.approx(
-                q[f"folder_s{suffix}"] * q["bf16_networks_images_per_s"] / q["folder_images"])
+                q[f"folder_s{suffix}"] * q["bf16_networks_images_per_s"] / q["folder_images"]
+            )
     e = r["evaluate"]  # evaluation's networks: the negative image through the attention trunk as well
     assert e["flop_fraction"] == pytest.approx(e["achieved_gflops"] / r["matmul_gflops"])
     assert e["achieved_gflops"] == pytest.approx(e["gflops_per_image"] * e["images_per_s"])

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from helpers import GRID, SIZE, make_run, synthetic_chest
 
@@ -30,10 +28,10 @@ def small_bundle(run_dir) -> dict:
 @pytest.mark.slow
 def test_bank_holds_training_negatives_with_their_maps(run_dir, tmp_path):
     from cianet.inference.bundle import bundle_from_run
-    from cianet.run.bundle_file import load_bundle, save_bundle
-    from cianet.run.checkpoints import load_checkpoint, model_from_checkpoint
     from cianet.models.backbones import gray_to_input
     from cianet.negatives import hash_codes
+    from cianet.run.bundle_file import load_bundle, save_bundle
+    from cianet.run.checkpoints import load_checkpoint, model_from_checkpoint
 
     run, images = run_dir
     b = bundle_from_run(run, n_negatives=100, progress=False)
@@ -59,8 +57,9 @@ def test_bank_holds_training_negatives_with_their_maps(run_dir, tmp_path):
         with torch.no_grad():
             ref = model.attention_map(gray_to_input(x))[0]
         torch.testing.assert_close(b["negatives"]["maps"][k], ref, atol=1e-5, rtol=0)
-        np.testing.assert_allclose(b["negatives"]["codes"][k].numpy(),
-                                   hash_codes((small * 255).round().astype(np.uint8)[None])[0], atol=1e-6)
+        np.testing.assert_allclose(
+            b["negatives"]["codes"][k].numpy(), hash_codes((small * 255).round().astype(np.uint8)[None])[0], atol=1e-6
+        )
     assert b["thresholds"] == [0.5] * 14
     assert b["alignment"] is None and b["kind"] == "cianet" and b["input_size"] == SIZE
 
@@ -130,14 +129,17 @@ def _tampered(bundle: dict, key: str, value) -> dict:
     return out
 
 
-@pytest.mark.parametrize("change, message", [
-    (("format_version", 99), "newer"),
-    (("labels", ["Cardiomegaly", "Atelectasis"] + ["x"] * 12), "label names differ"),
-    (("kind", "resnet"), "unknown model kind"),
-    (("kind", "baseline"), "does not match"),
-    (("negatives", KeyError), "missing negatives"),
-    (("format", "something-else"), "not a cianet model bundle"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("format_version", 99), "newer"),
+        (("labels", ["Cardiomegaly", "Atelectasis"] + ["x"] * 12), "label names differ"),
+        (("kind", "resnet"), "unknown model kind"),
+        (("kind", "baseline"), "does not match"),
+        (("negatives", KeyError), "missing negatives"),
+        (("format", "something-else"), "not a cianet model bundle"),
+    ],
+)
 def test_bundle_refuses_tampered_metadata(small_bundle, tmp_path, change, message):
     from cianet.run.bundle_file import load_bundle
 
@@ -172,8 +174,12 @@ def test_bundle_cli_writes_atomically_and_reports(run_dir, tmp_path, capsys):
 
     run, _ = run_dir
     out = tmp_path / "cli.cianet"
-    assert main(["bundle", "--run", str(run), "--out", str(out), "--negatives", "3", "--threshold", "0.3",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["bundle", "--run", str(run), "--out", str(out), "--negatives", "3", "--threshold", "0.3", "--no-progress"]
+        )
+        == 0
+    )
     assert "3 negatives" in capsys.readouterr().out
     b = load_bundle(out)
     assert b["thresholds"] == [0.3] * 14 and len(b["negatives"]["names"]) == 3

@@ -26,8 +26,16 @@ def built(tmp_path_factory) -> dict:
 
     tmp = tmp_path_factory.mktemp("bfmt")
     run, images = make_run(tmp, kind="cianet", shift=0.25)
-    (run / "metrics.json").write_text(json.dumps({"auc": {"Mass": 0.7, "Mean": 0.625}, "n_images": 2, "n_boxes": 1,
-                                                  "localization": {"0.5": {"Mass": 1.0, "Mean": 0.5}}}))
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {
+                "auc": {"Mass": 0.7, "Mean": 0.625},
+                "n_images": 2,
+                "n_boxes": 1,
+                "localization": {"0.5": {"Mass": 1.0, "Mean": 0.5}},
+            }
+        )
+    )
     bundle = bundle_from_run(run, n_negatives=100, progress=False, card_name="chest-demo", card_version="3")
     path = save_bundle(bundle, tmp / "m.cianet")
     return {"tmp": tmp, "run": run, "images": images, "bundle": bundle, "path": path}
@@ -37,7 +45,7 @@ def plain_header(path: Path) -> dict:
     """The documented layout, parsed with struct and json only."""
     data = path.read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
-    return json.loads(data[8:8 + n])
+    return json.loads(data[8 : 8 + n])
 
 
 def test_header_is_plain_json_with_the_card_and_no_private_data(built):
@@ -54,7 +62,9 @@ def test_header_is_plain_json_with_the_card_and_no_private_data(built):
     assert card["metrics"]["auc_mean"] == 0.625 and card["metrics"]["localization_mean"] == {"0.5": 0.5}
     assert card["thresholds"] == dict(zip(header["labels"], header["thresholds"]))
     # tensors are described in the header too: the model's weights and the bank (codes and maps only)
-    assert raw["negatives.maps"]["shape"][0] == header["negatives"]["count"] == len(built["bundle"]["negatives"]["names"])
+    assert (
+        raw["negatives.maps"]["shape"][0] == header["negatives"]["count"] == len(built["bundle"]["negatives"]["names"])
+    )
     assert "negatives.images" not in raw and any(k.startswith("alignment.") for k in raw)
     blob = built["path"].read_bytes()
     assert str(built["tmp"]).encode() not in blob  # no local absolute path anywhere in the file
@@ -66,9 +76,11 @@ def test_header_is_plain_json_with_the_card_and_no_private_data(built):
 
 
 def test_header_reader_needs_no_torch(built):
-    code = ("import sys; from cianet.run.bundle_format import read_header; "
-            f"h = read_header({str(built['path'])!r}); "
-            "assert 'torch' not in sys.modules, 'torch imported'; print(h['bundle']['card']['name'])")
+    code = (
+        "import sys; from cianet.run.bundle_format import read_header; "
+        f"h = read_header({str(built['path'])!r}); "
+        "assert 'torch' not in sys.modules, 'torch imported'; print(h['bundle']['card']['name'])"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "chest-demo"

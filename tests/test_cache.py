@@ -230,8 +230,22 @@ def test_cli_prepare_and_verify(image_set, tmp_path, capsys):
     names = [n for n, _ in image_set] + ["12345678_000.png"]  # one listed image has no file
     _write_entry_csv(root, names)
     out = tmp_path / "cache"
-    rc = cli_main(["prepare", "--data-root", str(root), "--size", str(SIZE), "--cache", str(out),
-                   "--workers", "1", "--verify", "--verify-sample", "5"])
+    rc = cli_main(
+        [
+            "prepare",
+            "--data-root",
+            str(root),
+            "--size",
+            str(SIZE),
+            "--cache",
+            str(out),
+            "--workers",
+            "1",
+            "--verify",
+            "--verify-sample",
+            "5",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0
     assert "1 unreadable files" in captured.err and "99999999_000.png" in captured.err
@@ -255,8 +269,20 @@ def test_cli_prepare_and_verify(image_set, tmp_path, capsys):
 
 def test_cli_all_files_mode(image_set, tmp_path, capsys):
     out = tmp_path / "cache"
-    rc = cli_main(["prepare", "--data-root", str(tmp_path / "images"), "--all-files", "--size", "16",
-                   "--cache", str(out), "--workers", "1"])
+    rc = cli_main(
+        [
+            "prepare",
+            "--data-root",
+            str(tmp_path / "images"),
+            "--all-files",
+            "--size",
+            "16",
+            "--cache",
+            str(out),
+            "--workers",
+            "1",
+        ]
+    )
     assert rc == 0
     cache = ImageCache.open(out)
     assert sorted(cache.all_names) == sorted(n for n, _ in image_set) and len(cache.failed) == 1

@@ -8,12 +8,18 @@ import logging
 import numpy as np
 import pytest
 
-from cianet.data.canonical import (FALLBACK_CROP, crop_and_resize, find_lung_crop, mean_image,
-                                     otsu_threshold, search_lung_box)
+from cianet.data.canonical import (
+    FALLBACK_CROP,
+    crop_and_resize,
+    find_lung_crop,
+    mean_image,
+    otsu_threshold,
+    search_lung_box,
+)
 
 
 def _ellipse(shape, cx, cy, rx, ry):
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]] + 0.5
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5
     return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
 
 
@@ -81,8 +87,23 @@ def test_canonical_command_on_real_sample(nih_sample_dir, tmp_path):
     from cianet.cli import main
 
     out = tmp_path / "c" / "canonical.png"
-    rc = main(["canonical", "--data-root", str(nih_sample_dir), "--entry-csv", "Data_Entry_2017_v2020_subset.csv",
-               "--n", "24", "--size", "128", "--seed", "1", "--out", str(out)])
+    rc = main(
+        [
+            "canonical",
+            "--data-root",
+            str(nih_sample_dir),
+            "--entry-csv",
+            "Data_Entry_2017_v2020_subset.csv",
+            "--n",
+            "24",
+            "--size",
+            "128",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     meta = json.loads((tmp_path / "c" / "canonical.json").read_text())
     canon = np.asarray(Image.open(out))
@@ -98,19 +119,51 @@ def test_canonical_command_on_real_sample(nih_sample_dir, tmp_path):
     mid = canon[32:96, 56:72].mean()
     assert canon[32:96, 16:48].mean() < mid and canon[32:96, 80:112].mean() < mid
 
-    rc = main(["canonical", "--data-root", str(nih_sample_dir), "--entry-csv", "Data_Entry_2017_v2020_subset.csv",
-               "--n", "5", "--size", "64", "--out", str(out), "--crop", "8,4,56,50", "--overwrite"])
+    rc = main(
+        [
+            "canonical",
+            "--data-root",
+            str(nih_sample_dir),
+            "--entry-csv",
+            "Data_Entry_2017_v2020_subset.csv",
+            "--n",
+            "5",
+            "--size",
+            "64",
+            "--out",
+            str(out),
+            "--crop",
+            "8,4,56,50",
+            "--overwrite",
+        ]
+    )
     meta = json.loads((tmp_path / "c" / "canonical.json").read_text())
     assert rc == 0 and meta["crop"] == [8, 4, 56, 50] and meta["crop_source"] == "user"
-    assert main(["canonical", "--data-root", str(nih_sample_dir), "--entry-csv",
-                 "Data_Entry_2017_v2020_subset.csv", "--size", "64", "--out", str(out), "--crop", "8,4,80,50",
-                 "--overwrite"]) == 2
+    assert (
+        main(
+            [
+                "canonical",
+                "--data-root",
+                str(nih_sample_dir),
+                "--entry-csv",
+                "Data_Entry_2017_v2020_subset.csv",
+                "--size",
+                "64",
+                "--out",
+                str(out),
+                "--crop",
+                "8,4,80,50",
+                "--overwrite",
+            ]
+        )
+        == 2
+    )
 
 
 def test_build_canonical_on_phantom(tmp_path):
-    synth = pytest.importorskip("cianet.data.synth")
-    from cianet.data.nih import NIHIndex
+    synth = pytest.importorskip("cianet.phantom.generator")
     from cianet.data.canonical import build_canonical
+    from cianet.data.nih import NIHIndex
 
     synth.generate_dataset(tmp_path / "ph", n_images=24, size=128, seed=0, progress=False, workers=1)
     index = NIHIndex.from_root(tmp_path / "ph")

@@ -124,8 +124,9 @@ def test_test_time_upsampling():
     with torch.no_grad():
         up = model(pos, neg, return_feats=True)
         plain = model(pos, neg, upsample=False)
-        ref = model.head(torch.nn.functional.interpolate(up["f_bar"], size=(16, 16), mode="bilinear",
-                                                         align_corners=False))
+        ref = model.head(
+            torch.nn.functional.interpolate(up["f_bar"], size=(16, 16), mode="bilinear", align_corners=False)
+        )
     assert up["logits"].shape == (1, 2, 16, 16) and plain["logits"].shape == (1, 2, 2, 2)
     torch.testing.assert_close(up["logits"], ref)
     model.train()
@@ -155,7 +156,8 @@ def test_build_model_channels_last_parity():
     pos, neg = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         a = ref(pos, neg)["logits"]
-        b = cl(pos.contiguous(memory_format=torch.channels_last),
-               neg.contiguous(memory_format=torch.channels_last))["logits"]
+        b = cl(pos.contiguous(memory_format=torch.channels_last), neg.contiguous(memory_format=torch.channels_last))[
+            "logits"
+        ]
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert isinstance(build_model("baseline", num_classes=2, backbone="resnet18"), Baseline)

@@ -82,8 +82,11 @@ def fake_predict_folder(folder: Path, image: Path) -> None:
     folder.mkdir(parents=True)
     (folder / "summary.json").write_text(json.dumps({"model": {"id": "m", "version": "1", "kind": "cianet"}}))
     (folder / "predictions.csv").write_text("file,status\n")
-    (folder / "a.json").write_text(json.dumps({"source": str(image), "image_size": [64, 64], "boxes": [],
-                                               "probabilities": {lab: 0.1 for lab in LABELS}}))
+    (folder / "a.json").write_text(
+        json.dumps(
+            {"source": str(image), "image_size": [64, 64], "boxes": [], "probabilities": {lab: 0.1 for lab in LABELS}}
+        )
+    )
 
 
 def test_view_entry_csv_and_a_retry_after_a_failure(tmp_path, capsys):
@@ -98,8 +101,20 @@ def test_view_entry_csv_and_a_retry_after_a_failure(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--entry-csv" in err
     assert not (pred / "site" / "img").exists()  # nothing that would block the retry
-    assert main(["view", str(pred), "--data-root", str(root), "--entry-csv",
-                 str(root / "Data_Entry_2017_subset.csv"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "view",
+                str(pred),
+                "--data-root",
+                str(root),
+                "--entry-csv",
+                str(root / "Data_Entry_2017_subset.csv"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     text = (pred / "site" / "index.html").read_text()
     assert '"labels": ["Nodule"]' in text
 
@@ -111,10 +126,11 @@ def test_every_list_of_data_sets_reads_the_one_declaration(monkeypatch):
     import ast
 
     import cianet.config as config
-    from cianet.data import layouts, synth_layouts
+    from cianet.data import layouts
+    from cianet.phantom import layouts as phantom_layouts
 
     assert config.choices("data.dataset") == (config.AUTO_DATASET, *config.DATASETS)
-    assert layouts.DATASETS is config.DATASETS and synth_layouts.LAYOUTS is config.DATASETS
+    assert layouts.DATASETS is config.DATASETS and phantom_layouts.LAYOUTS is config.DATASETS
     seen = 0
     for name, parser in commands().items():
         for action in parser._actions:

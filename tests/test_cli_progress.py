@@ -56,8 +56,19 @@ def test_every_long_command_has_both_flags():
     from cianet.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    for name in ("synth", "prepare", "canonical", "hash", "train-align", "train", "evaluate", "demo", "bundle",
-                 "predict", "view"):
+    for name in (
+        "synth",
+        "prepare",
+        "canonical",
+        "hash",
+        "train-align",
+        "train",
+        "evaluate",
+        "demo",
+        "bundle",
+        "predict",
+        "view",
+    ):
         flags = {s for a in sub.choices[name]._actions for s in a.option_strings}
         assert {"--progress", "--no-progress"} <= flags, name
 

@@ -23,8 +23,12 @@ from cianet.labels import NIH_LABEL_SET
 def _vindr_index(tmp_path: Path) -> ImageIndex:
     recs = [
         ImageRecord("a.dicom", "a", ("Nodule/Mass",), [Box("Nodule/Mass", 1, 2, 3, 4, readers=3)]),
-        ImageRecord("b.dicom", "b", ("Consolidation", "Pleural effusion"),
-                    [Box("Consolidation", 5, 5, 5, 5), Box("Pleural effusion", 0, 0, 9, 9)]),
+        ImageRecord(
+            "b.dicom",
+            "b",
+            ("Consolidation", "Pleural effusion"),
+            [Box("Consolidation", 5, 5, 5, 5), Box("Pleural effusion", 0, 0, 9, 9)],
+        ),
         ImageRecord("c.dicom", "c", ("Lung Opacity",), [Box("Lung Opacity", 1, 1, 2, 2)]),
         ImageRecord("d.dicom", "d", ()),
     ]
@@ -34,8 +38,18 @@ def _vindr_index(tmp_path: Path) -> ImageIndex:
 def test_an_nih_model_meets_vindr_classes_through_the_nih_map(tmp_path):
     index, match = match_classes(map_index(_vindr_index(tmp_path), "nih"), NIH_LABEL_SET)
     # the NIH classes some VinDr-CXR class maps to, in the model's order; the others are left out, not scored
-    assert match.scored == ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule",
-                            "Pneumothorax", "Consolidation", "Fibrosis", "Pleural_Thickening")
+    assert match.scored == (
+        "Atelectasis",
+        "Cardiomegaly",
+        "Effusion",
+        "Infiltration",
+        "Mass",
+        "Nodule",
+        "Pneumothorax",
+        "Consolidation",
+        "Fibrosis",
+        "Pleural_Thickening",
+    )
     assert match.left_out == ("Pneumonia", "Edema", "Emphysema", "Hernia")
     assert set(match.scored) | set(match.left_out) == set(NIH_LABEL_SET.names)
     assert match.not_in_model == ("Aortic enlargement", "Calcification", "ILD", "Lung Opacity", "Other lesion")
@@ -56,8 +70,11 @@ def test_matching_by_name_and_its_errors(tmp_path):
     assert match.scored == VINDR_LABEL_SET.names and match.left_out == () and match.not_in_model == ()
     assert [r.labels for r in same] == [r.labels for r in vindr]
     # VinDr-CXR and NIH share five class names by chance: no match without the declared map
-    with pytest.raises(ValueError, match=r"the model's classes \(Effusion, Mass, Nodule, Pneumonia\.\.\.\) are not "
-                                         "those of the vindr data set .*: map the data set's classes with --label-map nih"):
+    with pytest.raises(
+        ValueError,
+        match=r"the model's classes \(Effusion, Mass, Nodule, Pneumonia\.\.\.\) are not "
+        "those of the vindr data set .*: map the data set's classes with --label-map nih",
+    ):
         match_classes(vindr, NIH_LABEL_SET)
     from cianet.labels import LabelSet
 
@@ -67,13 +84,13 @@ def test_matching_by_name_and_its_errors(tmp_path):
     nih = ImageIndex(tmp_path, [ImageRecord("n.png", "n", ("Pneumonia",), [Box("Pneumonia", 1, 1, 4, 4)])])
     _, on_nih = match_classes(nih, rsna_model)  # RSNA's one class is NIH's Pneumonia by name
     assert on_nih.scored == ("Pneumonia",) and len(on_nih.not_in_model) == 13
-    csv_index = ImageIndex(tmp_path, [ImageRecord("x.png", "x", ("Mass",))], dataset="csv",
-                           label_set=LabelSet("csv", ("Mass", "Scar"), 1))
+    csv_index = ImageIndex(
+        tmp_path, [ImageRecord("x.png", "x", ("Mass",))], dataset="csv", label_set=LabelSet("csv", ("Mass", "Scar"), 1)
+    )
     _, on_csv = match_classes(csv_index, NIH_LABEL_SET)  # a csv data set's names are taken as they are
     assert on_csv.scored == ("Mass",) and on_csv.not_in_model == ("Scar",) and "Hernia" in on_csv.left_out
     with pytest.raises(ValueError, match="none of the model's 14 classes"):
-        match_classes(ImageIndex(tmp_path, [], dataset="csv", label_set=LabelSet("csv", ("Scar",), 0)),
-                      NIH_LABEL_SET)
+        match_classes(ImageIndex(tmp_path, [], dataset="csv", label_set=LabelSet("csv", ("Scar",), 0)), NIH_LABEL_SET)
 
 
 @pytest.mark.slow
@@ -89,8 +106,15 @@ def test_restricted_metrics_are_those_of_the_scored_classes_alone():
     labels[:, classes.index("Hernia")] = 0  # a left-out class: never positive here
     box_classes = np.array([0, 0, 4, 5, 5, 6, 2], np.int64)  # Atelectasis x2, Mass, Nodule x2, Pneumonia, Effusion
     ious = np.array([0.05, 0.6, 0.35, 0.15, 0.45, 0.9, 0.25])
-    metrics = {"scores": scores, "labels": labels, "ious": ious, "box_classes": box_classes,
-               "box_images": np.arange(7), "box_names": list("abcdefg"), "n_boxes": 7}
+    metrics = {
+        "scores": scores,
+        "labels": labels,
+        "ious": ious,
+        "box_classes": box_classes,
+        "box_images": np.arange(7),
+        "box_names": list("abcdefg"),
+        "n_boxes": 7,
+    }
     scored = ("Atelectasis", "Effusion", "Mass", "Nodule", "Consolidation")
     out = restrict_metrics(metrics, classes, scored, (0.1, 0.3, 0.5))
     assert list(out["auc"]) == [*scored, "Mean"]
@@ -141,8 +165,10 @@ def test_bundle_reads_the_data_root_in_the_layout_given(tmp_path, capsys):
     from helpers import make_run
 
     run, _ = make_run(tmp_path)
-    assert main(["bundle", "--run", str(run), "--out", str(tmp_path / "m.cianet"), "--dataset", "csv",
-                 "--no-progress"]) == 2
+    assert (
+        main(["bundle", "--run", str(run), "--out", str(tmp_path / "m.cianet"), "--dataset", "csv", "--no-progress"])
+        == 2
+    )
     assert "images.csv" in capsys.readouterr().err  # read as the csv layout, whose table is not there
     assert not (tmp_path / "m.cianet").exists()
 
@@ -158,17 +184,62 @@ def test_a_run_trained_on_nih_is_scored_on_vindr_matching_classes(tmp_path, caps
     common = ["--size", "64", "--workers", "1", "--annotated-share", "0.6"]
     assert main(["synth", str(nih), "--n-images", "32", "--seed", "1", *common]) == 0
     assert main(["synth", str(vindr), "--layout", "vindr", "--n-images", "24", "--seed", "2", *common]) == 0
-    assert main(["train", "--config", "tiny", "--data-root", str(nih), "--image-size", "64", "--epochs", "1",
-                 "--batch-size", "4", "--out", str(run), "--no-progress", "--set", "model.test_upsample=16",
-                 "--set", "model.head_channels=16", "--set", "run.threads=1",
-                 "--set", "protocol.unannotated_ratio=0.5"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "tiny",
+                "--data-root",
+                str(nih),
+                "--image-size",
+                "64",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--out",
+                str(run),
+                "--no-progress",
+                "--set",
+                "model.test_upsample=16",
+                "--set",
+                "model.head_channels=16",
+                "--set",
+                "run.threads=1",
+                "--set",
+                "protocol.unannotated_ratio=0.5",
+            ]
+        )
+        == 0
+    )
     before = {p.name: _digest(p) for p in run.iterdir() if p.is_file()}
     capsys.readouterr()
     # VinDr-CXR's class names are not NIH's: without the map nothing matches, and the error says what to do
     assert main(["evaluate", "--run", str(run), "--data-root", str(vindr), "--out", str(out), "--no-progress"]) == 2
     assert "--label-map nih" in capsys.readouterr().err
-    assert main(["evaluate", "--run", str(run), "--data-root", str(vindr), "--dataset", "vindr", "--label-map", "nih",
-                 "--out", str(out), "--no-progress", "--bootstrap", "20", "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(run),
+                "--data-root",
+                str(vindr),
+                "--dataset",
+                "vindr",
+                "--label-map",
+                "nih",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--bootstrap",
+                "20",
+                "--json",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert printed["auc"] == metrics["auc"]
@@ -177,7 +248,9 @@ def test_a_run_trained_on_nih_is_scored_on_vindr_matching_classes(tmp_path, caps
     assert cross["left_out"] == ["Pneumonia", "Edema", "Emphysema", "Hernia"]
     assert "Lung Opacity" in cross["not_in_model"] and cross["label_map"] == "nih" and cross["dataset"] == "vindr"
     assert list(metrics["auc"]) == [*cross["scored"], "Mean"]
-    assert list(metrics["localization"]["0.5"]) == [c for c in NIH_LABEL_SET.box_names if c in cross["scored"]] + ["Mean"]
+    assert list(metrics["localization"]["0.5"]) == [c for c in NIH_LABEL_SET.box_names if c in cross["scored"]] + [
+        "Mean"
+    ]
     rows = list(csv.DictReader(open(vindr / "train.csv")))
     images = {r["image_id"] for r in rows}
     no_finding = {r["image_id"] for r in rows if r["class_name"] == "No finding"}
@@ -187,8 +260,10 @@ def test_a_run_trained_on_nih_is_scored_on_vindr_matching_classes(tmp_path, caps
     with np.load(out / "predictions.npz") as z:
         assert z["scores"].shape == (metrics["n_images"], len(cross["scored"]))
         assert set(z["names"]) <= {f"{i}.dicom" for i in images}
-    assert "left out (no counterpart in the data set): Pneumonia, Edema, Emphysema, Hernia" in (
-        out / "metrics.md").read_text()
+    assert (
+        "left out (no counterpart in the data set): Pneumonia, Edema, Emphysema, Hernia"
+        in (out / "metrics.md").read_text()
+    )
     assert not (out / "pairs.json").exists()  # the pairs of this evaluation are not kept as the run's
     paired = list(csv.DictReader(open(out / "negatives.csv")))  # but recorded: one row per scored image
     assert len(paired) == metrics["n_images"] and {r["split"] for r in paired} == {"test"}

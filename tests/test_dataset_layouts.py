@@ -22,7 +22,7 @@ def _minmax(a: np.ndarray) -> np.ndarray:
 
 def test_vindr_phantom_has_three_readers_per_finding_and_dicoms_of_the_phantom_pixels(tmp_path):
     from cianet.data.io import load_xray
-    from cianet.data.synth_layouts import write_layout
+    from cianet.phantom.layouts import write_layout
 
     args = {"n_images": 16, "size": 32, "workers": 1, "progress": False, "seed": 5}
     summary = write_layout(tmp_path / "v", "vindr", **args)
@@ -46,18 +46,62 @@ def test_vindr_phantom_has_three_readers_per_finding_and_dicoms_of_the_phantom_p
 def test_a_whole_run_on_each_layout(tmp_path, capsys, layout, n_classes, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     root, run = tmp_path / "data", tmp_path / "run"
-    assert main(["synth", str(root), "--layout", layout, "--n-images", "48", "--size", "64", "--workers", "1",
-                 "--annotated-share", "0.6", "--seed", "2"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(root),
+                "--layout",
+                layout,
+                "--n-images",
+                "48",
+                "--size",
+                "64",
+                "--workers",
+                "1",
+                "--annotated-share",
+                "0.6",
+                "--seed",
+                "2",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     index = open_index(root)
     assert index.dataset == layout and index.summary()["missing_files"] == 0 and index.annotated_names()
     classes = index.label_set
     if n_classes is not None:
         assert len(classes) == n_classes
-    assert main(["train", "--config", "tiny", "--data-root", str(root), "--image-size", "64", "--epochs", "1",
-                 "--batch-size", "4", "--out", str(run), "--no-progress", "--set", "model.test_upsample=16",
-                 "--set", "model.head_channels=16", "--set", "run.threads=1",
-                 "--set", "protocol.unannotated_ratio=0.5"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "tiny",
+                "--data-root",
+                str(root),
+                "--image-size",
+                "64",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--out",
+                str(run),
+                "--no-progress",
+                "--set",
+                "model.test_upsample=16",
+                "--set",
+                "model.head_channels=16",
+                "--set",
+                "run.threads=1",
+                "--set",
+                "protocol.unannotated_ratio=0.5",
+            ]
+        )
+        == 0
+    )
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["labels"] == list(classes.names) and ckpt["box_labels"] == list(classes.box_names)
     assert ckpt["model"]["head.cls.bias"].shape == (len(classes),)  # one output channel per class

@@ -99,21 +99,26 @@ def test_rsna_boxes_are_the_table_rows_in_x_y_w_h(rsna_root):
 
 def test_rsna_detailed_class_info_decides_the_negatives(tmp_path):
     (tmp_path / "stage_2_train_labels.csv").write_text(
-        "patientId,x,y,width,height,Target\na,,,,,0\nb,,,,,0\nc,1,2,3,4,1\nc,5,6,7,8,1\n")
+        "patientId,x,y,width,height,Target\na,,,,,0\nb,,,,,0\nc,1,2,3,4,1\nc,5,6,7,8,1\n"
+    )
     (tmp_path / "stage_2_detailed_class_info.csv").write_text(
-        "patientId,class\na,Normal\nb,No Lung Opacity / Not Normal\nc,Lung Opacity\n")
+        "patientId,class\na,Normal\nb,No Lung Opacity / Not Normal\nc,Lung Opacity\n"
+    )
     index = open_index(tmp_path)
     assert index.dataset == "rsna"
     assert [r.no_finding for r in index] == [True, False, False]
     assert [b.xywh() for b in index["c.dcm"].boxes] == [(1, 2, 3, 4), (5, 6, 7, 8)]
 
 
-@pytest.mark.parametrize("rows, match", [
-    ("a,1,2,3,4,0\n", "a box on a Target 0 row"),
-    ("a,,,,,1\n", "not four numbers"),
-    ("a,1,2,0,4,1\n", "invalid box"),
-    ("a,,,,,0\na,1,2,3,4,1\n", "Target 0 and Target 1"),
-])
+@pytest.mark.parametrize(
+    "rows, match",
+    [
+        ("a,1,2,3,4,0\n", "a box on a Target 0 row"),
+        ("a,,,,,1\n", "not four numbers"),
+        ("a,1,2,0,4,1\n", "invalid box"),
+        ("a,,,,,0\na,1,2,3,4,1\n", "Target 0 and Target 1"),
+    ],
+)
 def test_rsna_bad_rows_name_file_and_line(tmp_path, rows, match):
     path = tmp_path / "stage_2_train_labels.csv"
     path.write_text("patientId,x,y,width,height,Target\n" + rows)
@@ -155,8 +160,16 @@ def test_vindr_boxes_become_x_y_w_h_and_labels_are_any_reader(vindr_unmerged, vi
     for image_id in list(by_image)[:300]:
         rec = index[f"{image_id}.dicom"]
         rows = [r for r in by_image[image_id] if r["class_name"] != "No finding"]
-        want = Counter((r["class_name"], float(r["x_min"]), float(r["y_min"]), float(r["x_max"]) - float(r["x_min"]),
-                        float(r["y_max"]) - float(r["y_min"])) for r in rows)
+        want = Counter(
+            (
+                r["class_name"],
+                float(r["x_min"]),
+                float(r["y_min"]),
+                float(r["x_max"]) - float(r["x_min"]),
+                float(r["y_max"]) - float(r["y_min"]),
+            )
+            for r in rows
+        )
         assert Counter((b.label, *b.xywh()) for b in rec.boxes) == want
         assert set(rec.labels) == {r["class_name"] for r in rows}
         assert rec.no_finding == (not rows)
@@ -166,6 +179,7 @@ def test_vindr_boxes_become_x_y_w_h_and_labels_are_any_reader(vindr_unmerged, vi
 def _slow_merge(boxes: list[Box], rule: str, t: float) -> list[tuple]:
     """Reference: per class, start from singletons and join any two groups holding a pair at IoU >= t until
     none is left; fuse each group by the mean of its corners or their enclosing box."""
+
     def iou(a, b):
         ix = max(0.0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
         iy = max(0.0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
@@ -211,7 +225,9 @@ def test_merge_matches_the_slow_reference_on_real_vindr_rows(vindr_unmerged, rul
         slow = _slow_merge(rec.boxes, rule, t)
         assert len(fast) == len(slow), rec.name
         for f, s in zip(fast, slow):
-            assert f[0] == s[0] and f[5] == s[5] and all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(f[1:5], s[1:5]))
+            assert (
+                f[0] == s[0] and f[5] == s[5] and all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(f[1:5], s[1:5]))
+            )
         merged_some += len(fast) < len(rec.boxes)
     assert merged_some > 100  # the real readers' boxes do overlap
 
@@ -238,11 +254,8 @@ def test_merge_rules_on_a_hand_example():
 def _write_csv_root(root: Path, boxes: str | None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "images.csv").write_text(
-        "image,labels,patient\n"
-        "a.png,Nodule|Fibrosis,p1\n"
-        "b.png,No Finding,p1\n"
-        "c.png,,p2\n"
-        "d.png,Fibrosis,p3\n")
+        "image,labels,patient\na.png,Nodule|Fibrosis,p1\nb.png,No Finding,p1\nc.png,,p2\nd.png,Fibrosis,p3\n"
+    )
     if boxes is not None:
         (root / "boxes.csv").write_text(boxes)
     return root
@@ -272,11 +285,14 @@ def test_csv_layout_merges_only_with_a_reader_column(tmp_path):
     assert read.summary()["readers"] == 2 and read.summary()["reader_boxes"] == 2
 
 
-@pytest.mark.parametrize("boxes, match", [
-    ("image,label,x,y,w,h\na.png,Nodule,1,2,3\n", r"boxes.csv: line 2: box .* is not four numbers"),
-    ("image,label,x,y,w,h\na.png,Nodule,1,2,-3,4\n", r"boxes.csv: line 2: invalid box"),
-    ("image,label,x,y\n", r"boxes.csv: line 1: malformed header, no column 'w'"),
-])
+@pytest.mark.parametrize(
+    "boxes, match",
+    [
+        ("image,label,x,y,w,h\na.png,Nodule,1,2,3\n", r"boxes.csv: line 2: box .* is not four numbers"),
+        ("image,label,x,y,w,h\na.png,Nodule,1,2,-3,4\n", r"boxes.csv: line 2: invalid box"),
+        ("image,label,x,y\n", r"boxes.csv: line 1: malformed header, no column 'w'"),
+    ],
+)
 def test_csv_layout_bad_box_rows_name_file_and_line(tmp_path, boxes, match):
     with pytest.raises(ValueError, match=match):
         open_index(_write_csv_root(tmp_path, boxes))

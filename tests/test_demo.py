@@ -33,6 +33,11 @@ def test_fast_demo_writes_a_complete_report(tmp_path, capsys):
     assert "## Alignment" in report and "of the warp removed" in report  # the alignment residual
     assert "## Calibration-free localization" in report and "| pointing game |" in report
     assert json.loads((out / "alignment.json").read_text())["warp"]["baseline_px"] > 0
+    # CIA-Net contrasts with the patient's earlier normal study where there is one (issue 20), and says how often
+    pairing = json.loads((out / "runs" / "cianet" / "negatives.json").read_text())
+    assert pairing["strategy"] == "prior" and pairing["counts"].get("prior", 0) > 0, pairing
+    line = next(x for x in report.splitlines() if x.startswith("CIA-Net's negatives (prior, fallback sim)"))
+    assert f"prior {pairing['counts']['prior']}" in line
     for fig in ("canonical.png", "alignment.png", "attention.png", "boxes.png"):
         assert (out / "figures" / fig).stat().st_size > 1000, fig
     for kind in ("baseline", "cianet"):
@@ -68,4 +73,7 @@ def test_fast_demo_writes_a_complete_report(tmp_path, capsys):
     for kind in ("baseline", "cianet"):
         saved = json.loads((out / "runs" / kind / "metrics.json").read_text())
         assert res["runs"][kind]["run"] == str(out / "runs" / kind)
-        assert res["runs"][kind]["n_boxes"] == saved["n_boxes"] and res["runs"][kind]["auc"]["Mean"] == saved["auc"]["Mean"]
+        assert (
+            res["runs"][kind]["n_boxes"] == saved["n_boxes"]
+            and res["runs"][kind]["auc"]["Mean"] == saved["auc"]["Mean"]
+        )

@@ -9,12 +9,7 @@ import pytest
 import torch
 
 from cianet.config import load_config
-from helpers import tiny_config, write_tiny_nih
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return write_tiny_nih(tmp_path_factory.mktemp("tiny_nih"))
+from helpers import tiny_config
 
 
 def _weights(run_dir):
@@ -22,10 +17,10 @@ def _weights(run_dir):
 
 
 @pytest.mark.slow
-def test_resumed_run_ends_with_the_same_weights(tiny_root, tmp_path, monkeypatch):
+def test_resumed_run_ends_with_the_same_weights(tiny_root, trained_run, tmp_path, monkeypatch):
     from cianet.training import loop as tr
 
-    straight = tr.fit(tiny_config(tmp_path / "straight", tiny_root))
+    straight = trained_run  # the same recipe on the same data, trained without interruption
 
     real_epoch = tr.train_one_epoch
     calls = {"n": 0}
@@ -56,8 +51,8 @@ def test_resumed_run_ends_with_the_same_weights(tiny_root, tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_checkpoint(tiny_root, tmp_path, monkeypatch):
-    from cianet.training import loop as tr
     import cianet.losses as losses
+    from cianet.training import loop as tr
 
     cfg = tiny_config(tmp_path / "nan", tiny_root, optim__epochs=1)
     real = losses.cianet_loss
@@ -76,15 +71,16 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tiny_root, tmp_path, mon
 @pytest.mark.slow
 def test_identity_alignment_gives_the_same_localization_as_none(tiny_root, tmp_path):
     """The aligned path (regions rasterized in the image frame) agrees with the exact unaligned path."""
+    from cianet.models.alignment import AlignmentNet
     from cianet.run.loaders import make_loaders
     from cianet.run.networks import build_network
     from cianet.run.protocol import build_run_data
     from cianet.run.scoring import evaluate
-    from cianet.models.alignment import AlignmentNet
 
     # the 2 x 2 grid of a plain trunk at 64 px: large cells, so random regions overlap the boxes
-    cfg = tiny_config(tmp_path / "eval", tiny_root, model__kind="baseline", model__output_stride=32,
-                      model__last_stage="c5")
+    cfg = tiny_config(
+        tmp_path / "eval", tiny_root, model__kind="baseline", model__output_stride=32, model__last_stage="c5"
+    )
     torch.manual_seed(0)
     model = build_network(cfg)
     with torch.no_grad():  # zero bias, larger weights: cell probabilities spread around 0.5, regions vary
@@ -94,8 +90,7 @@ def test_identity_alignment_gives_the_same_localization_as_none(tiny_root, tmp_p
     _, _, test_ds, loader = make_loaders(cfg, data)
     plain = evaluate(model, loader, torch.device("cpu"), progress=False, keep_predictions=True)
     ident = AlignmentNet(input_size=64).eval()  # identity at initialization
-    aligned = evaluate(model, loader, torch.device("cpu"), align_net=ident, progress=False,
-                       keep_predictions=True)
+    aligned = evaluate(model, loader, torch.device("cpu"), align_net=ident, progress=False, keep_predictions=True)
     assert plain["n_boxes"] > 0
     assert (plain["ious"] > 0).any() and (plain["ious"] < 1).any()  # non-trivial regions
     np.testing.assert_allclose(aligned["ious"], plain["ious"], atol=1e-6)
@@ -103,7 +98,7 @@ def test_identity_alignment_gives_the_same_localization_as_none(tiny_root, tmp_p
 
 
 def test_config_overrides_and_errors(tmp_path):
-    from cianet.config import apply_overrides, load_config, save_config
+    from cianet.config import apply_overrides, save_config
 
     cfg = load_config("paper", ["optim.lr=0.05", "model.test_upsample=null"])
     assert cfg.optim.lr == 0.05 and cfg.model.test_upsample is None
@@ -125,11 +120,41 @@ def test_torchrun_two_processes_on_cpu(tiny_root, tmp_path):
     import sys
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "cianet", "train", "--config", "tiny", "--data-root", str(tiny_root), "--image-size", "64",
-           "--epochs", "2", "--batch-size", "4", "--out", str(out), "--no-progress", "--align", "none",
-           "--set", "model.test_upsample=16", "--set", "model.head_channels=16", "--set", "run.threads=1",
-           "--set", "run.tensorboard=true"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "cianet",
+        "train",
+        "--config",
+        "tiny",
+        "--data-root",
+        str(tiny_root),
+        "--image-size",
+        "64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--align",
+        "none",
+        "--set",
+        "model.test_upsample=16",
+        "--set",
+        "model.head_channels=16",
+        "--set",
+        "run.threads=1",
+        "--set",
+        "run.tensorboard=true",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,12 +6,11 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
-
-from helpers import tiny_config, write_tiny_nih
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -23,11 +22,16 @@ def png_size(data: bytes) -> tuple[int, int]:
 def test_loss_series_places_steps_within_their_epoch():
     from cianet.evaluation.plots import loss_series
 
-    records = [{"event": "step", "epoch": 0, "step": 0, "loss": 2.0}, {"event": "step", "epoch": 0, "step": 20, "loss": 1.5},
-               {"event": "step", "epoch": 0, "step": 40, "loss": 1.0},
-               {"event": "epoch", "epoch": 0, "train_loss": 1.4, "val_auc_mean": 0.6},
-               {"event": "step", "epoch": 1, "step": 0, "loss": 0.9}, {"event": "step", "epoch": 1, "step": 20, "loss": 0.8},
-               {"event": "epoch", "epoch": 1, "train_loss": 0.85}, {"event": "final", "weights": "last"}]
+    records = [
+        {"event": "step", "epoch": 0, "step": 0, "loss": 2.0},
+        {"event": "step", "epoch": 0, "step": 20, "loss": 1.5},
+        {"event": "step", "epoch": 0, "step": 40, "loss": 1.0},
+        {"event": "epoch", "epoch": 0, "train_loss": 1.4, "val_auc_mean": 0.6},
+        {"event": "step", "epoch": 1, "step": 0, "loss": 0.9},
+        {"event": "step", "epoch": 1, "step": 20, "loss": 0.8},
+        {"event": "epoch", "epoch": 1, "train_loss": 0.85},
+        {"event": "final", "weights": "last"},
+    ]
     s = loss_series(records)
     assert s["step"][0] == pytest.approx([0.0, 20 / 41, 40 / 41, 1.0, 1 + 20 / 21])
     assert s["step"][1] == [2.0, 1.5, 1.0, 0.9, 0.8]
@@ -55,27 +59,36 @@ def test_figures_are_pngs_and_skip_what_cannot_be_drawn(tmp_path):
 def test_metrics_markdown_lists_intervals_and_plots():
     from cianet.run.scoring import metrics_markdown
 
-    m = {"localization": {"0.5": {"Mass": 0.5, "Mean": 0.5}}, "auc": {"Mass": 0.7, "Mean": 0.7}, "n_images": 3,
-         "n_boxes": 2, "ci": {"n_boot": 100, "confidence": 0.9, "auc": {"value": 0.7, "low": 0.6, "high": None},
-                              "localization": {"0.5": {"value": 0.5, "low": 0.25, "high": 0.75}}},
-         "plots": {"roc": "roc.png", "loss": "loss.png"}}
+    m = {
+        "localization": {"0.5": {"Mass": 0.5, "Mean": 0.5}},
+        "auc": {"Mass": 0.7, "Mean": 0.7},
+        "n_images": 3,
+        "n_boxes": 2,
+        "ci": {
+            "n_boot": 100,
+            "confidence": 0.9,
+            "auc": {"value": 0.7, "low": 0.6, "high": None},
+            "localization": {"0.5": {"value": 0.5, "low": 0.25, "high": 0.75}},
+        },
+        "plots": {"roc": "roc.png", "loss": "loss.png"},
+    }
     md = metrics_markdown(m)
     assert "90% intervals from 100 bootstrap resamples" in md
     assert "mean AUC: 0.700 n/a" in md and "T(IoU) = 0.5: 0.500 [0.250, 0.750]" in md
     assert "![ROC per class](roc.png)" in md and "![Training loss](loss.png)" in md
 
 
-@pytest.mark.slow  # trains a tiny run, evaluates it and builds its page
-def test_evaluate_writes_plots_and_intervals_and_view_shows_them(tmp_path, capsys):
+@pytest.mark.slow  # evaluates the session's tiny trained run and builds its page
+def test_evaluate_writes_plots_and_intervals_and_view_shows_them(trained_run, tmp_path, capsys):
     from cianet.cli import main
     from cianet.metrics import auc_per_class
     from cianet.run.scoring import read_predictions
-    from cianet.training.loop import fit
 
-    root = write_tiny_nih(tmp_path / "data")
-    run = fit(tiny_config(tmp_path / "run", root))
+    run = shutil.copytree(trained_run, tmp_path / "run")  # evaluate writes into the run: a copy of the shared one
     capsys.readouterr()
-    assert main(["evaluate", "--run", str(run), "--device", "cpu", "--no-progress", "--json", "--bootstrap", "300"]) == 0
+    assert (
+        main(["evaluate", "--run", str(run), "--device", "cpu", "--no-progress", "--json", "--bootstrap", "300"]) == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     m = json.loads((run / "metrics.json").read_text())
     assert printed["ci"] == m["ci"] and m["ci"]["n_boot"] == 300
@@ -125,14 +138,24 @@ def test_bootstrap_intervals_match_the_metrics_and_skip_undefined_ones():
     scores = np.clip(0.5 * labels + 0.7 * rng.random((30, 3)), 0, 1)
     ious, classes = rng.random(12), np.repeat([0, 1, 2], 4)
     names = ["a", "b", "c"]
-    m = {"scores": scores, "labels": labels, "ious": ious, "box_classes": classes,
-         "auc": auc_per_class(scores, labels, names),
-         "localization": accuracy_from_ious(ious, classes, (0.1, 0.5), class_names=names)}
+    m = {
+        "scores": scores,
+        "labels": labels,
+        "ious": ious,
+        "box_classes": classes,
+        "auc": auc_per_class(scores, labels, names),
+        "localization": accuracy_from_ious(ious, classes, (0.1, 0.5), class_names=names),
+    }
     ci = bootstrap_intervals(m, n_boot=200, seed=1)
     assert ci["auc"]["value"] == pytest.approx(m["auc"]["Mean"]) and ci["auc"]["low"] < ci["auc"]["high"]
     for t in ("0.1", "0.5"):
         assert ci["localization"][t]["value"] == pytest.approx(m["localization"][t]["Mean"])
     with pytest.warns(UserWarning):
-        m0 = dict(m, labels=np.zeros_like(labels), auc=auc_per_class(scores, np.zeros_like(labels), names),
-                  ious=np.zeros(0), box_classes=np.zeros(0, int))
+        m0 = dict(
+            m,
+            labels=np.zeros_like(labels),
+            auc=auc_per_class(scores, np.zeros_like(labels), names),
+            ious=np.zeros(0),
+            box_classes=np.zeros(0, int),
+        )
     assert bootstrap_intervals(m0, n_boot=50) == {"n_boot": 50, "confidence": 0.95, "auc": None, "localization": {}}

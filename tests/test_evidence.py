@@ -4,13 +4,12 @@ the estimate, and the table's sentences (the end-to-end run on a small phantom i
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
 from cianet.config import load_config, save_config
 from cianet.errors import UsageError
-from cianet.evaluation import evidence as ev
+from cianet.experiments import evidence as ev
 from cianet.run.reuse import check_reusable, config_differences
 
 
@@ -39,7 +38,7 @@ def test_check_reusable_refuses_a_run_trained_otherwise(tmp_path):
 
 
 def test_experiment_refuses_to_compare_with_a_base_trained_otherwise(tmp_path):
-    from cianet.evaluation.experiments import run_experiment
+    from cianet.experiments.tables import run_experiment
 
     cfg = load_config("tiny")
     cfg.data.data_root = str(tmp_path / "data")
@@ -84,8 +83,14 @@ def test_estimate_scales_with_rows_seeds_images_and_machine():
 def test_row_configs_differ_only_in_what_they_compare(tmp_path):
     s = ev.EvidenceSettings()
     base = ev.base_config(None, True, s)
-    files = {"data": tmp_path / "d", "cache": tmp_path / "c", "canonical": tmp_path / "can.png",
-             "align": tmp_path / "a" / "align.pt", "hash_aligned": tmp_path / "ha.npz", "hash_plain": tmp_path / "hp.npz"}
+    files = {
+        "data": tmp_path / "d",
+        "cache": tmp_path / "c",
+        "canonical": tmp_path / "can.png",
+        "align": tmp_path / "a" / "align.pt",
+        "hash_aligned": tmp_path / "ha.npz",
+        "hash_plain": tmp_path / "hp.npz",
+    }
     cfgs = {r.name: ev.row_config(base, r, tmp_path / ev.run_slug(r.name), 11, files) for r in ev.ROWS}
     sim, sim_plain = cfgs["CIA-Net sim"], cfgs["CIA-Net sim (no align)"]
     assert sim.align.checkpoint == str(files["align"]) and sim_plain.align.checkpoint is None
@@ -93,7 +98,7 @@ def test_row_configs_differ_only_in_what_they_compare(tmp_path):
     assert sim_plain.negatives.hash_index == str(files["hash_plain"])  # unaligned codes for the unaligned row
     assert cfgs["Base"].align.checkpoint == str(files["align"]) and cfgs["Base"].model.kind == "baseline"
     assert cfgs["CIA-Net oracle (upper bound)"].negatives.strategy == "oracle"
-    for name, cfg in cfgs.items():
+    for _name, cfg in cfgs.items():
         assert cfg.run.seed == 11 and cfg.protocol.fold == 0 and cfg.protocol.val_share == 0.1
         assert (cfg.optim.epochs, cfg.optim.lr_step) == (s.epochs, s.lr_step)
         assert cfg.data.data_root == str(files["data"])
@@ -101,7 +106,9 @@ def test_row_configs_differ_only_in_what_they_compare(tmp_path):
     keys = {k for k, _, _ in config_differences(sim, sim_plain)}
     assert keys == {"align.checkpoint", "negatives.hash_index"}
     assert {k for k, _, _ in config_differences(cfgs["CIA-Net sim"], cfgs["CIA-Net random"])} == {
-        "negatives.strategy", "negatives.hash_index"}
+        "negatives.strategy",
+        "negatives.hash_index",
+    }
 
 
 def _diff(d, lo, hi):
@@ -111,13 +118,26 @@ def _diff(d, lo, hi):
 @pytest.mark.slow
 def test_markdown_states_each_interval(tmp_path):
     rows = [r for r in ev.ROWS if r.name in ("Base", "CIA-Net sim")]
-    summary = {"seeds": 2, "auc": 0.8, "localization": {"0.1": 0.7, "0.3": 0.5, "0.5": 0.4, "0.7": 0.2},
-               "pointing_game": 0.6}
-    result = {"seeds": [10, 11], "data": "phantom", "n_images": 800,
-              "rows": {"Base": summary, "CIA-Net sim": {**summary, "attention": {"hit_rate": 0.7}}},
-              "comparisons": {"CIA-Net sim - Base": {"0.5": _diff(0.1, 0.02, 0.2), "auc": _diff(-0.05, -0.09, -0.01),
-                                                     "pointing": _diff(0.01, -0.05, 0.07)}},
-              "untrained_attention": {"hit_rate": 0.1, "mass_in_boxes": 0.1, "area_share": 0.1}}
+    summary = {
+        "seeds": 2,
+        "auc": 0.8,
+        "localization": {"0.1": 0.7, "0.3": 0.5, "0.5": 0.4, "0.7": 0.2},
+        "pointing_game": 0.6,
+    }
+    result = {
+        "seeds": [10, 11],
+        "data": "phantom",
+        "n_images": 800,
+        "rows": {"Base": summary, "CIA-Net sim": {**summary, "attention": {"hit_rate": 0.7}}},
+        "comparisons": {
+            "CIA-Net sim - Base": {
+                "0.5": _diff(0.1, 0.02, 0.2),
+                "auc": _diff(-0.05, -0.09, -0.01),
+                "pointing": _diff(0.01, -0.05, 0.07),
+            }
+        },
+        "untrained_attention": {"hit_rate": 0.1, "mass_in_boxes": 0.1, "area_share": 0.1},
+    }
     md = ev.evidence_markdown(result, rows, None)
     assert "Seeds 10, 11" in md and "upper bound" in md
     line = next(x for x in md.splitlines() if x.startswith("- "))
@@ -154,8 +174,9 @@ def test_evidence_end_to_end_on_a_small_phantom_resumes_and_refuses_other_settin
     cfg = load_config("tiny")
     cfg.data.image_size, cfg.optim.batch_size, cfg.run.progress = 64, 8, False
     rows = ("Base", "CIA-Net sim", "CIA-Net oracle (upper bound)")
-    s = ev.EvidenceSettings(seeds=(10,), n_images=120, rows=rows, epochs=1, lr_step=1, align_epochs=1,
-                            align_images=64, canonical_n=40)
+    s = ev.EvidenceSettings(
+        seeds=(10,), n_images=120, rows=rows, epochs=1, lr_step=1, align_epochs=1, align_images=64, canonical_n=40
+    )
     out = tmp_path / "ev"
     said: list[str] = []
     md = ev.run_evidence(cfg, out, s, log=said.append)
@@ -169,7 +190,7 @@ def test_evidence_end_to_end_on_a_small_phantom_resumes_and_refuses_other_settin
     assert result["rows"]["CIA-Net sim"]["match"]["no_finding"] is not None
     assert "CIA-Net oracle (upper bound) - Base" in md.read_text()
     # the pool study reuses the seed's phantom, alignment, Base and CIA-Net sim, and grows only the pool
-    from cianet.evaluation.pool_study import run_pool_study
+    from cianet.experiments.pool_study import run_pool_study
 
     mtimes = {p: p.stat().st_mtime for p in out.rglob("checkpoint.pt")}
     pool_md = run_pool_study(cfg, out, seed=10, extras=(0, 60), settings=s, log=said.append)

@@ -7,20 +7,27 @@ import math
 
 import pytest
 
-from cianet.evaluation.experiments import aggregate_folds, experiment_variants, run_experiment
+from cianet.evaluation.comparisons import aggregate_folds
+from cianet.experiments.tables import experiment_variants, run_experiment
 from helpers import tiny_config, write_tiny_nih
 
 
 def test_variants_follow_the_papers_tables():
     t1 = experiment_variants("table1")
     assert [v.name for v in t1] == ["Base", "CIA-Net"]
-    assert all(v.settings["protocol"]["annotated_ratio"] == 0.8 and v.settings["protocol"]["unannotated_ratio"] == 0.5
-               for v in t1)
+    assert all(
+        v.settings["protocol"]["annotated_ratio"] == 0.8 and v.settings["protocol"]["unannotated_ratio"] == 0.5
+        for v in t1
+    )
     t2 = experiment_variants("table2")
     assert all(v.settings["protocol"]["unannotated_only"] and not v.folds for v in t2)
     t3 = experiment_variants("table3")
     assert sorted({v.settings["protocol"]["annotated_ratio"] for v in t3}) == [0.0, 0.4, 0.8]
-    assert {v.settings["negatives"]["strategy"] for v in experiment_variants("table5")} == {"sim", "random", "canonical"}
+    assert {v.settings["negatives"]["strategy"] for v in experiment_variants("table5")} == {
+        "sim",
+        "random",
+        "canonical",
+    }
     assert all(v.settings["protocol"]["kind"] == "classification" for v in experiment_variants("table4"))
     with pytest.raises(ValueError, match="--align"):
         experiment_variants("table6")
@@ -30,8 +37,10 @@ def test_variants_follow_the_papers_tables():
 
 
 def test_aggregate_is_mean_and_population_std_ignoring_missing():
-    folds = [{"localization": {"0.5": {"Mass": 0.2, "Mean": 0.4}}, "auc": {"Mass": 0.6, "Mean": None}},
-             {"localization": {"0.5": {"Mass": 0.6, "Mean": None}}, "auc": {"Mass": 0.8, "Mean": 0.7}}]
+    folds = [
+        {"localization": {"0.5": {"Mass": 0.2, "Mean": 0.4}}, "auc": {"Mass": 0.6, "Mean": None}},
+        {"localization": {"0.5": {"Mass": 0.6, "Mean": None}}, "auc": {"Mass": 0.8, "Mean": 0.7}},
+    ]
     agg = aggregate_folds(folds)
     assert agg["localization"]["0.5"]["Mass"] == pytest.approx(0.4)
     assert agg["localization_std"]["0.5"]["Mass"] == pytest.approx(0.2)
@@ -68,15 +77,23 @@ def _fake_run(run_dir, ious, classes, scores, labels):
     import numpy as np
 
     run_dir.mkdir(parents=True)
-    np.savez(run_dir / "predictions.npz", ious=np.asarray(ious, float), box_classes=np.asarray(classes),
-             scores=np.asarray(scores, float), labels=np.asarray(labels, float), box_images=np.zeros(len(ious)),
-             evidence=-np.log1p(-np.asarray(scores, float)), pointing=(np.asarray(ious, float) > 0.4) * 1.0)
+    np.savez(
+        run_dir / "predictions.npz",
+        ious=np.asarray(ious, float),
+        box_classes=np.asarray(classes),
+        scores=np.asarray(scores, float),
+        labels=np.asarray(labels, float),
+        box_images=np.zeros(len(ious)),
+        evidence=-np.log1p(-np.asarray(scores, float)),
+        pointing=(np.asarray(ious, float) > 0.4) * 1.0,
+    )
 
 
 def test_comparisons_pool_folds_per_seed_and_pair_by_seed(tmp_path):
     import numpy as np
 
-    from cianet.evaluation.experiments import compare_runs, comparison_markdown, experiment_comparisons
+    from cianet.evaluation.comparisons import compare_runs, comparison_markdown
+    from cianet.experiments.tables import experiment_comparisons
     from cianet.metrics import bootstrap_auc_difference, bootstrap_localization_difference
 
     rng = np.random.default_rng(0)
@@ -112,7 +129,7 @@ def test_comparisons_pool_folds_per_seed_and_pair_by_seed(tmp_path):
 
 def test_rows_tested_on_different_boxes_cannot_be_paired(tmp_path):
     from cianet.errors import InputError
-    from cianet.evaluation.experiments import compare_runs
+    from cianet.evaluation.comparisons import compare_runs
 
     _fake_run(tmp_path / "a", [0.5, 0.6], [0, 1], [[0.1] * 14], [[1.0] * 14])
     _fake_run(tmp_path / "b", [0.5, 0.6], [0, 2], [[0.1] * 14], [[1.0] * 14])
@@ -124,7 +141,7 @@ def test_rows_tested_on_different_boxes_cannot_be_paired(tmp_path):
 
 def test_oracle_experiment_and_seed_flags():
     from cianet.cli import main
-    from cianet.evaluation.experiments import experiment_comparisons
+    from cianet.experiments.tables import experiment_comparisons
 
     oracle = experiment_variants("oracle")
     assert [v.name for v in oracle] == ["Base", "CIA-Net+Oracle"]

@@ -38,7 +38,9 @@ def test_folded_conv_is_bn_after_conv(bias, groups, dilation):
         y = conv(x)
         loop = torch.empty_like(y)
         for c in range(6):
-            loop[:, c] = (y[:, c] - bn.running_mean[c]) / torch.sqrt(bn.running_var[c] + bn.eps) * bn.weight[c] + bn.bias[c]
+            loop[:, c] = (y[:, c] - bn.running_mean[c]) / torch.sqrt(bn.running_var[c] + bn.eps) * bn.weight[
+                c
+            ] + bn.bias[c]
         out = fold_into_conv(copy.deepcopy(conv), bn)(x)
     torch.testing.assert_close(ref, loop, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)

@@ -46,7 +46,7 @@ def test_dry_run_lists_valid_bench_commands(capsys):
     # every command's arguments are accepted by `cianet bench` (checked without running it: a bad
     # --predict-folder-images value stops it at argument checking, after everything else was parsed)
     for cmd in commands:
-        args = cmd[1:cmd.index("--out")] + ["--predict-folder-images", "0"]
+        args = cmd[1 : cmd.index("--out")] + ["--predict-folder-images", "0"]
         assert main(args) == 2
         assert "--predict-folder-images must be >= 1" in capsys.readouterr().err
 

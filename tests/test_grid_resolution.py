@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torchvision.models as tvm
@@ -38,8 +37,9 @@ def test_output_stride_32_is_the_plain_trunk(name):
         torch.testing.assert_close(a.eval()(x), b.eval()(x))
 
 
-@pytest.mark.parametrize("upto,os_,side", [("c5", 32, 4), ("c5", 16, 8), ("c5", 8, 16), ("c4", 8, 16),
-                                            ("c4", 16, 8), ("c3", 8, 16)])
+@pytest.mark.parametrize(
+    "upto,os_,side", [("c5", 32, 4), ("c5", 16, 8), ("c5", 8, 16), ("c4", 8, 16), ("c4", 16, 8), ("c3", 8, 16)]
+)
 @pytest.mark.slow
 def test_resnet18_trunk_strides(upto, os_, side):
     trunk, _ = resnet_trunk("resnet18", upto=upto, output_stride=os_)
@@ -49,8 +49,9 @@ def test_resnet18_trunk_strides(upto, os_, side):
 @pytest.mark.slow
 @pytest.mark.parametrize("last_stage,os_", [("c5", 32), ("c5", 16), ("c4", 8), ("c5", 8)])
 def test_cianet_attention_lies_on_the_feature_grid(last_stage, os_):
-    model = build_model("cianet", backbone="resnet18", head_channels=16, output_stride=os_,
-                        last_stage=last_stage).eval()
+    model = build_model(
+        "cianet", backbone="resnet18", head_channels=16, output_stride=os_, last_stage=last_stage
+    ).eval()
     x = torch.rand(2, 3, 128, 128)
     with torch.no_grad():
         out = model(x, x.flip(-1))

@@ -82,6 +82,7 @@ def write_dicom(
 
 def png_header_only(path: Path, width: int, height: int) -> Path:
     """A PNG with a valid IHDR announcing ``width x height`` but no image data (as a bomb's header)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -173,8 +174,15 @@ def test_dicom_rescale_slope_intercept(tmp_path, rng):
 def test_dicom_window_after_rescale_matches_hand_computation(tmp_path):
     # Stored 0..1999 -> HU-like y = 2x - 1000 in [-1000, 2998]; window C=500, W=1001 (LINEAR, PS3.3 C.11.2.1.2).
     arr = np.arange(2000, dtype=np.uint16).reshape(40, 50)
-    path = write_dicom(tmp_path / "w.dcm", arr, bits_stored=12, RescaleSlope="2", RescaleIntercept="-1000",
-                       WindowCenter="500", WindowWidth="1001")
+    path = write_dicom(
+        tmp_path / "w.dcm",
+        arr,
+        bits_stored=12,
+        RescaleSlope="2",
+        RescaleIntercept="-1000",
+        WindowCenter="500",
+        WindowWidth="1001",
+    )
     c, w = 500.0, 1001.0
     expected = np.zeros(arr.shape)
     for i in range(arr.shape[0]):
@@ -223,8 +231,14 @@ def test_dicom_without_installed_decoder(tmp_path):
 
     if get_decoder(JPEGLSLossless).is_available:
         pytest.skip("a JPEG-LS decoder is installed here")
-    path = write_dicom(tmp_path / "jls.dcm", None, rows=8, cols=8, transfer_syntax=JPEGLSLossless,
-                       encapsulated=b"\xff\xd8\xff\xf7" + b"\0" * 32)
+    path = write_dicom(
+        tmp_path / "jls.dcm",
+        None,
+        rows=8,
+        cols=8,
+        transfer_syntax=JPEGLSLossless,
+        encapsulated=b"\xff\xd8\xff\xf7" + b"\0" * 32,
+    )
     with pytest.raises(XrayReadError, match=r"jls\.dcm.*no decoder installed.*JPEG-LS"):
         load_xray(path)
 
@@ -235,8 +249,16 @@ def test_dicom_jpeg_baseline_decoded_or_clear_error(tmp_path, rng):
     gray = np.clip(np.cumsum(rng.normal(0, 5, size=(32, 32)), axis=0) + 128, 0, 255).astype(np.uint8)
     jpg = tmp_path / "frame.jpg"
     Image.fromarray(gray).save(jpg, quality=90)
-    path = write_dicom(tmp_path / "jpeg.dcm", None, rows=32, cols=32, bits_allocated=8, bits_stored=8,
-                       transfer_syntax=JPEGBaseline8Bit, encapsulated=jpg.read_bytes())
+    path = write_dicom(
+        tmp_path / "jpeg.dcm",
+        None,
+        rows=32,
+        cols=32,
+        bits_allocated=8,
+        bits_stored=8,
+        transfer_syntax=JPEGBaseline8Bit,
+        encapsulated=jpg.read_bytes(),
+    )
     if get_decoder(JPEGBaseline8Bit).is_available:
         with Image.open(jpg) as im:
             decoded = np.asarray(im, dtype=np.float64)

@@ -116,8 +116,9 @@ def test_build_grid_targets_unites_boxes_and_sets_mask():
     boxes = [[(2, 0, 0, 16, 16), (2, 64, 64, 16, 16), (5, 0, 0, 128, 8)], []]
     targets, mask = build_grid_targets(boxes, num_classes=8, image_size=(128, 128), grid_size=(8, 8))
     assert targets.shape == (2, 8, 8, 8) and mask.shape == (2, 8)
-    expected = np.maximum(ref_box_to_grid((0, 0, 16, 16), (128, 128), (8, 8)),
-                          ref_box_to_grid((64, 64, 16, 16), (128, 128), (8, 8)))
+    expected = np.maximum(
+        ref_box_to_grid((0, 0, 16, 16), (128, 128), (8, 8)), ref_box_to_grid((64, 64, 16, 16), (128, 128), (8, 8))
+    )
     np.testing.assert_array_equal(targets[0, 2].numpy(), expected)
     np.testing.assert_array_equal(targets[0, 5].numpy(), ref_box_to_grid((0, 0, 128, 8), (128, 128), (8, 8)))
     assert mask[0].tolist() == [0, 0, 1, 0, 0, 1, 0, 0]
@@ -179,7 +180,7 @@ def test_mil_extreme_constant_logits_match_mpmath(n, value, label):
 
 def test_mil_mixed_extreme_logits_match_mpmath_and_have_finite_gradients():
     torch.manual_seed(2)
-    z = (torch.rand(2, 2, 16, 16, dtype=torch.float64) * 100 - 50)
+    z = torch.rand(2, 2, 16, 16, dtype=torch.float64) * 100 - 50
     z[1, 0] = -50 + torch.rand(16, 16, dtype=torch.float64)  # almost surely negative everywhere
     z[1, 1, 0, 0] = 50.0
     y = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)

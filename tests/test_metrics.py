@@ -119,8 +119,11 @@ def test_localization_threshold_is_strict_and_empty_is_miss():
 def test_localization_accuracy_reference_and_mean():
     rng = np.random.default_rng(2)
     probs = rng.random((4, 8, 16, 16))
-    boxes = [(int(rng.integers(0, 4)), c, *rng.integers(0, 100, 2), *rng.integers(8, 60, 2)) for c in range(8)
-             for _ in range(3)]
+    boxes = [
+        (int(rng.integers(0, 4)), c, *rng.integers(0, 100, 2), *rng.integers(8, 60, 2))
+        for c in range(8)
+        for _ in range(3)
+    ]
     res = localization_accuracy(probs, boxes, (128, 128))
     assert list(res) == ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7"]
     ious = [raster_iou(probs[i, c] > 0.5, b, (128, 128)) for i, c, *b in boxes]

@@ -87,8 +87,14 @@ def test_query_matches_brute_force_loop_with_exclusions():
         got = index.query(queries, exclude_names=q_names, exclude_patients=excl_pat, chunk=7)
         naive = query_naive(index, queries, exclude_names=q_names, exclude_patients=excl_pat)
         for k in range(40):
-            ref, ref_sim = brute_nearest(index.codes.astype(float).tolist(), index.names, index.patients,
-                                         queries[k].tolist(), q_names[k], excl_pat[k] if excl_pat else None)
+            ref, ref_sim = brute_nearest(
+                index.codes.astype(float).tolist(),
+                index.names,
+                index.patients,
+                queries[k].tolist(),
+                q_names[k],
+                excl_pat[k] if excl_pat else None,
+            )
             assert got[k] == ref and naive[k] == ref
             assert index.names[got[k]] != q_names[k]
             if excl_pat is not None:
@@ -145,13 +151,19 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="other.npz: not a cianet hash index"):
         HashIndex.load(other)
     bad = tmp_path / "bad.npz"
-    np.savez(bad, format=np.array("cianet-hash-index-v1"), codes=np.zeros(5), names=np.array(["a"]),
-             patients=np.array(["p"]))
+    np.savez(
+        bad, format=np.array("cianet-hash-index-v1"), codes=np.zeros(5), names=np.array(["a"]), patients=np.array(["p"])
+    )
     with pytest.raises(ValueError, match="bad.npz: hash index codes have wrong shape"):
         HashIndex.load(bad)
     mism = tmp_path / "mism.npz"
-    np.savez(mism, format=np.array("cianet-hash-index-v1"), codes=np.zeros((2, 4)), names=np.array(["a"]),
-             patients=np.array(["p", "q"]))
+    np.savez(
+        mism,
+        format=np.array("cianet-hash-index-v1"),
+        codes=np.zeros((2, 4)),
+        names=np.array(["a"]),
+        patients=np.array(["p", "q"]),
+    )
     with pytest.raises(ValueError, match="mism.npz: hash index has 2 codes"):
         HashIndex.load(mism)
 
@@ -166,8 +178,14 @@ def test_build_hash_index_reports_unreadable(tmp_path):
         return images[name]
 
     errors = []
-    index = build_hash_index(list(images), [f"p{i}" for i in range(6)], load, workers=2, progress=False,
-                             on_error=lambda n, e: errors.append(n))
+    index = build_hash_index(
+        list(images),
+        [f"p{i}" for i in range(6)],
+        load,
+        workers=2,
+        progress=False,
+        on_error=lambda n, e: errors.append(n),
+    )
     assert errors == ["n3"] and index.names == ["n0", "n1", "n2", "n4", "n5"]
     np.testing.assert_allclose(index.codes[3], hash_codes(images["n4"][None])[0], rtol=1e-6)
     with pytest.raises(ValueError, match="truncated"):
@@ -185,8 +203,9 @@ def test_sampler_sim_random_canonical(tmp_path):
     sim = NegativeSampler("sim", index, exclude_same_patient=True)
     got = sim.pair(names, codes, patients)
     for k, neg in enumerate(got):
-        ref, _ = brute_nearest(index.codes.astype(float).tolist(), index.names, index.patients,
-                               codes[k].tolist(), names[k], patients[k])
+        ref, _ = brute_nearest(
+            index.codes.astype(float).tolist(), index.names, index.patients, codes[k].tolist(), names[k], patients[k]
+        )
         assert neg == index.names[ref] and neg != names[k]
         assert index.patients[index.index_of(neg)] != patients[k]
     # Cached: later calls need no codes; save / load round trip into a fresh sampler.
@@ -239,14 +258,15 @@ def test_hash_command_end_to_end(tmp_path):
     pytest.importorskip("cianet.data.nih")
     pytest.importorskip("cianet.data.io")
     from cianet.cli import main
-
     from helpers import TinyImage, write_nih
 
     rng = np.random.default_rng(11)
     root = tmp_path / "nih"
     imgs = {f"{i + 1:08d}_000.png": (rng.random((64, 64)) * 255).astype(np.uint8) for i in range(6)}
-    write_nih(root, [TinyImage(name, arr, "No Finding" if i < 4 else "Mass", i + 1)
-                     for i, (name, arr) in enumerate(imgs.items())])
+    write_nih(
+        root,
+        [TinyImage(name, arr, "No Finding" if i < 4 else "Mass", i + 1) for i, (name, arr) in enumerate(imgs.items())],
+    )
     out = tmp_path / "hash.npz"
     assert main(["hash", "--data-root", str(root), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
     index = HashIndex.load(out)
@@ -259,11 +279,16 @@ def test_hash_command_end_to_end(tmp_path):
     # From an image cache (32 x 32 uint8 rows): codes of the cached images, one of them only on disk.
     cache_mod = pytest.importorskip("cianet.data.cache")
     cached = list(imgs)[:3]
-    cache = cache_mod.build_cache([(n, root / "images" / n) for n in cached], 32, tmp_path / "cache", workers=1,
-                                  progress=False)
+    cache = cache_mod.build_cache(
+        [(n, root / "images" / n) for n in cached], 32, tmp_path / "cache", workers=1, progress=False
+    )
     out2 = tmp_path / "hash_cache.npz"
-    assert main(["hash", "--data-root", str(root), "--out", str(out2), "--cache", str(tmp_path / "cache"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["hash", "--data-root", str(root), "--out", str(out2), "--cache", str(tmp_path / "cache"), "--no-progress"]
+        )
+        == 0
+    )
     index2 = HashIndex.load(out2)
     assert sorted(index2.names) == sorted(list(imgs)[:4])
     for n in cached:

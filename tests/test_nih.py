@@ -99,11 +99,24 @@ def test_real_nih_counts(nih_index):
 def test_real_nih_cli_json(nih_metadata_dir, capsys):
     assert main(["index", "--data-root", str(nih_metadata_dir), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
-    for key in ("images", "patients", "no_finding", "annotated_images", "boxes", "boxes_per_class",
-                "missing_files", "per_label"):
+    for key in (
+        "images",
+        "patients",
+        "no_finding",
+        "annotated_images",
+        "boxes",
+        "boxes_per_class",
+        "missing_files",
+        "per_label",
+    ):
         assert key in s
     assert (s["images"], s["patients"], s["no_finding"], s["annotated_images"], s["boxes"]) == (
-        112_120, 30_805, 60_361, 880, 984)
+        112_120,
+        30_805,
+        60_361,
+        880,
+        984,
+    )
     assert s["boxes_per_class"]["Atelectasis"] == 180 and s["boxes_per_class"]["Nodule"] == 79
 
 
@@ -113,8 +126,16 @@ def test_real_sample(nih_sample_dir, capsys):
     s = idx.summary()
     assert (s["images"], s["boxes"], s["no_finding"], s["missing_files"]) == (274, 16, 66, 0)
     assert all(r.path is not None and r.path.name == r.name and r.path.is_file() for r in idx)
-    argv = ["index", "--data-root", str(nih_sample_dir), "--json", "--entry-csv", kw["entry_csv"],
-            "--bbox-csv", kw["bbox_csv"]]
+    argv = [
+        "index",
+        "--data-root",
+        str(nih_sample_dir),
+        "--json",
+        "--entry-csv",
+        kw["entry_csv"],
+        "--bbox-csv",
+        kw["bbox_csv"],
+    ]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["boxes"] == 16
     # without the override the error names the root and what it looked for

@@ -43,14 +43,17 @@ def test_onnx_matches_pytorch(exported):
     phantom = np.stack([synthetic_chest(rng, SIZE, SIZE, lesion=True) for _ in range(3)])[:, None]
     cases = [
         (rng.random((1, 1, SIZE, SIZE), np.float32), rng.standard_normal((1, g, g)).astype(np.float32)),
-        (phantom.astype(np.float32), pred.bank_maps[:3].numpy() if len(pred.bank_names) >= 3 else
-         pred.bank_maps[[0, 0, 0]].numpy()),
+        (
+            phantom.astype(np.float32),
+            pred.bank_maps[:3].numpy() if len(pred.bank_names) >= 3 else pred.bank_maps[[0, 0, 0]].numpy(),
+        ),
     ]
     for image, m_neg in cases:  # batch 1 and batch 3 through the same (dynamic-batch) graph
         logits, test_logits, delta = sess.run(None, {"image": image, "m_neg": m_neg})
         with torch.no_grad():
-            ref = pred.model(gray_to_input(torch.from_numpy(image)), m_neg=torch.from_numpy(m_neg),
-                             upsample=False, return_feats=True)
+            ref = pred.model(
+                gray_to_input(torch.from_numpy(image)), m_neg=torch.from_numpy(m_neg), upsample=False, return_feats=True
+            )
             ref_test = pred.model._head(ref["f_bar"], True)
         assert logits.shape == (len(image), 14, g, g) and test_logits.shape == (len(image), 14, U, U)
         assert np.abs(logits - ref["logits"].numpy()).max() < 1e-4
@@ -61,8 +64,8 @@ def test_onnx_matches_pytorch(exported):
 def test_onnx_sidecars_and_metadata(exported):
     import onnx
 
-    from cianet.run.bundle_file import load_bundle
     from cianet.labels import LABELS
+    from cianet.run.bundle_file import load_bundle
 
     bundle, path = exported
     raw = path.read_bytes()  # no install or source paths of the exporting machine (issue 11)

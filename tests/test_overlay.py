@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cianet.inference.overlay import (BOX_WIDTH, HEAT_ALPHA, TAB10, colormap_table, encode_png, overlay_layout,
-                                      render_overlay, write_overlay)
+from cianet.inference.overlay import (
+    BOX_WIDTH,
+    HEAT_ALPHA,
+    TAB10,
+    colormap_table,
+    encode_png,
+    overlay_layout,
+    render_overlay,
+    write_overlay,
+)
 from cianet.inference.predictor import PredictedBox, PredictionResult
 from cianet.labels import BOX_LABELS, LABELS
 from cianet.models.alignment import masks_to_original
@@ -26,10 +34,17 @@ def _result(size=(512, 512), boxes=(), heatmaps=None, attention=None, align_para
     probabilities = {lab: 0.2 for lab in LABELS}
     probabilities.update(probs or {})
     heat = np.zeros((len(BOX_LABELS), grid, grid), np.float32) if heatmaps is None else heatmaps
-    return PredictionResult(source="/data/xr/case-01.png", image_size=size, probabilities=probabilities,
-                            boxes=list(boxes), heatmaps=heat, attention=attention, align_params=align_params,
-                            negative=None if attention is None else "neg-7.png",
-                            logits=np.zeros((len(LABELS), 8, 8), np.float32))
+    return PredictionResult(
+        source="/data/xr/case-01.png",
+        image_size=size,
+        probabilities=probabilities,
+        boxes=list(boxes),
+        heatmaps=heat,
+        attention=attention,
+        align_params=align_params,
+        negative=None if attention is None else "neg-7.png",
+        logits=np.zeros((len(LABELS), 8, 8), np.float32),
+    )
 
 
 def _render(result, thresholds=None) -> np.ndarray:
@@ -42,7 +57,7 @@ def _render(result, thresholds=None) -> np.ndarray:
 
 def _crop(rgb: np.ndarray, rect) -> np.ndarray:
     x, y, w, h = rect
-    return rgb[y:y + h, x:x + w]
+    return rgb[y : y + h, x : x + w]
 
 
 def _is_gray(px: np.ndarray) -> np.ndarray:
@@ -64,31 +79,31 @@ def test_box_outline_has_the_class_colour_where_the_box_maps_in_the_display():
     panel = _crop(rgb, lay.boxes_panel)
     mid = (y0 + y1) // 2
     for col in (x0, x0 + BOX_WIDTH - 1, x1 - BOX_WIDTH + 1, x1):  # left and right edges, over the rows below the label
-        assert (panel[y0 + 20:y1 - 2, col] == color).all(), col
+        assert (panel[y0 + 20 : y1 - 2, col] == color).all(), col
     for row in (y1 - BOX_WIDTH + 1, y1):  # bottom edge
-        assert (panel[row, x0:x1 + 1] == color).all(), row
+        assert (panel[row, x0 : x1 + 1] == color).all(), row
     # across the middle row: exactly the two edges are coloured, the rest is the plain X-ray
     line = panel[mid]
     coloured = np.flatnonzero((line == color).all(axis=1))
     assert coloured.tolist() == [x0, x0 + 1, x1 - 1, x1]
     assert (np.delete(line, coloured, axis=0) == GRAY_U8).all()
     # the label "Mass 0.87" on a filled patch of the box colour inside its top-left corner, in white
-    label = panel[y0 + BOX_WIDTH + 1:y0 + BOX_WIDTH + 12, x0 + BOX_WIDTH + 1:x0 + BOX_WIDTH + 50]
+    label = panel[y0 + BOX_WIDTH + 1 : y0 + BOX_WIDTH + 12, x0 + BOX_WIDTH + 1 : x0 + BOX_WIDTH + 50]
     assert (label == color).all(axis=-1).mean() > 0.4
     assert (label.min(axis=-1) > 230).any()
     # the legend, below the X-ray (never over it), shows every box class colour
     lx, ly = lay.legend
     assert ly >= lay.boxes_panel[1] + lay.boxes_panel[3]
-    legend = rgb[ly:ly + 15 * (len(BOX_LABELS) // 2 + 1) + 10, lx:lx + 512]
-    for c in TAB10[:len(BOX_LABELS)]:
+    legend = rgb[ly : ly + 15 * (len(BOX_LABELS) // 2 + 1) + 10, lx : lx + 512]
+    for c in TAB10[: len(BOX_LABELS)]:
         assert (legend == c).all(axis=-1).sum() >= 20, c
 
 
 def test_heatmap_panel_is_jet_tinted_where_hot_and_plain_gray_where_cold():
     k = BOX_LABELS.index("Effusion")
     heat = np.zeros((len(BOX_LABELS), 16, 16), np.float32)
-    heat[k, :8, :8] = 1.0   # top left: jet's top (dark red)
-    heat[k, 8:, :8] = 0.5   # bottom left: jet's middle (green)
+    heat[k, :8, :8] = 1.0  # top left: jet's top (dark red)
+    heat[k, 8:, :8] = 0.5  # bottom left: jet's middle (green)
     heat[k, :8, 8:] = 0.03  # top right: below the 0.05 floor, transparent
     rgb = _render(_result(heatmaps=heat))
     lay = overlay_layout((512, 512), len(BOX_LABELS))
@@ -119,7 +134,7 @@ def test_heatmap_region_moves_with_the_alignment_as_masks_to_original_maps_it():
     for name, params in (("identity", None), ("shifted", shifted)):
         panel = _crop(_render(_result(heatmaps=heat, align_params=params)), lay.heat_panels[k])
         tinted[name] = ~_is_gray(panel)
-        expected = masks_to_original(heat[k:k + 1], params or (0.0, 0.0, 1.0, 1.0, 0.0), (w, h))[0] >= 0.05
+        expected = masks_to_original(heat[k : k + 1], params or (0.0, 0.0, 1.0, 1.0, 0.0), (w, h))[0] >= 0.05
         assert np.array_equal(tinted[name], expected), name
     # independent of masks_to_original: the region's centre moved by tx/2 and ty/2 of the panel
     (ys0, xs0), (ys1, xs1) = (np.argwhere(tinted[n]).mean(axis=0) for n in ("identity", "shifted"))
@@ -150,11 +165,20 @@ def test_baseline_non_square_and_small_images_render():
     assert (_crop(rgb, lay.attention_panel) == GRAY_U8).all()
 
     rng = np.random.default_rng(3)
-    boxes = [PredictedBox(BOX_LABELS[i % 8], *rng.uniform(-20, 290, 2), *rng.uniform(1, 120, 2), 0.6)
-             for i in range(150)] + [PredictedBox("Not-a-box-class", 290, 190, 30, 30, 0.9)]
+    boxes = [
+        PredictedBox(BOX_LABELS[i % 8], *rng.uniform(-20, 290, 2), *rng.uniform(1, 120, 2), 0.6) for i in range(150)
+    ] + [PredictedBox("Not-a-box-class", 290, 190, 30, 30, 0.9)]
     heat = rng.random((len(BOX_LABELS), 32, 32)).astype(np.float32)
-    rgb = _render(_result(size=(300, 200), boxes=boxes, heatmaps=heat, attention=rng.standard_normal((8, 8)),
-                          align_params=(0.05, -0.1, 1.1, 0.9, 0.2), grid=32))
+    rgb = _render(
+        _result(
+            size=(300, 200),
+            boxes=boxes,
+            heatmaps=heat,
+            attention=rng.standard_normal((8, 8)),
+            align_params=(0.05, -0.1, 1.1, 0.9, 0.2),
+            grid=32,
+        )
+    )
     lay = overlay_layout((300, 200), len(BOX_LABELS))
     assert lay.display_size == (512, 341) and rgb.shape[1::-1] == lay.size  # scaled up to fill the panel
     assert not _is_gray(_crop(rgb, lay.attention_panel)).all()
@@ -168,7 +192,7 @@ def test_class_title_is_marked_once_the_probability_reaches_its_threshold():
 
     def title_pixels(thresholds) -> int:
         rgb = _render(_result(probs={"Nodule": 0.5}), thresholds)
-        return int((rgb[cy:cy + 22, cx - 120:cx + 120] == color).all(axis=-1).sum())
+        return int((rgb[cy : cy + 22, cx - 120 : cx + 120] == color).all(axis=-1).sum())
 
     plain, marked = title_pixels({"Nodule": 0.51}), title_pixels({"Nodule": 0.5})
     assert plain > 0 and marked > plain + 100  # bold and underlined
@@ -199,8 +223,12 @@ def test_one_box_per_class_and_labels_that_do_not_overlap():
     """Three Mass boxes (only the best is drawn) and a Nodule box at the same corner: two labels, apart."""
     from cianet.inference.overlay import top_boxes
 
-    boxes = [PredictedBox("Mass", 100.0, 100.0, 200.0, 150.0, 0.6), PredictedBox("Mass", 100.0, 100.0, 80.0, 80.0, 0.9),
-             PredictedBox("Mass", 400.0, 400.0, 50.0, 50.0, 0.7), PredictedBox("Nodule", 100.0, 100.0, 60.0, 60.0, 0.8)]
+    boxes = [
+        PredictedBox("Mass", 100.0, 100.0, 200.0, 150.0, 0.6),
+        PredictedBox("Mass", 100.0, 100.0, 80.0, 80.0, 0.9),
+        PredictedBox("Mass", 400.0, 400.0, 50.0, 50.0, 0.7),
+        PredictedBox("Nodule", 100.0, 100.0, 60.0, 60.0, 0.8),
+    ]
     assert [(b.label, b.score) for b in top_boxes(boxes)] == [("Mass", 0.9), ("Nodule", 0.8)]
     rgb = _render(_result(boxes=boxes))
     lay = overlay_layout((512, 512), len(BOX_LABELS))
@@ -218,7 +246,7 @@ def test_each_heatmap_panel_has_a_colour_bar_from_0_to_1():
     jet = colormap_table("jet")
     for rect in lay.heat_bars:
         x, y, w, h = rect
-        strip = rgb[y + h // 2, x:x + w].astype(int)
+        strip = rgb[y + h // 2, x : x + w].astype(int)
         assert np.abs(strip[0] - jet[0]).max() <= 1 and np.abs(strip[-1] - jet[255]).max() <= 1
-    for (px, py, pw, ph), (x, y, w, h) in zip(lay.heat_panels, lay.heat_bars):
+    for (px, py, pw, ph), (x, y, w, _h) in zip(lay.heat_panels, lay.heat_bars):
         assert y >= py + ph and px <= x and x + w <= px + pw  # under its own panel

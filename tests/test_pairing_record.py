@@ -18,7 +18,7 @@ from helpers import SIZE, tiny_config, write_alignment, write_tiny_nih
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     """A small phantom with a twin for every image (patients with follow-ups, about half No Finding)."""
-    from cianet.data.synth import generate_dataset
+    from cianet.phantom.generator import generate_dataset
 
     root = tmp_path_factory.mktemp("phantom_pairing") / "data"
     generate_dataset(root, n_images=60, size=SIZE, seed=3, workers=1, progress=False, twins=True, prior_share=0.6)
@@ -34,8 +34,14 @@ def canonical_png(tmp_path_factory):
 
 
 def _config(tmp_path, root, strategy, canonical, **over):
-    return tiny_config(tmp_path / "run", root, negatives__strategy=strategy, align__canonical=str(canonical),
-                       protocol__val_share=0.2, **over)
+    return tiny_config(
+        tmp_path / "run",
+        root,
+        negatives__strategy=strategy,
+        align__canonical=str(canonical),
+        protocol__val_share=0.2,
+        **over,
+    )
 
 
 def _pairs(cfg, data):
@@ -68,8 +74,9 @@ def _no_twin_reads(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["sim", "random", "canonical", "prior", "prior_any", "oracle"])
-def test_no_strategy_reads_the_label_boxes_or_twin_of_the_image_it_pairs(strategy, phantom, canonical_png,
-                                                                         tmp_path, monkeypatch):
+def test_no_strategy_reads_the_label_boxes_or_twin_of_the_image_it_pairs(
+    strategy, phantom, canonical_png, tmp_path, monkeypatch
+):
     from cianet.config import NEGATIVE_STRATEGIES
     from cianet.run.protocol import build_run_data
 
@@ -131,12 +138,12 @@ def test_negatives_record_of_every_strategy(phantom, canonical_png, tmp_path):
         if strategy == "canonical":
             assert {r["negative"] for r in rows} == {"canonical"}
         if strategy == "oracle":
-            assert all(r["negative"] == f"twins/{r['image']}" and r["reason"].startswith("upper bound")
-                       for r in rows)
+            assert all(r["negative"] == f"twins/{r['image']}" and r["reason"].startswith("upper bound") for r in rows)
         if strategy == "random":
             assert all(by[n]["negative"] == train[n] for n in data.train)
             assert {r["reason"] for r in rows if r["split"] == "train"} == {
-                "random draw, redrawn every epoch (epoch 0 shown)"}
+                "random draw, redrawn every epoch (epoch 0 shown)"
+            }
         if strategy == "sim":  # the reason carries the pair's cosine, computed in float64 here
             from cianet.negatives import hash_codes
             from cianet.run.loaders import image_source
@@ -202,15 +209,19 @@ def test_prior_any_prefers_the_nearest_other_follow_up(tmp_path):
     records = {r.name: r for r in data.index.records}
     for name in list(data.train) + data.held_out:
         me = records[name]
-        others = [r for r in records.values() if r.patient_id == me.patient_id and r.name != name
-                  and not r.labels and r.follow_up != me.follow_up]
+        others = [
+            r
+            for r in records.values()
+            if r.patient_id == me.patient_id and r.name != name and not r.labels and r.follow_up != me.follow_up
+        ]
         if not others:
             assert name not in pairs and reasons[name] == "fallback: no No Finding study at another follow-up"
             continue
         best = min(others, key=lambda r: (abs(r.follow_up - me.follow_up), r.follow_up > me.follow_up))
         assert pairs[name] == best.name
         assert reasons[name] == f"prior: follow-up {best.follow_up}" + (
-            " (later)" if best.follow_up > me.follow_up else "")
+            " (later)" if best.follow_up > me.follow_up else ""
+        )
 
 
 def test_prior_fallback_is_a_validated_choice_and_canonical_needs_a_chest(tmp_path):
@@ -236,8 +247,13 @@ def test_prior_fallback_random_and_canonical(tmp_path, canonical_png):
 
     root = write_tiny_nih(tmp_path / "nih", n_patients=20, seed=1)
     for fallback in ("random", "canonical"):
-        cfg = tiny_config(tmp_path / fallback, root, negatives__strategy="prior",
-                          negatives__prior_fallback=fallback, align__canonical=str(canonical_png))
+        cfg = tiny_config(
+            tmp_path / fallback,
+            root,
+            negatives__strategy="prior",
+            negatives__prior_fallback=fallback,
+            align__canonical=str(canonical_png),
+        )
         data = build_run_data(cfg)
         train, _, pairing = _pairs(cfg, data)
         rows = pairing_rows(pairing, data)
@@ -258,8 +274,8 @@ def test_prior_fallback_random_and_canonical(tmp_path, canonical_png):
 
 @pytest.mark.slow
 def test_prior_with_alignment_pairs_the_same_priors_and_aligns_the_fallback_codes(tmp_path):
-    from cianet.run.protocol import build_run_data
     from cianet.run.pairing import prior_pairs, save_pairs
+    from cianet.run.protocol import build_run_data
 
     root = write_tiny_nih(tmp_path / "nih", n_patients=10, seed=2)
     align = write_alignment(tmp_path / "a.pt", tx=0.2, ty=-0.1)
@@ -285,11 +301,38 @@ def test_runs_record_their_pairing_and_evaluate_keeps_it(phantom, canonical_png,
 
     for strategy in ("sim", "prior", "oracle"):
         out = tmp_path / strategy
-        argv = ["train", "--config", "tiny", "--data-root", str(phantom), "--out", str(out), "--negatives", strategy,
-                "--image-size", str(SIZE), "--epochs", "1", "--backbone", "resnet18", "--pretrained", "none",
-                "--workers", "0", "--no-progress", "--unannotated-ratio", "0.5", "--set", "model.test_upsample=16",
-                "--set",
-                "model.head_channels=16", "--set", "run.tensorboard=false", "--set", "protocol.val_share=0.2"]
+        argv = [
+            "train",
+            "--config",
+            "tiny",
+            "--data-root",
+            str(phantom),
+            "--out",
+            str(out),
+            "--negatives",
+            strategy,
+            "--image-size",
+            str(SIZE),
+            "--epochs",
+            "1",
+            "--backbone",
+            "resnet18",
+            "--pretrained",
+            "none",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--unannotated-ratio",
+            "0.5",
+            "--set",
+            "model.test_upsample=16",
+            "--set",
+            "model.head_channels=16",
+            "--set",
+            "run.tensorboard=false",
+            "--set",
+            "protocol.val_share=0.2",
+        ]
         assert main(argv) == 0
         printed = capsys.readouterr().out
         counts = json.loads((out / "negatives.json").read_text())

@@ -32,13 +32,16 @@ def flags(monkeypatch):
     return set_flags
 
 
-@pytest.mark.parametrize("cpu, expected", [
-    (("avx2", "avx512f", "avx512_bf16"), "bf16"),  # Cooper Lake, Zen 4
-    (("avx2", "avx512f", "amx_tile", "amx_bf16"), "bf16"),  # Sapphire Rapids
-    (("avx2", "avx512f", "avx512bw"), "fp32"),  # AVX-512 without bfloat16: torch would emulate it
-    (("avx2", "fma"), "fp32"),  # an EPYC without AVX-512
-    ((), "fp32"),
-])
+@pytest.mark.parametrize(
+    "cpu, expected",
+    [
+        (("avx2", "avx512f", "avx512_bf16"), "bf16"),  # Cooper Lake, Zen 4
+        (("avx2", "avx512f", "amx_tile", "amx_bf16"), "bf16"),  # Sapphire Rapids
+        (("avx2", "avx512f", "avx512bw"), "fp32"),  # AVX-512 without bfloat16: torch would emulate it
+        (("avx2", "fma"), "fp32"),  # an EPYC without AVX-512
+        ((), "fp32"),
+    ],
+)
 def test_auto_is_bf16_only_on_cpus_with_native_bfloat16(flags, cpu, expected):
     from cianet.run.precision import cpu_bf16_native, resolve_precision
 
@@ -150,8 +153,9 @@ def test_evaluation_and_training_step_in_bf16(tmp_path):
     seen = []  # the dtype a convolution computed in, during the training step
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     handle = conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    losses = train_one_epoch(model, build_optimizer(model, cfg), train_loader(0), torch.device("cpu"), 0, cfg=cfg,
-                             progress=False)  # precision from cfg.run.precision
+    losses = train_one_epoch(
+        model, build_optimizer(model, cfg), train_loader(0), torch.device("cpu"), 0, cfg=cfg, progress=False
+    )  # precision from cfg.run.precision
     handle.remove()
     assert seen and set(seen) == {torch.bfloat16}
     assert np.isfinite(losses["loss"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import GRID, IMG_H, IMG_W, SIZE, U, make_run, synthetic_chest
+from helpers import GRID, IMG_H, IMG_W, U, make_run, synthetic_chest
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +75,13 @@ def test_boxes_from_heatmap_match_flood_fill(connectivity):
         prob = rng.random((U, U)) * (rng.random((U, U)) < 0.3)
         got = boxes_from_heatmap(prob, (IMG_W, IMG_H), connectivity=connectivity)
         fx, fy = IMG_W / U, IMG_H / U
-        ref = [(c0 * fx, r0 * fy, (c1 - c0) * fx, (r1 - r0) * fy) for r0, c0, r1, c1 in
-               _reference_regions(prob > 0.5, connectivity)]
+        ref = [
+            (c0 * fx, r0 * fy, (c1 - c0) * fx, (r1 - r0) * fy)
+            for r0, c0, r1, c1 in _reference_regions(prob > 0.5, connectivity)
+        ]
         assert sorted(tuple(round(v, 6) for v in b[:4]) for b in got) == sorted(
-            tuple(round(v, 6) for v in r) for r in ref)
+            tuple(round(v, 6) for v in r) for r in ref
+        )
     # Two diagonal cells: one region with 8-connectivity, two with 4.
     prob = np.zeros((U, U))
     prob[3, 3] = prob[4, 4] = 0.9
@@ -94,12 +97,11 @@ def test_boxes_with_alignment_match_the_rasterized_region():
     prob[5:9, 2:7] = 0.8
     prob[6, 4] = 0.95
     params = (0.1, -0.15, 0.8, 1.1, 0.0)
-    (x, y, w, h, score), = boxes_from_heatmap(prob, (IMG_W, IMG_H), params)
+    ((x, y, w, h, score),) = boxes_from_heatmap(prob, (IMG_W, IMG_H), params)
     region = mask_to_original(prob > 0.5, params, (IMG_W, IMG_H))
     rows, cols = np.nonzero(region)
     assert score == pytest.approx(0.95)
-    np.testing.assert_allclose([x, y, x + w, y + h], [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1],
-                               atol=1.0)
+    np.testing.assert_allclose([x, y, x + w, y + h], [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], atol=1.0)
 
 
 @pytest.mark.slow
@@ -138,7 +140,7 @@ def test_scores_inputs_and_result(bundles, tmp_path):
     assert r.image_size == (IMG_W, IMG_H) and r.heatmaps.shape == (14, U, U)
     assert r.attention.shape == (GRID, GRID)
     assert r.attention.sum() == pytest.approx(r.attention.size, rel=1e-4)  # dM cells sum to h*w
-    for k, (label, p) in enumerate(r.probabilities.items()):
+    for k, (_label, p) in enumerate(r.probabilities.items()):
         prod = 1.0
         for z in r.logits[k].astype(np.float64).ravel():
             prod *= 1.0 - 1.0 / (1.0 + np.exp(-z))
@@ -191,18 +193,39 @@ def test_predict_cli_skips_bad_files_and_reads_dicom(bundles, tmp_path, capsys):
     (src / "empty.png").write_bytes(b"")
     (src / "notes.png").write_text("not an image at all\n")
     out = tmp_path / "out"
-    rc = main(["predict", str(src), "--model", str(bundles["plain"]), "--out", str(out), "--batch-size", "2",
-               "--no-progress", "--no-overlay", "--precision", "fp32"])  # as Predictor's default, compared below
+    rc = main(
+        [
+            "predict",
+            str(src),
+            "--model",
+            str(bundles["plain"]),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+            "--no-progress",
+            "--no-overlay",
+            "--precision",
+            "fp32",
+        ]
+    )  # as Predictor's default, compared below
     assert rc == 0
     err = capsys.readouterr().err
     assert "empty.png" in err and "notes.png" in err
     rows = {Path(r["file"]).name: r for r in csv.DictReader(open(out / "predictions.csv"))}
     assert {k: v["status"] for k, v in rows.items()} == {
-        "a.png": "ok", "b.jpg": "ok", "c.dcm": "ok", "empty.png": "error", "notes.png": "error"}
+        "a.png": "ok",
+        "b.jpg": "ok",
+        "c.dcm": "ok",
+        "empty.png": "error",
+        "notes.png": "error",
+    }
     assert "empty" in rows["empty.png"]["error"] and rows["a.png"]["error"] == ""
     summary = json.loads((out / "summary.json").read_text())
     assert summary["predicted"] == 3 and sorted(Path(e["file"]).name for e in summary["errors"]) == [
-        "empty.png", "notes.png"]
+        "empty.png",
+        "notes.png",
+    ]
     for stem in ("a", "sub/b", "sub/c"):
         assert (out / f"{stem}.json").is_file()
     assert not list(out.rglob("*.png"))
@@ -216,8 +239,21 @@ def test_predict_cli_skips_bad_files_and_reads_dicom(bundles, tmp_path, capsys):
     assert "Doe" not in text and "PID-98765" not in text and "Secret" not in text and "DX" not in text
 
     out2 = tmp_path / "out2"
-    assert main(["predict", str(src / "sub" / "c.dcm"), "--model", str(bundles["plain"]), "--out", str(out2),
-                 "--include-dicom-metadata", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(src / "sub" / "c.dcm"),
+                "--model",
+                str(bundles["plain"]),
+                "--out",
+                str(out2),
+                "--include-dicom-metadata",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     res = json.loads((out2 / "c.json").read_text())
     assert res["metadata"]["dicom"]["Modality"] == "DX" and res["metadata"]["dicom"]["ViewPosition"] == "PA"
     text = (out2 / "c.json").read_text()

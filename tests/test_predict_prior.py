@@ -83,8 +83,9 @@ def test_recompute_mode_uses_the_prior_too(bundles, films):
     from cianet.inference.predictor import Predictor
 
     bank = Predictor.from_bundle(bundles["shift"]).predict(films["now"], prior=films["prior"])
-    again = Predictor.from_bundle(bundles["shift"], mode="recompute",
-                                  negative_images=lambda name: np.zeros((8, 8), np.float32))
+    again = Predictor.from_bundle(
+        bundles["shift"], mode="recompute", negative_images=lambda name: np.zeros((8, 8), np.float32)
+    )
     res = again.predict(films["now"], prior=films["prior"])
     assert res.negative_source == "prior"
     np.testing.assert_allclose(res.logits, bank.logits, atol=1e-4)
@@ -112,18 +113,33 @@ def test_predict_cli_prior_and_priors_table(bundles, films, tmp_path, capsys):
     from cianet.cli import main
 
     out = tmp_path / "one"
-    argv = ["predict", str(films["now"]), "--prior", str(films["prior"]), "--model", str(bundles["shift"]),
-            "--out", str(out), "--no-progress", "--no-overlay", "--no-heatmaps", "--json"]
+    argv = [
+        "predict",
+        str(films["now"]),
+        "--prior",
+        str(films["prior"]),
+        "--model",
+        str(bundles["shift"]),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-overlay",
+        "--no-heatmaps",
+        "--json",
+    ]
     assert main(argv) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["negatives"] == [{"file": str(films["now"]), "negative": str(films["prior"]),
-                                 "negative_source": "prior"}]
+    assert res["negatives"] == [
+        {"file": str(films["now"]), "negative": str(films["prior"]), "negative_source": "prior"}
+    ]
     record = json.loads((out / "now.json").read_text())
     assert (record["negative"], record["negative_source"]) == (str(films["prior"]), "prior")
 
     # errors, each one line naming the file, exit 2, nothing predicted
-    for prior, message in ((tmp_path / "missing.png", "missing.png does not exist"),
-                           (films["now"], "is the image itself")):
+    for prior, message in (
+        (tmp_path / "missing.png", "missing.png does not exist"),
+        (films["now"], "is the image itself"),
+    ):
         bad = [*argv[:3], str(prior), *argv[4:6], "--out", str(tmp_path / "bad"), *argv[8:]]
         assert main(bad) == 2
         assert message in capsys.readouterr().err
@@ -144,9 +160,26 @@ def test_predict_cli_prior_and_priors_table(bundles, films, tmp_path, capsys):
     table = tmp_path / "priors.csv"
     table.write_text("image,prior\nfolder/a.png,folder/old.png\nfolder/b.png," + str(films["other"]) + "\n")
     out = tmp_path / "many"
-    assert main(["predict", str(folder / "a.png"), str(folder / "b.png"), str(folder / "c.png"), "--priors",
-                 str(table), "--model", str(bundles["plain"]), "--out", str(out), "--no-progress", "--no-overlay",
-                 "--no-heatmaps"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(folder / "a.png"),
+                str(folder / "b.png"),
+                str(folder / "c.png"),
+                "--priors",
+                str(table),
+                "--model",
+                str(bundles["plain"]),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--no-overlay",
+                "--no-heatmaps",
+            ]
+        )
+        == 0
+    )
     rows = {Path(r["file"]).name: r for r in csv.DictReader(open(out / "predictions.csv"))}
     assert rows["a.png"]["negative"] == str(tmp_path / "folder" / "old.png")
     assert rows["b.png"]["negative"] == str(films["other"])
@@ -154,10 +187,38 @@ def test_predict_cli_prior_and_priors_table(bundles, films, tmp_path, capsys):
     assert rows["c.png"]["negative"] and rows["c.png"]["negative"] != rows["a.png"]["negative"]
     capsys.readouterr()
     table.write_text("image,prior\nfolder/a.png,folder/gone.png\n")
-    assert main(["predict", str(folder), "--priors", str(table), "--model", str(bundles["plain"]),
-                 "--out", str(tmp_path / "gone"), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(folder),
+                "--priors",
+                str(table),
+                "--model",
+                str(bundles["plain"]),
+                "--out",
+                str(tmp_path / "gone"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "priors.csv line 2: prior study" in capsys.readouterr().err
     table.write_text("file,before\nfolder/a.png,folder/old.png\n")
-    assert main(["predict", str(folder), "--priors", str(table), "--model", str(bundles["plain"]),
-                 "--out", str(tmp_path / "head"), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(folder),
+                "--priors",
+                str(table),
+                "--model",
+                str(bundles["plain"]),
+                "--out",
+                str(tmp_path / "head"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "the first line must be the header image,prior" in capsys.readouterr().err

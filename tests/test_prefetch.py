@@ -129,11 +129,24 @@ def test_predict_files_with_prefetch_matches_the_plain_loop(bundle, tmp_path):
     for depth in (0, 5):  # decoding in turn and writing in turn; decoding ahead and writing behind
         logged: list[str] = []
         timer = StageTimer()
-        summary = predict_files([str(src)], bundle, tmp_path / f"out{depth}", batch_size=2, precision="fp32",
-                                overlay=False, heatmaps=False, progress=False, prefetch=depth, timer=timer,
-                                log=logged.append, write_behind=depth > 0)
-        assert summary.predicted == 5 and sorted(Path(e["file"]).name for e in summary.errors) == ["img3.png",
-                                                                                                   "img5.png"]
+        summary = predict_files(
+            [str(src)],
+            bundle,
+            tmp_path / f"out{depth}",
+            batch_size=2,
+            precision="fp32",
+            overlay=False,
+            heatmaps=False,
+            progress=False,
+            prefetch=depth,
+            timer=timer,
+            log=logged.append,
+            write_behind=depth > 0,
+        )
+        assert summary.predicted == 5 and sorted(Path(e["file"]).name for e in summary.errors) == [
+            "img3.png",
+            "img5.png",
+        ]
         assert [line.split()[3].rstrip(":") for line in logged] == [str(src / "img3.png"), str(src / "img5.png")]
         rows = list(csv.DictReader(open(tmp_path / f"out{depth}" / "predictions.csv")))
         ok = [Path(r["file"]).name for r in rows if r["status"] == "ok"]

@@ -51,8 +51,11 @@ def random_records(seed, n=300):
     for i in range(n):
         fu = None if rng.random() < 0.05 else int(rng.integers(0, 8))
         labels = () if rng.random() < 0.5 else ("Nodule",)
-        recs.append(rec(f"img{i:04d}.png", f"p{int(rng.integers(0, 40))}", fu, labels,
-                        boxed=bool(labels) and rng.random() < 0.3))
+        recs.append(
+            rec(
+                f"img{i:04d}.png", f"p{int(rng.integers(0, 40))}", fu, labels, boxed=bool(labels) and rng.random() < 0.3
+            )
+        )
     return recs
 
 
@@ -87,8 +90,14 @@ def test_never_itself_and_no_finding_image_uses_earlier_normal():
 
 
 def test_most_recent_of_several_earlier_normals():
-    recs = [rec("n1", "p", 1), rec("n4", "p", 4), rec("f3", "p", 3, ("Mass",)), rec("n2", "p", 2),
-            rec("f6", "p", 6, ("Mass",)), rec("n7", "p", 7)]
+    recs = [
+        rec("n1", "p", 1),
+        rec("n4", "p", 4),
+        rec("f3", "p", 3, ("Mass",)),
+        rec("n2", "p", 2),
+        rec("f6", "p", 6, ("Mass",)),
+        rec("n7", "p", 7),
+    ]
     got = prior_studies(recs)
     assert got["f3"] == "n2" and got["f6"] == "n4" and got["n4"] == "n2" and got["n1"] is None
     assert prior_studies(recs, allow_later=True)["f6"] == "n7"  # 7 is nearer than 4
@@ -114,17 +123,33 @@ def test_other_patients_never_used():
 
 
 def test_counts_by_hand():
-    recs = [rec("n0", "p", 0), rec("f1", "p", 1, ("Mass",), boxed=True), rec("n2", "p", 2),
-            rec("f0", "q", 0, ("Mass",), boxed=True), rec("n1", "q", 1)]
+    recs = [
+        rec("n0", "p", 0),
+        rec("f1", "p", 1, ("Mass",), boxed=True),
+        rec("n2", "p", 2),
+        rec("f0", "q", 0, ("Mass",), boxed=True),
+        rec("n1", "q", 1),
+    ]
     assert prior_counts(recs) == {
-        "with_prior": 2, "positives_with_prior": 1, "boxed_with_prior": 1,
-        "with_prior_any": 4, "positives_with_prior_any": 2, "boxed_with_prior_any": 2}
+        "with_prior": 2,
+        "positives_with_prior": 1,
+        "boxed_with_prior": 1,
+        "with_prior_any": 4,
+        "positives_with_prior_any": 2,
+        "boxed_with_prior_any": 2,
+    }
 
 
 # -- `cianet index` reports the counts ------------------------------------------------------------------
 
-REAL_NIH = {"with_prior": 71_643, "positives_with_prior": 36_189, "boxed_with_prior": 647,
-            "with_prior_any": 88_242, "positives_with_prior_any": 43_229, "boxed_with_prior_any": 758}
+REAL_NIH = {
+    "with_prior": 71_643,
+    "positives_with_prior": 36_189,
+    "boxed_with_prior": 647,
+    "with_prior_any": 88_242,
+    "positives_with_prior_any": 43_229,
+    "boxed_with_prior_any": 758,
+}
 
 
 @pytest.mark.slow
@@ -152,8 +177,9 @@ def _txv_file(name):
     return path
 
 
-@pytest.mark.parametrize("layout, table", [("rsna", "kaggle_stage_2_train_labels.csv.zip"),
-                                           ("vindr", "vinbigdata-train.csv.gz")])
+@pytest.mark.parametrize(
+    "layout, table", [("rsna", "kaggle_stage_2_train_labels.csv.zip"), ("vindr", "vinbigdata-train.csv.gz")]
+)
 @pytest.mark.slow
 def test_rsna_and_vindr_report_none(tmp_path, layout, table):
     from cianet.data.layouts import open_index
@@ -177,15 +203,19 @@ def test_csv_layout_with_follow_up(tmp_path, capsys):
 
     from cianet.cli import main
 
-    rows = ["a.png,No Finding,p1,0", "b.png,Nodule,p1,1", "c.png,,p1,2", "d.png,Mass,p2,0", "e.png,,p2,",
-            "f.png,,p2,3"]
+    rows = ["a.png,No Finding,p1,0", "b.png,Nodule,p1,1", "c.png,,p1,2", "d.png,Mass,p2,0", "e.png,,p2,", "f.png,,p2,3"]
     root = _csv_root(tmp_path / "csv", "image,labels,patient,follow_up", rows)
     assert main(["index", "--data-root", str(root), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     # earlier: b<-a, c<-a, f<-none (e has no number); any: a<-c, b<-a, c<-a, d<-f
     assert {k: s[k] for k in PRIOR_COUNT_KEYS} == {
-        "with_prior": 2, "positives_with_prior": 1, "boxed_with_prior": 1,
-        "with_prior_any": 4, "positives_with_prior_any": 2, "boxed_with_prior_any": 1}
+        "with_prior": 2,
+        "positives_with_prior": 1,
+        "boxed_with_prior": 1,
+        "with_prior_any": 4,
+        "positives_with_prior_any": 2,
+        "boxed_with_prior_any": 1,
+    }
     assert main(["index", "--data-root", str(root)]) == 0
     assert "prior studies    earlier No Finding study of the same patient: 2 images" in capsys.readouterr().out
 
@@ -198,11 +228,14 @@ def test_csv_layout_without_follow_up_reports_none(tmp_path):
     assert s["with_prior"] is None and "csv" in s["priors_note"]
 
 
-@pytest.mark.parametrize("header, rows, match", [
-    ("image,labels,follow_up", ["a.png,,0"], "'follow_up' column needs a 'patient' column"),
-    ("image,labels,patient,follow_up", ["a.png,,p,x"], "line 2: 'follow_up' must be a whole number"),
-    ("image,labels,patient,follow_up", ["a.png,,p,-1"], "line 2: 'follow_up' must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "header, rows, match",
+    [
+        ("image,labels,follow_up", ["a.png,,0"], "'follow_up' column needs a 'patient' column"),
+        ("image,labels,patient,follow_up", ["a.png,,p,x"], "line 2: 'follow_up' must be a whole number"),
+        ("image,labels,patient,follow_up", ["a.png,,p,-1"], "line 2: 'follow_up' must be >= 0"),
+    ],
+)
 def test_csv_layout_bad_follow_up(tmp_path, capsys, header, rows, match):
     from cianet.cli import main
 

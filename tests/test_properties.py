@@ -37,8 +37,16 @@ def reference_grid(box, size, grid):
 
 
 @FAST
-@given(x=quarter, y=quarter, w=length, h=length, width=st.integers(8, 200), height=st.integers(8, 200),
-       gw=st.integers(1, 16), gh=st.integers(1, 16))
+@given(
+    x=quarter,
+    y=quarter,
+    w=length,
+    h=length,
+    width=st.integers(8, 200),
+    height=st.integers(8, 200),
+    gw=st.integers(1, 16),
+    gh=st.integers(1, 16),
+)
 @pytest.mark.slow
 def test_grid_target_is_the_exact_overlap_of_cells_and_box(x, y, w, h, width, height, gw, gh):
     from cianet.losses import box_to_grid
@@ -48,8 +56,11 @@ def test_grid_target_is_the_exact_overlap_of_cells_and_box(x, y, w, h, width, he
 
 
 @FAST
-@given(boxes=st.lists(st.tuples(st.integers(0, 2), quarter, quarter, length, length), max_size=5),
-       gw=st.integers(1, 12), gh=st.integers(1, 12))
+@given(
+    boxes=st.lists(st.tuples(st.integers(0, 2), quarter, quarter, length, length), max_size=5),
+    gw=st.integers(1, 12),
+    gh=st.integers(1, 12),
+)
 def test_batched_targets_unite_the_boxes_of_a_class(boxes, gw, gh):
     from cianet.losses import box_to_grid, build_grid_targets
 
@@ -65,14 +76,19 @@ def test_batched_targets_unite_the_boxes_of_a_class(boxes, gw, gh):
 
 # --------------------------------------------------------------------------------------------------- IoU
 @FAST
-@given(region=st.lists(st.lists(st.booleans(), min_size=9, max_size=9), min_size=7, max_size=7),
-       x=st.integers(-4, 12), y=st.integers(-4, 10), w=st.integers(0, 12), h=st.integers(0, 10))
+@given(
+    region=st.lists(st.lists(st.booleans(), min_size=9, max_size=9), min_size=7, max_size=7),
+    x=st.integers(-4, 12),
+    y=st.integers(-4, 10),
+    w=st.integers(0, 12),
+    h=st.integers(0, 10),
+)
 def test_region_iou_matches_counting_pixels(region, x, y, w, h):
     from cianet.metrics import region_box_iou
 
     region = np.array(region, dtype=bool)  # (7, 9): pixel cells
     box = np.zeros_like(region)
-    box[max(y, 0):max(y + h, 0), max(x, 0):max(x + w, 0)] = True  # the box clipped to the image
+    box[max(y, 0) : max(y + h, 0), max(x, 0) : max(x + w, 0)] = True  # the box clipped to the image
     inter, union = int((region & box).sum()), int((region | box).sum())
     expected = 0.0 if not region.any() or union == 0 else inter / union
     got = region_box_iou(region, (x, y, w, h))
@@ -81,13 +97,18 @@ def test_region_iou_matches_counting_pixels(region, x, y, w, h):
 
 
 @FAST
-@given(x=st.integers(0, 20), y=st.integers(0, 20), w=st.integers(1, 10), h=st.integers(1, 10),
-       cw=st.sampled_from([1.0, 2.0, 4.0]))
+@given(
+    x=st.integers(0, 20),
+    y=st.integers(0, 20),
+    w=st.integers(1, 10),
+    h=st.integers(1, 10),
+    cw=st.sampled_from([1.0, 2.0, 4.0]),
+)
 def test_a_region_equal_to_its_box_has_iou_one(x, y, w, h, cw):
     from cianet.metrics import region_box_iou
 
     region = np.zeros((32, 32), bool)
-    region[y:y + h, x:x + w] = True
+    region[y : y + h, x : x + w] = True
     assert region_box_iou(region, (x * cw, y * cw, w * cw, h * cw), cw, cw) == pytest.approx(1.0)
 
 
@@ -97,8 +118,12 @@ box_st = st.tuples(st.floats(0, 200), st.floats(0, 200), st.floats(1, 100), st.f
 
 
 @FAST
-@given(p=params_st, box=box_st, src=st.tuples(st.integers(64, 400), st.integers(64, 400)),
-       dst=st.tuples(st.integers(64, 400), st.integers(64, 400)))
+@given(
+    p=params_st,
+    box=box_st,
+    src=st.tuples(st.integers(64, 400), st.integers(64, 400)),
+    dst=st.tuples(st.integers(64, 400), st.integers(64, 400)),
+)
 def test_boxes_without_rotation_map_by_the_obvious_formula_and_back(p, box, src, dst):
     from cianet.models.alignment import boxes_to_aligned, boxes_to_original
 

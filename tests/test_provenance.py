@@ -17,8 +17,9 @@ from helpers import make_run
 def as_phantom(root: Path, backgrounds: str | None = None) -> None:
     """Mark a data root as a `cianet synth` folder (its synth_meta.json; the tiny chests are not square, so
     no size is recorded and only the folder counts)."""
-    (root / "synth_meta.json").write_text(json.dumps(
-        {"args": {"seed": 0, "backgrounds": backgrounds}, "summary": {"images": 10}}))
+    (root / "synth_meta.json").write_text(
+        json.dumps({"args": {"seed": 0, "backgrounds": backgrounds}, "summary": {"images": 10}})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +80,11 @@ def predict(bundle: Path, inputs: list[str], out: Path, capsys) -> tuple[str, di
 
     assert main(["predict", *inputs, "--model", str(bundle), "--out", str(out), "--no-progress"]) == 0
     err = capsys.readouterr().err
-    recs = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")
-            if p.name not in ("summary.json", "coco.json", "coco_results.json") and not p.name.startswith(".")}
+    recs = {
+        p.stem: json.loads(p.read_text())
+        for p in out.glob("*.json")
+        if p.name not in ("summary.json", "coco.json", "coco_results.json") and not p.name.startswith(".")
+    }
     return err, recs
 
 

@@ -10,8 +10,14 @@ def _run(tmp_path, box_classes):
     run = tmp_path / "run"
     run.mkdir()
     n = len(box_classes)
-    np.savez(run / "predictions.npz", scores=np.zeros((3, 14), np.float32), labels=np.zeros((3, 14), np.float32),
-             ious=np.full(n, 0.5), box_classes=np.asarray(box_classes, np.int64), box_images=np.zeros(n, np.int64))
+    np.savez(
+        run / "predictions.npz",
+        scores=np.zeros((3, 14), np.float32),
+        labels=np.zeros((3, 14), np.float32),
+        ious=np.full(n, 0.5),
+        box_classes=np.asarray(box_classes, np.int64),
+        box_images=np.zeros(n, np.int64),
+    )
     return run
 
 

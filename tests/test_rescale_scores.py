@@ -33,8 +33,9 @@ def test_evaluation_scores_are_the_trained_probabilities(tmp_path, rescale):
         model.head.cls.bias.fill_(-1.0)
     _, _, _, loader = make_loaders(cfg, build_run_data(cfg))
     with pytest.warns(UserWarning):
-        got = evaluate(model, loader, torch.device("cpu"), progress=False, keep_predictions=True,
-                       rescale=cfg.loss.mil_rescale)["scores"]
+        got = evaluate(
+            model, loader, torch.device("cpu"), progress=False, keep_predictions=True, rescale=cfg.loss.mil_rescale
+        )["scores"]
     logits = torch.cat([forward_grids(model, b, upsample=False)["logits"] for b in loader])
     np.testing.assert_allclose(got, _trained_probability(logits, rescale), rtol=1e-5, atol=1e-7)
     assert not np.allclose(_trained_probability(logits, not rescale), got, rtol=1e-3)  # the option matters

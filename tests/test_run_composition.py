@@ -37,8 +37,8 @@ def test_every_training_batch_holds_its_box_share(tmp_path):
 def test_oracle_pairs_every_image_with_its_twin(tmp_path):
     from PIL import Image
 
-    from cianet.data.synth import TWINS_DIR, generate_dataset
     from cianet.errors import MissingPathError
+    from cianet.phantom.generator import TWINS_DIR, generate_dataset
 
     root = tmp_path / "phantom"
     generate_dataset(root, n_images=40, size=64, seed=2, workers=1, progress=False, twins=True)

@@ -22,12 +22,10 @@ from PIL import Image
 
 from cianet.cli import main
 from cianet.errors import InputError, UsageError
-from helpers import make_run, one_line, write_tiny_nih
+from helpers import make_run, one_line
 
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return write_tiny_nih(tmp_path_factory.mktemp("tiny_nih"), n_patients=12)
+#: the tiny set of this module (conftest's tiny_root): 12 patients, as the kill-and-resume runs train on it
+TINY_PATIENTS = 12
 
 
 # ------------------------------------------------------------------------------------------- data loss
@@ -74,8 +72,23 @@ def test_prepare_refuses_a_folder_that_is_not_its_cache(tiny_root, tmp_path, cap
     np.save(target / "images.npy", np.arange(10))
     before = {p.name: p.read_bytes() for p in target.iterdir()}
     for extra in ([], ["--rebuild"]):  # --rebuild replaces a cianet cache, never someone else's files
-        assert main(["prepare", "--data-root", str(tiny_root), "--size", "32", "--cache", str(target),
-                     "--workers", "1", *extra]) == 2
+        assert (
+            main(
+                [
+                    "prepare",
+                    "--data-root",
+                    str(tiny_root),
+                    "--size",
+                    "32",
+                    "--cache",
+                    str(target),
+                    "--workers",
+                    "1",
+                    *extra,
+                ]
+            )
+            == 2
+        )
         one_line(capsys.readouterr().err, "not a cianet cache", "index.json")
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
 
@@ -201,8 +214,13 @@ def test_a_journal_lists_what_a_killed_writer_wrote_and_overwrite_removes_exactl
         journal_outputs(out, ["e.json"])  # a writer records a file before writing it ...
         (out / "e.json").write_text("{}")
         (out / "late-notes.txt").write_text("mine")  # ... and what it does not record is never claimed
-    assert sorted(p.name for p in out.iterdir()) == [".cianet-output.json", ".notes.txt.1.x1y2.tmp", "e.json",
-                                                     "late-notes.txt", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".cianet-output.json",
+        ".notes.txt.1.x1y2.tmp",
+        "e.json",
+        "late-notes.txt",
+        "notes.txt",
+    ]
     assert read_marker(out)["files"] == ["e.json"]
 
 
@@ -241,9 +259,11 @@ def test_a_run_folder_of_the_other_kind_is_refused(tiny_root, tmp_path, capsys):
     (align / "align.pt").write_text("weights")
     run = claim_run_folder(tmp_path / "run", "train")
     (run / "checkpoint.pt").write_text("weights")
-    cases = [("train", old_align, "not empty and not written by cianet train (it holds align.pt"),
-             ("train", align, "holds the output of cianet train-align, not of cianet train"),
-             ("train-align", run, "holds the output of cianet train, not of cianet train-align")]
+    cases = [
+        ("train", old_align, "not empty and not written by cianet train (it holds align.pt"),
+        ("train", align, "holds the output of cianet train-align, not of cianet train"),
+        ("train-align", run, "holds the output of cianet train, not of cianet train-align"),
+    ]
     for command, out, message in cases:
         before = _listing(out)
         argv = [command, "--config", "tiny", "--data-root", str(tiny_root), "--out", str(out), "--no-progress"]
@@ -262,8 +282,15 @@ def test_a_run_folder_from_before_markers_is_adopted_only_when_it_is_one(tmp_pat
     from cianet.utils.output_folders import read_marker
 
     # the names this module spells out are those the writers use
-    assert {CHECKPOINT, SPLIT_FILE, PAIRS_FILE, NEGATIVES_CSV, NEGATIVES_JSON, PREDICTIONS,
-            *PLOT_FILES.values()} <= TRAIN_ENTRIES
+    assert {
+        CHECKPOINT,
+        SPLIT_FILE,
+        PAIRS_FILE,
+        NEGATIVES_CSV,
+        NEGATIVES_JSON,
+        PREDICTIONS,
+        *PLOT_FILES.values(),
+    } <= TRAIN_ENTRIES
     assert ALIGN_CHECKPOINT in ALIGN_ENTRIES
 
     def old_folder(name: str, entries: list[str]) -> Path:
@@ -277,10 +304,27 @@ def test_a_run_folder_from_before_markers_is_adopted_only_when_it_is_one(tmp_pat
                 (folder / entry).write_text(entry)
         return folder
 
-    run = old_folder("run", ["checkpoint.pt", "config.yaml", "split.json", "pairs.json", "log.jsonl", "tb", "site",
-                             "metrics.json", "metrics.md", "predictions.npz", "roc.png", "pr.png",
-                             "localization.png", "loss.png", f".checkpoint.pt.{_dead_pid()}.ab12.tmp",
-                             ".cianet.lock"])
+    run = old_folder(
+        "run",
+        [
+            "checkpoint.pt",
+            "config.yaml",
+            "split.json",
+            "pairs.json",
+            "log.jsonl",
+            "tb",
+            "site",
+            "metrics.json",
+            "metrics.md",
+            "predictions.npz",
+            "roc.png",
+            "pr.png",
+            "localization.png",
+            "loss.png",
+            f".checkpoint.pt.{_dead_pid()}.ab12.tmp",
+            ".cianet.lock",
+        ],
+    )
     killed_early = old_folder("killed-early", ["config.yaml", "split.json"])  # before the first checkpoint
     align = old_folder("align", ["align.pt", "config.yaml", "log.jsonl", ".cianet.lock"])
     for folder, command in ((run, "train"), (killed_early, "train"), (align, "train-align")):
@@ -288,9 +332,11 @@ def test_a_run_folder_from_before_markers_is_adopted_only_when_it_is_one(tmp_pat
         claim_run_folder(folder, command)
         assert read_marker(folder)["kind"] == command
         assert {k: v for k, v in _listing(folder).items() if k != ".cianet-output.json"} == before
-    not_a_run = [("notes", ["checkpoint.pt", "config.yaml", "notes.txt"], "train"),  # one entry a run never writes
-                 ("no-evidence", ["config.yaml", "metrics.json", "log.jsonl"], "train"),  # nothing only a run writes
-                 ("no-align", ["config.yaml", "log.jsonl"], "train-align")]
+    not_a_run = [
+        ("notes", ["checkpoint.pt", "config.yaml", "notes.txt"], "train"),  # one entry a run never writes
+        ("no-evidence", ["config.yaml", "metrics.json", "log.jsonl"], "train"),  # nothing only a run writes
+        ("no-align", ["config.yaml", "log.jsonl"], "train-align"),
+    ]
     for name, entries, command in not_a_run:
         folder = old_folder(name, entries)
         with pytest.raises(InputError, match=f"not empty and not written by cianet {command}"):
@@ -321,19 +367,24 @@ def _nih_with_boxes(root: Path, boxes: list[str]) -> Path:
     from helpers import TinyImage, write_nih
 
     px = np.full((40, 50), 100, np.uint8)
-    write_nih(root, [TinyImage("00000001_000.png", px, "Nodule", 1), TinyImage("00000002_000.png", px, "No Finding", 2)])
+    write_nih(
+        root, [TinyImage("00000001_000.png", px, "Nodule", 1), TinyImage("00000002_000.png", px, "No Finding", 2)]
+    )
     with open(root / "BBox_List_2017.csv", "a") as fh:
         fh.write("".join(line + "\n" for line in boxes))
     return root
 
 
-@pytest.mark.parametrize("box,problem", [
-    ("00000001_000.png,Nodule,60,10,5,5", "lies outside the 50x40 image"),
-    ("00000001_000.png,Nodule,10,10,99999,99999", "lies outside the 50x40 image"),  # larger than the image
-    ("00000001_000.png,Nodule,45,35,20,20", "lies outside the 50x40 image"),  # a sixteenth of it on the image
-    ("00000001_000.png,Mass,10,10,5,5", "names a finding the image does not have (Nodule)"),
-    ("00000002_000.png,Nodule,10,10,5,5", "names a finding the image does not have (No Finding)"),
-])
+@pytest.mark.parametrize(
+    "box,problem",
+    [
+        ("00000001_000.png,Nodule,60,10,5,5", "lies outside the 50x40 image"),
+        ("00000001_000.png,Nodule,10,10,99999,99999", "lies outside the 50x40 image"),  # larger than the image
+        ("00000001_000.png,Nodule,45,35,20,20", "lies outside the 50x40 image"),  # a sixteenth of it on the image
+        ("00000001_000.png,Mass,10,10,5,5", "names a finding the image does not have (Nodule)"),
+        ("00000002_000.png,Nodule,10,10,5,5", "names a finding the image does not have (No Finding)"),
+    ],
+)
 def test_index_strict_checks_boxes_against_image_and_label(box, problem, tmp_path, capsys):
     root = _nih_with_boxes(tmp_path / "d", ["00000001_000.png,Nodule,10,10,5,5", box])
     assert main(["index", "--data-root", str(root), "--strict"]) == 2
@@ -411,7 +462,9 @@ def test_a_cache_whose_names_were_swapped_is_refused(tiny_root, tmp_path):
     from cianet.data.cache import ImageCache
 
     cache = tmp_path / "cache"
-    assert main(["prepare", "--data-root", str(tiny_root), "--size", "32", "--cache", str(cache), "--workers", "1"]) == 0
+    assert (
+        main(["prepare", "--data-root", str(tiny_root), "--size", "32", "--cache", str(cache), "--workers", "1"]) == 0
+    )
     index = json.loads((cache / "index.json").read_text())
     index["names"][0], index["names"][1] = index["names"][1], index["names"][0]  # rows now carry the wrong labels
     (cache / "index.json").write_text(json.dumps(index))
@@ -440,8 +493,9 @@ def test_a_hash_index_naming_images_outside_the_data_set_is_refused(tiny_root, t
     from cianet.run.protocol import build_run_data
     from helpers import tiny_config
 
-    cfg = tiny_config(tmp_path / "run", tiny_root, negatives__hash_index=str(tmp_path / "h.npz"),
-                      negatives__aligned_codes=False)
+    cfg = tiny_config(
+        tmp_path / "run", tiny_root, negatives__hash_index=str(tmp_path / "h.npz"), negatives__aligned_codes=False
+    )
     data = build_run_data(cfg)
     negatives = [r.name for r in data.index.records if not r.labels]
     codes = np.random.default_rng(0).random((len(negatives) + 1, 16)).astype(np.float32)
@@ -451,8 +505,8 @@ def test_a_hash_index_naming_images_outside_the_data_set_is_refused(tiny_root, t
 
 
 def test_an_edited_pairs_file_pairing_a_positive_is_refused(tiny_root, tmp_path):
-    from cianet.run.pairing import pair_negatives, save_pairs
     from cianet.run.loaders import image_source
+    from cianet.run.pairing import pair_negatives, save_pairs
     from cianet.run.protocol import build_run_data
     from helpers import tiny_config
 
@@ -541,19 +595,25 @@ BAD_SETTINGS = [
 @pytest.mark.slow
 @pytest.mark.parametrize("setting,message,value", BAD_SETTINGS)
 def test_a_bad_setting_is_one_line_naming_key_value_and_what_is_allowed(setting, message, value, tmp_path, capsys):
-    argv = ["train", "--config", "tiny", "--data-root", str(tmp_path), "--out", str(tmp_path / "r"),
-            "--set", setting]
+    argv = ["train", "--config", "tiny", "--data-root", str(tmp_path), "--out", str(tmp_path / "r"), "--set", setting]
     assert main(argv) == 2
     one_line(capsys.readouterr().err, message, value)
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("flag,value,message", [
-    ("--epochs", "-1", "optim.epochs must be >= 1"), ("--lr", "nan", "finite"), ("--device", "tpu", "run.device"),
-    ("--batch-size", "0", "optim.batch_size must be >= 1"), ("--backbone", "vgg", "model.backbone"),
-    ("--splits", "/nope/splits.json", "does not exist"), ("--hash-index", "/nope/hash.npz", "does not exist"),
-    ("--align", "/nope/align.pt", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--epochs", "-1", "optim.epochs must be >= 1"),
+        ("--lr", "nan", "finite"),
+        ("--device", "tpu", "run.device"),
+        ("--batch-size", "0", "optim.batch_size must be >= 1"),
+        ("--backbone", "vgg", "model.backbone"),
+        ("--splits", "/nope/splits.json", "does not exist"),
+        ("--hash-index", "/nope/hash.npz", "does not exist"),
+        ("--align", "/nope/align.pt", "does not exist"),
+    ],
+)
 def test_bad_flags_are_refused_before_anything_runs(flag, value, message, tmp_path, capsys):
     argv = ["train", "--config", "tiny", "--data-root", str(tmp_path), "--out", str(tmp_path / "r"), flag, value]
     assert main(argv) == 2
@@ -599,8 +659,9 @@ def test_resume_with_a_flag_that_would_be_ignored_is_refused(tmp_path, capsys):
 
 
 def test_splits_ratios_must_sum_to_one(tiny_root, tmp_path, capsys):
-    rc = main(["splits", "--data-root", str(tiny_root), "--out", str(tmp_path / "s.json"),
-               "--ratios", "0.5", "0.6", "0.2"])
+    rc = main(
+        ["splits", "--data-root", str(tiny_root), "--out", str(tmp_path / "s.json"), "--ratios", "0.5", "0.6", "0.2"]
+    )
     assert rc == 2
     one_line(capsys.readouterr().err, "--ratios", "1.3")
     assert not (tmp_path / "s.json").exists()
@@ -620,8 +681,10 @@ def test_a_symlink_loop_under_the_data_root_is_skipped(tmp_path, capsys):
     (root / "images" / "sub").mkdir()
     (root / "images" / "sub" / "up").symlink_to("..", target_is_directory=True)  # a folder cycle
     assert main(["index", "--data-root", str(root), "--strict"]) == 0
-    assert main(["prepare", "--data-root", str(root), "--size", "32", "--cache", str(tmp_path / "c"),
-                 "--workers", "1"]) == 0
+    assert (
+        main(["prepare", "--data-root", str(root), "--size", "32", "--cache", str(tmp_path / "c"), "--workers", "1"])
+        == 0
+    )
 
 
 def test_a_folder_where_a_file_is_written_is_one_line(tiny_root, tmp_path, capsys):
@@ -636,8 +699,21 @@ def test_a_folder_where_a_file_is_written_is_one_line(tiny_root, tmp_path, capsy
 @pytest.mark.slow  # evaluates a run (about 10 s)
 def test_evaluate_accepts_the_checkpoint_file_of_a_run(tiny_root, tmp_path, capsys):
     run, _ = make_run(tmp_path, kind="baseline")
-    assert main(["evaluate", "--run", str(run / "checkpoint.pt"), "--data-root", str(tiny_root), "--no-progress",
-                 "--bootstrap", "0"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(run / "checkpoint.pt"),
+                "--data-root",
+                str(tiny_root),
+                "--no-progress",
+                "--bootstrap",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert (run / "metrics.json").is_file() and "AUC" in capsys.readouterr().out
 
 
@@ -656,8 +732,10 @@ def test_a_run_saves_absolute_input_paths(tmp_path, monkeypatch):
 def test_json_outputs_are_strict(tmp_path):
     from cianet.utils.atomic import atomic_write_json
 
-    atomic_write_json(tmp_path / "t.json", {"auc": float("nan"), "rows": [1.0, float("inf"), {"x": -float("inf")}],
-                                            "arr": np.array([0.5, np.nan])})
+    atomic_write_json(
+        tmp_path / "t.json",
+        {"auc": float("nan"), "rows": [1.0, float("inf"), {"x": -float("inf")}], "arr": np.array([0.5, np.nan])},
+    )
 
     def refuse(token):
         raise AssertionError(f"bare {token} in JSON")
@@ -669,8 +747,14 @@ def test_json_outputs_are_strict(tmp_path):
 # ----------------------------------------------------------------------------------- SIGKILL + resume
 def _cianet(*args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "cianet", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cianet", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
@@ -690,9 +774,28 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
 
 @pytest.mark.slow
 def test_train_killed_mid_run_resumes_to_the_same_metrics(tiny_root, tmp_path):
-    common = ["train", "--config", "tiny", "--data-root", str(tiny_root), "--image-size", "64", "--no-progress",
-              "--epochs", "2", "--batch-size", "8", "--set", "model.test_upsample=16", "--set",
-              "model.head_channels=16", "--set", "run.threads=1", "--set", "data.workers=0"]
+    common = [
+        "train",
+        "--config",
+        "tiny",
+        "--data-root",
+        str(tiny_root),
+        "--image-size",
+        "64",
+        "--no-progress",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--set",
+        "model.test_upsample=16",
+        "--set",
+        "model.head_channels=16",
+        "--set",
+        "run.threads=1",
+        "--set",
+        "data.workers=0",
+    ]
     ref = tmp_path / "ref"
     assert _cianet(*common, "--out", str(ref)).wait() == 0
     run = tmp_path / "run"
@@ -721,7 +824,8 @@ def test_prepare_killed_at_random_points_resumes_to_the_same_cache(tiny_root, tm
     assert (cache / "images.npy").read_bytes() == (ref / "images.npy").read_bytes()
     a, b = (json.loads((d / "index.json").read_text()) for d in (ref, cache))
     assert {k: v for k, v in a.items() if k not in ("created", "paths")} == {
-        k: v for k, v in b.items() if k not in ("created", "paths")}
+        k: v for k, v in b.items() if k not in ("created", "paths")
+    }
     assert sorted(p.name for p in cache.iterdir()) == ["images.npy", "index.json"]
 
 
@@ -733,10 +837,32 @@ def test_train_align_killed_mid_run_resumes_to_the_same_weights(tiny_root, tmp_p
 
     canonical = tmp_path / "canonical.png"
     make_canonical(tiny_root, canonical, n=20, size=64, crop=(6, 4, 58, 50), progress=False)
-    common = ["train-align", "--config", "tiny", "--data-root", str(tiny_root), "--image-size", "64",
-              "--no-progress", "--canonical", str(canonical), "--set", "align.input_size=32", "--set",
-              "align.epochs=2", "--set", "align.batch_size=8", "--set", "align.max_images=16", "--set",
-              "align.feature_net=resnet18", "--set", "run.threads=1", "--set", "data.workers=0"]
+    common = [
+        "train-align",
+        "--config",
+        "tiny",
+        "--data-root",
+        str(tiny_root),
+        "--image-size",
+        "64",
+        "--no-progress",
+        "--canonical",
+        str(canonical),
+        "--set",
+        "align.input_size=32",
+        "--set",
+        "align.epochs=2",
+        "--set",
+        "align.batch_size=8",
+        "--set",
+        "align.max_images=16",
+        "--set",
+        "align.feature_net=resnet18",
+        "--set",
+        "run.threads=1",
+        "--set",
+        "data.workers=0",
+    ]
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert _cianet(*common, "--out", str(ref)).wait() == 0
     proc = _cianet(*common, "--out", str(run))
@@ -774,18 +900,45 @@ def test_bundle_killed_at_random_points_leaves_no_half_file(tmp_path, kill_after
 
 @pytest.mark.slow
 def test_experiment_killed_mid_way_resumes_to_the_same_table(tiny_root, tmp_path):
-    common = ["experiment", "table1", "--config", "tiny", "--data-root", str(tiny_root), "--image-size", "64",
-              "--no-progress", "--folds", "0", "--epochs", "2", "--batch-size", "8", "--set",
-              "model.test_upsample=16", "--set", "model.head_channels=16", "--set", "run.threads=1",
-              "--set", "data.workers=0"]
+    common = [
+        "experiment",
+        "table1",
+        "--config",
+        "tiny",
+        "--data-root",
+        str(tiny_root),
+        "--image-size",
+        "64",
+        "--no-progress",
+        "--folds",
+        "0",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--set",
+        "model.test_upsample=16",
+        "--set",
+        "model.head_channels=16",
+        "--set",
+        "run.threads=1",
+        "--set",
+        "data.workers=0",
+    ]
     ref, out = tmp_path / "ref", tmp_path / "out"
     done = _cianet(*common, "--out", str(ref))
     assert done.wait() == 0, done.stderr.read()
     proc = _cianet(*common, "--out", str(out))
     # killed while the second variant (CIA-Net) trains, after its first epoch's checkpoint
-    assert _kill_when(proc, lambda: any(out.glob("*/fold0/checkpoint.pt")) and len(list(out.glob("*/fold0"))) >= 2
-                      and any((d / "checkpoint.pt").exists() and not (d / "metrics.json").exists()
-                              for d in out.glob("*/fold0")), timeout=300)
+    assert _kill_when(
+        proc,
+        lambda: (
+            any(out.glob("*/fold0/checkpoint.pt"))
+            and len(list(out.glob("*/fold0"))) >= 2
+            and any((d / "checkpoint.pt").exists() and not (d / "metrics.json").exists() for d in out.glob("*/fold0"))
+        ),
+        timeout=300,
+    )
     resumed = _cianet(*common, "--out", str(out))
     assert resumed.wait() == 0, resumed.stderr.read()
     a, b = (json.loads((d / "table1.json").read_text()) for d in (ref, out))
@@ -797,9 +950,28 @@ def test_experiment_killed_mid_way_resumes_to_the_same_table(tiny_root, tmp_path
 def test_a_second_train_is_refused_naming_the_first_and_an_old_run_folder_resumes(tiny_root, tmp_path, capsys):
     from cianet.run.run_folder import claim_run_folder
 
-    common = ["train", "--config", "tiny", "--data-root", str(tiny_root), "--image-size", "64", "--no-progress",
-              "--epochs", "2", "--batch-size", "8", "--set", "model.test_upsample=16", "--set",
-              "model.head_channels=16", "--set", "run.threads=1", "--set", "data.workers=0"]
+    common = [
+        "train",
+        "--config",
+        "tiny",
+        "--data-root",
+        str(tiny_root),
+        "--image-size",
+        "64",
+        "--no-progress",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--set",
+        "model.test_upsample=16",
+        "--set",
+        "model.head_channels=16",
+        "--set",
+        "run.threads=1",
+        "--set",
+        "data.workers=0",
+    ]
     run = tmp_path / "run"
     proc = _cianet(*common, "--out", str(run))
 
@@ -845,7 +1017,17 @@ def test_a_killed_predict_is_removed_exactly_by_overwrite(bundle_and_images, tmp
     again = _cianet("predict", str(files[0]), *base, "--overwrite")
     assert again.wait() == 0, again.stderr.read()
     stem = files[0].stem
-    second = sorted([f"{stem}.json", f"{stem}.heatmaps.npz", f"{stem}.overlay.png", "predictions.csv", "boxes.csv",
-                     "coco.json", "coco_results.json", "summary.json"])
+    second = sorted(
+        [
+            f"{stem}.json",
+            f"{stem}.heatmaps.npz",
+            f"{stem}.overlay.png",
+            "predictions.csv",
+            "boxes.csv",
+            "coco.json",
+            "coco_results.json",
+            "summary.json",
+        ]
+    )
     assert sorted(p.name for p in out.iterdir()) == sorted([*second, "reading-notes.txt", ".cianet-output.json"])
     assert json.loads((out / ".cianet-output.json").read_text())["files"] == second

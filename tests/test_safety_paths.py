@@ -67,8 +67,12 @@ def test_predict_dotdot_never_writes_outside_out(model_and_images, tmp_path, mon
     assert len(set(outputs)) == 3 and all((preds / f"{o}.json").is_file() for o in outputs)
     assert all(not o.startswith(".") and ".." not in o.split("/") for o in outputs)
     # a rerun with --overwrite predicts the same three inputs, not its own overlays
-    assert main(["predict", "..", "../../other", "--model", str(model), "--out", "../preds", "--no-progress",
-                 "--overwrite"]) == 0
+    assert (
+        main(
+            ["predict", "..", "../../other", "--model", str(model), "--out", "../preds", "--no-progress", "--overwrite"]
+        )
+        == 0
+    )
     assert len(table(preds / "predictions.csv")) == 3
     assert snapshot(tmp_path, skip=preds) == before
 
@@ -77,15 +81,37 @@ def test_input_names_never_collide_with_the_runs_files_or_each_other(model_and_i
     model, pngs = model_and_images
     src = tmp_path / "in"
     src.mkdir()
-    names = ["summary.png", "coco.png", "coco_results.png", "Predictions.png", "dup.jpg", "dup.png", "dup_1.png",
-             "site.png"]
+    names = [
+        "summary.png",
+        "coco.png",
+        "coco_results.png",
+        "Predictions.png",
+        "dup.jpg",
+        "dup.png",
+        "dup_1.png",
+        "site.png",
+    ]
     for name in names:
         (src / name).write_bytes(pngs[0])
     (src / "sub").mkdir()
     (src / "sub" / "dup.png").write_bytes(pngs[1])
     out = tmp_path / "out"
-    assert main(["predict", str(src), str(src / ".." / "in" / "dup.png"), "--model", str(model), "--out", str(out),
-                 "--no-progress", "--no-overlay"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(src),
+                str(src / ".." / "in" / "dup.png"),
+                "--model",
+                str(model),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--no-overlay",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     rows = table(out / "predictions.csv")
     assert len(rows) == len(names) + 2 and all(r["status"] == "ok" for r in rows)
@@ -116,8 +142,13 @@ def test_odd_file_names_are_written_under_safe_stems_and_never_abort(model_and_i
     model, pngs = model_and_images
     src = tmp_path / "odd"
     src.mkdir()
-    raw = [b"new\nline.png", b"latin\xe9\xff.png", ("x" * 216).encode() + b".png", ("\u00e9" * 100).encode() + b".png",
-           b"ok.png"]
+    raw = [
+        b"new\nline.png",
+        b"latin\xe9\xff.png",
+        ("x" * 216).encode() + b".png",
+        ("\u00e9" * 100).encode() + b".png",
+        b"ok.png",
+    ]
     for name in raw:
         with open(os.path.join(os.fsencode(src), name), "wb") as fh:
             fh.write(pngs[0])
@@ -146,8 +177,21 @@ def test_csv_cells_never_start_a_formula(model_and_images, tmp_path, capsys):
     src.mkdir()
     (src / "=HYPERLINK(1).png").write_bytes(pngs[0])
     out = tmp_path / "out"
-    assert main(["predict", str(src / "=HYPERLINK(1).png"), "--model", str(model), "--out", str(out),
-                 "--no-progress", "--no-overlay"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(src / "=HYPERLINK(1).png"),
+                "--model",
+                str(model),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--no-overlay",
+            ]
+        )
+        == 0
+    )
     # the file column holds the full path: check a bare name through the writer's rule too
     for cell in ("=1+1", "+cmd", "-x", "@SUM(A1)", "\tx"):
         assert csv_cell(cell) == "'" + cell
@@ -192,8 +236,11 @@ def test_single_file_outputs_never_replace_a_users_file(command, tmp_path, capsy
     mine = tmp_path / {"splits": "mine.json", "hash": "mine.npz", "canonical": "mine.png"}[command]
     mine.write_text("precious")
     sibling = tmp_path / "mine_mean.png"
-    extra = {"splits": ["--n-folds", "2"], "hash": ["--no-progress"],
-             "canonical": ["--n", "3", "--image-size", "64", "--no-progress"]}[command]
+    extra = {
+        "splits": ["--n-folds", "2"],
+        "hash": ["--no-progress"],
+        "canonical": ["--n", "3", "--image-size", "64", "--no-progress"],
+    }[command]
     args = [command, "--data-root", str(root), "--out", str(mine), *extra]
     assert main(args) == 2
     one_line(capsys.readouterr().err, str(mine), "--overwrite")
@@ -229,12 +276,12 @@ def _rewrite_header(src: Path, dst: Path, edit) -> Path:
     """A copy of the bundle ``src`` whose cianet header went through ``edit(header) -> header``."""
     data = src.read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
-    raw = json.loads(data[8:8 + n])
+    raw = json.loads(data[8 : 8 + n])
     header = json.loads(raw["__metadata__"]["cianet"])
     raw["__metadata__"]["cianet"] = json.dumps(edit(header))
     head = json.dumps(raw).encode()
     head += b" " * (-len(head) % 8)
-    dst.write_bytes(struct.pack("<Q", len(head)) + head + data[8 + n:])
+    dst.write_bytes(struct.pack("<Q", len(head)) + head + data[8 + n :])
     return dst
 
 
@@ -247,16 +294,19 @@ def _set(header: dict, dotted: str, value) -> dict:
     return header
 
 
-@pytest.mark.parametrize("edit,words", [
-    (lambda h: _set(h, "config.model.test_upsample", 10 ** 6), ["model.test_upsample", "1000000"]),
-    (lambda h: _set(h, "config.model.output_stride", 0), ["model.output_stride"]),
-    (lambda h: _set(h, "config.data.image_size", 10 ** 6), ["data.image_size"]),
-    (lambda h: _set(h, "negatives.count", 10 ** 9), ["negatives"]),
-    (lambda h: _set(h, "config", [1, 2]), ["config"]),
-    (lambda h: _set(h, "thresholds", "high"), ["thresholds"]),
-    (lambda h: _set(h, "labels", {"a": 1}), ["labels"]),
-    (lambda h: [h], ["header"]),
-])
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        (lambda h: _set(h, "config.model.test_upsample", 10**6), ["model.test_upsample", "1000000"]),
+        (lambda h: _set(h, "config.model.output_stride", 0), ["model.output_stride"]),
+        (lambda h: _set(h, "config.data.image_size", 10**6), ["data.image_size"]),
+        (lambda h: _set(h, "negatives.count", 10**9), ["negatives"]),
+        (lambda h: _set(h, "config", [1, 2]), ["config"]),
+        (lambda h: _set(h, "thresholds", "high"), ["thresholds"]),
+        (lambda h: _set(h, "labels", {"a": 1}), ["labels"]),
+        (lambda h: [h], ["header"]),
+    ],
+)
 def test_crafted_bundle_headers_are_refused_by_info_and_predict(edit, words, model_and_images, tmp_path, capsys):
     import time
 
@@ -295,8 +345,9 @@ def test_damaged_tensor_data_is_caught_by_the_checksum(model_and_images, tmp_pat
 
 def test_bundle_info_strips_control_characters(model_and_images, tmp_path, capsys):
     model, _ = model_and_images
-    odd = _rewrite_header(model, tmp_path / "ansi.cianet",
-                          lambda h: _set(h, "card.name", "evil\x1b[2J\x1b]0;title\x07name\rX"))
+    odd = _rewrite_header(
+        model, tmp_path / "ansi.cianet", lambda h: _set(h, "card.name", "evil\x1b[2J\x1b]0;title\x07name\rX")
+    )
     assert main(["bundle", "info", str(odd)]) == 0
     text = capsys.readouterr().out
     assert "\x1b" not in text and "\x07" not in text and "\r" not in text and "evil" in text
@@ -308,8 +359,21 @@ def predicted(model_and_images, tmp_path, capsys):
     model, pngs = model_and_images
     (tmp_path / "a.png").write_bytes(pngs[0])
     out = tmp_path / "pred"
-    assert main(["predict", str(tmp_path / "a.png"), "--model", str(model), "--out", str(out), "--no-progress",
-                 "--no-overlay"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "a.png"),
+                "--model",
+                str(model),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--no-overlay",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     return out
 
@@ -353,9 +417,17 @@ def test_view_escapes_every_value_of_a_crafted_metrics_file(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     evil = "<script>alert(1)</script>"
-    (run / "metrics.json").write_text(json.dumps({
-        "n_images": evil, "n_boxes": evil, "auc": {evil: 0.5}, "localization": {"0.5": {evil: 0.5}},
-        "ci": {"n_boot": evil, "auc": {"value": 0.5, "low": 0.4, "high": 0.6}}}))
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {
+                "n_images": evil,
+                "n_boxes": evil,
+                "auc": {evil: 0.5},
+                "localization": {"0.5": {evil: 0.5}},
+                "ci": {"n_boot": evil, "auc": {"value": 0.5, "low": 0.4, "high": 0.6}},
+            }
+        )
+    )
     assert main(["view", str(run), "--out", str(tmp_path / "site"), "--no-progress"]) == 0
     capsys.readouterr()
     page = (tmp_path / "site" / "index.html").read_text()
@@ -375,19 +447,26 @@ def test_evaluate_takes_the_run_lock_and_out_never_takes_a_users_folder(tmp_path
     mine.mkdir()
     (mine / "metrics.json").write_text("my own metrics")
     (mine / "notes.md").write_text("mine")
-    assert main(["evaluate", "--run", str(run), "--data-root", str(tmp_path / "data"), "--out", str(mine),
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            ["evaluate", "--run", str(run), "--data-root", str(tmp_path / "data"), "--out", str(mine), "--no-progress"]
+        )
+        == 2
+    )
     one_line(capsys.readouterr().err, str(mine), "not empty")
     assert (mine / "metrics.json").read_text() == "my own metrics"
 
 
 # ------------------------------------------------------------------------------ messages and interrupts
-@pytest.mark.parametrize("command,advice,never", [
-    ("predict", "predict does not resume: rerun with --overwrite", "rerun the same command to resume"),
-    ("prepare", "rerun the same command to resume", "--overwrite"),
-    ("train", "add --resume", "rerun the same command to resume"),
-    ("view", "finished files are kept)", "resume"),
-])
+@pytest.mark.parametrize(
+    "command,advice,never",
+    [
+        ("predict", "predict does not resume: rerun with --overwrite", "rerun the same command to resume"),
+        ("prepare", "rerun the same command to resume", "--overwrite"),
+        ("train", "add --resume", "rerun the same command to resume"),
+        ("view", "finished files are kept)", "resume"),
+    ],
+)
 def test_resume_advice_only_where_a_resume_works(command, advice, never, monkeypatch, capsys):
     import sys as system
 
@@ -400,8 +479,12 @@ def test_resume_advice_only_where_a_resume_works(command, advice, never, monkeyp
     sub = next(a for a in parser._actions if a.dest == "command")
     func = sub.choices[command].get_default("func")
     monkeypatch.setattr(system.modules[func.__module__], func.__name__, interrupted)
-    argv = {"predict": ["predict", "x", "--model", "m", "--out", "o"], "prepare": ["prepare", "--data-root", "d",
-            "--cache", "c"], "train": ["train", "--config", "tiny"], "view": ["view", "d"]}[command]
+    argv = {
+        "predict": ["predict", "x", "--model", "m", "--out", "o"],
+        "prepare": ["prepare", "--data-root", "d", "--cache", "c"],
+        "train": ["train", "--config", "tiny"],
+        "view": ["view", "d"],
+    }[command]
     assert main(argv) == 130
     line = one_line(capsys.readouterr().err, f"cianet {command}: interrupted", advice)
     assert never not in line
@@ -414,8 +497,12 @@ def test_warnings_are_one_line_each_and_once(monkeypatch, capsys):
 
     def noisy(args):
         for _ in range(3):
-            warnings.warn_explicit("Invalid value for VR UI:\n'1.2.x'", UserWarning,
-                                   "/opt/env/lib/python3.11/site-packages/pydicom/valuerep.py", 440)
+            warnings.warn_explicit(
+                "Invalid value for VR UI:\n'1.2.x'",
+                UserWarning,
+                "/opt/env/lib/python3.11/site-packages/pydicom/valuerep.py",
+                440,
+            )
             warnings.warn_explicit("AUC undefined for Mass", RuntimeWarning, "/src/cianet/metrics.py", 10)
         return 0
 
@@ -424,8 +511,10 @@ def test_warnings_are_one_line_each_and_once(monkeypatch, capsys):
         warnings.simplefilter("always")
         assert main(["index", "--data-root", "d"]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines == ["cianet index: warning: Invalid value for VR UI:; '1.2.x' (pydicom UserWarning)",
-                     "cianet index: warning: AUC undefined for Mass"]
+    assert lines == [
+        "cianet index: warning: Invalid value for VR UI:; '1.2.x' (pydicom UserWarning)",
+        "cianet index: warning: AUC undefined for Mass",
+    ]
 
 
 def test_sigterm_unwinds_like_ctrl_c_and_a_killed_writers_temp_goes_with_the_next_write(model_and_images, tmp_path):
@@ -455,11 +544,14 @@ def test_a_refused_predict_claims_no_folder(model_and_images, tmp_path, capsys):
     model, pngs = model_and_images
     (tmp_path / "a.png").write_bytes(pngs[0])
     for extra in (["--batch-size", "0"], ["--prefetch", "-1"]):
-        assert main(["predict", str(tmp_path / "a.png"), "--model", str(model), "--out", str(tmp_path / "o"),
-                     *extra]) == 2
+        assert (
+            main(["predict", str(tmp_path / "a.png"), "--model", str(model), "--out", str(tmp_path / "o"), *extra]) == 2
+        )
         one_line(capsys.readouterr().err, extra[0])
-    assert main(["predict", str(tmp_path / "a.png"), "--model", str(tmp_path / "no.cianet"), "--out",
-                 str(tmp_path / "o")]) == 2
+    assert (
+        main(["predict", str(tmp_path / "a.png"), "--model", str(tmp_path / "no.cianet"), "--out", str(tmp_path / "o")])
+        == 2
+    )
     one_line(capsys.readouterr().err, "no.cianet")
     assert not (tmp_path / "o").exists()
 

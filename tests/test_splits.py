@@ -158,9 +158,7 @@ def test_protocol_ratios_and_no_leakage(idx, a_ratio, u_ratio):
         train_unann = [n for n in p.train if n not in annotated]
         sampled = train_unann + p.excluded["unannotated"]
         assert all(n not in annotated for n in sampled)
-        assert set(p.excluded["unannotated"]) == {
-            n for n in sampled if idx[n].patient_id in patients_of(idx, p.test)
-        }
+        assert set(p.excluded["unannotated"]) == {n for n in sampled if idx[n].patient_id in patients_of(idx, p.test)}
         assert p.excluded["n_unannotated"] == len(p.excluded["unannotated"])
         assert abs(len(sampled) / len(unannotated) - u_ratio) < 0.03
         if u_ratio == 1.0:

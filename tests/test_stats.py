@@ -1,6 +1,6 @@
 """cianet.metrics statistics (bootstrap intervals, verdicts, attention metric) against slow loop references.
 
-The bootstrap references replay the resampling scheme documented in cianet.metrics with the same RNG draws
+The bootstrap references replay the resampling scheme documented in cianet.metrics.bootstrap with the same RNG draws
 (run choice by ``rng.integers``, then per run, per class in ascending order, one ``rng.random((m_s, n_c))``;
 for AUC one ``rng.random((m_s, n))`` per run) and evaluate every replicate with explicit Python loops.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import cianet.metrics as metrics
+import cianet.metrics.bootstrap as bootstrap  # owns the row-block size
 from cianet.metrics import (
     accuracy_from_ious,
     attention_in_boxes,
@@ -147,8 +147,20 @@ def test_localization_difference_point_estimates_exact():
     assert res["std_a"] == float(np.std(acc_a)) and res["std_b"] == float(np.std(acc_b))
     assert res["n_boxes"] == 98 and res["n_seeds"] == 3 and res["n_boot"] == 50
     assert res["threshold"] == 0.5 and res["confidence"] == 0.95
-    assert set(res) == {"diff", "low", "high", "a", "b", "std_a", "std_b", "n_boxes", "n_seeds", "n_boot",
-                        "threshold", "confidence"}
+    assert set(res) == {
+        "diff",
+        "low",
+        "high",
+        "a",
+        "b",
+        "std_a",
+        "std_b",
+        "n_boxes",
+        "n_seeds",
+        "n_boot",
+        "threshold",
+        "confidence",
+    }
 
 
 @pytest.mark.parametrize("n_runs", [1, 3])
@@ -167,7 +179,7 @@ def test_localization_bootstrap_independent_of_row_blocks(monkeypatch):
     runs = [random_loc_run(rng, n) for n in (30, 21)]
     ia, ib, ic = (list(x) for x in zip(*runs))
     full = bootstrap_localization_difference(ia, ib, ic, n_boot=101, seed=3)
-    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 7)  # many small row blocks
+    monkeypatch.setattr(bootstrap, "_CHUNK_ELEMENTS", 7)  # many small row blocks
     assert bootstrap_localization_difference(ia, ib, ic, n_boot=101, seed=3) == full
 
 
@@ -192,8 +204,9 @@ def test_localization_single_seed_list_equals_array_and_stacked_runs():
     assert bootstrap_localization_difference(torch.tensor(a), b, c, n_boot=300, seed=5) == plain
     a2, b2, c2 = random_loc_run(rng, 40)
     listed = bootstrap_localization_difference([a, a2], [b, b2], [c, c2], n_boot=300, seed=5)
-    stacked = bootstrap_localization_difference(np.stack([a, a2]), np.stack([b, b2]), np.stack([c, c2]),
-                                                n_boot=300, seed=5)
+    stacked = bootstrap_localization_difference(
+        np.stack([a, a2]), np.stack([b, b2]), np.stack([c, c2]), n_boot=300, seed=5
+    )
     assert listed == stacked
 
 
@@ -259,14 +272,25 @@ def test_auc_difference_point_estimates_exact_and_bootstrap_reference():
     runs = [random_auc_run(rng, n) for n in (14, 11)]
     sa, sb, y = (list(x) for x in zip(*runs))
     res = bootstrap_auc_difference(sa, sb, y, n_boot=60, seed=4)
-    auc_a = [ref_mean_auc(s, l) for s, l in zip(sa, y)]
-    auc_b = [ref_mean_auc(s, l) for s, l in zip(sb, y)]
+    auc_a = [ref_mean_auc(s, labels) for s, labels in zip(sa, y)]
+    auc_b = [ref_mean_auc(s, labels) for s, labels in zip(sb, y)]
     assert res["a"] == float(np.mean(auc_a)) and res["b"] == float(np.mean(auc_b))
     assert res["diff"] == float(np.mean([x - z for x, z in zip(auc_a, auc_b)]))
     assert res["std_a"] == float(np.std(auc_a)) and res["std_b"] == float(np.std(auc_b))
     assert res["n_images"] == 25 and res["n_seeds"] == 2 and res["n_boot"] == 60
-    assert set(res) == {"diff", "low", "high", "a", "b", "std_a", "std_b", "n_images", "n_seeds", "n_boot",
-                        "confidence"}
+    assert set(res) == {
+        "diff",
+        "low",
+        "high",
+        "a",
+        "b",
+        "std_a",
+        "std_b",
+        "n_images",
+        "n_seeds",
+        "n_boot",
+        "confidence",
+    }
     lo, hi = ref_auc_bootstrap(sa, sb, y, 60, 4)
     assert res["low"] == pytest.approx(lo, abs=1e-12) and res["high"] == pytest.approx(hi, abs=1e-12)
 
@@ -280,7 +304,7 @@ def test_auc_single_run_bootstrap_reference_with_rare_class(monkeypatch):
     res = bootstrap_auc_difference(sa, sb, y, n_boot=80, seed=9)
     lo, hi = ref_auc_bootstrap([sa], [sb], [y], 80, 9)
     assert res["low"] == pytest.approx(lo, abs=1e-12) and res["high"] == pytest.approx(hi, abs=1e-12)
-    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 5)
+    monkeypatch.setattr(bootstrap, "_CHUNK_ELEMENTS", 5)
     assert bootstrap_auc_difference(sa, sb, y, n_boot=80, seed=9) == res
 
 
@@ -367,7 +391,7 @@ def ref_attention(delta, boxes, image_size):
         if boxes[k] is None or len(boxes[k]) == 0:
             continue
         inside = [[False] * gw for _ in range(gh)]
-        for (x, y, w, h) in boxes[k]:
+        for x, y, w, h in boxes[k]:
             for i in range(gh):
                 for j in range(gw):
                     ox = min(x + w, (j + 1) * W / gw) - max(x, j * W / gw)
@@ -426,10 +450,19 @@ def test_attention_random_matches_loop_reference():
         delta = rng.random((12, gh, gw)) ** 4
         delta[2] = np.round(delta[2], 1)  # ties
         boxes = []
-        for k in range(12):
+        for _k in range(12):
             count = int(rng.integers(0, 3))
-            boxes.append([(int(rng.integers(-8, W)), int(rng.integers(-8, H)), int(rng.integers(0, 40)),
-                           int(rng.integers(0, 30))) for _ in range(count)])
+            boxes.append(
+                [
+                    (
+                        int(rng.integers(-8, W)),
+                        int(rng.integers(-8, H)),
+                        int(rng.integers(0, 40)),
+                        int(rng.integers(0, 30)),
+                    )
+                    for _ in range(count)
+                ]
+            )
         got = attention_in_boxes(torch.tensor(delta, dtype=torch.float64), boxes, (W, H))
         hit, mass, share, n = ref_attention(delta, boxes, (W, H))
         assert got["n_images"] == n and got["hit_rate"] == hit

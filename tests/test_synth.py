@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cianet.data.synth import (
+from cianet.labels import BOX_LABELS, LABELS, NO_FINDING
+from cianet.phantom.anatomy import anatomy_layers, sample_anatomy
+from cianet.phantom.generator import (
     BBOX_HEADER,
     DATA_ENTRY_HEADER,
     IDENTITY,
@@ -32,8 +34,6 @@ from cianet.data.synth import (
     sample_spec,
     template_anatomy,
 )
-from cianet.data.synth_anatomy import anatomy_layers, sample_anatomy
-from cianet.labels import BOX_LABELS, LABELS, NO_FINDING
 
 NAME_RE = re.compile(r"^(\d{8})_(\d{3})\.png$")
 
@@ -84,7 +84,10 @@ def test_boxes_lie_in_image_and_cover_exactly_the_drawn_lesion(strength):
             drawn = box_edges(drawn)
             # Inside the box ...
             assert drawn[0] >= box[0] and drawn[1] >= box[1] and drawn[2] <= box[2] and drawn[3] <= box[3], (
-                label, box, drawn)
+                label,
+                box,
+                drawn,
+            )
             # ... and touching it on every side (a pixel of slack: the faintest rim may round away).
             assert np.abs(drawn - box).max() <= 1, (label, strength, box, drawn)
 
@@ -148,8 +151,13 @@ def test_windowed_anatomy_equals_full_evaluation():
     for k in range(3):
         rng = np.random.default_rng([2, k])
         anat = sample_anatomy(rng)
-        params = (rng.uniform(-0.1, 0.1), rng.uniform(-0.1, 0.1), rng.uniform(0.85, 1.15), rng.uniform(0.85, 1.15),
-                  rng.uniform(-0.2, 0.2))
+        params = (
+            rng.uniform(-0.1, 0.1),
+            rng.uniform(-0.1, 0.1),
+            rng.uniform(0.85, 1.15),
+            rng.uniform(0.85, 1.15),
+            rng.uniform(-0.2, 0.2),
+        )
         X, Y = patient_grid(72, params)
         fast = anatomy_layers(X, Y, anat, 2 / 72)
         perm = rng.permutation(72)
@@ -165,8 +173,9 @@ def test_bilinear_sample_matches_grid_sample():
     X = rng.uniform(-1.2, 1.2, size=(7, 9)).astype(np.float32)
     Y = rng.uniform(-1.2, 1.2, size=(7, 9)).astype(np.float32)
     grid = torch.from_numpy(np.stack([X, Y], -1)).double()[None]
-    ref = F.grid_sample(torch.from_numpy(img).double()[None, None], grid, mode="bilinear", padding_mode="zeros",
-                        align_corners=False)[0, 0].numpy()
+    ref = F.grid_sample(
+        torch.from_numpy(img).double()[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )[0, 0].numpy()
     np.testing.assert_allclose(bilinear_sample(img, X, Y), ref, atol=1e-5)
 
 
@@ -307,8 +316,9 @@ def test_nih_index_reads_the_synthetic_set_like_the_real_one(synth_set):
     assert index.official_test == set((root / "test_list.txt").read_text().split())
     for t in listed:
         rec = index[t["Image Index"]]
-        assert any(b.label == t["box_label"] and (b.x, b.y, b.w, b.h) == tuple(float(t[k]) for k in "xywh")
-                   for b in rec.boxes)
+        assert any(
+            b.label == t["box_label"] and (b.x, b.y, b.w, b.h) == tuple(float(t[k]) for k in "xywh") for b in rec.boxes
+        )
     for name in names:
         row = next(t for t in truth if t["Image Index"] == name)
         want = () if row["Finding Labels"] == NO_FINDING else tuple(row["Finding Labels"].split("|"))
@@ -345,8 +355,22 @@ def test_generate_with_backgrounds_and_cli(nih_sample_dir, tmp_path, capsys):
     from cianet.cli import main
 
     out = tmp_path / "real"
-    rc = main(["synth", str(out), "--n-images", "6", "--size", "64", "--seed", "2", "--workers", "1",
-               "--backgrounds", str(nih_sample_dir)])
+    rc = main(
+        [
+            "synth",
+            str(out),
+            "--n-images",
+            "6",
+            "--size",
+            "64",
+            "--seed",
+            "2",
+            "--workers",
+            "1",
+            "--backgrounds",
+            str(nih_sample_dir),
+        ]
+    )
     assert rc == 0
     truth = read_truth(out)
     assert all(t["background"] for t in truth)
@@ -388,7 +412,7 @@ def twin_sets(tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_image_has_a_finding_free_twin_of_its_own_acquisition(twin_sets):
-    from cianet.data.synth import TWINS_DIR, twin_spec
+    from cianet.phantom.generator import TWINS_DIR, twin_spec
 
     root, summary = twin_sets[2], twin_sets[3]
     names = sorted(p.name for p in (root / "images").iterdir())
@@ -412,7 +436,7 @@ def test_every_image_has_a_finding_free_twin_of_its_own_acquisition(twin_sets):
 
 
 def test_twin_is_an_independent_acquisition_of_the_same_patient():
-    from cianet.data.synth import REACQUISITION, twin_spec
+    from cianet.phantom.generator import REACQUISITION, twin_spec
 
     for p in plan_dataset(40, 2)[:20]:
         spec = build_spec(p, 48, 2)
@@ -441,8 +465,9 @@ def test_extra_negatives_leave_the_data_set_unchanged(twin_sets):
         assert b[: len(a)] == a and len(b) == len(a) + 6
     for f in ("BBox_List_2017.csv", "train_val_list.txt", "test_list.txt"):
         assert (plain / f).read_bytes() == (extra / f).read_bytes()
-    assert {k: v for k, v in ps.items() if k not in ("out_dir", "seconds", "extra_negatives", "twins")} == \
-        {k: v for k, v in es.items() if k not in ("out_dir", "seconds", "extra_negatives", "twins")}
+    assert {k: v for k, v in ps.items() if k not in ("out_dir", "seconds", "extra_negatives", "twins")} == {
+        k: v for k, v in es.items() if k not in ("out_dir", "seconds", "extra_negatives", "twins")
+    }
     index = NIHIndex.from_root(extra)
     assert index.pool_only == frozenset(listed) and index.summary()["pool_only"] == 6
     main_patients = {index[n].patient_id for n in index.names() if n not in index.pool_only}
@@ -456,10 +481,9 @@ def test_protocol_keeps_pool_only_images_out_of_every_split(twin_sets):
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from helpers import tiny_config
-
     from cianet.run.pairing import negative_pool
     from cianet.run.protocol import build_run_data
+    from helpers import tiny_config
 
     plain, _, extra, _ = twin_sets
     pool_only = set((extra / "pool_only.txt").read_text().split())
@@ -490,8 +514,22 @@ def test_hash_index_includes_pool_only_images(twin_sets, tmp_path, capsys):
     plain, _, extra, _ = twin_sets
     counts = []
     for root in (plain, extra):
-        assert main(["hash", "--data-root", str(root), "--out", str(tmp_path / f"{root.name}.npz"), "--json",
-                     "--no-progress", "--workers", "1"]) == 0
+        assert (
+            main(
+                [
+                    "hash",
+                    "--data-root",
+                    str(root),
+                    "--out",
+                    str(tmp_path / f"{root.name}.npz"),
+                    "--json",
+                    "--no-progress",
+                    "--workers",
+                    "1",
+                ]
+            )
+            == 0
+        )
         counts.append(json.loads(capsys.readouterr().out)["images"])
     assert counts[1] == counts[0] + 6
 
@@ -520,8 +558,26 @@ def test_csv_layout_phantom_keeps_follow_ups_and_priors(tmp_path, capsys):
     from cianet.cli import main
 
     for layout in ("nih", "csv"):
-        assert main(["synth", str(tmp_path / layout), "--layout", layout, "--n-images", "30", "--size", "32",
-                     "--seed", "4", "--workers", "1", "--json"]) == 0
+        assert (
+            main(
+                [
+                    "synth",
+                    str(tmp_path / layout),
+                    "--layout",
+                    layout,
+                    "--n-images",
+                    "30",
+                    "--size",
+                    "32",
+                    "--seed",
+                    "4",
+                    "--workers",
+                    "1",
+                    "--json",
+                ]
+            )
+            == 0
+        )
         capsys.readouterr()
     counts = []
     for layout in ("nih", "csv"):
@@ -534,8 +590,22 @@ def test_csv_layout_phantom_keeps_follow_ups_and_priors(tmp_path, capsys):
 def test_extra_negatives_only_in_the_nih_layout(tmp_path, capsys):
     from cianet.cli import main
 
-    rc = main(["synth", str(tmp_path / "r"), "--layout", "csv", "--n-images", "8", "--size", "32",
-               "--workers", "1", "--extra-negatives", "2"])
+    rc = main(
+        [
+            "synth",
+            str(tmp_path / "r"),
+            "--layout",
+            "csv",
+            "--n-images",
+            "8",
+            "--size",
+            "32",
+            "--workers",
+            "1",
+            "--extra-negatives",
+            "2",
+        ]
+    )
     assert rc == 2 and "--extra-negatives is only written in the nih layout" in capsys.readouterr().err
 
 
@@ -563,8 +633,28 @@ def test_backgrounds_one_patient_each_in_synth_truth(nih_sample_dir, tmp_path, c
     from cianet.cli import main
 
     out = tmp_path / "semi"
-    assert main(["synth", str(out), "--n-images", "14", "--size", "48", "--seed", "1", "--workers", "1",
-                 "--backgrounds", str(nih_sample_dir), "--extra-negatives", "3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(out),
+                "--n-images",
+                "14",
+                "--size",
+                "48",
+                "--seed",
+                "1",
+                "--workers",
+                "1",
+                "--backgrounds",
+                str(nih_sample_dir),
+                "--extra-negatives",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     owner: dict[str, set[str]] = {}
     for t in read_truth(out):
         assert t["background"]
@@ -577,8 +667,23 @@ def test_backgrounds_one_patient_each_in_synth_truth(nih_sample_dir, tmp_path, c
     for p in find_backgrounds(nih_sample_dir)[:2]:
         (small / p.name).write_bytes(p.read_bytes())
     capsys.readouterr()
-    assert main(["synth", str(tmp_path / "x"), "--n-images", "14", "--size", "48", "--workers", "1",
-                 "--backgrounds", str(small)]) == 2
+    assert (
+        main(
+            [
+                "synth",
+                str(tmp_path / "x"),
+                "--n-images",
+                "14",
+                "--size",
+                "48",
+                "--workers",
+                "1",
+                "--backgrounds",
+                str(small),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--backgrounds: 2 radiographs for" in err and len(err.strip().splitlines()) == 1
 
@@ -607,8 +712,8 @@ def test_phantom_follow_ups_differ_as_reacquisitions():
 def test_semi_synthetic_follow_up_is_the_radiograph_taken_again(nih_sample_dir):
     """reacquire_background against an independent reference: torch affine_grid/grid_sample of the composed map,
     then the exposure re-toned."""
-    from cianet.data.synth import APEX_Y, REACQUISITION, reacquire_background
-    from cianet.data.synth_anatomy import inverse_tone, tone
+    from cianet.phantom.anatomy import inverse_tone, tone
+    from cianet.phantom.generator import APEX_Y, REACQUISITION, reacquire_background
 
     bg = load_background(str(find_backgrounds(nih_sample_dir)[0]), 64)
     got = reacquire_background(bg, np.random.default_rng(7))
@@ -692,11 +797,30 @@ def test_prior_share_on_backgrounds_and_through_the_cli(tmp_path, capsys):
     n_finding, n_prior, _ = _patient_prior_share(plans)
     assert n_prior == round(0.6 * n_finding)
     out = tmp_path / "p"
-    assert main(["synth", str(out), "--n-images", "40", "--size", "32", "--seed", "2", "--workers", "1",
-                 "--prior-share", "0.8", "--json"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(out),
+                "--n-images",
+                "40",
+                "--size",
+                "32",
+                "--seed",
+                "2",
+                "--workers",
+                "1",
+                "--prior-share",
+                "0.8",
+                "--json",
+            ]
+        )
+        == 0
+    )
     s = json.loads(capsys.readouterr().out)["priors"]
     assert s["patients_with_prior"] == round(0.8 * s["patients_with_finding"])
     assert main(["index", "--data-root", str(out), "--json"]) == 0
     idx = json.loads(capsys.readouterr().out)
-    assert {k: idx[k] for k in ("with_prior", "positives_with_prior", "boxed_with_prior")} == \
-        {k: s[k] for k in ("with_prior", "positives_with_prior", "boxed_with_prior")}
+    assert {k: idx[k] for k in ("with_prior", "positives_with_prior", "boxed_with_prior")} == {
+        k: s[k] for k in ("with_prior", "positives_with_prior", "boxed_with_prior")
+    }

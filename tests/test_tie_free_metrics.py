@@ -107,11 +107,23 @@ def test_evidence_of_very_negative_logits_stays_positive_and_ordered():
 
 
 # ---------------------------------------------------------------------------------------------- display
-@pytest.mark.parametrize("p, text", [
-    (1.0, "> 0.9999"), (np.float32(0.99999994), "> 0.9999"), (0.99995, "> 0.9999"), (0.99994, "0.9999"),
-    (0.5, "0.5000"), (0.123456, "0.1235"), (0.00005, "0.0001"), (0.00004, "< 0.0001"), (1e-30, "< 0.0001"),
-    (0.0, "0"), (None, "n/a"), (float("nan"), "n/a"),
-])
+@pytest.mark.parametrize(
+    "p, text",
+    [
+        (1.0, "> 0.9999"),
+        (np.float32(0.99999994), "> 0.9999"),
+        (0.99995, "> 0.9999"),
+        (0.99994, "0.9999"),
+        (0.5, "0.5000"),
+        (0.123456, "0.1235"),
+        (0.00005, "0.0001"),
+        (0.00004, "< 0.0001"),
+        (1e-30, "< 0.0001"),
+        (0.0, "0"),
+        (None, "n/a"),
+        (float("nan"), "n/a"),
+    ],
+)
 def test_format_probability(p, text):
     assert format_probability(p) == text
 
@@ -149,7 +161,8 @@ def test_pointing_hit_matches_loop_reference_with_ties():
         box = (rng.uniform(-5, size[0]), rng.uniform(-5, size[1]), rng.uniform(0, 30), rng.uniform(0, 30))
         shift = (lambda x, y: (x + 3.0, 0.5 * y)) if trial % 2 else None
         assert pointing_hit(grid, box, size, shift) == pytest.approx(
-            pointing_reference(grid.tolist(), box, size, shift), abs=1e-15)
+            pointing_reference(grid.tolist(), box, size, shift), abs=1e-15
+        )
 
 
 def test_pointing_hit_hand_built():
@@ -226,8 +239,12 @@ def test_add_val_threshold_applies_the_validation_choice_to_test():
     names = ["a", "b"]
     val = {"iou_grid": rng.random((9, g)), "box_classes": rng.integers(0, 2, 9)}
     t_cls = np.array([0, 1, 1, 0, 1, 0])
-    test = {"iou_grid": rng.random((6, g)), "box_classes": t_cls, "ious": rng.random(6),
-            "localization": accuracy_from_ious(rng.random(6), t_cls, (0.1, 0.5), names)}
+    test = {
+        "iou_grid": rng.random((6, g)),
+        "box_classes": t_cls,
+        "ious": rng.random(6),
+        "localization": accuracy_from_ious(rng.random(6), t_cls, (0.1, 0.5), names),
+    }
     add_val_threshold(test, val)
     vt = test["val_threshold"]
     chosen = choose_prob_threshold(val["iou_grid"], val["box_classes"])
@@ -246,14 +263,20 @@ def test_class_mean_bootstrap_of_hits_equals_the_localization_bootstrap():
     rng = np.random.default_rng(6)
     runs = [(rng.random(30), rng.random(30), rng.integers(0, 3, 30)) for _ in range(3)]
     t = 0.4
-    loc = bootstrap_localization_difference([a for a, _, _ in runs], [b for _, b, _ in runs],
-                                            [c for _, _, c in runs], threshold=t, n_boot=300, seed=9)
-    hits = bootstrap_class_mean_difference([(a > t).astype(float) for a, _, _ in runs],
-                                           [(b > t).astype(float) for _, b, _ in runs], [c for _, _, c in runs],
-                                           n_boot=300, seed=9)
+    loc = bootstrap_localization_difference(
+        [a for a, _, _ in runs], [b for _, b, _ in runs], [c for _, _, c in runs], threshold=t, n_boot=300, seed=9
+    )
+    hits = bootstrap_class_mean_difference(
+        [(a > t).astype(float) for a, _, _ in runs],
+        [(b > t).astype(float) for _, b, _ in runs],
+        [c for _, _, c in runs],
+        n_boot=300,
+        seed=9,
+    )
     assert {k: v for k, v in loc.items() if k != "threshold"} == {k: v for k, v in hits.items() if k != "metric"}
     assert class_mean_ci((runs[0][0] > t).astype(float), runs[0][2], n_boot=200, seed=2) == localization_ci(
-        runs[0][0], runs[0][2], threshold=t, n_boot=200, seed=2)
+        runs[0][0], runs[0][2], threshold=t, n_boot=200, seed=2
+    )
     # fractional values (ties in the pointing game): the point difference is the class-mean difference
     a, b, c = rng.random(20), rng.random(20), rng.integers(0, 2, 20)
     r = bootstrap_class_mean_difference(a, b, c, n_boot=50)
@@ -284,11 +307,10 @@ class BrightCells(torch.nn.Module):
 @pytest.fixture(scope="module")
 def saturated_run(tmp_path_factory):
     """The saturated stand-in network, a tiny data set's test loader, and the reference grids of each batch."""
-    from helpers import tiny_config, write_tiny_nih
-
     from cianet.run.forward import forward_grids
     from cianet.run.loaders import make_loaders
     from cianet.run.protocol import build_run_data
+    from helpers import tiny_config, write_tiny_nih
 
     tmp = tmp_path_factory.mktemp("saturated")
     root = write_tiny_nih(tmp / "data", n_patients=30)
@@ -305,7 +327,7 @@ def pixel_iou(positive_cells, box, size):
     pred = np.kron(positive_cells, np.ones((size // gh, size // gh), dtype=bool))
     x, y, w, h = (int(round(v)) for v in box)
     gt = np.zeros((size, size), dtype=bool)
-    gt[y: y + h, x: x + w] = True
+    gt[y : y + h, x : x + w] = True
     union = np.logical_or(pred, gt).sum()
     return np.logical_and(pred, gt).sum() / union if pred.any() else 0.0
 
@@ -350,17 +372,20 @@ def test_scorer_auc_ranks_by_evidence_and_boxes_get_pointing_and_threshold_grid(
 def test_scorer_pointing_maps_cell_centres_back_through_the_alignment(saturated_run, tmp_path):
     """A constant alignment shifts the image by tx (normalized): a cell centre c of the aligned frame is the
     point c + tx s / 2 of the original frame, where the boxes are."""
-    from helpers import write_alignment
-
     from cianet.run.checkpoints import load_alignment
     from cianet.run.forward import align_batch, forward_grids
     from cianet.run.scoring import evaluate
+    from helpers import write_alignment
 
     model, loader, _ = saturated_run
     tx = 0.25
     net = load_alignment(write_alignment(tmp_path / "align.pt", tx=tx)).net
     with pytest.warns(UserWarning):
         m = evaluate(model, loader, torch.device("cpu"), align_net=net, progress=False, keep_predictions=True)
+
+    def shift_by(dx):
+        return lambda x, y: (x + dx, y)
+
     ref = []
     for batch in loader:
         s = batch["image"].shape[-1]
@@ -369,9 +394,10 @@ def test_scorer_pointing_maps_cell_centres_back_through_the_alignment(saturated_
         for b in range(batch["image"].shape[0]):
             for row in batch["boxes"][b]:
                 if 0 <= row[0] < 8:
-                    shift = lambda x, y: (x + tx * s / 2, y)  # noqa: E731
-                    ref.append(pointing_reference(o["test_logits"][b, int(row[0])].tolist(), row[1:].tolist(),
-                                                  (s, s), shift))
+                    shift = shift_by(tx * s / 2)
+                    ref.append(
+                        pointing_reference(o["test_logits"][b, int(row[0])].tolist(), row[1:].tolist(), (s, s), shift)
+                    )
     np.testing.assert_allclose(m["pointing"], ref, atol=1e-9)
     np.testing.assert_array_equal(m["iou_grid"][:, PROB_THRESHOLD_GRID.index(0.5)], m["ious"])
 
@@ -381,13 +407,28 @@ def test_predictions_keep_evidence_and_pointing_and_old_files_say_to_reevaluate(
     from cianet.run.scoring import PREDICTIONS, read_predictions, write_metrics
 
     rng = np.random.default_rng(7)
-    m = {"localization": {"0.5": {"Mass": 0.5, "Mean": 0.5}}, "auc": {"Mass": 0.7, "Mean": 0.7},
-         "pointing_game": {"Mass": 0.25, "Mean": 0.25}, "n_images": 4, "n_boxes": 2,
-         "val_threshold": {"threshold": 0.9, "t_iou": 0.5, "val_accuracy": 0.4, "val_boxes": 5,
-                           "localization": {"0.5": {"Mass": 0.75, "Mean": 0.75}}},
-         "scores": np.ones((4, 1), np.float32), "evidence": rng.random((4, 1)) * 40, "labels": np.eye(4, 1),
-         "ious": rng.random(2), "ious_val": rng.random(2), "pointing": np.array([0.0, 0.5]),
-         "box_classes": np.array([0, 0]), "box_images": np.array([0, 1])}
+    m = {
+        "localization": {"0.5": {"Mass": 0.5, "Mean": 0.5}},
+        "auc": {"Mass": 0.7, "Mean": 0.7},
+        "pointing_game": {"Mass": 0.25, "Mean": 0.25},
+        "n_images": 4,
+        "n_boxes": 2,
+        "val_threshold": {
+            "threshold": 0.9,
+            "t_iou": 0.5,
+            "val_accuracy": 0.4,
+            "val_boxes": 5,
+            "localization": {"0.5": {"Mass": 0.75, "Mean": 0.75}},
+        },
+        "scores": np.ones((4, 1), np.float32),
+        "evidence": rng.random((4, 1)) * 40,
+        "labels": np.eye(4, 1),
+        "ious": rng.random(2),
+        "ious_val": rng.random(2),
+        "pointing": np.array([0.0, 0.5]),
+        "box_classes": np.array([0, 0]),
+        "box_images": np.array([0, 1]),
+    }
     write_metrics(tmp_path, m)
     got = read_predictions(tmp_path, need=("evidence", "pointing"))
     for key in ("evidence", "pointing", "ious_val"):
@@ -409,9 +450,15 @@ def test_predictions_keep_evidence_and_pointing_and_old_files_say_to_reevaluate(
 def _predictions(run_dir, rng, classes, labels, with_val):
     run_dir.mkdir(parents=True)
     n = len(classes)
-    arrays = dict(ious=rng.random(n), box_classes=classes, box_images=np.zeros(n, int), labels=labels,
-                  scores=np.ones(labels.shape, np.float32), evidence=20 + 5 * rng.random(labels.shape) + 3 * labels,
-                  pointing=rng.choice([0.0, 0.5, 1.0], n))
+    arrays = dict(
+        ious=rng.random(n),
+        box_classes=classes,
+        box_images=np.zeros(n, int),
+        labels=labels,
+        scores=np.ones(labels.shape, np.float32),
+        evidence=20 + 5 * rng.random(labels.shape) + 3 * labels,
+        pointing=rng.choice([0.0, 0.5, 1.0], n),
+    )
     if with_val:
         arrays["ious_val"] = rng.random(n)
     np.savez(run_dir / "predictions.npz", **arrays)
@@ -420,7 +467,7 @@ def _predictions(run_dir, rng, classes, labels, with_val):
 
 def test_compare_runs_ranks_by_evidence_and_adds_the_pointing_game(tmp_path):
     from cianet.errors import InputError
-    from cianet.evaluation.experiments import compare_runs, comparison_markdown
+    from cianet.evaluation.comparisons import compare_runs, comparison_markdown
 
     rng = np.random.default_rng(8)
     classes, labels = rng.integers(0, 3, 15), (rng.random((20, 4)) < 0.5).astype(float)
@@ -431,7 +478,8 @@ def test_compare_runs_ranks_by_evidence_and_adds_the_pointing_game(tmp_path):
     assert comp["auc"]["a"] == pytest.approx(want_a) and comp["auc"]["a"] > 0.6  # scores all 1.0: 0.5
     assert comp["pointing"] == bootstrap_class_mean_difference(a["pointing"], b["pointing"], classes, n_boot=200)
     assert comp["val 0.5"]["diff"] == pytest.approx(
-        bootstrap_localization_difference(a["ious_val"], b["ious_val"], classes, n_boot=200)["diff"])
+        bootstrap_localization_difference(a["ious_val"], b["ious_val"], classes, n_boot=200)["diff"]
+    )
     md = comparison_markdown({"A - B": comp})
     assert "| pointing game |" in md and "| mean AUC (by evidence) |" in md and "p threshold from val" in md
     _predictions(tmp_path / "c", rng, classes, labels, False)  # no validation split: no "val 0.5" row
@@ -448,12 +496,11 @@ def test_compare_runs_ranks_by_evidence_and_adds_the_pointing_game(tmp_path):
 def test_trained_run_has_tie_free_evidence_pointing_and_a_validation_threshold(tmp_path, capsys):
     import json
 
-    from helpers import tiny_config, write_tiny_nih
-
     from cianet.cli import main
     from cianet.evaluation.evaluate import load_run
     from cianet.run.scoring import evaluate, read_predictions
     from cianet.training.loop import fit
+    from helpers import tiny_config, write_tiny_nih
 
     root = write_tiny_nih(tmp_path / "data", n_patients=40)
     run = fit(tiny_config(tmp_path / "run", root, protocol__val_share=0.25, protocol__unannotated_ratio=0.5))
@@ -472,11 +519,19 @@ def test_trained_run_has_tie_free_evidence_pointing_and_a_validation_threshold(t
     vt = m["val_threshold"]
     loaded = load_run(run, device="cpu")
     with pytest.warns(UserWarning):
-        val = evaluate(loaded.model, loaded.val_loader, loaded.device, progress=False,
-                       align_net=loaded.align_net, rescale=loaded.cfg.loss.mil_rescale)
+        val = evaluate(
+            loaded.model,
+            loaded.val_loader,
+            loaded.device,
+            progress=False,
+            align_net=loaded.align_net,
+            rescale=loaded.cfg.loss.mil_rescale,
+        )
     assert val["n_boxes"] == vt["val_boxes"] > 0
-    assert vt["threshold"] == choose_reference(val["iou_grid"].tolist(), val["box_classes"].tolist(),
-                                               list(PROB_THRESHOLD_GRID))[0]
+    assert (
+        vt["threshold"]
+        == choose_reference(val["iou_grid"].tolist(), val["box_classes"].tolist(), list(PROB_THRESHOLD_GRID))[0]
+    )
     with pytest.warns(UserWarning):
         at = accuracy_from_ious(pred["ious_val"], pred["box_classes"], [0.5], box_names)["0.5"]
     assert at["Mean"] == pytest.approx(vt["localization"]["0.5"]["Mean"])
@@ -494,18 +549,28 @@ def test_trained_run_has_tie_free_evidence_pointing_and_a_validation_threshold(t
 def test_viewer_and_model_card_show_readable_probabilities_and_the_new_measures(tmp_path):
     import json
 
-    from helpers import tiny_config
-
     from cianet.evaluation.viewer import shown_probabilities
     from cianet.inference.model_card import format_card, model_card
+    from helpers import tiny_config
 
     assert shown_probabilities({"Mass": 1.0, "Nodule": 0.25, "Hernia": 3e-9}) == {
-        "Mass": "> 0.9999", "Nodule": "0.2500", "Hernia": "< 0.0001"}
+        "Mass": "> 0.9999",
+        "Nodule": "0.2500",
+        "Hernia": "< 0.0001",
+    }
     loc = {"0.5": {"Mass": 0.5, "Mean": 0.5}}
-    (tmp_path / "metrics.json").write_text(json.dumps({
-        "auc": {"Mass": 0.7, "Mean": 0.7}, "localization": loc, "n_images": 3, "n_boxes": 2,
-        "pointing_game": {"Mass": 0.625, "Mean": 0.625},
-        "val_threshold": {"threshold": 0.995, "localization": {"0.5": {"Mass": 0.75, "Mean": 0.75}}}}))
+    (tmp_path / "metrics.json").write_text(
+        json.dumps(
+            {
+                "auc": {"Mass": 0.7, "Mean": 0.7},
+                "localization": loc,
+                "n_images": 3,
+                "n_boxes": 2,
+                "pointing_game": {"Mass": 0.625, "Mean": 0.625},
+                "val_threshold": {"threshold": 0.995, "localization": {"0.5": {"Mass": 0.75, "Mean": 0.75}}},
+            }
+        )
+    )
     card = model_card(tmp_path, tiny_config(tmp_path / "run"), ["Mass"], [0.5])
     assert card["metrics"]["pointing_game_mean"] == 0.625
     assert card["metrics"]["val_threshold"] == {"threshold": 0.995, "localization_mean": {"0.5": 0.75}}
@@ -523,9 +588,17 @@ def test_cross_dataset_restriction_keeps_evidence_and_pointing_of_the_scored_cla
     labels = (rng.random((n, 14)) < 0.4).astype(np.float32)
     evidence = rng.random((n, 14)) * 50
     cls = np.array([0, 4, 5, 5, 6])
-    metrics = {"scores": np.ones((n, 14), np.float32), "evidence": evidence, "labels": labels,
-               "ious": rng.random(5), "pointing": np.array([1.0, 0.0, 0.5, 1.0, 1.0]), "iou_grid": rng.random((5, 3)),
-               "box_classes": cls, "box_images": np.arange(5), "n_boxes": 5}
+    metrics = {
+        "scores": np.ones((n, 14), np.float32),
+        "evidence": evidence,
+        "labels": labels,
+        "ious": rng.random(5),
+        "pointing": np.array([1.0, 0.0, 0.5, 1.0, 1.0]),
+        "iou_grid": rng.random((5, 3)),
+        "box_classes": cls,
+        "box_images": np.arange(5),
+        "n_boxes": 5,
+    }
     scored = ("Mass", "Nodule", "Edema")
     out = restrict_metrics(metrics, NIH_LABEL_SET, scored, (0.5,))
     cols = [NIH_LABEL_SET.index(c) for c in scored]

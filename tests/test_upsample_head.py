@@ -20,7 +20,7 @@ def test_upsampled_conv3x3_equals_conv_of_upsampled_features(h: int, w: int, siz
     ref = torch.zeros(2, 5, size, size, dtype=torch.float64)
     for ky in range(3):
         for kx in range(3):
-            ref += torch.einsum("oc,bcuv->bouv", weight[:, :, ky, kx], padded[:, :, ky:ky + size, kx:kx + size])
+            ref += torch.einsum("oc,bcuv->bouv", weight[:, :, ky, kx], padded[:, :, ky : ky + size, kx : kx + size])
     got = upsampled_conv3x3(f, weight, size)
     assert got.shape == (2, 5, size, size)
     assert torch.allclose(got, ref, atol=1e-10, rtol=0)

@@ -8,12 +8,10 @@ import json
 import pytest
 import torch
 
-from helpers import tiny_config, tiny_model, write_tiny_nih
+from helpers import tiny_config, tiny_model
 
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return write_tiny_nih(tmp_path_factory.mktemp("tiny_nih_val"), n_patients=40)
+#: the tiny set of this module (conftest's tiny_root): 40 patients, enough for a validation split with boxes
+TINY_PATIENTS = 40
 
 
 def _patients(index, names):
@@ -45,8 +43,8 @@ def test_localization_val_is_patient_disjoint_and_keeps_boxes(tiny_root):
 
 
 def test_run_data_records_val_and_keeps_auc_extra_apart(tiny_root, tmp_path):
-    from cianet.run.protocol import build_run_data, check_same_split, read_split_file, write_split_file
     from cianet.errors import InputError
+    from cianet.run.protocol import build_run_data, check_same_split, read_split_file, write_split_file
 
     cfg = tiny_config(tmp_path / "run", tiny_root, protocol__val_share=0.25, protocol__unannotated_ratio=0.5)
     data = build_run_data(cfg)
@@ -60,8 +58,9 @@ def test_run_data_records_val_and_keeps_auc_extra_apart(tiny_root, tmp_path):
     write_split_file(tmp_path / "run", data)
     assert read_split_file(tmp_path / "run")["val"] == data.val
     check_same_split(tmp_path / "run", build_run_data(cfg))  # rebuilt: the same lists
-    other = build_run_data(tiny_config(tmp_path / "run", tiny_root, protocol__val_share=0.4,
-                                       protocol__unannotated_ratio=0.5))
+    other = build_run_data(
+        tiny_config(tmp_path / "run", tiny_root, protocol__val_share=0.4, protocol__unannotated_ratio=0.5)
+    )
     with pytest.raises(InputError, match="split.json.*val"):
         check_same_split(tmp_path / "run", other)
 
@@ -105,8 +104,9 @@ def test_training_logs_val_metrics_on_val_images_and_resumes_on_the_same_split(t
     from cianet.training import loop as tr
 
     def cfg():
-        return tiny_config(tmp_path / "run", tiny_root, protocol__val_share=0.25, run__eval_every=1,
-                           protocol__unannotated_ratio=0.5)
+        return tiny_config(
+            tmp_path / "run", tiny_root, protocol__val_share=0.25, run__eval_every=1, protocol__unannotated_ratio=0.5
+        )
 
     real_epoch = tr.train_one_epoch
     calls = {"n": 0}

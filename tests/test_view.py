@@ -22,6 +22,7 @@ BOX = (20, 30, 24, 20)  # the true Nodule box of the second image (x, y, w, h)
 
 def strict_load(path: Path):
     """json.loads that refuses NaN/Infinity (as strict parsers do)."""
+
     def refuse(token):
         raise AssertionError(f"{path}: non-standard JSON token {token}")
 
@@ -48,9 +49,14 @@ def predicted(tmp_path_factory) -> dict:
     bundle["model"]["head.cls.bias"] -= logits.transpose(0, 1).reshape(14, -1).median(dim=1).values
     bundle = save_bundle(bundle, tmp / "m.cianet")
     truth = tmp / "truth"
-    write_nih(truth, [TinyImage("00000101_000.png", imgs[0], "No Finding", 101),
-                      TinyImage("00000102_000.png", imgs[1], "Nodule", 102, box=BOX),
-                      TinyImage("00000103_000.png", imgs[2], "Effusion|Mass", 103)])
+    write_nih(
+        truth,
+        [
+            TinyImage("00000101_000.png", imgs[0], "No Finding", 101),
+            TinyImage("00000102_000.png", imgs[1], "Nodule", 102, box=BOX),
+            TinyImage("00000103_000.png", imgs[2], "Effusion|Mass", 103),
+        ],
+    )
     out = tmp / "pred"
     res = predict_files([str(truth / "images")], bundle, out, batch_size=2, progress=False, overlay=False)
     assert res.predicted == 3
@@ -84,14 +90,26 @@ def test_coco_files_hold_every_box_with_its_category(predicted):
     assert [c["id"] for c in dataset["categories"]] == list(range(1, 15))
     images = {im["id"]: im for im in dataset["images"]}
     assert sorted(Path(im["file_name"]).name for im in images.values()) == [
-        "00000101_000.png", "00000102_000.png", "00000103_000.png"]
+        "00000101_000.png",
+        "00000102_000.png",
+        "00000103_000.png",
+    ]
     assert all((im["width"], im["height"]) == (80, 96) for im in images.values())
     boxes = list(csv.DictReader(open(out / "boxes.csv")))
     assert len(boxes) == len(results) == len(dataset["annotations"]) > 0  # thresholds 0: boxes are reported
-    got = sorted((Path(images[r["image_id"]]["file_name"]).name, LABELS[r["category_id"] - 1],
-                  *np.round(r["bbox"], 1), r["score"]) for r in results)
-    want = sorted((Path(b["file"]).name, b["label"], *np.round([float(b[k]) for k in "xywh"], 1),
-                   float(b["score"])) for b in boxes)
+    got = sorted(
+        (
+            Path(images[r["image_id"]]["file_name"]).name,
+            LABELS[r["category_id"] - 1],
+            *np.round(r["bbox"], 1),
+            r["score"],
+        )
+        for r in results
+    )
+    want = sorted(
+        (Path(b["file"]).name, b["label"], *np.round([float(b[k]) for k in "xywh"], 1), float(b["score"]))
+        for b in boxes
+    )
     assert [g[:-1] for g in got] == [w[:-1] for w in want]
     assert [g[-1] for g in got] == pytest.approx([w[-1] for w in want], abs=1e-4)  # boxes.csv has 4 decimals
     for a, r in zip(dataset["annotations"], results):
@@ -142,8 +160,12 @@ def test_view_writes_a_self_contained_page(predicted, tmp_path):
     from cianet.cli import main
 
     site = tmp_path / "site"
-    assert main(["view", str(predicted["out"]), "--out", str(site), "--data-root", str(predicted["truth"]),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["view", str(predicted["out"]), "--out", str(site), "--data-root", str(predicted["truth"]), "--no-progress"]
+        )
+        == 0
+    )
     text = (site / "index.html").read_text()
     # No network: no external script, style, image or link; everything the page names is beside it.
     assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', text) and "<link" not in text
@@ -155,7 +177,9 @@ def test_view_writes_a_self_contained_page(predicted, tmp_path):
     items = {it["name"]: it for it in data["items"]}
     assert sorted(items) == ["00000101_000.png", "00000102_000.png", "00000103_000.png"]
     assert items["00000102_000.png"]["truth"] == {
-        "labels": ["Nodule"], "boxes": [{"label": "Nodule", "x": 20.0, "y": 30.0, "w": 24.0, "h": 20.0}]}
+        "labels": ["Nodule"],
+        "boxes": [{"label": "Nodule", "x": 20.0, "y": 30.0, "w": 24.0, "h": 20.0}],
+    }
     assert items["00000101_000.png"]["truth"]["labels"] == []
     assert sorted(items["00000103_000.png"]["truth"]["labels"]) == ["Effusion", "Mass"]
     for it in items.values():
@@ -179,14 +203,24 @@ def test_view_refuses_a_folder_that_is_no_result(tmp_path, capsys):
 def browser() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        pytest.skip("no headless browser: the viewer's browser test needs Debian's chromium "
-                    "(apt-get install chromium; .ci/run installs it)")
+        pytest.skip(
+            "no headless browser: the viewer's browser test needs Debian's chromium "
+            "(apt-get install chromium; .ci/run installs it)"
+        )
     return exe
 
 
 def run_browser(exe: str, *args: str) -> str:
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--allow-file-access-from-files",
-           "--virtual-time-budget=5000", *args]
+    cmd = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--allow-file-access-from-files",
+        "--virtual-time-budget=5000",
+        *args,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     return res.stdout
@@ -214,8 +248,11 @@ def test_page_in_a_headless_browser(predicted, tmp_path):
     assert "hide-heat" in body and "hide-attention" in body and "hide-boxes" not in body
     # Ground truth beside the prediction: the true Nodule box drawn dashed in the truth panel.
     if "00000102_000.png" in want:
-        assert re.search(r'<rect x="20" y="30" width="24" height="20"[^>]*class="box truth" data-label="Nodule" '
-                         r'stroke-dasharray', dom)
+        assert re.search(
+            r'<rect x="20" y="30" width="24" height="20"[^>]*class="box truth" data-label="Nodule" '
+            r"stroke-dasharray",
+            dom,
+        )
     n_pred = sum(1 for it in data["items"] if it["name"] in want for b in it["boxes"] if b["label"] == "Nodule")
     assert dom.count('class="box pred"') == n_pred
     shot = tmp_path / "shot.png"
@@ -241,8 +278,9 @@ def test_view_never_deletes_an_img_folder_it_did_not_write(tmp_path, capsys):
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.json").write_text(json.dumps({"auc": {"Mass": 0.5, "Mean": 0.5}, "n_images": 1, "n_boxes": 0,
-                                                  "localization": {}}))
+    (run / "metrics.json").write_text(
+        json.dumps({"auc": {"Mass": 0.5, "Mean": 0.5}, "n_images": 1, "n_boxes": 0, "localization": {}})
+    )
     site = tmp_path / "site"
     (site / "img").mkdir(parents=True)
     (site / "img" / "holiday.jpg").write_bytes(b"mine")
@@ -280,8 +318,10 @@ def evaluated_runs(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("runs")
     root = write_tiny_nih(tmp / "data", n_patients=16)
     align = str(write_alignment(tmp / "align.pt", tx=0.1))  # regions mapped back through a shift
-    runs = {kind: fit(tiny_config(tmp / kind, root, model__kind=kind, optim__epochs=1, align__checkpoint=align))
-            for kind in ("cianet", "baseline")}
+    runs = {
+        kind: fit(tiny_config(tmp / kind, root, model__kind=kind, optim__epochs=1, align__checkpoint=align))
+        for kind in ("cianet", "baseline")
+    }
     for run in runs.values():
         evaluate_run(run, device="cpu", progress=False, n_boot=50)
     return runs

@@ -7,17 +7,25 @@ friends inside ``func`` so that ``cianet --help`` stays fast.
 Errors never end in a traceback unless ``--debug`` is given: a deliberate error (:class:`cianet.errors.CianetError`)
 or a file-system error (``OSError``: permission denied, disk full, naming the file) is one line on stderr and
 exit status 2 (a CianetError's class may say otherwise); anything else, a plain ``ValueError`` included, is
-reported as a bug, exit status 3, with a pointer to ``--debug``. The exit codes are listed in
-:mod:`cianet.errors`.
+reported as a bug, exit status 3, with its traceback written to a log file (:func:`error_log_dir`) and a
+pointer to ``--debug``. The exit codes are listed in :mod:`cianet.errors`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import importlib
+import os
+import platform
+import signal
 import sys
-from typing import Iterator
+import threading
+import traceback
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 from cianet import __version__
 from cianet.errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, CianetError
@@ -43,8 +51,10 @@ COMMAND_MODULES = (
     "cianet.commands.bench",
 )
 
-EPILOG = ("exit status: 0 success; 1 some inputs failed; 2 usage or input error; 3 internal error (a bug: "
-          "rerun with --debug for the traceback); 130 interrupted")
+EPILOG = (
+    "exit status: 0 success; 1 some inputs failed; 2 usage or input error; 3 internal error (a bug: "
+    "rerun with --debug for the traceback); 130 interrupted"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,9 +80,12 @@ def progress_flags(command: argparse.ArgumentParser) -> None:
     """``--progress`` beside every ``--no-progress``: one meaning on every command (cianet.utils.progress)."""
     flags = {s for a in command._actions for s in a.option_strings}
     if "--no-progress" in flags and "--progress" not in flags:
-        command.add_argument("--progress", action="store_true",
-                             help="show progress bars even when stderr is not a terminal (default: only on a "
-                                  "terminal, or as the environment variable CIANET_PROGRESS=1/0 says)")
+        command.add_argument(
+            "--progress",
+            action="store_true",
+            help="show progress bars even when stderr is not a terminal (default: only on a "
+            "terminal, or as the environment variable CIANET_PROGRESS=1/0 says)",
+        )
 
 
 def one_line(exc: BaseException) -> str:
@@ -84,8 +97,6 @@ def one_line(exc: BaseException) -> str:
 def _one_line_warnings(prefix: str) -> None:
     """Print every warning (cianet's own, and those of pydicom, torch, numpy ... it drives) as one line,
     ``cianet CMD: warning: MESSAGE``, once per distinct message: no source lines, no install paths."""
-    import warnings
-
     seen: set[str] = set()
 
     def show(message, category, filename, lineno, file=None, line=None):
@@ -123,8 +134,6 @@ RESUME_ADVICE = {
 def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (``kill``, a scheduler ending a job) unwinds like Ctrl-C: every atomic write removes its temp file
     and locks are released. (SIGKILL cannot be caught: its temp files go with the next write of the file.)"""
-    import signal
-    import threading
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -163,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"cianet {args.command}"
     _one_line_warnings(prefix)
     try:
-        from cianet.utils.progress import forced_progress
+        from cianet.utils.progress import forced_progress  # lazy: tqdm loads once a command runs, not for --help
 
         forced = False if getattr(args, "no_progress", False) else (True if getattr(args, "progress", False) else None)
         with result_stdout(args), forced_progress(forced), _terminate_as_interrupt():
@@ -176,19 +185,49 @@ def main(argv: list[str] | None = None) -> int:
         # Raised on purpose for bad input (a message naming the file or flag and the problem), or by the file
         # system (permission denied, disk full: the environment's, naming the file), not by a bug.
         if args.debug:
-            import traceback
-
             traceback.print_exc()
         print(f"{prefix}: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, CianetError) else EXIT_INPUT
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback without --debug
         if args.debug:
-            import traceback
-
             traceback.print_exc()
-        print(f"{prefix}: internal error (a bug in cianet, please report it): {type(exc).__name__}: "
-              f"{one_line(exc)}" + ("" if args.debug else "; rerun with --debug for the traceback"), file=sys.stderr)
+        log = None if args.debug else write_error_log(args.command, argv)
+        where = f"; the traceback is in {log}" if log else ""
+        print(
+            f"{prefix}: internal error (a bug in cianet, please report it): {type(exc).__name__}: "
+            f"{one_line(exc)}" + ("" if args.debug else f"{where}; rerun with --debug to see it here"),
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
+
+
+def error_log_dir() -> Path:
+    """Where internal errors leave their traceback: ``$CIANET_LOG_DIR``, else the user's cache
+    (``$XDG_CACHE_HOME/cianet/errors``). Never the command's output folder: a file cianet did not record
+    there would make the folder look foreign to the retry."""
+    if os.environ.get("CIANET_LOG_DIR"):
+        return Path(os.environ["CIANET_LOG_DIR"])
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "cianet" / "errors"
+
+
+def write_error_log(command: str, argv: list[str] | None) -> Path | None:
+    """Write the exception being handled, with the command line and versions, to a new file in
+    :func:`error_log_dir`; its path, or None when it cannot be written (the one-line message still says what
+    went wrong, so a read-only home must not turn a bug report into a second error)."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    text = (
+        f"cianet {__version__}, Python {platform.python_version()}, {platform.platform()}\n"
+        f"command: cianet {' '.join(sys.argv[1:] if argv is None else argv)}\n\n{traceback.format_exc()}"
+    )
+    try:
+        folder = error_log_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{stamp}-{command}-{os.getpid()}.log"
+        path.write_text(text, encoding="utf-8")
+        return path
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ every checkpoint.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -22,14 +23,17 @@ from typing import Any
 import yaml
 
 from cianet.errors import MissingPathError, UsageError
-
+from cianet.utils.atomic import atomic_write_text
 
 #: The data-set layouts cianet reads, the one declaration: `data.dataset`'s choices, every command's `--dataset`,
 #: `cianet synth --layout` and the adapters of cianet.data.layouts (one per name) read it. Adding a layout:
 #: docs/architecture.md, "Adding a data set".
-DATASETS: tuple[str, ...] = ("nih", "rsna", "vindr", "csv")
+NIH, RSNA, VINDR, CSV = "nih", "rsna", "vindr", "csv"
+DATASETS: tuple[str, ...] = (NIH, RSNA, VINDR, CSV)
 AUTO_DATASET = "auto"  # detect the layout from the data root's files
 BOX_MERGES: tuple[str, ...] = ("mean", "union", "none")
+#: data.label_map's choices: the data sets whose classes another data set's can be mapped to (NIH: ChestX-ray14's)
+LABEL_MAPS: tuple[str, ...] = (NIH,)
 
 
 @dataclass
@@ -42,7 +46,7 @@ class DataConfig:
     box_labels: list[str] | None = None
     box_merge: str = "mean"  # readers' boxes of one finding (VinDr-CXR), one of BOX_MERGES (docs/method.md)
     merge_iou: float = 0.4  # boxes of one class linked at IoU >= this are one finding
-    label_map: str | None = None  # "nih": map the data set's classes to ChestX-ray14's (cianet.data.label_maps)
+    label_map: str | None = None  # one of LABEL_MAPS ("nih": to ChestX-ray14's classes; cianet.data.label_maps)
     entry_csv: str | None = None  # override the Data_Entry file name/path
     bbox_csv: str | None = None  # override the BBox_List file name/path
     cache: str | None = None  # `cianet prepare` cache folder; read from it when present
@@ -79,6 +83,11 @@ class ModelConfig:
     head_channels: int = 512
     output_stride: int = 32  # 32: the paper (16x16 grid at 512 px); 16 or 8 turn the last strides into dilation
     last_stage: str = "c5"  # F+ from this stage and attention from the one before: c5 (paper) or c4
+
+
+#: The canonical chest's key wherever a file or a result holds it (align.pt, a bundle, `cianet canonical`'s
+#: paths and JSON); the negative strategy CANONICAL below is named after it.
+CANONICAL_CHEST = "canonical"
 
 
 @dataclass
@@ -127,28 +136,60 @@ class NegativeStrategy:
     upper_bound: bool = False  # reads the image's own finding-free twin: an upper bound, never evidence
 
 
-#: Every negative strategy, by its config name (negatives.strategy, `cianet train --negatives`).
+#: The negative strategies' config names (negatives.strategy, `cianet train --negatives`): the keys below.
+SIM = "sim"
+RANDOM = "random"
+CANONICAL = "canonical"
+PRIOR = "prior"
+PRIOR_ANY = "prior_any"
+ORACLE = "oracle"
+#: Every negative strategy, by its config name.
 NEGATIVE_STRATEGIES: dict[str, NegativeStrategy] = {
-    "sim": NegativeStrategy(
+    SIM: NegativeStrategy(
         "the paper's: the No Finding training image of another patient with the nearest perceptual-hash code",
-        pool=True, codes=True, base=True, reads="the pool's labels (training images)"),
-    "random": NegativeStrategy(
+        pool=True,
+        codes=True,
+        base=True,
+        reads="the pool's labels (training images)",
+    ),
+    RANDOM: NegativeStrategy(
         "a random No Finding training image of another patient, redrawn every epoch (paper Table 5)",
-        pool=True, codes=False, base=True, reads="the pool's labels (training images)"),
-    "canonical": NegativeStrategy(
+        pool=True,
+        codes=False,
+        base=True,
+        reads="the pool's labels (training images)",
+    ),
+    CANONICAL: NegativeStrategy(
         "the canonical chest (`cianet canonical`) for every image: capacity without a contrast (paper Table 5)",
-        pool=False, codes=False, base=True, reads="nothing"),
-    "prior": NegativeStrategy(
+        pool=False,
+        codes=False,
+        base=True,
+        reads="nothing",
+    ),
+    PRIOR: NegativeStrategy(
         "the same patient's most recent earlier No Finding study; images without one: negatives.prior_fallback",
-        pool=False, codes=False, base=False, prior="earlier",
-        reads="patient ids, follow-up numbers and the labels of the patient's earlier studies"),
-    "prior_any": NegativeStrategy(
+        pool=False,
+        codes=False,
+        base=False,
+        prior="earlier",
+        reads="patient ids, follow-up numbers and the labels of the patient's earlier studies",
+    ),
+    PRIOR_ANY: NegativeStrategy(
         "as prior, but a No Finding study at any other follow-up of the patient (earlier preferred on ties)",
-        pool=False, codes=False, base=False, prior="any",
-        reads="patient ids, follow-up numbers and the labels of the patient's other studies"),
-    "oracle": NegativeStrategy(
+        pool=False,
+        codes=False,
+        base=False,
+        prior="any",
+        reads="patient ids, follow-up numbers and the labels of the patient's other studies",
+    ),
+    ORACLE: NegativeStrategy(
         "UPPER BOUND, phantom only: the image's own finding-free re-render (`cianet synth --twins`)",
-        pool=False, codes=False, base=False, reads="the image's own twin", upper_bound=True),
+        pool=False,
+        codes=False,
+        base=False,
+        reads="the image's own twin",
+        upper_bound=True,
+    ),
 }
 #: strategies that pair from the pool or the canonical chest alone: negatives.prior_fallback's choices
 BASE_STRATEGIES: tuple[str, ...] = tuple(n for n, s in NEGATIVE_STRATEGIES.items() if s.base)
@@ -156,11 +197,11 @@ BASE_STRATEGIES: tuple[str, ...] = tuple(n for n, s in NEGATIVE_STRATEGIES.items
 
 @dataclass
 class NegativeConfig:
-    strategy: str = "sim"  # a key of NEGATIVE_STRATEGIES (docs/method.md, "Negative sampling")
+    strategy: str = SIM  # a key of NEGATIVE_STRATEGIES (docs/method.md, "Negative sampling")
     hash_index: str | None = None  # `cianet hash` output; built on the fly when absent
     exclude_same_patient: bool = True
     aligned_codes: bool = True  # "sim" codes of pool and queries from aligned images (when align.checkpoint is set)
-    prior_fallback: str = "sim"  # prior / prior_any: the strategy of images without such a study (BASE_STRATEGIES)
+    prior_fallback: str = SIM  # prior / prior_any: the strategy of images without such a study (BASE_STRATEGIES)
 
     def fallback_strategy(self) -> str | None:
         """The base strategy that pairs images the strategy leaves unpaired (prior, prior_any), else None."""
@@ -238,7 +279,7 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 _CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": (AUTO_DATASET, *DATASETS),
     "data.box_merge": BOX_MERGES,
-    "data.label_map": ("nih",),
+    "data.label_map": LABEL_MAPS,
     "protocol.kind": ("localization", "classification"),
     "model.kind": ("cianet", "baseline"),
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
@@ -282,10 +323,12 @@ def _share(v: float) -> bool:
 _RANGES: dict[str, tuple[Any, str]] = {
     "data.image_size": (lambda v: 32 <= v <= 4096 and v % 32 == 0, "a multiple of 32, at least 32 and at most 4096"),
     "data.workers": (_between(0, 256), ">= 0 and <= 256"),
-    "data.max_images": (_between(1, 10 ** 9), ">= 1 and <= 10^9 (or null: no cap)"),
+    "data.max_images": (_between(1, 10**9), ">= 1 and <= 10^9 (or null: no cap)"),
     "data.merge_iou": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
-    "data.labels": (lambda v: 0 < len(v) <= 1000 and len(set(v)) == len(v),
-                    "a non-empty list of at most 1000 distinct class names"),
+    "data.labels": (
+        lambda v: 0 < len(v) <= 1000 and len(set(v)) == len(v),
+        "a non-empty list of at most 1000 distinct class names",
+    ),
     "data.box_labels": (lambda v: len(v) <= 1000 and len(set(v)) == len(v), "at most 1000 distinct class names"),
     "protocol.fold": (lambda v: 0 <= v <= 4, "0 to 4"),
     "protocol.annotated_ratio": (_share, "in [0, 1]"),
@@ -293,9 +336,9 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "protocol.val_share": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "model.test_upsample": (_between(1, 1024), ">= 1 and <= 1024 (or null: the native grid)"),
     "model.head_channels": (_between(1, 8192), ">= 1 and <= 8192"),
-    "align.canonical_n": (_between(1, 10 ** 6), ">= 1 and <= 10^6"),
+    "align.canonical_n": (_between(1, 10**6), ">= 1 and <= 10^6"),
     "align.input_size": (_between(32, 2048), ">= 32 and <= 2048"),
-    "align.epochs": (_between(1, 10 ** 5), ">= 1 and <= 10^5"),
+    "align.epochs": (_between(1, 10**5), ">= 1 and <= 10^5"),
     "align.batch_size": (_between(1, 4096), ">= 1 and <= 4096"),
     "align.lr": (lambda v: 0 < v <= 10, "> 0 and <= 10"),
     "align.max_shift": (lambda v: 0 < v <= 10, "> 0 and <= 10"),
@@ -305,23 +348,28 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "align.pixel_weight": (_between(0, 1e6), ">= 0 and <= 10^6"),
     "align.consistency_weight": (_between(0, 1e6), ">= 0 and <= 10^6"),
     "align.warp_rotation": (_between(0, 180), ">= 0 and <= 180 (degrees)"),
-    "align.warp_scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 100,
-                         "two numbers [lo, hi] with 0 < lo <= hi <= 100"),
+    "align.warp_scale": (
+        lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 100,
+        "two numbers [lo, hi] with 0 < lo <= hi <= 100",
+    ),
     "align.warp_shift": (_between(0, 10), ">= 0 and <= 10"),
-    "align.max_images": (_between(1, 10 ** 9), ">= 1 and <= 10^9 (or null: no cap)"),
+    "align.max_images": (_between(1, 10**9), ">= 1 and <= 10^9 (or null: no cap)"),
     "loss.beta_b": (_between(0, 1e6), ">= 0 and <= 10^6"),
-    "optim.epochs": (_between(1, 10 ** 5), ">= 1 and <= 10^5"),
+    "optim.epochs": (_between(1, 10**5), ">= 1 and <= 10^5"),
     "optim.batch_size": (_between(1, 4096), ">= 1 and <= 4096"),
     "optim.lr": (lambda v: 0 < v <= 10, "> 0 and <= 10"),
     "optim.momentum": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "optim.weight_decay": (_between(0, 1), ">= 0 and <= 1"),
-    "optim.lr_step": (_between(1, 10 ** 6), ">= 1 and <= 10^6"),
+    "optim.lr_step": (_between(1, 10**6), ">= 1 and <= 10^6"),
     "optim.lr_gamma": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     "optim.grad_clip": (lambda v: 0 < v <= 1e9, "> 0 and <= 10^9 (or null: no clipping)"),
     "optim.box_share": (_share, "in [0, 1]"),
-    "run.device": (lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None, "auto, cpu, mps, cuda or cuda:N"),
-    "run.seed": (_between(0, 2 ** 32 - 1), ">= 0 and <= 2^32 - 1"),
-    "run.eval_every": (_between(0, 10 ** 6), ">= 0 and <= 10^6"),
+    "run.device": (
+        lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
+        "auto, cpu, mps, cuda or cuda:N",
+    ),
+    "run.seed": (_between(0, 2**32 - 1), ">= 0 and <= 2^32 - 1"),
+    "run.eval_every": (_between(0, 10**6), ">= 0 and <= 10^6"),
     "run.threads": (_between(1, 1024), ">= 1 and <= 1024 (or null: the torch default)"),
 }
 
@@ -342,10 +390,15 @@ def _typed(value: Any, tp: Any, name: str) -> Any:
             raise UsageError(f"{name} must be a list, got {value!r}")
         (item,) = typing.get_args(tp)
         return [_typed(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
-    ok = (isinstance(value, bool) if tp is bool else
-          isinstance(value, int) and not isinstance(value, bool) if tp is int else
-          isinstance(value, (int, float)) and not isinstance(value, bool) if tp is float else
-          isinstance(value, tp))
+    ok = (
+        isinstance(value, bool)
+        if tp is bool
+        else isinstance(value, int) and not isinstance(value, bool)
+        if tp is int
+        else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if tp is float
+        else isinstance(value, tp)
+    )
     if not ok:
         raise UsageError(f"{name} must be {_type_name(tp)}, got {value!r}")
     if tp is float:
@@ -392,8 +445,14 @@ def validate_config(cfg: Config, source: str = "config", flags: dict[str, str] |
 
 
 #: config keys that name an input file or folder, with the flag that sets them
-PATH_KEYS = {"data.data_root": "--data-root", "data.cache": "--cache", "protocol.splits": "--splits",
-             "align.checkpoint": "--align", "align.canonical": "--canonical", "negatives.hash_index": "--hash-index"}
+PATH_KEYS = {
+    "data.data_root": "--data-root",
+    "data.cache": "--cache",
+    "protocol.splits": "--splits",
+    "align.checkpoint": "--align",
+    "align.canonical": "--canonical",
+    "negatives.hash_index": "--hash-index",
+}
 
 
 def check_paths_exist(cfg: Config) -> None:
@@ -415,8 +474,6 @@ def resolve_paths(cfg: Config) -> Config:
     """A copy of ``cfg`` with every input path (``PATH_KEYS``) absolute, as a run saves it: the run folder's
     config then means the same files from any working folder (``cianet bundle --run R`` from elsewhere).
     Files meant to be shared (bundles, ONNX) carry no paths at all."""
-    import copy
-
     cfg = copy.deepcopy(cfg)
     for key in PATH_KEYS:
         section, name = key.split(".")
@@ -493,6 +550,4 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from cianet.utils.atomic import atomic_write_text
-
     atomic_write_text(path, cfg.to_yaml())

@@ -11,7 +11,8 @@ Exit codes of the ``cianet`` command (see ``cianet.cli``):
     1  the command ran, but some of its inputs failed (e.g. ``predict`` read none of the images,
        ``prepare --verify`` found a problem)
     2  usage or input error: a bad flag, a missing or unreadable file, a run that cannot go on
-    3  internal error: a bug in cianet (or in a library it drives); ``cianet --debug`` shows the traceback
+    3  internal error: a bug in cianet (or in a library it drives); the traceback goes to a log file the
+       message names (``$CIANET_LOG_DIR``, default ``~/.cache/cianet/errors``), ``cianet --debug`` prints it
   130  interrupted (Ctrl-C); finished work is kept and the same command resumes where it can
 """
 

@@ -98,7 +98,8 @@ class LabelSet:
         return tuple(sorted(set(names), key=self.index))
 
 
-#: ChestX-ray14: 14 classes, the first 8 with boxes.
+#: ChestX-ray14: 14 classes, the first 8 with boxes. Its name spells cianet.config.NIH, not imported: `import
+#: cianet` loads this module and stays free of the config (yaml).
 NIH_LABEL_SET = LabelSet("nih", LABELS, NUM_BOX_CLASSES)
 
 
@@ -113,5 +114,5 @@ def label_set_from(labels, box_labels, dataset: str = "") -> LabelSet:
     if labels[: len(box)] != box:
         raise InputError(f"box classes {box} must be the first classes of {labels}")
     if dataset == "" and (tuple(labels), len(box)) == (LABELS, NUM_BOX_CLASSES):
-        dataset = "nih"
+        dataset = NIH_LABEL_SET.dataset
     return LabelSet(dataset or "custom", labels, len(box))

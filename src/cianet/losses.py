@@ -27,7 +27,7 @@ taken never produce ``inf``/``nan`` that would leak into the gradient.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

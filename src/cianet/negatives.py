@@ -18,15 +18,18 @@ import hashlib
 import json
 import math
 import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
+from cianet.config import BASE_STRATEGIES, CANONICAL, RANDOM, SIM
 from cianet.errors import InputError, MissingPathError
-from cianet.config import BASE_STRATEGIES
 from cianet.utils.atomic import atomic_path, atomic_write_json
+from cianet.utils.progress import batch_progress, progress_bar
 
 __all__ = [
     "HASH_SIZE",
@@ -144,13 +147,14 @@ class HashIndex:
         self.patients = [str(p) for p in self.patients]
         if len(self.names) != codes.shape[0] or len(self.patients) != codes.shape[0]:
             raise InputError(
-                f"hash index has {codes.shape[0]} codes but {len(self.names)} names and "
-                f"{len(self.patients)} patients"
+                f"hash index has {codes.shape[0]} codes but {len(self.names)} names and {len(self.patients)} patients"
             )
         bad = np.flatnonzero(~np.isfinite(codes).all(axis=1)) if codes.dtype.kind == "f" else []
         if len(bad):  # a NaN code would pair every query with an arbitrary image
-            raise InputError(f"hash index has non-finite codes for {len(bad)} images (first: "
-                             f"{self.names[bad[0]]}); rebuild it with `cianet hash`")
+            raise InputError(
+                f"hash index has non-finite codes for {len(bad)} images (first: "
+                f"{self.names[bad[0]]}); rebuild it with `cianet hash`"
+            )
         self.codes = _normalize(codes)
         self._name_to_idx = {n: i for i, n in enumerate(self.names)}
         if len(self._name_to_idx) != len(self.names):
@@ -199,7 +203,7 @@ class HashIndex:
                 )
 
     @classmethod
-    def load(cls, path: str | Path) -> "HashIndex":
+    def load(cls, path: str | Path) -> HashIndex:
         """Read an index written by :meth:`save`; errors name the file and the problem."""
         path = Path(path)
         if not path.is_file():
@@ -245,9 +249,7 @@ class HashIndex:
         if exclude_patients is not None:
             if len(exclude_patients) != q:
                 raise ValueError(f"exclude_patients has {len(exclude_patients)} entries for {q} queries")
-            pat_idx[:] = [
-                self._patient_to_id.get(str(p), -1) if p is not None else -1 for p in exclude_patients
-            ]
+            pat_idx[:] = [self._patient_to_id.get(str(p), -1) if p is not None else -1 for p in exclude_patients]
         return self_idx, pat_idx
 
     def query(
@@ -377,10 +379,6 @@ def build_hash_index(
         on_error: called with ``(name, exception)`` for an image that ``load`` could not read; the image is
             left out. Without it the first error propagates.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from cianet.utils.progress import progress_bar
-
     if len(names) != len(patients):
         raise ValueError(f"{len(names)} names but {len(patients)} patients")
 
@@ -437,7 +435,7 @@ class NegativeSampler:
 
     def __init__(
         self,
-        strategy: str = "sim",
+        strategy: str = SIM,
         hash_index: HashIndex | None = None,
         seed: int = 0,
         exclude_same_patient: bool = True,
@@ -445,7 +443,7 @@ class NegativeSampler:
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"negative sampling strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if strategy != "canonical" and hash_index is None:
+        if strategy != CANONICAL and hash_index is None:
             raise InputError(f"negative sampling strategy {strategy!r} needs a hash index (the negative pool)")
         if hash_index is not None and len(hash_index) == 0:
             raise InputError("the hash index is empty: no negative images to pair with")
@@ -485,10 +483,10 @@ class NegativeSampler:
             epoch: the epoch ("random" only).
         """
         names = list(names)
-        if self.strategy == "canonical":
+        if self.strategy == CANONICAL:
             return [None] * len(names)
         pats = self._patients_arg(names, patients)
-        if self.strategy == "random":
+        if self.strategy == RANDOM:
             return [self._random_one(n, pats[i] if pats is not None else None, epoch) for i, n in enumerate(names)]
         todo = [i for i, n in enumerate(names) if n not in self._pairs]
         if todo:
@@ -543,12 +541,16 @@ class NegativeSampler:
 
         For "sim" the map is what every later :meth:`pair` call returns; save it with :meth:`save_pairs`.
         """
-        from cianet.utils.progress import progress_bar
-
         names = list(names)
         result: dict[str, str | None] = {}
         starts = range(0, len(names), chunk)
-        for start in progress_bar(starts, desc="pair", disable=None if progress is None else not progress):
+        for start in batch_progress(
+            starts,
+            "pair",
+            len(names),
+            disable=None if progress is None else not progress,
+            count=lambda s: min(chunk, len(names) - s),
+        ):
             stop = min(start + chunk, len(names))
             sub_codes = None if codes is None else np.asarray(codes)[start:stop]
             sub_pats = None if patients is None else list(patients)[start:stop]
@@ -558,7 +560,7 @@ class NegativeSampler:
 
     def save_pairs(self, path: str | Path) -> None:
         """Write the remembered "sim" pairs (JSON, atomic) with the index fingerprint and settings."""
-        if self.strategy != "sim":
+        if self.strategy != SIM:
             raise ValueError(f"only 'sim' pairs are cached (strategy is {self.strategy!r})")
         assert self.hash_index is not None
         atomic_write_json(
@@ -580,7 +582,7 @@ class NegativeSampler:
         Returns the number of pairs loaded.
         """
         path = Path(path)
-        if self.strategy != "sim":
+        if self.strategy != SIM:
             raise ValueError(f"only 'sim' pairs are cached (strategy is {self.strategy!r})")
         assert self.hash_index is not None
         try:
@@ -593,10 +595,11 @@ class NegativeSampler:
             raise InputError(f"{path}: not a cianet negative pairs file")
         made_with = obj.get("codes") or {"aligned": False}  # files of older versions: unaligned codes
         if self.codes_kind is not None and made_with != self.codes_kind:
-
-            raise InputError(f"{path}: pairs were made with hash codes {made_with}, but this run's codes are "
-                             f"{self.codes_kind} (negatives.aligned_codes / align.checkpoint changed?); delete "
-                             "it to re-pair, or run with the settings it was made with")
+            raise InputError(
+                f"{path}: pairs were made with hash codes {made_with}, but this run's codes are "
+                f"{self.codes_kind} (negatives.aligned_codes / align.checkpoint changed?); delete "
+                "it to re-pair, or run with the settings it was made with"
+            )
         if obj.get("index_fingerprint") != self.hash_index.fingerprint():
             raise InputError(f"{path}: pairs were made with a different hash index; delete it to re-pair")
         if bool(obj.get("exclude_same_patient")) != self.exclude_same_patient:
@@ -604,9 +607,10 @@ class NegativeSampler:
         pool = set(self.hash_index.names)
         wrong = sorted(n for n, neg in obj["pairs"].items() if neg not in pool)
         if wrong:  # an edited file pairing a positive (or an unknown image) as the "negative"
-
-            raise InputError(f"{path}: pairs {wrong[0]} with {obj['pairs'][wrong[0]]!r}, which is not a No Finding "
-                             f"image of the negative pool ({len(wrong)} such pairs); delete the file to re-pair")
+            raise InputError(
+                f"{path}: pairs {wrong[0]} with {obj['pairs'][wrong[0]]!r}, which is not a No Finding "
+                f"image of the negative pool ({len(wrong)} such pairs); delete the file to re-pair"
+            )
         self._pairs.update(obj["pairs"])
         cosine = obj.get("cosine")  # absent in files of older versions
         if isinstance(cosine, dict):

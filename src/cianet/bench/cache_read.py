@@ -20,8 +20,8 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from cianet.data.cache import ImageCache, build_cache
 from cianet.data.io import load_xray, resize_gray

@@ -16,11 +16,16 @@ import json
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
+
+from cianet.bench.speed import env_info, matmul_gflops, synthetic_batch, train_config
+from cianet.negatives import HashIndex
+from cianet.run.networks import build_network
+from cianet.training.loop import build_optimizer, train_one_epoch
 
 
 class _Autocast(nn.Module):
@@ -35,13 +40,16 @@ class _Autocast(nn.Module):
             return self.model(*args, **kw)
 
 
-def time_steps(wrap: Callable[[nn.Module], nn.Module], kind: str, backbone: str, size: int, batch: int,
-               steps: int, channels_last: bool = True) -> dict[str, float]:
+def time_steps(
+    wrap: Callable[[nn.Module], nn.Module],
+    kind: str,
+    backbone: str,
+    size: int,
+    batch: int,
+    steps: int,
+    channels_last: bool = True,
+) -> dict[str, float]:
     """Best step time of ``train_one_epoch`` on one synthetic batch for ``wrap(model)``; first step separately."""
-    from cianet.bench.speed import synthetic_batch, train_config
-    from cianet.run.networks import build_network
-    from cianet.training.loop import build_optimizer, train_one_epoch
-
     torch.manual_seed(0)
     cfg = train_config(kind, backbone, size, batch, channels_last, 512)
     model = build_network(cfg)
@@ -59,8 +67,6 @@ def time_steps(wrap: Callable[[nn.Module], nn.Module], kind: str, backbone: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cianet.bench.speed import env_info, matmul_gflops
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("option", choices=["threads", "bf16", "compile", "chunks"])
     p.add_argument("--kind", default="baseline")
@@ -69,8 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=3)
     args = p.parse_args(argv)
-    out: dict = {"option": args.option, "env": env_info(), "kind": args.kind, "backbone": args.backbone,
-                 "size": args.size, "batch": args.batch}
+    out: dict = {
+        "option": args.option,
+        "env": env_info(),
+        "kind": args.kind,
+        "backbone": args.backbone,
+        "size": args.size,
+        "batch": args.batch,
+    }
     same = (args.kind, args.backbone, args.size, args.batch, args.steps)
     if args.option == "threads":
         for n in sorted({1, os.cpu_count() or 1}):
@@ -83,12 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         out["eager"] = time_steps(lambda m: m, *same)
         out["compiled"] = time_steps(torch.compile, *same)
     else:
-        from cianet.negatives import HashIndex
-
         rng = np.random.default_rng(0)
         m, q = 60_000, 16_384
-        index = HashIndex(rng.random((m, 256), dtype=np.float32), [f"n{i}" for i in range(m)],
-                          [f"p{i // 2}" for i in range(m)])
+        index = HashIndex(
+            rng.random((m, 256), dtype=np.float32), [f"n{i}" for i in range(m)], [f"p{i // 2}" for i in range(m)]
+        )
         codes = rng.random((q, 256), dtype=np.float32)
         names = [f"n{i}" for i in range(q)]
         pats = [f"p{i // 2}" for i in range(q)]

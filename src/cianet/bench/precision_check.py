@@ -20,10 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+
+from cianet.data.io import XrayReadError, load_xray
+from cianet.inference.predictor import Predictor
 
 MAX_PROB_DIFF = 0.05
 MEAN_PROB_DIFF = 0.01
@@ -41,7 +45,7 @@ def region_iou(a: Sequence[Any], b: Sequence[Any], size: tuple[int, int], scale:
         for bx in boxes:
             x0, y0 = int(np.floor(bx.x * scale)), int(np.floor(bx.y * scale))
             x1, y1 = int(np.ceil((bx.x + bx.w) * scale)), int(np.ceil((bx.y + bx.h) * scale))
-            m[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)] = True
+            m[max(y0, 0) : min(y1, h), max(x0, 0) : min(x1, w)] = True
         return m
 
     ma, mb = mask(a), mask(b)
@@ -51,14 +55,11 @@ def region_iou(a: Sequence[Any], b: Sequence[Any], size: tuple[int, int], scale:
 
 def compare(bundle: str | Path, files: Sequence[Path], batch: int = 8, device: str = "cpu") -> dict[str, Any]:
     """The comparison of the module docstring over ``files`` (unreadable ones are skipped and counted)."""
-    from cianet.data.io import XrayReadError, load_xray
-    from cianet.inference.predictor import Predictor
-
     preds = {p: Predictor.from_bundle(bundle, device=device, precision=p, batch_size=batch) for p in ("fp32", "bf16")}
     diffs, heat, ious, agree, skipped = [], 0.0, [], [], 0
     for i in range(0, len(files), batch):
         images, names = [], []
-        for f in files[i:i + batch]:
+        for f in files[i : i + batch]:
             try:
                 images.append(load_xray(f))
                 names.append(str(f))
@@ -79,7 +80,8 @@ def compare(bundle: str | Path, files: Sequence[Path], batch: int = 8, device: s
                 ious.append(region_iou(ba, bb, a.image_size))
     d = np.stack(diffs) if diffs else np.zeros((0, 1))
     out = {
-        "images": int(len(d)), "skipped": skipped,
+        "images": int(len(d)),
+        "skipped": skipped,
         "max_prob_diff": float(d.max()) if d.size else None,
         "mean_prob_diff": float(d.mean()) if d.size else None,
         "max_heatmap_diff": heat if diffs else None,
@@ -90,8 +92,11 @@ def compare(bundle: str | Path, files: Sequence[Path], batch: int = 8, device: s
         "precision_bf16": preds["bf16"].precision,
     }
     out["within_tolerance"] = bool(
-        d.size and out["max_prob_diff"] <= MAX_PROB_DIFF and out["mean_prob_diff"] <= MEAN_PROB_DIFF
-        and (not ious or (out["mean_box_iou"] >= MIN_BOX_IOU and out["box_presence_agreement"] >= MIN_BOX_AGREEMENT)))
+        d.size
+        and out["max_prob_diff"] <= MAX_PROB_DIFF
+        and out["mean_prob_diff"] <= MEAN_PROB_DIFF
+        and (not ious or (out["mean_box_iou"] >= MIN_BOX_IOU and out["box_presence_agreement"] >= MIN_BOX_AGREEMENT))
+    )
     return out
 
 
@@ -109,9 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     args = p.parse_args(argv)
-    result: dict[str, Any] = {"bundle": Path(args.bundle).name, "tolerances": {
-        "max_prob_diff": MAX_PROB_DIFF, "mean_prob_diff": MEAN_PROB_DIFF, "mean_box_iou": MIN_BOX_IOU,
-        "box_presence_agreement": MIN_BOX_AGREEMENT}, "folders": {}}
+    result: dict[str, Any] = {
+        "bundle": Path(args.bundle).name,
+        "tolerances": {
+            "max_prob_diff": MAX_PROB_DIFF,
+            "mean_prob_diff": MEAN_PROB_DIFF,
+            "mean_box_iou": MIN_BOX_IOU,
+            "box_presence_agreement": MIN_BOX_AGREEMENT,
+        },
+        "folders": {},
+    }
     for folder in args.folders:
         if not folder.is_dir():
             print(f"precision_check: {folder}: no such folder", file=sys.stderr)
@@ -120,10 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         key = f"{folder.resolve().parent.name}/{folder.name}"  # phantom/images, nih-chestxray14/images
         result["folders"][key] = r
         if not args.json:
-            print(f"{key}: {r['images']} images, max |dp| {r['max_prob_diff']}, mean |dp| "
-                  f"{r['mean_prob_diff']}, max heatmap diff {r['max_heatmap_diff']}, box regions: {r['box_pairs']} "
-                  f"pairs, mean IoU {r['mean_box_iou']}, presence agreement {r['box_presence_agreement']}: "
-                  f"{'within' if r['within_tolerance'] else 'OUTSIDE'} tolerance")
+            print(
+                f"{key}: {r['images']} images, max |dp| {r['max_prob_diff']}, mean |dp| "
+                f"{r['mean_prob_diff']}, max heatmap diff {r['max_heatmap_diff']}, box regions: {r['box_pairs']} "
+                f"pairs, mean IoU {r['mean_box_iou']}, presence agreement {r['box_presence_agreement']}: "
+                f"{'within' if r['within_tolerance'] else 'OUTSIDE'} tolerance"
+            )
     if args.json:
         print(json.dumps(result, indent=2))
     return 0

@@ -15,12 +15,23 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from cianet.data.io import load_xray, resize_gray
+from cianet.inference.batch import predict_files
+from cianet.inference.predictor import Predictor
+from cianet.run.forward import forward_grids
+from cianet.run.precision import cpu_bf16_native
+from cianet.utils.timing import StageTimer
 
 STAGES = ("decode", "resize", "alignment", "pairing", "networks", "boxes", "writing")
 
@@ -28,8 +39,6 @@ STAGES = ("decode", "resize", "alignment", "pairing", "networks", "boxes", "writ
 def count_flops(fn: Callable[[], Any]) -> float:
     """FLOPs of one call of ``fn`` as ``FlopCounterMode`` counts them (2 per multiply-add of convolutions and
     matrix products, forward and, where ``fn`` runs one, backward)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter:
         fn()
     return float(counter.get_total_flops())
@@ -38,10 +47,6 @@ def count_flops(fn: Callable[[], Any]) -> float:
 def write_folder(folder: Path, sources: Sequence[str], n: int, size: int, seed: int = 0) -> list[Path]:
     """``n`` 8-bit ``size x size`` PNGs made from the phantom images ``sources`` (cycled): resized, with mild
     noise so that they compress and decode like real X-ray PNGs rather than smooth drawings."""
-    from PIL import Image
-
-    from cianet.data.io import load_xray, resize_gray
-
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     out = []
@@ -68,21 +73,20 @@ def time_networks(pred, resized: np.ndarray, names: Sequence[str], batch: int, r
     for _ in range(repeats):
         t0 = time.perf_counter()
         for i in range(0, len(resized), batch):
-            pred.forward(resized[i:i + batch], names[i:i + batch])
+            pred.forward(resized[i : i + batch], names[i : i + batch])
         _sync(pred.device)
         best = min(best, time.perf_counter() - t0)
     return best
 
 
-def profile_evaluation(model: torch.nn.Module, resized: np.ndarray, n: int, batch: int, device: torch.device,
-                       others: Sequence[str]) -> dict[str, Any]:
+def profile_evaluation(
+    model: torch.nn.Module, resized: np.ndarray, n: int, batch: int, device: torch.device, others: Sequence[str]
+) -> dict[str, Any]:
     """The networks as evaluation runs them (``cianet.run.forward.forward_grids``: the negative *image* through
     the attention trunk with the positive, test-time head): FLOPs per image, images/s in float32 and in the
     ``others`` precisions, over ``n`` images in batches of ``batch`` (the negatives: the same images reversed)."""
-    from cianet.run.forward import forward_grids
-
-    x = torch.from_numpy(np.ascontiguousarray(resized[:max(n, batch)]))[:, None].to(device)
-    batches = [{"image": x[i:i + batch], "neg": x.flip(0)[i:i + batch]} for i in range(0, n, batch)]
+    x = torch.from_numpy(np.ascontiguousarray(resized[: max(n, batch)]))[:, None].to(device)
+    batches = [{"image": x[i : i + batch], "neg": x.flip(0)[i : i + batch]} for i in range(0, n, batch)]
 
     def seconds(precision: str, repeats: int = 3) -> float:  # best of `repeats` passes, as time_networks
         forward_grids(model, batches[0], upsample=True, channels_last=True, precision=precision)  # warm-up
@@ -98,8 +102,12 @@ def profile_evaluation(model: torch.nn.Module, resized: np.ndarray, n: int, batc
 
     flops = count_flops(lambda: forward_grids(model, {"image": x[:1], "neg": x[1:2]}, upsample=True))
     t32 = seconds("fp32")
-    out: dict[str, Any] = {"gflops_per_image": flops / 1e9, "images_per_s": n / t32,
-                           "achieved_gflops": flops * n / t32 / 1e9, "bf16_speedup": None}
+    out: dict[str, Any] = {
+        "gflops_per_image": flops / 1e9,
+        "images_per_s": n / t32,
+        "achieved_gflops": flops * n / t32 / 1e9,
+        "bf16_speedup": None,
+    }
     for precision in others:
         out[f"{precision}_images_per_s"] = n / seconds(precision)
         out[f"{precision}_speedup"] = out[f"{precision}_images_per_s"] / out["images_per_s"]
@@ -109,12 +117,6 @@ def profile_evaluation(model: torch.nn.Module, resized: np.ndarray, n: int, batc
 def profile_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """The measurements of the module docstring for the bundle ``spec["bundle"]`` and the PNGs in
     ``spec["folder"]``; ``spec["images"]`` of them time the networks alone."""
-    from cianet.data.io import load_xray
-    from cianet.inference.batch import predict_files
-    from cianet.inference.predictor import Predictor
-    from cianet.run.precision import cpu_bf16_native
-    from cianet.utils.timing import StageTimer
-
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     device = torch.device(spec.get("device", "cpu"))
@@ -122,9 +124,9 @@ def profile_worker(spec: dict[str, Any]) -> dict[str, Any]:
     files = sorted(Path(spec["folder"]).glob("*.png"))
     n = min(int(spec["images"]), len(files))
     pred = Predictor.from_bundle(spec["bundle"], device=device, mode="bank", batch_size=batch, precision="fp32")
-    resized = np.stack([pred.prepare(load_xray(f)) for f in files[:max(n, batch)]])
-    names = [f.name for f in files[:len(resized)]]
-    flops = count_flops(lambda: pred.forward(resized[:1], names[:1]))
+    resized = np.stack([pred.prepare(load_xray(f)) for f in files[: max(n, batch)]])
+    names = [f.name for f in files[: len(resized)]]
+    flops = count_flops(functools.partial(pred.forward, resized[:1], names[:1]))
     out: dict[str, Any] = {"gflops_per_image": flops / 1e9, "networks_images": n}
     seconds = time_networks(pred, resized[:n], names[:n], batch)
     out["networks_images_per_s"] = n / seconds
@@ -150,9 +152,19 @@ def profile_worker(spec: dict[str, Any]) -> dict[str, Any]:
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
         timer = StageTimer(sync)
         t0 = time.perf_counter()
-        summary = predict_files([str(spec["folder"])], spec["bundle"], Path(spec["out"]) / f"run{suffix}",
-                                batch_size=batch, device=str(device), precision=precision, prefetch=depth, timer=timer,
-                                overlay=overlay, progress=False, log=lambda msg: None)
+        summary = predict_files(
+            [str(spec["folder"])],
+            spec["bundle"],
+            Path(spec["out"]) / f"run{suffix}",
+            batch_size=batch,
+            device=str(device),
+            precision=precision,
+            prefetch=depth,
+            timer=timer,
+            overlay=overlay,
+            progress=False,
+            log=lambda msg: None,
+        )
         wall = time.perf_counter() - t0
         if summary.predicted != len(files):
             raise RuntimeError(f"predict over the bench folder predicted {summary.predicted} of {len(files)}")

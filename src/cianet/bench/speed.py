@@ -37,16 +37,33 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cianet.bench.predict_profile import count_flops, profile_worker, write_folder
+from cianet.config import Config, load_config
+from cianet.data.cache import build_cache
+from cianet.data.io import load_xray, resize_gray
+from cianet.data.nih import NIHIndex
 from cianet.errors import UsageError
+from cianet.inference.bundle import negative_bank
+from cianet.inference.predictor import Predictor
+from cianet.labels import NUM_CLASSES
+from cianet.models.alignment import AlignmentNet
+from cianet.negatives import HashIndex, query_naive
+from cianet.phantom import generate_dataset
+from cianet.run.bundle_file import make_bundle, save_bundle
+from cianet.run.loaders import make_loaders
+from cianet.run.networks import build_network
+from cianet.run.precision import cpu_bf16_native
+from cianet.run.protocol import build_run_data
+from cianet.training.loop import build_optimizer, train_one_epoch
 
 Log = Callable[[str], None]
 
@@ -96,11 +113,30 @@ class BenchSettings:
     def quick(cls) -> BenchSettings:
         """A tiny run (seconds) exercising every part, for the test suite."""
         return cls(
-            matmul_n=256, matmul_repeats=2, backbone="resnet18", size=64, batch=2, steps=1,
-            compare_layouts=False, head_channels=32, phantom_images=80, phantom_size=64, data_size=64, wait_steps=2,
-            bank_codes=2000, queries=500, naive_queries=3, predict_backbone="resnet18", predict_size=64,
-            predict_images=2, predict_batch=2, predict_bank=4, predict_upsample=8, compare_heads=False,
-            predict_folder_images=4, predict_folder_size=128,
+            matmul_n=256,
+            matmul_repeats=2,
+            backbone="resnet18",
+            size=64,
+            batch=2,
+            steps=1,
+            compare_layouts=False,
+            head_channels=32,
+            phantom_images=80,
+            phantom_size=64,
+            data_size=64,
+            wait_steps=2,
+            bank_codes=2000,
+            queries=500,
+            naive_queries=3,
+            predict_backbone="resnet18",
+            predict_size=64,
+            predict_images=2,
+            predict_batch=2,
+            predict_bank=4,
+            predict_upsample=8,
+            compare_heads=False,
+            predict_folder_images=4,
+            predict_folder_size=128,
         )
 
 
@@ -165,8 +201,6 @@ def synthetic_batch(batch: int, size: int, seed: int = 0) -> dict[str, Tensor]:
     ``image``/``neg`` (B, 1, S, S) in [0, 1]; ``labels``/``box_mask`` (B, 14); ``boxes`` (B, 1, 5): every other
     image carries one box of class 0 (so both the box and the MIL term of eq. 6 are exercised).
     """
-    from cianet.labels import NUM_CLASSES
-
     g = torch.Generator().manual_seed(seed)
     labels = (torch.rand(batch, NUM_CLASSES, generator=g) < 0.15).float()
     boxes = torch.full((batch, 1, 5), -1.0)
@@ -187,8 +221,6 @@ def synthetic_batch(batch: int, size: int, seed: int = 0) -> dict[str, Tensor]:
 
 def train_config(kind: str, backbone: str, size: int, batch: int, channels_last: bool, head_channels: int):
     """The paper recipe (cianet.config defaults) at the benchmark's model, size and batch; CPU, random init."""
-    from cianet.config import Config
-
     cfg = Config()
     cfg.model.kind, cfg.model.backbone, cfg.model.pretrained = kind, backbone, False
     cfg.model.head_channels = head_channels
@@ -198,9 +230,17 @@ def train_config(kind: str, backbone: str, size: int, batch: int, channels_last:
     return cfg
 
 
-def bench_train_step(kind: str, backbone: str = "resnet18", size: int = 256, batch: int = 16, steps: int = 3,
-                     channels_last: bool = True, head_channels: int = 512, seed: int = 0,
-                     device: str | torch.device = "cpu") -> dict[str, Any]:
+def bench_train_step(
+    kind: str,
+    backbone: str = "resnet18",
+    size: int = 256,
+    batch: int = 16,
+    steps: int = 3,
+    channels_last: bool = True,
+    head_channels: int = 512,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
     """Time one full training step of ``kind`` ("baseline" | "cianet") through ``train_one_epoch``.
 
     On CUDA the step runs as ``cianet train`` runs it there: AMP (float16 with a GradScaler) per the recipe.
@@ -209,10 +249,6 @@ def bench_train_step(kind: str, backbone: str = "resnet18", size: int = 256, bat
     timed step), ``gflops_per_step``
     (FlopCounterMode over one step), ``achieved_gflops`` = gflops_per_step / step_s.
     """
-    from cianet.bench.predict_profile import count_flops
-    from cianet.run.networks import build_network
-    from cianet.training.loop import build_optimizer, train_one_epoch
-
     torch.manual_seed(seed)
     device = torch.device(device)
     cfg = train_config(kind, backbone, size, batch, channels_last, head_channels)
@@ -283,23 +319,17 @@ class TimedLoader:
 
 
 def make_phantom(root: Path, n_images: int, size: int, cache_size: int, seed: int = 0) -> tuple[Path, Path]:
-    """A phantom data set (cianet.data.synth) under ``root/data`` and its uint8 cache at ``cache_size``."""
-    from cianet.data.cache import build_cache
-    from cianet.data.nih import NIHIndex
-    from cianet.data.synth import generate_dataset
-
+    """A phantom data set (cianet.phantom) under ``root/data`` and its uint8 cache at ``cache_size``."""
     data, cache = root / "data", root / f"cache{cache_size}"
     generate_dataset(data, n_images=n_images, size=size, seed=seed, progress=False)
     index = NIHIndex.from_root(data)
-    build_cache([(r.name, r.path) for r in index.records if r.path is not None], cache_size, cache,
-                progress=False)
+    build_cache([(r.name, r.path) for r in index.records if r.path is not None], cache_size, cache, progress=False)
     return data, cache
 
 
-def _tiny_config(data_root: Path, cache: Path | None, out: Path, workers: int | None, seed: int,
-                 image_size: int | None = None):
-    from cianet.config import load_config
-
+def _tiny_config(
+    data_root: Path, cache: Path | None, out: Path, workers: int | None, seed: int, image_size: int | None = None
+):
     cfg = load_config("tiny")
     if image_size is not None:
         cfg.data.image_size = image_size
@@ -311,19 +341,21 @@ def _tiny_config(data_root: Path, cache: Path | None, out: Path, workers: int | 
     return cfg
 
 
-def bench_data(data_root: Path, cache: Path, work: Path, workers: int | None = None,
-               wait_steps: int | None = None, seed: int = 0, image_size: int | None = None) -> dict[str, Any]:
+def bench_data(
+    data_root: Path,
+    cache: Path,
+    work: Path,
+    workers: int | None = None,
+    wait_steps: int | None = None,
+    seed: int = 0,
+    image_size: int | None = None,
+) -> dict[str, Any]:
     """Loader throughput (cache vs PNG) and the share of the tiny recipe's training loop spent waiting for data.
 
     Throughput: one epoch of the tiny recipe's training loader (positives with their hash-paired negatives,
     collated batches) with nothing else running; images/s counts the positives delivered. The wait share
     comes from ``train_one_epoch`` of the tiny recipe's model on the same loader (first ``wait_steps`` batches).
     """
-    from cianet.run.loaders import make_loaders
-    from cianet.run.networks import build_network
-    from cianet.run.protocol import build_run_data
-    from cianet.training.loop import build_optimizer, train_one_epoch
-
     out: dict[str, Any] = {}
     loaders = {}
     for key, cache_dir in (("cache", cache), ("png", None)):
@@ -339,8 +371,16 @@ def bench_data(data_root: Path, cache: Path, work: Path, workers: int | None = N
         out[f"{key}_images_per_s"] = timed.images / elapsed
         out[f"{key}_batches"] = timed.batches
     cfg = loaders["cache"][0]
-    out.update({"workers": cfg.data.workers, "batch": cfg.optim.batch_size, "image_size": cfg.data.image_size,
-                "backbone": cfg.model.backbone, "model": cfg.model.kind, "train_images": len(run_data.train)})
+    out.update(
+        {
+            "workers": cfg.data.workers,
+            "batch": cfg.optim.batch_size,
+            "image_size": cfg.data.image_size,
+            "backbone": cfg.model.backbone,
+            "model": cfg.model.kind,
+            "train_images": len(run_data.train),
+        }
+    )
     for key in ("cache", "png"):
         cfg, train_loader = loaders[key]
         torch.manual_seed(seed)
@@ -361,15 +401,14 @@ def bench_data(data_root: Path, cache: Path, work: Path, workers: int | None = N
 
 
 # ------------------------------------------------------------------------------------------------ pairing
-def bench_pairing(bank_codes: int = 60_000, queries: int = 112_120, naive_queries: int = 20,
-                  seed: int = 0) -> dict[str, Any]:
+def bench_pairing(
+    bank_codes: int = 60_000, queries: int = 112_120, naive_queries: int = 20, seed: int = 0
+) -> dict[str, Any]:
     """Queries/s of ``HashIndex.query`` (self and same-patient exclusion on) vs ``query_naive``.
 
     Codes are random non-negative vectors (hash codes of images are non-negative); every bank image is also a
     query (it excludes itself), the remaining queries are new images; ~2 images per patient.
     """
-    from cianet.negatives import HashIndex, query_naive
-
     rng = np.random.default_rng(seed)
     dim = 256
     names = [f"n{i}" for i in range(bank_codes)]
@@ -404,19 +443,19 @@ def use_direct_head(model: nn.Module) -> nn.Module:
     return model
 
 
-def make_predict_bundle(path: Path, data_root: Path, backbone: str, size: int, upsample: int | None,
-                        bank: int, head_channels: int = 512, seed: int = 0) -> list[str]:
+def make_predict_bundle(
+    path: Path,
+    data_root: Path,
+    backbone: str,
+    size: int,
+    upsample: int | None,
+    bank: int,
+    head_channels: int = 512,
+    seed: int = 0,
+) -> list[str]:
     """Write a CIA-Net bundle (random init, paper recipe at ``backbone``/``size``, with a ResNet-18 alignment
     network at 224 px or ``size`` if smaller) with ``bank`` phantom No Finding negatives (images stored, so
     ``recompute`` can run); return the query image paths (not in the bank)."""
-    from cianet.config import Config
-    from cianet.data.io import load_xray, resize_gray
-    from cianet.data.nih import NIHIndex
-    from cianet.inference.bundle import negative_bank
-    from cianet.models.alignment import AlignmentNet
-    from cianet.run.bundle_file import make_bundle, save_bundle
-    from cianet.run.networks import build_network
-
     torch.manual_seed(seed)
     cfg = Config()
     cfg.model.kind, cfg.model.backbone, cfg.model.pretrained = "cianet", backbone, False
@@ -451,6 +490,7 @@ def peak_rss_mb() -> float:
                     return int(line.split()[1]) / 1024  # kB
     except OSError:
         pass
+    # lazy: a Unix-only module
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -459,22 +499,19 @@ def peak_rss_mb() -> float:
 
 def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Run in a fresh process: Predictor in one mode over image files; images/s and this process's peak RSS."""
-    from cianet.inference.predictor import Predictor
-
     if spec["mode"] == "profile":
-        from cianet.bench.predict_profile import profile_worker
-
         return {**profile_worker(spec), "peak_rss_mb": peak_rss_mb()}
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     # float32, so that the figures compare with those taken before bfloat16 existed (profile_worker has both)
-    pred = Predictor.from_bundle(spec["bundle"], device=spec.get("device", "cpu"), mode=spec["mode"],
-                                 batch_size=spec["batch"], precision="fp32")
+    pred = Predictor.from_bundle(
+        spec["bundle"], device=spec.get("device", "cpu"), mode=spec["mode"], batch_size=spec["batch"], precision="fp32"
+    )
     if spec.get("direct_head"):
         use_direct_head(pred.model)
     paths, b = spec["paths"], int(spec["batch"])
     pred.predict_batch(paths[:b])  # warm-up (allocations, oneDNN primitives)
-    timed = paths[b:b + int(spec["images"])]
+    timed = paths[b : b + int(spec["images"])]
     t0 = time.perf_counter()
     pred.predict_batch(timed)
     elapsed = time.perf_counter() - t0
@@ -491,11 +528,24 @@ def _run_worker(spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def bench_predict(data_root: Path, work: Path, backbone: str = "resnet50", size: int = 512,
-                  upsample: int | None = 128, images: int = 8, batch: int = 4, bank: int = 16,
-                  threads: int | None = None, compare_heads: bool = True, seed: int = 0,
-                  log: Log | None = None, folder_images: int = 64, folder_size: int = 1024,
-                  compare_prefetch: bool = True, device: str = "cpu") -> dict[str, Any]:
+def bench_predict(
+    data_root: Path,
+    work: Path,
+    backbone: str = "resnet50",
+    size: int = 512,
+    upsample: int | None = 128,
+    images: int = 8,
+    batch: int = 4,
+    bank: int = 16,
+    threads: int | None = None,
+    compare_heads: bool = True,
+    seed: int = 0,
+    log: Log | None = None,
+    folder_images: int = 64,
+    folder_size: int = 1024,
+    compare_prefetch: bool = True,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Predict images/s and peak RSS with the bank vs recomputing ``M-`` (each mode in a fresh process), then
     the profile of :mod:`cianet.bench.predict_profile` (FLOPs, networks-only float32 and bfloat16 speed,
     the stage breakdown of ``predict_files`` over ``folder_images`` PNGs of ``folder_size`` px).
@@ -503,23 +553,36 @@ def bench_predict(data_root: Path, work: Path, backbone: str = "resnet50", size:
     Main figures use the library's test-time head (factorized); with ``compare_heads`` (and an upsampling grid)
     both modes are timed again with the literal upsample-then-convolve head (``*_direct`` keys).
     """
-    from cianet.bench.predict_profile import write_folder
-
     bundle = work / "bench-bundle.pt"
     paths = make_predict_bundle(bundle, data_root, backbone, size, upsample, bank, seed=seed)
     need = batch + images
     if len(paths) < need:
         paths = (paths * math.ceil(need / max(1, len(paths))))[:need]
-    out: dict[str, Any] = {"backbone": backbone, "size": size, "test_upsample": upsample, "batch": batch,
-                           "bank_entries": bank}
+    out: dict[str, Any] = {
+        "backbone": backbone,
+        "size": size,
+        "test_upsample": upsample,
+        "batch": batch,
+        "bank_entries": bank,
+    }
     variants = [False] + ([True] if compare_heads and upsample else [])
     for direct in variants:
         suffix = "_direct" if direct else ""
         for mode in ("bank", "recompute"):
             if log:
                 log(f"predict: {mode}{' (direct head)' if direct else ''}")
-            r = _run_worker({"bundle": str(bundle), "mode": mode, "batch": batch, "images": images,
-                             "paths": paths[:need], "threads": threads, "direct_head": direct, "device": device})
+            r = _run_worker(
+                {
+                    "bundle": str(bundle),
+                    "mode": mode,
+                    "batch": batch,
+                    "images": images,
+                    "paths": paths[:need],
+                    "threads": threads,
+                    "direct_head": direct,
+                    "device": device,
+                }
+            )
             out[f"{mode}_images_per_s{suffix}"] = r["images_per_s"]
             out[f"{mode}_peak_rss_mb{suffix}"] = r["peak_rss_mb"]
         out[f"bank_speedup{suffix}"] = out[f"bank_images_per_s{suffix}"] / out[f"recompute_images_per_s{suffix}"]
@@ -528,9 +591,19 @@ def bench_predict(data_root: Path, work: Path, backbone: str = "resnet50", size:
         log(f"predict: profile (FLOPs, float32 vs bfloat16, {folder_images} PNGs of {folder_size} px by stage)")
     folder = work / "predict-folder"
     write_folder(folder, paths, folder_images, folder_size, seed)
-    profile = _run_worker({"bundle": str(bundle), "mode": "profile", "batch": batch, "images": images,
-                           "folder": str(folder), "out": str(work / "predict-out"), "threads": threads,
-                           "compare_prefetch": compare_prefetch, "device": device})
+    profile = _run_worker(
+        {
+            "bundle": str(bundle),
+            "mode": "profile",
+            "batch": batch,
+            "images": images,
+            "folder": str(folder),
+            "out": str(work / "predict-out"),
+            "threads": threads,
+            "compare_prefetch": compare_prefetch,
+            "device": device,
+        }
+    )
     profile["profile_peak_rss_mb"] = profile.pop("peak_rss_mb")
     out.update(profile)
     out["bf16_speedup"] = profile.get("bf16_speedup")  # None where the device has no native bfloat16
@@ -546,8 +619,7 @@ def _bench_train_all(s: BenchSettings, say: Log) -> dict[str, Any]:
     for cl in layouts:
         for kind in ("baseline", "cianet"):
             say(f"train: {kind} {s.backbone} {s.size}px batch {s.batch} {'channels_last' if cl else 'NCHW'}")
-            r = bench_train_step(kind, s.backbone, s.size, s.batch, s.steps, cl, s.head_channels, s.seed,
-                                 s.device)
+            r = bench_train_step(kind, s.backbone, s.size, s.batch, s.steps, cl, s.head_channels, s.seed, s.device)
             r["kind"] = kind
             variants.append(r)
             if cl == s.channels_last:
@@ -574,13 +646,12 @@ def run_bench(settings: BenchSettings | None = None, log: Log | None = None) -> 
 
 
 def _run_parts(s: BenchSettings, say: Log) -> dict[str, Any]:
-    from cianet.run.precision import cpu_bf16_native
-
     result: dict[str, Any] = {"env": env_info(), "settings": dataclasses.asdict(s)}
     # whether the bench's device computes bfloat16 natively: where "auto" precision turns it on
     dev = torch.device(s.device)
-    result["bf16_supported"] = bool(cpu_bf16_native() if dev.type == "cpu" else
-                                    dev.type == "cuda" and torch.cuda.is_bf16_supported())
+    result["bf16_supported"] = bool(
+        cpu_bf16_native() if dev.type == "cpu" else dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
     part_s: dict[str, float] = {}
     t_start = time.perf_counter()
 
@@ -608,26 +679,43 @@ def _run_parts(s: BenchSettings, say: Log) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cianet-bench-") as tmp:
         work = Path(tmp)
         if "data" in s.parts or "predict" in s.parts:
-            from cianet.config import load_config
-
             cache_size = s.data_size or load_config("tiny").data.image_size
             say(f"phantom: {s.phantom_images} images at {s.phantom_size}px, cache at {cache_size}px")
-            data_root, cache = timed("phantom", lambda: make_phantom(work, s.phantom_images, s.phantom_size,
-                                                                     cache_size, s.seed))
+            data_root, cache = timed(
+                "phantom", lambda: make_phantom(work, s.phantom_images, s.phantom_size, cache_size, s.seed)
+            )
         if "data" in s.parts:
             say("data: tiny recipe loaders (cache, PNG) and the training loop's wait share")
-            result["data"] = timed("data", lambda: bench_data(data_root, cache, work, s.workers, s.wait_steps,
-                                                              s.seed, s.data_size))
+            result["data"] = timed(
+                "data", lambda: bench_data(data_root, cache, work, s.workers, s.wait_steps, s.seed, s.data_size)
+            )
         if "pairing" in s.parts:
             say(f"pairing: {s.queries} queries against {s.bank_codes} codes")
-            result["pairing"] = timed("pairing", lambda: bench_pairing(s.bank_codes, s.queries, s.naive_queries,
-                                                                       s.seed))
+            result["pairing"] = timed(
+                "pairing", lambda: bench_pairing(s.bank_codes, s.queries, s.naive_queries, s.seed)
+            )
         if "predict" in s.parts:
-            result["predict"] = timed("predict", lambda: bench_predict(
-                data_root, work, s.predict_backbone, s.predict_size, s.predict_upsample, s.predict_images,
-                s.predict_batch, s.predict_bank, s.threads, s.compare_heads, s.seed, log=say,
-                folder_images=s.predict_folder_images, folder_size=s.predict_folder_size,
-                compare_prefetch=s.compare_prefetch, device=s.device))
+            result["predict"] = timed(
+                "predict",
+                lambda: bench_predict(
+                    data_root,
+                    work,
+                    s.predict_backbone,
+                    s.predict_size,
+                    s.predict_upsample,
+                    s.predict_images,
+                    s.predict_batch,
+                    s.predict_bank,
+                    s.threads,
+                    s.compare_heads,
+                    s.seed,
+                    log=say,
+                    folder_images=s.predict_folder_images,
+                    folder_size=s.predict_folder_size,
+                    compare_prefetch=s.compare_prefetch,
+                    device=s.device,
+                ),
+            )
             result["matmul_gflops"] = matmul()  # the ceiling again, as after training; the best is kept
     if samples:
         result["matmul_gflops_samples"] = samples
@@ -646,9 +734,11 @@ def _run_parts(s: BenchSettings, say: Log) -> dict[str, Any]:
 def format_table(result: dict[str, Any]) -> str:
     """The human-readable report of :func:`run_bench`'s result."""
     env = result["env"]
-    lines = [f"cianet bench: torch {env['torch']}, {env['threads']} threads, {env['cpu']} "
-             f"({env['cpu_count']} CPUs, load {env['loadavg_1min']} -> {env.get('loadavg_1min_end')}), "
-             f"native bfloat16: {'yes' if result.get('bf16_supported') else 'no'}"]
+    lines = [
+        f"cianet bench: torch {env['torch']}, {env['threads']} threads, {env['cpu']} "
+        f"({env['cpu_count']} CPUs, load {env['loadavg_1min']} -> {env.get('loadavg_1min_end')}), "
+        f"native bfloat16: {'yes' if result.get('bf16_supported') else 'no'}"
+    ]
 
     def row(label: str, value: str) -> None:
         lines.append(f"  {label:<44}{value}")
@@ -663,54 +753,83 @@ def format_table(result: dict[str, Any]) -> str:
         row("model / layout", "images/s  GFLOP/step  GFLOP/s  of matmul")
         for r in t["variants"]:
             layout = "channels_last" if r["channels_last"] else "NCHW"
-            row(f"{r['kind']} / {layout}", f"{r['images_per_s']:8.2f}  {r['gflops_per_step']:10.1f}  "
-                f"{r['achieved_gflops']:7.1f}  {r['flop_fraction']:9.2f}")
+            row(
+                f"{r['kind']} / {layout}",
+                f"{r['images_per_s']:8.2f}  {r['gflops_per_step']:10.1f}  "
+                f"{r['achieved_gflops']:7.1f}  {r['flop_fraction']:9.2f}",
+            )
     if "data" in result:
         d = result["data"]
-        lines.append(f"data: tiny recipe loader ({d['image_size']}px, batch {d['batch']}, {d['workers']} workers, "
-                     f"negatives paired)")
+        lines.append(
+            f"data: tiny recipe loader ({d['image_size']}px, batch {d['batch']}, {d['workers']} workers, "
+            f"negatives paired)"
+        )
         row("from the uint8 cache", f"{d['cache_images_per_s']:8.1f} images/s")
         row("decoding PNGs", f"{d['png_images_per_s']:8.1f} images/s")
         row(f"waiting for data, cache ({d['wait_steps']} steps)", f"{100 * d['wait_fraction']:8.1f} % of the loop")
-        row(f"waiting for data, PNG ({d['wait_steps_png']} steps)", f"{100 * d['wait_fraction_png']:8.1f} % of the loop")
+        row(
+            f"waiting for data, PNG ({d['wait_steps_png']} steps)", f"{100 * d['wait_fraction_png']:8.1f} % of the loop"
+        )
     if "pairing" in result:
         p = result["pairing"]
         lines.append(f"negative pairing: {p['queries']} queries against {p['bank_codes']} codes")
         row("HashIndex.query", f"{p['queries_per_s']:8.0f} queries/s (all in {p['epoch_s']:.1f} s)")
-        row(f"query_naive ({p['naive_queries']} queries)",
-            f"{p['naive_queries_per_s']:8.1f} queries/s (same answers: {p['naive_agrees']})")
+        row(
+            f"query_naive ({p['naive_queries']} queries)",
+            f"{p['naive_queries_per_s']:8.1f} queries/s (same answers: {p['naive_agrees']})",
+        )
     if "predict" in result:
         p = result["predict"]
-        lines.append(f"predict: CIA-Net {p['backbone']} {p['size']}px, test grid {p['test_upsample']}, "
-                     f"batch {p['batch']}, one process per mode")
+        lines.append(
+            f"predict: CIA-Net {p['backbone']} {p['size']}px, test grid {p['test_upsample']}, "
+            f"batch {p['batch']}, one process per mode"
+        )
         for suffix, label in (("", ""), ("_direct", ", direct head")):
             if f"bank_images_per_s{suffix}" not in p:
                 continue
             for mode in ("bank", "recompute"):
-                row(f"{mode}{label}", f"{p[f'{mode}_images_per_s{suffix}']:8.2f} images/s, "
-                    f"peak RSS {p[f'{mode}_peak_rss_mb{suffix}']:.0f} MB")
+                row(
+                    f"{mode}{label}",
+                    f"{p[f'{mode}_images_per_s{suffix}']:8.2f} images/s, "
+                    f"peak RSS {p[f'{mode}_peak_rss_mb{suffix}']:.0f} MB",
+                )
             row(f"bank speed-up{label}", f"{p[f'bank_speedup{suffix}']:8.2f} x")
         if "networks_images_per_s" in p:
-            row("networks alone, float32", f"{p['networks_images_per_s']:8.2f} images/s, "
-                f"{p['gflops_per_image']:.1f} GFLOP/image, {p['flop_fraction']:.2f} of matmul")
+            row(
+                "networks alone, float32",
+                f"{p['networks_images_per_s']:8.2f} images/s, "
+                f"{p['gflops_per_image']:.1f} GFLOP/image, {p['flop_fraction']:.2f} of matmul",
+            )
             for prec in ("bf16", "fp16"):
                 if p.get(f"{prec}_networks_images_per_s") is not None:
-                    row(f"networks alone, {prec}", f"{p[f'{prec}_networks_images_per_s']:8.2f} images/s "
-                        f"({p[f'{prec}_speedup']:.2f}x float32)")
+                    row(
+                        f"networks alone, {prec}",
+                        f"{p[f'{prec}_networks_images_per_s']:8.2f} images/s ({p[f'{prec}_speedup']:.2f}x float32)",
+                    )
             if p.get("bf16_speedup") is None:
                 row("networks alone, bf16", "     n/a (no native bfloat16 on this device)")
             e = result.get("evaluate")
             if e:
                 bf = "" if e.get("bf16_speedup") is None else f", bf16 {e['bf16_speedup']:.2f}x"
-                row("evaluation networks (negative image too)", f"{e['images_per_s']:8.2f} images/s, "
-                    f"{e['gflops_per_image']:.1f} GFLOP/image, {e['flop_fraction']:.2f} of matmul{bf}")
-            for suffix, label in (("", "all outputs"), ("_no_overlay", "no overlays"),
-                                  ("_no_overlay_no_prefetch", "no overlays, decoding in turn"),
-                                  ("_bf16", "bf16, all outputs"), ("_bf16_no_overlay", "bf16, no overlays")):
+                row(
+                    "evaluation networks (negative image too)",
+                    f"{e['images_per_s']:8.2f} images/s, "
+                    f"{e['gflops_per_image']:.1f} GFLOP/image, {e['flop_fraction']:.2f} of matmul{bf}",
+                )
+            for suffix, label in (
+                ("", "all outputs"),
+                ("_no_overlay", "no overlays"),
+                ("_no_overlay_no_prefetch", "no overlays, decoding in turn"),
+                ("_bf16", "bf16, all outputs"),
+                ("_bf16_no_overlay", "bf16, no overlays"),
+            ):
                 if f"folder_s{suffix}" not in p:
                     continue
-                row(f"predict {p['folder_images']} PNGs, {label}", f"{p[f'folder_images_per_s{suffix}']:8.2f} images/s, "
-                    f"{p[f'folder_vs_networks{suffix}']:.2f}x the networks alone")
+                row(
+                    f"predict {p['folder_images']} PNGs, {label}",
+                    f"{p[f'folder_images_per_s{suffix}']:8.2f} images/s, "
+                    f"{p[f'folder_vs_networks{suffix}']:.2f}x the networks alone",
+                )
                 stages = p[f"stages{suffix}"]
                 row("  seconds per image", ", ".join(f"{k} {v:.3f}" for k, v in stages.items()))
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in result.get("part_seconds", {}).items())
@@ -721,8 +840,9 @@ def format_table(result: dict[str, Any]) -> str:
 def _main(argv: list[str]) -> int:
     """``python -m cianet.bench.speed --predict-worker SPEC``: the subprocess side of :func:`bench_predict`."""
     if len(argv) != 2 or argv[0] != "--predict-worker":
-        print("usage: python -m cianet.bench.speed --predict-worker JSON (internal; use `cianet bench`)",
-              file=sys.stderr)
+        print(
+            "usage: python -m cianet.bench.speed --predict-worker JSON (internal; use `cianet bench`)", file=sys.stderr
+        )
         return 2
     print(json.dumps(predict_worker(json.loads(argv[1]))))
     return 0

@@ -4,16 +4,21 @@ a command prints its result as JSON."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Any
 
-from cianet.config import choices
+from cianet.config import apply_overrides, check_paths_exist, choices, load_config, validate_config
 
 
 def add_json_arg(p, what: str = "what was written") -> None:
     """``--json``: the command's result as one JSON object on stdout (see :func:`print_json`)."""
-    p.add_argument("--json", action="store_true",
-                   help=f"print {what} as one JSON object on stdout (progress and messages go to stderr)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help=f"print {what} as one JSON object on stdout (progress and messages go to stderr)",
+    )
 
 
 def print_json(args: argparse.Namespace, obj: Any) -> None:
@@ -22,8 +27,7 @@ def print_json(args: argparse.Namespace, obj: Any) -> None:
 
     The command's stdout is ``args.result_stream``, saved by :func:`cianet.cli.result_stdout`, which sends
     whatever else the work prints on stdout to stderr while a ``--json`` command runs."""
-    import json
-
+    # lazy: the library loads when the command runs, not when cianet builds its parser
     from cianet.utils.atomic import strict_json
 
     stream = getattr(args, "result_stream", None) or sys.stdout
@@ -33,28 +37,36 @@ def print_json(args: argparse.Namespace, obj: Any) -> None:
 def run_result(run_dir) -> dict[str, Any]:
     """What a finished training run produced, for ``--json``: its folder and files, and the test metrics of its
     ``metrics.json`` (test images and boxes, AUC per class and mean, localization accuracy per T(IoU))."""
-    import json
-    from pathlib import Path
-
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"run": run_dir, "checkpoint": run_dir / "checkpoint.pt", "metrics_file": run_dir / "metrics.json",
-            **{k: metrics.get(k) for k in ("n_images", "n_boxes", "auc", "localization")}}
+    return {
+        "run": run_dir,
+        "checkpoint": run_dir / "checkpoint.pt",
+        "metrics_file": run_dir / "metrics.json",
+        **{k: metrics.get(k) for k in ("n_images", "n_boxes", "auc", "localization")},
+    }
 
 
 def add_root_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", required=True, help="data folder (metadata tables and images; README, Data sets)")
     add_dataset_args(p)
-    p.add_argument("--entry-csv", default=None, help="entry CSV to use instead of Data_Entry_2017[_v2020].csv "
-                   "(relative to the data root or absolute)")
+    p.add_argument(
+        "--entry-csv",
+        default=None,
+        help="entry CSV to use instead of Data_Entry_2017[_v2020].csv (relative to the data root or absolute)",
+    )
     p.add_argument("--bbox-csv", default=None, help="box CSV to use instead of BBox_List_2017.csv")
-    p.add_argument("--strict", action="store_true",
-                   help="fail if any image file is missing, a box names an image not in the entry CSV, or a box lies "
-                        "outside its image or names a finding its image lacks (without it: a warning)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail if any image file is missing, a box names an image not in the entry CSV, or a box lies "
+        "outside its image or names a finding its image lacks (without it: a warning)",
+    )
 
 
-def add_dataset_flag(p, default: str | None = None,
-                     help: str = "layout of the data root (default: detected from its files)") -> None:
+def add_dataset_flag(
+    p, default: str | None = None, help: str = "layout of the data root (default: detected from its files)"
+) -> None:
     """``--dataset``: its choices are config's (data.dataset), so a new layout needs no edit here."""
     p.add_argument("--dataset", choices=choices("data.dataset"), default=default, help=help)
 
@@ -62,11 +74,19 @@ def add_dataset_flag(p, default: str | None = None,
 def add_dataset_args(p) -> None:
     """``--dataset`` and the reader-box merge, for every command reading a data root."""
     add_dataset_flag(p)
-    p.add_argument("--box-merge", choices=choices("data.box_merge"), default=None,
-                   help="merge readers' boxes of one finding (VinDr-CXR; csv with a reader column): default mean")
+    p.add_argument(
+        "--box-merge",
+        choices=choices("data.box_merge"),
+        default=None,
+        help="merge readers' boxes of one finding (VinDr-CXR; csv with a reader column): default mean",
+    )
     p.add_argument("--merge-iou", type=float, default=None, help="IoU linking readers' boxes (default 0.4)")
-    p.add_argument("--label-map", choices=choices("data.label_map"), default=None,
-                   help="map the data set's classes to ChestX-ray14's (cross-data-set evaluation; docs/method.md)")
+    p.add_argument(
+        "--label-map",
+        choices=choices("data.label_map"),
+        default=None,
+        help="map the data set's classes to ChestX-ray14's (cross-data-set evaluation; docs/method.md)",
+    )
 
 
 def recipe_default(section: str, key: str) -> str:
@@ -84,8 +104,6 @@ _RECIPES: dict = {}
 
 
 def _recipe(name: str):
-    from cianet.config import load_config
-
     if name not in _RECIPES:  # read once per process however many flags ask
         _RECIPES[name] = load_config(name)
     return _RECIPES[name]
@@ -95,8 +113,14 @@ def add_config_args(p: argparse.ArgumentParser, default_config: str = "paper") -
     g = p.add_argument_group("configuration (flags override the config file; --set overrides anything)")
     shown = default_config or "paper; `experiment evidence` on phantoms: tiny"
     g.add_argument("--config", default=default_config, help=f"recipe name (paper, tiny) or YAML file (default {shown})")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config value, e.g. --set optim.lr=0.01 (repeatable)")
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config value, e.g. --set optim.lr=0.01 (repeatable)",
+    )
     g.add_argument("--data-root", help="data folder (layout: --dataset)")
     add_dataset_args(g)
     g.add_argument("--entry-csv", help="Data_Entry csv (default: found at the data root)")
@@ -104,19 +128,30 @@ def add_config_args(p: argparse.ArgumentParser, default_config: str = "paper") -
     g.add_argument("--cache", help="image cache folder from `cianet prepare` (same --image-size)")
     command = p.prog.split()[-1]  # the help of each command says its own defaults, not the others'
     align = command == "train-align"
-    g.add_argument("--out", help={"train": "the run folder (default: the recipe's run.out, " + recipe_default("run", "out")
-                                  + ")", "train-align": "output folder (default runs/align)",
-                                  "experiment": "output folder (default runs/NAME)"}.get(command, "output folder"))
+    g.add_argument(
+        "--out",
+        help={
+            "train": "the run folder (default: the recipe's run.out, " + recipe_default("run", "out") + ")",
+            "train-align": "output folder (default runs/align)",
+            "experiment": "output folder (default runs/NAME)",
+        }.get(command, "output folder"),
+    )
     g.add_argument("--image-size", type=int, help="data.image_size: network input size (multiple of 32)")
     sec = "align" if align else "optim"
-    g.add_argument("--backbone", help=f"{'align' if align else 'model'}.backbone: resnet18 | resnet34 | resnet50 | "
-                                      f"resnet101 (default: {recipe_default('align' if align else 'model', 'backbone')})")
+    g.add_argument(
+        "--backbone",
+        help=f"{'align' if align else 'model'}.backbone: resnet18 | resnet34 | resnet50 | "
+        f"resnet101 (default: {recipe_default('align' if align else 'model', 'backbone')})",
+    )
     g.add_argument("--epochs", type=int, help=f"{sec}.epochs (default: {recipe_default(sec, 'epochs')})")
     g.add_argument("--batch-size", type=int, help=f"{sec}.batch_size (default: {recipe_default(sec, 'batch_size')})")
     g.add_argument("--lr", type=float, help=f"{sec}.lr (default: {recipe_default(sec, 'lr')})")
-    g.add_argument("--workers", type=int, help=f"DataLoader worker processes (default: {recipe_default('data', 'workers')})")
-    g.add_argument("--device", help="run.device: auto | cpu | cuda | cuda:N (default: the recipe's; paper auto, "
-                                    "tiny cpu)")
+    g.add_argument(
+        "--workers", type=int, help=f"DataLoader worker processes (default: {recipe_default('data', 'workers')})"
+    )
+    g.add_argument(
+        "--device", help="run.device: auto | cpu | cuda | cuda:N (default: the recipe's; paper auto, tiny cpu)"
+    )
     g.add_argument("--seed", type=int, help="run.seed (default: the recipe's, 0)")
     g.add_argument("--max-images", type=int, help="cap the image lists (reduced runs)")
     g.add_argument("--canonical", help="canonical chest PNG (`cianet canonical`)")
@@ -125,28 +160,59 @@ def add_config_args(p: argparse.ArgumentParser, default_config: str = "paper") -
 
 def add_precision_arg(p: argparse.ArgumentParser) -> None:
     """``--precision`` (run.precision) for the commands that train CIA-Net or the baseline."""
-    p.add_argument("--precision", choices=["fp32", "bf16", "auto"],
-                   help="run.precision: bf16 = bfloat16 autocast, auto = bf16 on CPUs with native bfloat16 "
-                        "(default: float32 on CPU, optim.amp's float16 on CUDA)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        help="run.precision: bf16 = bfloat16 autocast, auto = bf16 on CPUs with native bfloat16 "
+        "(default: float32 on CPU, optim.amp's float16 on CUDA)",
+    )
+
+
+def _by_field(*keys: str) -> dict[str, str]:
+    """{dest: key} for flags whose argparse dest is their config field's name."""
+    return {key.split(".")[1]: key for key in keys}
 
 
 #: flag (its argparse dest) -> the config key it sets to its value, for every command building a run config
 FLAG_KEYS: dict[str, str] = {
-    "data_root": "data.data_root", "entry_csv": "data.entry_csv", "bbox_csv": "data.bbox_csv", "cache": "data.cache",
-    "dataset": "data.dataset", "box_merge": "data.box_merge", "merge_iou": "data.merge_iou",
-    "label_map": "data.label_map", "image_size": "data.image_size", "workers": "data.workers",
-    "max_images": "data.max_images", "out": "run.out", "device": "run.device", "precision": "run.precision",
-    "seed": "run.seed", "backbone": "model.backbone", "pretrained": "model.pretrained", "model": "model.kind",
-    "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr", "canonical": "align.canonical",
-    "align_pretrained": "align.pretrained", "negatives": "negatives.strategy", "hash_index": "negatives.hash_index",
-    "prior_fallback": "negatives.prior_fallback", "fold": "protocol.fold", "annotated_ratio": "protocol.annotated_ratio",
-    "unannotated_ratio": "protocol.unannotated_ratio", "splits": "protocol.splits",
+    **_by_field(
+        "data.data_root",
+        "data.entry_csv",
+        "data.bbox_csv",
+        "data.cache",
+        "data.dataset",
+        "data.box_merge",
+        "data.merge_iou",
+        "data.label_map",
+        "data.image_size",
+        "data.workers",
+        "data.max_images",
+        "run.out",
+        "run.device",
+        "run.precision",
+        "run.seed",
+        "model.backbone",
+        "model.pretrained",
+    ),
+    "model": "model.kind",
+    **_by_field("optim.epochs", "optim.batch_size", "optim.lr", "align.canonical"),
+    "align_pretrained": "align.pretrained",
+    "negatives": "negatives.strategy",
+    **_by_field(
+        "negatives.hash_index",
+        "negatives.prior_fallback",
+        "protocol.fold",
+        "protocol.annotated_ratio",
+        "protocol.unannotated_ratio",
+        "protocol.splits",
+    ),
 }
 #: switch (store_true dest) -> (config key, the value it sets)
 SWITCH_KEYS: dict[str, tuple[str, Any]] = {
     "unannotated_only": ("protocol.unannotated_only", True),
     "allow_patient_overlap": ("protocol.allow_patient_overlap", True),
-    "official": ("protocol.official", True), "classification": ("protocol.kind", "classification"),
+    "official": ("protocol.official", True),
+    "classification": ("protocol.kind", "classification"),
 }
 
 
@@ -157,8 +223,6 @@ def _set_key(cfg, key: str, value: Any) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The run config: the recipe of ``--config``, then the flags given, then every ``--set``."""
-    from cianet.config import apply_overrides, check_paths_exist, load_config, validate_config
-
     cfg = load_config(args.config)
     flags = {}  # config key -> how the user set it, for --resume to check against the run's own recipe
     for attr, key in FLAG_KEYS.items():
@@ -184,5 +248,7 @@ def config_from_args(args: argparse.Namespace):
     return cfg
 
 
-PRETRAINED_HELP = ("initial backbone weights: imagenet (torchvision's, from the torch hub cache or downloaded; an "
-                   "error when neither works), none (random init) or PATH (a state-dict file of the backbone)")
+PRETRAINED_HELP = (
+    "initial backbone weights: imagenet (torchvision's, from the torch hub cache or downloaded; an "
+    "error when neither works), none (random init) or PATH (a state-dict file of the backbone)"
+)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import csv
+from pathlib import Path
 
 from cianet.commands.common import add_json_arg, print_json
+from cianet.errors import InputError, MissingPathError, UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "predict", help="predict findings, boxes and heatmaps for X-ray files with a model bundle",
+        "predict",
+        help="predict findings, boxes and heatmaps for X-ray files with a model bundle",
         description=(
             "For every image (PNG/JPEG/DICOM files, folders searched recursively): a probability per class of "
             "the model (14 for ChestX-ray14), boxes of the box classes above their threshold (regions of "
@@ -26,47 +30,76 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model bundle (`cianet bundle`)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: the GPU when there is one)")
+    p.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: the GPU when there is one)"
+    )
     p.add_argument("--no-overlay", action="store_true", help="do not draw overlay PNGs")
     p.add_argument("--no-heatmaps", action="store_true", help="do not write <stem>.heatmaps.npz files")
-    p.add_argument("--include-dicom-metadata", action="store_true",
-                   help="add Modality, ViewPosition, BodyPartExamined, pixel spacing... of DICOM inputs to the JSON")
-    p.add_argument("--connectivity", type=int, choices=(4, 8), default=8, help="cell connectivity of a box region (default 8)")
-    p.add_argument("--threshold", type=float, default=None, metavar="P",
-                   help="report a box class's regions when its image probability reaches P, for every class "
-                        "(default: the bundle's per-class thresholds, `cianet bundle info`; 0.5 unless set)")
+    p.add_argument(
+        "--include-dicom-metadata",
+        action="store_true",
+        help="add Modality, ViewPosition, BodyPartExamined, pixel spacing... of DICOM inputs to the JSON",
+    )
+    p.add_argument(
+        "--connectivity", type=int, choices=(4, 8), default=8, help="cell connectivity of a box region (default 8)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="report a box class's regions when its image probability reaches P, for every class "
+        "(default: the bundle's per-class thresholds, `cianet bundle info`; 0.5 unless set)",
+    )
     priors = p.add_mutually_exclusive_group()
-    priors.add_argument("--prior", metavar="FILE",
-                        help="the patient's earlier No Finding study, contrasted with the one image given instead of "
-                             "the bundle's bank (a model trained with --negatives prior); the record names it as "
-                             "its negative")
-    priors.add_argument("--priors", metavar="CSV",
-                        help="a CSV with the header image,prior and one row per image (paths relative to the CSV's "
-                             "folder): each image is contrasted with its prior; images not in it use the bank")
-    p.add_argument("--mode", choices=("bank", "recompute"), default="bank",
-                   help="bank: the negative's stored M- (default); recompute: its stored image through the network")
-    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="auto",
-                   help="auto (default): bfloat16 autocast on CPUs with native bfloat16 (AVX512-BF16/AMX-BF16), "
-                        "float16 on CUDA, float32 elsewhere; fp32; bf16. Recorded in every JSON output")
-    p.add_argument("--prefetch", type=int, default=None, metavar="N",
-                   help="images decoded ahead in a background thread while the networks run (default: the batch "
-                        "size; 0: none)")
+    priors.add_argument(
+        "--prior",
+        metavar="FILE",
+        help="the patient's earlier No Finding study, contrasted with the one image given instead of "
+        "the bundle's bank (a model trained with --negatives prior); the record names it as "
+        "its negative",
+    )
+    priors.add_argument(
+        "--priors",
+        metavar="CSV",
+        help="a CSV with the header image,prior and one row per image (paths relative to the CSV's "
+        "folder): each image is contrasted with its prior; images not in it use the bank",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("bank", "recompute"),
+        default="bank",
+        help="bank: the negative's stored M- (default); recompute: its stored image through the network",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="auto",
+        help="auto (default): bfloat16 autocast on CPUs with native bfloat16 (AVX512-BF16/AMX-BF16), "
+        "float16 on CUDA, float32 elsewhere; fp32; bf16. Recorded in every JSON output",
+    )
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images decoded ahead in a background thread while the networks run (default: the batch size; 0: none)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_json_arg(p, "the summary")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the outputs of an earlier predict in --out (only the files it wrote are deleted)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of an earlier predict in --out (only the files it wrote are deleted)",
+    )
     p.add_argument("--strict", action="store_true", help="exit with status 1 when any input could not be predicted")
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from cianet.errors import UsageError
-    from cianet.inference.batch import predict_files, read_prior_table
+    # lazy: the library loads when the command runs, not when cianet builds its parser
+    from cianet.inference.batch import check_threshold, predict_files, read_prior_table
     from cianet.utils.output_folders import journal_outputs, owned_output
-
-    from cianet.inference.batch import check_threshold
 
     check_threshold(args.threshold)  # exit 2 before anything is claimed or written
     priors = None
@@ -80,28 +113,48 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     check_before_claiming(args)
     with owned_output(args.out, "predict", overwrite=args.overwrite) as out:  # one writer; never mixes two runs
-        res = predict_files(args.paths, args.model, args.out, batch_size=args.batch_size, device=args.device,
-                            overlay=not args.no_overlay, heatmaps=not args.no_heatmaps,
-                            include_dicom_metadata=args.include_dicom_metadata,
-                            connectivity=args.connectivity, mode=args.mode, precision=args.precision,
-                            prefetch=args.prefetch, record=lambda names: journal_outputs(out, names), priors=priors,
-                            threshold=args.threshold,
-                            progress=False if args.no_progress else None)
+        res = predict_files(
+            args.paths,
+            args.model,
+            args.out,
+            batch_size=args.batch_size,
+            device=args.device,
+            overlay=not args.no_overlay,
+            heatmaps=not args.no_heatmaps,
+            include_dicom_metadata=args.include_dicom_metadata,
+            connectivity=args.connectivity,
+            mode=args.mode,
+            precision=args.precision,
+            prefetch=args.prefetch,
+            record=lambda names: journal_outputs(out, names),
+            priors=priors,
+            threshold=args.threshold,
+            progress=False if args.no_progress else None,
+        )
     if args.json:
-        print_json(args, {"out": str(res.out), "images": res.images, "predicted": res.predicted, "boxes": res.boxes,
-                          "errors": res.errors, "negatives": negatives_used(res.out)})
+        print_json(
+            args,
+            {
+                "out": str(res.out),
+                "images": res.images,
+                "predicted": res.predicted,
+                "boxes": res.boxes,
+                "errors": res.errors,
+                "negatives": negatives_used(res.out),
+            },
+        )
     else:
-        print(f"predicted {res.predicted} of {res.images} images ({res.boxes} boxes, {len(res.errors)} errors) "
-              f"-> {res.out}")
+        print(
+            f"predicted {res.predicted} of {res.images} images ({res.boxes} boxes, {len(res.errors)} errors) "
+            f"-> {res.out}"
+        )
     return 0 if res.predicted and not (args.strict and res.errors) else 1
 
 
 def check_before_claiming(args: argparse.Namespace) -> None:
     """The errors a user can make in the flags, found before --out is claimed: a refused command leaves no
     folder behind. The bundle's header is checked too (cheap: no tensors read)."""
-    from pathlib import Path
-
-    from cianet.errors import MissingPathError, UsageError
+    # lazy: the library loads when the command runs, not when cianet builds its parser
     from cianet.run.bundle_format import is_safetensors, read_header
 
     if args.batch_size < 1:
@@ -117,14 +170,13 @@ def check_before_claiming(args: argparse.Namespace) -> None:
 
 def check_prior(prior: str, image: str) -> None:
     """``--prior``: an existing, readable image file that is not the image itself; else an error naming it."""
-    from pathlib import Path
-
+    # lazy: the library loads when the command runs, not when cianet builds its parser
     from cianet.data.io import XrayReadError, load_xray
-    from cianet.errors import InputError, MissingPathError, UsageError
 
     if not Path(prior).is_file():
-        raise MissingPathError(f"--prior {prior} does not exist" if not Path(prior).exists()
-                               else f"--prior {prior} is not a file")
+        raise MissingPathError(
+            f"--prior {prior} does not exist" if not Path(prior).exists() else f"--prior {prior} is not a file"
+        )
     if Path(prior).resolve() == Path(image).resolve():
         raise UsageError(f"--prior {prior} is the image itself: an image is never its own negative")
     try:
@@ -136,12 +188,12 @@ def check_prior(prior: str, image: str) -> None:
 def negatives_used(out) -> list[dict[str, str]]:
     """Per predicted image, the negative it was contrasted with and where it came from (prior, bank,
     canonical), from the run's predictions.csv."""
-    import csv
-    from pathlib import Path
-
     path = Path(out) / "predictions.csv"
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as fh:
-        return [{"file": r["file"], "negative": r.get("negative", ""), "negative_source": r.get("negative_source", "")}
-                for r in csv.DictReader(fh) if r.get("status") == "ok"]
+        return [
+            {"file": r["file"], "negative": r.get("negative", ""), "negative_source": r.get("negative_source", "")}
+            for r in csv.DictReader(fh)
+            if r.get("status") == "ok"
+        ]

@@ -19,7 +19,7 @@ box image, or no image-level image) gives a plain shuffle into batches of ``B``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -37,8 +37,9 @@ def box_slots(n_items: int, n_box: int, batch_size: int, share: float) -> int:
     return min(k, batch_size - 1) if batch_size > 1 else 0
 
 
-def box_share_batches(is_box: Sequence[bool], batch_size: int, share: float, seed: int, epoch: int,
-                      drop_last: bool = True) -> list[list[int]]:
+def box_share_batches(
+    is_box: Sequence[bool], batch_size: int, share: float, seed: int, epoch: int, drop_last: bool = True
+) -> list[list[int]]:
     """One epoch of batches (lists of item indices) with at least ``share`` box-supervised items each.
 
     Args:

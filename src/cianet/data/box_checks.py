@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Iterable
+from collections.abc import Iterable
+
+from cianet.data.index import few
+from cianet.data.io import XrayReadError, read_image_size
+from cianet.errors import InputError
 
 
 def box_problems(records: Iterable) -> list[str]:
     """One line per bad box of ``records`` (ImageRecord: name, labels, boxes, path)."""
-    from cianet.data.io import XrayReadError, read_image_size
-
     problems: list[str] = []
     for rec in records:
         if not rec.boxes:
@@ -33,7 +35,9 @@ def box_problems(records: Iterable) -> list[str]:
             if not all(math.isfinite(v) for v in (b.x, b.y, b.w, b.h)) or b.w <= 0 or b.h <= 0:
                 problems.append(f"{where} has no area")
             elif b.label not in rec.labels:
-                problems.append(f"{where} names a finding the image does not have ({'|'.join(rec.labels) or 'No Finding'})")
+                problems.append(
+                    f"{where} names a finding the image does not have ({'|'.join(rec.labels) or 'No Finding'})"
+                )
             elif size is not None and not inside_image(b, size):
                 problems.append(f"{where} lies outside the {size[0]}x{size[1]} image")
     return problems
@@ -60,14 +64,11 @@ def inside_image(box, size: tuple[int, int]) -> bool:
 def check_boxes(records: Iterable, where: str, strict: bool) -> int:
     """Run :func:`box_problems` on ``records``: with ``strict`` a ValueError naming ``where`` (the box table)
     and the first bad boxes, else one warning line on stderr; returns the number of bad boxes."""
-    from cianet.data.index import few
-
     bad = box_problems(records)
     if bad and strict:
-        from cianet.errors import InputError
-
         raise InputError(f"{where}: {len(bad)} bad boxes: {few(bad)}")
     if bad:
-        print(f"warning: {where}: {len(bad)} bad boxes (kept): {few(bad)} (--strict makes this an error)",
-              file=sys.stderr)
+        print(
+            f"warning: {where}: {len(bad)} bad boxes (kept): {few(bad)} (--strict makes this an error)", file=sys.stderr
+        )
     return len(bad)

@@ -13,7 +13,7 @@ A merged box records in ``readers`` how many boxes it was made of.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -87,6 +87,14 @@ def merge_boxes(boxes: Sequence[Box], rule: str = DEFAULT_MERGE, iou: float = DE
             else:
                 x0, y0 = part[:, :2].min(axis=0)
                 x1, y1 = part[:, 2:].max(axis=0)
-            out.append(Box(label, float(x0), float(y0), float(x1 - x0), float(y1 - y0),
-                           readers=sum(group[m].readers for m in members)))
+            out.append(
+                Box(
+                    label,
+                    float(x0),
+                    float(y0),
+                    float(x1 - x0),
+                    float(y1 - y0),
+                    readers=sum(group[m].readers for m in members),
+                )
+            )
     return out

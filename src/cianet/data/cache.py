@@ -19,20 +19,25 @@ reason under ``failed`` (and is not ``in`` the opened cache).
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import os
 import signal
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from cianet.data.io import DEFAULT_MAX_PIXELS, XrayReadError, load_xray, resize_gray, to_uint8
+from cianet.data.layouts import open_index
+from cianet.data.tables import scan_images
 from cianet.errors import InputError, MissingPathError, UsageError
 from cianet.utils.atomic import atomic_path, atomic_write_json
-from cianet.utils.progress import progress_enabled
 from cianet.utils.output_folders import LOCK, output_lock
+from cianet.utils.progress import progress_enabled
 
 FORMAT_VERSION = 1
 IMAGES_FILE = "images.npy"
@@ -88,8 +93,10 @@ class ImageCache:
         index = _read_index(cache_dir)
         if "names_sha256" in index and index["names_sha256"] != names_checksum(index.get("names", [])):
             # rows are matched to names by position only: an edited list would mislabel every image after it
-            raise InputError(f"{cache_dir / INDEX_FILE}: its image names were changed after the cache was built "
-                             "(checksum mismatch); rebuild the cache with `cianet prepare --rebuild`")
+            raise InputError(
+                f"{cache_dir / INDEX_FILE}: its image names were changed after the cache was built "
+                "(checksum mismatch); rebuild the cache with `cianet prepare --rebuild`"
+            )
         cache = cls(cache_dir, index)
         arr = cache.array  # checks images.npy against the index
         expected = (len(cache.all_names), cache.size, cache.size)
@@ -147,15 +154,17 @@ class ImageCache:
 
 def names_checksum(names: Sequence[str]) -> str:
     """SHA-256 of the row order of a cache (``index.json`` keeps it to detect edited names)."""
-    import hashlib
-
     return hashlib.sha256("\n".join(map(str, names)).encode("utf-8")).hexdigest()
 
 
 def _read_index(cache_dir: Path) -> dict[str, Any]:
     path = cache_dir / INDEX_FILE
     if not path.is_file():
-        hint = " (a build was interrupted: rerun `cianet prepare` to finish it)" if (cache_dir / PLAN_FILE).exists() else ""
+        hint = (
+            " (a build was interrupted: rerun `cianet prepare` to finish it)"
+            if (cache_dir / PLAN_FILE).exists()
+            else ""
+        )
         raise MissingPathError(f"{cache_dir}: not a built image cache, {INDEX_FILE} missing{hint}")
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
@@ -174,7 +183,9 @@ def _read_index(cache_dir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # Building
 # --------------------------------------------------------------------------------------------------
-def cache_image(path: str | os.PathLike, size: int, max_pixels: float = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
+def cache_image(
+    path: str | os.PathLike, size: int, max_pixels: float = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, tuple[int, int]]:
     """What one cache row holds: ``to_uint8(resize_gray(load_xray(path), size))`` (S, S) and the (W, H) read."""
     img = load_xray(path, max_pixels=max_pixels)  # (H, W) float32
     h, w = img.shape
@@ -210,8 +221,12 @@ class _Progress:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 # The reasons travel as a JSON string (a plain unicode array: no pickle needed to load).
-                np.savez(fh, state=self.state, sizes=self.sizes,
-                         reasons=np.array(json.dumps({str(k): v for k, v in self.reasons.items()})))
+                np.savez(
+                    fh,
+                    state=self.state,
+                    sizes=self.sizes,
+                    reasons=np.array(json.dumps({str(k): v for k, v in self.reasons.items()})),
+                )
 
     @classmethod
     def load(cls, path: Path, n: int) -> _Progress | None:
@@ -276,18 +291,30 @@ def _check_replaceable(cache_dir: Path, names: list[str], size: int, rebuild: bo
     entries = [p.name for p in cache_dir.iterdir() if p.name != LOCK]
     if not entries:
         return
-    foreign = [e for e in entries if e not in own and not (e.startswith(".") and e.endswith(".tmp")
-                                                         and e[1:].split(".", 1)[0] in {"images", "index", "plan", "progress"})]
+    foreign = [
+        e
+        for e in entries
+        if e not in own
+        and not (
+            e.startswith(".")
+            and e.endswith(".tmp")
+            and e[1:].split(".", 1)[0] in {"images", "index", "plan", "progress"}
+        )
+    ]
     what = _cache_description(cache_dir)
     if foreign or what is None:
         shown = ", ".join(sorted(foreign or entries)[:3]) + (" ..." if len(foreign or entries) > 3 else "")
-        raise InputError(f"{cache_dir}: not a cianet cache (it holds {shown}); choose a new or empty --cache "
-                         "folder (prepare never deletes files it did not write)")
+        raise InputError(
+            f"{cache_dir}: not a cianet cache (it holds {shown}); choose a new or empty --cache "
+            "folder (prepare never deletes files it did not write)"
+        )
     if _plan_matches(cache_dir, names, size):
         return  # our own unfinished build of this list whose files are damaged: start it again
     if not rebuild:
-        raise InputError(f"{cache_dir}: holds {what}, not the {len(names)} images at {size}x{size} asked for; "
-                         "pass --rebuild to replace it, or choose another --cache folder")
+        raise InputError(
+            f"{cache_dir}: holds {what}, not the {len(names)} images at {size}x{size} asked for; "
+            "pass --rebuild to replace it, or choose another --cache folder"
+        )
 
 
 def _start_fresh(cache_dir: Path, names: list[str], paths: list[str], size: int) -> tuple[np.ndarray, _Progress]:
@@ -295,8 +322,9 @@ def _start_fresh(cache_dir: Path, names: list[str], paths: list[str], size: int)
     # before the array so that a build killed at any point leaves a folder recognised as a cianet cache.
     for fname in (INDEX_FILE, PROGRESS_FILE):
         (cache_dir / fname).unlink(missing_ok=True)
-    atomic_write_json(cache_dir / PLAN_FILE, {"format": FORMAT_VERSION, "size": size, "names": names, "paths": paths},
-                      indent=None)
+    atomic_write_json(
+        cache_dir / PLAN_FILE, {"format": FORMAT_VERSION, "size": size, "names": names, "paths": paths}, indent=None
+    )
     n = len(names)
     with atomic_path(cache_dir / IMAGES_FILE, clean_stale=True) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size))  # sparse zeros
@@ -368,28 +396,55 @@ def build_cache(
     if len(set(names)) != len(names):
         seen: set[str] = set()
         dups = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
-        raise InputError(f"image names must be unique; duplicated: {', '.join(dups[:5])}{', ...' if len(dups) > 5 else ''}")
+        raise InputError(
+            f"image names must be unique; duplicated: {', '.join(dups[:5])}{', ...' if len(dups) > 5 else ''}"
+        )
     cache_dir = Path(cache_dir)
     if cache_dir.exists() and not cache_dir.is_dir():
         raise MissingPathError(f"{cache_dir}: cache location exists and is not a folder")
     cache_dir.mkdir(parents=True, exist_ok=True)
     with output_lock(cache_dir, "cianet prepare"):  # two builds into one folder would corrupt each other
-        return _build_locked(names, paths, size, cache_dir, workers, progress, chunk_size, max_pixels, on_chunk,
-                             say, rebuild)
+        return _build_locked(
+            names, paths, size, cache_dir, workers, progress, chunk_size, max_pixels, on_chunk, say, rebuild
+        )
 
 
-def _build_locked(names: list[str], paths: list[str], size: int, cache_dir: Path, workers: int | None,
-                  progress: bool, chunk_size: int, max_pixels: float,
-                  on_chunk: Callable[[list[int]], None] | None, say: Callable[[str], None],
-                  rebuild: bool) -> ImageCache:
-    from tqdm import tqdm
-
+def _build_locked(
+    names: list[str],
+    paths: list[str],
+    size: int,
+    cache_dir: Path,
+    workers: int | None,
+    progress: bool,
+    chunk_size: int,
+    max_pixels: float,
+    on_chunk: Callable[[list[int]], None] | None,
+    say: Callable[[str], None],
+    rebuild: bool,
+) -> ImageCache:
     n = len(names)
 
     if not rebuild and _index_matches(cache_dir, names, size):
         say(f"{cache_dir}: cache already complete ({n} images at {size}x{size})")
         return ImageCache.open(cache_dir)
 
+    rows, state = _resume_or_start(cache_dir, names, paths, size, rebuild, say)
+    pending = np.flatnonzero(state.state == _PENDING).tolist()
+    tasks: list[_Task] = [(r, paths[r], size, float(max_pixels)) for r in pending]
+    n_workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    n_workers = max(1, min(n_workers, len(tasks)))
+    _decode_into(cache_dir, rows, state, tasks, n_workers, size, progress, chunk_size, on_chunk)
+    del rows  # close the writable map before publishing
+    _publish(cache_dir, names, paths, size, state)
+    return ImageCache.open(cache_dir)
+
+
+def _resume_or_start(
+    cache_dir: Path, names: list[str], paths: list[str], size: int, rebuild: bool, say: Callable[[str], None]
+) -> tuple[np.ndarray, _Progress]:
+    """The rows and build state of an interrupted build of this very list, else of a fresh one (after checking
+    that what the folder holds may be replaced)."""
+    n = len(names)
     rows = state = None
     if not rebuild and _plan_matches(cache_dir, names, size):
         rows = _open_rows(cache_dir, n, size)
@@ -397,26 +452,47 @@ def _build_locked(names: list[str], paths: list[str], size: int, cache_dir: Path
     if rows is None or state is None:
         _check_replaceable(cache_dir, names, size, rebuild)
         if (cache_dir / INDEX_FILE).exists() or (cache_dir / PLAN_FILE).exists():
-            say(f"{cache_dir}: replacing the cache there (--rebuild)" if rebuild else
-                f"{cache_dir}: resuming an interrupted build from the start")
-        rows, state = _start_fresh(cache_dir, names, paths, size)
-    else:
-        say(f"{cache_dir}: resuming, {int((state.state != _PENDING).sum())} of {n} images already done")
-        # Paths may have moved since the interrupted run; the plan keeps the newest ones.
-        atomic_write_json(cache_dir / PLAN_FILE, {"format": FORMAT_VERSION, "size": size, "names": names,
-                                                  "paths": paths}, indent=None)
+            say(
+                f"{cache_dir}: replacing the cache there (--rebuild)"
+                if rebuild
+                else f"{cache_dir}: resuming an interrupted build from the start"
+            )
+        return _start_fresh(cache_dir, names, paths, size)
+    say(f"{cache_dir}: resuming, {int((state.state != _PENDING).sum())} of {n} images already done")
+    # Paths may have moved since the interrupted run; the plan keeps the newest ones.
+    atomic_write_json(
+        cache_dir / PLAN_FILE, {"format": FORMAT_VERSION, "size": size, "names": names, "paths": paths}, indent=None
+    )
+    return rows, state
 
-    pending = np.flatnonzero(state.state == _PENDING).tolist()
-    tasks: list[_Task] = [(r, paths[r], size, float(max_pixels)) for r in pending]
-    n_workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    n_workers = max(1, min(n_workers, len(tasks)))
+
+def _decode_into(
+    cache_dir: Path,
+    rows: np.ndarray,
+    state: _Progress,
+    tasks: list[_Task],
+    n_workers: int,
+    size: int,
+    progress: bool,
+    chunk_size: int,
+    on_chunk: Callable[[list[int]], None] | None,
+) -> None:
+    """Decode ``tasks`` into ``rows``, committing every ``chunk_size`` rows (and whatever is done when
+    interrupted)."""
+    n = len(state.state)
 
     def commit() -> None:
         rows.flush()  # pixels reach the file before the progress file claims them
         state.save(cache_dir / PROGRESS_FILE)
 
-    bar = tqdm(total=n, initial=n - len(tasks), unit="img", desc=f"caching {size}x{size}",
-               disable=not (progress and progress_enabled()), dynamic_ncols=True)  # terminal or CIANET_PROGRESS
+    bar = tqdm(
+        total=n,
+        initial=n - len(tasks),
+        unit="img",
+        desc=f"caching {size}x{size}",
+        disable=not (progress and progress_enabled()),
+        dynamic_ncols=True,
+    )  # terminal or CIANET_PROGRESS
     chunk: list[int] = []
     results = _results(tasks, n_workers)
     try:
@@ -446,11 +522,14 @@ def _build_locked(names: list[str], paths: list[str], size: int, cache_dir: Path
         results.close()  # stops the process pool now, not at garbage collection
         bar.close()
 
+
+def _publish(cache_dir: Path, names: list[str], paths: list[str], size: int, state: _Progress) -> None:
+    """Write index.json, which makes the cache valid, and remove the build's own files."""
     failed = {names[r]: state.reasons.get(r, "unknown error") for r in np.flatnonzero(state.state == _FAILED)}
     index = {
         "format": FORMAT_VERSION,
         "size": size,
-        "count": n,
+        "count": len(names),
         "dtype": "uint8",
         "images": IMAGES_FILE,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -460,11 +539,9 @@ def _build_locked(names: list[str], paths: list[str], size: int, cache_dir: Path
         "original_sizes": [None if s != _DONE else [int(w), int(h)] for s, (w, h) in zip(state.state, state.sizes)],
         "failed": failed,
     }
-    del rows  # close the writable map before publishing
     atomic_write_json(cache_dir / INDEX_FILE, index, indent=None)  # last: this makes the cache valid
     for fname in (PROGRESS_FILE, PLAN_FILE):
         (cache_dir / fname).unlink(missing_ok=True)
-    return ImageCache.open(cache_dir)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -489,11 +566,17 @@ def verify_cache(
         ``{"ok", "problems", "warnings", "count", "size", "failed", "checked", "max_abs_diff"}``; ``ok`` is
         False when ``problems`` is not empty. Source files that no longer exist give warnings, not problems.
     """
-    from tqdm import tqdm
-
     cache_dir = Path(cache_dir)
-    report: dict[str, Any] = {"ok": False, "problems": [], "warnings": [], "count": 0, "size": None,
-                              "failed": 0, "checked": 0, "max_abs_diff": None}
+    report: dict[str, Any] = {
+        "ok": False,
+        "problems": [],
+        "warnings": [],
+        "count": 0,
+        "size": None,
+        "failed": 0,
+        "checked": 0,
+        "max_abs_diff": None,
+    }
     problems: list[str] = report["problems"]
     try:
         cache = ImageCache.open(cache_dir)
@@ -502,7 +585,30 @@ def verify_cache(
         return report
     names = cache.all_names
     report.update(count=len(names), size=cache.size, failed=len(cache.failed))
+    _check_index(cache, cache_dir, report)
+    blank = _blank_rows(cache)
+    if blank:
+        problems.append(
+            f"{len(blank)} rows never written (all zero): {', '.join(blank[:5])}{', ...' if len(blank) > 5 else ''}"
+        )
 
+    # Decode a sample again and compare.
+    candidates = cache.names
+    if sample < 0 or sample >= len(candidates):
+        chosen = list(candidates)
+    else:
+        rng = np.random.default_rng(seed)
+        chosen = [candidates[i] for i in sorted(rng.choice(len(candidates), size=sample, replace=False))]
+    worst = _redecode(cache, chosen, tolerance, max_pixels, progress, report)
+    report["max_abs_diff"] = worst if report["checked"] else None
+    report["ok"] = not problems
+    return report
+
+
+def _check_index(cache: ImageCache, cache_dir: Path, report: dict[str, Any]) -> None:
+    """The index's own consistency (problems) and leftover build files (warnings), into ``report``."""
+    problems: list[str] = report["problems"]
+    names = cache.all_names
     if len(set(names)) != len(names):
         problems.append(f"{cache_dir / INDEX_FILE}: {len(names) - len(set(names))} duplicate names")
     stray = sorted(set(cache.failed) - set(names))
@@ -515,7 +621,10 @@ def verify_cache(
         if (cache_dir / fname).exists():
             report["warnings"].append(f"{cache_dir / fname}: leftover build file (a later build was interrupted?)")
 
-    # Every readable row must hold an image: an X-ray is never all black, an unwritten row is.
+
+def _blank_rows(cache: ImageCache) -> list[str]:
+    """Readable images whose row is all zero: an X-ray is never all black, an unwritten row is."""
+    names = cache.all_names
     arr = cache.array
     blank: list[str] = []
     step = max(1, (64 << 20) // max(1, cache.size * cache.size))  # ~64 MB of rows at a time
@@ -525,16 +634,15 @@ def verify_cache(
             name = names[start + int(i)]
             if name not in cache.failed:
                 blank.append(name)
-    if blank:
-        problems.append(f"{len(blank)} rows never written (all zero): {', '.join(blank[:5])}{', ...' if len(blank) > 5 else ''}")
+    return blank
 
-    # Decode a sample again and compare.
-    candidates = cache.names
-    if sample < 0 or sample >= len(candidates):
-        chosen = list(candidates)
-    else:
-        rng = np.random.default_rng(seed)
-        chosen = [candidates[i] for i in sorted(rng.choice(len(candidates), size=sample, replace=False))]
+
+def _redecode(
+    cache: ImageCache, chosen: list[str], tolerance: int, max_pixels: float, progress: bool, report: dict[str, Any]
+) -> int:
+    """Decode ``chosen`` again from their source files and compare with the cache (problems, warnings and the
+    ``checked`` count into ``report``); the largest difference in uint8 levels."""
+    problems: list[str] = report["problems"]
     worst = 0
     for name in tqdm(chosen, desc="verifying", unit="img", disable=not (progress and progress_enabled())):
         src = cache.paths.get(name)
@@ -550,12 +658,12 @@ def verify_cache(
         diff = int(np.abs(fresh.astype(np.int16) - cache.get(name).astype(np.int16)).max())
         worst = max(worst, diff)
         if diff > tolerance:
-            problems.append(f"{name} (row {cache.row(name)}): differs from a fresh decode of {src} by up to {diff} levels")
+            problems.append(
+                f"{name} (row {cache.row(name)}): differs from a fresh decode of {src} by up to {diff} levels"
+            )
         if tuple(wh) != cache.original_sizes.get(name):
             problems.append(f"{name}: original size {cache.original_sizes.get(name)} in the index, file is {wh}")
-    report["max_abs_diff"] = worst if report["checked"] else None
-    report["ok"] = not problems
-    return report
+    return worst
 
 
 def iter_failed_lines(failed: dict[str, str], limit: int = 5) -> Iterable[str]:
@@ -567,7 +675,9 @@ def iter_failed_lines(failed: dict[str, str], limit: int = 5) -> Iterable[str]:
         yield f"  ... and {len(items) - limit} more (see 'failed' in {INDEX_FILE})"
 
 
-def read_image(name: str, path: str | os.PathLike | None, cache: "ImageCache | None" = None) -> tuple[np.ndarray, tuple[int, int]]:
+def read_image(
+    name: str, path: str | os.PathLike | None, cache: ImageCache | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
     """``(image float32 [0, 1], original (W, H))`` of one data-set image: the cache's row when ``cache`` holds
     ``name`` (at the cache's size), else the decoded file ``path`` (at its own size).
 
@@ -583,13 +693,15 @@ def read_image(name: str, path: str | os.PathLike | None, cache: "ImageCache | N
     return img, (img.shape[1], img.shape[0])
 
 
-def images_of_root(data_root: str | os.PathLike, entry_csv: str | None = None, all_files: bool = False,
-                   log: Callable[[str], None] | None = None, dataset: str = "auto") -> list[tuple[str, Path]]:
+def images_of_root(
+    data_root: str | os.PathLike,
+    entry_csv: str | None = None,
+    all_files: bool = False,
+    log: Callable[[str], None] | None = None,
+    dataset: str = "auto",
+) -> list[tuple[str, Path]]:
     """``(name, path)`` of the images to cache under a data root: those of its entry CSV found on disk, or
     with ``all_files`` every PNG/JPEG/DICOM file below it (no CSV read)."""
-    from cianet.data.layouts import open_index
-    from cianet.data.tables import scan_images
-
     say = log or (lambda msg: None)
     root = Path(data_root)
     if all_files:
@@ -605,17 +717,30 @@ def images_of_root(data_root: str | os.PathLike, entry_csv: str | None = None, a
     missing = [r.name for r in index.records if r.path is None]
     if missing:
         listed = index.entry_csv.name if index.entry_csv else "the index"
-        say(f"note: {len(missing):,} of {len(index):,} images listed in {listed} have no file under {root}; "
-            f"caching the {len(index) - len(missing):,} present")
+        say(
+            f"note: {len(missing):,} of {len(index):,} images listed in {listed} have no file under {root}; "
+            f"caching the {len(index) - len(missing):,} present"
+        )
     return [(r.name, r.path) for r in index.records if r.path is not None]
 
 
-def prepare_cache(data_root: str | os.PathLike, size: int, cache_dir: str | os.PathLike, *,
-                  entry_csv: str | None = None, all_files: bool = False, workers: int | None = None,
-                  chunk_size: int = 512, max_pixels: float = DEFAULT_MAX_PIXELS, rebuild: bool = False,
-                  verify: bool = False, verify_sample: int = 32,
-                  log: Callable[[str], None] | None = None, dataset: str = "auto",
-                  progress: bool = True) -> tuple[ImageCache, dict | None]:
+def prepare_cache(
+    data_root: str | os.PathLike,
+    size: int,
+    cache_dir: str | os.PathLike,
+    *,
+    entry_csv: str | None = None,
+    all_files: bool = False,
+    workers: int | None = None,
+    chunk_size: int = 512,
+    max_pixels: float = DEFAULT_MAX_PIXELS,
+    rebuild: bool = False,
+    verify: bool = False,
+    verify_sample: int = 32,
+    log: Callable[[str], None] | None = None,
+    dataset: str = "auto",
+    progress: bool = True,
+) -> tuple[ImageCache, dict | None]:
     """``cianet prepare``: build (or resume) the cache of a data root, then verify it when asked.
 
     Returns the cache and the :func:`verify_cache` report (None without ``verify``).
@@ -626,8 +751,20 @@ def prepare_cache(data_root: str | os.PathLike, size: int, cache_dir: str | os.P
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be >= 0, got {workers}")
     pairs = images_of_root(data_root, entry_csv=entry_csv, all_files=all_files, log=log, dataset=dataset)
-    cache = build_cache(pairs, size, cache_dir, workers=workers, chunk_size=chunk_size, max_pixels=max_pixels,
-                        rebuild=rebuild, log=log, progress=progress)
-    report = verify_cache(cache.cache_dir, sample=verify_sample, max_pixels=max_pixels,
-                          progress=progress) if verify else None
+    cache = build_cache(
+        pairs,
+        size,
+        cache_dir,
+        workers=workers,
+        chunk_size=chunk_size,
+        max_pixels=max_pixels,
+        rebuild=rebuild,
+        log=log,
+        progress=progress,
+    )
+    report = (
+        verify_cache(cache.cache_dir, sample=verify_sample, max_pixels=max_pixels, progress=progress)
+        if verify
+        else None
+    )
     return cache, report

@@ -19,14 +19,25 @@ warning. ``--crop`` overrides all of this.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
+from cianet.config import CANONICAL_CHEST
+from cianet.data.cache import ImageCache, read_image
+from cianet.data.io import XrayReadError, load_xray, resize_gray, to_uint8
+from cianet.data.layouts import open_index
 from cianet.errors import InputError, MissingPathError, UsageError
+from cianet.utils.atomic import atomic_write_bytes, atomic_write_json
+from cianet.utils.progress import progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +87,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 def _lung_components(smooth: np.ndarray, threshold: float) -> np.ndarray | None:
     """Mask of the two lungs at ``threshold`` or None when they are not plausible (see module doc)."""
+    # lazy: scipy takes about a second to import and only this function needs it
     from scipy import ndimage as ndi
 
     h, w = smooth.shape
@@ -100,6 +112,7 @@ def _lung_components(smooth: np.ndarray, threshold: float) -> np.ndarray | None:
 
 def search_lung_box(mean: np.ndarray, margin: float = 0.04, steps: int = 6) -> tuple[int, int, int, int] | None:
     """Box ``(x0, y0, x1, y1)`` bounding the two lungs found on ``mean`` (module doc), or None if not found."""
+    # lazy: scipy takes about a second to import and only this function needs it
     from scipy import ndimage as ndi
 
     m = np.asarray(mean, dtype=np.float64)
@@ -107,7 +120,7 @@ def search_lung_box(mean: np.ndarray, margin: float = 0.04, steps: int = 6) -> t
         raise InputError(f"find_lung_crop expects an (H, W) image of at least 16 px, got shape {m.shape}")
     h, w = m.shape
     smooth = ndi.gaussian_filter(m, sigma=max(h, w) / 100.0)
-    central = smooth[int(0.15 * h):int(0.70 * h), int(0.20 * w):int(0.80 * w)]
+    central = smooth[int(0.15 * h) : int(0.70 * h), int(0.20 * w) : int(0.80 * w)]
     t0 = otsu_threshold(central)
     lo = float(central.min())
     for k in range(steps):
@@ -142,10 +155,17 @@ def find_lung_crop(mean: np.ndarray, margin: float = 0.04, steps: int = 6) -> tu
     """
     box = search_lung_box(mean, margin=margin, steps=steps)
     if box is None:
-        log.warning("find_lung_crop: no two plausible lung fields found on the mean image; "
-                    "using the central crop %s of the side (pass --crop to override)", FALLBACK_CROP)
+        _log_fallback()
         box = fallback_crop(np.asarray(mean).shape)
     return box
+
+
+def _log_fallback() -> None:
+    log.warning(
+        "find_lung_crop: no two plausible lung fields found on the mean image; "
+        "using the central crop %s of the side (pass --crop to override)",
+        FALLBACK_CROP,
+    )
 
 
 def check_crop(crop: Sequence[int], shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -161,8 +181,6 @@ def check_crop(crop: Sequence[int], shape: tuple[int, int]) -> tuple[int, int, i
 
 def crop_and_resize(mean: np.ndarray, crop: Sequence[int], size: int) -> np.ndarray:
     """``mean[y0:y1, x0:x1]`` resized to ``(size, size)`` float32 (the aspect ratio is not kept)."""
-    from cianet.data.io import resize_gray
-
     x0, y0, x1, y1 = check_crop(crop, mean.shape)
     return resize_gray(np.asarray(mean[y0:y1, x0:x1], dtype=np.float32), size)
 
@@ -182,8 +200,11 @@ def select_canonical_records(index: Any, n: int = 500, seed: int = 0, cache: Any
     if not candidates:
         raise InputError(f"{index.root}: no No Finding image found (need the image files or a cache holding them)")
     if len(candidates) < n:
-        log.warning("only %d No Finding images available; the canonical chest averages all of them (asked %d)",
-                    len(candidates), n)
+        log.warning(
+            "only %d No Finding images available; the canonical chest averages all of them (asked %d)",
+            len(candidates),
+            n,
+        )
         return candidates
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(len(candidates), size=n, replace=False))
@@ -202,16 +223,9 @@ class MeanResult:
 def mean_of_records(records: Sequence, size: int, cache: Any = None, progress: bool | None = None) -> MeanResult:
     """Mean of the records' images resized to ``size`` (from ``cache`` when it holds them); unreadable
     images are skipped with a warning. Raises ValueError when none could be read."""
-    from tqdm import tqdm
-
-    from cianet.data.cache import read_image
-    from cianet.data.io import XrayReadError, resize_gray
-
     acc = np.zeros((size, size), dtype=np.float64)
     used: list[str] = []
     failed: dict[str, str] = {}
-    from cianet.utils.progress import progress_enabled
-
     disable = not progress_enabled(None if progress is None else not progress)  # honours CIANET_PROGRESS
     for rec in tqdm(records, desc="canonical: averaging", unit="img", disable=disable):
         try:
@@ -228,9 +242,56 @@ def mean_of_records(records: Sequence, size: int, cache: Any = None, progress: b
     return MeanResult((acc / len(used)).astype(np.float32), used, failed)
 
 
-def build_canonical(index: Any, n: int = 500, size: int = 256, seed: int = 0,
-                    crop: Sequence[int] | None = None, cache: Any = None,
-                    progress: bool | None = None) -> tuple[np.ndarray, tuple[int, int, int, int], np.ndarray]:
+def choose_crop(mean: np.ndarray, crop: Sequence[int] | None = None) -> tuple[tuple[int, int, int, int], str]:
+    """``(crop, source)`` of the canonical chest on ``mean``: ``crop`` itself when given (``"user"``), else the
+    lungs' box (:func:`search_lung_box`, ``"auto"``) or, when no lungs are found, :func:`fallback_crop`
+    (``"fallback-central"``). Logs nothing: each caller tells its user about a fallback its own way."""
+    if crop is not None:
+        return check_crop(crop, mean.shape), "user"
+    box = search_lung_box(mean)
+    if box is None:
+        return fallback_crop(mean.shape), "fallback-central"
+    return box, "auto"
+
+
+@dataclass
+class CanonicalChest:
+    """The canonical chest ``image`` float32 ``(size, size)``, its ``crop`` on the mean, where the crop came
+    from (:func:`choose_crop`) and the mean it was cropped from (``averaged``: also the images used)."""
+
+    image: np.ndarray
+    crop: tuple[int, int, int, int]
+    crop_source: str
+    averaged: MeanResult
+
+
+def canonical_chest(
+    index: Any,
+    n: int,
+    size: int,
+    seed: int,
+    crop: Sequence[int] | None = None,
+    cache: Any = None,
+    progress: bool | None = None,
+) -> CanonicalChest:
+    """The one rule of the canonical chest: the mean of ``n`` random No Finding images of ``index`` (read
+    from ``cache``, an opened ImageCache, when it holds them) at ``size``, cropped (:func:`choose_crop`) and
+    resized back to ``size``."""
+    records = select_canonical_records(index, n=n, seed=seed, cache=cache)
+    averaged = mean_of_records(records, size, cache=cache, progress=progress)
+    box, source = choose_crop(averaged.mean, crop)
+    return CanonicalChest(crop_and_resize(averaged.mean, box, size), box, source, averaged)
+
+
+def build_canonical(
+    index: Any,
+    n: int = 500,
+    size: int = 256,
+    seed: int = 0,
+    crop: Sequence[int] | None = None,
+    cache: Any = None,
+    progress: bool | None = None,
+) -> tuple[np.ndarray, tuple[int, int, int, int], np.ndarray]:
     """The canonical chest of an :class:`~cianet.data.nih.NIHIndex`.
 
     Args:
@@ -245,20 +306,16 @@ def build_canonical(index: Any, n: int = 500, size: int = 256, seed: int = 0,
         ``(canonical (size, size) float32, crop, mean (size, size) float32)``.
     """
     if isinstance(cache, (str, Path)):
-        from cianet.data.cache import ImageCache
-
         cache = ImageCache.open(cache)
-    records = select_canonical_records(index, n=n, seed=seed, cache=cache)
-    mean = mean_of_records(records, size, cache=cache, progress=progress).mean
-    box = check_crop(crop, mean.shape) if crop is not None else find_lung_crop(mean)
-    return crop_and_resize(mean, box, size), box, mean
+    chest = canonical_chest(index, n, size, seed, crop=crop, cache=cache, progress=progress)
+    if chest.crop_source == "fallback-central":
+        _log_fallback()  # as find_lung_crop does
+    return chest.image, chest.crop, chest.averaged.mean
 
 
 # ------------------------------------------------------------------------------------------ the artefact
 def load_canonical(path: str | Path, size: int) -> np.ndarray:
     """The canonical chest PNG at ``path`` as float32 ``(size, size)`` in [0, 1]; the one reader of the file."""
-    from cianet.data.io import load_xray, resize_gray
-
     path = Path(path)
     if not path.is_file():
         raise MissingPathError(f"canonical chest {path} does not exist (make one with `cianet canonical`)")
@@ -268,8 +325,6 @@ def load_canonical(path: str | Path, size: int) -> np.ndarray:
 def read_canonical_crop(path: str | Path) -> tuple[tuple[int, int, int, int], int] | None:
     """``(crop (x0, y0, x1, y1), size)`` of the canonical chest PNG at ``path``, from the ``<stem>.json`` that
     :func:`save_canonical` writes beside it; None when there is no such file (a canonical chest made by hand)."""
-    import json
-
 
     meta_path = Path(path).with_suffix(".json")
     if not meta_path.is_file():
@@ -284,13 +339,6 @@ def read_canonical_crop(path: str | Path) -> tuple[tuple[int, int, int, int], in
 
 
 def _write_png(path: Path, img: np.ndarray) -> None:
-    import io
-
-    from PIL import Image
-
-    from cianet.data.io import to_uint8
-    from cianet.utils.atomic import atomic_write_bytes
-
     buf = io.BytesIO()
     Image.fromarray(to_uint8(img), mode="L").save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
@@ -299,26 +347,31 @@ def _write_png(path: Path, img: np.ndarray) -> None:
 def save_canonical(out: str | Path, canonical: np.ndarray, mean: np.ndarray, info: dict[str, Any]) -> dict[str, Path]:
     """Write ``out`` (the canonical chest PNG), ``<stem>_mean.png`` and ``<stem>.json`` (``info`` plus the file
     names) atomically; returns the three paths."""
-    from cianet.utils.atomic import atomic_write_json
-
     out = Path(out)
     mean_path, json_path = out.with_name(f"{out.stem}_mean.png"), out.with_suffix(".json")
     _write_png(out, canonical)
     _write_png(mean_path, mean)
-    atomic_write_json(json_path, {"canonical": out.name, "mean": mean_path.name, **info})
-    return {"canonical": out, "mean": mean_path, "json": json_path}
+    atomic_write_json(json_path, {CANONICAL_CHEST: out.name, "mean": mean_path.name, **info})
+    return {CANONICAL_CHEST: out, "mean": mean_path, "json": json_path}
 
 
-def make_canonical(data_root: str | Path, out: str | Path, n: int = 500, size: int = 512, seed: int = 0,
-                   crop: Sequence[int] | None = None, cache: str | Path | None = None, entry_csv: str | None = None,
-                   progress: bool | None = None, dataset: str = "auto") -> dict[str, Any]:
+def make_canonical(
+    data_root: str | Path,
+    out: str | Path,
+    n: int = 500,
+    size: int = 512,
+    seed: int = 0,
+    crop: Sequence[int] | None = None,
+    cache: str | Path | None = None,
+    entry_csv: str | None = None,
+    progress: bool | None = None,
+    dataset: str = "auto",
+) -> dict[str, Any]:
     """``cianet canonical``: build the canonical chest of a data root and write it with :func:`save_canonical`.
 
     Returns the JSON sidecar's contents plus ``paths`` (the three files written). ``crop_source`` is
     ``"user"``, ``"auto"`` or ``"fallback-central"`` (the lungs were not found on the mean image).
     """
-    from cianet.data.layouts import open_index
-
     if size <= 0:
         raise UsageError(f"--image-size must be positive, got {size}")
     out = Path(out)
@@ -326,21 +379,13 @@ def make_canonical(data_root: str | Path, out: str | Path, n: int = 500, size: i
         raise UsageError(f"--out must name a .png file, got {out}")
     opened = None
     if cache:
-        from cianet.data.cache import ImageCache
-
         opened = ImageCache.open(cache)
     index = open_index(data_root, dataset, entry_csv=entry_csv)  # `dataset`: the layout (auto: detected)
-    records = select_canonical_records(index, n=n, seed=seed, cache=opened)
-    res = mean_of_records(records, size, cache=opened, progress=progress)
-    if crop is not None:
-        box, how = check_crop(crop, res.mean.shape), "user"
-    else:
-        box, how = search_lung_box(res.mean), "auto"
-        if box is None:
-            box, how = fallback_crop(res.mean.shape), "fallback-central"
+    chest = canonical_chest(index, n, size, seed, crop=crop, cache=opened, progress=progress)
+    res = chest.averaged
     info = {
-        "crop": list(box),
-        "crop_source": how,
+        "crop": list(chest.crop),
+        "crop_source": chest.crop_source,  # the command warns on "fallback-central"
         "crop_frame": f"pixel edges x0,y0,x1,y1 on the {size}x{size} mean image",
         "size": size,
         "n_requested": n,
@@ -352,5 +397,5 @@ def make_canonical(data_root: str | Path, out: str | Path, n: int = 500, size: i
         "skipped": res.failed,
         "images": res.used,
     }
-    paths = save_canonical(out, crop_and_resize(res.mean, box, size), res.mean, info)
-    return {"canonical": out.name, "mean": paths["mean"].name, **info, "paths": paths}
+    paths = save_canonical(out, chest.image, res.mean, info)
+    return {CANONICAL_CHEST: out.name, "mean": paths["mean"].name, **info, "paths": paths}

@@ -9,10 +9,10 @@
 empty (or "No Finding") for a negative; ``patient`` groups images for patient-disjoint splits (each image is
 its own patient when the column is absent); ``follow_up`` (a whole number, with ``patient``) orders a
 patient's studies in time, which prior studies (``cianet.data.priors``) need. A box is ``x, y, w, h`` in the
-image file's pixel frame; its class counts as a label of its image. A box whose class ``images.csv`` does not list for its image, or which lies
-outside the image, is a warning (an error with ``--strict``; ``cianet.data.box_checks``). With a ``reader``
-column the readers' boxes are merged as ``cianet.data.box_merge`` says; without one every box is its own
-finding.
+image file's pixel frame; its class counts as a label of its image. A box whose class ``images.csv`` does not
+list for its image, or which lies outside the image, is a warning (an error with ``--strict``;
+``cianet.data.box_checks``). With a ``reader`` column the readers' boxes are merged as
+``cianet.data.box_merge`` says; without one every box is its own finding.
 
 The classes are those with boxes, by name, then those without, by name: the model's first output channels
 are the box classes.
@@ -24,11 +24,21 @@ import os
 import sys
 from pathlib import Path
 
-from cianet.errors import InputError, MissingPathError
+from cianet.config import CSV
 from cianet.data.box_checks import check_boxes
 from cianet.data.box_merge import DEFAULT_MERGE, DEFAULT_MERGE_IOU, check_merge, merge_boxes
 from cianet.data.index import Box, ImageIndex, ImageRecord, attach_paths, few
-from cianet.data.tables import cell, column, find_metadata_file, header_of, optional_column, parse_xywh, read_rows
+from cianet.data.tables import (
+    cell,
+    column,
+    find_metadata_file,
+    header_of,
+    optional_column,
+    parse_xywh,
+    read_rows,
+    resolve_path,
+)
+from cianet.errors import InputError, MissingPathError
 from cianet.labels import LabelSet
 
 IMAGES_CSV = "images.csv"
@@ -58,8 +68,14 @@ def read_images_csv(path: Path) -> list[ImageRecord]:
             if len(parts) > 1:
                 raise InputError(f"{path}: line {line}: a negative label combined with findings in {parts}")
             parts = []
-        records.append(ImageRecord(name=name, patient_id=cell(row, c_patient) or name, labels=tuple(parts),
-                                   follow_up=_follow_up(cell(row, c_follow), path, line)))
+        records.append(
+            ImageRecord(
+                name=name,
+                patient_id=cell(row, c_patient) or name,
+                labels=tuple(parts),
+                follow_up=_follow_up(cell(row, c_follow), path, line),
+            )
+        )
     return records
 
 
@@ -93,20 +109,27 @@ def read_boxes_csv(path: Path) -> tuple[list[tuple[int, str, Box, str]], bool]:
     return out, c_reader is not None
 
 
-def csv_index(data_root: str | os.PathLike, strict: bool = False, images_required: bool = False,
-              images_csv: str | os.PathLike | None = None, boxes_csv: str | os.PathLike | None = None,
-              scan: bool = True, box_merge: str = DEFAULT_MERGE, merge_iou: float = DEFAULT_MERGE_IOU) -> ImageIndex:
+def csv_index(
+    data_root: str | os.PathLike,
+    strict: bool = False,
+    images_required: bool = False,
+    images_csv: str | os.PathLike | None = None,
+    boxes_csv: str | os.PathLike | None = None,
+    scan: bool = True,
+    box_merge: str = DEFAULT_MERGE,
+    merge_iou: float = DEFAULT_MERGE_IOU,
+) -> ImageIndex:
     """The index of a data root in the generic CSV layout (see the module docstring)."""
-    from cianet.data.tables import resolve_path
-
     check_merge(box_merge, merge_iou)
     root = Path(data_root)
     if not root.is_dir():
         raise MissingPathError(f"data root {root} is not a folder")
     img_path = resolve_path(root, images_csv) or find_metadata_file(root, (IMAGES_CSV,))
     if img_path is None or not img_path.is_file():
-        raise MissingPathError(f"{img_path or root / IMAGES_CSV}: no image table (the generic CSV layout needs "
-                                f"{IMAGES_CSV} with columns image, labels[, patient])")
+        raise MissingPathError(
+            f"{img_path or root / IMAGES_CSV}: no image table (the generic CSV layout needs "
+            f"{IMAGES_CSV} with columns image, labels[, patient])"
+        )
     records = read_images_csv(img_path)
     by_name = {r.name: r for r in records}
     box_path = resolve_path(root, boxes_csv)
@@ -127,11 +150,15 @@ def csv_index(data_root: str | os.PathLike, strict: bool = False, images_require
             rec.boxes.append(box)
             readers.add(reader)
         if orphans and strict:
-            raise InputError(f"{box_path}: {len(orphans)} boxes name images absent from {img_path.name}: "
-                             f"{few(orphans)}")
+            raise InputError(
+                f"{box_path}: {len(orphans)} boxes name images absent from {img_path.name}: {few(orphans)}"
+            )
         if orphans:  # as the NIH reader: never dropped silently
-            print(f"warning: {box_path}: {len(orphans)} boxes name images absent from {img_path.name} and are "
-                  f"ignored: {few(orphans)} (--strict makes this an error)", file=sys.stderr)
+            print(
+                f"warning: {box_path}: {len(orphans)} boxes name images absent from {img_path.name} and are "
+                f"ignored: {few(orphans)} (--strict makes this an error)",
+                file=sys.stderr,
+            )
     duplicates = 0
     if scan:
         duplicates = attach_paths(root, records, img_path.name, images_required=images_required, strict=strict)
@@ -139,7 +166,7 @@ def csv_index(data_root: str | os.PathLike, strict: bool = False, images_require
         check_boxes(records, str(box_path), strict)
     box_classes = sorted({b.label for r in records for b in r.boxes})
     other = sorted({lab for r in records for lab in r.labels} - set(box_classes))
-    label_set = LabelSet("csv", tuple(box_classes) + tuple(other), len(box_classes))
+    label_set = LabelSet(CSV, tuple(box_classes) + tuple(other), len(box_classes))
     facts: dict = {}
     reader_boxes = sum(len(r.boxes) for r in records)
     for rec in records:
@@ -147,8 +174,20 @@ def csv_index(data_root: str | os.PathLike, strict: bool = False, images_require
         if has_readers:
             rec.boxes = merge_boxes(rec.boxes, box_merge, merge_iou)
     if has_readers:
-        facts = {"readers": len(readers), "reader_boxes": reader_boxes,
-                 "box_merge": {"rule": box_merge, "iou": float(merge_iou)}}
-    return ImageIndex(root, records, entry_csv=img_path, bbox_csv=box_path, orphan_boxes=len(orphans),
-                      duplicate_files=duplicates, files_scanned=scan, label_set=label_set, dataset="csv",
-                      facts=facts)
+        facts = {
+            "readers": len(readers),
+            "reader_boxes": reader_boxes,
+            "box_merge": {"rule": box_merge, "iou": float(merge_iou)},
+        }
+    return ImageIndex(
+        root,
+        records,
+        entry_csv=img_path,
+        bbox_csv=box_path,
+        orphan_boxes=len(orphans),
+        duplicate_files=duplicates,
+        files_scanned=scan,
+        label_set=label_set,
+        dataset=CSV,
+        facts=facts,
+    )

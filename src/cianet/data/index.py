@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
+from cianet.config import NIH
+from cianet.data.priors import PRIOR_COUNT_KEYS, prior_counts
+from cianet.data.tables import scan_images
 from cianet.errors import InputError, MissingPathError
 from cianet.labels import LABEL_TO_INDEX, LABELS, NIH_LABEL_SET, LabelSet
 
@@ -105,13 +109,17 @@ def few(names: Iterable[str]) -> str:
     return shown + (", ..." if len(names) > NAMES_IN_ERRORS else "")
 
 
-def attach_paths(root: Path, records: Sequence[ImageRecord], what: str, images_required: bool = False,
-                 strict: bool = False, scan_root: Path | None = None) -> int:
+def attach_paths(
+    root: Path,
+    records: Sequence[ImageRecord],
+    what: str,
+    images_required: bool = False,
+    strict: bool = False,
+    scan_root: Path | None = None,
+) -> int:
     """Set each record's ``path`` to its file below ``scan_root`` (default ``root``); returns the number of
     duplicate files ignored. A file with the record's stem and another image extension is taken when the
     exact name is absent (a PNG re-encoding of a DICOM). ``what`` names the metadata file in errors."""
-    from cianet.data.tables import scan_images
-
     files, duplicates = scan_images(scan_root or root)
     stems: dict[str, Path] | None = None
     for rec in records:
@@ -153,7 +161,7 @@ class ImageIndex:
         duplicate_files: int = 0,
         files_scanned: bool = True,
         label_set: LabelSet = NIH_LABEL_SET,
-        dataset: str = "nih",
+        dataset: str = NIH,
         facts: dict[str, Any] | None = None,
         pool_only: Iterable[str] | None = None,
     ) -> None:
@@ -170,8 +178,7 @@ class ImageIndex:
         self.dataset = dataset
         self.facts = dict(facts or {})
         self._by_name = {r.name: i for i, r in enumerate(records)}
-        self.pool_only: frozenset[str] = (read_pool_only(self.root, self) if pool_only is None
-                                          else frozenset(pool_only))
+        self.pool_only: frozenset[str] = read_pool_only(self.root, self) if pool_only is None else frozenset(pool_only)
 
     # -- access ---------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -286,11 +293,10 @@ class ImageIndex:
     def prior_summary(self) -> dict:
         """``cianet.data.priors.prior_counts`` where the data set has follow-up numbers; otherwise every count
         None and ``priors_note`` saying why (RSNA, VinDr-CXR, a CSV without a ``follow_up`` column)."""
-        from cianet.data.priors import PRIOR_COUNT_KEYS, prior_counts
-
         if any(r.follow_up is not None for r in self.records):
             return dict(prior_counts(self.records))
         out: dict[str, Any] = {k: None for k in PRIOR_COUNT_KEYS}
-        out["priors_note"] = (f"the {self.dataset} layout gives no follow-up numbers of a patient's studies: "
-                              "no prior studies")
+        out["priors_note"] = (
+            f"the {self.dataset} layout gives no follow-up numbers of a patient's studies: no prior studies"
+        )
         return out

@@ -17,8 +17,9 @@ Formats and how their values reach [0, 1]:
 
 Every failure raises :class:`XrayReadError` (a ``ValueError``) whose message starts with the file name and
 says what is wrong. An image that is read but looks wrong (tiny, an extreme shape, a 16-bit PNG whose values
-fit in 12 bits, which reads near-black) gives an :class:`XrayWarning` naming the file. The decoded size is checked against ``max_pixels`` from the header, *before* any
-pixel is decoded, so a decompression bomb cannot exhaust memory.
+fit in 12 bits, which reads near-black) gives an :class:`XrayWarning` naming the file. The decoded size is
+checked against ``max_pixels`` from the header, *before* any pixel is decoded, so a decompression bomb cannot
+exhaust memory.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from cianet.errors import CianetError
 
@@ -64,8 +66,10 @@ def suspicious_image(path: str | os.PathLike, arr: np.ndarray, sixteen_bit: bool
     if max(h, w) > MAX_ASPECT * min(h, w):
         return f"{path}: an extreme {w}x{h} shape (aspect ratio over {MAX_ASPECT:g}); check the file"
     if sixteen_bit and arr.size and float(arr.max()) <= 4095.0 / 65535.0 + 1e-9:
-        return (f"{path}: a 16-bit PNG whose values use at most 12 bits (max {round(float(arr.max()) * 65535)}); "
-                "it is read on the 16-bit scale and looks near-black: rescale the file if it holds 12-bit data")
+        return (
+            f"{path}: a 16-bit PNG whose values use at most 12 bits (max {round(float(arr.max()) * 65535)}); "
+            "it is read on the 16-bit scale and looks near-black: rescale the file if it holds 12-bit data"
+        )
     return None
 
 
@@ -137,8 +141,6 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 # Pillow formats
 # --------------------------------------------------------------------------------------------------
 def _open_pil(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with warnings.catch_warnings():
             # We apply our own (configurable) pixel limit right after; Pillow's warning would be noise.
@@ -200,6 +202,7 @@ def _load_pil(path: Path, max_pixels: float) -> np.ndarray:
 # DICOM
 # --------------------------------------------------------------------------------------------------
 def _dcmread(path: Path, stop_before_pixels: bool):
+    # lazy: pydicom is needed for DICOM files only
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -233,6 +236,7 @@ def _decoder_missing(ts) -> str | None:
     if ts is None:
         return None
     try:
+        # lazy: pydicom is needed for DICOM files only
         from pydicom.pixels import get_decoder
     except ImportError:  # pydicom 2.x: the failure surfaces when decoding instead
         return None
@@ -272,6 +276,7 @@ def _mask_bits_stored(arr: np.ndarray, ds) -> np.ndarray:
 
 def _voi_functions():
     try:
+        # lazy: pydicom is needed for DICOM files only
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:  # pydicom 2.x
         from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
@@ -381,8 +386,6 @@ def resize_gray(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     Returns:
         float32 array (size, size) or (height, width).
     """
-    from PIL import Image
-
     if img.ndim != 2:
         raise ValueError(f"resize_gray expects a 2-D (H, W) image, got shape {img.shape}")
     out_w, out_h = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))

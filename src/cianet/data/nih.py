@@ -19,17 +19,27 @@ import os
 import sys
 from pathlib import Path
 
-from cianet.errors import InputError, MissingPathError
+from cianet.data.box_checks import check_boxes
 from cianet.data.index import Box, ImageIndex, ImageRecord, attach_paths, few
 from cianet.data.tables import IMAGE_EXTENSIONS, find_metadata_file, resolve_path, scan_images
 from cianet.data.tables import cell as _cell
 from cianet.data.tables import column as _column
 from cianet.data.tables import open_text as _open_text
 from cianet.data.tables import read_rows as _read_rows
+from cianet.errors import InputError, MissingPathError
 from cianet.labels import LABELS, NO_FINDING, canonical_label
 
-__all__ = ["Box", "ImageRecord", "NIHIndex", "IMAGE_EXTENSIONS", "find_metadata_file", "scan_images",
-           "read_data_entry", "read_bbox_list", "read_name_list"]
+__all__ = [
+    "Box",
+    "ImageRecord",
+    "NIHIndex",
+    "IMAGE_EXTENSIONS",
+    "find_metadata_file",
+    "scan_images",
+    "read_data_entry",
+    "read_bbox_list",
+    "read_name_list",
+]
 
 #: Accepted names of the image-level label file, most preferred first (v2020 fixes patient ages).
 ENTRY_CSV_NAMES: tuple[str, ...] = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
@@ -152,7 +162,7 @@ def read_bbox_list(path: Path) -> list[tuple[int, str, Box]]:
         try:
             x, y, w, h = (float(v) for v in row[c_box : c_box + 4])
         except ValueError:
-            raise InputError(f"{path}: line {line}: box {row[c_box:c_box + 4]} is not four numbers") from None
+            raise InputError(f"{path}: line {line}: box {row[c_box : c_box + 4]} is not four numbers") from None
         if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
             raise InputError(f"{path}: line {line}: invalid box x={x} y={y} w={w} h={h} (need finite, w, h > 0)")
         if (name, label, x, y, w, h) in seen:
@@ -161,10 +171,11 @@ def read_bbox_list(path: Path) -> list[tuple[int, str, Box]]:
         seen.add((name, label, x, y, w, h))
         out.append((line, name, Box(label, x, y, w, h)))
     if repeated:
-        import sys
-
-        print(f"warning: {path}: {len(repeated)} duplicate box rows dropped (lines {', '.join(map(str, repeated[:3]))}"
-              f"{' ...' if len(repeated) > 3 else ''})", file=sys.stderr)
+        print(
+            f"warning: {path}: {len(repeated)} duplicate box rows dropped (lines {', '.join(map(str, repeated[:3]))}"
+            f"{' ...' if len(repeated) > 3 else ''})",
+            file=sys.stderr,
+        )
     return out
 
 
@@ -175,6 +186,51 @@ def read_name_list(path: Path) -> set[str]:
             return {line.strip() for line in fh if line.strip()}
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read ({exc})") from exc
+
+
+def _entry_csv_path(root: Path, entry_csv: str | os.PathLike | None) -> Path:
+    """The Data_Entry CSV: ``entry_csv`` (which must exist), else the standard name in ``root``; a missing one
+    is reported with what the root holds instead."""
+    entry_path = resolve_path(root, entry_csv)
+    if entry_path is None:
+        entry_path = find_metadata_file(root, ENTRY_CSV_NAMES)
+        if entry_path is None:
+            expected = " or ".join(f"{n}[.gz]" for n in ENTRY_CSV_NAMES)
+            near = sorted(p.name for p in root.glob("Data_Entry*"))
+            hint = (
+                f"; found {', '.join(near)}: pass it with --entry-csv"
+                if near
+                else " (or pass --entry-csv; another layout: --dataset rsna|vindr|csv)"
+            )
+            raise MissingPathError(f"{root}: no {expected} in the data root{hint}")
+    elif not entry_path.is_file():
+        raise MissingPathError(f"{entry_path}: entry CSV not found")
+    return entry_path
+
+
+def _attach_boxes(bbox_path: Path, records: list[ImageRecord], entry_name: str, strict: bool) -> list[str]:
+    """Add the boxes of ``bbox_path`` to their ``records``; the boxes naming no record ("name (line N)"), an
+    error with ``strict``."""
+    by_name = {r.name: r for r in records}
+    orphans: list[str] = []
+    for line, name, box in read_bbox_list(bbox_path):
+        rec = by_name.get(name)
+        if rec is None:
+            orphans.append(f"{name} (line {line})")
+        else:
+            rec.boxes.append(box)
+    if orphans and strict:
+        raise InputError(f"{bbox_path}: {len(orphans)} boxes name images absent from {entry_name}: {few(orphans)}")
+    return orphans
+
+
+def _official_lists(root: Path) -> dict[str, set[str] | None]:
+    """The official train_val and test lists, None each where the root has none."""
+    lists = {}
+    for key, fname in (("train_val", TRAIN_VAL_LIST), ("test", TEST_LIST)):
+        p = find_metadata_file(root, (fname,))
+        lists[key] = read_name_list(p) if p is not None else None
+    return lists
 
 
 class NIHIndex(ImageIndex):
@@ -205,52 +261,27 @@ class NIHIndex(ImageIndex):
         if not root.is_dir():
             raise MissingPathError(f"data root {root} is not a folder")
 
-        entry_path = resolve_path(root, entry_csv)
-        if entry_path is None:
-            entry_path = find_metadata_file(root, ENTRY_CSV_NAMES)
-            if entry_path is None:
-                expected = " or ".join(f"{n}[.gz]" for n in ENTRY_CSV_NAMES)
-                near = sorted(p.name for p in root.glob("Data_Entry*"))
-                hint = (f"; found {', '.join(near)}: pass it with --entry-csv" if near
-                        else " (or pass --entry-csv; another layout: --dataset rsna|vindr|csv)")
-                raise MissingPathError(f"{root}: no {expected} in the data root{hint}")
-        elif not entry_path.is_file():
-            raise MissingPathError(f"{entry_path}: entry CSV not found")
+        entry_path = _entry_csv_path(root, entry_csv)
         records = read_data_entry(entry_path)
-        by_name = {r.name: r for r in records}
 
         bbox_path = resolve_path(root, bbox_csv)
         if bbox_path is None:
             bbox_path = find_metadata_file(root, BBOX_CSV_NAMES)
         elif not bbox_path.is_file():
             raise MissingPathError(f"{bbox_path}: bbox CSV not found")
-        orphans: list[str] = []
-        if bbox_path is not None:
-            for line, name, box in read_bbox_list(bbox_path):
-                rec = by_name.get(name)
-                if rec is None:
-                    orphans.append(f"{name} (line {line})")
-                else:
-                    rec.boxes.append(box)
-            if orphans and strict:
-                raise InputError(
-                    f"{bbox_path}: {len(orphans)} boxes name images absent from {entry_path.name}: {few(orphans)}"
-                )
-
-        lists = {}
-        for key, fname in (("train_val", TRAIN_VAL_LIST), ("test", TEST_LIST)):
-            p = find_metadata_file(root, (fname,))
-            lists[key] = read_name_list(p) if p is not None else None
+        orphans = _attach_boxes(bbox_path, records, entry_path.name, strict) if bbox_path is not None else []
+        lists = _official_lists(root)
 
         duplicates = 0
         if scan:
             duplicates = attach_paths(root, records, entry_path.name, images_required=images_required, strict=strict)
         if orphans and not strict:
-            print(f"warning: {bbox_path}: {len(orphans)} boxes name images absent from {entry_path.name} and are "
-                  f"ignored: {few(orphans)} (--strict makes this an error)", file=sys.stderr)
+            print(
+                f"warning: {bbox_path}: {len(orphans)} boxes name images absent from {entry_path.name} and are "
+                f"ignored: {few(orphans)} (--strict makes this an error)",
+                file=sys.stderr,
+            )
         if bbox_path is not None:
-            from cianet.data.box_checks import check_boxes
-
             check_boxes(records, str(bbox_path), strict)  # ValueError with --strict, else a warning
 
         return cls(

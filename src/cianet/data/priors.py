@@ -11,12 +11,16 @@ labels never decide its pairing, so pairing by prior reads no label of the image
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 #: The keys of :func:`prior_counts`, in the order reports show them.
 PRIOR_COUNT_KEYS = (
-    "with_prior", "positives_with_prior", "boxed_with_prior",
-    "with_prior_any", "positives_with_prior_any", "boxed_with_prior_any",
+    "with_prior",
+    "positives_with_prior",
+    "boxed_with_prior",
+    "with_prior_any",
+    "positives_with_prior_any",
+    "boxed_with_prior_any",
 )
 
 

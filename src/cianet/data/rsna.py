@@ -18,17 +18,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cianet.errors import InputError
+from cianet.config import RSNA
 from cianet.data.box_checks import check_boxes
 from cianet.data.index import Box, ImageIndex, ImageRecord, attach_paths
 from cianet.data.tables import cell, column, find_metadata_file, header_of, locate_table, parse_xywh, read_rows
+from cianet.errors import InputError
 from cianet.labels import LabelSet
 
-LABELS_CSV_NAMES: tuple[str, ...] = ("stage_2_train_labels.csv", "kaggle_stage_2_train_labels.csv",
-                                     "stage_1_train_labels.csv")
+LABELS_CSV_NAMES: tuple[str, ...] = (
+    "stage_2_train_labels.csv",
+    "kaggle_stage_2_train_labels.csv",
+    "stage_1_train_labels.csv",
+)
 CLASS_INFO_CSV_NAMES: tuple[str, ...] = ("stage_2_detailed_class_info.csv", "stage_1_detailed_class_info.csv")
 SUFFIXES: tuple[str, ...] = ("", ".gz", ".zip")
-RSNA_LABEL_SET = LabelSet("rsna", ("Pneumonia",), 1, no_finding="Normal")
+RSNA_LABEL_SET = LabelSet(RSNA, ("Pneumonia",), 1, no_finding="Normal")
 NORMAL_CLASS = "Normal"
 
 
@@ -55,8 +59,9 @@ def read_rsna_labels(path: Path) -> tuple[list[ImageRecord], int]:
             raise InputError(f"{path}: line {line}: need a patientId and Target 0 or 1, got {pid!r}, {target!r}")
         rec = records.get(pid)
         if rec is None:
-            rec = records[pid] = ImageRecord(name=f"{pid}.dcm", patient_id=pid,
-                                             labels=("Pneumonia",) if target == "1" else ())
+            rec = records[pid] = ImageRecord(
+                name=f"{pid}.dcm", patient_id=pid, labels=("Pneumonia",) if target == "1" else ()
+            )
         elif bool(rec.labels) != (target == "1"):
             raise InputError(f"{path}: line {line}: patient {pid} is listed with Target 0 and Target 1")
         texts = [cell(row, i) for i in c_box]
@@ -76,14 +81,24 @@ def read_class_info(path: Path) -> dict[str, str]:
     return {cell(row, c_id): cell(row, c_class) for _, row in rows}
 
 
-def rsna_index(data_root: str | os.PathLike, strict: bool = False, images_required: bool = False,
-               labels_csv: str | os.PathLike | None = None, scan: bool = True) -> ImageIndex:
+def rsna_index(
+    data_root: str | os.PathLike,
+    strict: bool = False,
+    images_required: bool = False,
+    labels_csv: str | os.PathLike | None = None,
+    scan: bool = True,
+) -> ImageIndex:
     """The index of an RSNA Pneumonia data root (see the module docstring); ``labels_csv`` overrides the
     label file's name (relative to the root or absolute)."""
     root = Path(data_root)
-    path = locate_table(root, labels_csv, find_labels_csv, "RSNA label CSV",
-                        f"no {LABELS_CSV_NAMES[0]}[.gz|.zip] in the data root "
-                        "(the RSNA Pneumonia layout; pass --entry-csv to name another file)")
+    path = locate_table(
+        root,
+        labels_csv,
+        find_labels_csv,
+        "RSNA label CSV",
+        f"no {LABELS_CSV_NAMES[0]}[.gz|.zip] in the data root "
+        "(the RSNA Pneumonia layout; pass --entry-csv to name another file)",
+    )
     records, n_rows = read_rsna_labels(path)
     info_path = find_metadata_file(root, CLASS_INFO_CSV_NAMES, SUFFIXES)
     if info_path is not None:
@@ -94,6 +109,14 @@ def rsna_index(data_root: str | os.PathLike, strict: bool = False, images_requir
     if scan:
         duplicates = attach_paths(root, records, path.name, images_required=images_required, strict=strict)
     check_boxes(records, str(path), strict)  # a box outside its DICOM: ValueError with --strict, else a warning
-    return ImageIndex(root, records, entry_csv=path, bbox_csv=path, duplicate_files=duplicates,
-                      files_scanned=scan, label_set=RSNA_LABEL_SET, dataset="rsna",
-                      facts={"rows": n_rows, "class_info_csv": info_path.name if info_path else None})
+    return ImageIndex(
+        root,
+        records,
+        entry_csv=path,
+        bbox_csv=path,
+        duplicate_files=duplicates,
+        files_scanned=scan,
+        label_set=RSNA_LABEL_SET,
+        dataset=RSNA,
+        facts={"rows": n_rows, "class_info_csv": info_path.name if info_path else None},
+    )

@@ -16,15 +16,17 @@ import json
 import math
 import os
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
-from cianet.errors import InputError, MissingPathError
+from cianet.config import NIH
 from cianet.data.index import ImageIndex as NIHIndex  # any data set's index (the name predates the others)
+from cianet.data.layouts import open_index
 from cianet.data.nih import TEST_LIST, TRAIN_VAL_LIST
+from cianet.errors import InputError, MissingPathError
 from cianet.utils.atomic import atomic_write_json
 
 SPLITS_FORMAT_VERSION = 1
@@ -141,16 +143,17 @@ def localization_folds(index: NIHIndex, seed: int = 0, k: int = 5) -> list[list[
     size_target = len(annotated) / k
     folds: list[list[str]] = [[] for _ in range(k)]
     fold_classes = [Counter() for _ in range(k)]
+
+    def cost(f: int, n: int, cls: Counter) -> float:
+        """How much adding a patient's ``n`` images with box classes ``cls`` to fold ``f`` unbalances it."""
+        size_term = (len(folds[f]) + n) / size_target
+        class_term = sum(c * (fold_classes[f][lab] + c) / (class_total[lab] / k) for lab, c in cls.items())
+        return size_term + 0.5 * class_term / max(1, sum(cls.values()))
+
     for p in order:
         n = len(groups[p])
         cls = classes[p]
-
-        def cost(f: int) -> float:
-            size_term = (len(folds[f]) + n) / size_target
-            class_term = sum(c * (fold_classes[f][lab] + c) / (class_total[lab] / k) for lab, c in cls.items())
-            return size_term + 0.5 * class_term / max(1, sum(cls.values()))
-
-        best = min(range(k), key=lambda f: (cost(f), len(folds[f]), f))
+        best = min(range(k), key=lambda f: (cost(f, n, cls), len(folds[f]), f))
         folds[best].extend(groups[p])
         fold_classes[best].update(cls)
     return [sorted(f) for f in folds]
@@ -237,15 +240,7 @@ def localization_protocol(
     gets the same set.
     """
     k = len(folds)
-    if k < 2:
-        raise InputError(f"need at least 2 localization folds, got {k}")
-    _check_folds(index, folds)
-    if not 0.0 <= unannotated_ratio <= 1.0:
-        raise InputError(f"unannotated_ratio must be in [0, 1], got {unannotated_ratio}")
-    if not 0.0 <= annotated_ratio <= 1.0:
-        raise InputError(f"annotated_ratio must be in [0, 1], got {annotated_ratio}")
-    if not 0.0 <= val_share < 1.0:
-        raise InputError(f"val_share must be in [0, 1), got {val_share}")
+    _check_protocol_args(index, folds, annotated_ratio, unannotated_ratio, val_share)
     annotated_all = sorted(n for f in folds for n in f)
     annotated_set = set(annotated_all)
     unannotated_all = [n for n in index.names() if n not in annotated_set]
@@ -256,22 +251,96 @@ def localization_protocol(
         train_ann: list[str] = []
         fold_id: int | None = None
     else:
-        if not 0 <= fold < k:
-            raise InputError(f"fold must be in [0, {k - 1}], got {fold}")
-        n_folds = annotated_ratio * k
-        if abs(n_folds - round(n_folds)) > 1e-6 or round(n_folds) > k - 1:
-            raise InputError(
-                f"annotated_ratio {annotated_ratio} must be a multiple of 1/{k} of at most {(k - 1) / k:g} "
-                f"(a whole number of the other {k - 1} folds)"
-            )
-        others = [f for f in range(k) if f != fold]
-        pick = _rng(seed, _STREAM_PROTOCOL_FOLDS, fold).choice(len(others), size=round(n_folds), replace=False)
-        chosen_folds = sorted(others[i] for i in pick)
+        chosen_folds = _training_folds(k, fold, annotated_ratio, seed)
         train_ann = sorted(n for f in chosen_folds for n in folds[f])
         test = sorted(folds[fold])
         fold_id = fold
     train_unann = _sample_patients(index, unannotated_all, unannotated_ratio, _rng(seed, _STREAM_UNANNOTATED))
+    train_ann, train_unann, excluded = _exclude_test_patients(
+        index, test, train_ann, train_unann, allow_patient_overlap
+    )
 
+    val = validation_patients(index, train_ann, train_unann, val_share, _rng(seed, _STREAM_VAL, fold_id or 0))
+    held = set(val)
+    n_val_boxed = sum(1 for n in train_ann if n in held)
+    train_ann = [n for n in train_ann if n not in held]
+    train_unann = [n for n in train_unann if n not in held]
+    protocol = Protocol(
+        train=sorted(set(train_ann) | set(train_unann)),
+        test=test,
+        train_annotated=sorted(train_ann),
+        excluded=excluded,
+        description="",
+        fold=fold_id,
+        annotated_ratio=0.0 if unannotated_only else float(annotated_ratio),
+        unannotated_ratio=float(unannotated_ratio),
+        annotated_folds=chosen_folds,
+        seed=int(seed),
+        val=sorted(val),
+        val_share=float(val_share),
+    )
+    protocol.description = _describe(protocol, k, unannotated_only, allow_patient_overlap, n_val_boxed)
+    return protocol
+
+
+def _describe(p: Protocol, k: int, unannotated_only: bool, allow_patient_overlap: bool, n_val_boxed: int) -> str:
+    """The protocol in one line: what trains, what tests, what was excluded or held out."""
+    if unannotated_only:
+        head = f"train on {p.unannotated_ratio:.0%} unannotated only; test on all {len(p.test)} annotated images"
+    else:
+        head = (
+            f"fold {p.fold}/{k}: train on {p.annotated_ratio:.0%} annotated (folds {p.annotated_folds or 'none'}) + "
+            f"{p.unannotated_ratio:.0%} unannotated; test on fold {p.fold} ({len(p.test)} annotated images)"
+        )
+    excluded = p.excluded
+    n_ex = excluded["n_annotated"] + excluded["n_unannotated"]
+    leak = (
+        "patient overlap allowed"
+        if allow_patient_overlap
+        else f"{n_ex} training images of the {excluded['test_patients']} test patients excluded"
+    )
+    description = f"{head}; {len(p.train)} training images ({len(p.train_annotated)} with boxes); {leak}"
+    if p.val:
+        description += f"; {len(p.val)} validation images ({n_val_boxed} with boxes) held out of training"
+    return description
+
+
+def _check_protocol_args(
+    index: NIHIndex, folds: Sequence[Sequence[str]], annotated_ratio: float, unannotated_ratio: float, val_share: float
+) -> None:
+    k = len(folds)
+    if k < 2:
+        raise InputError(f"need at least 2 localization folds, got {k}")
+    _check_folds(index, folds)
+    if not 0.0 <= unannotated_ratio <= 1.0:
+        raise InputError(f"unannotated_ratio must be in [0, 1], got {unannotated_ratio}")
+    if not 0.0 <= annotated_ratio <= 1.0:
+        raise InputError(f"annotated_ratio must be in [0, 1], got {annotated_ratio}")
+    if not 0.0 <= val_share < 1.0:
+        raise InputError(f"val_share must be in [0, 1), got {val_share}")
+
+
+def _training_folds(k: int, fold: int, annotated_ratio: float, seed: int) -> list[int]:
+    """The other folds whose annotated images train when testing on ``fold``: ``annotated_ratio * k`` of them,
+    drawn with ``seed`` (its own stream per fold)."""
+    if not 0 <= fold < k:
+        raise InputError(f"fold must be in [0, {k - 1}], got {fold}")
+    n_folds = annotated_ratio * k
+    if abs(n_folds - round(n_folds)) > 1e-6 or round(n_folds) > k - 1:
+        raise InputError(
+            f"annotated_ratio {annotated_ratio} must be a multiple of 1/{k} of at most {(k - 1) / k:g} "
+            f"(a whole number of the other {k - 1} folds)"
+        )
+    others = [f for f in range(k) if f != fold]
+    pick = _rng(seed, _STREAM_PROTOCOL_FOLDS, fold).choice(len(others), size=round(n_folds), replace=False)
+    return sorted(others[i] for i in pick)
+
+
+def _exclude_test_patients(
+    index: NIHIndex, test: list[str], train_ann: list[str], train_unann: list[str], allow_patient_overlap: bool
+) -> tuple[list[str], list[str], dict]:
+    """The training lists without the test patients' images (unless ``allow_patient_overlap``), and the
+    protocol's ``excluded`` record of what was dropped."""
     test_patients = {index[n].patient_id for n in test}
     excluded: dict = {"test_patients": len(test_patients), "annotated": [], "unannotated": []}
     if not allow_patient_overlap:
@@ -282,47 +351,12 @@ def localization_protocol(
         train_unann = [n for n in train_unann if n not in drop]
     excluded["n_annotated"] = len(excluded["annotated"])
     excluded["n_unannotated"] = len(excluded["unannotated"])
-
-    val = validation_patients(index, train_ann, train_unann, val_share, _rng(seed, _STREAM_VAL, fold_id or 0))
-    held = set(val)
-    n_val_boxed = sum(1 for n in train_ann if n in held)
-    train_ann = [n for n in train_ann if n not in held]
-    train_unann = [n for n in train_unann if n not in held]
-    train = sorted(set(train_ann) | set(train_unann))
-    n_ex = excluded["n_annotated"] + excluded["n_unannotated"]
-    if unannotated_only:
-        head = f"train on {unannotated_ratio:.0%} unannotated only; test on all {len(test)} annotated images"
-    else:
-        head = (
-            f"fold {fold}/{k}: train on {annotated_ratio:.0%} annotated (folds {chosen_folds or 'none'}) + "
-            f"{unannotated_ratio:.0%} unannotated; test on fold {fold} ({len(test)} annotated images)"
-        )
-    leak = (
-        "patient overlap allowed"
-        if allow_patient_overlap
-        else f"{n_ex} training images of the {len(test_patients)} test patients excluded"
-    )
-    description = f"{head}; {len(train)} training images ({len(train_ann)} with boxes); {leak}"
-    if val:
-        description += f"; {len(val)} validation images ({n_val_boxed} with boxes) held out of training"
-    return Protocol(
-        train=train,
-        test=test,
-        train_annotated=sorted(train_ann),
-        excluded=excluded,
-        description=description,
-        fold=fold_id,
-        annotated_ratio=0.0 if unannotated_only else float(annotated_ratio),
-        unannotated_ratio=float(unannotated_ratio),
-        annotated_folds=chosen_folds,
-        seed=int(seed),
-        val=sorted(val),
-        val_share=float(val_share),
-    )
+    return train_ann, train_unann, excluded
 
 
-def validation_patients(index: NIHIndex, annotated: Sequence[str], unannotated: Sequence[str], share: float,
-                        rng: np.random.Generator) -> list[str]:
+def validation_patients(
+    index: NIHIndex, annotated: Sequence[str], unannotated: Sequence[str], share: float, rng: np.random.Generator
+) -> list[str]:
     """About ``share`` of the training images, whole patients, as a validation set (unsorted).
 
     Patients with an image in ``annotated`` are drawn among themselves (about ``share`` of the annotated
@@ -365,7 +399,7 @@ def make_splits(
         "official": bool(official),
         "ratios": [float(r) for r in ratios],
         "entry_csv": index.entry_csv.name if index.entry_csv else None,
-        "dataset": getattr(index, "dataset", "nih"),
+        "dataset": getattr(index, "dataset", NIH),
         "images": len(index),
         "classification": cls,
         "localization_folds": folds,
@@ -373,8 +407,13 @@ def make_splits(
             "classification": {key: len(v) for key, v in cls.items()},
             "localization_folds": [len(f) for f in folds],
             "localization_fold_boxes": [
-                {lab: c for lab, c in sorted(Counter(b.label for n in f for b in index[n].boxes).items(),
-                                             key=lambda kv: index.label_set.index(kv[0]))}
+                {
+                    lab: c
+                    for lab, c in sorted(
+                        Counter(b.label for n in f for b in index[n].boxes).items(),
+                        key=lambda kv: index.label_set.index(kv[0]),
+                    )
+                }
                 for f in folds
             ],
         },
@@ -419,21 +458,39 @@ def read_splits(path: str | os.PathLike) -> dict:
     return splits
 
 
-def write_root_splits(data_root: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, k: int = 5,
-                      official: bool = False, ratios: Sequence[float] = (0.7, 0.1, 0.2), only_present: bool = False,
-                      entry_csv: str | None = None, bbox_csv: str | None = None, strict: bool = False,
-                      dataset: str = "auto", box_merge: str = "mean", merge_iou: float = 0.4,
-                      label_map: str | None = None) -> dict:
+def write_root_splits(
+    data_root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    seed: int = 0,
+    k: int = 5,
+    official: bool = False,
+    ratios: Sequence[float] = (0.7, 0.1, 0.2),
+    only_present: bool = False,
+    entry_csv: str | None = None,
+    bbox_csv: str | None = None,
+    strict: bool = False,
+    dataset: str = "auto",
+    box_merge: str = "mean",
+    merge_iou: float = 0.4,
+    label_map: str | None = None,
+) -> dict:
     """``cianet splits``: index a data root, make its splits (:func:`make_splits`) and write them to ``out``.
 
     ``only_present`` splits only the images whose file was found. Pool-only images (``ImageIndex.pool_only``)
     are in no split, as in a run's protocol.
     """
 
-    from cianet.data.layouts import open_index
-
-    index = open_index(data_root, dataset, strict=strict, entry_csv=entry_csv, bbox_csv=bbox_csv,
-                       box_merge=box_merge, merge_iou=merge_iou, label_map=label_map).without_pool_only()
+    index = open_index(
+        data_root,
+        dataset,
+        strict=strict,
+        entry_csv=entry_csv,
+        bbox_csv=bbox_csv,
+        box_merge=box_merge,
+        merge_iou=merge_iou,
+        label_map=label_map,
+    ).without_pool_only()
     if only_present:
         present = index.present()
         if not present:

@@ -11,8 +11,8 @@ import io
 import math
 import os
 import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from cianet.errors import InputError, MissingPathError
 

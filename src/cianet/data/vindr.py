@@ -20,11 +20,12 @@ import math
 import os
 from pathlib import Path
 
-from cianet.errors import InputError
+from cianet.config import VINDR
 from cianet.data.box_checks import check_boxes
 from cianet.data.box_merge import DEFAULT_MERGE, DEFAULT_MERGE_IOU, check_merge, merge_boxes
 from cianet.data.index import Box, ImageIndex, ImageRecord, attach_paths
 from cianet.data.tables import cell, column, find_metadata_file, header_of, locate_table, optional_column, read_rows
+from cianet.errors import InputError
 from cianet.labels import LabelSet
 
 TRAIN_CSV_NAMES: tuple[str, ...] = ("train.csv", "vinbigdata-train.csv")
@@ -32,11 +33,22 @@ SUFFIXES: tuple[str, ...] = ("", ".gz", ".zip")
 NO_FINDING = "No finding"
 #: The 14 finding classes in the competition's class_id order (0..13; "No finding" is 14).
 VINDR_CLASSES: tuple[str, ...] = (
-    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD",
-    "Infiltration", "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion", "Pleural thickening",
-    "Pneumothorax", "Pulmonary fibrosis",
+    "Aortic enlargement",
+    "Atelectasis",
+    "Calcification",
+    "Cardiomegaly",
+    "Consolidation",
+    "ILD",
+    "Infiltration",
+    "Lung Opacity",
+    "Nodule/Mass",
+    "Other lesion",
+    "Pleural effusion",
+    "Pleural thickening",
+    "Pneumothorax",
+    "Pulmonary fibrosis",
 )
-VINDR_LABEL_SET = LabelSet("vindr", VINDR_CLASSES, len(VINDR_CLASSES), no_finding=NO_FINDING)
+VINDR_LABEL_SET = LabelSet(VINDR, VINDR_CLASSES, len(VINDR_CLASSES), no_finding=NO_FINDING)
 
 
 def find_train_csv(root: Path) -> Path | None:
@@ -76,30 +88,49 @@ def read_vindr_rows(path: Path) -> tuple[list[ImageRecord], dict]:
         except ValueError:
             raise InputError(f"{path}: line {line}: box {texts} of {name!r} is not four numbers") from None
         if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
-            raise InputError(f"{path}: line {line}: invalid box x_min={x0} y_min={y0} x_max={x1} y_max={y1} "
-                             "(need finite corners, max > min)")
+            raise InputError(
+                f"{path}: line {line}: invalid box x_min={x0} y_min={y0} x_max={x1} y_max={y1} "
+                "(need finite corners, max > min)"
+            )
         rec.boxes.append(Box(name, x0, y0, x1 - x0, y1 - y0))
         classes[image].add(name)
         n_boxes += 1
-    return list(records.values()), {"rows": n_rows, "readers": len(readers), "reader_boxes": n_boxes,
-                                    "_classes": classes}
+    return list(records.values()), {
+        "rows": n_rows,
+        "readers": len(readers),
+        "reader_boxes": n_boxes,
+        "_classes": classes,
+    }
 
 
-def vindr_index(data_root: str | os.PathLike, strict: bool = False, images_required: bool = False,
-                train_csv: str | os.PathLike | None = None, scan: bool = True, box_merge: str = DEFAULT_MERGE,
-                merge_iou: float = DEFAULT_MERGE_IOU) -> ImageIndex:
+def vindr_index(
+    data_root: str | os.PathLike,
+    strict: bool = False,
+    images_required: bool = False,
+    train_csv: str | os.PathLike | None = None,
+    scan: bool = True,
+    box_merge: str = DEFAULT_MERGE,
+    merge_iou: float = DEFAULT_MERGE_IOU,
+) -> ImageIndex:
     """The index of a VinDr-CXR data root (see the module docstring), readers' boxes merged by ``box_merge``
     at ``merge_iou`` (``cianet.data.box_merge``); ``train_csv`` overrides the table's name."""
     check_merge(box_merge, merge_iou)
     root = Path(data_root)
-    path = locate_table(root, train_csv, find_train_csv, "VinDr-CXR train CSV",
-                        "no train.csv[.gz|.zip] in the data root "
-                        "(the VinDr-CXR layout; pass --entry-csv to name another file)")
+    path = locate_table(
+        root,
+        train_csv,
+        find_train_csv,
+        "VinDr-CXR train CSV",
+        "no train.csv[.gz|.zip] in the data root (the VinDr-CXR layout; pass --entry-csv to name another file)",
+    )
     records, facts = read_vindr_rows(path)
     classes = facts.pop("_classes")
     extra = sorted({c for cs in classes.values() for c in cs} - set(VINDR_CLASSES))
-    label_set = VINDR_LABEL_SET if not extra else LabelSet(
-        "vindr", VINDR_CLASSES + tuple(extra), len(VINDR_CLASSES) + len(extra), no_finding=NO_FINDING)
+    label_set = (
+        VINDR_LABEL_SET
+        if not extra
+        else LabelSet(VINDR, VINDR_CLASSES + tuple(extra), len(VINDR_CLASSES) + len(extra), no_finding=NO_FINDING)
+    )
     for rec in records:
         rec.labels = label_set.sort(classes[rec.patient_id])
     duplicates = 0
@@ -109,5 +140,14 @@ def vindr_index(data_root: str | os.PathLike, strict: bool = False, images_requi
     for rec in records:
         rec.boxes = merge_boxes(rec.boxes, box_merge, merge_iou)
     facts["box_merge"] = {"rule": box_merge, "iou": float(merge_iou)}
-    return ImageIndex(root, records, entry_csv=path, bbox_csv=path, duplicate_files=duplicates,
-                      files_scanned=scan, label_set=label_set, dataset="vindr", facts=facts)
+    return ImageIndex(
+        root,
+        records,
+        entry_csv=path,
+        bbox_csv=path,
+        duplicate_files=duplicates,
+        files_scanned=scan,
+        label_set=label_set,
+        dataset=VINDR,
+        facts=facts,
+    )

@@ -1,7 +1,7 @@
 """``cianet align-eval``: how well an alignment checkpoint aligns a data set.
 
-The measures themselves are :mod:`cianet.alignment_eval` (pure functions); this module reads the checkpoint,
-the images and, on a phantom, ``synth_truth.csv``, and formats the report.
+The measures themselves are :mod:`cianet.evaluation.alignment_measures` (pure functions); this module reads
+the checkpoint, the images and, on a phantom, ``synth_truth.csv``, and formats the report.
 """
 
 from __future__ import annotations
@@ -12,35 +12,47 @@ from typing import Any
 import numpy as np
 import torch
 
+from cianet.data.cache import ImageCache
+from cianet.data.layouts import open_index
 from cianet.errors import InputError, UsageError
+from cianet.evaluation.alignment_measures import measure_alignment, read_synth_truth
+from cianet.run.checkpoints import load_alignment, read_alignment_checkpoint
+from cianet.run.datasets import ImageSource
+from cianet.run.device import resolve_device
+from cianet.run.scoring import json_safe
+from cianet.utils.atomic import atomic_write_json
 
 #: The keys of ``net_kwargs`` that hold the bounds (absent from checkpoints of format 1).
 BOUND_KEYS = ("center", "max_shift", "max_scale", "max_rotation")
 
 
-def evaluate_alignment(align: str | Path, data_root: str | Path, cache: str | Path | None = None,
-                       n: int | None = 400, seed: int = 0, size: int | None = None, entry_csv: str | None = None,
-                       device: str = "cpu", warps: dict | None = None, batch_size: int = 64,
-                       out: str | Path | None = None, dataset: str = "auto") -> dict[str, Any]:
+def evaluate_alignment(
+    align: str | Path,
+    data_root: str | Path,
+    cache: str | Path | None = None,
+    n: int | None = 400,
+    seed: int = 0,
+    size: int | None = None,
+    entry_csv: str | None = None,
+    device: str = "cpu",
+    warps: dict | None = None,
+    batch_size: int = 64,
+    out: str | Path | None = None,
+    dataset: str = "auto",
+) -> dict[str, Any]:
     """Measure the alignment network of ``align`` (``align.pt`` or its folder) on ``data_root``.
 
     ``n`` images (all when None or fewer exist) are drawn with ``seed`` from those on disk or in ``cache``,
     and read at ``size`` (default: the cache's size, else the checkpoint's training size). Image ``i`` is
-    warped by a known random warp drawn with ``seed`` (:data:`cianet.alignment_eval.DEFAULT_WARPS` unless
-    ``warps`` says otherwise). When the data root holds a phantom's ``synth_truth.csv`` the residual to the
-    true deformations is measured too, overall and by strength, with the network's centre as reference frame.
+    warped by a known random warp drawn with ``seed``
+    (:data:`~cianet.evaluation.alignment_measures.DEFAULT_WARPS` unless ``warps`` says otherwise). When the
+    data root holds a phantom's ``synth_truth.csv`` the residual to the true deformations is measured too,
+    overall and by strength, with the network's centre as reference frame.
 
-    Returns :func:`cianet.alignment_eval.measure_alignment`'s report plus the checkpoint, its bounds, whether
-    they were stored in it, and the image names; also written to ``out`` as JSON (NaN as null) when given.
+    Returns :func:`~cianet.evaluation.alignment_measures.measure_alignment`'s report plus the checkpoint, its
+    bounds, whether they were stored in it, and the image names; also written to ``out`` as JSON (NaN as
+    null) when given.
     """
-    from cianet.alignment_eval import measure_alignment, read_synth_truth
-    from cianet.data.layouts import open_index
-    from cianet.run.checkpoints import load_alignment, read_alignment_checkpoint
-    from cianet.run.datasets import ImageSource
-    from cianet.run.device import resolve_device
-    from cianet.run.scoring import json_safe
-    from cianet.utils.atomic import atomic_write_json
-
     if n is not None and n <= 0:
         raise UsageError(f"--n must be positive, got {n}")
     path, ckpt = read_alignment_checkpoint(align)
@@ -49,8 +61,6 @@ def evaluate_alignment(align: str | Path, data_root: str | Path, cache: str | Pa
     index = open_index(data_root, dataset, entry_csv=entry_csv)  # `dataset`: the layout (auto: detected)
     opened = None
     if cache:
-        from cianet.data.cache import ImageCache
-
         opened = ImageCache.open(cache)
     size = int(size or (opened.size if opened is not None else ckpt.get("input_size") or 256))
     names = sorted(r.name for r in index.records if r.path is not None or (opened is not None and r.name in opened))
@@ -73,12 +83,29 @@ def evaluate_alignment(align: str | Path, data_root: str | Path, cache: str | Pa
         truth = np.array([table[name]["params"] for name in names])
         strength = np.array([table[name]["strength"] for name in names])
         groups = {f"strength_{s}": strength == s for s in ("none", "mild", "strong") if (strength == s).any()}
-    report = measure_alignment(net.predict_params, images, truth=truth, groups=groups, reference=net.center,
-                               position=net.bound_position, seed=seed, warps=warps, batch_size=batch_size)
-    result = json_safe({"checkpoint": str(path), "data_root": str(data_root),
-                        "cache": None if cache is None else str(cache), "epoch": loaded.epoch,
-                        "net_bounds": net.bounds(), "bounds_stored": all(k in loaded.net_kwargs for k in BOUND_KEYS),
-                        **report, "names": names})
+    report = measure_alignment(
+        net.predict_params,
+        images,
+        truth=truth,
+        groups=groups,
+        reference=net.center,
+        position=net.bound_position,
+        seed=seed,
+        warps=warps,
+        batch_size=batch_size,
+    )
+    result = json_safe(
+        {
+            "checkpoint": str(path),
+            "data_root": str(data_root),
+            "cache": None if cache is None else str(cache),
+            "epoch": loaded.epoch,
+            "net_bounds": net.bounds(),
+            "bounds_stored": all(k in loaded.net_kwargs for k in BOUND_KEYS),
+            **report,
+            "names": names,
+        }
+    )
     if out is not None:
         atomic_write_json(out, result)
     return result
@@ -104,16 +131,23 @@ def format_alignment_report(rep: dict[str, Any]) -> str:
     if "truth" in rep:
         t = rep["truth"]
         lines.append("known deformations (synth_truth.csv), against the ideal U R (R = the network's centre):")
-        rows = (("deformed", "deformed"), ("strength_mild", "mild"), ("strength_strong", "strong"),
-                ("strength_none", "undeformed"), ("deformed_fitted", "deformed, fitted R"))
+        rows = (
+            ("deformed", "deformed"),
+            ("strength_mild", "mild"),
+            ("strength_strong", "strong"),
+            ("strength_none", "undeformed"),
+            ("deformed_fitted", "deformed, fitted R"),
+        )
         for key, label in rows:
             s = t.get(key)
             if not s or not s.get("n"):
                 continue
             removed = s.get("share_removed")
             share = "" if removed is None else f": {100 * removed:.1f}% removed"
-            lines.append(f"  {label:<18} n={s['n']:<4} residual {s['residual_px']:.2f} px vs {s['baseline_px']:.2f} px "
-                         f"for the deformation alone{share}")
+            lines.append(
+                f"  {label:<18} n={s['n']:<4} residual {s['residual_px']:.2f} px vs {s['baseline_px']:.2f} px "
+                f"for the deformation alone{share}"
+            )
     if not rep.get("bounds_stored", True):
         lines.append("note: this checkpoint predates stored bounds; it was loaded with the old default bounds")
     return "\n".join(lines)

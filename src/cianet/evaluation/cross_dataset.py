@@ -28,6 +28,22 @@ from typing import Any
 
 import numpy as np
 
+from cianet.data.label_maps import match_classes
+from cianet.data.layouts import open_index
+from cianet.errors import InputError, MissingPathError, UsageError
+from cianet.evaluation.evaluate import bootstrap_intervals
+from cianet.evaluation.plots import write_evaluation_plots
+from cianet.labels import label_set_from
+from cianet.metrics import accuracy_from_ious, auc_per_class, class_mean_accuracy
+from cianet.models.folding import for_inference
+from cianet.run.checkpoints import load_alignment, load_checkpoint, model_from_checkpoint
+from cianet.run.device import resolve_device
+from cianet.run.loaders import image_source, make_loaders
+from cianet.run.pairing import pair_negatives, write_pairing_record
+from cianet.run.precision import check_setting, resolve_precision
+from cianet.run.protocol import RunData
+from cianet.run.scoring import THRESHOLDS, evaluate, write_metrics
+
 #: Share of the data set's No Finding images that serve as negatives (and are not scored).
 REFERENCE_SHARE = 0.5
 
@@ -43,13 +59,10 @@ def reference_pool(index, seed: int, share: float = REFERENCE_SHARE) -> list[str
     return [r.name for r in index.records if r.name in chosen]
 
 
-def restrict_metrics(metrics: dict[str, Any], classes, scored: tuple[str, ...],
-                     thresholds) -> dict[str, Any]:
+def restrict_metrics(metrics: dict[str, Any], classes, scored: tuple[str, ...], thresholds) -> dict[str, Any]:
     """``metrics`` of :func:`cianet.run.scoring.evaluate` (with predictions, in the model's classes
     ``classes``) re-measured on the classes ``scored`` only: AUC, localization and their means, the score and
     label columns and the boxes."""
-    from cianet.metrics import accuracy_from_ious, auc_per_class, class_mean_accuracy
-
     cols = [classes.index(c) for c in scored]
     box_scored = [c for c in classes.box_names if c in scored]
     remap = {classes.index(c): j for j, c in enumerate(box_scored)}
@@ -73,11 +86,21 @@ def restrict_metrics(metrics: dict[str, Any], classes, scored: tuple[str, ...],
     return out
 
 
-def evaluate_on_dataset(run_dir: str | Path, data_root: str | Path, out: str | Path, dataset: str = "auto",
-                        label_map: str | None = None, box_merge: str | None = None,
-                        merge_iou: float | None = None, entry_csv: str | None = None, bbox_csv: str | None = None,
-                        device: str = "auto", progress: bool = True, n_boot: int = 1000,
-                        precision: str | None = None) -> dict[str, Any]:
+def evaluate_on_dataset(
+    run_dir: str | Path,
+    data_root: str | Path,
+    out: str | Path,
+    dataset: str = "auto",
+    label_map: str | None = None,
+    box_merge: str | None = None,
+    merge_iou: float | None = None,
+    entry_csv: str | None = None,
+    bbox_csv: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    n_boot: int = 1000,
+    precision: str | None = None,
+) -> dict[str, Any]:
     """Score the run ``run_dir`` on the data root ``data_root`` (layout ``dataset``, classes mapped by
     ``label_map``) and write the results into ``out`` (see the module docstring). Returns the metrics, with
     ``cross_dataset`` describing what was scored.
@@ -85,36 +108,16 @@ def evaluate_on_dataset(run_dir: str | Path, data_root: str | Path, out: str | P
     UsageError when ``out`` is the run folder or ``data_root`` is the run's own data root; InputError when
     no class of the run has a counterpart in the data set.
     """
-    from cianet.data.label_maps import match_classes
-    from cianet.data.layouts import open_index
-    from cianet.errors import InputError, MissingPathError, UsageError
-    from cianet.evaluation.evaluate import bootstrap_intervals
-    from cianet.evaluation.plots import write_evaluation_plots
-    from cianet.labels import label_set_from
-    from cianet.models.folding import for_inference
-    from cianet.run.checkpoints import load_alignment, load_checkpoint, model_from_checkpoint
-    from cianet.run.device import resolve_device
-    from cianet.run.loaders import image_source, make_loaders
-    from cianet.run.pairing import pair_negatives
-    from cianet.run.precision import check_setting, resolve_precision
-    from cianet.run.protocol import RunData
-    from cianet.run.scoring import THRESHOLDS, evaluate, write_metrics
-
     check_setting(precision)
-    run_dir, out, data_root = Path(run_dir), Path(out), Path(data_root)
-    if run_dir.is_file():  # --run R/checkpoint.pt: the run is the folder holding it
-        run_dir = run_dir.parent
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file: give a folder for the metrics")
-    if out.resolve() == run_dir.resolve():
-        raise UsageError(f"--out {out} is the run folder: a cross-data-set evaluation writes elsewhere (the "
-                         "run's metrics.json is its own test split's)")
+    run_dir, out, data_root = _checked_folders(Path(run_dir), Path(out), Path(data_root))
     dev = resolve_device(device)
     model, cfg = model_from_checkpoint(load_checkpoint(run_dir), dev)
     if cfg.data.data_root and Path(cfg.data.data_root).resolve() == data_root.resolve():
-        raise UsageError(f"--data-root {data_root} is the data the run trained on: scoring all of it would score "
-                         "training images; evaluate the run's own test split with `cianet evaluate --run` "
-                         "without --out")
+        raise UsageError(
+            f"--data-root {data_root} is the data the run trained on: scoring all of it would score "
+            "training images; evaluate the run's own test split with `cianet evaluate --run` "
+            "without --out"
+        )
     classes = label_set_from(cfg.data.labels, cfg.data.box_labels)
     d = cfg.data
     d.data_root, d.dataset, d.label_map = str(data_root), dataset, label_map
@@ -125,52 +128,123 @@ def evaluate_on_dataset(run_dir: str | Path, data_root: str | Path, out: str | P
         d.merge_iou = merge_iou
     cfg.negatives.hash_index = None  # made for the training data's negatives
     cfg.run.out, cfg.run.progress = str(out), progress
-    try:
-        full = open_index(data_root, dataset, entry_csv=entry_csv, bbox_csv=bbox_csv, box_merge=d.box_merge,
-                          merge_iou=d.merge_iou, label_map=label_map)
-        index, match = match_classes(full, classes)
-    except FileNotFoundError as exc:
-        raise MissingPathError(str(exc)) from None
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    index, match = _matched_index(data_root, d, classes)
     d.dataset = index.dataset
-    found = index.present()
-    if not found:
-        raise MissingPathError(f"{data_root}: none of the {len(index)} images of its {index.dataset} index was "
-                               "found below it")
-    needs_pool = cfg.model.kind != "baseline" and cfg.negatives.pool_strategy() is not None  # prior: its fallback
-    pool = reference_pool(index, int(cfg.run.seed)) if needs_pool else []
-    in_pool = set(pool)
-    scored = [n for n in found if n not in in_pool]
-    description = (f"cross-data-set: {index.dataset}" + (f" mapped to {label_map}" if label_map else "")
-                   + f", {len(scored)} images")
-    data = RunData(index, [], scored, set(), description=description)
-    align_net = load_alignment(cfg.align.checkpoint, dev).net if cfg.align.checkpoint else None
-    source = image_source(cfg, index)
-    pairing = pair_negatives(cfg, data, source, align_net=align_net)  # pool: the No Finding images not scored
-    _, _, _, loader = make_loaders(cfg, data, pairing=pairing)
-    precision = resolve_precision(precision or cfg.run.precision, dev,
-                                  what="--precision" if precision else "run.precision")
-    with warnings.catch_warnings():  # classes left out are measured again below, without them
-        warnings.filterwarnings("ignore", message="AUC undefined")
-        warnings.filterwarnings("ignore", message="localization accuracy: no ground-truth box")
-        raw = evaluate(for_inference(model), loader, dev, align_net=align_net, progress=progress, upsample=True,
-                       keep_predictions=True, rescale=cfg.loss.mil_rescale, precision=precision, channels_last=True)
-    metrics = restrict_metrics(raw, classes, match.scored, THRESHOLDS)
+    data, pool, found = _scored_data(cfg, index, data_root, label_map)
+    metrics, pairing = _score(model, cfg, data, dev, precision, progress, classes, match.scored)
     metrics["cross_dataset"] = {
-        "run": run_dir.resolve().name, "model_classes": list(classes.names),
-        "dataset": index.dataset, "data_root": data_root.resolve().name, "label_map": label_map,
-        "images": len(index), "scored_images": len(scored), "negative_pool": len(pool),
-        "missing_files": len(index) - len(found), "negatives": None if cfg.model.kind == "baseline" else cfg.negatives.strategy,
+        "run": run_dir.resolve().name,
+        "model_classes": list(classes.names),
+        "dataset": index.dataset,
+        "data_root": data_root.resolve().name,
+        "label_map": label_map,
+        "images": len(index),
+        "scored_images": len(data.test),
+        "negative_pool": len(pool),
+        "missing_files": len(index) - len(found),
+        "negatives": None if cfg.model.kind == "baseline" else cfg.negatives.strategy,
         **match.as_dict(),
     }
     if n_boot:
         metrics["ci"] = bootstrap_intervals(metrics, n_boot, seed=int(cfg.run.seed))
-    out.mkdir(parents=True, exist_ok=True)
-    metrics["plots"] = write_evaluation_plots(out, metrics, list(match.scored))
-    write_metrics(out, metrics, title=f"{cfg.model.kind} of run {run_dir.resolve().name} on {index.dataset} "
-                                      f"({data_root.resolve().name})")
-    from cianet.run.pairing import write_pairing_record
-
-    write_pairing_record(pairing, data, out)  # negatives.csv: what each scored image was contrasted with
+    _write_results(
+        out,
+        metrics,
+        list(match.scored),
+        pairing,
+        data,
+        title=f"{cfg.model.kind} of run {run_dir.resolve().name} on {index.dataset} ({data_root.resolve().name})",
+    )
     return metrics
+
+
+def _checked_folders(run_dir: Path, out: Path, data_root: Path) -> tuple[Path, Path, Path]:
+    """The run folder (``--run R/checkpoint.pt`` names the folder holding it); ``out`` must be a folder other
+    than the run's (UsageError)."""
+    if run_dir.is_file():  # --run R/checkpoint.pt: the run is the folder holding it
+        run_dir = run_dir.parent
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: give a folder for the metrics")
+    if out.resolve() == run_dir.resolve():
+        raise UsageError(
+            f"--out {out} is the run folder: a cross-data-set evaluation writes elsewhere (the "
+            "run's metrics.json is its own test split's)"
+        )
+    return run_dir, out, data_root
+
+
+def _matched_index(data_root: Path, d, classes):
+    """The data set's index with its classes matched to the model's ``classes`` by name (``d``: the run's
+    data section pointed at the data set); a missing file or an unmatched data set is an input error."""
+    try:
+        full = open_index(
+            data_root,
+            d.dataset,
+            entry_csv=d.entry_csv,
+            bbox_csv=d.bbox_csv,
+            box_merge=d.box_merge,
+            merge_iou=d.merge_iou,
+            label_map=d.label_map,
+        )
+        return match_classes(full, classes)
+    except FileNotFoundError as exc:
+        raise MissingPathError(str(exc)) from None
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _scored_data(cfg, index, data_root: Path, label_map: str | None):
+    """``(RunData whose test images are the scored ones, the negative pool, the images found)``."""
+    found = index.present()
+    if not found:
+        raise MissingPathError(
+            f"{data_root}: none of the {len(index)} images of its {index.dataset} index was found below it"
+        )
+    needs_pool = cfg.model.kind != "baseline" and cfg.negatives.pool_strategy() is not None  # prior: its fallback
+    pool = reference_pool(index, int(cfg.run.seed)) if needs_pool else []
+    in_pool = set(pool)
+    scored = [n for n in found if n not in in_pool]
+    description = (
+        f"cross-data-set: {index.dataset}"
+        + (f" mapped to {label_map}" if label_map else "")
+        + f", {len(scored)} images"
+    )
+    return RunData(index, [], scored, set(), description=description), pool, found
+
+
+def _score(
+    model, cfg, data, dev, precision: str | None, progress: bool, classes, scored: tuple[str, ...]
+) -> tuple[dict[str, Any], Any]:
+    """The model's metrics on ``data``'s test images, restricted to the classes ``scored``, and the pairing
+    of those images with their negatives."""
+    align_net = load_alignment(cfg.align.checkpoint, dev).net if cfg.align.checkpoint else None
+    source = image_source(cfg, data.index)
+    pairing = pair_negatives(cfg, data, source, align_net=align_net)  # pool: the No Finding images not scored
+    _, _, _, loader = make_loaders(cfg, data, pairing=pairing)
+    precision = resolve_precision(
+        precision or cfg.run.precision, dev, what="--precision" if precision else "run.precision"
+    )
+    with warnings.catch_warnings():  # classes left out are measured again below, without them
+        warnings.filterwarnings("ignore", message="AUC undefined")
+        warnings.filterwarnings("ignore", message="localization accuracy: no ground-truth box")
+        raw = evaluate(
+            for_inference(model),
+            loader,
+            dev,
+            align_net=align_net,
+            progress=progress,
+            upsample=True,
+            keep_predictions=True,
+            rescale=cfg.loss.mil_rescale,
+            precision=precision,
+            channels_last=True,
+        )
+    return restrict_metrics(raw, classes, scored, THRESHOLDS), pairing
+
+
+def _write_results(out: Path, metrics: dict[str, Any], scored: list[str], pairing, data, title: str) -> None:
+    """metrics.json/.md, predictions.npz, the plots and negatives.csv into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    metrics["plots"] = write_evaluation_plots(out, metrics, scored)
+    write_metrics(out, metrics, title=title)
+    write_pairing_record(pairing, data, out)  # negatives.csv: what each scored image was contrasted with

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cianet.errors import UsageError
+from cianet.evaluation.evaluate import load_run
+from cianet.run.forward import align_batch
 
 
 def masked_residual(image: np.ndarray, negative: np.ndarray, boxes: np.ndarray) -> float | None:
@@ -36,11 +39,6 @@ def masked_residual(image: np.ndarray, negative: np.ndarray, boxes: np.ndarray) 
 def negative_match(run_dir: str | Path, device: str = "cpu") -> dict[str, Any]:
     """The residual of a CIA-Net run's test images against their negatives (see the module docstring):
     ``{"no_finding": {"mean", "median", "n"}, "with_finding": {...}, "aligned": bool, "strategy": str}``."""
-    import torch
-
-    from cianet.evaluation.evaluate import load_run
-    from cianet.run.forward import align_batch
-
     run = load_run(run_dir, device=device)
     if run.cfg.model.kind != "cianet":
         raise UsageError(f"{run_dir}: a {run.cfg.model.kind} run has no negatives to match")
@@ -59,8 +57,14 @@ def negative_match(run_dir: str | Path, device: str = "cpu") -> dict[str, Any]:
 
     def stats(values: list[float]) -> dict[str, Any]:
         arr = np.asarray(values)
-        return {"mean": float(arr.mean()) if len(arr) else None,
-                "median": float(np.median(arr)) if len(arr) else None, "n": int(len(arr))}
+        return {
+            "mean": float(arr.mean()) if len(arr) else None,
+            "median": float(np.median(arr)) if len(arr) else None,
+            "n": int(len(arr)),
+        }
 
-    return {**{k: stats(v) for k, v in groups.items()}, "aligned": run.align_net is not None,
-            "strategy": run.cfg.negatives.strategy}
+    return {
+        **{k: stats(v) for k, v in groups.items()},
+        "aligned": run.align_net is not None,
+        "strategy": run.cfg.negatives.strategy,
+    }

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+from cianet.utils.atomic import atomic_write_bytes
 
 PLOT_FILES = {"roc": "roc.png", "pr": "pr.png", "localization": "localization.png", "loss": "loss.png"}
 
 
 def _figure(width: float = 7.0, height: float = 5.0):
+    # lazy: matplotlib is needed for plots only
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -33,6 +37,7 @@ def _png(fig) -> bytes:
 
 
 def _colors(n: int) -> list:
+    # lazy: matplotlib is needed for plots only
     from matplotlib import colormaps
 
     cmap = colormaps["tab20"]
@@ -54,6 +59,7 @@ def _class_curves(ax, scores: np.ndarray, labels: np.ndarray, names: Sequence[st
 
 def roc_figure(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> bytes | None:
     """One ROC curve per class with both label values present (legend: AUC); None when there is none."""
+    # lazy: scikit-learn takes seconds to import and only this function needs it
     from sklearn.metrics import roc_auc_score, roc_curve
 
     def roc(y, s):
@@ -65,8 +71,13 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> 
     if not _class_curves(ax, scores, labels, names, roc):
         return None
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
-           title="ROC per class (legend: AUC)")
+    ax.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title="ROC per class (legend: AUC)",
+    )
     ax.legend(fontsize=7, loc="lower right", ncol=2)
     return _png(fig)
 
@@ -74,6 +85,7 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> 
 def pr_figure(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> bytes | None:
     """One precision-recall curve per class with both label values present (legend: average precision);
     None when there is none."""
+    # lazy: scikit-learn takes seconds to import and only this function needs it
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
     def pr(y, s):
@@ -84,8 +96,13 @@ def pr_figure(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> b
     ax = fig.add_subplot(1, 1, 1)
     if not _class_curves(ax, scores, labels, names, pr):
         return None
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
-           title="Precision-recall per class (legend: average precision)")
+    ax.set(
+        xlabel="recall",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title="Precision-recall per class (legend: average precision)",
+    )
     ax.legend(fontsize=7, loc="upper right", ncol=2)
     return _png(fig)
 
@@ -109,8 +126,13 @@ def localization_figure(localization: Mapping[str, Mapping[str, float]]) -> byte
         ax.plot(x, series(c), marker="o", ms=3, lw=1.2, color=color, label=c)
     if "Mean" in localization[ts[0]]:
         ax.plot(x, series("Mean"), marker="s", ms=4, lw=2.5, color="black", label="Mean")
-    ax.set(xlabel="T(IoU)", ylabel="localization accuracy", ylim=(0, 1.01), xticks=x,
-           title="Localization accuracy against T(IoU)")
+    ax.set(
+        xlabel="T(IoU)",
+        ylabel="localization accuracy",
+        ylim=(0, 1.01),
+        xticks=x,
+        title="Localization accuracy against T(IoU)",
+    )
     ax.legend(fontsize=7, ncol=3)
     return _png(fig)
 
@@ -190,8 +212,6 @@ def write_evaluation_plots(run_dir: str | Path, metrics: Mapping[str, Any], name
     ``metrics`` needs ``scores`` and ``labels`` (``evaluate(..., keep_predictions=True)``) for ROC and PR and
     ``localization`` for the T(IoU) curve; the loss curve comes from ``run_dir/log.jsonl``.
     """
-    from cianet.utils.atomic import atomic_write_bytes
-
     run_dir = Path(run_dir)
     figures: dict[str, bytes | None] = {}
     if "scores" in metrics and len(metrics["scores"]):

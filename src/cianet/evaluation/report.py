@@ -3,6 +3,7 @@ predicted vs true boxes, ROC curves). Figures are PNGs written with matplotlib's
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -10,8 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from cianet.data.io import load_xray, resize_gray
+from cianet.evaluation.alignment import evaluate_alignment
+from cianet.evaluation.comparisons import auc_markdown, compare_runs, comparison_markdown, localization_markdown
+from cianet.evaluation.evaluate import load_run
 from cianet.labels import BOX_LABELS, LABELS
+from cianet.metrics import format_auc_table, roc_curves, verdict
+from cianet.models.alignment import warp
+from cianet.run.checkpoints import load_alignment
+from cianet.run.datasets import collate
+from cianet.run.forward import align_batch, forward_grids
+from cianet.run.pairing import NEGATIVES_JSON, counts_line
+from cianet.run.scoring import PREDICTIONS, attention_sentence, read_predictions
 from cianet.utils.atomic import atomic_write_bytes, atomic_write_text
 
 
@@ -19,12 +32,14 @@ def _save(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
+    # lazy: matplotlib is needed for plots only
     import matplotlib.pyplot as plt
 
     plt.close(fig)
 
 
 def _plt():
+    # lazy: matplotlib is needed for plots only
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -41,10 +56,6 @@ def mean_over_thresholds(metrics: dict[str, Any]) -> float:
 
 def verdict_section(runs: dict[str, Path], metrics: dict[str, dict[str, Any]]) -> list[str]:
     """The comparison CIA-Net minus Base with its 95% bootstrap intervals; every claim follows from them."""
-    from cianet.evaluation.experiments import compare_runs, comparison_markdown
-    from cianet.metrics import verdict
-    from cianet.run.scoring import attention_sentence
-
     comp = compare_runs([[runs["cianet"]]], [[runs["baseline"]]])
     lines = [
         f"Over T(IoU) 0.1-0.7 the mean localization accuracy is {mean_over_thresholds(metrics['cianet']):.3f} for "
@@ -60,10 +71,13 @@ def verdict_section(runs: dict[str, Path], metrics: dict[str, dict[str, Any]]) -
     ]
     few = few_box_classes(runs["cianet"])
     if few:
-        lines += ["Caution: the class-stratified bootstrap keeps each class's boxes within the class, so a class "
-                  f"with very few test boxes ({few}) barely varies across replicates and the interval understates "
-                  "the uncertainty of this one run. docs/method.md (\"Evidence\") has runs with several seeds and "
-                  "hundreds of test boxes.", ""]
+        lines += [
+            "Caution: the class-stratified bootstrap keeps each class's boxes within the class, so a class "
+            f"with very few test boxes ({few}) barely varies across replicates and the interval understates "
+            'the uncertainty of this one run. docs/method.md ("Evidence") has runs with several seeds and '
+            "hundreds of test boxes.",
+            "",
+        ]
     att = metrics["cianet"].get("attention")
     if att and att.get("n_images"):
         lines += ["### The attention mechanism", "", attention_sentence(att), ""]
@@ -73,23 +87,29 @@ def verdict_section(runs: dict[str, Path], metrics: dict[str, dict[str, Any]]) -
 def calibration_free_section(named: dict[str, dict[str, Any]]) -> list[str]:
     """The pointing game of each model and its localization at the validation-chosen threshold (or why there
     is none), from their metrics.json."""
-    from cianet.evaluation.experiments import localization_markdown
-    from cianet.metrics import format_auc_table
-
     nan = lambda row: {c: (float("nan") if v is None else v) for c, v in row.items()}  # noqa: E731
-    lines = ["The paper's accuracy counts cells with p > 0.5, so it depends on calibration. The pointing game "
-             "does not: a box is found when its class's highest test-grid cell (by logit) has its centre in the "
-             "box.", ""]
+    lines = [
+        "The paper's accuracy counts cells with p > 0.5, so it depends on calibration. The pointing game "
+        "does not: a box is found when its class's highest test-grid cell (by logit) has its centre in the "
+        "box.",
+        "",
+    ]
     points = {m: nan(r["pointing_game"]) for m, r in named.items() if r.get("pointing_game")}
     if points:
         lines += [format_auc_table(points), ""]
     chosen = {m: r.get("val_threshold") or {} for m, r in named.items()}
     with_t = {m: v for m, v in chosen.items() if v.get("threshold") is not None}
     if with_t:
-        lines += ["Localization at the probability threshold chosen on the validation boxes (" + ", ".join(
-            f"{m}: p > {v['threshold']:g}" for m, v in with_t.items()) + "):", "",
-            localization_markdown({m: {"localization": {t: nan(row) for t, row in v["localization"].items()}}
-                                   for m, v in with_t.items()}), ""]
+        lines += [
+            "Localization at the probability threshold chosen on the validation boxes ("
+            + ", ".join(f"{m}: p > {v['threshold']:g}" for m, v in with_t.items())
+            + "):",
+            "",
+            localization_markdown(
+                {m: {"localization": {t: nan(row) for t, row in v["localization"].items()}} for m, v in with_t.items()}
+            ),
+            "",
+        ]
     else:
         reasons = {v.get("reason") for v in chosen.values() if v.get("reason")}
         lines += ["No validation-chosen threshold: " + ("; ".join(sorted(reasons)) or "not recorded") + ".", ""]
@@ -99,22 +119,19 @@ def calibration_free_section(named: dict[str, dict[str, Any]]) -> list[str]:
 def few_box_classes(run_dir: Path, below: int = 5) -> str:
     """``"Mass: 1, Nodule: 2"``: the box classes with fewer than ``below`` test boxes in a run's predictions
     (0 boxes excluded: those classes are not in the mean), or ``""``."""
-    import numpy as np
-
-    from cianet.labels import LABELS
-    from cianet.run.scoring import read_predictions
-
     counts = np.bincount(read_predictions(run_dir)["box_classes"], minlength=len(LABELS))
     return ", ".join(f"{LABELS[k]}: {int(n)}" for k, n in enumerate(counts) if 0 < n < below)
 
 
 # ------------------------------------------------------------------------------------------- figures
 def figure_canonical(canonical: Path, out: Path) -> Path:
-    from cianet.data.io import load_xray
-
     plt = _plt()
     mean_path = canonical.with_name(f"{canonical.stem}_mean.png")
-    crop = json.loads(canonical.with_suffix(".json").read_text()).get("crop") if canonical.with_suffix(".json").exists() else None
+    crop = (
+        json.loads(canonical.with_suffix(".json").read_text()).get("crop")
+        if canonical.with_suffix(".json").exists()
+        else None
+    )
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
     if mean_path.exists():
         axes[0].imshow(load_xray(mean_path), cmap="gray", vmin=0, vmax=1)
@@ -133,14 +150,6 @@ def figure_canonical(canonical: Path, out: Path) -> Path:
 
 def figure_alignment(data_root: Path, align_ckpt: Path, size: int, out: Path, n: int = 6) -> Path | None:
     """Deformed phantom images: original, aligned by the network, and undeformed with the true parameters."""
-    import csv
-
-    import torch
-
-    from cianet.data.io import load_xray, resize_gray
-    from cianet.models.alignment import warp
-    from cianet.run.checkpoints import load_alignment
-
     truth = data_root / "synth_truth.csv"
     if not truth.exists() or not align_ckpt.exists():
         return None
@@ -178,12 +187,11 @@ def figure_alignment(data_root: Path, align_ckpt: Path, size: int, out: Path, n:
     return path
 
 
-def alignment_section(data_root: Path, align_ckpt: Path, size: int, out: Path, n: int = 200,
-                      seed: int = 1) -> list[str]:
+def alignment_section(
+    data_root: Path, align_ckpt: Path, size: int, out: Path, n: int = 200, seed: int = 1
+) -> list[str]:
     """The report's alignment figures (:func:`cianet.evaluation.alignment.evaluate_alignment` on ``n`` demo
     images; the JSON report goes to ``out``), or a line saying why there are none."""
-    from cianet.evaluation.alignment import evaluate_alignment
-
     if not align_ckpt.exists():
         return ["No alignment checkpoint."]
     rep = evaluate_alignment(align_ckpt, data_root, n=n, seed=seed, size=size, out=out)
@@ -201,21 +209,17 @@ def alignment_section(data_root: Path, align_ckpt: Path, size: int, out: Path, n
         lines.append(f"- predicted parameters within 1% of a bound: {100 * b['share_params']:.1f}%;")
     t = rep.get("truth", {}).get("deformed")
     if t and t.get("n"):
-        lines.append(f"- the phantom's true deformations (synth_truth.csv, {t['n']} deformed images): "
-                     f"{100 * t['share_removed']:.1f}% removed (residual {t['residual_px']:.2f} px vs "
-                     f"{t['baseline_px']:.2f} px); the truth records the scan deformation only, not the phantom's "
-                     "anatomical variation, which the alignment also normalizes (docs/method.md).")
+        lines.append(
+            f"- the phantom's true deformations (synth_truth.csv, {t['n']} deformed images): "
+            f"{100 * t['share_removed']:.1f}% removed (residual {t['residual_px']:.2f} px vs "
+            f"{t['baseline_px']:.2f} px); the truth records the scan deformation only, not the phantom's "
+            "anatomical variation, which the alignment also normalizes (docs/method.md)."
+        )
     return lines
 
 
 def figure_predictions(runs: dict[str, Path], out: Path, n: int = 4) -> tuple[Path | None, Path | None]:
     """attention.png (CIA-Net: image, negative, |M+ - M-|) and boxes.png (true vs predicted, both models)."""
-    import torch
-
-    from cianet.evaluation.evaluate import load_run
-    from cianet.run.datasets import collate
-    from cianet.run.forward import align_batch, forward_grids
-
     loaded = {k: load_run(v, device="cpu") for k, v in runs.items()}
     test_ds = loaded["cianet"].test_ds
     picks = [i for i in range(len(test_ds)) if test_ds.names[i] in test_ds.boxes][:n]
@@ -229,6 +233,7 @@ def figure_predictions(runs: dict[str, Path], out: Path, n: int = 4) -> tuple[Pa
         batch = align_batch(run.align_net, batch)
         with torch.no_grad():
             preds[kind] = (batch, forward_grids(run.model, batch, upsample=True))
+    # lazy: matplotlib is needed for plots only
     from matplotlib.colors import ListedColormap
 
     blue = ListedColormap(["deepskyblue"])
@@ -261,8 +266,15 @@ def figure_predictions(runs: dict[str, Path], out: Path, n: int = 4) -> tuple[Pa
                 ax.add_patch(plt.Rectangle((b[1], b[2]), b[3], b[4], fill=False, ec="lime", lw=1.5))
                 mask = probs[r, k] > 0.5  # (U, U) cells of the test grid over the S x S image
                 if mask.any():
-                    ax.imshow(np.ma.masked_where(~mask, mask.astype(float)), cmap=blue, vmin=0, vmax=1,
-                              alpha=0.45, extent=(0, s, s, 0), interpolation="nearest")
+                    ax.imshow(
+                        np.ma.masked_where(~mask, mask.astype(float)),
+                        cmap=blue,
+                        vmin=0,
+                        vmax=1,
+                        alpha=0.45,
+                        extent=(0, s, s, 0),
+                        interpolation="nearest",
+                    )
                 ax.set_title(f"{kind}: {BOX_LABELS[k]}", fontsize=8)
             ax.axis("off")
     fig.suptitle("green: true box; blue: predicted cells (p > 0.5)", fontsize=9)
@@ -272,9 +284,6 @@ def figure_predictions(runs: dict[str, Path], out: Path, n: int = 4) -> tuple[Pa
 
 
 def figure_roc(runs: dict[str, Path], out: Path) -> Path | None:
-    from cianet.metrics import roc_curves
-    from cianet.run.scoring import PREDICTIONS, read_predictions
-
     plt = _plt()
     fig, axes = plt.subplots(2, 4, figsize=(12, 6))
     any_curve = False
@@ -302,10 +311,19 @@ def figure_roc(runs: dict[str, Path], out: Path) -> Path | None:
     return path
 
 
-def write_demo_report(out: Path, runs: dict[str, Path], canonical: Path, align_ckpt: Path,
-                      timings: dict[str, float], settings: dict) -> Path:
-    from cianet.evaluation.experiments import auc_markdown, localization_markdown
+def negatives_section(run_dir: Path) -> list[str]:
+    """One paragraph: what CIA-Net contrasted its images with (the run's negatives.json counts), or nothing
+    for a run that predates the pairing record."""
+    try:
+        counts = json.loads((run_dir / NEGATIVES_JSON).read_text())
+    except (OSError, ValueError):
+        return []
+    return [f"CIA-Net's {counts_line(counts)} (per image in `runs/cianet/negatives.csv`).", ""]
 
+
+def write_demo_report(
+    out: Path, runs: dict[str, Path], canonical: Path, align_ckpt: Path, timings: dict[str, float], settings: dict
+) -> Path:
     metrics = {k: json.loads((v / "metrics.json").read_text()) for k, v in runs.items()}
     for m in metrics.values():  # JSON null -> NaN for the tables
         for row in m["localization"].values():
@@ -316,7 +334,9 @@ def write_demo_report(out: Path, runs: dict[str, Path], canonical: Path, align_c
     figs.mkdir(exist_ok=True)
     images: list[tuple[str, Path | None]] = [("Canonical chest", figure_canonical(canonical, figs))]
     size = settings["size"]
-    images.append(("Original vs aligned (deformed phantom images)", figure_alignment(out / "data", align_ckpt, size, figs)))
+    images.append(
+        ("Original vs aligned (deformed phantom images)", figure_alignment(out / "data", align_ckpt, size, figs))
+    )
     att, bx = figure_predictions(runs, figs)
     images += [("CIA-Net attention maps", att), ("Predicted vs true boxes", bx), ("ROC curves", figure_roc(runs, figs))]
     named = {"Base": metrics["baseline"], "CIA-Net": metrics["cianet"]}
@@ -324,11 +344,13 @@ def write_demo_report(out: Path, runs: dict[str, Path], canonical: Path, align_c
         "# cianet demo report",
         "",
         f"Synthetic phantom: {settings['n_images']} images at {size} px; tiny recipe (ResNet-18), "
-        f"{settings['epochs']} epochs on a 16 x 16 grid (8 px cells); both models see aligned images. Training: 80% annotated + 50% unannotated "
-        "images (paper Table 1 protocol), patient-disjoint from the test images. Localization: fold 0 of the "
+        f"{settings['epochs']} epochs on a 16 x 16 grid (8 px cells); both models see aligned images. "
+        "Training: 80% annotated + 50% unannotated images (paper Table 1 protocol), patient-disjoint from the "
+        "test images. Localization: fold 0 of the "
         f"annotated images ({metrics['cianet'].get('n_boxes')} boxes). AUC: those images plus the held-out "
         f"unannotated images of patients without training images ({metrics['cianet'].get('n_images')} images).",
         "",
+        *negatives_section(runs["cianet"]),
         "## Verdict",
         "",
         *verdict_section(runs, metrics),

@@ -14,13 +14,32 @@ at most 96 bytes a component; ``predictions.csv`` names it in its ``output`` col
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+import math
+import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import numpy as np
+
+import cianet
+from cianet.data.io import XrayReadError, is_dicom, load_xray
+from cianet.errors import InputError, MissingPathError, UsageError
+from cianet.inference.domain import domain_warning
 from cianet.inference.files import IMAGE_SUFFIXES  # noqa: E402 - the one list (cianet.inference.files)
-
+from cianet.inference.overlay import write_overlay
+from cianet.inference.predictor import Predictor, dicom_metadata
+from cianet.inference.result_files import coco_outputs, write_heatmaps
+from cianet.utils.atomic import atomic_write_json, atomic_write_text
+from cianet.utils.prefetch import Behind
+from cianet.utils.prefetch import prefetch as ahead
+from cianet.utils.progress import progress_bar
+from cianet.utils.timing import stage
 
 #: stems an input never gets: the run's own tables (any suffix, any case) and `cianet view`'s default folder
 RESERVED_STEMS = ("predictions", "boxes", "coco", "coco_results", "summary", "site")
@@ -37,8 +56,6 @@ def collect_inputs(paths: list[str], skip: Path | None = None) -> tuple[list[tup
     different sub-folders do not collide; every stem is made safe (:func:`unique_stems`). Files below ``skip``
     (the output folder, whose overlay PNGs are no input) are left out.
     """
-    from cianet.data.io import is_dicom
-
     found: list[tuple[Path, tuple[str, ...]]] = []
     missing: list[tuple[str, str]] = []
     for arg in paths:
@@ -67,8 +84,6 @@ def safe_component(name: str, folder: bool) -> str:
     no leading or trailing dot or space), anything else (a newline, bytes that are not UTF-8, ``/``) replaced by
     ``_``; a reserved name gets a trailing ``_``; one longer than ``MAX_STEM_BYTES`` is cut and suffixed with a
     hash of the whole name."""
-    import hashlib
-
     keep = "-_+ " + ("." if not folder else "")
     out = "".join(c if c.isalnum() or c in keep else "_" for c in name)  # surrogates (not UTF-8) are not alnum
     out = out.lstrip(". ").rstrip(". ") or "_"
@@ -76,7 +91,7 @@ def safe_component(name: str, folder: bool) -> str:
         out += "_"
     if len(out.encode("utf-8")) > MAX_STEM_BYTES:
         raw = name.encode("utf-8", "surrogateescape")
-        cut = out.encode("utf-8")[:MAX_STEM_BYTES - 9].decode("utf-8", "ignore")  # whole characters only
+        cut = out.encode("utf-8")[: MAX_STEM_BYTES - 9].decode("utf-8", "ignore")  # whole characters only
         out = cut + "-" + hashlib.sha256(raw).hexdigest()[:8]
     return out
 
@@ -100,8 +115,6 @@ def unique_stems(parts: list[tuple[str, ...]]) -> list[str]:
 
 def display_name(path: str | Path) -> str:
     """A path as text that every writer can encode: bytes that are not UTF-8 become ``\\xNN``."""
-    import os
-
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
@@ -129,10 +142,6 @@ def one_line(exc: BaseException) -> str:
 def read_prior_table(path: str | Path) -> dict[str, str]:
     """``cianet predict --priors CSV``: a CSV with columns ``image,prior`` (a header row, one row per image)
     -> ``{image: prior}``; relative paths are taken from the CSV's folder. Errors name the file and the line."""
-    import csv
-
-    from cianet.errors import InputError, MissingPathError
-
     path = Path(path)
     if not path.is_file():
         raise MissingPathError(f"--priors {path} does not exist")
@@ -149,8 +158,7 @@ def read_prior_table(path: str | Path) -> dict[str, str]:
             continue
         if len(row) != 2 or not row[0].strip() or not row[1].strip():
             raise InputError(f"--priors {path} line {line}: expected two columns image,prior, got {row}")
-        image, prior = (str(path.parent / c.strip()) if not Path(c.strip()).is_absolute() else c.strip()
-                        for c in row)
+        image, prior = (str(path.parent / c.strip()) if not Path(c.strip()).is_absolute() else c.strip() for c in row)
         if image in out:
             raise InputError(f"--priors {path} line {line}: {row[0]} has a prior already")
         if not Path(prior).is_file():
@@ -162,8 +170,6 @@ def read_prior_table(path: str | Path) -> dict[str, str]:
 def check_priors(priors: dict[str, str] | None, inputs: list[tuple[Path, str]]) -> dict[Path, str]:
     """``{resolved input path: prior}``: every image named must be an input, every prior an existing file and
     never the image itself (UsageError / MissingPathError naming them), before anything is predicted."""
-    from cianet.errors import MissingPathError, UsageError
-
     if not priors:
         return {}
     by_path = {f.resolve(): f for f, _ in inputs}
@@ -200,22 +206,64 @@ class BatchSummary:
 
 def check_threshold(threshold: float | None) -> None:
     """``--threshold``: an image probability in [0, 1] (None: the bundle's per-class thresholds)."""
-    import math
-
-    from cianet.errors import UsageError
-
     if threshold is not None and not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
         raise UsageError(f"--threshold must be a probability in [0, 1], got {threshold}")
 
 
-def predict_files(paths: list[str], model: str | Path, out: str | Path, *, batch_size: int = 8,
-                  device: str = "cpu", overlay: bool = True, heatmaps: bool = True,
-                  include_dicom_metadata: bool = False,
-                  connectivity: int = 8, mode: str = "bank", progress: bool | None = None,
-                  log: Callable[[str], None] | None = None, precision: str = "auto", prefetch: int | None = None,
-                  timer: Any = None, record: Callable[[list[str]], None] | None = None,
-                  write_behind: bool = True, priors: dict[str, str] | None = None,
-                  threshold: float | None = None) -> BatchSummary:
+@dataclass(frozen=True)
+class PredictSettings:
+    """What :func:`predict_files` computes and writes (its keyword arguments, see there), travelling together
+    to its stages."""
+
+    batch_size: int = 8
+    device: str = "cpu"
+    overlay: bool = True
+    heatmaps: bool = True
+    include_dicom_metadata: bool = False
+    connectivity: int = 8
+    mode: str = "bank"
+    progress: bool | None = None
+    precision: str = "auto"
+    prefetch: int | None = None
+    write_behind: bool = True
+    threshold: float | None = None
+
+    def lookahead(self) -> int:
+        """The prefetch depth (default: one batch), after checking it and the batch size (UsageError)."""
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        depth = self.batch_size if self.prefetch is None else int(self.prefetch)
+        if depth < 0:
+            raise UsageError(f"--prefetch must be >= 0, got {self.prefetch}")
+        return depth
+
+
+#: one decoded input on its way to the networks: (file, output stem, image as decoded, image resized)
+_Item = tuple[Path, str, Any, Any]
+
+
+def predict_files(
+    paths: list[str],
+    model: str | Path,
+    out: str | Path,
+    *,
+    batch_size: int = 8,
+    device: str = "cpu",
+    overlay: bool = True,
+    heatmaps: bool = True,
+    include_dicom_metadata: bool = False,
+    connectivity: int = 8,
+    mode: str = "bank",
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+    precision: str = "auto",
+    prefetch: int | None = None,
+    timer: Any = None,
+    record: Callable[[list[str]], None] | None = None,
+    write_behind: bool = True,
+    priors: dict[str, str] | None = None,
+    threshold: float | None = None,
+) -> BatchSummary:
     """Predict every image file under ``paths`` with the bundle ``model`` and write the outputs into ``out``.
 
     ``log`` receives one line per skipped input (default: stderr). ``precision``: fp32, bf16 or auto (see
@@ -228,167 +276,285 @@ def predict_files(paths: list[str], model: str | Path, out: str | Path, *, batch
     :class:`cianet.utils.timing.StageTimer` charged with decode, resize, alignment, pairing, networks, boxes
     and writing (the bench's breakdown). ``record``: called with the names of the files (in ``out``) each
     batch and the final tables are about to be written, before they are (the folder's manifest, kept so that a
-    process killed with SIGKILL leaves a list of everything it wrote: :func:`cianet.utils.output_folders.journal_outputs`).
+    process killed with SIGKILL leaves a list of everything it wrote:
+    :func:`cianet.utils.output_folders.journal_outputs`).
     ``priors``: image path -> its prior study's path (``--prior``, ``--priors CSV``: :func:`read_prior_table`),
     contrasted with the image instead of the bank's negative; an image without one uses the bank, and every
     record says which (``negative``, ``negative_source``). An unreadable prior makes its image an error row.
     """
-    import csv
-    import io
-
-    import numpy as np
-
-    import cianet
-    from cianet.data.io import XrayReadError, load_xray
-    from cianet.errors import InputError, UsageError
-    from cianet.inference.result_files import coco_outputs, write_heatmaps
-    from cianet.inference.predictor import Predictor, dicom_metadata
-    from cianet.utils.atomic import atomic_write_json, atomic_write_text
-    from cianet.utils.prefetch import Behind, prefetch as ahead
-    from cianet.utils.progress import progress_bar
-    from cianet.utils.timing import stage
-
-    say = log or (lambda msg: print(msg, file=sys.stderr))
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-    depth = batch_size if prefetch is None else int(prefetch)
-    if depth < 0:
-        raise UsageError(f"--prefetch must be >= 0, got {prefetch}")
+    settings = PredictSettings(
+        batch_size=batch_size,
+        device=device,
+        overlay=overlay,
+        heatmaps=heatmaps,
+        include_dicom_metadata=include_dicom_metadata,
+        connectivity=connectivity,
+        mode=mode,
+        progress=progress,
+        precision=precision,
+        prefetch=prefetch,
+        write_behind=write_behind,
+        threshold=threshold,
+    )
+    depth = settings.lookahead()
     inputs, errors = collect_inputs(paths, skip=Path(out).resolve())
     if not inputs and not errors:
         raise InputError(f"no image files found under {', '.join(paths)}")
     prior_of = check_priors(priors, inputs)
     check_threshold(threshold)
-    pred = Predictor.from_bundle(model, device=device, mode=mode, batch_size=batch_size, connectivity=connectivity,
-                                 precision=precision, timer=timer)
-    if threshold is not None:  # --threshold: one image probability for every class, instead of the bundle's
-        pred.thresholds = {lab: float(threshold) for lab in pred.labels}
-    if prior_of and pred.kind != "cianet":
+    pred = _load_predictor(model, settings, timer, with_priors=bool(prior_of))
+    outputs = _BatchOutputs(Path(out), pred, settings, log or _to_stderr, timer, record)
+    outputs.skip_missing(errors)
+    _predict_batches(pred, inputs, _PriorLoader(pred, prior_of, timer), outputs, settings, depth)
+    return outputs.finish(Path(model).name)
+
+
+def _to_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _load_predictor(model: str | Path, settings: PredictSettings, timer: Any, with_priors: bool):
+    """The bundle's Predictor, with ``--threshold`` applied; a model that takes no negative refuses priors."""
+    pred = Predictor.from_bundle(
+        model,
+        device=settings.device,
+        mode=settings.mode,
+        batch_size=settings.batch_size,
+        connectivity=settings.connectivity,
+        precision=settings.precision,
+        timer=timer,
+    )
+    if settings.threshold is not None:  # --threshold: one image probability for every class, instead of the bundle's
+        pred.thresholds = {lab: float(settings.threshold) for lab in pred.labels}
+    if with_priors and pred.kind != "cianet":
         raise UsageError(f"--prior/--priors: {model} is a {pred.kind} model, which takes no negative")
-    loaded_priors: dict[str, Any] = {}  # stem -> prepared prior, filled ahead in the prefetch thread
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    root = out.resolve()
-    for path, err in errors:
-        say(f"cianet predict: skipped {shown(path)}: {err}")
-    rows: list[dict[str, Any]] = [{"file": display_name(p), "status": "error", "error": e} for p, e in errors]
-    box_rows: list[dict[str, Any]] = []
-    coco_records: list[dict[str, Any]] = []
-    domain_counts = {"all": 0, "out": 0}  # inputs seen, and those out of the model's training domain
-    stamp = {"model": pred.model_info, "cianet_version": cianet.__version__, "precision": pred.precision}
-    model_id = f"{pred.model_info['id']}@{pred.model_info['version']}"
-    if overlay:
-        from cianet.inference.overlay import write_overlay
-    else:
-        write_overlay = None
+    return pred
 
-    def flush(batch: list[tuple[Path, str, Any, Any]]) -> None:
-        results = pred.predict_arrays([img for _, _, img, _ in batch], [display_name(f) for f, _, _, _ in batch],
-                                      resized=np.stack([r for _, _, _, r in batch]),
-                                      priors=[loaded_priors.pop(stem, None) for _, stem, _, _ in batch])
-        if record is not None:  # journaled here, before the writer thread may write any of them
-            suffixes = [".json"] + [".heatmaps.npz"] * bool(heatmaps) + [".overlay.png"] * bool(write_overlay)
-            record([f"{stem}{suffix}" for _, stem, _, _ in batch for suffix in suffixes])
-        writer.submit(write, batch, results)
 
-    def target(stem: str, suffix: str) -> Path:
-        """``out/STEM SUFFIX``, checked to lie inside ``out`` (a link planted in ``out`` could lead elsewhere)."""
-        path = out / f"{stem}{suffix}"
-        if not path.parent.resolve().is_relative_to(root):
-            raise OSError(f"{path} would lie outside --out {out} (through a link); not written")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+class _PriorLoader:
+    """Decodes an input and its prior study ahead, in the prefetch thread; the batch takes the prior back by stem."""
 
-    def write(batch: list[tuple[Path, str, Any, Any]], results: list) -> None:
-        with stage(timer, "writing"):
-            for item, res in zip(batch, results):
-                try:
-                    write_one(item, res)
-                except OSError as exc:  # one file that cannot be written never ends the run
-                    say(f"cianet predict: skipped {shown(item[0])}: {one_line(exc)}")
-                    rows.append({"file": display_name(item[0]), "status": "error", "error": one_line(exc),
-                                 "output": item[1]})
+    def __init__(self, pred, prior_of: dict[Path, str], timer: Any) -> None:
+        self.pred, self.prior_of, self.timer = pred, prior_of, timer
+        self.loaded: dict[str, Any] = {}  # stem -> prepared prior
 
-    def write_one(item: tuple[Path, str, Any, Any], res) -> None:
-            f, stem, img, _ = item
-            name = display_name(f)
-            if include_dicom_metadata:
-                res.metadata["dicom"] = dicom_metadata(f)
-            record = res.to_dict()
-            domain_counts["all"] += 1
-            domain_counts["out"] += (res.domain or {}).get("in_domain") is False
-            if heatmaps:
-                write_heatmaps(target(stem, ".heatmaps.npz"), res, pred.box_labels)
-                record["heatmaps"] = Path(f"{stem}.heatmaps.npz").name
-            if write_overlay is not None:
-                write_overlay(target(stem, ".overlay.png"), img, res, pred.box_labels, pred.thresholds)
-                record["overlay"] = Path(f"{stem}.overlay.png").name
-            atomic_write_json(target(stem, ".json"), {**record, **stamp})
-            coco_records.append({"file_name": name, "width": res.image_size[0], "height": res.image_size[1],
-                                 "boxes": record["boxes"]})
-            rows.append({"file": name, "status": "ok", "error": "", "model": model_id,
-                         "negative": res.negative or "", "negative_source": res.negative_source or "",
-                         "n_boxes": len(res.boxes), "output": stem,
-                         **{k: f"{v:.6f}" for k, v in res.probabilities.items()}})
-            box_rows.extend({"file": name, "model": model_id, "label": b.label, "x": f"{b.x:.2f}",
-                             "y": f"{b.y:.2f}", "w": f"{b.w:.2f}", "h": f"{b.h:.2f}", "score": f"{b.score:.4f}"}
-                            for b in res.boxes)
-
-    def load(item: tuple[Path, str]) -> tuple[Any, Any]:  # runs ahead, in the prefetch thread
-        with stage(timer, "decode"):
+    def __call__(self, item: tuple[Path, str]) -> tuple[Any, Any]:
+        with stage(self.timer, "decode"):
             img = load_xray(item[0])
-            prior = prior_of.get(item[0].resolve())
+            prior = self.prior_of.get(item[0].resolve())
             if prior is not None:
-                loaded_priors[item[1]] = pred.prepare_prior(prior, image=display_name(item[0]))
-        return img, pred.prepare(img)
+                self.loaded[item[1]] = self.pred.prepare_prior(prior, image=display_name(item[0]))
+        return img, self.pred.prepare(img)
 
-    batch: list[tuple[Path, str, Any, Any]] = []
-    loaded = progress_bar(ahead(inputs, load, depth), desc="predict", total=len(inputs),
-                          disable=None if progress is None else not progress)
-    # Only the writer touches rows, box_rows and coco_records from here on (an error row goes through it
-    # too), so the tables keep the input order.
-    with Behind(1 if write_behind else 0) as writer:
+    def pop(self, stem: str) -> Any:
+        return self.loaded.pop(stem, None)
+
+
+def _predict_batches(
+    pred,
+    inputs: list[tuple[Path, str]],
+    loader: _PriorLoader,
+    outputs: _BatchOutputs,
+    settings: PredictSettings,
+    depth: int,
+) -> None:
+    """Decode ahead, predict ``batch_size`` images at a time and hand each batch's results to the writer."""
+    batch: list[_Item] = []
+    loaded = progress_bar(
+        ahead(inputs, loader, depth),
+        desc="predict",
+        total=len(inputs),
+        disable=None if settings.progress is None else not settings.progress,
+    )
+    # Only the writer touches the outputs' rows from here on (an error row goes through it too), so the tables
+    # keep the input order.
+    with Behind(1 if settings.write_behind else 0) as writer:
         for (f, stem), images, exc in loaded:
             if exc is not None:
                 if not isinstance(exc, (XrayReadError, OSError, InputError)):  # InputError: its prior
                     raise exc
-                msg = one_line(exc)
-                say(f"cianet predict: skipped {msg if str(f) in msg else f'{shown(f)}: {msg}'}")
-                writer.submit(rows.append, {"file": display_name(f), "status": "error", "error": msg, "output": stem})
+                writer.submit(outputs.rows.append, outputs.unreadable(f, stem, exc))
                 continue
             batch.append((f, stem, *images))
-            if len(batch) == batch_size:
-                flush(batch)
+            if len(batch) == settings.batch_size:
+                _flush(pred, batch, loader, outputs, writer)
                 batch = []
         if batch:
-            flush(batch)
+            _flush(pred, batch, loader, outputs, writer)
 
-    if domain_counts["out"]:  # one line per run, however many inputs
-        from cianet.inference.domain import domain_warning
 
-        say("cianet predict: warning: " + domain_warning(pred.training_data, domain_counts["out"], domain_counts["all"]))
-    if record is not None:
-        record(["predictions.csv", "boxes.csv", "coco.json", "coco_results.json", "summary.json"])
-    fields = ["file", "status", "error", "model", "negative", "negative_source", "n_boxes", *pred.labels, "output"]
+def _flush(pred, batch: list[_Item], loader: _PriorLoader, outputs: _BatchOutputs, writer) -> None:
+    """Run the networks on one batch, journal its files and queue their writing."""
+    results = pred.predict_arrays(
+        [img for _, _, img, _ in batch],
+        [display_name(f) for f, _, _, _ in batch],
+        resized=np.stack([r for _, _, _, r in batch]),
+        priors=[loader.pop(stem) for _, stem, _, _ in batch],
+    )
+    outputs.journal([stem for _, stem, _, _ in batch])  # here, before the writer thread may write any of them
+    writer.submit(outputs.write, batch, results)
+
+
+class _BatchOutputs:
+    """The output folder of one :func:`predict_files`: per-image files, and the rows of its tables and summary."""
+
+    def __init__(
+        self,
+        out: Path,
+        pred,
+        settings: PredictSettings,
+        say: Callable[[str], None],
+        timer: Any,
+        record: Callable[[list[str]], None] | None,
+    ) -> None:
+        self.out, self.pred, self.settings, self.say, self.timer, self.record = out, pred, settings, say, timer, record
+        out.mkdir(parents=True, exist_ok=True)
+        self.root = out.resolve()
+        self.rows: list[dict[str, Any]] = []
+        self.box_rows: list[dict[str, Any]] = []
+        self.coco_records: list[dict[str, Any]] = []
+        self.domain_counts = {"all": 0, "out": 0}  # inputs seen, and those out of the model's training domain
+        self.stamp = {"model": pred.model_info, "cianet_version": cianet.__version__, "precision": pred.precision}
+        self.model_id = f"{pred.model_info['id']}@{pred.model_info['version']}"
+        self.write_overlay = write_overlay if settings.overlay else None
+
+    def skip_missing(self, errors: list[tuple[str, str]]) -> None:
+        for path, err in errors:
+            self.say(f"cianet predict: skipped {shown(path)}: {err}")
+        self.rows.extend({"file": display_name(p), "status": "error", "error": e} for p, e in errors)
+
+    def unreadable(self, f: Path, stem: str, exc: BaseException) -> dict[str, Any]:
+        """Says why ``f`` is skipped; its error row."""
+        msg = one_line(exc)
+        self.say(f"cianet predict: skipped {msg if str(f) in msg else f'{shown(f)}: {msg}'}")
+        return {"file": display_name(f), "status": "error", "error": msg, "output": stem}
+
+    def journal(self, stems: list[str]) -> None:
+        if self.record is not None:
+            suffixes = (
+                [".json"]
+                + [".heatmaps.npz"] * bool(self.settings.heatmaps)
+                + [".overlay.png"] * bool(self.write_overlay)
+            )
+            self.record([f"{stem}{suffix}" for stem in stems for suffix in suffixes])
+
+    def target(self, stem: str, suffix: str) -> Path:
+        """``out/STEM SUFFIX``, checked to lie inside ``out`` (a link planted in ``out`` could lead elsewhere)."""
+        path = self.out / f"{stem}{suffix}"
+        if not path.parent.resolve().is_relative_to(self.root):
+            raise OSError(f"{path} would lie outside --out {self.out} (through a link); not written")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write(self, batch: list[_Item], results: list) -> None:
+        with stage(self.timer, "writing"):
+            for item, res in zip(batch, results):
+                try:
+                    self.write_one(item, res)
+                except OSError as exc:  # one file that cannot be written never ends the run
+                    self.say(f"cianet predict: skipped {shown(item[0])}: {one_line(exc)}")
+                    self.rows.append(
+                        {"file": display_name(item[0]), "status": "error", "error": one_line(exc), "output": item[1]}
+                    )
+
+    def write_one(self, item: _Item, res) -> None:
+        f, stem, img, _ = item
+        name, pred = display_name(f), self.pred
+        if self.settings.include_dicom_metadata:
+            res.metadata["dicom"] = dicom_metadata(f)
+        record = res.to_dict()
+        self.domain_counts["all"] += 1
+        self.domain_counts["out"] += (res.domain or {}).get("in_domain") is False
+        if self.settings.heatmaps:
+            write_heatmaps(self.target(stem, ".heatmaps.npz"), res, pred.box_labels)
+            record["heatmaps"] = Path(f"{stem}.heatmaps.npz").name
+        if self.write_overlay is not None:
+            self.write_overlay(self.target(stem, ".overlay.png"), img, res, pred.box_labels, pred.thresholds)
+            record["overlay"] = Path(f"{stem}.overlay.png").name
+        atomic_write_json(self.target(stem, ".json"), {**record, **self.stamp})
+        self.coco_records.append(
+            {"file_name": name, "width": res.image_size[0], "height": res.image_size[1], "boxes": record["boxes"]}
+        )
+        self.rows.append(
+            {
+                "file": name,
+                "status": "ok",
+                "error": "",
+                "model": self.model_id,
+                "negative": res.negative or "",
+                "negative_source": res.negative_source or "",
+                "n_boxes": len(res.boxes),
+                "output": stem,
+                **{k: f"{v:.6f}" for k, v in res.probabilities.items()},
+            }
+        )
+        self.box_rows.extend(
+            {
+                "file": name,
+                "model": self.model_id,
+                "label": b.label,
+                "x": f"{b.x:.2f}",
+                "y": f"{b.y:.2f}",
+                "w": f"{b.w:.2f}",
+                "h": f"{b.h:.2f}",
+                "score": f"{b.score:.4f}",
+            }
+            for b in res.boxes
+        )
+
+    def finish(self, bundle_name: str) -> BatchSummary:
+        """The run's warning, tables and summary, once every batch is written."""
+        if self.domain_counts["out"]:  # one line per run, however many inputs
+            self.say(
+                "cianet predict: warning: "
+                + domain_warning(self.pred.training_data, self.domain_counts["out"], self.domain_counts["all"])
+            )
+        if self.record is not None:
+            self.record(["predictions.csv", "boxes.csv", "coco.json", "coco_results.json", "summary.json"])
+        self.write_tables()
+        pred, rows = self.pred, self.rows
+        n_ok = sum(r["status"] == "ok" for r in rows)
+        failed = [{"file": r["file"], "error": r["error"]} for r in rows if r["status"] == "error"]
+        atomic_write_json(
+            self.out / "summary.json",
+            {
+                **self.stamp,
+                "bundle": bundle_name,
+                "kind": pred.kind,
+                "mode": pred.mode,
+                "connectivity": pred.connectivity,
+                "thresholds": pred.thresholds,
+                "images": len(rows),
+                "predicted": n_ok,
+                "boxes": len(self.box_rows),
+                "errors": failed,
+                "training_data": pred.training_data,
+                "out_of_domain": self.domain_counts["out"],
+            },
+        )
+        return BatchSummary(self.out, len(rows), n_ok, len(self.box_rows), failed)
+
+    def write_tables(self) -> None:
+        """predictions.csv, boxes.csv, coco.json and coco_results.json."""
+        pred = self.pred
+        fields = ["file", "status", "error", "model", "negative", "negative_source", "n_boxes", *pred.labels, "output"]
+        atomic_write_text(self.out / "predictions.csv", _csv_text(fields, self.rows))
+        atomic_write_text(
+            self.out / "boxes.csv", _csv_text(["file", "model", "label", "x", "y", "w", "h", "score"], self.box_rows)
+        )
+        dataset, results = coco_outputs(
+            self.coco_records,
+            pred.labels,
+            {"description": "cianet predictions", "model": pred.model_info, "cianet_version": cianet.__version__},
+        )
+        atomic_write_json(self.out / "coco.json", dataset)
+        atomic_write_json(self.out / "coco_results.json", results)
+
+
+def _csv_text(fields: list[str], rows: list[dict[str, Any]]) -> str:
+    """``rows`` as CSV text, missing cells empty, every cell safe for a spreadsheet (:func:`csv_cell`)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, restval="")
     w.writeheader()
     w.writerows({k: csv_cell(v) for k, v in r.items()} for r in rows)
-    atomic_write_text(out / "predictions.csv", buf.getvalue())
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["file", "model", "label", "x", "y", "w", "h", "score"])
-    w.writeheader()
-    w.writerows({k: csv_cell(v) for k, v in r.items()} for r in box_rows)
-    atomic_write_text(out / "boxes.csv", buf.getvalue())
-    n_ok = sum(r["status"] == "ok" for r in rows)
-    failed = [{"file": r["file"], "error": r["error"]} for r in rows if r["status"] == "error"]
-    dataset, results = coco_outputs(coco_records, pred.labels, {
-        "description": "cianet predictions", "model": pred.model_info, "cianet_version": cianet.__version__})
-    atomic_write_json(out / "coco.json", dataset)
-    atomic_write_json(out / "coco_results.json", results)
-    atomic_write_json(out / "summary.json", {
-        **stamp, "bundle": Path(model).name, "kind": pred.kind, "mode": pred.mode, "connectivity": pred.connectivity,
-        "thresholds": pred.thresholds, "images": len(rows), "predicted": n_ok, "boxes": len(box_rows),
-        "errors": failed, "training_data": pred.training_data, "out_of_domain": domain_counts["out"],
-    })
-    return BatchSummary(out, len(rows), n_ok, len(box_rows), failed)
+    return buf.getvalue()

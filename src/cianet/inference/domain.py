@@ -20,10 +20,13 @@ a missing one lets a phantom model read real X-rays without a word. Models train
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-#: the file every ``cianet synth`` folder holds (cianet.data.synth.generate_dataset)
+from cianet.data.layouts import detect_dataset
+
+#: the file every ``cianet synth`` folder holds (cianet.phantom.generator.generate_dataset)
 SYNTH_META = "synth_meta.json"
 #: the kinds of training data, from least to most like the clinic
 KINDS = ("phantom", "semi-synthetic", "real", "unknown")
@@ -55,22 +58,21 @@ def data_root_kind(data_root: str | Path | None) -> tuple[str, dict[str, Any] | 
     return meta_kind(meta), meta
 
 
-def training_provenance(data_root: str | Path | None, dataset: str, labels: list[str],
-                        images: int) -> dict[str, Any]:
+def training_provenance(data_root: str | Path | None, dataset: str, labels: list[str], images: int) -> dict[str, Any]:
     """The provenance keys of a model card's ``training_data``: kind, name, images, labels, and dataset (the
     layout, "auto" resolved from the data root's files where it still exists)."""
     kind, meta = data_root_kind(data_root)
     if dataset in ("", "auto", None) and kind != "unknown":
-        from cianet.data.layouts import detect_dataset
-
         try:
             dataset = detect_dataset(data_root)
         except (ValueError, OSError):
             dataset = "auto"
     if meta is not None:
         args = meta.get("args") or {}
-        name = (f"cianet synth {kind} (seed {args.get('seed', '?')}, {args.get('size', '?')} px, "
-                f"{(meta.get('summary') or {}).get('images', '?')} images)")
+        name = (
+            f"cianet synth {kind} (seed {args.get('seed', '?')}, {args.get('size', '?')} px, "
+            f"{(meta.get('summary') or {}).get('images', '?')} images)"
+        )
     else:
         name = f"{dataset} ({Path(data_root).name})" if data_root else str(dataset)
     return {"kind": kind, "name": name, "images": int(images), "labels": list(labels), "dataset": str(dataset)}
@@ -93,8 +95,9 @@ def input_kind(path: str | Path | None, image_size: tuple[int, int] | None = Non
     return "other"
 
 
-def input_domain(training: Mapping[str, Any] | None, path: str | Path | None,
-                 image_size: tuple[int, int] | None = None) -> dict[str, Any]:
+def input_domain(
+    training: Mapping[str, Any] | None, path: str | Path | None, image_size: tuple[int, int] | None = None
+) -> dict[str, Any]:
     """The ``domain`` field of a prediction: ``{"training_data", "input", "in_domain"}``.
 
     ``in_domain`` is False when a phantom- or semi-synthetic-trained model sees an input that is not a
@@ -111,6 +114,8 @@ def domain_warning(training: Mapping[str, Any] | None, out_of_domain: int, total
     """The one warning line for ``out_of_domain`` of ``total`` inputs a synthetic-trained model should not read."""
     kind = str((training or {}).get("kind") or "unknown")
     name = (training or {}).get("name") or kind
-    return (f"this model was trained on a {kind} data set only ({name}); {out_of_domain} of {total} "
-            "inputs are not images of that kind (not written by `cianet synth`): its predictions on them mean "
-            "nothing. cianet ships no weights for real X-rays; train on real data for that.")
+    return (
+        f"this model was trained on a {kind} data set only ({name}); {out_of_domain} of {total} "
+        "inputs are not images of that kind (not written by `cianet synth`): its predictions on them mean "
+        "nothing. cianet ships no weights for real X-rays; train on real data for that."
+    )

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cianet.data.io import is_dicom
+
 #: file suffixes read as images (any case); extension-less files are taken when they are DICOM
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 
 
 def is_image_file(path: Path) -> bool:
     """A file with an image suffix, or without a suffix but holding DICOM."""
-    from cianet.data.io import is_dicom
-
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
         return True
@@ -26,5 +26,8 @@ def is_image_file(path: Path) -> bool:
 def image_files(folder: Path) -> list[Path]:
     """Every image file under ``folder`` (recursively, hidden files and folders left out), in path order."""
     folder = Path(folder)
-    return [f for f in sorted(folder.rglob("*")) if f.is_file()
-            and not any(part.startswith(".") for part in f.relative_to(folder).parts) and is_image_file(f)]
+    return [
+        f
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(folder).parts) and is_image_file(f)
+    ]

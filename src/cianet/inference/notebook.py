@@ -14,6 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from cianet.data.io import resize_gray, to_uint8
+from cianet.errors import UsageError
+from cianet.inference.domain import domain_warning
+from cianet.inference.overlay import encode_png, render_canvas
+from cianet.models.alignment import IDENTITY_PARAMS, masks_to_original
+
 PREVIEW_MAX = 512
 
 
@@ -23,8 +29,6 @@ class DomainWarning(UserWarning):
 
 def compact(result):
     """``result`` with its kept image replaced by an 8-bit preview of at most PREVIEW_MAX px a side."""
-    from cianet.data.io import resize_gray, to_uint8
-
     img = result.image
     if img is None or img.dtype == np.uint8:
         return result
@@ -41,16 +45,12 @@ def warn_out_of_domain(predictor, results) -> None:
         return
     bad = [r for r in results if (r.domain or {}).get("in_domain") is False]
     if bad:
-        from cianet.inference.domain import domain_warning
-
         predictor._domain_warned = True
         warnings.warn(domain_warning(predictor.training_data, len(bad), len(results)), DomainWarning, stacklevel=4)
 
 
 def result_heatmap(result, label: str | None, frame: str) -> np.ndarray:
     """See :meth:`cianet.inference.predictor.PredictionResult.heatmap`."""
-    from cianet.errors import UsageError
-
     labels = list(result.box_labels)
     if label is not None and label not in labels:
         raise UsageError(f"{label!r} is not a box class of this model ({', '.join(labels)})")
@@ -59,8 +59,6 @@ def result_heatmap(result, label: str | None, frame: str) -> np.ndarray:
         return grids.max(axis=0) if label is None else grids[labels.index(label)]
     if frame != "image":
         raise UsageError(f"frame must be 'image' or 'grid', got {frame!r}")
-    from cianet.models.alignment import IDENTITY_PARAMS, masks_to_original
-
     # as cianet predict's .heatmaps.npz (cianet.inference.result_files), whose module this one cannot import
     w, h = result.image_size
     f = min(1.0, PREVIEW_MAX / max(w, h))
@@ -72,13 +70,21 @@ def result_heatmap(result, label: str | None, frame: str) -> np.ndarray:
 
 def result_dataframe(result):
     """One row per class: ``class``, ``probability``, ``box_class``, ``boxes``, ``best_box_score``."""
+    # lazy: pandas is optional: only this notebook helper uses it
     import pandas as pd
 
     rows = []
     for lab, p in result.probabilities.items():
         boxes = [b for b in result.boxes if b.label == lab]
-        rows.append({"class": lab, "probability": float(p), "box_class": lab in result.box_labels,
-                     "boxes": len(boxes), "best_box_score": max((b.score for b in boxes), default=float("nan"))})
+        rows.append(
+            {
+                "class": lab,
+                "probability": float(p),
+                "box_class": lab in result.box_labels,
+                "boxes": len(boxes),
+                "best_box_score": max((b.score for b in boxes), default=float("nan")),
+            }
+        )
     df = pd.DataFrame(rows)
     df.attrs["source"] = result.source
     return df
@@ -86,11 +92,11 @@ def result_dataframe(result):
 
 def _for_drawing(result) -> tuple[np.ndarray, Any]:
     """The kept image as float [0, 1] and the result with its boxes scaled into that image's pixels."""
-    from cianet.errors import UsageError
-
     if result.image is None:
-        raise UsageError(f"{result.source}: no image kept with this result (made by cianet predict's batch code); "
-                         "use Predictor.predict to draw it")
+        raise UsageError(
+            f"{result.source}: no image kept with this result (made by cianet predict's batch code); "
+            "use Predictor.predict to draw it"
+        )
     img = np.asarray(result.image)
     img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
     h, w = img.shape
@@ -101,16 +107,12 @@ def _for_drawing(result) -> tuple[np.ndarray, Any]:
 
 def overlay_image(result):
     """The overlay of a result made by the Python API, as a PIL image (see the module docstring)."""
-    from cianet.inference.overlay import render_canvas
-
     img, scaled = _for_drawing(result)
     return render_canvas(img, scaled, list(result.box_labels))
 
 
 def overlay_png(result) -> bytes | None:
     """``_repr_png_``: the overlay's PNG bytes, None when no image was kept (IPython then shows the repr)."""
-    from cianet.inference.overlay import encode_png
-
     if result.image is None:
         return None
     return encode_png(np.asarray(overlay_image(result)))
@@ -120,6 +122,7 @@ def show(result) -> None:
     """Display the overlay inline under IPython, else with PIL's viewer."""
     img = overlay_image(result)
     try:
+        # lazy: IPython exists only in a notebook
         from IPython import get_ipython
         from IPython.display import display
 

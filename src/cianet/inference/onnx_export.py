@@ -23,6 +23,7 @@ import contextlib
 import io
 import json
 import re
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ import torch
 from torch import Tensor, nn
 
 from cianet.errors import ExportError, UsageError
+from cianet.inference.predictor import Predictor
+from cianet.models.backbones import gray_to_input
+from cianet.run.bundle_file import load_bundle
+from cianet.utils.atomic import atomic_path, atomic_write_bytes
 
 DEFAULT_OPSET = 18
 
@@ -45,8 +50,6 @@ class ExportedNetwork(nn.Module):
         self.is_cianet = hasattr(model, "attention_map")
 
     def forward(self, image: Tensor, m_neg: Tensor | None = None) -> tuple[Tensor, ...]:
-        from cianet.models.backbones import gray_to_input
-
         pos = gray_to_input(image)  # (B, 3, S, S)
         if self.is_cianet:
             out = self.model(pos, m_neg=m_neg, upsample=False, return_feats=True)
@@ -69,8 +72,15 @@ class ExportedAlignment(nn.Module):
         return out["params"], out["aligned"]
 
 
-def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names: list[str],
-            output_names: list[str], opset: int, dynamic_batch: bool) -> str:
+def _export(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    opset: int,
+    dynamic_batch: bool,
+) -> str:
     """torch.onnx.export with the dynamo exporter, falling back to the TorchScript one; returns which worked."""
     errors = []
     for dynamo in (True, False):
@@ -85,8 +95,17 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
-                torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
-                                  opset_version=opset, dynamo=dynamo, external_data=False, **kw)
+                torch.onnx.export(
+                    module,
+                    args,
+                    str(path),
+                    input_names=input_names,
+                    output_names=output_names,
+                    opset_version=opset,
+                    dynamo=dynamo,
+                    external_data=False,
+                    **kw,
+                )
             return "dynamo" if dynamo else "torchscript"
         except Exception as exc:  # try the other exporter; report both if neither works
             errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(exc).__name__}: {str(exc)[:300]}")
@@ -129,9 +148,8 @@ def strip_source_paths(proto) -> int:
 
 def _save_with_metadata(src: Path, dst: Path, metadata: dict[str, str]) -> None:
     """Copy the ONNX model at ``src`` to ``dst`` atomically, adding ``metadata_props``."""
+    # lazy: onnx is an optional dependency (pip install cianet[onnx])
     import onnx
-
-    from cianet.utils.atomic import atomic_write_bytes
 
     proto = onnx.load(str(src))
     strip_source_paths(proto)
@@ -141,18 +159,17 @@ def _save_with_metadata(src: Path, dst: Path, metadata: dict[str, str]) -> None:
     atomic_write_bytes(dst, proto.SerializeToString())
 
 
-def export_onnx(bundle: dict[str, Any] | str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = True, alignment: bool = True) -> dict[str, Any]:
+def export_onnx(
+    bundle: dict[str, Any] | str | Path,
+    out: str | Path,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    alignment: bool = True,
+) -> dict[str, Any]:
     """Export a bundle to ``out`` (+ ``.negatives.npz`` and ``.align.onnx`` siblings where they apply).
 
     Returns ``{"model": path, "negatives": path | None, "alignment": path | None, "exporter": str}``.
     """
-    import tempfile
-
-    from cianet.inference.predictor import Predictor
-    from cianet.run.bundle_file import load_bundle
-    from cianet.utils.atomic import atomic_path
-
     if opset < 17:
         raise UsageError(f"opset must be >= 17, got {opset}")
     name = str(bundle) if not isinstance(bundle, dict) else "<bundle>"
@@ -167,10 +184,15 @@ def export_onnx(bundle: dict[str, Any] | str | Path, out: str | Path, opset: int
     inputs = ["image", "m_neg"] if net.is_cianet else ["image"]
     outputs = ["logits", "test_logits", "delta"] if net.is_cianet else ["logits", "test_logits"]
     meta = {
-        "cianet_version": str(bundle["cianet_version"]), "kind": bundle["kind"],
-        "labels": json.dumps(bundle["labels"]), "box_labels": json.dumps(bundle["box_labels"]),
-        "input_size": str(s), "grid_size": str(g), "test_upsample": str(pred.model.test_upsample or g),
-        "thresholds": json.dumps(bundle["thresholds"]), "aligned_input": str(pred.align_net is not None).lower(),
+        "cianet_version": str(bundle["cianet_version"]),
+        "kind": bundle["kind"],
+        "labels": json.dumps(bundle["labels"]),
+        "box_labels": json.dumps(bundle["box_labels"]),
+        "input_size": str(s),
+        "grid_size": str(g),
+        "test_upsample": str(pred.model.test_upsample or g),
+        "thresholds": json.dumps(bundle["thresholds"]),
+        "aligned_input": str(pred.align_net is not None).lower(),
         "inputs": "image (B,1,S,S) gray [0,1]" + (", m_neg (B,h,w)" if net.is_cianet else ""),
     }
     result: dict[str, Any] = {"model": out, "negatives": None, "alignment": None}
@@ -183,14 +205,26 @@ def export_onnx(bundle: dict[str, Any] | str | Path, out: str | Path, opset: int
         if alignment and pred.align_net is not None:
             raw_a = Path(tmp) / "align.onnx"
             with torch.no_grad():
-                _export(ExportedAlignment(pred.align_net).eval(), (image,), raw_a, ["image"],
-                        ["params", "aligned"], opset, dynamic_batch)
+                _export(
+                    ExportedAlignment(pred.align_net).eval(),
+                    (image,),
+                    raw_a,
+                    ["image"],
+                    ["params", "aligned"],
+                    opset,
+                    dynamic_batch,
+                )
             result["alignment"] = out.with_name(out.stem + ".align.onnx")
             _save_with_metadata(raw_a, result["alignment"], {"kind": "alignment", "input_size": str(s)})
     if net.is_cianet:
         bank = bundle["negatives"]
         result["negatives"] = out.with_name(out.stem + ".negatives.npz")
         with atomic_path(result["negatives"]) as tmp_npz, open(tmp_npz, "wb") as fh:
-            np.savez(fh, names=np.array(bank["names"], dtype=str), codes=bank["codes"].float().numpy(),
-                     maps=bank["maps"].float().numpy(), strategy=np.array(bank["strategy"]))
+            np.savez(
+                fh,
+                names=np.array(bank["names"], dtype=str),
+                codes=bank["codes"].float().numpy(),
+                maps=bank["maps"].float().numpy(),
+                strategy=np.array(bank["strategy"]),
+            )
     return result

@@ -34,15 +34,18 @@ from __future__ import annotations
 import functools
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from cianet.data.io import resize_gray
 from cianet.metrics import format_probability  # "> 0.9999" for a saturated probability, never "1.00"
-from cianet.models.alignment import IDENTITY_PARAMS
+from cianet.models.alignment import IDENTITY_PARAMS, masks_to_original
+from cianet.utils.atomic import atomic_write_bytes
 
 #: a cianet.inference.predictor.PredictionResult / PredictedBox: not imported, so that a result can draw itself
 #: with this module (PredictionResult.show, cianet.inference.notebook) without an import cycle
@@ -54,8 +57,16 @@ HEAT_FLOOR = 0.05  # heatmap cells below this stay transparent, so the anatomy u
 ATTENTION_ALPHA = 0.5
 #: matplotlib's default colour cycle C0..C9 (tab10): box class k gets TAB10[k % 10]
 TAB10: tuple[tuple[int, int, int], ...] = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
 )
 UNKNOWN_BOX_COLOR = (255, 255, 0)  # a box whose class is not among the box classes
 BACKGROUND = (255, 255, 255)
@@ -168,14 +179,26 @@ def overlay_layout(image_size: tuple[int, int], n_box_classes: int) -> OverlayLa
         bars.append((px + 14, py + ph + 3, max(1, pw - 28), 8))  # the 0 and the 1 fit at its ends
     rows = -(-n_box_classes // HEAT_COLS)
     bottom_y = row_y + rows * (_PANEL_TITLE_H + heat[1] + _HEAT_BAR_H + _ROW_GAP)
-    return OverlayLayout((width, bottom_y + _BOTTOM_H), display, heat, boxes, attention, colorbar, legend,
-                         tuple(panels), tuple(titles), (width // 2, bottom_y + 2), tuple(bars))
+    return OverlayLayout(
+        (width, bottom_y + _BOTTOM_H),
+        display,
+        heat,
+        boxes,
+        attention,
+        colorbar,
+        legend,
+        tuple(panels),
+        tuple(titles),
+        (width // 2, bottom_y + 2),
+        tuple(bars),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- colours
 @functools.lru_cache(maxsize=8)
 def colormap_table(name: str) -> np.ndarray:
     """A matplotlib colormap as a ``(256, 3)`` uint8 table (read once per process)."""
+    # lazy: matplotlib is needed for plots only
     import matplotlib
 
     rgba = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))
@@ -224,8 +247,15 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def _text_centered(draw: ImageDraw.ImageDraw, anchor: tuple[int, int], text: str, size: int,
-                   fill: tuple[int, int, int] = TEXT_COLOR, bold: bool = False, underline: bool = False) -> None:
+def _text_centered(
+    draw: ImageDraw.ImageDraw,
+    anchor: tuple[int, int],
+    text: str,
+    size: int,
+    fill: tuple[int, int, int] = TEXT_COLOR,
+    bold: bool = False,
+    underline: bool = False,
+) -> None:
     font = _font(size)
     x, y = anchor
     if bold:
@@ -242,8 +272,6 @@ def _text_centered(draw: ImageDraw.ImageDraw, anchor: tuple[int, int], text: str
 # ------------------------------------------------------------------------------------------------ image
 def _gray_u8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The gray ``image`` ``(H, W)`` in [0, 1] resized to ``size = (w, h)`` as uint8 ``(h, w)``."""
-    from cianet.data.io import resize_gray
-
     return (np.clip(resize_gray(np.asarray(image), size), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -255,8 +283,12 @@ def box_outline(box: PredictedBox, scale: tuple[float, float]) -> tuple[int, int
     return x0, y0, max(x0, round((box.x + box.w) * sx) - 1), max(y0, round((box.y + box.h) * sy) - 1)
 
 
-def _draw_boxes(panel: Image.Image, boxes: Sequence[PredictedBox], colors: dict[str, tuple[int, int, int]],
-                scale: tuple[float, float]) -> None:
+def _draw_boxes(
+    panel: Image.Image,
+    boxes: Sequence[PredictedBox],
+    colors: dict[str, tuple[int, int, int]],
+    scale: tuple[float, float],
+) -> None:
     # drawn on the panel's own image, so that boxes reaching past the X-ray are clipped to it
     draw = ImageDraw.Draw(panel)
     font = _font(11)
@@ -289,6 +321,7 @@ def top_boxes(boxes: Sequence[PredictedBox]) -> list[PredictedBox]:
 
 def _free_row(placed: Sequence[tuple[int, int, int, int]], tx: int, ty: int, tw: int, th: int, ph: int) -> int:
     """``ty``, moved down (then up) a label's height at a time until the label overlaps none of ``placed``."""
+
     def clear(y: int) -> bool:
         return all(tx + tw + 1 < a or tx - 1 > c or y + th + 1 < b or y - 1 > d for a, b, c, d in placed)
 
@@ -300,19 +333,26 @@ def _free_row(placed: Sequence[tuple[int, int, int, int]], tx: int, ty: int, tw:
     return ty
 
 
-def _draw_legend(canvas: Image.Image, origin: tuple[int, int], result: PredictionResult,
-                 box_labels: Sequence[str], colors: dict[str, tuple[int, int, int]]) -> None:
+def _draw_legend(
+    canvas: Image.Image,
+    origin: tuple[int, int],
+    result: PredictionResult,
+    box_labels: Sequence[str],
+    colors: dict[str, tuple[int, int, int]],
+) -> None:
     if not box_labels:
         return
     font, line, pad, swatch = _font(11), _LEGEND_LINE, _LEGEND_PAD, 18
     counts = {lab: sum(b.label == lab for b in result.boxes) for lab in box_labels}
-    lines = [f"{lab}: p {format_probability(result.probabilities.get(lab))}"
-             + (f" ({counts[lab]} regions, best drawn)" if counts[lab] > 1 else "") for lab in box_labels]
+    lines = [
+        f"{lab}: p {format_probability(result.probabilities.get(lab))}"
+        + (f" ({counts[lab]} regions, best drawn)" if counts[lab] > 1 else "")
+        for lab in box_labels
+    ]
     x0, y0 = origin
     col_w = DISPLAY_MAX // _LEGEND_COLS
     draw = ImageDraw.Draw(canvas)
-    draw.text((x0 + pad, y0 + pad), "box classes (outline colour; p: image probability)", fill=TEXT_COLOR,
-              font=font)
+    draw.text((x0 + pad, y0 + pad), "box classes (outline colour; p: image probability)", fill=TEXT_COLOR, font=font)
     rows = -(-len(box_labels) // _LEGEND_COLS)
     for i, (lab, text) in enumerate(zip(box_labels, lines)):  # down the first column, then the second
         x, y = x0 + (i // rows) * col_w, y0 + pad + (i % rows + 1) * line
@@ -320,11 +360,12 @@ def _draw_legend(canvas: Image.Image, origin: tuple[int, int], result: Predictio
         draw.text((x + 2 * pad + swatch, y), text, fill=TEXT_COLOR, font=font)
 
 
-def _attention_codes(attention: np.ndarray, params: Sequence[float], size: tuple[int, int],
-                     ) -> tuple[np.ndarray, float, float]:
+def _attention_codes(
+    attention: np.ndarray,
+    params: Sequence[float],
+    size: tuple[int, int],
+) -> tuple[np.ndarray, float, float]:
     """Inferno codes of ``dM`` in the display frame and the colour bar's ``(min, max)``."""
-    from cianet.models.alignment import masks_to_original
-
     att = np.asarray(attention, np.float32)
     # 0 is what lies outside the aligned image once mapped, so dM's exact zeros stay transparent as well (as
     # matplotlib masked them); coding the small grid before mapping it spares a float pass over the display
@@ -335,8 +376,6 @@ def _attention_codes(attention: np.ndarray, params: Sequence[float], size: tuple
 
 def _heat_codes(heatmaps: np.ndarray, params: Sequence[float], size: tuple[int, int]) -> np.ndarray:
     """Jet codes ``(C, h, w)`` of the heatmaps in the frame of the heatmap panels (one mapping for all)."""
-    from cianet.models.alignment import masks_to_original
-
     heat = np.asarray(heatmaps, np.float32)
     return masks_to_original(_codes(heat, 0.0, 1.0, heat >= HEAT_FLOOR), params, size)  # NaN >= floor: False
 
@@ -360,12 +399,17 @@ def encode_png(rgb: np.ndarray, level: int = PNG_COMPRESS_LEVEL) -> bytes:
 
     # 8 bits a sample, truecolour, deflate, the standard per-row filter method, no interlace
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(data.tobytes(), level))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(data.tobytes(), level))
+        + chunk(b"IEND", b"")
+    )
 
 
-def render_canvas(image: np.ndarray, result: PredictionResult, box_labels: Sequence[str],
-                  thresholds: dict[str, float] | None = None) -> Image.Image:
+def render_canvas(
+    image: np.ndarray, result: PredictionResult, box_labels: Sequence[str], thresholds: dict[str, float] | None = None
+) -> Image.Image:
     """The overlay of ``result`` as an RGB image: what :func:`render_overlay` encodes (:func:`overlay_layout`)."""
     thresholds = thresholds or {}
     h, w = image.shape
@@ -375,8 +419,9 @@ def render_canvas(image: np.ndarray, result: PredictionResult, box_labels: Seque
     canvas = Image.new("RGB", lay.size, BACKGROUND)
     draw = ImageDraw.Draw(canvas)
 
-    heat_codes = None if not box_labels else _heat_codes(np.asarray(result.heatmaps)[:len(box_labels)], params,
-                                                          lay.heat_size)
+    heat_codes = (
+        None if not box_labels else _heat_codes(np.asarray(result.heatmaps)[: len(box_labels)], params, lay.heat_size)
+    )
     gray = _gray_u8(image, lay.display_size)
     gray_rgb = Image.fromarray(gray, mode="L").convert("RGB")
     panel = gray_rgb.copy()
@@ -388,8 +433,9 @@ def render_canvas(image: np.ndarray, result: PredictionResult, box_labels: Seque
 
     if result.attention is not None:
         codes, lo, hi = _attention_codes(result.attention, params, lay.display_size)
-        canvas.paste(Image.fromarray(_tint(gray, codes, _tint_table("inferno", ATTENTION_ALPHA))),
-                     lay.attention_panel[:2])
+        canvas.paste(
+            Image.fromarray(_tint(gray, codes, _tint_table("inferno", ATTENTION_ALPHA))), lay.attention_panel[:2]
+        )
         cx, cy, cw, ch = lay.colorbar
         strip = colormap_table("inferno")[np.linspace(255, 0, ch).round().astype(np.intp)]  # max at the top
         canvas.paste(Image.fromarray(np.ascontiguousarray(np.repeat(strip[:, None], cw, axis=1))), (cx, cy))
@@ -409,12 +455,14 @@ def render_canvas(image: np.ndarray, result: PredictionResult, box_labels: Seque
             _heat_bar(canvas, draw, lay.heat_bars[k])
             p = result.probabilities.get(lab, float("nan"))
             hit = p >= thresholds.get(lab, 0.5)
-            _text_centered(draw, lay.titles[2 + k], f"{lab} p {format_probability(p)}", 12, colors[lab], bold=hit,
-                           underline=hit)
+            _text_centered(
+                draw, lay.titles[2 + k], f"{lab} p {format_probability(p)}", 12, colors[lab], bold=hit, underline=hit
+            )
 
     others = [lab for lab in result.probabilities if lab not in box_labels]
-    _text_centered(draw, lay.bottom_line,
-                   "  ".join(f"{lab} {format_probability(result.probabilities[lab])}" for lab in others), 12)
+    _text_centered(
+        draw, lay.bottom_line, "  ".join(f"{lab} {format_probability(result.probabilities[lab])}" for lab in others), 12
+    )
     banner = domain_banner(result)
     if banner:  # the title line becomes a red warning: a synthetic-trained model on an image of another kind
         draw.rectangle((0, 0, lay.size[0] - 1, _TITLE_H - 4), fill=BANNER_COLOR)
@@ -440,12 +488,19 @@ def domain_banner(result: PredictionResult) -> str:
     dom = result.domain or {}
     if dom.get("in_domain") is not False:
         return ""
-    return (f"OUT OF DOMAIN: model trained on {dom.get('training_data', '?')} images only; "
-            "its outputs on this image mean nothing")
+    return (
+        f"OUT OF DOMAIN: model trained on {dom.get('training_data', '?')} images only; "
+        "its outputs on this image mean nothing"
+    )
 
 
-def render_overlay(image: np.ndarray, result: PredictionResult, box_labels: list[str],
-                   thresholds: dict[str, float] | None = None, dpi: int = 90) -> bytes:
+def render_overlay(
+    image: np.ndarray,
+    result: PredictionResult,
+    box_labels: list[str],
+    thresholds: dict[str, float] | None = None,
+    dpi: int = 90,
+) -> bytes:
     """The overlay figure of ``result`` over its gray ``image`` ``(H, W)`` [0, 1] as RGB PNG bytes.
 
     Args:
@@ -460,9 +515,12 @@ def render_overlay(image: np.ndarray, result: PredictionResult, box_labels: list
     return encode_png(np.asarray(render_canvas(image, result, box_labels, thresholds)))
 
 
-def write_overlay(path: str | Path, image: np.ndarray, result: PredictionResult, box_labels: list[str],
-                  thresholds: dict[str, float] | None = None) -> None:
+def write_overlay(
+    path: str | Path,
+    image: np.ndarray,
+    result: PredictionResult,
+    box_labels: list[str],
+    thresholds: dict[str, float] | None = None,
+) -> None:
     """Render and write the overlay PNG atomically."""
-    from cianet.utils.atomic import atomic_write_bytes
-
     atomic_write_bytes(path, render_overlay(image, result, box_labels, thresholds))

@@ -25,19 +25,47 @@ maps them to the image (``cianet.models.alignment.mask_to_original``).
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
+from cianet.config import CANONICAL, CANONICAL_CHEST, PRIOR
+from cianet.data.io import XrayReadError, is_dicom, load_xray, resize_gray, to_uint8
 from cianet.errors import InputError, MissingPathError, UsageError
+from cianet.inference.domain import input_domain
+from cianet.inference.files import image_files
+from cianet.inference.notebook import (
+    compact,
+    overlay_image,
+    overlay_png,
+    result_dataframe,
+    result_heatmap,
+    show,
+    warn_out_of_domain,
+)
+from cianet.metrics import image_scores_from_logits
+from cianet.models.alignment import boxes_to_original
+from cianet.models.backbones import gray_to_input
+from cianet.models.cianet import grid_side
+from cianet.models.folding import for_inference
+from cianet.negatives import HashIndex, hash_codes
 from cianet.run.bundle_file import load_bundle, validate_bundle
+from cianet.run.device import resolve_device
+from cianet.run.networks import alignment_from_weights, network_from_weights
+from cianet.run.pairing import aligned_images
+from cianet.run.precision import autocast, resolve_precision
+from cianet.utils.progress import batch_progress
+from cianet.utils.timing import stage
 
 ImageInput = Union[str, os.PathLike, np.ndarray, "PIL.Image.Image", torch.Tensor]  # noqa: F821
-NegativeImages = Union[Mapping[str, np.ndarray], Callable[[str], np.ndarray]]
+NegativeImages = Mapping[str, np.ndarray] | Callable[[str], np.ndarray]
 MODES = ("bank", "recompute")
 #: hash codes (unit norm) this close in every entry are the same image: never its own negative
 SAME_CODE_ATOL = 1e-5
@@ -101,31 +129,21 @@ class PredictionResult:
     def heatmap(self, label: str | None = None, frame: str = "image") -> np.ndarray:
         """The cell probabilities of box class ``label`` (None: the largest over the box classes) in the image
         file's frame (at most 512 px a side; ``frame="grid"``: the test grid of the aligned network input)."""
-        from cianet.inference.notebook import result_heatmap
-
         return result_heatmap(self, label, frame)
 
     def to_dataframe(self):
         """A pandas DataFrame, one row per class: probability, whether a box class, its boxes and best score."""
-        from cianet.inference.notebook import result_dataframe
-
         return result_dataframe(self)
 
     def overlay_image(self):
         """The overlay figure (boxes, attention, heatmaps) as a PIL image; needs the kept ``image``."""
-        from cianet.inference.notebook import overlay_image
-
         return overlay_image(self)
 
     def _repr_png_(self) -> bytes | None:  # Jupyter/IPython display
-        from cianet.inference.notebook import overlay_png
-
         return overlay_png(self)
 
     def show(self) -> None:
         """Display the overlay: inline in a notebook, else in the system's image viewer."""
-        from cianet.inference.notebook import show
-
         show(self)
 
     def to_dict(self, include_arrays: bool = False) -> dict[str, Any]:
@@ -155,6 +173,7 @@ def grid_regions(mask: np.ndarray, connectivity: int = 8) -> list[tuple[np.ndarr
 
     ``row1, col1`` are exclusive. ``connectivity`` is 8 (diagonal cells touch) or 4.
     """
+    # lazy: scipy takes about a second to import and only this function needs it
     from scipy import ndimage
 
     if connectivity not in (4, 8):
@@ -169,9 +188,13 @@ def grid_regions(mask: np.ndarray, connectivity: int = 8) -> list[tuple[np.ndarr
     return out
 
 
-def boxes_from_heatmap(prob: np.ndarray, orig_size: tuple[int, int], params: Sequence[float] | None = None,
-                       cell_threshold: float = 0.5,
-                       connectivity: int = 8) -> list[tuple[float, float, float, float, float]]:
+def boxes_from_heatmap(
+    prob: np.ndarray,
+    orig_size: tuple[int, int],
+    params: Sequence[float] | None = None,
+    cell_threshold: float = 0.5,
+    connectivity: int = 8,
+) -> list[tuple[float, float, float, float, float]]:
     """Boxes ``[(x, y, w, h, score)]`` in the original image frame from one class's cell probabilities.
 
     Args:
@@ -184,8 +207,6 @@ def boxes_from_heatmap(prob: np.ndarray, orig_size: tuple[int, int], params: Seq
     Returns:
         One box per connected region, highest score first; regions entirely outside the image are dropped.
     """
-    from cianet.models.alignment import boxes_to_original
-
     prob = np.asarray(prob, dtype=np.float64)
     gh, gw = prob.shape
     W, H = float(orig_size[0]), float(orig_size[1])
@@ -195,8 +216,9 @@ def boxes_from_heatmap(prob: np.ndarray, orig_size: tuple[int, int], params: Seq
         if params is None:
             x0, y0, x1, y1 = c0 * W / gw, r0 * H / gh, c1 * W / gw, r1 * H / gh
         else:  # the cell rectangle in the aligned frame -> bounding box of its mapped corners
-            bx, by, bw, bh = boxes_to_original(np.array([[c0, r0, c1 - c0, r1 - r0]], np.float64), params,
-                                               (gw, gh), (W, H))[0]
+            bx, by, bw, bh = boxes_to_original(
+                np.array([[c0, r0, c1 - c0, r1 - r0]], np.float64), params, (gw, gh), (W, H)
+            )[0]
             x0, y0, x1, y1 = max(bx, 0.0), max(by, 0.0), min(bx + bw, W), min(by + bh, H)
         if x1 > x0 and y1 > y0:
             out.append((float(x0), float(y0), float(x1 - x0), float(y1 - y0), score))
@@ -212,11 +234,7 @@ def as_gray(item: Any, name: str = "image") -> np.ndarray:
     if isinstance(item, torch.Tensor):
         item = item.detach().cpu().numpy()
     if not isinstance(item, np.ndarray):
-        try:
-            from PIL import Image
-        except ImportError:  # pragma: no cover - pillow is a dependency
-            Image = None
-        if Image is not None and isinstance(item, Image.Image):
+        if isinstance(item, Image.Image):
             if item.mode in ("I;16", "I;16B", "I;16L", "I"):
                 return np.clip(np.asarray(item, dtype=np.float64) / 65535.0, 0, 1).astype(np.float32)
             if item.mode == "F":
@@ -224,8 +242,10 @@ def as_gray(item: Any, name: str = "image") -> np.ndarray:
             else:
                 return np.asarray(item.convert("L"), dtype=np.float32) / 255.0
         else:
-            raise InputError(f"{name}: expected a file path, a numpy (H, W) array, a tensor or a PIL image, "
-                             f"got {type(item).__name__}")
+            raise InputError(
+                f"{name}: expected a file path, a numpy (H, W) array, a tensor or a PIL image, "
+                f"got {type(item).__name__}"
+            )
     arr = item
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -248,16 +268,23 @@ def as_gray(item: Any, name: str = "image") -> np.ndarray:
 def load_input(item: ImageInput, position: int = 0) -> tuple[np.ndarray, str]:
     """``(gray (H, W) float32 [0, 1], source name)`` of a path or an in-memory image."""
     if isinstance(item, (str, os.PathLike)):
-        from cianet.data.io import load_xray
-
         return load_xray(item), str(item)
     kind = "array" if isinstance(item, (np.ndarray, torch.Tensor)) else "image"
     name = f"{kind}-{position}"
     return as_gray(item, name), name
 
 
-SAFE_DICOM_TAGS = ("Modality", "ViewPosition", "BodyPartExamined", "PhotometricInterpretation", "Rows",
-                   "Columns", "BitsStored", "PixelSpacing", "ImagerPixelSpacing")
+SAFE_DICOM_TAGS = (
+    "Modality",
+    "ViewPosition",
+    "BodyPartExamined",
+    "PhotometricInterpretation",
+    "Rows",
+    "Columns",
+    "BitsStored",
+    "PixelSpacing",
+    "ImagerPixelSpacing",
+)
 
 
 def dicom_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -265,10 +292,9 @@ def dicom_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
     Nothing about the patient, the institution, dates or identifiers is ever read out.
     """
-    from cianet.data.io import is_dicom
-
     if not is_dicom(path):
         return {}
+    # lazy: pydicom is needed for DICOM files only
     import pydicom
 
     ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
@@ -303,8 +329,6 @@ def model_identity(bundle: Mapping[str, Any]) -> dict[str, Any]:
 
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -335,15 +359,19 @@ class Predictor:
             networks and boxes (None: not timed).
     """
 
-    def __init__(self, bundle: dict[str, Any], device: str | torch.device = "cpu", mode: str = "bank",
-                 batch_size: int = 8, connectivity: int = 8, cell_threshold: float = 0.5,
-                 negative_images: NegativeImages | None = None, name: str = "<bundle>",
-                 precision: str = "fp32", timer: Any = None) -> None:
-        from cianet.run.device import resolve_device
-        from cianet.run.precision import resolve_precision
-        from cianet.models.folding import for_inference
-        from cianet.run.networks import alignment_from_weights, network_from_weights
-
+    def __init__(
+        self,
+        bundle: dict[str, Any],
+        device: str | torch.device = "cpu",
+        mode: str = "bank",
+        batch_size: int = 8,
+        connectivity: int = 8,
+        cell_threshold: float = 0.5,
+        negative_images: NegativeImages | None = None,
+        name: str = "<bundle>",
+        precision: str = "fp32",
+        timer: Any = None,
+    ) -> None:
         validate_bundle(bundle, name)
         if mode not in MODES:
             raise UsageError(f"mode must be one of {MODES}, got {mode!r}")
@@ -365,15 +393,13 @@ class Predictor:
         self.model, self.config = network_from_weights(bundle["config"], bundle["model"], self.device, source=name)
         # prediction only: BatchNorm folded into the convolutions, channels-last weights (same function, faster)
         for_inference(self.model)
-        from cianet.models.cianet import grid_side
-
         #: side of the native grid (logits, attention maps)
         self.grid_side: int = grid_side(self.input_size, self.config.model.output_stride, self.config.model.last_stage)
         self.align_net = None
         if bundle["alignment"] is not None:
             align = bundle["alignment"]
             self.align_net = for_inference(alignment_from_weights(align["net_kwargs"], align["model"], self.device))
-        self.canonical = bundle["canonical"]
+        self.canonical = bundle[CANONICAL_CHEST]
         bank = bundle["negatives"]
         self.bank_names: list[str] = list(bank["names"])
         self.bank_strategy: str = bank["strategy"]
@@ -382,9 +408,7 @@ class Predictor:
         self.bank_maps = bank["maps"].float().to(self.device)  # (N, h, w)
         self.bank_images = bank.get("images")  # (N, S, S) uint8 or None
         self._index = None
-        if self.kind == "cianet" and self.bank_strategy != "canonical":
-            from cianet.negatives import HashIndex
-
+        if self.kind == "cianet" and self.bank_strategy != CANONICAL:
             codes = bank["codes"].float().numpy()
             self._index = HashIndex(codes, self.bank_names, [""] * len(self.bank_names))
         self.negative_images = negative_images
@@ -393,12 +417,15 @@ class Predictor:
         #: the model card's training data (kind, name, images, labels: cianet.inference.domain); {} when unknown
         self.training_data: dict[str, Any] = dict((bundle.get("card") or {}).get("training_data") or {})
         if mode == "recompute" and self.kind == "cianet" and self.bank_images is None and negative_images is None:
-            raise UsageError(f"{name}: mode='recompute' needs the negative images: rebuild the bundle with "
-                             "--with-negative-images or pass negative_images=")
+            raise UsageError(
+                f"{name}: mode='recompute' needs the negative images: rebuild the bundle with "
+                "--with-negative-images or pass negative_images="
+            )
 
     @classmethod
-    def from_bundle(cls, path: str | os.PathLike, device: str | torch.device = "cpu", mode: str = "bank",
-                    **kw: Any) -> "Predictor":
+    def from_bundle(
+        cls, path: str | os.PathLike, device: str | torch.device = "cpu", mode: str = "bank", **kw: Any
+    ) -> Predictor:
         """Load a bundle file (:func:`cianet.run.bundle_file.load_bundle`, validated) and build a Predictor."""
         pred = cls(load_bundle(path), device=device, mode=mode, name=str(path), **kw)
         pred.model_info["sha256"] = file_sha256(path)
@@ -407,15 +434,10 @@ class Predictor:
     # ------------------------------------------------------------------------------------- negatives
     def choose_negatives(self, images_s: np.ndarray, names: Sequence[str]) -> np.ndarray:
         """Bank rows ``(B,)`` of the negatives for images ``(B, S, S)`` float [0, 1] (unaligned)."""
-        from cianet.data.io import to_uint8
-        from cianet.negatives import hash_codes
-
         if self._index is None:  # canonical strategy: the one entry
             return np.zeros(len(images_s), dtype=np.int64)
         u8 = to_uint8(images_s)
         if self.bank_aligned_codes:  # as the run's pairing: the 8-bit image, aligned
-            from cianet.run.pairing import aligned_images
-
             codes = hash_codes(aligned_images(self.align_net, u8))
         else:
             codes = hash_codes(u8)  # (B, 256), as the run's pairing: 8-bit, unaligned
@@ -426,8 +448,12 @@ class Predictor:
         # while distinct phantom images differ by >= 3.5e-3 in some entry (measured over 700 x 200 pairs).
         # Paired with itself, |M+ - M-| is rounding noise that the normalization of dM blows up to mean 1.
         unit = codes / np.maximum(np.linalg.norm(codes, axis=1, keepdims=True), 1e-12)
-        same = np.array([r >= 0 and float(np.abs(self._index.codes[r] - c).max()) <= SAME_CODE_ATOL
-                         for r, c in zip(rows[:, 0], unit)])
+        same = np.array(
+            [
+                r >= 0 and float(np.abs(self._index.codes[r] - c).max()) <= SAME_CODE_ATOL
+                for r, c in zip(rows[:, 0], unit)
+            ]
+        )
         rows = np.where(same & (rows[:, 1] >= 0), rows[:, 1], rows[:, 0])
         if (rows < 0).any():  # only when the bank's sole entry is the image itself
             rows = np.where(rows < 0, self._index.query(codes), rows)
@@ -442,17 +468,14 @@ class Predictor:
         img = src(name) if callable(src) else src[name]  # type: ignore[index, operator]
         img = np.asarray(img, dtype=np.float32)
         if img.shape != (self.input_size, self.input_size):
-            from cianet.data.io import resize_gray
-
             img = resize_gray(img, self.input_size)
-        from cianet.data.io import to_uint8
-
         return to_uint8(img).astype(np.float32) / 255.0
 
     # --------------------------------------------------------------------------------------- forward
     @torch.no_grad()
-    def forward(self, images_s: np.ndarray, names: Sequence[str],
-                priors: Sequence[np.ndarray | None] | None = None) -> dict[str, Any]:
+    def forward(
+        self, images_s: np.ndarray, names: Sequence[str], priors: Sequence[np.ndarray | None] | None = None
+    ) -> dict[str, Any]:
         """Network outputs for a batch of resized images ``(B, S, S)`` float [0, 1]; ``priors``: per image its
         prior study as :meth:`prepare_prior` returns it, or None for the bank's negative.
 
@@ -460,10 +483,6 @@ class Predictor:
         ``params`` (B, 5) or None, ``rows`` (B,) bank rows or None (torch tensors on CPU), ``with_prior`` the
         positions paired with their prior.
         """
-        from cianet.models.backbones import gray_to_input
-        from cianet.run.precision import autocast
-        from cianet.utils.timing import stage
-
         x = torch.from_numpy(np.ascontiguousarray(images_s, dtype=np.float32))[:, None].to(self.device)
         params = None
         if self.align_net is not None:
@@ -517,9 +536,6 @@ class Predictor:
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """A gray image ``(H, W)`` float [0, 1] resized to the network input ``(S, S)`` float32 (stage "resize");
         thread-safe, so that it can run ahead of the networks (:func:`cianet.inference.batch.predict_files`)."""
-        from cianet.data.io import resize_gray
-        from cianet.utils.timing import stage
-
         with stage(self.timer, "resize"):
             return resize_gray(np.asarray(image, np.float32), self.input_size)
 
@@ -527,8 +543,6 @@ class Predictor:
         """A prior study (a file path, a numpy array, a PIL image) -> ``((S, S) float32, its name)``: resized and
         quantized to 8 bits as a run reads its negatives; the name is the path as given (``prior-array-<i>`` /
         ``prior-image-<i>`` in memory). Errors name the prior (and ``image``, the image it is the prior of)."""
-        from cianet.data.io import XrayReadError, load_xray, resize_gray, to_uint8
-
         what = "prior study" + (f" of {image}" if image else "")
         if isinstance(prior, (str, os.PathLike)):
             path = Path(prior)
@@ -548,17 +562,19 @@ class Predictor:
             img = as_gray(prior, f"{what} ({name})")
         return to_uint8(resize_gray(img, self.input_size)).astype(np.float32) / 255.0, name
 
-    def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str],
-                       resized: np.ndarray | None = None,
-                       priors: Sequence[tuple[np.ndarray, str] | None] | None = None) -> list[PredictionResult]:
+    def predict_arrays(
+        self,
+        images: Sequence[np.ndarray],
+        names: Sequence[str],
+        resized: np.ndarray | None = None,
+        priors: Sequence[tuple[np.ndarray, str] | None] | None = None,
+    ) -> list[PredictionResult]:
         """One forward pass over gray images ``[(H, W)]`` float [0, 1] of any sizes.
 
         ``resized``: the images already resized to ``(B, S, S)`` (:meth:`prepare`), e.g. ahead of time in
         another thread; computed here when None. ``priors``: per image, its prior study as
         :meth:`prepare_prior` returns it, or None (the bank's negative).
         """
-        from cianet.utils.timing import stage
-
         if not images:
             return []
         if priors is not None and len(priors) != len(images):
@@ -569,13 +585,13 @@ class Predictor:
         with stage(self.timer, "boxes"):
             results = self._results(images, names, out)
         for i in out["with_prior"]:
-            results[i].negative, results[i].negative_source = priors[i][1], "prior"
+            results[i].negative, results[i].negative_source = priors[i][1], PRIOR
         return results
 
-    def _results(self, images: Sequence[np.ndarray], names: Sequence[str], out: dict[str, Any]) -> list[PredictionResult]:
+    def _results(
+        self, images: Sequence[np.ndarray], names: Sequence[str], out: dict[str, Any]
+    ) -> list[PredictionResult]:
         """Image probabilities and boxes in each image file's frame from :meth:`forward`'s output."""
-        from cianet.metrics import image_scores_from_logits
-
         # (B, C) on the native grid, with the MIL rescaling the run trained with (the bundle's loss.mil_rescale)
         scores = image_scores_from_logits(out["logits"], rescale=bool(self.config.loss.mil_rescale)).numpy()
         heat = torch.sigmoid(out["test_logits"]).numpy()  # (B, C, U, U)
@@ -588,26 +604,34 @@ class Predictor:
             for k, lab in enumerate(self.box_labels):
                 if probs[lab] < self.thresholds[lab]:
                     continue
-                for x0, y0, bw, bh, s in boxes_from_heatmap(heat[b, k], (w, h), params, self.cell_threshold,
-                                                             self.connectivity):
+                for x0, y0, bw, bh, s in boxes_from_heatmap(
+                    heat[b, k], (w, h), params, self.cell_threshold, self.connectivity
+                ):
                     boxes.append(PredictedBox(lab, x0, y0, bw, bh, s))
             rows = out["rows"]
-            from cianet.inference.domain import input_domain
-
             src = name if Path(name).is_file() else None  # in-memory input is named array-i / image-i
-            results.append(PredictionResult(
-                domain=input_domain(self.training_data, src, (int(w), int(h))),
-                source=name, image_size=(int(w), int(h)), probabilities=probs, boxes=boxes,
-                heatmaps=heat[b].astype(np.float32),
-                attention=None if out["delta"] is None else out["delta"][b].numpy(),
-                align_params=params, negative=None if rows is None else self.bank_names[int(rows[b])],
-                negative_source=None if rows is None else "canonical" if self.bank_strategy == "canonical" else "bank",
-                logits=out["logits"][b].numpy(), box_labels=tuple(self.box_labels), image=img,
-            ))
+            results.append(
+                PredictionResult(
+                    domain=input_domain(self.training_data, src, (int(w), int(h))),
+                    source=name,
+                    image_size=(int(w), int(h)),
+                    probabilities=probs,
+                    boxes=boxes,
+                    heatmaps=heat[b].astype(np.float32),
+                    attention=None if out["delta"] is None else out["delta"][b].numpy(),
+                    align_params=params,
+                    negative=None if rows is None else self.bank_names[int(rows[b])],
+                    negative_source=None if rows is None else CANONICAL if self.bank_strategy == CANONICAL else "bank",
+                    logits=out["logits"][b].numpy(),
+                    box_labels=tuple(self.box_labels),
+                    image=img,
+                )
+            )
         return results
 
-    def predict(self, image: ImageInput | Sequence[ImageInput],
-                prior: ImageInput | None = None) -> PredictionResult | list[PredictionResult]:
+    def predict(
+        self, image: ImageInput | Sequence[ImageInput], prior: ImageInput | None = None
+    ) -> PredictionResult | list[PredictionResult]:
         """Predict one image: a file path (PNG/JPEG/DICOM), a numpy ``(H, W)`` array (uint8 or float in
         [0, 1]) or a PIL image. Unreadable files raise ``cianet.data.io.XrayReadError`` naming the file.
 
@@ -627,12 +651,11 @@ class Predictor:
         priors = None if prior is None else [self.prepare_prior(prior, 0, name)]
         return self._for_python(self.predict_arrays([img], [name], priors=priors))[0]
 
-    def predict_folder(self, folder: str | os.PathLike, batch_size: int | None = None,
-                       progress: bool = False) -> list[PredictionResult]:
+    def predict_folder(
+        self, folder: str | os.PathLike, batch_size: int | None = None, progress: bool = False
+    ) -> list[PredictionResult]:
         """Predict every image file under ``folder`` (PNG/JPEG/DICOM, searched recursively, as ``cianet predict``
         does), in path order; raises on the first unreadable file."""
-        from cianet.inference.files import image_files
-
         if not Path(folder).is_dir():
             raise MissingPathError(f"{folder}: no such folder")
         files = [str(f) for f in image_files(Path(folder))]
@@ -643,28 +666,36 @@ class Predictor:
     def _for_python(self, results: list[PredictionResult]) -> list[PredictionResult]:
         """Results for the Python API: the kept image shrunk to an 8-bit preview; one warning per Predictor when
         a synthetic-trained model read an image of another kind (cianet.inference.domain)."""
-        from cianet.inference.notebook import compact, warn_out_of_domain
-
         warn_out_of_domain(self, results)
         return [compact(r) for r in results]
 
-    def predict_batch(self, images: Sequence[ImageInput], batch_size: int | None = None,
-                      progress: bool = False,
-                      priors: Sequence[ImageInput | None] | None = None) -> list[PredictionResult]:
+    def predict_batch(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int | None = None,
+        progress: bool = False,
+        priors: Sequence[ImageInput | None] | None = None,
+    ) -> list[PredictionResult]:
         """Predict many images, ``batch_size`` per forward pass; raises on the first unreadable file.
         ``priors``: one per image, its prior study or None (the bank's negative), as in :meth:`predict`."""
-        from cianet.utils.progress import progress_bar
-
         if priors is not None and len(priors) != len(images):
             raise UsageError(f"{len(priors)} priors for {len(images)} images")
         bs = batch_size or self.batch_size
         results: list[PredictionResult] = []
         starts = range(0, len(images), bs)
-        for i in progress_bar(starts, desc="predict", total=len(starts), disable=not progress):
-            loaded = [load_input(item, i + j) for j, item in enumerate(images[i:i + bs])]
-            chunk = None if priors is None else [
-                None if p is None else self.prepare_prior(p, i + j, loaded[j][1])
-                for j, p in enumerate(priors[i:i + bs])]
-            results.extend(self._for_python(self.predict_arrays([a for a, _ in loaded], [n for _, n in loaded],
-                                                                priors=chunk)))
+        for i in batch_progress(
+            starts, "predict", len(images), disable=not progress, count=lambda s: min(bs, len(images) - s)
+        ):
+            loaded = [load_input(item, i + j) for j, item in enumerate(images[i : i + bs])]
+            chunk = (
+                None
+                if priors is None
+                else [
+                    None if p is None else self.prepare_prior(p, i + j, loaded[j][1])
+                    for j, p in enumerate(priors[i : i + bs])
+                ]
+            )
+            results.extend(
+                self._for_python(self.predict_arrays([a for a, _ in loaded], [n for _, n in loaded], priors=chunk))
+            )
         return results

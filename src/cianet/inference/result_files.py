@@ -13,13 +13,17 @@
 
 from __future__ import annotations
 
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+import torch
 
 from cianet.inference.predictor import PredictionResult
-from cianet.models.alignment import IDENTITY_PARAMS
+from cianet.models.alignment import IDENTITY_PARAMS, masks_to_original
+from cianet.utils.atomic import atomic_path
 
 HEATMAP_MAX_SIDE = 512
 
@@ -27,8 +31,6 @@ HEATMAP_MAX_SIDE = 512
 def float16(arr: np.ndarray) -> np.ndarray:
     """``arr.astype(np.float16)``, bit for bit, through torch: numpy converts small values (float16 subnormals,
     which near-zero probabilities are) one at a time in software, 25x slower on a 512 px heatmap stack."""
-    import torch
-
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(torch.float16).numpy()
 
 
@@ -39,15 +41,14 @@ def frame_size(image_size: Sequence[int], max_side: int = HEATMAP_MAX_SIDE) -> t
     return max(1, round(w * f)), max(1, round(h * f))
 
 
-def heatmaps_in_image_frame(result: PredictionResult, box_labels: Sequence[str],
-                            max_side: int = HEATMAP_MAX_SIDE) -> dict[str, Any]:
+def heatmaps_in_image_frame(
+    result: PredictionResult, box_labels: Sequence[str], max_side: int = HEATMAP_MAX_SIDE
+) -> dict[str, Any]:
     """The arrays of ``<stem>.heatmaps.npz`` (see the module docstring) for one prediction."""
-    from cianet.models.alignment import masks_to_original
-
     params = result.align_params if result.align_params is not None else IDENTITY_PARAMS
     size = frame_size(result.image_size, max_side)
     # the box classes' heatmaps share one grid (the test grid): one pixel-to-cell mapping for all of them
-    heat = masks_to_original(np.asarray(result.heatmaps[:len(box_labels)], np.float32), params, size)
+    heat = masks_to_original(np.asarray(result.heatmaps[: len(box_labels)], np.float32), params, size)
     out: dict[str, Any] = {
         "heatmaps": float16(np.clip(heat, 0.0, 1.0)),
         "labels": np.asarray(list(box_labels)),
@@ -62,10 +63,6 @@ def heatmaps_in_image_frame(result: PredictionResult, box_labels: Sequence[str],
 
 def write_heatmaps(path: str | Path, result: PredictionResult, box_labels: Sequence[str]) -> None:
     """Write ``<stem>.heatmaps.npz`` atomically (compressed)."""
-    import zipfile
-
-    from cianet.utils.atomic import atomic_path
-
     arrays = heatmaps_in_image_frame(result, box_labels)
     with atomic_path(path) as tmp:
         # np.savez_compressed's layout (a zip of .npy files, what np.load reads) at deflate level 1: half the
@@ -87,8 +84,9 @@ def coco_categories(labels: Sequence[str]) -> list[dict[str, Any]]:
     return [{"id": k + 1, "name": lab, "supercategory": "finding"} for k, lab in enumerate(labels)]
 
 
-def coco_outputs(records: Sequence[dict[str, Any]], labels: Sequence[str],
-                 info: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def coco_outputs(
+    records: Sequence[dict[str, Any]], labels: Sequence[str], info: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``(coco.json data set, coco_results.json list)`` of per-image records.
 
     A record is ``{"file_name", "width", "height", "boxes": [{"label", "x", "y", "w", "h", "score"}]}``;
@@ -97,12 +95,23 @@ def coco_outputs(records: Sequence[dict[str, Any]], labels: Sequence[str],
     cat = {lab: k + 1 for k, lab in enumerate(labels)}
     images, annotations, results = [], [], []
     for i, rec in enumerate(records, start=1):
-        images.append({"id": i, "file_name": rec["file_name"], "width": int(rec["width"]), "height": int(rec["height"])})
+        images.append(
+            {"id": i, "file_name": rec["file_name"], "width": int(rec["width"]), "height": int(rec["height"])}
+        )
         for b in rec["boxes"]:
             bbox = [round(float(b[k]), 2) for k in ("x", "y", "w", "h")]
             score = round(float(b["score"]), 6)
             results.append({"image_id": i, "category_id": cat[b["label"]], "bbox": bbox, "score": score})
-            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": cat[b["label"]],
-                                "bbox": bbox, "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0, "score": score})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i,
+                    "category_id": cat[b["label"]],
+                    "bbox": bbox,
+                    "area": round(bbox[2] * bbox[3], 2),
+                    "iscrowd": 0,
+                    "score": score,
+                }
+            )
     dataset = {"info": info, "images": images, "categories": coco_categories(labels), "annotations": annotations}
     return dataset, results

@@ -14,11 +14,13 @@ coordinate ``u in [0, W]`` <-> ``x = 2u/W - 1``; likewise y with H; y points dow
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.models as tvm
 from torch import Tensor, nn
 
 from cianet.models.backbones import gray_to_input, pretrained_spec, pretrained_weights, resnet_trunk
@@ -38,8 +40,7 @@ def params_to_matrix(params: Tensor) -> Tensor:
     return torch.stack([row0, row1], dim=1)  # (B, 2, 3)
 
 
-def warp(images: Tensor, params: Tensor, out_size: Sequence[int] | None = None,
-         padding_mode: str = "zeros") -> Tensor:
+def warp(images: Tensor, params: Tensor, out_size: Sequence[int] | None = None, padding_mode: str = "zeros") -> Tensor:
     """Warp ``images`` ``(B, C, H, W)`` with ``params`` ``(B|1, 5)`` -> ``(B, C, H', W')``.
 
     ``out_size = (H', W')`` defaults to ``(H, W)``. Because the grid is in normalized coordinates the
@@ -78,8 +79,13 @@ def crop_params(crop: Sequence[float], image_size: int | Sequence[int]) -> tuple
     return ((x0 + x1) / w - 1.0, (y0 + y1) / h - 1.0, (x1 - x0) / w, (y1 - y0) / h, 0.0)
 
 
-def derive_bounds(crop: Sequence[float] | None = None, center: str = "crop", max_shift: float = 0.4,
-                  max_scale: float = 1.4, max_rotation: float = 0.35) -> dict[str, Any]:
+def derive_bounds(
+    crop: Sequence[float] | None = None,
+    center: str = "crop",
+    max_shift: float = 0.4,
+    max_scale: float = 1.4,
+    max_rotation: float = 0.35,
+) -> dict[str, Any]:
     """The :class:`AlignmentNet` bound arguments for a canonical chest cropped with ``crop`` (its
     :func:`crop_params`, or None when unknown).
 
@@ -94,17 +100,26 @@ def derive_bounds(crop: Sequence[float] | None = None, center: str = "crop", max
     if center not in ("crop", "identity"):
         raise ValueError(f"center must be 'crop' or 'identity', got {center!r}")
     if max_shift <= 0 or max_scale <= 1.0 or max_rotation <= 0:
-        raise ValueError(f"bounds need max_shift > 0, max_scale > 1, max_rotation > 0; got "
-                         f"{max_shift}, {max_scale}, {max_rotation}")
+        raise ValueError(
+            f"bounds need max_shift > 0, max_scale > 1, max_rotation > 0; got {max_shift}, {max_scale}, {max_rotation}"
+        )
     ref = list(IDENTITY_PARAMS) if crop is None else [float(v) for v in crop]
     if len(ref) != 5 or ref[2] <= 0 or ref[3] <= 0:
         raise ValueError(f"crop parameters must be (tx, ty, sx, sy, theta) with sx, sy > 0, got {ref}")
     if center == "crop":
-        return {"center": ref, "max_shift": float(max_shift), "max_scale": float(max_scale),
-                "max_rotation": float(max_rotation)}
+        return {
+            "center": ref,
+            "max_shift": float(max_shift),
+            "max_scale": float(max_scale),
+            "max_rotation": float(max_rotation),
+        }
     zoom = max(ref[2], 1.0 / ref[2], ref[3], 1.0 / ref[3])
-    return {"center": list(IDENTITY_PARAMS), "max_shift": float(max_shift) + max(abs(ref[0]), abs(ref[1])),
-            "max_scale": float(max_scale) * zoom, "max_rotation": float(max_rotation) + abs(ref[4])}
+    return {
+        "center": list(IDENTITY_PARAMS),
+        "max_shift": float(max_shift) + max(abs(ref[0]), abs(ref[1])),
+        "max_scale": float(max_scale) * zoom,
+        "max_rotation": float(max_rotation) + abs(ref[4]),
+    }
 
 
 class AlignmentNet(nn.Module):
@@ -128,9 +143,17 @@ class AlignmentNet(nn.Module):
         padding_mode: grid_sample padding of the warp (``zeros`` or ``border``).
     """
 
-    def __init__(self, backbone: str = "resnet18", pretrained: bool | str = False, input_size: int | None = 256,
-                 max_shift: float = 0.4, max_scale: float = 1.4, max_rotation: float = 0.35,
-                 padding_mode: str = "zeros", center: Sequence[float] = IDENTITY_PARAMS) -> None:
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        pretrained: bool | str = False,
+        input_size: int | None = 256,
+        max_shift: float = 0.4,
+        max_scale: float = 1.4,
+        max_rotation: float = 0.35,
+        padding_mode: str = "zeros",
+        center: Sequence[float] = IDENTITY_PARAMS,
+    ) -> None:
         super().__init__()
         if input_size is not None and (input_size <= 0 or input_size % 32):
             raise ValueError(f"input_size must be a positive multiple of 32 or None, got {input_size}")
@@ -156,40 +179,51 @@ class AlignmentNet(nn.Module):
 
     def bounds(self) -> dict[str, Any]:
         """The bound arguments (``center``, ``max_shift``, ``max_scale``, ``max_rotation``), plain floats."""
-        return {"center": list(self.center), "max_shift": self.max_shift, "max_scale": self.max_scale,
-                "max_rotation": self.max_rotation}
+        return {
+            "center": list(self.center),
+            "max_shift": self.max_shift,
+            "max_scale": self.max_scale,
+            "max_rotation": self.max_rotation,
+        }
 
     def bound(self, z: Tensor) -> Tensor:
         """Raw ``(B, 5)`` outputs -> bounded ``(tx, ty, sx, sy, theta)`` ``(B, 5)``; 0 maps to ``center``."""
         t = torch.tanh(z)
         ctx, cty, csx, csy, cth = self.center
-        return torch.stack([
-            ctx + self.max_shift * t[:, 0],
-            cty + self.max_shift * t[:, 1],
-            csx * torch.exp(self.log_max_scale * t[:, 2]),
-            csy * torch.exp(self.log_max_scale * t[:, 3]),
-            cth + self.max_rotation * t[:, 4],
-        ], dim=1)
+        return torch.stack(
+            [
+                ctx + self.max_shift * t[:, 0],
+                cty + self.max_shift * t[:, 1],
+                csx * torch.exp(self.log_max_scale * t[:, 2]),
+                csy * torch.exp(self.log_max_scale * t[:, 3]),
+                cth + self.max_rotation * t[:, 4],
+            ],
+            dim=1,
+        )
 
     def bound_position(self, params: Tensor) -> Tensor:
         """Inverse of :meth:`bound` up to the tanh: where ``(B, 5)`` parameters sit between their bounds,
         ``-1`` (lower bound) .. ``0`` (centre) .. ``+1`` (upper bound); log scale for ``sx, sy``."""
         ctx, cty, csx, csy, cth = self.center
         p = params.to(torch.float64)
-        return torch.stack([
-            (p[:, 0] - ctx) / self.max_shift,
-            (p[:, 1] - cty) / self.max_shift,
-            torch.log(p[:, 2] / csx) / self.log_max_scale,
-            torch.log(p[:, 3] / csy) / self.log_max_scale,
-            (p[:, 4] - cth) / self.max_rotation,
-        ], dim=1)
+        return torch.stack(
+            [
+                (p[:, 0] - ctx) / self.max_shift,
+                (p[:, 1] - cty) / self.max_shift,
+                torch.log(p[:, 2] / csx) / self.log_max_scale,
+                torch.log(p[:, 3] / csy) / self.log_max_scale,
+                (p[:, 4] - cth) / self.max_rotation,
+            ],
+            dim=1,
+        )
 
     def downsize(self, x: Tensor) -> Tensor:
         """The copy of ``x`` ``(B, 1, H, W)`` the parameters are regressed from (antialiased bilinear)."""
         if self.input_size is None or tuple(x.shape[-2:]) == (self.input_size, self.input_size):
             return x
-        return F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                             align_corners=False, antialias=True)
+        return F.interpolate(
+            x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True
+        )
 
     def predict_params(self, x: Tensor) -> Tensor:
         """``(B, 1, H, W)`` gray ``[0, 1]`` -> ``(B, 5)`` parameters (from the downsized copy)."""
@@ -217,9 +251,14 @@ def params_to_matrix3(params: Tensor) -> Tensor:
     return torch.cat([m, last], dim=1)
 
 
-def random_warp_params(n: int, generator: torch.Generator | None = None, max_rotation: float = math.radians(12),
-                       scale_range: Sequence[float] = (0.85, 1.15), max_shift: float = 0.12,
-                       dtype: torch.dtype = torch.float32) -> Tensor:
+def random_warp_params(
+    n: int,
+    generator: torch.Generator | None = None,
+    max_rotation: float = math.radians(12),
+    scale_range: Sequence[float] = (0.85, 1.15),
+    max_shift: float = 0.12,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """``(n, 5)`` random warps: ``theta`` uniform in ``+-max_rotation`` (radians), ``sx`` and ``sy``
     independently log-uniform in ``scale_range``, ``tx`` and ``ty`` uniform in ``+-max_shift`` (normalized
     units: 0.12 is 6 % of the width). Drawn on the CPU from ``generator``."""
@@ -228,11 +267,16 @@ def random_warp_params(n: int, generator: torch.Generator | None = None, max_rot
         raise ValueError(f"bad warp ranges: scale {scale_range}, shift {max_shift}, rotation {max_rotation}")
     u = torch.rand(n, 5, generator=generator, dtype=torch.float64) * 2.0 - 1.0  # uniform in [-1, 1]
     log_mid, log_half = (math.log(hi) + math.log(lo)) / 2, (math.log(hi) - math.log(lo)) / 2
-    return torch.stack([
-        max_shift * u[:, 0], max_shift * u[:, 1],
-        torch.exp(log_mid + log_half * u[:, 2]), torch.exp(log_mid + log_half * u[:, 3]),
-        max_rotation * u[:, 4],
-    ], dim=1).to(dtype)
+    return torch.stack(
+        [
+            max_shift * u[:, 0],
+            max_shift * u[:, 1],
+            torch.exp(log_mid + log_half * u[:, 2]),
+            torch.exp(log_mid + log_half * u[:, 3]),
+            max_rotation * u[:, 4],
+        ],
+        dim=1,
+    ).to(dtype)
 
 
 def grid_points(k: int = 8, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
@@ -254,8 +298,10 @@ def consistency_loss(params: Tensor, params_warped: Tensor, warps: Tensor, k: in
     ``params``, ``params_warped``, ``warps``: ``(B, 5)``. Gradients reach both predictions.
     """
     if not (params.shape == params_warped.shape == warps.shape) or params.ndim != 2 or params.shape[1] != 5:
-        raise ValueError(f"params, params_warped, warps must all be (B, 5), got {tuple(params.shape)}, "
-                         f"{tuple(params_warped.shape)}, {tuple(warps.shape)}")
+        raise ValueError(
+            f"params, params_warped, warps must all be (B, 5), got {tuple(params.shape)}, "
+            f"{tuple(params_warped.shape)}, {tuple(warps.shape)}"
+        )
     p, pw, w = params_to_matrix3(params), params_to_matrix3(params_warped), params_to_matrix3(warps.to(params.dtype))
     d = torch.linalg.solve(p, w @ pw)  # (B, 3, 3): P^-1 W P'
     pts = grid_points(k, params.dtype, params.device)  # (K, 2)
@@ -327,7 +373,9 @@ def boxes_to_original(boxes_xywh, params, aligned_size: Sequence[float], orig_si
     return _as_output(out, boxes_xywh, is_torch)
 
 
-def _original_frame_cells(grid: tuple[int, int], params, orig_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _original_frame_cells(
+    grid: tuple[int, int], params, orig_size: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every pixel centre of the original ``(H, W)`` frame: the ``(row, col)`` of the aligned-frame cell of a
     ``grid = (h, w)`` grid it falls in, and whether it falls inside the aligned image at all."""
     gh, gw = grid
@@ -379,8 +427,6 @@ def masks_to_original(masks: np.ndarray, params, orig_size: Sequence[int]) -> np
 # ------------------------------------------------------------------------------------ structure loss
 def _feature_net(name: str, pretrained: bool | str, seed: int) -> nn.Module | None:
     """The frozen feature extractor ``N_feat`` of equation 2 (None for ``"none"``)."""
-    import torchvision.models as tvm
-
     if name == "none":
         return None
     if name not in ("vgg16", "resnet18"):
@@ -427,8 +473,16 @@ class StructureLoss(nn.Module):
     ``{"total", "feat", "pixel"}`` scalars (``feat``, ``pixel``: the raw terms).
     """
 
-    def __init__(self, feat_weight: float = 1.0, pixel_weight: float = 1.0, feature_net: str = "vgg16",
-                 squared: bool = False, pretrained: bool | str = True, seed: int = 0, feat_norm: str = "paper") -> None:
+    def __init__(
+        self,
+        feat_weight: float = 1.0,
+        pixel_weight: float = 1.0,
+        feature_net: str = "vgg16",
+        squared: bool = False,
+        pretrained: bool | str = True,
+        seed: int = 0,
+        feat_norm: str = "paper",
+    ) -> None:
         super().__init__()
         if feat_norm not in ("paper", "unit"):
             raise ValueError(f"feat_norm must be 'paper' or 'unit', got {feat_norm!r}")
@@ -440,7 +494,7 @@ class StructureLoss(nn.Module):
         self.pixel_scale = 1.0
         self.features = _feature_net(feature_net, pretrained, seed)
 
-    def train(self, mode: bool = True) -> "StructureLoss":
+    def train(self, mode: bool = True) -> StructureLoss:
         super().train(mode)
         if self.features is not None:
             self.features.eval()  # frozen: BatchNorm (resnet18) keeps its statistics

@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision.models as tvm
+from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from cianet.errors import InputError, MissingPathError
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +73,6 @@ def check_input(x: Tensor, channels: int = 3, name: str = "input") -> None:
 
 def _weights_enum(name: str) -> Any:
     """torchvision's weights enum for ``name`` (e.g. ``ResNet50_Weights``)."""
-    import torchvision.models as tvm
-
     enums = {
         "resnet18": tvm.ResNet18_Weights,
         "resnet34": tvm.ResNet34_Weights,
@@ -112,10 +115,6 @@ def pretrained_weights(name: str, spec: Any) -> dict[str, Tensor] | None:
 def imagenet_weights(name: str) -> dict[str, Tensor]:
     """ImageNet state dict of ``name``: the classic ``IMAGENET1K_V1`` entry (the paper's ResNet-50), or any other
     ImageNet entry of the enum, from the torch hub cache; else downloaded through torchvision's weights API."""
-    import socket
-
-    from cianet.errors import InputError, MissingPathError
-
     enum = _weights_enum(name)
     entries = [enum.IMAGENET1K_V1] + [w for w in enum if w is not enum.IMAGENET1K_V1]
     for weights in entries:
@@ -124,8 +123,10 @@ def imagenet_weights(name: str) -> dict[str, Tensor]:
             try:
                 return weights.get_state_dict(progress=False, check_hash=False)
             except Exception as exc:  # a torn or foreign file in the cache
-                raise InputError(f"cached ImageNet weights {path} for {name} are unreadable ({type(exc).__name__}: "
-                                 f"{exc}); delete the file to download it again") from None
+                raise InputError(
+                    f"cached ImageNet weights {path} for {name} are unreadable ({type(exc).__name__}: "
+                    f"{exc}); delete the file to download it again"
+                ) from None
     path = cached_weights_path(entries[0])
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # never hang on a network that does not answer
@@ -146,16 +147,10 @@ def imagenet_weights(name: str) -> dict[str, Tensor]:
 def state_dict_file(name: str, path: Path) -> dict[str, Tensor]:
     """A torchvision ``name`` state dict read from ``path`` (``torch.save``: loaded with ``weights_only=True``;
     ``.safetensors``); the classifier (``fc.*``) may be missing, every other tensor must fit."""
-    import torchvision.models as tvm
-
-    from cianet.errors import InputError, MissingPathError
-
     if not path.is_file():
         raise MissingPathError(f"--pretrained {path}: no such file (expected imagenet, none or a state-dict file)")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -172,8 +167,10 @@ def state_dict_file(name: str, path: Path) -> dict[str, Tensor]:
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         bad = (missing or unexpected)[0]
-        raise InputError(f"--pretrained {path}: not a {name} state dict ({len(missing)} tensors missing, "
-                         f"{len(unexpected)} unexpected, e.g. {bad})")
+        raise InputError(
+            f"--pretrained {path}: not a {name} state dict ({len(missing)} tensors missing, "
+            f"{len(unexpected)} unexpected, e.g. {bad})"
+        )
     return net.state_dict()
 
 
@@ -198,8 +195,6 @@ def resnet_trunk(
         ``(trunk, channels)``; ``trunk`` maps ``(B, 3, S, S)`` to ``(B, channels, S/16|S/32, S/16|S/32)``.
         Its children keep torchvision's names (``conv1, bn1, relu, maxpool, layer1..layer4``).
     """
-    import torchvision.models as tvm
-
     if name not in RESNET_CHANNELS:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(RESNET_CHANNELS)}")
     if upto not in STAGES:

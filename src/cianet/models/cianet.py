@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cianet.models.upsample_head import upsampled_head
 from cianet.models.backbones import check_input, pretrained_weights, resnet_trunk, stage_stride
+from cianet.models.upsample_head import upsampled_head
 
 
 def normalize_delta(m_pos: Tensor, m_neg: Tensor, eps: float = 1e-6) -> Tensor:
@@ -51,8 +51,9 @@ class GridHead(nn.Module):
     at ~1 for every class and the negative-image term of equation 5 would explode.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, mid_channels: int = 512,
-                 prior_prob: float | None = 0.01) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, mid_channels: int = 512, prior_prob: float | None = 0.01
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(mid_channels)
@@ -75,9 +76,17 @@ class GridHead(nn.Module):
 class _GridModel(nn.Module):
     """Shared parts of CIA-Net and the baseline: the upper trunk, the head and test-time upsampling."""
 
-    def __init__(self, num_classes: int, backbone: str, test_upsample: int | None, head_channels: int,
-                 prior_prob: float | None, state_dict: dict | None, output_stride: int = 32,
-                 last_stage: str = "c5") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str,
+        test_upsample: int | None,
+        head_channels: int,
+        prior_prob: float | None,
+        state_dict: dict | None,
+        output_stride: int = 32,
+        last_stage: str = "c5",
+    ) -> None:
         super().__init__()
         if test_upsample is not None and test_upsample <= 0:
             raise ValueError(f"test_upsample must be a positive grid size or None, got {test_upsample}")
@@ -131,19 +140,30 @@ class CIANet(_GridModel):
         delta_eps: the ``eps`` of :func:`normalize_delta`.
     """
 
-    def __init__(self, num_classes: int = 14, backbone: str = "resnet50", pretrained: bool | str = False,
-                 test_upsample: int | None = None, head_channels: int = 512,
-                 prior_prob: float | None = 0.01, delta_eps: float = 1e-6, output_stride: int = 32,
-                 last_stage: str = "c5") -> None:
+    def __init__(
+        self,
+        num_classes: int = 14,
+        backbone: str = "resnet50",
+        pretrained: bool | str = False,
+        test_upsample: int | None = None,
+        head_channels: int = 512,
+        prior_prob: float | None = 0.01,
+        delta_eps: float = 1e-6,
+        output_stride: int = 32,
+        last_stage: str = "c5",
+    ) -> None:
         state_dict = pretrained_weights(backbone, pretrained)  # read once for both trunks
-        super().__init__(num_classes, backbone, test_upsample, head_channels, prior_prob, state_dict, output_stride,
-                         last_stage)
+        super().__init__(
+            num_classes, backbone, test_upsample, head_channels, prior_prob, state_dict, output_stride, last_stage
+        )
         self.delta_eps = delta_eps
         # The attention trunk ends one stage before the upper branch (paper: C4 vs C5); max pooling brings
         # its blob onto F+'s grid (paper: 2x2 from stride 16 to 32; nothing to do when both are dilated).
         attn_stage = {"c5": "c4", "c4": "c3"}[last_stage]
         attn_stride, grid_stride = stage_stride(attn_stage, output_stride), stage_stride(last_stage, output_stride)
-        self.attn_trunk, c4 = resnet_trunk(backbone, upto=attn_stage, state_dict=state_dict, output_stride=output_stride)
+        self.attn_trunk, c4 = resnet_trunk(
+            backbone, upto=attn_stage, state_dict=state_dict, output_stride=output_stride
+        )
         self.attn_pool = nn.MaxPool2d(grid_stride // attn_stride) if grid_stride > attn_stride else nn.Identity()
         # No bias: it would cancel in |M+ - M-| and never receive a gradient.
         self.attn_conv = nn.Conv2d(c4, 1, 1, bias=False)
@@ -160,8 +180,14 @@ class CIANet(_GridModel):
         blob = self.attn_trunk(x)  # (B, c4, S/16, S/16)
         return self.attn_conv(self.attn_pool(blob))[:, 0]  # (B, S/32, S/32)
 
-    def forward(self, pos: Tensor, neg: Tensor | None = None, m_neg: Tensor | None = None,
-                upsample: bool | None = None, return_feats: bool = False) -> dict[str, Tensor]:
+    def forward(
+        self,
+        pos: Tensor,
+        neg: Tensor | None = None,
+        m_neg: Tensor | None = None,
+        upsample: bool | None = None,
+        return_feats: bool = False,
+    ) -> dict[str, Tensor]:
         """Grid logits of ``pos`` given a negative image ``neg`` or its precomputed map ``m_neg``.
 
         Args:
@@ -191,8 +217,9 @@ class CIANet(_GridModel):
         else:
             m_pos = self.attention_map(pos)
             if m_neg.ndim != 3 or m_neg.shape[1:] != m_pos.shape[1:] or m_neg.shape[0] not in (1, b):
-                raise ValueError(f"m_neg shape {tuple(m_neg.shape)} does not match attention maps "
-                                 f"{tuple(m_pos.shape)} of pos")
+                raise ValueError(
+                    f"m_neg shape {tuple(m_neg.shape)} does not match attention maps {tuple(m_pos.shape)} of pos"
+                )
         m_neg = m_neg.expand_as(m_pos)
         delta = normalize_delta(m_pos, m_neg, self.delta_eps)  # (B, h, w)
         feats = self.upper(pos)  # (B, c5, h, w)
@@ -212,17 +239,32 @@ class Baseline(_GridModel):
     strict=False)`` transfers them.
     """
 
-    def __init__(self, num_classes: int = 14, backbone: str = "resnet50", pretrained: bool | str = False,
-                 test_upsample: int | None = None, head_channels: int = 512,
-                 prior_prob: float | None = 0.01, delta_eps: float = 1e-6, output_stride: int = 32,
-                 last_stage: str = "c5") -> None:
+    def __init__(
+        self,
+        num_classes: int = 14,
+        backbone: str = "resnet50",
+        pretrained: bool | str = False,
+        test_upsample: int | None = None,
+        head_channels: int = 512,
+        prior_prob: float | None = 0.01,
+        delta_eps: float = 1e-6,
+        output_stride: int = 32,
+        last_stage: str = "c5",
+    ) -> None:
         del delta_eps  # attention only
         state_dict = pretrained_weights(backbone, pretrained)
-        super().__init__(num_classes, backbone, test_upsample, head_channels, prior_prob, state_dict, output_stride,
-                         last_stage)
+        super().__init__(
+            num_classes, backbone, test_upsample, head_channels, prior_prob, state_dict, output_stride, last_stage
+        )
 
-    def forward(self, pos: Tensor, neg: Tensor | None = None, m_neg: Tensor | None = None,
-                upsample: bool | None = None, return_feats: bool = False) -> dict[str, Tensor]:
+    def forward(
+        self,
+        pos: Tensor,
+        neg: Tensor | None = None,
+        m_neg: Tensor | None = None,
+        upsample: bool | None = None,
+        return_feats: bool = False,
+    ) -> dict[str, Tensor]:
         """``pos`` ``(B, 3, S, S)`` -> ``{"logits": (B, C, h, w)}``; ``neg``/``m_neg`` are ignored."""
         del neg, m_neg  # accepted so the engine calls both models the same way
         check_input(pos, name="pos")
@@ -239,9 +281,15 @@ def grid_side(image_size: int, output_stride: int = 32, last_stage: str = "c5") 
     return image_size // stage_stride(last_stage, output_stride)
 
 
-def build_model(kind: str = "cianet", num_classes: int = 14, backbone: str = "resnet50",
-                pretrained: bool | str = False, test_upsample: int | None = None, channels_last: bool = False,
-                **kw) -> nn.Module:
+def build_model(
+    kind: str = "cianet",
+    num_classes: int = 14,
+    backbone: str = "resnet50",
+    pretrained: bool | str = False,
+    test_upsample: int | None = None,
+    channels_last: bool = False,
+    **kw,
+) -> nn.Module:
     """Build ``"cianet"`` (:class:`CIANet`) or ``"baseline"`` (:class:`Baseline`).
 
     ``channels_last=True`` converts the parameters to the channels-last memory format (feed it
@@ -251,8 +299,9 @@ def build_model(kind: str = "cianet", num_classes: int = 14, backbone: str = "re
     kinds = {"cianet": CIANet, "baseline": Baseline, "base": Baseline}
     if kind not in kinds:
         raise ValueError(f"unknown model kind {kind!r}; expected 'cianet' or 'baseline'")
-    model = kinds[kind](num_classes=num_classes, backbone=backbone, pretrained=pretrained,
-                        test_upsample=test_upsample, **kw)
+    model = kinds[kind](
+        num_classes=num_classes, backbone=backbone, pretrained=pretrained, test_upsample=test_upsample, **kw
+    )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

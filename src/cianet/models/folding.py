@@ -30,8 +30,9 @@ def fold_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
     if conv.out_channels != bn.num_features:
-        raise ValueError(f"cannot fold BatchNorm of {bn.num_features} channels into a convolution with "
-                         f"{conv.out_channels} outputs")
+        raise ValueError(
+            f"cannot fold BatchNorm of {bn.num_features} channels into a convolution with {conv.out_channels} outputs"
+        )
     var, mean = bn.running_var.double(), bn.running_mean.double()
     gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
     beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
@@ -56,8 +57,10 @@ def fold_batchnorm(module: nn.Module) -> int:
         ValueError: ``module`` is in training mode (its BatchNorms still normalize with batch statistics).
     """
     if module.training:
-        raise ValueError("fold_batchnorm needs a module in eval mode (call .eval() first): folding freezes "
-                         "BatchNorm's running statistics into the weights")
+        raise ValueError(
+            "fold_batchnorm needs a module in eval mode (call .eval() first): folding freezes "
+            "BatchNorm's running statistics into the weights"
+        )
     n = 0
     for parent in list(module.modules()):
         if isinstance(parent, nn.Sequential):

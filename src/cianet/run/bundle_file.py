@@ -40,41 +40,71 @@ stored ``images`` gives the same numbers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+import cianet
+from cianet.config import CANONICAL_CHEST
 from cianet.errors import InputError
+from cianet.labels import label_set_from
+from cianet.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from cianet.models.cianet import grid_side
+from cianet.run.bundle_format import check_config, decode, encode, is_safetensors, scrub_config
+from cianet.run.checkpoints import torch_read
+from cianet.utils.atomic import atomic_write_bytes, stale_temps
 
 BUNDLE_FORMAT = "cianet-model-bundle"
 BUNDLE_VERSION = 2  # 1: torch.save dict; 2: safetensors + JSON header (cianet.run.bundle_format)
 DEFAULT_THRESHOLD = 0.5  # the paper's operating point (p > 0.5)
 REQUIRED_KEYS = (
-    "format", "format_version", "cianet_version", "kind", "model", "config", "labels", "box_labels",
-    "input_size", "normalization", "thresholds", "alignment", "canonical", "negatives",
+    "format",
+    "format_version",
+    "cianet_version",
+    "kind",
+    "model",
+    "config",
+    "labels",
+    "box_labels",
+    "input_size",
+    "normalization",
+    "thresholds",
+    "alignment",
+    CANONICAL_CHEST,
+    "negatives",
 )
 BANK_KEYS = ("names", "codes", "maps", "strategy")
 
 
 def empty_bank() -> dict[str, Any]:
     """The bank of a baseline (which never looks at a negative)."""
-    return {"names": [], "codes": torch.zeros(0, 256), "maps": torch.zeros(0, 0, 0), "strategy": "none",
-            "aligned_maps": False}
+    return {
+        "names": [],
+        "codes": torch.zeros(0, 256),
+        "maps": torch.zeros(0, 0, 0),
+        "strategy": "none",
+        "aligned_maps": False,
+    }
 
 
-def make_bundle(model: nn.Module, cfg, *, bank: dict[str, Any] | None = None, align_net: nn.Module | None = None,
-                align_kwargs: dict[str, Any] | None = None, canonical: np.ndarray | torch.Tensor | None = None,
-                thresholds: Sequence[float] | float | None = None, epoch: int | None = None,
-                run_name: str | None = None, card: dict[str, Any] | None = None) -> dict[str, Any]:
+def make_bundle(
+    model: nn.Module,
+    cfg,
+    *,
+    bank: dict[str, Any] | None = None,
+    align_net: nn.Module | None = None,
+    align_kwargs: dict[str, Any] | None = None,
+    canonical: np.ndarray | torch.Tensor | None = None,
+    thresholds: Sequence[float] | float | None = None,
+    epoch: int | None = None,
+    run_name: str | None = None,
+    card: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Assemble a bundle dict from a model, its config (cianet.config.Config) and the pieces above."""
-    import cianet
-    from cianet.labels import label_set_from
-    from cianet.run.bundle_format import scrub_config
-    from cianet.models.backbones import IMAGENET_MEAN, IMAGENET_STD
-
     classes = label_set_from(cfg.data.labels, cfg.data.box_labels)  # the data set the model was trained on
     LABELS, BOX_LABELS = classes.names, classes.box_names
 
@@ -105,11 +135,13 @@ def make_bundle(model: nn.Module, cfg, *, bank: dict[str, Any] | None = None, al
         "input_size": int(cfg.data.image_size),
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "input": "gray [0,1] x3"},
         "thresholds": thresholds,
-        "alignment": None if align_net is None else {
+        "alignment": None
+        if align_net is None
+        else {
             "model": {k: v.detach().cpu() for k, v in align_net.state_dict().items()},
             "net_kwargs": dict(align_kwargs),
         },
-        "canonical": canonical,
+        CANONICAL_CHEST: canonical,
         "negatives": bank if bank is not None else empty_bank(),
         "source": {"run": run_name or "", "epoch": -1 if epoch is None else int(epoch)},
         "card": dict(card or {}),
@@ -118,9 +150,6 @@ def make_bundle(model: nn.Module, cfg, *, bank: dict[str, Any] | None = None, al
 
 def save_bundle(bundle: dict[str, Any], path: str | Path) -> Path:
     """Validate and write ``bundle`` atomically to ``path``."""
-    from cianet.run.bundle_format import encode
-    from cianet.utils.atomic import atomic_write_bytes, stale_temps
-
     path = Path(path)
     validate_bundle(bundle, path)
     data = encode(bundle)
@@ -132,20 +161,18 @@ def save_bundle(bundle: dict[str, Any], path: str | Path) -> Path:
 
 def validate_bundle(bundle: Any, path: str | Path = "<bundle>") -> dict[str, Any]:
     """Check a bundle against this code; InputError (a ValueError) naming ``path`` and the problem otherwise."""
-    from cianet.labels import label_set_from
-
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise InputError(f"{path}: not a cianet model bundle (make one with `cianet bundle --run RUN --out FILE`)")
     missing = [k for k in REQUIRED_KEYS if k not in bundle]
     if missing:
         raise InputError(f"{path}: model bundle is missing {', '.join(missing)}")
-    from cianet.run.bundle_format import check_config
-
     check_config(bundle["config"], path)  # bounds first: nothing is built from an absurd value
     version = bundle["format_version"]
     if not isinstance(version, int) or version > BUNDLE_VERSION:
-        raise InputError(f"{path}: bundle format {version!r} is newer than this cianet understands "
-                         f"({BUNDLE_VERSION}); upgrade cianet")
+        raise InputError(
+            f"{path}: bundle format {version!r} is newer than this cianet understands "
+            f"({BUNDLE_VERSION}); upgrade cianet"
+        )
     data_cfg = (bundle["config"].get("data") or {}) if isinstance(bundle["config"], dict) else {}
     try:  # the classes the network was built for: its config's (null: ChestX-ray14's)
         classes = label_set_from(data_cfg.get("labels"), data_cfg.get("box_labels"))
@@ -153,8 +180,10 @@ def validate_bundle(bundle: Any, path: str | Path = "<bundle>") -> dict[str, Any
         raise InputError(f"{path}: {exc}") from None
     LABELS = classes.names
     if list(bundle["labels"]) != list(classes.names):
-        raise InputError(f"{path}: the bundle's label names differ from those of its config "
-                         f"({list(bundle['labels'])[:3]}... vs {list(LABELS)[:3]}...)")
+        raise InputError(
+            f"{path}: the bundle's label names differ from those of its config "
+            f"({list(bundle['labels'])[:3]}... vs {list(LABELS)[:3]}...)"
+        )
     if list(bundle["box_labels"]) != list(classes.box_names):
         raise InputError(f"{path}: the bundle's box label names differ from those of its config")
     kind = bundle["kind"]
@@ -170,27 +199,30 @@ def validate_bundle(bundle: Any, path: str | Path = "<bundle>") -> dict[str, Any
     if not isinstance(thr, list) or len(thr) != len(LABELS):
         raise InputError(f"{path}: bundle thresholds must be a list of {len(LABELS)} numbers")
     if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0 for t in thr):
-        raise InputError(f"{path}: bundle thresholds must be numbers in [0, 1] (no NaN), got "
-                         f"{next(t for t in thr if not (isinstance(t, (int, float)) and 0.0 <= t <= 1.0))!r}")
+        raise InputError(
+            f"{path}: bundle thresholds must be numbers in [0, 1] (no NaN), got "
+            f"{next(t for t in thr if not (isinstance(t, (int, float)) and 0.0 <= t <= 1.0))!r}"
+        )
     bank = bundle["negatives"]
     if not isinstance(bank, dict) or any(k not in bank for k in BANK_KEYS):
         absent = [k for k in BANK_KEYS if not isinstance(bank, dict) or k not in bank]
         raise InputError(f"{path}: bundle negative bank is missing {', '.join(absent)}")
     n = len(bank["names"])
     if kind == "cianet":
-        from cianet.models.cianet import grid_side
-
         model_cfg = bundle["config"].get("model") or {}
         g = grid_side(size, model_cfg.get("output_stride", 32), model_cfg.get("last_stage", "c5"))
         if n == 0:
             raise InputError(f"{path}: CIA-Net bundle has an empty negative bank")
         if tuple(bank["maps"].shape) != (n, g, g) or tuple(bank["codes"].shape)[0] != n:
-            raise InputError(f"{path}: negative bank shapes do not agree (names {n}, maps "
-                             f"{tuple(bank['maps'].shape)}, codes {tuple(bank['codes'].shape)}; expected maps "
-                             f"({n}, {g}, {g}))")
+            raise InputError(
+                f"{path}: negative bank shapes do not agree (names {n}, maps "
+                f"{tuple(bank['maps'].shape)}, codes {tuple(bank['codes'].shape)}; expected maps "
+                f"({n}, {g}, {g}))"
+            )
         if "images" in bank and tuple(bank["images"].shape) != (n, size, size):
-            raise InputError(f"{path}: negative bank images have shape {tuple(bank['images'].shape)}, "
-                             f"expected ({n}, {size}, {size})")
+            raise InputError(
+                f"{path}: negative bank images have shape {tuple(bank['images'].shape)}, expected ({n}, {size}, {size})"
+            )
     align = bundle["alignment"]
     if align is not None and (not isinstance(align, dict) or "model" not in align or "net_kwargs" not in align):
         raise InputError(f"{path}: bundle alignment entry must hold model and net_kwargs")
@@ -203,9 +235,6 @@ def validate_bundle(bundle: Any, path: str | Path = "<bundle>") -> dict[str, Any
 def load_bundle(path: str | Path) -> dict[str, Any]:
     """Read a bundle file (format 2: safetensors; format 1: ``torch.load(weights_only=True)``) and validate it;
     errors name the file."""
-    from cianet.run.bundle_format import decode, is_safetensors
-    from cianet.run.checkpoints import torch_read
-
     path = Path(path)
     if path.is_file() and is_safetensors(path):
         return validate_bundle(decode(path), path)

@@ -29,6 +29,8 @@ read back as ``negative-00000``, ...). Format 1 (a ``torch.save`` dict) still lo
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -36,12 +38,25 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+
+from cianet.config import CANONICAL, CANONICAL_CHEST, Config, check_value
 from cianet.errors import InputError
+from cianet.utils.atomic import strict_json
 
 FORMAT_VERSION = 2
 #: config keys that hold a file or folder path: only their last component is kept in a bundle
-PATH_CONFIG_KEYS = ("data.data_root", "data.entry_csv", "data.bbox_csv", "data.cache", "protocol.splits",
-                    "align.checkpoint", "align.canonical", "negatives.hash_index", "run.out")
+PATH_CONFIG_KEYS = (
+    "data.data_root",
+    "data.entry_csv",
+    "data.bbox_csv",
+    "data.cache",
+    "protocol.splits",
+    "align.checkpoint",
+    "align.canonical",
+    "negatives.hash_index",
+    "run.out",
+)
 MAX_HEADER = 100 << 20  # a header larger than this is not one of ours (a corrupt length)
 CHECKSUM_KEY = "tensor_sha256"
 #: bytes per element of the safetensors dtypes a bundle may hold
@@ -77,14 +92,20 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a readable cianet model bundle ({exc})") from None
     if version > FORMAT_VERSION:
-        raise InputError(f"{path}: bundle format {version} is newer than this cianet understands "
-                         f"({FORMAT_VERSION}); upgrade cianet")
+        raise InputError(
+            f"{path}: bundle format {version} is newer than this cianet understands ({FORMAT_VERSION}); upgrade cianet"
+        )
     tensors = check_tensors({k: v for k, v in raw.items() if k != "__metadata__"}, size - 8 - n, path)
     check_header(header, tensors, path)
     checksum = meta.get(CHECKSUM_KEY)
-    return {"format": meta["format"], "format_version": version, "bundle": header,
-            "tensors": {k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in tensors.items()},
-            "checksum": checksum if isinstance(checksum, str) else None, "data_start": 8 + n}
+    return {
+        "format": meta["format"],
+        "format_version": version,
+        "bundle": header,
+        "tensors": {k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in tensors.items()},
+        "checksum": checksum if isinstance(checksum, str) else None,
+        "data_start": 8 + n,
+    }
 
 
 def check_tensors(table: dict[str, Any], data_size: int, path: Path) -> dict[str, Any]:
@@ -94,8 +115,14 @@ def check_tensors(table: dict[str, Any], data_size: int, path: Path) -> dict[str
     for name, entry in table.items():
         try:
             dtype, shape, (start, stop) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            ok = (dtype in DTYPE_SIZES and isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
-                  and isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= data_size)
+            ok = (
+                dtype in DTYPE_SIZES
+                and isinstance(shape, list)
+                and all(isinstance(d, int) and d >= 0 for d in shape)
+                and isinstance(start, int)
+                and isinstance(stop, int)
+                and 0 <= start <= stop <= data_size
+            )
             count = 1
             for d in shape:
                 count *= d
@@ -103,36 +130,53 @@ def check_tensors(table: dict[str, Any], data_size: int, path: Path) -> dict[str
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
-            raise InputError(f"{path}: tensor {name!r} is described wrongly in the bundle header (dtype, shape or "
-                             "offsets); the file is damaged")
+            raise InputError(
+                f"{path}: tensor {name!r} is described wrongly in the bundle header (dtype, shape or "
+                "offsets); the file is damaged"
+            )
         end = max(end, stop)
     if end != data_size:
-        raise InputError(f"{path}: the tensor data holds {data_size} bytes, the header describes {end}; the file "
-                         "is cut or damaged")
+        raise InputError(
+            f"{path}: the tensor data holds {data_size} bytes, the header describes {end}; the file is cut or damaged"
+        )
     return table
 
 
 def check_header(header: Any, tensors: dict[str, Any], path: Path) -> None:
     """The cianet header's types and values, checked before anything is built from them: InputError naming the
     file and the field. Config values go through :func:`cianet.config.check_value` (with its upper bounds)."""
+
     def fail(what: str) -> None:
         raise InputError(f"{path}: bundle header {what}; the file is damaged or was not written by cianet")
 
     if not isinstance(header, dict):
         fail(f"is a {type(header).__name__}, not an object")
-    types = {"kind": str, "config": dict, "labels": list, "box_labels": list, "input_size": int, "thresholds": list,
-             "negatives": dict, "card": dict, "source": dict, "normalization": dict}
+    types = {
+        "kind": str,
+        "config": dict,
+        "labels": list,
+        "box_labels": list,
+        "input_size": int,
+        "thresholds": list,
+        "negatives": dict,
+        "card": dict,
+        "source": dict,
+        "normalization": dict,
+    }
     for key, tp in types.items():
         if key in header and (not isinstance(header[key], tp) or isinstance(header[key], bool)):
-            fail(f"field {key!r} must be {'an object' if tp is dict else 'a ' + tp.__name__}, got "
-                 f"{type(header[key]).__name__}")
+            fail(
+                f"field {key!r} must be {'an object' if tp is dict else 'a ' + tp.__name__}, got "
+                f"{type(header[key]).__name__}"
+            )
     for key in ("labels", "box_labels"):
         if not all(isinstance(v, str) for v in header.get(key, [])):
             fail(f"field {key!r} must be a list of names")
     if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in header.get("thresholds", [])):
         fail("field 'thresholds' must be a list of numbers")
-    if header.get("alignment") is not None and not (isinstance(header["alignment"], dict)
-                                                    and isinstance(header["alignment"].get("net_kwargs"), dict)):
+    if header.get("alignment") is not None and not (
+        isinstance(header["alignment"], dict) and isinstance(header["alignment"].get("net_kwargs"), dict)
+    ):
         fail("field 'alignment' must be null or an object with net_kwargs")
     check_config(header.get("config") or {}, path)
     size = header.get("input_size")
@@ -148,10 +192,6 @@ def check_header(header: Any, tensors: dict[str, Any], path: Path) -> None:
 def check_config(config: Any, path: str | os.PathLike) -> None:
     """Every value of a bundle's config against :func:`cianet.config.check_value` (types, choices, bounds with
     upper ones); keys this cianet does not know are skipped (nothing reads them). InputError naming the file."""
-    import dataclasses
-
-    from cianet.config import Config, check_value
-
     if not isinstance(config, dict):
         raise InputError(f"{path}: bundle config must be an object, got {type(config).__name__}")
     defaults = Config()
@@ -172,8 +212,6 @@ def check_config(config: Any, path: str | os.PathLike) -> None:
 def verify_data(path: str | os.PathLike, desc: dict[str, Any]) -> bool:
     """Check the tensor data against the SHA-256 stored at bundle time; InputError naming the file when they
     differ. False for a bundle written before checksums (nothing to check), True when checked."""
-    import hashlib
-
     if desc.get("checksum") is None:
         return False
     digest = hashlib.sha256()
@@ -182,15 +220,16 @@ def verify_data(path: str | os.PathLike, desc: dict[str, Any]) -> bool:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != desc["checksum"]:
-        raise InputError(f"{path}: the tensor data does not match the SHA-256 stored in the bundle (the file was "
-                         "damaged or edited after `cianet bundle` wrote it); rebuild or copy it again")
+        raise InputError(
+            f"{path}: the tensor data does not match the SHA-256 stored in the bundle (the file was "
+            "damaged or edited after `cianet bundle` wrote it); rebuild or copy it again"
+        )
     return True
 
 
 def scrub_text(text: str) -> str:
     """``text`` with every absolute path (``/a/b/c``, ``C:\\a\\b``) cut to its last component."""
-    return re.sub(r"(?<!\S)(?:[A-Za-z]:)?(?:[\\/][^\s\\/]+)+[\\/]?", lambda m: Path(m.group().rstrip("/\\")).name,
-                  text)
+    return re.sub(r"(?<!\S)(?:[A-Za-z]:)?(?:[\\/][^\s\\/]+)+[\\/]?", lambda m: Path(m.group().rstrip("/\\")).name, text)
 
 
 def scrub_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -211,12 +250,12 @@ def scrub_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def anonymous_names(n: int, strategy: str) -> list[str]:
     """The bank's entry names as read back: no training file names are stored."""
-    return ["canonical"] if strategy == "canonical" and n == 1 else [f"negative-{i:05d}" for i in range(n)]
+    return [CANONICAL] if strategy == CANONICAL and n == 1 else [f"negative-{i:05d}" for i in range(n)]
 
 
 def encode(bundle: dict[str, Any]) -> bytes:
     """A validated bundle dict -> the bytes of its format-2 file."""
-    from safetensors.torch import save
+    from safetensors.torch import save  # lazy: reading a header (`cianet bundle info`) stays free of torch
 
     def flat(prefix: str, state: dict) -> dict:
         return {f"{prefix}.{k}": v.detach().cpu().contiguous().clone() for k, v in state.items()}
@@ -225,40 +264,43 @@ def encode(bundle: dict[str, Any]) -> bytes:
     align = bundle["alignment"]
     if align is not None:
         tensors.update(flat("alignment", align["model"]))
-    if bundle["canonical"] is not None:
-        tensors["canonical"] = bundle["canonical"].detach().cpu().float().contiguous().clone()
+    if bundle[CANONICAL_CHEST] is not None:
+        tensors[CANONICAL_CHEST] = bundle[CANONICAL_CHEST].detach().cpu().float().contiguous().clone()
     bank = bundle["negatives"]
     for key in ("codes", "maps", "images"):
         if key in bank:
             tensors[f"negatives.{key}"] = bank[key].detach().cpu().contiguous().clone()
-    header = {k: v for k, v in bundle.items() if k not in ("model", "alignment", "canonical", "negatives", "format",
-                                                           "format_version")}
+    header = {
+        k: v
+        for k, v in bundle.items()
+        if k not in ("model", "alignment", CANONICAL_CHEST, "negatives", "format", "format_version")
+    }
     header["config"] = scrub_config(bundle["config"])
     header["alignment"] = None if align is None else {"net_kwargs": dict(align["net_kwargs"])}
-    header["canonical"] = bundle["canonical"] is not None
-    header["negatives"] = {"count": len(bank["names"]), "strategy": bank["strategy"],
-                           "aligned_codes": bool(bank.get("aligned_codes", False)),
-                           "aligned_maps": bool(bank.get("aligned_maps", False)),
-                           "images": "images" in bank}
-    from cianet.utils.atomic import strict_json
-
-    meta = {"format": "cianet-model-bundle", "format_version": str(FORMAT_VERSION),
-            "cianet": json.dumps(strict_json(header), allow_nan=False)}
+    header[CANONICAL_CHEST] = bundle[CANONICAL_CHEST] is not None
+    header["negatives"] = {
+        "count": len(bank["names"]),
+        "strategy": bank["strategy"],
+        "aligned_codes": bool(bank.get("aligned_codes", False)),
+        "aligned_maps": bool(bank.get("aligned_maps", False)),
+        "images": "images" in bank,
+    }
+    meta = {
+        "format": "cianet-model-bundle",
+        "format_version": str(FORMAT_VERSION),
+        "cianet": json.dumps(strict_json(header), allow_nan=False),
+    }
     first = save(tensors, metadata=meta)
     # The data section's layout does not depend on the metadata: hash it, then write the file with the hash.
-    data = memoryview(first)[8 + struct.unpack("<Q", first[:8])[0]:]
-    import hashlib
-
+    data = memoryview(first)[8 + struct.unpack("<Q", first[:8])[0] :]
     meta[CHECKSUM_KEY] = hashlib.sha256(data).hexdigest()
     out = save(tensors, metadata=meta)
-    assert out[8 + struct.unpack("<Q", out[:8])[0]:] == data, "safetensors laid out the tensor data differently"
+    assert out[8 + struct.unpack("<Q", out[:8])[0] :] == data, "safetensors laid out the tensor data differently"
     return out
 
 
 def decode(path: str | os.PathLike) -> dict[str, Any]:
     """A format-2 bundle file -> the bundle dict (see :mod:`cianet.run.bundle_file`); InputError naming the file."""
-    from safetensors import safe_open
-
     path = Path(path)
     desc = read_header(path)
     verify_data(path, desc)
@@ -270,16 +312,26 @@ def decode(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"{path}: not a readable cianet model bundle ({type(exc).__name__}: {exc})") from None
 
     def group(prefix: str) -> dict:
-        return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
     bank_info = header.get("negatives") or {}
-    bank = {"names": anonymous_names(int(bank_info.get("count", 0)), bank_info.get("strategy", "none")),
-            "strategy": bank_info.get("strategy", "none"), "aligned_codes": bool(bank_info.get("aligned_codes")),
-            "aligned_maps": bool(bank_info.get("aligned_maps")), **group("negatives")}
+    bank = {
+        "names": anonymous_names(int(bank_info.get("count", 0)), bank_info.get("strategy", "none")),
+        "strategy": bank_info.get("strategy", "none"),
+        "aligned_codes": bool(bank_info.get("aligned_codes")),
+        "aligned_maps": bool(bank_info.get("aligned_maps")),
+        **group("negatives"),
+    }
     if "codes" not in bank or "maps" not in bank:
         raise InputError(f"{path}: bundle negative bank is missing codes or maps")
     align = header.get("alignment")
-    out = {**header, "format": "cianet-model-bundle", "format_version": desc["format_version"],
-           "model": group("model"), "canonical": tensors.get("canonical"), "negatives": bank,
-           "alignment": None if align is None else {"model": group("alignment"), "net_kwargs": align["net_kwargs"]}}
+    out = {
+        **header,
+        "format": "cianet-model-bundle",
+        "format_version": desc["format_version"],
+        "model": group("model"),
+        CANONICAL_CHEST: tensors.get(CANONICAL_CHEST),
+        "negatives": bank,
+        "alignment": None if align is None else {"model": group("alignment"), "net_kwargs": align["net_kwargs"]},
+    }
     return out

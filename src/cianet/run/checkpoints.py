@@ -16,17 +16,21 @@ Both are read with ``torch.load(weights_only=True)``, so a checkpoint never unpi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from cianet.config import Config, config_from_dict
+from cianet.config import CANONICAL_CHEST, Config, config_from_dict, load_config
 from cianet.errors import InputError, MissingPathError, UsageError
 from cianet.labels import LABELS, label_set_from
+from cianet.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from cianet.run.networks import alignment_from_weights, alignment_net_kwargs, network_from_weights
+from cianet.utils.atomic import atomic_torch_save
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -48,8 +52,6 @@ def torch_read(path: Path, what: str, hint: str = "") -> Any:
 # ------------------------------------------------------------------------------------ model checkpoint
 def checkpoint_payload(model: nn.Module, cfg: Config, epoch: int, **extra: Any) -> dict[str, Any]:
     """What every model checkpoint carries: weights, config, label names, input size, normalization."""
-    from cianet.models.backbones import IMAGENET_MEAN, IMAGENET_STD
-
     net = model.module if hasattr(model, "module") else model
     classes = label_set_from(cfg.data.labels, cfg.data.box_labels)
     return {
@@ -67,8 +69,6 @@ def checkpoint_payload(model: nn.Module, cfg: Config, epoch: int, **extra: Any) 
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    from cianet.utils.atomic import atomic_torch_save
-
     atomic_torch_save(payload, path)
 
 
@@ -91,24 +91,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> tuple[nn.Module, Config]:
     """(model in eval mode on ``device``, its Config) of a checkpoint read by :func:`load_checkpoint`."""
-    from cianet.run.networks import network_from_weights
-
     return network_from_weights(ckpt["config"], ckpt["model"], device, source="checkpoint")
 
 
 # -------------------------------------------------------------------------------- alignment checkpoint
-def alignment_payload(net: nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, epoch: int,
-                      canonical: torch.Tensor, net_kwargs: dict[str, Any] | None = None,
-                      loss_scales: dict[str, float] | None = None) -> dict[str, Any]:
+def alignment_payload(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: Config,
+    epoch: int,
+    canonical: torch.Tensor,
+    net_kwargs: dict[str, Any] | None = None,
+    loss_scales: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """The ``align.pt`` contents; ``net_kwargs``: the arguments ``net`` was built with (default: the
     config's, :func:`cianet.run.networks.alignment_net_kwargs`)."""
-    from cianet.run.networks import alignment_net_kwargs
-
     return {
-        "kind": "alignment", "format_version": ALIGN_FORMAT_VERSION, "model": net.state_dict(),
-        "optimizer": optimizer.state_dict(), "epoch": epoch, "config": cfg.to_dict(),
+        "kind": "alignment",
+        "format_version": ALIGN_FORMAT_VERSION,
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "config": cfg.to_dict(),
         "net_kwargs": dict(alignment_net_kwargs(cfg) if net_kwargs is None else net_kwargs),
-        "canonical": canonical.detach().cpu(), "input_size": cfg.data.image_size,
+        CANONICAL_CHEST: canonical.detach().cpu(),
+        "input_size": cfg.data.image_size,
         "loss_scales": dict(loss_scales or {}),
     }
 
@@ -139,10 +146,8 @@ class LoadedAlignment:
 
 def load_alignment(path: str | Path, device: torch.device | str = "cpu") -> LoadedAlignment:
     """The alignment network of ``align.pt`` (or its run folder) on ``device``; the one loader of the package."""
-    from cianet.run.networks import alignment_from_weights
-
     path, ckpt = read_alignment_checkpoint(path)
-    canonical = ckpt.get("canonical")
+    canonical = ckpt.get(CANONICAL_CHEST)
     return LoadedAlignment(
         net=alignment_from_weights(ckpt["net_kwargs"], ckpt["model"], device),
         net_kwargs=dict(ckpt["net_kwargs"]),
@@ -153,8 +158,9 @@ def load_alignment(path: str | Path, device: torch.device | str = "cpu") -> Load
 
 
 # ------------------------------------------------------------------------------------------------ resume
-def resume_state(checkpoint: Path, read: Callable[[Path], dict[str, Any]], cfg: Config, resume: bool,
-                 what: str = "a run") -> tuple[dict[str, Any] | None, Config]:
+def resume_state(
+    checkpoint: Path, read: Callable[[Path], dict[str, Any]], cfg: Config, resume: bool, what: str = "a run"
+) -> tuple[dict[str, Any] | None, Config]:
     """The state to continue from (None for a new run) and the config to continue with.
 
     A folder whose ``checkpoint`` exists is refused without ``resume``; with it, the checkpoint is read with
@@ -164,8 +170,9 @@ def resume_state(checkpoint: Path, read: Callable[[Path], dict[str, Any]], cfg: 
     if not checkpoint.exists():
         return None, cfg
     if not resume:
-        raise UsageError(f"{checkpoint.parent} already holds {what}: pass --resume to continue it, "
-                         "or choose another --out")
+        raise UsageError(
+            f"{checkpoint.parent} already holds {what}: pass --resume to continue it, or choose another --out"
+        )
     state = read(checkpoint)
     saved = config_from_dict(state["config"], source=str(checkpoint))
     saved.run.out, saved.run.device, saved.run.progress = cfg.run.out, cfg.run.device, cfg.run.progress
@@ -175,8 +182,18 @@ def resume_state(checkpoint: Path, read: Callable[[Path], dict[str, Any]], cfg: 
 
 #: what a resumed run takes from the new command line; everything else comes from the run's own config
 RESUME_FREE = frozenset({"run.out", "run.device", "run.progress", "run.threads", "data.workers"})
-_PATH_KEYS = frozenset({"data.data_root", "data.entry_csv", "data.bbox_csv", "data.cache", "protocol.splits",
-                        "align.checkpoint", "align.canonical", "negatives.hash_index"})
+_PATH_KEYS = frozenset(
+    {
+        "data.data_root",
+        "data.entry_csv",
+        "data.bbox_csv",
+        "data.cache",
+        "protocol.splits",
+        "align.checkpoint",
+        "align.canonical",
+        "negatives.hash_index",
+    }
+)
 
 
 def check_resume_flags(run_dir: str | Path, cfg: Config, given: dict[str, str]) -> None:
@@ -186,8 +203,6 @@ def check_resume_flags(run_dir: str | Path, cfg: Config, given: dict[str, str]) 
     values. A resumed run continues with its own recipe (its ``config.yaml``), so a given value that differs
     from it is a UsageError naming the flag, the run's value and what to do.
     """
-    from cianet.config import load_config
-
     saved_path = Path(run_dir) / "config.yaml"
     if not saved_path.is_file():
         return  # nothing to resume: the trainer says so
@@ -202,12 +217,13 @@ def check_resume_flags(run_dir: str | Path, cfg: Config, given: dict[str, str]) 
         else:
             same = want == have
         if not same:
-            raise UsageError(f"{label}: --resume continues {run_dir} with its own recipe ({key} = {have!r}); drop "
-                             "the flag to resume, or start a new run with another --out")
+            raise UsageError(
+                f"{label}: --resume continues {run_dir} with its own recipe ({key} = {have!r}); drop "
+                "the flag to resume, or start a new run with another --out"
+            )
 
 
 def _same_path(a: str, b: str, run_dir: Path) -> bool:
     """Whether two spellings name one file (b may be relative to the run folder, as runs save paths)."""
     pa = Path(a).expanduser().resolve()
     return pa == Path(b).expanduser().resolve() or pa == (run_dir / b).resolve()
-

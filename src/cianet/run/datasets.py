@@ -13,13 +13,15 @@ An item is a dict of tensors:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cianet.data.cache import ImageCache, read_image
+from cianet.data.io import resize_gray, to_uint8
 from cianet.errors import InputError
 from cianet.labels import NIH_LABEL_SET, LabelSet
 
@@ -38,8 +40,6 @@ class ImageSource:
         if not self._cache_checked:
             self._cache_checked = True
             if self.cache_dir:
-                from cianet.data.cache import ImageCache
-
                 cache = ImageCache.open(self.cache_dir)
                 if cache.size != self.size:
                     raise InputError(
@@ -56,9 +56,6 @@ class ImageSource:
 
     def load(self, name: str) -> tuple[np.ndarray, tuple[int, int]]:
         """Return (image (S, S) float32 in [0, 1], original (W, H))."""
-        from cianet.data.cache import read_image
-        from cianet.data.io import resize_gray, to_uint8
-
         cache = self._get_cache()
         img, size = read_image(name, self.paths.get(name), cache)
         if cache is None or name not in cache:  # a decoded file; cache rows are S x S already
@@ -68,8 +65,6 @@ class ImageSource:
 
     def load_uint8(self, name: str) -> np.ndarray:
         """The image at size S as uint8 ``(S, S)`` (what the cache stores)."""
-        from cianet.data.io import to_uint8
-
         return to_uint8(self.load(name)[0])
 
 

@@ -9,6 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from cianet.models.alignment import boxes_to_aligned
+from cianet.models.backbones import gray_to_input
+from cianet.run.precision import autocast
+
 
 @torch.no_grad()
 def align_batch(align_net: nn.Module | None, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -18,8 +22,6 @@ def align_batch(align_net: nn.Module | None, batch: dict[str, torch.Tensor]) -> 
     """
     if align_net is None:
         return batch
-    from cianet.models.alignment import boxes_to_aligned
-
     out = dict(batch)
     pos = align_net(batch["image"])
     out["image"], out["params"] = pos["aligned"], pos["params"]
@@ -30,15 +32,15 @@ def align_batch(align_net: nn.Module | None, batch: dict[str, torch.Tensor]) -> 
     for i in range(boxes.shape[0]):
         valid = boxes[i, :, 0] >= 0
         if valid.any():
-            moved = boxes_to_aligned(boxes[i, valid, 1:].cpu().double().numpy(), pos["params"][i].cpu().double().numpy(), (s, s), (s, s))
+            moved = boxes_to_aligned(
+                boxes[i, valid, 1:].cpu().double().numpy(), pos["params"][i].cpu().double().numpy(), (s, s), (s, s)
+            )
             boxes[i, valid, 1:] = torch.as_tensor(np.asarray(moved), dtype=boxes.dtype, device=boxes.device)
     out["boxes"] = boxes
     return out
 
 
 def network_inputs(batch: dict[str, torch.Tensor], channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from cianet.models.backbones import gray_to_input
-
     pos, neg = gray_to_input(batch["image"]), gray_to_input(batch["neg"])
     if channels_last:
         pos, neg = pos.contiguous(memory_format=torch.channels_last), neg.contiguous(memory_format=torch.channels_last)
@@ -46,14 +48,17 @@ def network_inputs(batch: dict[str, torch.Tensor], channels_last: bool) -> tuple
 
 
 @torch.no_grad()
-def forward_grids(model: nn.Module, batch: dict[str, torch.Tensor], upsample: bool, channels_last: bool = False,
-                  precision: str = "fp32") -> dict[str, torch.Tensor]:
+def forward_grids(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    upsample: bool,
+    channels_last: bool = False,
+    precision: str = "fp32",
+) -> dict[str, torch.Tensor]:
     """Native-grid logits (B, C, h, w), test-grid logits (B, C, U, U) (== native without upsampling), maps.
 
     ``precision``: "fp32", "bf16" or "fp16" (autocast; :func:`cianet.run.precision.resolve_precision`).
     """
-    from cianet.run.precision import autocast
-
     net = model.module if hasattr(model, "module") else model
     pos, neg = network_inputs(batch, channels_last)
     with autocast(precision, pos.device):

@@ -6,32 +6,42 @@ prediction and ONNX export) goes through :func:`network_from_weights` / :func:`a
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from cianet.config import Config, config_from_dict
+from cianet.data.canonical import read_canonical_crop
+from cianet.errors import InputError
 from cianet.labels import label_set_from
+from cianet.models.alignment import AlignmentNet, crop_params, derive_bounds
+from cianet.models.backbones import pretrained_weights
+from cianet.models.cianet import build_model
 
 
 def build_network(cfg: Config) -> nn.Module:
     """CIA-Net or the baseline as ``cfg.model`` says (random or ImageNet-initialized trunks)."""
-    from cianet.models.cianet import build_model
-
     m = cfg.model
     n_classes = len(label_set_from(cfg.data.labels, cfg.data.box_labels))  # the data set's classes
-    return build_model(m.kind, num_classes=n_classes, backbone=m.backbone, pretrained=m.pretrained,
-                       test_upsample=m.test_upsample, head_channels=m.head_channels,
-                       output_stride=m.output_stride, last_stage=m.last_stage)
+    return build_model(
+        m.kind,
+        num_classes=n_classes,
+        backbone=m.backbone,
+        pretrained=m.pretrained,
+        test_upsample=m.test_upsample,
+        head_channels=m.head_channels,
+        output_stride=m.output_stride,
+        last_stage=m.last_stage,
+    )
 
 
 def check_pretrained(spec: Any, backbone: str) -> None:
     """Fail now, before any data is read, when the initial weights ``spec`` (imagenet | none | PATH) cannot be
     had (cianet.models.backbones.pretrained_weights: the error says how to proceed)."""
-    from cianet.models.backbones import pretrained_weights
-
     pretrained_weights(backbone, spec)
 
 
@@ -40,45 +50,51 @@ def alignment_net_kwargs(cfg: Config) -> dict[str, Any]:
     backbone, the input size and the bounds (``cianet.models.alignment.derive_bounds``), centred as
     ``align.center`` says on the crop recorded beside ``align.canonical`` (``<stem>.json`` of
     ``cianet canonical``). A checkpoint stores them, so it reloads with exactly these bounds."""
-    import sys
-
-    from cianet.data.canonical import read_canonical_crop
-    from cianet.models.alignment import crop_params, derive_bounds
-
     a = cfg.align
     record = read_canonical_crop(a.canonical) if a.canonical else None
     if record is None and a.canonical and a.center == "crop":
-        print(f"warning: no crop record ({Path(a.canonical).with_suffix('.json').name}, written by `cianet "
-              f"canonical`) beside {a.canonical}; the alignment bounds are centred on the identity", file=sys.stderr)
+        print(
+            f"warning: no crop record ({Path(a.canonical).with_suffix('.json').name}, written by `cianet "
+            f"canonical`) beside {a.canonical}; the alignment bounds are centred on the identity",
+            file=sys.stderr,
+        )
     crop = None if record is None else crop_params(*record)
-    bounds = derive_bounds(crop, center=a.center, max_shift=a.max_shift, max_scale=a.max_scale,
-                           max_rotation=a.max_rotation)
+    bounds = derive_bounds(
+        crop, center=a.center, max_shift=a.max_shift, max_scale=a.max_scale, max_rotation=a.max_rotation
+    )
     return {"backbone": a.backbone, "input_size": a.input_size, **bounds}
 
 
-def build_alignment_net(cfg: Config, pretrained: bool | str | None = None,
-                        net_kwargs: dict[str, Any] | None = None) -> nn.Module:
+def build_alignment_net(
+    cfg: Config, pretrained: bool | str | None = None, net_kwargs: dict[str, Any] | None = None
+) -> nn.Module:
     """A new AlignmentNet for ``cfg`` (``net_kwargs``, e.g. a checkpoint's, instead of the config's)."""
-    from cianet.models.alignment import AlignmentNet
+    return AlignmentNet(
+        pretrained=cfg.align.pretrained if pretrained is None else pretrained,
+        **(alignment_net_kwargs(cfg) if net_kwargs is None else net_kwargs),
+    )
 
-    return AlignmentNet(pretrained=cfg.align.pretrained if pretrained is None else pretrained,
-                        **(alignment_net_kwargs(cfg) if net_kwargs is None else net_kwargs))
 
-
-def with_weights(build: Callable[[], nn.Module], state: dict[str, torch.Tensor],
-                 device: torch.device | str = "cpu", source: str = "<weights>") -> nn.Module:
+def with_weights(
+    build: Callable[[], nn.Module],
+    state: dict[str, torch.Tensor],
+    device: torch.device | str = "cpu",
+    source: str = "<weights>",
+) -> nn.Module:
     """``build()`` with ``state`` loaded, in eval mode on ``device``.
 
     The module is built on the meta device (no random initialization, which costs seconds for two ResNet
     trunks) and the saved tensors are assigned; a module holding state outside its state dict falls back
     to a normal build.
     """
-    from cianet.errors import InputError
-
-    bad = sorted(k for k, t in state.items() if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all())
+    bad = sorted(
+        k for k, t in state.items() if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()
+    )
     if bad:  # NaN weights would predict NaN for every image, reported as "ok"
-        raise InputError(f"{source}: non-finite (NaN or infinite) weights in {bad[0]}"
-                         f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}")
+        raise InputError(
+            f"{source}: non-finite (NaN or infinite) weights in {bad[0]}"
+            f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}"
+        )
     try:
         with torch.device("meta"):
             module = build()
@@ -92,19 +108,22 @@ def with_weights(build: Callable[[], nn.Module], state: dict[str, torch.Tensor],
     return module.to(device).eval()
 
 
-def network_from_weights(config: dict[str, Any], state: dict[str, torch.Tensor], device: torch.device | str = "cpu",
-                         source: str = "<weights>") -> tuple[nn.Module, Config]:
+def network_from_weights(
+    config: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    device: torch.device | str = "cpu",
+    source: str = "<weights>",
+) -> tuple[nn.Module, Config]:
     """(model in eval mode on ``device``, its Config) from a saved config dict and state dict."""
     cfg = config_from_dict(config, source=f"{source} config")
     cfg.model.pretrained = "none"  # the weights are the saved ones
     return with_weights(lambda: build_network(cfg), state, device, source), cfg
 
 
-def alignment_from_weights(net_kwargs: dict[str, Any], state: dict[str, torch.Tensor],
-                           device: torch.device | str = "cpu") -> nn.Module:
+def alignment_from_weights(
+    net_kwargs: dict[str, Any], state: dict[str, torch.Tensor], device: torch.device | str = "cpu"
+) -> nn.Module:
     """A frozen AlignmentNet (eval mode, no gradients) from its constructor arguments and state dict."""
-    from cianet.models.alignment import AlignmentNet
-
     net = with_weights(lambda: AlignmentNet(pretrained=False, **net_kwargs), state, device)
     for p in net.parameters():
         p.requires_grad_(False)

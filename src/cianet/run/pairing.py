@@ -34,14 +34,29 @@ trained on or scored) and the counts in ``negatives.json`` (:func:`write_pairing
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+import torch
 
-from cianet.config import NEGATIVE_STRATEGIES, Config
+from cianet.config import CANONICAL, NEGATIVE_STRATEGIES, RANDOM, SIM, Config
+from cianet.data.cache import ImageCache, read_image
+from cianet.data.canonical import load_canonical
+from cianet.data.layouts import open_index
+from cianet.data.priors import prior_studies
 from cianet.errors import InputError, MissingPathError, UsageError
+from cianet.negatives import HashIndex, NegativeSampler, build_hash_index, hash_codes
+from cianet.phantom import TWINS_DIR
+from cianet.run.checkpoints import load_alignment
+from cianet.run.datasets import ImageSource
+from cianet.run.device import resolve_device
+from cianet.utils.atomic import atomic_write_json, atomic_write_text
+from cianet.utils.progress import progress_bar
 
 Pairing = dict[str, "str | None"]
 PAIRS_FILE = "pairs.json"
@@ -55,27 +70,26 @@ TWIN_PREFIX = "twin:"
 
 def twin_paths(data_root: str | Path) -> dict[str, Path]:
     """``{"twin:NAME": path}`` of the phantom's finding-free twins (``cianet synth --twins``)."""
-    from cianet.data.synth import TWINS_DIR
-
     twin_dir = Path(data_root) / TWINS_DIR
     if not twin_dir.is_dir():
-        raise MissingPathError(f"{twin_dir} does not exist: negatives.strategy=oracle needs the phantom's twins "
-                               "(`cianet synth --twins`)")
+        raise MissingPathError(
+            f"{twin_dir} does not exist: negatives.strategy=oracle needs the phantom's twins (`cianet synth --twins`)"
+        )
     return {TWIN_PREFIX + p.name: p for p in twin_dir.iterdir() if p.is_file()}
 
 
 def oracle_pairs(data_root: str | Path, data) -> Pairing:
     """The UPPER BOUND: each image of the run, No Finding included, -> its own twin ``"twin:NAME"`` (a
     finding-free re-render of the same patient). Reads no label; a missing twin is an InputError naming it."""
-    from cianet.data.synth import TWINS_DIR
-
     twins = twin_paths(data_root)
     pairs: Pairing = {}
     for name in dict.fromkeys(list(data.train) + data.held_out):
         if TWIN_PREFIX + name not in twins:
-            raise InputError(f"{Path(data_root) / TWINS_DIR / name}: the twin of {name} is missing "
-                             "(negatives.strategy=oracle pairs every image with its twin; regenerate the phantom "
-                             "with `cianet synth --twins`)")
+            raise InputError(
+                f"{Path(data_root) / TWINS_DIR / name}: the twin of {name} is missing "
+                "(negatives.strategy=oracle pairs every image with its twin; regenerate the phantom "
+                "with `cianet synth --twins`)"
+            )
         pairs[name] = TWIN_PREFIX + name
     return pairs
 
@@ -91,13 +105,11 @@ def negative_pool(index, exclude: set[str], available: set[str] | None = None) -
     ]
 
 
-def hash_codes_for(names: list[str], source, progress: bool = False, align_net=None,
-                   center: bool = False) -> np.ndarray:
+def hash_codes_for(
+    names: list[str], source, progress: bool = False, align_net=None, center: bool = False
+) -> np.ndarray:
     """Perceptual-hash codes (N, 256) of the named images, read at the run's size from ``source`` (8-bit, as
     training reads them); with ``align_net``, of the images it aligns (:func:`aligned_images`)."""
-    from cianet.negatives import hash_codes
-    from cianet.utils.progress import progress_bar
-
     chunk = 512 if align_net is None else 64
     codes = []
     batch: list[np.ndarray] = []
@@ -119,8 +131,6 @@ def hash_codes_for(names: list[str], source, progress: bool = False, align_net=N
 def aligned_images(align_net, images_u8: np.ndarray) -> np.ndarray:
     """``(N, S, S)`` uint8 images -> ``(N, S, S)`` float32 as the alignment network warps them in training
     (input ``u8 / 255``, as the run's data set gives it; output at the same size S)."""
-    import torch
-
     device = next(align_net.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(images_u8)).to(device=device, dtype=torch.float32)[:, None] / 255.0
     with torch.no_grad():
@@ -129,8 +139,6 @@ def aligned_images(align_net, images_u8: np.ndarray) -> np.ndarray:
 
 def alignment_fingerprint(align_net) -> str:
     """Short content hash of an alignment network's weights: names the warp that aligned codes were made with."""
-    import hashlib
-
     h = hashlib.sha1()
     for key, value in sorted(align_net.state_dict().items()):
         h.update(key.encode())
@@ -149,8 +157,10 @@ def code_kind(align_net=None, image_size: int | None = None) -> dict:
 def describe_codes(kind: dict) -> str:
     if not kind.get("aligned"):
         return "codes of unaligned images"
-    return (f"codes of images aligned at {kind.get('image_size')} px by the alignment network with weights "
-            f"{kind.get('alignment')}")
+    return (
+        f"codes of images aligned at {kind.get('image_size')} px by the alignment network with weights "
+        f"{kind.get('alignment')}"
+    )
 
 
 def run_code_aligner(cfg: Config, align_net=None):
@@ -160,9 +170,6 @@ def run_code_aligner(cfg: Config, align_net=None):
         return None
     if align_net is not None:
         return align_net
-    from cianet.run.checkpoints import load_alignment
-    from cianet.run.device import resolve_device
-
     return load_alignment(cfg.align.checkpoint, resolve_device(cfg.run.device)).net
 
 
@@ -174,47 +181,57 @@ def check_index_codes(path, meta: dict, want: dict, align_checkpoint: str | None
     if have == want:
         return
     if want["aligned"]:
-        fix = (f"build one with `cianet hash --align {align_checkpoint} --image-size {want['image_size']} ...`, "
-               "leave --hash-index out to hash the run's images, or set negatives.aligned_codes=false")
+        fix = (
+            f"build one with `cianet hash --align {align_checkpoint} --image-size {want['image_size']} ...`, "
+            "leave --hash-index out to hash the run's images, or set negatives.aligned_codes=false"
+        )
     elif align_checkpoint:
-        fix = ("build one without --align, leave --hash-index out, or set negatives.aligned_codes=true with the "
-               "alignment it was built with")
+        fix = (
+            "build one without --align, leave --hash-index out, or set negatives.aligned_codes=true with the "
+            "alignment it was built with"
+        )
     else:
         fix = "the run does not align (no align.checkpoint): build one without --align, or leave --hash-index out"
-    raise InputError(f"hash index {path} (--hash-index) holds {describe_codes(have)}, but the run pairs with "
-                     f"{describe_codes(want)}: {fix}")
+    raise InputError(
+        f"hash index {path} (--hash-index) holds {describe_codes(have)}, but the run pairs with "
+        f"{describe_codes(want)}: {fix}"
+    )
 
 
-def _pool_index(cfg: Config, pool: list[str], patients: dict[str, str], source, with_codes: bool,
-                align_net=None):
+def _pool_index(cfg: Config, pool: list[str], patients: dict[str, str], source, with_codes: bool, align_net=None):
     """HashIndex of the negative pool: from cfg.negatives.hash_index when given (restricted to the pool; its
     codes must be of the run's kind, :func:`check_index_codes`), else computed from the run's images (aligned by
     ``align_net`` when given). ``random`` needs no codes (zeros stand in)."""
-    from cianet.negatives import HashIndex
-
     if not with_codes:
         return HashIndex(np.zeros((len(pool), 1), np.float32), list(pool), [patients[n] for n in pool])
     if cfg.negatives.hash_index:
         if not Path(cfg.negatives.hash_index).is_file():
-            raise MissingPathError(f"hash index {cfg.negatives.hash_index} (--hash-index / negatives.hash_index) "
-                                   "does not exist; build it with `cianet hash`, or leave it out to hash the "
-                                   "run's images")
+            raise MissingPathError(
+                f"hash index {cfg.negatives.hash_index} (--hash-index / negatives.hash_index) "
+                "does not exist; build it with `cianet hash`, or leave it out to hash the "
+                "run's images"
+            )
         full = HashIndex.load(cfg.negatives.hash_index)
-        check_index_codes(cfg.negatives.hash_index, full.meta, code_kind(align_net, cfg.data.image_size),
-                          cfg.align.checkpoint)
+        check_index_codes(
+            cfg.negatives.hash_index, full.meta, code_kind(align_net, cfg.data.image_size), cfg.align.checkpoint
+        )
         unknown = [n for n in full.names if n not in patients]
         if unknown:
-            raise InputError(f"hash index {cfg.negatives.hash_index}: {len(unknown)} of its images are not in the "
-                             f"data set (first: {unknown[0]}); build it for this data set with `cianet hash`")
+            raise InputError(
+                f"hash index {cfg.negatives.hash_index}: {len(unknown)} of its images are not in the "
+                f"data set (first: {unknown[0]}); build it for this data set with `cianet hash`"
+            )
         keep = set(pool)
         rows = [i for i, n in enumerate(full.names) if n in keep]
         if not rows:
-            raise InputError(f"hash index {cfg.negatives.hash_index} holds none of the run's {len(pool)} negative "
-                             "candidates; build it for this data set with `cianet hash`")
-        return HashIndex(full.codes[rows], [full.names[i] for i in rows], [full.patients[i] for i in rows],
-                         dict(full.meta))
-    return HashIndex(hash_codes_for(pool, source, cfg.run.progress, align_net), list(pool),
-                     [patients[n] for n in pool])
+            raise InputError(
+                f"hash index {cfg.negatives.hash_index} holds none of the run's {len(pool)} negative "
+                "candidates; build it for this data set with `cianet hash`"
+            )
+        return HashIndex(
+            full.codes[rows], [full.names[i] for i in rows], [full.patients[i] for i in rows], dict(full.meta)
+        )
+    return HashIndex(hash_codes_for(pool, source, cfg.run.progress, align_net), list(pool), [patients[n] for n in pool])
 
 
 #: explain(image, negative, held_out) -> (the strategy that chose the negative, the reason)
@@ -250,14 +267,21 @@ def pair_negatives(cfg: Config, data, source, align_net=None) -> RunPairing:
     if strategy not in NEGATIVE_STRATEGIES:
         raise UsageError(f"negatives.strategy must be one of {', '.join(NEGATIVE_STRATEGIES)}, got {strategy!r}")
     if cfg.model.kind == "baseline":  # the baseline never looks at a negative
-        return RunPairing(lambda epoch: None, lambda epoch: None,
-                          explain=lambda name, neg, held: ("none", "the baseline takes no negative"))
+        return RunPairing(
+            lambda epoch: None,
+            lambda epoch: None,
+            explain=lambda name, neg, held: ("none", "the baseline takes no negative"),
+        )
     spec = NEGATIVE_STRATEGIES[strategy]
     if spec.upper_bound:
         pairs = oracle_pairs(cfg.data.data_root, data)
         why = "upper bound: the image's own finding-free twin (the same patient, re-rendered)"
-        return RunPairing(_fixed({n: pairs[n] for n in data.train}), _fixed({n: pairs[n] for n in data.held_out}),
-                          strategy=strategy, explain=lambda name, neg, held: (strategy, why))
+        return RunPairing(
+            _fixed({n: pairs[n] for n in data.train}),
+            _fixed({n: pairs[n] for n in data.held_out}),
+            strategy=strategy,
+            explain=lambda name, neg, held: (strategy, why),
+        )
     if spec.prior:
         return _prior_pairing(cfg, data, source, align_net)
     return _base_pairing(cfg, strategy, data, list(data.train), data.held_out, source, align_net)
@@ -267,41 +291,45 @@ def _available(cfg: Config) -> set[str]:
     """Names the run's image cache holds (an image is readable from its file or from the cache)."""
     if not cfg.data.cache:
         return set()
-    from cianet.data.cache import ImageCache
-
     return set(ImageCache.open(cfg.data.cache).names)
 
 
-def _base_pairing(cfg: Config, strategy: str, data, train: list[str], held_out: list[str], source,
-                  align_net=None) -> RunPairing:
+def _base_pairing(
+    cfg: Config, strategy: str, data, train: list[str], held_out: list[str], source, align_net=None
+) -> RunPairing:
     """A pool or canonical strategy (``cianet.config.BASE_STRATEGIES``) over the images ``train`` (paired by
     ``train(epoch)``) and ``held_out`` (paired by ``test(epoch)``); the pool never holds a held-out image of the
     run, whichever images are paired here."""
-    from cianet.data.canonical import load_canonical
-
-    if strategy == "canonical":
+    if strategy == CANONICAL:
         if not cfg.align.canonical:
             key = "negatives.strategy" if cfg.negatives.strategy == strategy else "negatives.prior_fallback"
-            raise UsageError(f"{key}=canonical needs align.canonical (a canonical chest PNG from "
-                             "`cianet canonical`)")
+            raise UsageError(f"{key}=canonical needs align.canonical (a canonical chest PNG from `cianet canonical`)")
         canonical = load_canonical(cfg.align.canonical, cfg.data.image_size)
         why = "the canonical chest, the same for every image"
-        return RunPairing(lambda e: dict.fromkeys(train), lambda e: dict.fromkeys(held_out), canonical,
-                          strategy=strategy, explain=lambda name, neg, held: (strategy, why))
+        return RunPairing(
+            lambda e: dict.fromkeys(train),
+            lambda e: dict.fromkeys(held_out),
+            canonical,
+            strategy=strategy,
+            explain=lambda name, neg, held: (strategy, why),
+        )
     index = data.index
     patients = {r.name: r.patient_id for r in index.records}
     pool = negative_pool(index, exclude=set(data.held_out), available=_available(cfg))
     if not pool:
         raise InputError("no No Finding image is available as a negative (CIA-Net needs negatives)")
-    from cianet.negatives import NegativeSampler
-
-    aligner = run_code_aligner(cfg, align_net) if strategy == "sim" else None
+    aligner = run_code_aligner(cfg, align_net) if strategy == SIM else None
     kind = code_kind(aligner, cfg.data.image_size)
-    sampler = NegativeSampler(strategy, _pool_index(cfg, pool, patients, source, strategy == "sim", aligner),
-                              seed=cfg.run.seed, exclude_same_patient=cfg.negatives.exclude_same_patient,
-                              codes_kind=kind if strategy == "sim" else None)
+    sampler = NegativeSampler(
+        strategy,
+        _pool_index(cfg, pool, patients, source, strategy == SIM, aligner),
+        seed=cfg.run.seed,
+        exclude_same_patient=cfg.negatives.exclude_same_patient,
+        codes_kind=kind if strategy == SIM else None,
+    )
     blank = "no candidate left once the image and its patient are excluded: a blank negative"
-    if strategy == "random":  # redrawn every epoch, keyed by (seed, epoch, name): resumable
+    if strategy == RANDOM:  # redrawn every epoch, keyed by (seed, epoch, name): resumable
+
         def pair_random(names: list[str], offset: int) -> Callable[[int], Pairing]:
             pats = [patients[n] for n in names]
             return lambda e: dict(zip(names, sampler.pair(names, patients=pats, epoch=offset + e)))
@@ -309,11 +337,13 @@ def _base_pairing(cfg: Config, strategy: str, data, train: list[str], held_out: 
         def why_random(name: str, neg: str | None, held: bool) -> tuple[str, str]:
             if neg is None:
                 return strategy, blank
-            return strategy, ("random draw, fixed for scoring" if held
-                              else "random draw, redrawn every epoch (epoch 0 shown)")
+            return strategy, (
+                "random draw, fixed for scoring" if held else "random draw, redrawn every epoch (epoch 0 shown)"
+            )
 
-        return RunPairing(pair_random(list(train), 0), pair_random(list(held_out), 10_000), strategy=strategy,
-                          explain=why_random)
+        return RunPairing(
+            pair_random(list(train), 0), pair_random(list(held_out), 10_000), strategy=strategy, explain=why_random
+        )
     # sim: fixed pairs, computed once; a pairs file made with another pool or other codes raises here
     names = list(dict.fromkeys(list(train) + list(held_out)))
     pairs_file = Path(cfg.run.out) / PAIRS_FILE
@@ -335,11 +365,18 @@ def _base_pairing(cfg: Config, strategy: str, data, train: list[str], held_out: 
         if neg is None:
             return strategy, blank
         cosine = sampler.similarity(name)
-        return strategy, (f"nearest code of {where} (cosine {cosine:.3f})" if cosine is not None
-                          else f"nearest code of {where}")
+        return strategy, (
+            f"nearest code of {where} (cosine {cosine:.3f})" if cosine is not None else f"nearest code of {where}"
+        )
 
-    return RunPairing(_fixed({n: pairs[n] for n in train}), _fixed({n: pairs[n] for n in held_out}), None,
-                      to_save, strategy=strategy, explain=why_sim)
+    return RunPairing(
+        _fixed({n: pairs[n] for n in train}),
+        _fixed({n: pairs[n] for n in held_out}),
+        None,
+        to_save,
+        strategy=strategy,
+        explain=why_sim,
+    )
 
 
 def prior_pairs(cfg: Config, data) -> tuple[Pairing, dict[str, str]]:
@@ -347,8 +384,6 @@ def prior_pairs(cfg: Config, data) -> tuple[Pairing, dict[str, str]]:
     (:func:`cianet.data.priors.prior_studies`) and, for every image, why it has one or not ("prior: follow-up
     2", "fallback: no earlier No Finding study", ...). A training image whose prior is held out, and an image
     whose prior's file is neither under the data root nor in the cache, fall back too."""
-    from cianet.data.priors import prior_studies
-
     strategy = cfg.negatives.strategy
     any_time = NEGATIVE_STRATEGIES[strategy].prior == "any"
     records = {r.name: r for r in data.index.records}
@@ -362,7 +397,7 @@ def prior_pairs(cfg: Config, data) -> tuple[Pairing, dict[str, str]]:
         prior = found.get(name)
         rec = records[name]
         if prior is None or prior == name:
-            reasons[name] = ("fallback: no follow-up number" if rec.follow_up is None else f"fallback: no {which}")
+            reasons[name] = "fallback: no follow-up number" if rec.follow_up is None else f"fallback: no {which}"
         elif not is_held and prior in held:
             reasons[name] = f"fallback: its {which} {prior} is held out (test/validation)"
         elif records[prior].path is None and prior not in available:
@@ -393,8 +428,15 @@ def _prior_pairing(cfg: Config, data, source, align_net=None) -> RunPairing:
         used, why = base.explain(name, neg, held)
         return used, f"{reasons[name]}; {why}"
 
-    return RunPairing(merged(train_prior, base.train), merged(held_prior, base.test), base.canonical,
-                      base.sampler, strategy=strategy, explain=explain, fallback=fallback)
+    return RunPairing(
+        merged(train_prior, base.train),
+        merged(held_prior, base.test),
+        base.canonical,
+        base.sampler,
+        strategy=strategy,
+        explain=explain,
+        fallback=fallback,
+    )
 
 
 def save_pairs(pairing: RunPairing, run_dir: str | Path) -> Path | None:
@@ -411,11 +453,9 @@ def negative_label(neg: str | None, pairing: RunPairing) -> str:
     """What ``negatives.csv`` names a negative: an image file name, ``twins/NAME`` (the oracle's twin file
     under the data root), ``canonical`` (the canonical chest), or ``none`` (the baseline; a blank negative)."""
     if neg is None:
-        return "canonical" if pairing.canonical is not None else "none"
+        return CANONICAL if pairing.canonical is not None else "none"
     if neg.startswith(TWIN_PREFIX):
-        from cianet.data.synth import TWINS_DIR
-
-        return f"{TWINS_DIR}/{neg[len(TWIN_PREFIX):]}"
+        return f"{TWINS_DIR}/{neg[len(TWIN_PREFIX) :]}"
     return neg
 
 
@@ -425,21 +465,32 @@ def pairing_rows(pairing: RunPairing, data) -> list[dict[str, str]]:
     train, held = pairing.train(0) or {}, pairing.test(0) or {}
     explain = pairing.explain or (lambda name, neg, is_held: (pairing.strategy or "none", ""))
     rows = []
-    splits = (("train", list(data.train)), ("val", list(data.val)),
-              ("test", list(dict.fromkeys(list(data.test) + list(data.auc_extra)))))
+    splits = (
+        ("train", list(data.train)),
+        ("val", list(data.val)),
+        ("test", list(dict.fromkeys(list(data.test) + list(data.auc_extra)))),
+    )
     for split, names in splits:
         pairs = train if split == "train" else held
         for name in names:
             neg = pairs.get(name)
             used, reason = explain(name, neg, split != "train")
-            rows.append({"image": name, "split": split, "negative": negative_label(neg, pairing),
-                         "strategy": used, "reason": reason})
+            rows.append(
+                {
+                    "image": name,
+                    "split": split,
+                    "negative": negative_label(neg, pairing),
+                    "strategy": used,
+                    "reason": reason,
+                }
+            )
     return rows
 
 
 def pairing_counts(pairing: RunPairing, rows: list[dict[str, str]]) -> dict:
     """``negatives.json``: the strategy, its fallback, and how many images each way paired (``prior`` /
     ``fallback`` for prior runs, else the strategy's name), in all and per split."""
+
     def key(row: dict[str, str]) -> str:
         if pairing.fallback is not None:
             return pairing.strategy if row["strategy"] == pairing.strategy else "fallback"
@@ -452,19 +503,19 @@ def pairing_counts(pairing: RunPairing, rows: list[dict[str, str]]) -> dict:
         counts[k] = counts.get(k, 0) + 1
         split = by_split.setdefault(row["split"], {})
         split[k] = split.get(k, 0) + 1
-    return {"strategy": pairing.strategy or "none", "fallback": pairing.fallback,
-            "upper_bound": bool(pairing.strategy and NEGATIVE_STRATEGIES[pairing.strategy].upper_bound),
-            "images": len(rows), "counts": counts, "by_split": by_split}
+    return {
+        "strategy": pairing.strategy or "none",
+        "fallback": pairing.fallback,
+        "upper_bound": bool(pairing.strategy and NEGATIVE_STRATEGIES[pairing.strategy].upper_bound),
+        "images": len(rows),
+        "counts": counts,
+        "by_split": by_split,
+    }
 
 
 def write_pairing_record(pairing: RunPairing, data, run_dir: str | Path) -> dict:
     """Write ``run_dir/negatives.csv`` (:func:`pairing_rows`) and ``negatives.json`` (:func:`pairing_counts`),
     each atomically; returns the counts."""
-    import csv
-    import io
-
-    from cianet.utils.atomic import atomic_write_json, atomic_write_text
-
     rows = pairing_rows(pairing, data)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(NEGATIVES_COLUMNS), lineterminator="\n")
@@ -483,10 +534,20 @@ def counts_line(counts: dict) -> str:
     return f"negatives ({head}{', UPPER BOUND' if counts.get('upper_bound') else ''}): {body}"
 
 
-def hash_data_root(data_root: str | Path, out: str | Path, cache: str | Path | None = None, size: int = 16,
-                   entry_csv: str | None = None, workers: int = 4, center: bool = False,
-                   progress: bool | None = None, align: str | Path | None = None, image_size: int | None = None,
-                   device: str = "cpu", dataset: str = "auto") -> dict:
+def hash_data_root(
+    data_root: str | Path,
+    out: str | Path,
+    cache: str | Path | None = None,
+    size: int = 16,
+    entry_csv: str | None = None,
+    workers: int = 4,
+    center: bool = False,
+    progress: bool | None = None,
+    align: str | Path | None = None,
+    image_size: int | None = None,
+    device: str = "cpu",
+    dataset: str = "auto",
+) -> dict:
     """``cianet hash``: the perceptual-hash index of a data root's No Finding images, saved to ``out``.
 
     Images come from the image cache when it holds them, else from their files. Images with neither are left
@@ -498,10 +559,6 @@ def hash_data_root(data_root: str | Path, out: str | Path, cache: str | Path | N
     ``negatives.aligned_codes`` and that alignment can use the index. The index's ``meta`` records the kind
     (:func:`code_kind`).
     """
-    from cianet.data.cache import read_image
-    from cianet.data.layouts import open_index
-    from cianet.negatives import build_hash_index
-
     if size < 1:
         raise UsageError(f"--hash-size must be positive, got {size}")
     if workers < 1:
@@ -512,8 +569,6 @@ def hash_data_root(data_root: str | Path, out: str | Path, cache: str | Path | N
         raise InputError(f"{data_root}: no No Finding image in {index.entry_csv or 'the entry CSV'}")
     opened = None
     if cache:
-        from cianet.data.cache import ImageCache
-
         opened = ImageCache.open(cache)
     paths = {r.name: r.path for r in records}
     usable = [r for r in records if (opened is not None and r.name in opened) or r.path is not None]
@@ -522,33 +577,40 @@ def hash_data_root(data_root: str | Path, out: str | Path, cache: str | Path | N
         raise MissingPathError(f"{data_root}: none of the {len(records)} No Finding images found {where}below it")
     failed: list[str] = []
     if align is not None:
-        hash_index = _aligned_hash_index(usable, paths, cache, opened, align, image_size, size, center, device,
-                                         progress, failed)
+        hash_index = _aligned_hash_index(
+            usable, paths, cache, opened, align, image_size, size, center, device, progress, failed
+        )
     else:
         hash_index = build_hash_index(
-            [r.name for r in usable], [r.patient_id for r in usable],
+            [r.name for r in usable],
+            [r.patient_id for r in usable],
             lambda name: read_image(name, paths[name], opened)[0],
-            size=size, center=center, workers=workers, progress=progress,
+            size=size,
+            center=center,
+            workers=workers,
+            progress=progress,
             on_error=lambda name, exc: failed.append(f"{name}: {exc}"),
         )
         hash_index.meta.update(code_kind())
     if len(hash_index) == 0:
         raise InputError(f"{data_root}: no No Finding image could be read (first error: {failed[0]})")
-    hash_index.meta.update({"source": "cache" if opened is not None else "files",
-                            "cache_size": opened.size if opened is not None else None})
+    hash_index.meta.update(
+        {
+            "source": "cache" if opened is not None else "files",
+            "cache_size": opened.size if opened is not None else None,
+        }
+    )
     hash_index.save(out)
-    return {"index": hash_index, "patients": len(set(hash_index.patients)), "absent": len(records) - len(usable),
-            "failed": failed}
+    return {
+        "index": hash_index,
+        "patients": len(set(hash_index.patients)),
+        "absent": len(records) - len(usable),
+        "failed": failed,
+    }
 
 
 def _aligned_hash_index(records, paths, cache, opened, align, image_size, size, center, device, progress, failed):
     """The HashIndex of ``records`` hashed on their aligned images (see :func:`hash_data_root`)."""
-    from cianet.negatives import HashIndex, hash_codes
-    from cianet.run.checkpoints import load_alignment
-    from cianet.run.datasets import ImageSource
-    from cianet.run.device import resolve_device
-    from cianet.utils.progress import progress_bar
-
     if image_size is None:
         if opened is None:
             raise UsageError("--align needs --image-size (the run's data.image_size) or --cache")
@@ -556,8 +618,10 @@ def _aligned_hash_index(records, paths, cache, opened, align, image_size, size, 
     if image_size < 32 or image_size % 32:
         raise UsageError(f"--image-size must be a positive multiple of 32, got {image_size}")
     if opened is not None and opened.size != image_size:
-        raise UsageError(f"image cache {cache} holds {opened.size}px images but --image-size is {image_size}: "
-                         "give the cache of the run's size, or no --cache")
+        raise UsageError(
+            f"image cache {cache} holds {opened.size}px images but --image-size is {image_size}: "
+            "give the cache of the run's size, or no --cache"
+        )
     net = load_alignment(align, resolve_device(device)).net
     source = ImageSource(int(image_size), str(cache) if cache else None, paths)  # InputError: cache of another size
     names, patients, codes, batch = [], [], [], []

@@ -17,8 +17,8 @@ A setting (``run.precision``, ``--precision``) is one of:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Iterator
 
 import torch
 
@@ -65,8 +65,9 @@ def check_setting(setting: str | None, what: str = "--precision") -> None:
         raise UsageError(f"{what} must be one of {', '.join(PRECISIONS)}, got {setting!r}")
 
 
-def resolve_precision(setting: str | None, device: torch.device | str, cuda_amp: bool = True,
-                      what: str = "--precision") -> str:
+def resolve_precision(
+    setting: str | None, device: torch.device | str, cuda_amp: bool = True, what: str = "--precision"
+) -> str:
     """What a setting computes on ``device``: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see the module docstring).
 
     ``cuda_amp``: whether float16 autocast is wanted on CUDA where the setting leaves it open (``"auto"``,

@@ -21,13 +21,17 @@ Choices the paper leaves open (see docs/method.md, "Training protocol"):
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cianet.config import Config
+from cianet.data import splits as sp
+from cianet.data.layouts import open_index
 from cianet.errors import InputError, MissingPathError, UsageError
 from cianet.labels import NIH_LABEL_SET, LabelSet, label_set_from
+from cianet.utils.atomic import atomic_write_json
 
 SPLIT_FILE = "split.json"
 
@@ -65,14 +69,19 @@ class RunData:
 
 def load_index(cfg: Config):
     """The index of ``cfg.data`` (data root, layout, metadata tables, reader-box merge)."""
-    from cianet.data.layouts import open_index
-
     d = cfg.data
     if not d.data_root:
         raise UsageError("no data root: pass --data-root (or set data.data_root in the config)")
     try:
-        return open_index(d.data_root, d.dataset, entry_csv=d.entry_csv, bbox_csv=d.bbox_csv,
-                          box_merge=d.box_merge, merge_iou=d.merge_iou, label_map=d.label_map)
+        return open_index(
+            d.data_root,
+            d.dataset,
+            entry_csv=d.entry_csv,
+            bbox_csv=d.bbox_csv,
+            box_merge=d.box_merge,
+            merge_iou=d.merge_iou,
+            label_map=d.label_map,
+        )
     except FileNotFoundError as exc:
         raise MissingPathError(str(exc)) from None
     except ValueError as exc:
@@ -87,10 +96,12 @@ def adopt_labels(cfg: Config, index) -> LabelSet:
     if cfg.data.labels is None and index.label_set == NIH_LABEL_SET:
         return NIH_LABEL_SET
     if cfg.data.labels is not None and have != index.label_set:
-        raise InputError(f"the run's classes ({len(have)}: {', '.join(have.names[:4])}...) differ from those of "
-                         f"the data root {index.root} ({index.dataset}, {len(index.label_set)}: "
-                         f"{', '.join(index.label_set.names[:4])}...); to score a run on another data set's "
-                         "matching classes: `cianet evaluate --run RUN --data-root ROOT --out DIR [--label-map nih]`")
+        raise InputError(
+            f"the run's classes ({len(have)}: {', '.join(have.names[:4])}...) differ from those of "
+            f"the data root {index.root} ({index.dataset}, {len(index.label_set)}: "
+            f"{', '.join(index.label_set.names[:4])}...); to score a run on another data set's "
+            "matching classes: `cianet evaluate --run RUN --data-root ROOT --out DIR [--label-map nih]`"
+        )
     if cfg.data.labels is None:
         cfg.data.labels, cfg.data.box_labels = list(index.label_set.names), list(index.label_set.box_names)
     return index.label_set
@@ -98,12 +109,12 @@ def adopt_labels(cfg: Config, index) -> LabelSet:
 
 def load_or_make_splits(cfg: Config, index) -> dict:
     """The splits file the user named (which must exist), else the splits made from the run's seed."""
-    from cianet.data import splits as sp
-
     if cfg.protocol.splits:
         if not Path(cfg.protocol.splits).is_file():
-            raise MissingPathError(f"splits file {cfg.protocol.splits} (--splits / protocol.splits) does not exist; "
-                                   "write one with `cianet splits`, or leave it out to make the splits from --seed")
+            raise MissingPathError(
+                f"splits file {cfg.protocol.splits} (--splits / protocol.splits) does not exist; "
+                "write one with `cianet splits`, or leave it out to make the splits from --seed"
+            )
         return sp.read_splits(cfg.protocol.splits)
     return sp.make_splits(index, seed=cfg.run.seed, official=cfg.protocol.official)
 
@@ -123,8 +134,6 @@ def _cap(names: list[str], n: int | None, seed: int, keep_first: set[str] | None
 
 def build_run_data(cfg: Config, index=None) -> RunData:
     """The protocol of cfg.protocol on the data set of cfg.data."""
-    from cianet.data import splits as sp
-
     full = index if index is not None else load_index(cfg)
     adopt_labels(cfg, full)
     pool_only = getattr(full, "pool_only", frozenset())
@@ -159,8 +168,9 @@ def build_run_data(cfg: Config, index=None) -> RunData:
         )
         kept_out = {index[n].patient_id for n in data.train} | {index[n].patient_id for n in data.val}
         taken = set(data.train) | set(data.test)
-        data.auc_extra = [r.name for r in index.records
-                          if not r.boxes and r.name not in taken and r.patient_id not in kept_out]
+        data.auc_extra = [
+            r.name for r in index.records if not r.boxes and r.name not in taken and r.patient_id not in kept_out
+        ]
     else:
         raise UsageError(f"protocol.kind must be 'localization' or 'classification', got {p.kind!r}")
     data.index = full  # the pool-only images remain negatives
@@ -182,8 +192,6 @@ def build_run_data(cfg: Config, index=None) -> RunData:
 
 def write_split_file(run_dir: str | Path, data: RunData) -> Path:
     """``split.json`` of a run: the image lists it trained and tested on (read back by :func:`read_split_file`)."""
-    from cianet.utils.atomic import atomic_write_json
-
     path = Path(run_dir) / SPLIT_FILE
     atomic_write_json(path, split_record(data))
     return path
@@ -192,8 +200,13 @@ def write_split_file(run_dir: str | Path, data: RunData) -> Path:
 def split_record(data: RunData) -> dict:
     """What ``split.json`` holds for ``data``: description, train, val, test, auc_extra, box_supervised, excluded."""
     return {
-        "description": data.description, "train": data.train, "val": data.val, "test": data.test,
-        "auc_extra": data.auc_extra, "box_supervised": sorted(data.box_names), "excluded": data.excluded,
+        "description": data.description,
+        "train": data.train,
+        "val": data.val,
+        "test": data.test,
+        "auc_extra": data.auc_extra,
+        "box_supervised": sorted(data.box_names),
+        "excluded": data.excluded,
     }
 
 
@@ -205,18 +218,21 @@ def check_same_split(run_dir: str | Path, data: RunData) -> None:
     if not path.is_file():
         return
     saved, now = read_split_file(run_dir), split_record(data)
-    differ = [key for key in ("train", "val", "test", "auc_extra", "box_supervised")
-              if key in saved and list(saved[key]) != list(now[key])]
+    differ = [
+        key
+        for key in ("train", "val", "test", "auc_extra", "box_supervised")
+        if key in saved and list(saved[key]) != list(now[key])
+    ]
     if differ:
-        raise InputError(f"{path}: the run was started on other image lists ({', '.join(differ)} differ from "
-                         "what the data root and config give now); resume it on the data it started with, or "
-                         "start a new run with another --out")
+        raise InputError(
+            f"{path}: the run was started on other image lists ({', '.join(differ)} differ from "
+            "what the data root and config give now); resume it on the data it started with, or "
+            "start a new run with another --out"
+        )
 
 
 def read_split_file(run_dir: str | Path) -> dict:
     """The ``split.json`` of a finished run."""
-    import json
-
     path = Path(run_dir) / SPLIT_FILE
     if not path.is_file():
         raise MissingPathError(f"{path} does not exist: is {run_dir} a finished `cianet train` run?")

@@ -14,12 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cianet.config import Config, config_from_dict, resolve_paths
 from cianet.errors import InputError, UsageError
 
 #: keys that never change a run's results (plumbing)
-IGNORED_KEYS = frozenset({"run.out", "run.progress", "run.threads", "run.tensorboard", "run.device",
-                          "data.workers"})
+IGNORED_KEYS = frozenset({"run.out", "run.progress", "run.threads", "run.tensorboard", "run.device", "data.workers"})
 #: keys that training resolves from the data set when the planned config leaves them unset (None / "auto")
 RESOLVED_KEYS = frozenset({"data.labels", "data.box_labels", "data.dataset"})
 
@@ -47,8 +48,6 @@ def check_reusable(run_dir: str | Path, planned: Config, what: str = "this exper
     """True when ``run_dir`` holds a run (``config.yaml``) trained with ``planned``'s settings (it may then be
     resumed or reused); False when there is no run yet. A run trained otherwise raises a UsageError that
     names the keys and both values."""
-    import yaml
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return False
@@ -61,5 +60,7 @@ def check_reusable(run_dir: str | Path, planned: Config, what: str = "this exper
         return True
     shown = "; ".join(f"{k}: run {a!r}, {what} {b!r}" for k, a, b in diffs[:6])
     more = f" (and {len(diffs) - 6} more)" if len(diffs) > 6 else ""
-    raise UsageError(f"{run_dir}: this run was trained with other settings than {what} would use ({shown}{more}); "
-                     "give another --out, or move the run away to retrain it")
+    raise UsageError(
+        f"{run_dir}: this run was trained with other settings than {what} would use ({shown}{more}); "
+        "give another --out, or move the run away to retrain it"
+    )

@@ -17,16 +17,33 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cianet.utils.output_folders import claim_output
+
 #: entries a markerless folder of either command may hold: its config and log, cianet's temp files
 #: (``.NAME.PID.RANDOM.tmp``) and a lock (or the brief rename of a stale one)
 _COMMON = ("config.yaml", "log.jsonl", ".*.tmp", ".cianet.lock", ".cianet.lock.stale.*")
 
 #: what ``train`` writes (checkpoint, config, split, negative pairs, log, TensorBoard scalars, metrics with
 #: per-image predictions), what ``evaluate --run`` adds (metrics again, plots) and ``view RUN`` (its site)
-TRAIN_ENTRIES = frozenset({*_COMMON, "checkpoint.pt", "split.json", "pairs.json", "negatives.csv",
-                           "negatives.json", "tb", "metrics.json",
-                           "metrics.md", "predictions.npz", "roc.png", "pr.png", "localization.png", "loss.png",
-                           "site"})
+TRAIN_ENTRIES = frozenset(
+    {
+        *_COMMON,
+        "checkpoint.pt",
+        "split.json",
+        "pairs.json",
+        "negatives.csv",
+        "negatives.json",
+        "tb",
+        "metrics.json",
+        "metrics.md",
+        "predictions.npz",
+        "roc.png",
+        "pr.png",
+        "localization.png",
+        "loss.png",
+        "site",
+    }
+)
 #: a markerless folder is an old ``train`` run only when it holds one of these (written by nothing else)
 TRAIN_EVIDENCE = frozenset({"checkpoint.pt", "split.json"})
 
@@ -37,8 +54,7 @@ ALIGN_EVIDENCE = frozenset({"align.pt"})
 
 def claim_run_folder(out: str | os.PathLike, command: str) -> Path:
     """Claim ``out`` for ``command`` (``"train"`` or ``"train-align"``); InputError when it is not its folder."""
-    from cianet.utils.output_folders import claim_output
-
-    entries, evidence = {"train": (TRAIN_ENTRIES, TRAIN_EVIDENCE),
-                         "train-align": (ALIGN_ENTRIES, ALIGN_EVIDENCE)}[command]
+    entries, evidence = {"train": (TRAIN_ENTRIES, TRAIN_EVIDENCE), "train-align": (ALIGN_ENTRIES, ALIGN_EVIDENCE)}[
+        command
+    ]
     return claim_output(out, command, adopt=sorted(entries), adopt_if=evidence)

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from cianet.errors import InputError
 from cianet.labels import NIH_LABEL_SET, LabelSet
-from cianet.utils.atomic import atomic_write_json, atomic_write_text
+from cianet.metrics import (
+    PROB_THRESHOLD_GRID,
+    accuracy_from_ious,
+    attention_in_boxes,
+    auc_per_class,
+    box_ious,
+    choose_prob_threshold,
+    class_mean_accuracy,
+    format_auc_table,
+    format_localization_table,
+    image_evidence_from_logits,
+    image_scores_from_logits,
+    mask_iou,
+    pointing_hit,
+)
+from cianet.models.alignment import boxes_to_original, mask_to_original
+from cianet.run.forward import align_batch, forward_grids
+from cianet.utils.atomic import atomic_path, atomic_write_json, atomic_write_text, strict_json
 from cianet.utils.progress import batch_progress, dataset_size
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -63,90 +83,136 @@ def evaluate(
     to 1.0 in float32 for confident images and would tie them. The pointing game takes each box's class's
     highest test-grid cell by logit (ties: :func:`cianet.metrics.pointing_hit`).
     """
-    from cianet.run.forward import align_batch, forward_grids
-    from cianet.metrics import (PROB_THRESHOLD_GRID, accuracy_from_ious, auc_per_class, box_ious,
-                                class_mean_accuracy, image_evidence_from_logits, image_scores_from_logits, mask_iou)
-
     # The data set's classes: given, else those of the loader's dataset (PairedXrayDataset.label_set), else NIH.
     classes = label_set or getattr(getattr(loader, "dataset", None), "label_set", None) or NIH_LABEL_SET
-    n_box = classes.n_box
     precision = precision or ("fp16" if device.type == "cuda" else "fp32")
     model.eval()
-    scores, labels, ious, box_cls, box_img, seen = [], [], [], [], [], []
-    evidence, pointing, iou_grid = [], [], []  # tie-free AUC ranks; calibration-free localization
-    att_maps, att_boxes = [], []  # CIA-Net: |M+ - M-| of test images with boxes, and their boxes (model frame)
+    found = _Collected(classes.n_box, aligned=align_net is not None)
     grids = GridKeeper() if keep_predictions else None  # low-resolution test grids, for the viewer
     for batch in batch_progress(loader, "evaluate", dataset_size(loader), disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
         orig_boxes = batch["boxes"]  # (B, K, 5) in the un-aligned S frame
         batch = align_batch(align_net, batch)
         out = forward_grids(model, batch, upsample, channels_last, precision=precision)
-        scores.append(image_scores_from_logits(out["logits"], rescale=rescale).cpu().numpy())
-        evidence.append(image_evidence_from_logits(out["logits"], rescale=rescale))
-        labels.append(batch["labels"].cpu().numpy())
-        seen.extend(int(i) for i in batch["index"])
+        found.add_batch(out, batch, orig_boxes, rescale, grids)
+    return _evaluation_result(found, classes, loader, thresholds, precision, keep_predictions, grids)
+
+
+@dataclass
+class _Collected:
+    """What :func:`evaluate` gathers batch by batch: per image, and per ground-truth box of the box classes."""
+
+    n_box: int
+    aligned: bool  # the model saw aligned images: IoU is counted in the image file's frame
+    scores: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    evidence: list = field(default_factory=list)  # tie-free AUC ranks
+    seen: list = field(default_factory=list)  # dataset positions of the images scored
+    ious: list = field(default_factory=list)
+    iou_grid: list = field(default_factory=list)  # calibration-free localization
+    pointing: list = field(default_factory=list)
+    box_cls: list = field(default_factory=list)
+    box_img: list = field(default_factory=list)
+    att_maps: list = field(default_factory=list)  # CIA-Net: |M+ - M-| of test images with boxes
+    att_boxes: list = field(default_factory=list)  # and their boxes (model frame)
+    side: int = 0  # S, the last batch's image side
+
+    def add_batch(
+        self, out: dict, batch: dict, orig_boxes: torch.Tensor, rescale: bool, grids: GridKeeper | None
+    ) -> None:
+        n_box = self.n_box
+        self.scores.append(image_scores_from_logits(out["logits"], rescale=rescale).cpu().numpy())
+        self.evidence.append(image_evidence_from_logits(out["logits"], rescale=rescale))
+        self.labels.append(batch["labels"].cpu().numpy())
+        self.seen.extend(int(i) for i in batch["index"])
         probs = torch.sigmoid(out["test_logits"][:, :n_box]).cpu().numpy()  # (B, n_box, U, U): 8 on NIH
         box_logits = out["test_logits"][:, :n_box].float().cpu().numpy()
         if grids is not None:
             grids.add(probs, batch, n_box)
-        s = batch["image"].shape[-1]
+        self.side = batch["image"].shape[-1]
         for b in range(probs.shape[0]):
             rows = orig_boxes[b][orig_boxes[b, :, 0] >= 0].cpu().numpy()
             rows = rows[rows[:, 0] < n_box]
-            if not len(rows):
-                continue
-            img_idx = int(batch["index"][b])
-            if "delta" in out:
-                moved = batch["boxes"][b][batch["boxes"][b, :, 0] >= 0].cpu().numpy()  # aligned when aligning
-                att_maps.append(out["delta"][b].cpu().numpy())
-                att_boxes.append([tuple(map(float, r[1:])) for r in moved if r[0] < n_box])
-            if align_net is None:
-                blist = [(0, int(r[0]), *map(float, r[1:])) for r in rows]
-                ious.extend(box_ious(probs[b : b + 1], blist, (s, s)).tolist())
-                iou_grid.extend(np.stack([box_ious(probs[b : b + 1], blist, (s, s), t) for t in PROB_THRESHOLD_GRID],
-                                         axis=1))
-            else:
-                from cianet.models.alignment import mask_to_original
+            if len(rows):
+                self.add_boxes(out, batch, b, rows, probs, box_logits[b])
 
-                w, h = (int(round(v)) for v in batch["orig_size"][b].tolist())
-                params = batch["params"][b].cpu().double().numpy()
-                for r in rows:
-                    k = int(r[0])
-                    region = mask_to_original(probs[b, k], params, (w, h))  # (H, W) p, file frame; 0 outside
-                    fx, fy = w / s, h / s  # S frame -> file frame
-                    file_box = (r[1] * fx, r[2] * fy, r[3] * fx, r[4] * fy)
-                    ious.append(mask_iou(region > 0.5, file_box))
-                    iou_grid.append([mask_iou(region > t, file_box) for t in PROB_THRESHOLD_GRID])
-            pointing.extend(_pointing_hits(box_logits[b], rows, s, None if align_net is None else batch["params"][b]))
-            box_cls.extend(int(r[0]) for r in rows)
-            box_img.extend([img_idx] * len(rows))
-    scores_a = np.concatenate(scores) if scores else np.zeros((0, len(classes)))
-    labels_a = np.concatenate(labels) if labels else np.zeros((0, len(classes)))
-    evidence_a = np.concatenate(evidence) if evidence else np.zeros((0, len(classes)))
-    ious_a, cls_a = np.asarray(ious, dtype=np.float64), np.asarray(box_cls, dtype=np.int64)
-    pointing_a = np.asarray(pointing, dtype=np.float64)
+    def add_boxes(
+        self, out: dict, batch: dict, b: int, rows: np.ndarray, probs: np.ndarray, box_logits: np.ndarray
+    ) -> None:
+        """The boxes ``rows`` (K, 5) of image ``b``: IoU, the IoU grid, the pointing game, attention."""
+        s, n_box = self.side, self.n_box
+        if "delta" in out:
+            moved = batch["boxes"][b][batch["boxes"][b, :, 0] >= 0].cpu().numpy()  # aligned when aligning
+            self.att_maps.append(out["delta"][b].cpu().numpy())
+            self.att_boxes.append([tuple(map(float, r[1:])) for r in moved if r[0] < n_box])
+        if not self.aligned:
+            blist = [(0, int(r[0]), *map(float, r[1:])) for r in rows]
+            self.ious.extend(box_ious(probs[b : b + 1], blist, (s, s)).tolist())
+            self.iou_grid.extend(
+                np.stack([box_ious(probs[b : b + 1], blist, (s, s), t) for t in PROB_THRESHOLD_GRID], axis=1)
+            )
+        else:
+            self.add_file_frame_ious(batch, b, rows, probs)
+        self.pointing.extend(_pointing_hits(box_logits, rows, s, batch["params"][b] if self.aligned else None))
+        self.box_cls.extend(int(r[0]) for r in rows)
+        self.box_img.extend([int(batch["index"][b])] * len(rows))
+
+    def add_file_frame_ious(self, batch: dict, b: int, rows: np.ndarray, probs: np.ndarray) -> None:
+        """IoU of aligned predictions: the class's region mapped back into the image file's frame."""
+        s = self.side
+        w, h = (int(round(v)) for v in batch["orig_size"][b].tolist())
+        params = batch["params"][b].cpu().double().numpy()
+        for r in rows:
+            k = int(r[0])
+            region = mask_to_original(probs[b, k], params, (w, h))  # (H, W) p, file frame; 0 outside
+            fx, fy = w / s, h / s  # S frame -> file frame
+            file_box = (r[1] * fx, r[2] * fy, r[3] * fx, r[4] * fy)
+            self.ious.append(mask_iou(region > 0.5, file_box))
+            self.iou_grid.append([mask_iou(region > t, file_box) for t in PROB_THRESHOLD_GRID])
+
+
+def _evaluation_result(
+    found: _Collected,
+    classes: LabelSet,
+    loader,
+    thresholds,
+    precision: str,
+    keep_predictions: bool,
+    grids: GridKeeper | None,
+) -> dict[str, Any]:
+    """:func:`evaluate`'s metrics (and, with ``keep_predictions``, its arrays) from what it collected."""
+    scores_a = np.concatenate(found.scores) if found.scores else np.zeros((0, len(classes)))
+    labels_a = np.concatenate(found.labels) if found.labels else np.zeros((0, len(classes)))
+    evidence_a = np.concatenate(found.evidence) if found.evidence else np.zeros((0, len(classes)))
+    ious_a, cls_a = np.asarray(found.ious, dtype=np.float64), np.asarray(found.box_cls, dtype=np.int64)
+    pointing_a = np.asarray(found.pointing, dtype=np.float64)
     result: dict[str, Any] = {
         "auc": auc_per_class(evidence_a, labels_a, classes.names),  # the evidence: no ties where scores are 1.0
         "localization": accuracy_from_ious(ious_a, cls_a, thresholds, classes.box_names),
         "pointing_game": class_mean_accuracy(pointing_a, cls_a, classes.box_names),
         # per box: IoU at each PROB_THRESHOLD_GRID value, for a threshold chosen on validation (val_threshold)
-        "iou_grid": np.asarray(iou_grid, dtype=np.float64).reshape(-1, len(PROB_THRESHOLD_GRID)),
+        "iou_grid": np.asarray(found.iou_grid, dtype=np.float64).reshape(-1, len(PROB_THRESHOLD_GRID)),
         "box_classes": cls_a,
         "n_images": int(len(scores_a)),
         "n_boxes": int(len(ious_a)),
         "precision": precision,
     }
     dataset_names = getattr(getattr(loader, "dataset", None), "names", None)
-    result["names"] = [dataset_names[i] for i in seen] if dataset_names is not None else []
-    if att_maps:  # the mechanism: does the contrast attention point at the findings?
-        from cianet.metrics import attention_in_boxes
-
-        result["attention"] = attention_in_boxes(np.stack(att_maps), att_boxes, (s, s))
+    result["names"] = [dataset_names[i] for i in found.seen] if dataset_names is not None else []
+    if found.att_maps:  # the mechanism: does the contrast attention point at the findings?
+        result["attention"] = attention_in_boxes(np.stack(found.att_maps), found.att_boxes, (found.side, found.side))
     if keep_predictions:
-        result.update(scores=scores_a, labels=labels_a, ious=ious_a, box_classes=cls_a, box_images=np.asarray(box_img),
-                      evidence=evidence_a, pointing=pointing_a)
+        result.update(
+            scores=scores_a,
+            labels=labels_a,
+            ious=ious_a,
+            box_classes=cls_a,
+            box_images=np.asarray(found.box_img),
+            evidence=evidence_a,
+            pointing=pointing_a,
+        )
         if dataset_names is not None:  # the image of each box by name (box_images are dataset positions)
-            result["box_names"] = [dataset_names[i] for i in box_img]
+            result["box_names"] = [dataset_names[i] for i in found.box_img]
             result.update(grids.result(dataset_names))
     return result
 
@@ -183,14 +249,18 @@ class GridKeeper:
                 continue
             self.index.append(int(batch["index"][b]))
             self.grids.append(q[b])
-            self.params.append(np.array([0, 0, 1, 1, 0], np.float32) if params is None
-                               else params[b].detach().float().cpu().numpy())
+            self.params.append(
+                np.array([0, 0, 1, 1, 0], np.float32) if params is None else params[b].detach().float().cpu().numpy()
+            )
 
     def result(self, dataset_names) -> dict:
         if not self.grids:
             return {}
-        return {"grids": np.stack(self.grids), "grid_params": np.stack(self.params),
-                "grid_names": [dataset_names[i] for i in self.index]}
+        return {
+            "grids": np.stack(self.grids),
+            "grid_params": np.stack(self.params),
+            "grid_names": [dataset_names[i] for i in self.index],
+        }
 
 
 NO_VALIDATION = "no validation split (protocol.val_share = 0): no threshold chosen"
@@ -206,10 +276,6 @@ def add_val_threshold(test: dict[str, Any], val: dict[str, Any] | None) -> dict[
     threshold and localization None (with a ``reason``) without a validation split or validation boxes.
     With the per-box ``ious`` kept, ``test["ious_val"]`` holds each test box's IoU at that threshold.
     """
-    import warnings
-
-    from cianet.metrics import PROB_THRESHOLD_GRID, accuracy_from_ious, choose_prob_threshold
-
     choice = None if val is None else choose_prob_threshold(val["iou_grid"], val["box_classes"])
     if choice is None:
         reason = NO_VALIDATION if val is None else "the validation images have no boxes: no threshold chosen"
@@ -222,9 +288,13 @@ def add_val_threshold(test: dict[str, Any], val: dict[str, Any] | None) -> dict[
     with warnings.catch_warnings():  # classes without boxes: test["localization"] has warned already
         warnings.simplefilter("ignore")
         at_choice = accuracy_from_ious(ious, test["box_classes"], [float(t) for t in loc], names)
-    test["val_threshold"] = {"threshold": choice["threshold"], "t_iou": choice["t_iou"],
-                             "val_accuracy": choice["accuracy"], "val_boxes": choice["n_boxes"],
-                             "localization": at_choice}
+    test["val_threshold"] = {
+        "threshold": choice["threshold"],
+        "t_iou": choice["t_iou"],
+        "val_accuracy": choice["accuracy"],
+        "val_boxes": choice["n_boxes"],
+        "localization": at_choice,
+    }
     if "ious" in test:
         test["ious_val"] = ious
     return test
@@ -234,12 +304,8 @@ def _pointing_hits(grids: np.ndarray, rows: np.ndarray, s: int, params: torch.Te
     """The pointing game of each box row ``(class, x, y, w, h)`` (un-aligned S frame) on its class's test-grid
     logits ``grids`` (n_box, U, U) of the model's input; with alignment ``params`` the cell centres are mapped
     back into the un-aligned frame (:func:`cianet.metrics.pointing_hit`)."""
-    from cianet.metrics import pointing_hit
-
     to_frame = None
     if params is not None:
-        from cianet.models.alignment import boxes_to_original
-
         p = params.detach().cpu().double().numpy()
 
         def to_frame(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -251,22 +317,24 @@ def _pointing_hits(grids: np.ndarray, rows: np.ndarray, s: int, params: torch.Te
 
 def json_safe(obj):
     """``obj`` with non-finite floats replaced by None, recursively through dicts and lists (JSON has no NaN)."""
-    from cianet.utils.atomic import strict_json
-
     return strict_json(obj)
 
 
 def metrics_markdown(metrics: dict[str, Any], title: str = "") -> str:
-    from cianet.metrics import format_auc_table, format_localization_table
-
     loc = metrics["localization"]
-    parts = [f"# {title}\n" if title else "",
-             f"{metrics.get('n_images', '?')} test images, {metrics.get('n_boxes', '?')} boxes.\n",
-             cross_dataset_lines(metrics["cross_dataset"]) if metrics.get("cross_dataset") else "",
-             "## Localization accuracy\n", format_localization_table({"model": loc}), "",
-             *calibration_free_lines(metrics),
-             "## AUC\n", "Images ranked by their MIL evidence sum_j -log(1 - p_j), which does not saturate.\n",
-             format_auc_table({"model": metrics["auc"]}), ""]
+    parts = [
+        f"# {title}\n" if title else "",
+        f"{metrics.get('n_images', '?')} test images, {metrics.get('n_boxes', '?')} boxes.\n",
+        cross_dataset_lines(metrics["cross_dataset"]) if metrics.get("cross_dataset") else "",
+        "## Localization accuracy\n",
+        format_localization_table({"model": loc}),
+        "",
+        *calibration_free_lines(metrics),
+        "## AUC\n",
+        "Images ranked by their MIL evidence sum_j -log(1 - p_j), which does not saturate.\n",
+        format_auc_table({"model": metrics["auc"]}),
+        "",
+    ]
     att = metrics.get("attention")
     if att and att.get("n_images"):
         parts += ["## Contrast attention\n", attention_sentence(att), ""]
@@ -274,8 +342,12 @@ def metrics_markdown(metrics: dict[str, Any], title: str = "") -> str:
         parts += ["## Bootstrap confidence intervals\n", ci_lines(metrics["ci"]), ""]
     plots = metrics.get("plots") or {}
     if plots:
-        titles = {"roc": "ROC per class", "pr": "Precision-recall per class",
-                  "localization": "Localization accuracy against T(IoU)", "loss": "Training loss"}
+        titles = {
+            "roc": "ROC per class",
+            "pr": "Precision-recall per class",
+            "localization": "Localization accuracy against T(IoU)",
+            "loss": "Training loss",
+        }
         parts += ["## Plots\n"] + [f"![{titles.get(k, k)}]({f})\n" for k, f in plots.items()]
     return "\n".join(parts)
 
@@ -283,40 +355,48 @@ def metrics_markdown(metrics: dict[str, Any], title: str = "") -> str:
 def calibration_free_lines(metrics: dict[str, Any]) -> list[str]:
     """Markdown of the pointing game and of the localization at the validation-chosen threshold (absent in
     metrics of older runs: nothing)."""
-    from cianet.metrics import format_auc_table, format_localization_table
-
     parts = []
     if metrics.get("pointing_game"):
-        parts += ["## Pointing game\n",
-                  "Share of the boxes whose class's highest test-grid cell (by logit) has its centre in the box "
-                  "(ties: the share of the tied cells in the box); no probability threshold involved.\n",
-                  format_auc_table({"model": metrics["pointing_game"]}), ""]
+        parts += [
+            "## Pointing game\n",
+            "Share of the boxes whose class's highest test-grid cell (by logit) has its centre in the box "
+            "(ties: the share of the tied cells in the box); no probability threshold involved.\n",
+            format_auc_table({"model": metrics["pointing_game"]}),
+            "",
+        ]
     vt = metrics.get("val_threshold")
     if vt:
         parts.append("## Localization at the validation-chosen threshold\n")
         if vt.get("threshold") is None:
             parts += [f"Not measured: {vt.get('reason', 'no threshold chosen')}.\n"]
         else:
-            parts += [f"Cells with p > {vt['threshold']:g} (chosen on {vt['val_boxes']} validation boxes: best mean "
-                      f"accuracy at T(IoU) = {vt['t_iou']:g}, {vt['val_accuracy']:.3f}, over a fixed grid of "
-                      "thresholds) instead of the paper's p > 0.5.\n",
-                      format_localization_table({"model": vt["localization"]}), ""]
+            parts += [
+                f"Cells with p > {vt['threshold']:g} (chosen on {vt['val_boxes']} validation boxes: best mean "
+                f"accuracy at T(IoU) = {vt['t_iou']:g}, {vt['val_accuracy']:.3f}, over a fixed grid of "
+                "thresholds) instead of the paper's p > 0.5.\n",
+                format_localization_table({"model": vt["localization"]}),
+                "",
+            ]
     return parts
 
 
 def cross_dataset_lines(cross: dict[str, Any]) -> str:
     """Markdown of ``metrics["cross_dataset"]`` (``cianet evaluate --out``): what was scored, and what not."""
+
     def names(key: str) -> str:
         return ", ".join(cross.get(key) or []) or "none"
 
     mapped = f", classes mapped to {cross['label_map']}" if cross.get("label_map") else ""
-    lines = [f"Cross-data-set evaluation of run {cross.get('run')} on {cross.get('dataset')} "
-             f"({cross.get('data_root')}{mapped}): {cross.get('scored_images')} of {cross.get('images')} images "
-             f"scored ({cross.get('negative_pool')} No Finding images kept as negatives, "
-             f"{cross.get('missing_files')} files missing).", "",
-             f"- classes scored: {names('scored')}",
-             f"- the model's classes left out (no counterpart in the data set): {names('left_out')}",
-             f"- the data set's classes the model has no output for: {names('not_in_model')}"]
+    lines = [
+        f"Cross-data-set evaluation of run {cross.get('run')} on {cross.get('dataset')} "
+        f"({cross.get('data_root')}{mapped}): {cross.get('scored_images')} of {cross.get('images')} images "
+        f"scored ({cross.get('negative_pool')} No Finding images kept as negatives, "
+        f"{cross.get('missing_files')} files missing).",
+        "",
+        f"- classes scored: {names('scored')}",
+        f"- the model's classes left out (no counterpart in the data set): {names('left_out')}",
+        f"- the data set's classes the model has no output for: {names('not_in_model')}",
+    ]
     dropped = cross.get("boxes_dropped") or {}
     if dropped:
         lines.append("- boxes not used for localization: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
@@ -325,6 +405,7 @@ def cross_dataset_lines(cross: dict[str, Any]) -> str:
 
 def ci_lines(ci: dict[str, Any]) -> str:
     """Markdown lines of ``metrics["ci"]`` (mean AUC and class-mean localization accuracy per T(IoU))."""
+
     def fmt(r):
         if r.get("value") is None:
             return "n/a"
@@ -345,52 +426,83 @@ def ci_lines(ci: dict[str, Any]) -> str:
 
 def attention_sentence(att: dict[str, Any]) -> str:
     """One line on the attention mechanism metric (``cianet.metrics.attention_in_boxes``)."""
+
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.0f}%"
 
-    return (f"On {att['n_images']} test images with boxes, the largest cell of |M+ - M-| lies in a true finding "
-            f"for {pct(att['hit_rate'])} of them; the attention puts {pct(att['mass_in_boxes'])} of its mass in "
-            f"the findings' cells, which cover {pct(att['area_share'])} of the grid.")
+    return (
+        f"On {att['n_images']} test images with boxes, the largest cell of |M+ - M-| lies in a true finding "
+        f"for {pct(att['hit_rate'])} of them; the attention puts {pct(att['mass_in_boxes'])} of its mass in "
+        f"the findings' cells, which cover {pct(att['area_share'])} of the grid."
+    )
 
 
 def write_metrics(run_dir: str | Path, metrics: dict[str, Any], title: str = "") -> None:
     """``metrics.json`` (keys localization, auc, n_images, n_boxes, and attention for CIA-Net; NaN -> null) and
     ``metrics.md``."""
     run_dir = Path(run_dir)
-    keep = {k: metrics[k] for k in ("localization", "auc", "pointing_game", "val_threshold", "n_images", "n_boxes",
-                                    "precision", "attention", "ci", "plots", "cross_dataset")
-            if k in metrics}
+    keep = {
+        k: metrics[k]
+        for k in (
+            "localization",
+            "auc",
+            "pointing_game",
+            "val_threshold",
+            "n_images",
+            "n_boxes",
+            "precision",
+            "attention",
+            "ci",
+            "plots",
+            "cross_dataset",
+        )
+        if k in metrics
+    }
     atomic_write_json(run_dir / "metrics.json", json_safe(keep))
     atomic_write_text(run_dir / "metrics.md", metrics_markdown(metrics, title))
     if "scores" in metrics:  # per-image scores and per-box IoUs, for ROC curves and further analysis
-        from cianet.utils.atomic import atomic_path
-
         with atomic_path(run_dir / PREDICTIONS) as tmp:
             with open(tmp, "wb") as fh:
-                names = {k: np.asarray(metrics[k], dtype=str) for k in ("names", "box_names", "grid_names")
-                         if metrics.get(k)}
+                names = {
+                    k: np.asarray(metrics[k], dtype=str) for k in ("names", "box_names", "grid_names") if metrics.get(k)
+                }
                 extra = {k: metrics[k] for k in (*OPTIONAL_PREDICTION_KEYS, *VIEW_KEYS) if metrics.get(k) is not None}
-                np.savez(fh, scores=metrics["scores"], labels=metrics["labels"], ious=metrics["ious"],
-                         box_classes=metrics["box_classes"], box_images=metrics["box_images"], **names, **extra)
+                np.savez(
+                    fh,
+                    scores=metrics["scores"],
+                    labels=metrics["labels"],
+                    ious=metrics["ious"],
+                    box_classes=metrics["box_classes"],
+                    box_images=metrics["box_images"],
+                    **names,
+                    **extra,
+                )
 
 
 def read_predictions(run_dir: str | Path, need: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """The ``predictions.npz`` of an evaluated run (keys ``PREDICTION_KEYS``, and those of
     ``OPTIONAL_PREDICTION_KEYS``, "names", "box_names" it has); InputError when absent, or when it lacks a key of
     ``need`` (e.g. ``("evidence",)``: written by an older cianet)."""
-    from cianet.errors import InputError
-
     path = Path(run_dir) / PREDICTIONS
     if not path.is_file():
-        raise InputError(f"{path} is missing: the run predates per-box predictions; evaluate it again with "
-                               f"`cianet evaluate --run {run_dir}`")
+        raise InputError(
+            f"{path} is missing: the run predates per-box predictions; evaluate it again with "
+            f"`cianet evaluate --run {run_dir}`"
+        )
     with np.load(path) as z:
         missing = [k for k in need if k not in z.files]
         if missing:
-            raise InputError(f"{path} has no {', '.join(missing)}: written by an older cianet; evaluate the run "
-                             f"again with `cianet evaluate --run {run_dir}`")
+            raise InputError(
+                f"{path} has no {', '.join(missing)}: written by an older cianet; evaluate the run "
+                f"again with `cianet evaluate --run {run_dir}`"
+            )
         out = {k: z[k] for k in PREDICTION_KEYS}
         # names/box_names: written since the viewer; the optional keys since the tie-free AUC
-        out.update({k: z[k] for k in ("names", "box_names", *OPTIONAL_PREDICTION_KEYS, *VIEW_KEYS, "grid_names")
-                    if k in z.files})
+        out.update(
+            {
+                k: z[k]
+                for k in ("names", "box_names", *OPTIONAL_PREDICTION_KEYS, *VIEW_KEYS, "grid_names")
+                if k in z.files
+            }
+        )
         return out

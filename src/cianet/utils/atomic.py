@@ -8,13 +8,17 @@ by the next write of the same file that asks for it (``clean_stale=True``: check
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from cianet.errors import UsageError
 
 #: a temporary file without a pid in its name (written by an older cianet) counts as stale after this long
 _LEGACY_TEMP_AGE_S = 600.0
@@ -25,10 +29,10 @@ def stale_temps(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    prefix = temp_prefix(path)[:-len(f"{os.getpid()}.")]
+    prefix = temp_prefix(path)[: -len(f"{os.getpid()}.")]
     stale = []
     for tmp in path.parent.glob(f"{glob_escape(prefix)}*.tmp"):
-        middle = tmp.name[len(prefix):-len(".tmp")]
+        middle = tmp.name[len(prefix) : -len(".tmp")]
         pid_text = middle.split(".", 1)[0]
         try:
             if pid_text.isdigit() and "." in middle:
@@ -52,9 +56,7 @@ def temp_prefix(path: Path) -> str:
     name = path.name
     raw = os.fsencode(name)
     if len(raw) > _MAX_TEMP_STEM:
-        import hashlib
-
-        cut = raw[:_MAX_TEMP_STEM - 10].decode("utf-8", "ignore").encode("utf-8")  # whole characters only
+        cut = raw[: _MAX_TEMP_STEM - 10].decode("utf-8", "ignore").encode("utf-8")  # whole characters only
         name = os.fsdecode(cut) + "~" + hashlib.sha256(raw).hexdigest()[:8]
     return f".{name}.{os.getpid()}."
 
@@ -82,8 +84,6 @@ def atomic_path(path: str | os.PathLike, clean_stale: bool = False) -> Iterator[
     """
     path = Path(path)
     if path.is_dir():
-        from cianet.errors import UsageError
-
         raise UsageError(f"{path}: is a folder; give the path of a file to write (a folder is never replaced)")
     path.parent.mkdir(parents=True, exist_ok=True)
     if clean_stale:
@@ -121,8 +121,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
 
 def strict_json(obj: Any) -> Any:
     """``obj`` with every non-finite float replaced by None (numpy scalars and arrays become lists/floats)."""
-    import math
-
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
@@ -136,7 +134,7 @@ def strict_json(obj: Any) -> Any:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through a temporary file and rename."""
-    import torch
+    import torch  # lazy: the config, splits and caches write through this module without torch
 
     with atomic_path(path, clean_stale=True) as tmp:
         torch.save(obj, tmp)

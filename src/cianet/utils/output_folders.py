@@ -25,10 +25,11 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from cianet.errors import InputError
+from cianet.utils.atomic import atomic_write_json
 
 MARKER = ".cianet-output.json"
 JOURNAL = ".cianet-output.journal"
@@ -80,15 +81,14 @@ def _journal_names(folder: Path) -> list[str]:
 def _write_marker(folder: Path, kind: str, files: Iterable[str]) -> None:
     """Write the marker with ``files`` (which hold the journal's names: callers read them with read_marker),
     then drop the journal; killed in between, the journal only repeats names the marker holds."""
-    from cianet.utils.atomic import atomic_write_json
-
     atomic_write_json(folder / MARKER, {"format": _FORMAT, "kind": kind, "files": sorted(set(files))})
     with contextlib.suppress(FileNotFoundError):
         (folder / JOURNAL).unlink()
 
 
-def claim_output(folder: str | os.PathLike, kind: str, *, adopt: Iterable[str] = (),
-                 adopt_if: Iterable[str] = ()) -> Path:
+def claim_output(
+    folder: str | os.PathLike, kind: str, *, adopt: Iterable[str] = (), adopt_if: Iterable[str] = ()
+) -> Path:
     """Make ``folder`` a ``kind`` output folder (creating it), or check that it already is one.
 
     Refused (InputError): a path that is a file, a folder claimed by another kind of output, a non-empty
@@ -107,8 +107,9 @@ def claim_output(folder: str | os.PathLike, kind: str, *, adopt: Iterable[str] =
     return folder
 
 
-def check_claimable(folder: str | os.PathLike, kind: str, *, adopt: Iterable[str] = (),
-                    adopt_if: Iterable[str] = ()) -> bool:
+def check_claimable(
+    folder: str | os.PathLike, kind: str, *, adopt: Iterable[str] = (), adopt_if: Iterable[str] = ()
+) -> bool:
     """The checks of :func:`claim_output`, creating nothing: InputError when ``folder`` may not be claimed for
     ``kind``; True when it is claimed already (it has a ``kind`` marker), False when it may be."""
     folder = Path(folder)
@@ -118,17 +119,27 @@ def check_claimable(folder: str | os.PathLike, kind: str, *, adopt: Iterable[str
         marker = read_marker(folder)
         if marker is not None:
             if marker["kind"] != kind:
-                raise InputError(f"{folder}: holds the output of cianet {marker['kind']}, not of cianet {kind}; "
-                                 "choose another folder")
+                raise InputError(
+                    f"{folder}: holds the output of cianet {marker['kind']}, not of cianet {kind}; "
+                    "choose another folder"
+                )
             return True
-        entries = {p.name for p in folder.iterdir()
-                   if p.name != LOCK and not (p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp"))}
+        entries = {
+            p.name
+            for p in folder.iterdir()
+            if p.name != LOCK and not (p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp"))
+        }
         adopt, adopt_if = tuple(adopt), set(adopt_if)
-        old_output = bool(adopt) and all(any(fnmatch.fnmatchcase(e, pat) for pat in adopt) for e in entries) \
+        old_output = (
+            bool(adopt)
+            and all(any(fnmatch.fnmatchcase(e, pat) for pat in adopt) for e in entries)
             and (not adopt_if or bool(entries & adopt_if))
+        )
         if entries and not old_output:
-            raise InputError(f"{folder}: not empty and not written by cianet {kind} (it holds "
-                             f"{describe_entries(folder)}); choose a new or empty folder")
+            raise InputError(
+                f"{folder}: not empty and not written by cianet {kind} (it holds "
+                f"{describe_entries(folder)}); choose a new or empty folder"
+            )
     return False
 
 
@@ -182,7 +193,7 @@ def remove_recorded(folder: str | os.PathLike) -> list[str]:
         _remove_empty_parents(path.parent, root)
     listed = {str(n) for n in marker["files"]}
     for tmp in folder.rglob(".*.tmp"):  # one scan of the folder, not one per listed name
-        name_pid = tmp.name[1:-len(".tmp")].rpartition(".")[0]  # .NAME.PID.RANDOM.tmp -> NAME.PID
+        name_pid = tmp.name[1 : -len(".tmp")].rpartition(".")[0]  # .NAME.PID.RANDOM.tmp -> NAME.PID
         name, _, pid = name_pid.rpartition(".")
         rel = str((tmp.parent / name).relative_to(folder))
         if rel in listed and pid.isdigit() and not _pid_alive(int(pid)):
@@ -221,8 +232,10 @@ def refuse_replace(path: str | os.PathLike, overwrite: bool, flag: str = "--out"
     if path.is_dir():
         raise InputError(f"{flag} {path}: is a folder; give the path of a file to write (a folder is never replaced)")
     if (path.exists() or path.is_symlink()) and not overwrite:
-        raise InputError(f"{flag} {path}: the file already exists and is never replaced silently; pass "
-                         "--overwrite to replace it (that file only), or choose another path")
+        raise InputError(
+            f"{flag} {path}: the file already exists and is never replaced silently; pass "
+            "--overwrite to replace it (that file only), or choose another path"
+        )
     return path
 
 
@@ -258,8 +271,14 @@ def output_lock(folder: str | os.PathLike, what: str = "cianet") -> Iterator[Pat
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK
-    payload = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "what": what})
+    payload = json.dumps(
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "what": what,
+        }
+    )
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -273,11 +292,16 @@ def output_lock(folder: str | os.PathLike, what: str = "cianet") -> Iterator[Pat
                 continue
             try:
                 holder = json.loads(path.read_text(encoding="utf-8"))
-                who = f"pid {holder.get('pid')} on {holder.get('host')}, {holder.get('what')}, since {holder.get('started')}"
+                who = (
+                    f"pid {holder.get('pid')} on {holder.get('host')}, {holder.get('what')}, "
+                    f"since {holder.get('started')}"
+                )
             except (OSError, ValueError):
                 who = "a process that is starting"
-            raise InputError(f"{folder}: another cianet process is writing here ({who}); wait for it to end, "
-                             f"or delete {path} if no such process runs") from None
+            raise InputError(
+                f"{folder}: another cianet process is writing here ({who}); wait for it to end, "
+                f"or delete {path} if no such process runs"
+            ) from None
         with os.fdopen(fd, "w") as fh:
             fh.write(payload)
         break
@@ -292,8 +316,14 @@ def output_lock(folder: str | os.PathLike, what: str = "cianet") -> Iterator[Pat
 
 
 @contextlib.contextmanager
-def owned_output(folder: str | os.PathLike, kind: str, *, overwrite: bool = False, flag: str = "--overwrite",
-                 adopt: Iterable[str] = ()) -> Iterator[Path]:
+def owned_output(
+    folder: str | os.PathLike,
+    kind: str,
+    *,
+    overwrite: bool = False,
+    flag: str = "--overwrite",
+    adopt: Iterable[str] = (),
+) -> Iterator[Path]:
     """Claim ``folder`` for ``kind`` and hold its lock while the block writes it.
 
     When the folder holds the recorded output of an earlier ``kind`` run, that output is deleted first with
@@ -308,8 +338,10 @@ def owned_output(folder: str | os.PathLike, kind: str, *, overwrite: bool = Fals
             if not overwrite:
                 names = sorted(marker["files"])
                 shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-                raise InputError(f"{folder}: holds the output of an earlier cianet {kind} ({shown}); pass {flag} "
-                                 "to replace it, or choose another folder")
+                raise InputError(
+                    f"{folder}: holds the output of an earlier cianet {kind} ({shown}); pass {flag} "
+                    "to replace it, or choose another folder"
+                )
             remove_recorded(folder)
         try:
             yield folder

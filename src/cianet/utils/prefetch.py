@@ -7,14 +7,17 @@ decoding in PIL and the networks in torch both release the GIL, so they overlap 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-def prefetch(items: Iterable[T], fn: Callable[[T], R], depth: int, workers: int = 1) -> Iterator[tuple[T, R | None, BaseException | None]]:
+def prefetch(
+    items: Iterable[T], fn: Callable[[T], R], depth: int, workers: int = 1
+) -> Iterator[tuple[T, R | None, BaseException | None]]:
     """``(item, fn(item), None)`` or ``(item, None, the exception fn raised)`` for every item, in input order.
 
     At most ``depth`` items are submitted ahead of the one being yielded (so at most ``depth + 1`` results
@@ -87,7 +90,7 @@ class Behind:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
 
-    def __enter__(self) -> "Behind":
+    def __enter__(self) -> Behind:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -17,7 +17,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from tqdm.auto import tqdm
 
 T = TypeVar("T")
 
@@ -53,13 +56,18 @@ def progress_enabled(disable: bool | None = None) -> bool:
 
 
 def progress_bar(iterable: Iterable[T], desc: str = "", total: int | None = None, disable: bool | None = None, **kw):
-    from tqdm.auto import tqdm
-
+    kw.setdefault("unit", "img")  # every per-item loop of cianet goes over images
     return tqdm(iterable, desc=desc, total=total, disable=not progress_enabled(disable), dynamic_ncols=True, **kw)
 
 
-def batch_progress(batches: Iterable[T], desc: str, total_images: int | None, disable: bool | None = None,
-                   count: Callable[[T], int] | None = None, leave: bool = True) -> "BatchProgress":
+def batch_progress(
+    batches: Iterable[T],
+    desc: str,
+    total_images: int | None,
+    disable: bool | None = None,
+    count: Callable[[T], int] | None = None,
+    leave: bool = True,
+) -> BatchProgress:
     """``batches`` with a bar that counts images: each batch advances it by ``count(batch)`` (default: the
     length of the batch's ``"image"`` entry, or of the batch itself)."""
     return BatchProgress(batches, desc, total_images, disable, count, leave)
@@ -68,13 +76,24 @@ def batch_progress(batches: Iterable[T], desc: str, total_images: int | None, di
 class BatchProgress:
     """An iterable over batches whose bar counts images; ``set_postfix`` as tqdm's."""
 
-    def __init__(self, batches: Iterable[Any], desc: str, total_images: int | None, disable: bool | None,
-                 count: Callable[[Any], int] | None, leave: bool) -> None:
-        from tqdm.auto import tqdm
-
+    def __init__(
+        self,
+        batches: Iterable[Any],
+        desc: str,
+        total_images: int | None,
+        disable: bool | None,
+        count: Callable[[Any], int] | None,
+        leave: bool,
+    ) -> None:
         self.batches, self.count = batches, count or batch_size
-        self.bar = tqdm(total=total_images, desc=desc, unit="img", disable=not progress_enabled(disable),
-                        dynamic_ncols=True, leave=leave)
+        self.bar = tqdm(
+            total=total_images,
+            desc=desc,
+            unit="img",
+            disable=not progress_enabled(disable),
+            dynamic_ncols=True,
+            leave=leave,
+        )
 
     def __iter__(self) -> Iterator[Any]:
         try:

@@ -1,4 +1,4 @@
-"""The phantom (``cianet.data.synth``) written in the layout of another data set, so that every adapter can be
+"""The phantom (``cianet.phantom.generator``) written in the layout of another data set, so that every adapter can be
 run end to end on images with known ground truth: ``cianet synth OUT --layout rsna|vindr|csv``.
 
 The NIH-layout phantom is generated into a temporary folder beside ``OUT`` and re-expressed:
@@ -27,15 +27,26 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from cianet.config import DATASETS
+from cianet.config import DATASETS, NIH, RSNA, VINDR
+from cianet.data.nih import NIHIndex
+from cianet.data.vindr import NO_FINDING, VINDR_CLASSES
 from cianet.errors import InputError
-from cianet.utils.atomic import atomic_write_text
+from cianet.labels import BOX_LABELS
+from cianet.labels import NO_FINDING as NIH_NO_FINDING
+from cianet.phantom.generator import generate_dataset
+from cianet.utils.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 LAYOUTS: tuple[str, ...] = DATASETS  # the phantom writes every layout cianet reads
 TO_VINDR: dict[str, str] = {
-    "Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Effusion": "Pleural effusion",
-    "Infiltration": "Infiltration", "Mass": "Nodule/Mass", "Nodule": "Nodule/Mass", "Pneumonia": "Lung Opacity",
+    "Atelectasis": "Atelectasis",
+    "Cardiomegaly": "Cardiomegaly",
+    "Effusion": "Pleural effusion",
+    "Infiltration": "Infiltration",
+    "Mass": "Nodule/Mass",
+    "Nodule": "Nodule/Mass",
+    "Pneumonia": "Lung Opacity",
     "Pneumothorax": "Pneumothorax",
 }
 READERS: tuple[str, ...] = tuple(f"R{i}" for i in range(1, 7))
@@ -47,11 +58,10 @@ RSNA_NEGATIVE_CLASSES = {"normal": "Normal", "abnormal": "No Lung Opacity / Not 
 
 def write_dicom_gray(path: Path, pixels: np.ndarray, uid_seed: str) -> None:
     """A single-frame grayscale DICOM of uint8 ``pixels`` (stored as 12-bit values), written atomically."""
+    # lazy: pydicom is needed for DICOM files only
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    from cianet.utils.atomic import atomic_write_bytes
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -73,8 +83,6 @@ def write_dicom_gray(path: Path, pixels: np.ndarray, uid_seed: str) -> None:
 
 
 def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(path) as im:
         return np.asarray(im.convert("L"))
 
@@ -97,8 +105,6 @@ def _csv_text(rows: list[list]) -> str:
 
 
 def _write_rsna(nih: Path, out: Path, index, truth: dict) -> dict:
-    from cianet.labels import BOX_LABELS
-
     labels_rows = [["patientId", "x", "y", "width", "height", "Target"]]
     info_rows = [["patientId", "class"]]
     (out / "stage_2_train_images").mkdir(parents=True, exist_ok=True)
@@ -119,8 +125,6 @@ def _write_rsna(nih: Path, out: Path, index, truth: dict) -> dict:
 
 def _write_vindr(nih: Path, out: Path, index, truth: dict, seed: int) -> dict:
     rows = [["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]]
-    from cianet.data.vindr import NO_FINDING, VINDR_CLASSES
-
     (out / "train").mkdir(parents=True, exist_ok=True)
     kept = left_out = 0
     for i, rec in enumerate(index.records):
@@ -140,8 +144,18 @@ def _write_vindr(nih: Path, out: Path, index, truth: dict, seed: int) -> dict:
                 jx0, jy0, jx1, jy1 = rng.normal(0.0, READER_JITTER, size=4) * [bw, bh, bw, bh]
                 x0, y0 = float(np.clip(x + jx0, 0, w - 1)), float(np.clip(y + jy0, 0, h - 1))
                 x1, y1 = float(np.clip(x + bw + jx1, x0 + 1, w)), float(np.clip(y + bh + jy1, y0 + 1, h))
-                rows.append([image_id, label, VINDR_CLASSES.index(label), READERS[r],
-                             f"{x0:.1f}", f"{y0:.1f}", f"{x1:.1f}", f"{y1:.1f}"])
+                rows.append(
+                    [
+                        image_id,
+                        label,
+                        VINDR_CLASSES.index(label),
+                        READERS[r],
+                        f"{x0:.1f}",
+                        f"{y0:.1f}",
+                        f"{x1:.1f}",
+                        f"{y1:.1f}",
+                    ]
+                )
         write_dicom_gray(out / "train" / f"{image_id}.dicom", pixels, f"vindr:{image_id}")
         kept += 1
     atomic_write_text(out / "train.csv", _csv_text(rows))
@@ -149,14 +163,13 @@ def _write_vindr(nih: Path, out: Path, index, truth: dict, seed: int) -> dict:
 
 
 def _write_csv(nih: Path, out: Path, index) -> dict:
-    from cianet.labels import NO_FINDING
-
     (out / "images").mkdir(parents=True, exist_ok=True)
     image_rows = [["image", "labels", "patient", "follow_up"]]
     box_rows = [["image", "label", "x", "y", "w", "h"]]
     for rec in index.records:
-        image_rows.append([rec.name, "|".join(rec.labels) if rec.labels else NO_FINDING, rec.patient_id,
-                           str(rec.follow_up)])
+        image_rows.append(
+            [rec.name, "|".join(rec.labels) if rec.labels else NIH_NO_FINDING, rec.patient_id, str(rec.follow_up)]
+        )
         box_rows += [[rec.name, b.label, repr(b.x), repr(b.y), repr(b.w), repr(b.h)] for b in rec.boxes]
         shutil.copyfile(rec.path, out / "images" / rec.name)
     atomic_write_text(out / "images.csv", _csv_text(image_rows))
@@ -165,16 +178,12 @@ def _write_csv(nih: Path, out: Path, index) -> dict:
 
 
 def write_layout(out_dir, layout: str, seed: int = 0, overwrite: bool = False, **synth_args) -> dict:
-    """Generate the phantom (``cianet.data.synth.generate_dataset`` with ``seed`` and ``synth_args``) and write
+    """Generate the phantom (``cianet.phantom.generator.generate_dataset`` with ``seed`` and ``synth_args``) and write
     it to ``out_dir`` in ``layout`` (see the module docstring). Returns the phantom's summary with the layout's
     counts under ``"layout"``."""
-    from cianet.data.nih import NIHIndex
-    from cianet.data.synth import generate_dataset
-    from cianet.utils.atomic import atomic_write_json
-
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
-    if layout == "nih":
+    if layout == NIH:
         return generate_dataset(out_dir, seed=seed, overwrite=overwrite, **synth_args)
     if synth_args.get("twins"):
         raise InputError("--twins is only written in the nih layout")
@@ -188,9 +197,9 @@ def write_layout(out_dir, layout: str, seed: int = 0, overwrite: bool = False, *
     try:
         summary = generate_dataset(tmp, seed=seed, overwrite=True, **synth_args)
         index = NIHIndex.from_root(tmp, strict=True)
-        if layout == "rsna":
+        if layout == RSNA:
             counts = _write_rsna(tmp, out, index, _truth_boxes(tmp))
-        elif layout == "vindr":
+        elif layout == VINDR:
             counts = _write_vindr(tmp, out, index, _truth_boxes(tmp), seed)
         else:
             counts = _write_csv(tmp, out, index)

@@ -1,4 +1,4 @@
-"""Procedural chest anatomy for the synthetic phantom (see :mod:`cianet.data.synth`).
+"""Procedural chest anatomy for the synthetic phantom (see :mod:`cianet.phantom.generator`).
 
 Everything here is an analytic function of *patient-frame* coordinates: arrays ``X, Y`` (any shape, usually
 ``(S, S)``) in the normalized convention of docs/architecture.md (``x = -1`` is the left image border,
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -312,7 +313,7 @@ def _markings(X: Array, Y: Array, anat: Anatomy, side: int) -> Array:
 
 def _grid_affine(X: Array, Y: Array) -> tuple[float, ...] | None:
     """``(ox, oy, a, b, c, d)`` with ``(i, j) = [[a, b], [c, d]] @ ((x, y) - (ox, oy))`` when the grid is an affine
-    image of the pixel indices (as ``cianet.data.synth.patient_grid`` makes it), else None."""
+    image of the pixel indices (as ``cianet.phantom.generator.patient_grid`` makes it), else None."""
     H, W = X.shape
     if H < 2 or W < 2:
         return None
@@ -323,15 +324,17 @@ def _grid_affine(X: Array, Y: Array) -> tuple[float, ...] | None:
     if abs(det) < 1e-12:
         return None
     # Reject grids that are not affine (checked at the far corner).
-    if abs(ox + (H - 1) * xi + (W - 1) * xj - float(X[-1, -1])) > 1e-3 or abs(
-        oy + (H - 1) * yi + (W - 1) * yj - float(Y[-1, -1])
-    ) > 1e-3:
+    if (
+        abs(ox + (H - 1) * xi + (W - 1) * xj - float(X[-1, -1])) > 1e-3
+        or abs(oy + (H - 1) * yi + (W - 1) * yj - float(Y[-1, -1])) > 1e-3
+    ):
         return None
     return ox, oy, yj / det, -xj / det, -yi / det, xi / det
 
 
-def _window(shape: tuple[int, int], aff: tuple[float, ...] | None, x0: float, x1: float, y0: float,
-            y1: float) -> tuple[slice, slice]:
+def _window(
+    shape: tuple[int, int], aff: tuple[float, ...] | None, x0: float, x1: float, y0: float, y1: float
+) -> tuple[slice, slice]:
     """Rows and columns of the grid whose patient-frame points can fall in ``[x0, x1] x [y0, y1]``.
 
     The rectangle's corners map back to pixel indices exactly through the grid's affine map ``aff``
@@ -350,27 +353,20 @@ def _window(shape: tuple[int, int], aff: tuple[float, ...] | None, x0: float, x1
     return slice(max(i0, 0), max(min(i1, H), 0)), slice(max(j0, 0), max(min(j1, W), 0))
 
 
-def anatomy_layers(X: Array, Y: Array, anat: Anatomy, pix: float) -> AnatomyLayers:
-    """Density layers of the chest at patient-frame points ``X, Y`` ((H, W) float32 grids).
+#: ``win(x0, x1, y0, y1)``: the rows and columns of the grid that can hold patient-frame points of that rectangle
+Window = Callable[[float, float, float, float], tuple[slice, slice]]
 
-    ``pix`` is the size of a written pixel in normalized units (2 / S): edges are antialiased over ~1-2 px.
-    Small structures are only evaluated in the window of the grid that can contain them.
-    """
-    sx, sy = anat.shift_x, anat.shift_y
-    m = 0.05  # window margin, larger than any soft edge
 
-    aff = _grid_affine(X, Y)
-
-    def win(x0: float, x1: float, y0: float, y1: float) -> tuple[slice, slice]:
-        return _window(X.shape, aff, x0 - m, x1 + m, y0 - m, y1 + m)
-
-    body = ramp(body_sdf(X, Y, anat), 3.0 * pix)
-    # Chest-wall thickness falls off towards the flanks.
-    t = (X - sx) * (1.0 / (anat.body_hw * 1.05))
+def _chest_wall(X: Array, anat: Anatomy, body: Array) -> Array:
+    """Soft-tissue density of the body (H, W): the chest wall thins towards the flanks."""
+    t = (X - anat.shift_x) * (1.0 / (anat.body_hw * 1.05))
     thick = np.sqrt(np.clip(1.0 - t * t, 0.05, 1.0))
-    D = anat.tissue * body * (0.55 + 0.45 * thick)
+    return anat.tissue * body * (0.55 + 0.45 * thick)
 
-    # Heart, mediastinum and aortic knob: the "solid" centre that hides the lungs.
+
+def _solid_centre(X: Array, Y: Array, anat: Anatomy, pix: float, win: Window) -> Array:
+    """Heart, mediastinum and aortic knob (H, W) in [0, 1]: the "solid" centre that hides the lungs."""
+    sx, sy = anat.shift_x, anat.shift_y
     solid = np.zeros_like(X)
     r = max(anat.heart_rx, anat.heart_ry) * anat.heart_scale * 1.2
     hcx, hcy = anat.heart_cx + sx, anat.heart_base_y
@@ -384,7 +380,11 @@ def anatomy_layers(X: Array, Y: Array, anat: Anatomy, pix: float) -> AnatomyLaye
     w = win(sx + 0.05, sx + 0.19, sy - 0.37, sy - 0.23)
     knob = ramp(np.hypot(X[w] - sx - 0.12, Y[w] - sy + 0.3) - 0.065, 3.0 * pix)
     solid[w] = np.maximum(solid[w], knob)
+    return solid
 
+
+def _lung_fields(X: Array, Y: Array, anat: Anatomy, pix: float, win: Window, solid: Array) -> Array:
+    """Soft mask of both lungs (H, W), weighted by their thickness and hidden where the centre is solid."""
     lungs = np.zeros_like(X)
     for side in (-1, 1):
         cx, cy = anat.lung_centre(side)
@@ -395,13 +395,19 @@ def anatomy_layers(X: Array, Y: Array, anat: Anatomy, pix: float) -> AnatomyLaye
         depth = np.clip(f * (-1.0 / 0.12), 0.0, 1.0)
         lungs[w] += ramp(f, 4.0 * pix) * (0.72 + 0.28 * depth)
     lungs *= 1.0 - 0.85 * solid
-    D -= (1.08 * anat.lung_air) * lungs * body
-    D += 0.45 * solid
+    return lungs
 
+
+def _add_trachea(D: Array, X: Array, Y: Array, anat: Anatomy, pix: float, win: Window, body: Array) -> None:
+    """The air column of the trachea, down to the carina (in place)."""
+    sx, sy = anat.shift_x, anat.shift_y
     w = win(sx - 0.04, sx + 0.04, -1.5, sy - 0.28)
     D[w] -= 0.32 * ramp(np.abs(X[w] - sx) - 0.032, 2.5 * pix) * ramp(Y[w] - sy + 0.32, 0.08) * body[w]
 
-    # Below the diaphragm: a denser abdomen laterally (liver, spleen); gastric bubble under the left dome.
+
+def _add_abdomen(D: Array, X: Array, Y: Array, anat: Anatomy, pix: float, win: Window, body: Array) -> None:
+    """Below the diaphragm (in place): a denser abdomen laterally (liver, spleen); the gastric bubble under the
+    left dome."""
     for side in (-1, 1):
         cx, _ = anat.lung_centre(side)
         a = anat.lung_half_width(side)
@@ -414,13 +420,19 @@ def anatomy_layers(X: Array, Y: Array, anat: Anatomy, pix: float) -> AnatomyLaye
     w = win(cxl + 0.03 - 0.11, cxl + 0.03 + 0.11, by - 0.06, by + 0.06)
     D[w] -= 0.45 * ramp(np.hypot((X[w] - cxl - 0.03) / 0.09, (Y[w] - by) / 0.05) - 1.0, 0.3)
 
+
+def _add_hila(D: Array, X: Array, Y: Array, anat: Anatomy, win: Window) -> None:
+    """Hilar vessels (in place): a smooth bump of compact support on each side."""
     for side in (-1, 1):
         hx, hy = anat.hilum(side)
-        # Hilar vessels: a smooth bump of compact support.
         w = win(hx - 0.12, hx + 0.12, hy - 0.12, hy + 0.12)
         q = np.maximum(1.0 - ((X[w] - hx) ** 2 + (Y[w] - hy) ** 2) * (1.0 / 0.12**2), 0.0)
         D[w] += 0.22 * q * q * q
 
+
+def _add_bones(D: Array, X: Array, Y: Array, anat: Anatomy, pix: float, win: Window, body: Array, lungs: Array) -> None:
+    """Spine, posterior and anterior ribs, clavicles (in place)."""
+    sx, sy = anat.shift_x, anat.shift_y
     w = win(sx - anat.spine_hw, sx + anat.spine_hw, -1.5, 1.5)
     D[w] += 0.3 * _spine(X[w], Y[w], anat, pix) * body[w]
     # Bones show mostly against the lungs.
@@ -429,19 +441,51 @@ def anatomy_layers(X: Array, Y: Array, anat: Anatomy, pix: float) -> AnatomyLaye
     D[w] += 0.08 * _anterior_ribs(X[w], Y[w], anat, pix) * lungs[w]
     w = win(sx - 0.8, sx + 0.8, anat.clav_y + sy - 0.12, anat.clav_y + sy + 0.12)
     D[w] += 0.4 * _clavicles(X[w], Y[w], anat, pix) * body[w]
-    if anat.female:
-        for side in (-1, 1):
-            cx, _ = anat.lung_centre(side)
-            bx, by = cx + side * 0.05, sy + 0.42
-            w = win(bx - 0.37, bx + 0.37, by - 0.3, by + 0.3)
-            breast = np.hypot((X[w] - bx) / 0.32, (Y[w] - by) / 0.26)
-            D[w] += 0.16 * ramp(breast - 1.0, 0.25) * body[w]
 
-    # Markings are only evaluated on lung pixels (the costliest layer).
+
+def _add_breasts(D: Array, X: Array, Y: Array, anat: Anatomy, win: Window, body: Array) -> None:
+    """Breast shadows over the lower lung fields (in place)."""
+    for side in (-1, 1):
+        cx, _ = anat.lung_centre(side)
+        bx, by = cx + side * 0.05, anat.shift_y + 0.42
+        w = win(bx - 0.37, bx + 0.37, by - 0.3, by + 0.3)
+        breast = np.hypot((X[w] - bx) / 0.32, (Y[w] - by) / 0.26)
+        D[w] += 0.16 * ramp(breast - 1.0, 0.25) * body[w]
+
+
+def _lung_markings(X: Array, Y: Array, anat: Anatomy, lungs: Array) -> Array:
+    """Vessel markings density (H, W) float32, only evaluated on lung pixels (the costliest layer)."""
     markings = np.zeros(X.size, dtype=np.float32)
     idx = np.flatnonzero(lungs.ravel() > 0)
     xs, ys = X.ravel()[idx], Y.ravel()[idx]
     vals = _markings(xs, ys, anat, -1) + _markings(xs, ys, anat, 1)
     markings[idx] = anat.markings_amp * vals * lungs.ravel()[idx]
-    markings = markings.reshape(X.shape)
+    return markings.reshape(X.shape)
+
+
+def anatomy_layers(X: Array, Y: Array, anat: Anatomy, pix: float) -> AnatomyLayers:
+    """Density layers of the chest at patient-frame points ``X, Y`` ((H, W) float32 grids).
+
+    ``pix`` is the size of a written pixel in normalized units (2 / S): edges are antialiased over ~1-2 px.
+    Small structures are only evaluated in the window of the grid that can contain them.
+    """
+    m = 0.05  # window margin, larger than any soft edge
+    aff = _grid_affine(X, Y)
+
+    def win(x0: float, x1: float, y0: float, y1: float) -> tuple[slice, slice]:
+        return _window(X.shape, aff, x0 - m, x1 + m, y0 - m, y1 + m)
+
+    body = ramp(body_sdf(X, Y, anat), 3.0 * pix)  # (H, W)
+    D = _chest_wall(X, anat, body)  # density, (H, W)
+    solid = _solid_centre(X, Y, anat, pix, win)
+    lungs = _lung_fields(X, Y, anat, pix, win, solid)
+    D -= (1.08 * anat.lung_air) * lungs * body
+    D += 0.45 * solid
+    _add_trachea(D, X, Y, anat, pix, win, body)
+    _add_abdomen(D, X, Y, anat, pix, win, body)
+    _add_hila(D, X, Y, anat, win)
+    _add_bones(D, X, Y, anat, pix, win, body, lungs)
+    if anat.female:
+        _add_breasts(D, X, Y, anat, win, body)
+    markings = _lung_markings(X, Y, anat, lungs)
     return AnatomyLayers(base=D.astype(np.float32), markings=markings, lungs=lungs.astype(np.float32))

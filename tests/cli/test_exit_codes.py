@@ -12,18 +12,10 @@ import pytest
 
 from cianet.cli import main
 from cianet.errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED
-from helpers import make_run, write_tiny_nih
+from helpers import make_run, one_line
 
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return write_tiny_nih(tmp_path_factory.mktemp("tiny_nih_exit"), n_patients=6)
-
-
-def only_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+#: the tiny set of this module (conftest's tiny_root): six patients, twelve images
+TINY_PATIENTS = 6
 
 
 def test_the_codes_are_the_documented_numbers():
@@ -67,7 +59,7 @@ def test_2_bad_flag_and_missing_input(tmp_path, capsys):
     assert "usage: cianet" in capsys.readouterr().err
     missing = tmp_path / "no-such-root"
     assert main(["index", "--data-root", str(missing)]) == EXIT_INPUT
-    line = only_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
     assert line.startswith("cianet index: error:") and str(missing) in line
 
 
@@ -81,7 +73,7 @@ def test_3_internal_error_is_a_bug_report_and_debug_shows_the_traceback(tiny_roo
     argv = ["index", "--data-root", str(tiny_root), "--json"]
     assert main(argv) == EXIT_INTERNAL
     cap = capsys.readouterr()
-    line = only_line(cap.err)
+    line = one_line(cap.err)
     assert "internal error (a bug in cianet" in line and "RuntimeError: the summary lost a key" in line
     assert "rerun with --debug" in line and cap.out == ""
     assert main(["--debug", *argv]) == EXIT_INTERNAL
@@ -89,11 +81,14 @@ def test_3_internal_error_is_a_bug_report_and_debug_shows_the_traceback(tiny_roo
     assert "Traceback" in err and "in broken" in err and "--debug for the traceback" not in err
 
 
-@pytest.mark.parametrize("exc,code", [
-    (ValueError("could not broadcast (3,) into (4,)"), EXIT_INTERNAL),  # a plain ValueError is a bug, not input
-    (KeyError("auc"), EXIT_INTERNAL),
-    (PermissionError(13, "Permission denied", "/read-only/site"), EXIT_INPUT),  # the file system's: names the file
-])
+@pytest.mark.parametrize(
+    "exc,code",
+    [
+        (ValueError("could not broadcast (3,) into (4,)"), EXIT_INTERNAL),  # a plain ValueError is a bug, not input
+        (KeyError("auc"), EXIT_INTERNAL),
+        (PermissionError(13, "Permission denied", "/read-only/site"), EXIT_INPUT),  # the file system's: names the file
+    ],
+)
 def test_only_cianet_errors_and_file_system_errors_are_input_errors(exc, code, tiny_root, monkeypatch, capsys):
     import cianet.commands.index as index_command
     from cianet.errors import InputError
@@ -103,7 +98,7 @@ def test_only_cianet_errors_and_file_system_errors_are_input_errors(exc, code, t
 
     monkeypatch.setattr(index_command, "cmd_index", broken)
     assert main(["index", "--data-root", str(tiny_root)]) == code
-    line = only_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
     assert ("internal error" in line and "--debug" in line) if code == EXIT_INTERNAL else "/read-only/site" in line
     assert issubclass(InputError, ValueError)  # callers' `except ValueError` still catch the deliberate ones
 
@@ -116,12 +111,16 @@ def test_130_interrupted(tiny_root, monkeypatch, capsys):
 
     monkeypatch.setattr(index_command, "cmd_index", interrupted)
     assert main(["index", "--data-root", str(tiny_root)]) == EXIT_INTERRUPTED
-    assert "cianet index: interrupted" in only_line(capsys.readouterr().err)
+    assert "cianet index: interrupted" in one_line(capsys.readouterr().err)
 
 
 @pytest.mark.slow  # a Python start-up with cianet's imports: seconds
 def test_the_process_exits_with_the_code(tmp_path):
     """The module entry point (as the console script) turns main's return value into the process status."""
-    missing = subprocess.run([sys.executable, "-m", "cianet", "index", "--data-root", str(tmp_path / "nope")],
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, "-m", "cianet", "index", "--data-root", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == EXIT_INPUT and "cianet index: error:" in missing.stderr

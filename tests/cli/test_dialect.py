@@ -11,13 +11,16 @@ def parse(argv):
     return build_parser().parse_args(argv)
 
 
-@pytest.mark.parametrize("argv", [
-    ["prepare", "--data-root", "D", "--cache", "C"],
-    ["canonical", "--data-root", "D", "--out", "c.png"],
-    ["synth", "OUT"],
-    ["align-eval", "--align", "a.pt", "--data-root", "D"],
-    ["bench"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prepare", "--data-root", "D", "--cache", "C"],
+        ["canonical", "--data-root", "D", "--out", "c.png"],
+        ["synth", "OUT"],
+        ["align-eval", "--align", "a.pt", "--data-root", "D"],
+        ["bench"],
+    ],
+)
 def test_image_side_is_image_size_everywhere(argv):
     assert parse(argv + ["--image-size", "256"]).size == 256
     assert parse(argv + ["--size", "256"]).size == 256  # the older spelling still works
@@ -29,19 +32,32 @@ def test_hash_side_and_batch_size_spellings():
     assert parse(["bench", "--batch-size", "4"]).batch == 4 == parse(["bench", "--batch", "4"]).batch
 
 
-@pytest.mark.parametrize("argv", [
-    ["predict", "x.png", "--model", "m", "--out", "o"], ["bundle", "--run", "r", "--out", "o"],
-    ["hash", "--data-root", "D", "--out", "h.npz"], ["align-eval", "--align", "a.pt", "--data-root", "D"],
-    ["evaluate", "--run", "r"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "x.png", "--model", "m", "--out", "o"],
+        ["bundle", "--run", "r", "--out", "o"],
+        ["hash", "--data-root", "D", "--out", "h.npz"],
+        ["align-eval", "--align", "a.pt", "--data-root", "D"],
+        ["evaluate", "--run", "r"],
+    ],
+)
 def test_device_defaults_to_auto(argv):
     assert parse(argv).device == "auto"
 
 
-@pytest.mark.parametrize("argv", [
-    ["predict", "x.png", "--model", "m", "--out", "o"], ["bundle", "--run", "r", "--out", "o"], ["view", "d"],
-    ["evaluate", "--run", "r"], ["index", "--data-root", "D"], ["bench"], ["bundle", "info", "m"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "x.png", "--model", "m", "--out", "o"],
+        ["bundle", "--run", "r", "--out", "o"],
+        ["view", "d"],
+        ["evaluate", "--run", "r"],
+        ["index", "--data-root", "D"],
+        ["bench"],
+        ["bundle", "info", "m"],
+    ],
+)
 def test_commands_that_print_a_result_take_json(argv):
     assert parse(argv + ["--json"]).json is True
 
@@ -79,12 +95,23 @@ def test_cianet_progress_is_honoured_by_the_canonical_mean(tmp_path, monkeypatch
     assert "canonical: averaging" not in (mean_of_records(recs, 8, progress=False), capsys.readouterr().err)[1]
 
 
-@pytest.mark.parametrize("argv", [
-    ["synth", "OUT"], ["prepare", "--data-root", "D", "--cache", "C"], ["canonical", "--data-root", "D", "--out", "c.png"],
-    ["hash", "--data-root", "D", "--out", "h.npz"], ["train-align"], ["train"], ["evaluate", "--run", "r"],
-    ["experiment", "table1"], ["demo"], ["bundle", "--run", "r", "--out", "o"],
-    ["predict", "x.png", "--model", "m", "--out", "o"], ["view", "d"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["synth", "OUT"],
+        ["prepare", "--data-root", "D", "--cache", "C"],
+        ["canonical", "--data-root", "D", "--out", "c.png"],
+        ["hash", "--data-root", "D", "--out", "h.npz"],
+        ["train-align"],
+        ["train"],
+        ["evaluate", "--run", "r"],
+        ["experiment", "table1"],
+        ["demo"],
+        ["bundle", "--run", "r", "--out", "o"],
+        ["predict", "x.png", "--model", "m", "--out", "o"],
+        ["view", "d"],
+    ],
+)
 def test_one_progress_switch_on_every_long_command(argv):
     assert parse(argv + ["--no-progress"]).no_progress is True
 

@@ -8,7 +8,9 @@ resumed when its output already exists in the demo folder, so an interrupted dem
   4. train-align the alignment network                                                     (`cianet train-align`)
   5. hash        the perceptual-hash negative index                                        (`cianet hash`)
   6. train       the baseline (Li et al.) and CIA-Net, tiny recipe, Table 1 protocol (80% annotated
-                 + 50% unannotated), both with alignment, so the comparison isolates the attention (`cianet train`)
+                 + 50% unannotated), both with alignment, so the comparison isolates the attention; CIA-Net's
+                 negative is the patient's earlier normal study where there is one (:data:`DEMO_NEGATIVES`)
+                 (`cianet train`)
   7. evaluate    both runs as `cianet evaluate` scores them (ROC/PR curves, bootstrap intervals, test grids)
   8. report.md   Table-1-style comparison, AUCs, figures
   9. site/       the viewer's page of both runs (`cianet view`), linked from report.md
@@ -16,46 +18,87 @@ resumed when its output already exists in the demo folder, so an interrupted dem
 
 from __future__ import annotations
 
+import copy
+import json
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+
+from cianet.config import CANONICAL_CHEST, PRIOR, load_config
+from cianet.data.cache import prepare_cache
+from cianet.data.canonical import make_canonical
+from cianet.errors import UsageError
+from cianet.evaluation.evaluate import evaluate_run
+from cianet.evaluation.report import write_demo_report
+from cianet.evaluation.viewer import build_site
+from cianet.phantom import generate_dataset
+from cianet.run.checkpoints import read_alignment_checkpoint
+from cianet.run.pairing import hash_data_root
+from cianet.training.alignment import train_alignment
+from cianet.training.loop import fit
+from cianet.utils.atomic import atomic_write_json, atomic_write_text
+from cianet.utils.output_folders import claim_output, output_lock
 
 
 def demo_settings(fast: bool, n_images: int | None) -> dict:
     if fast:
-        return {"n_images": n_images or 240, "size": 128, "epochs": 1, "lr_step": 1, "align_epochs": 1,
-                "align_images": 120, "canonical_n": 60, "max_images": None}
+        return {
+            "n_images": n_images or 240,
+            "size": 128,
+            "epochs": 1,
+            "lr_step": 1,
+            "align_epochs": 1,
+            "align_images": 120,
+            "canonical_n": 60,
+            "max_images": None,
+        }
     # Sized for the slower 2-core machine (README, docs/method.md "The demo's size"): 900 images, 6 epochs with the
     # recipe's schedule shape (the last two epochs at lr / 10), alignment 5 epochs over up to 800 images.
-    return {"n_images": n_images or 900, "size": 128, "epochs": 6, "lr_step": 4, "align_epochs": 5,
-            "align_images": 800, "canonical_n": 200, "max_images": None}
+    return {
+        "n_images": n_images or 900,
+        "size": 128,
+        "epochs": 6,
+        "lr_step": 4,
+        "align_epochs": 5,
+        "align_images": 800,
+        "canonical_n": 200,
+        "max_images": None,
+    }
+
+
+#: CIA-Net's negatives in the demo: the patient's own earlier No Finding study where there is one, else the
+#: paper's hash-nearest image (negatives.prior_fallback: sim). Chosen from the evidence experiment's five
+#: pre-registered seeds (docs/method.md "Results"): prior beat Base on the pointing game and AUC, and beat sim
+#: at T(IoU) 0.5, while sim's gains over Base were smaller (issue 20 item 5).
+DEMO_NEGATIVES = PRIOR
 
 
 def demo_config(data: Path, cache: Path, canonical: Path, size: int, seed: int, progress: bool):
     """The tiny recipe on the demo's data, as ``--config tiny --data-root --cache --image-size --seed
     --canonical`` set it for every training stage."""
-    from cianet.config import load_config
-
     cfg = load_config("tiny")
     cfg.data.data_root, cfg.data.cache, cfg.data.image_size = str(data), str(cache), size
     cfg.run.seed, cfg.align.canonical = seed, str(canonical)
+    cfg.negatives.strategy = DEMO_NEGATIVES
     if not progress:
         cfg.run.progress = False
     return cfg
 
 
-def run_demo(out: str | Path = "cianet-demo", fast: bool = False, seed: int = 0, n_images: int | None = None,
-             resume: bool = True, progress: bool = True) -> Path:
+def run_demo(
+    out: str | Path = "cianet-demo",
+    fast: bool = False,
+    seed: int = 0,
+    n_images: int | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> Path:
     """Run every stage into ``out``; returns the path of ``report.md``.
 
     ``out`` must be new, empty or a demo folder; ``resume=False`` deletes the demo's own outputs in it first.
     """
-    import shutil
-
-    from cianet.errors import UsageError
-    from cianet.utils.output_folders import claim_output, output_lock
-
     out = Path(out)
     st = demo_settings(fast, n_images)
     if st["n_images"] < 20:  # the 5-fold protocol needs images in every split
@@ -73,24 +116,26 @@ def run_demo(out: str | Path = "cianet-demo", fast: bool = False, seed: int = 0,
 
 
 #: every entry a demo writes at the top of its folder (what --fresh deletes, and nothing else)
-DEMO_ENTRIES = frozenset({"data", "cache", "canonical.png", "canonical_mean.png", "canonical.json", "align",
-                          "hash.npz", "runs", "figures", "alignment.json", "report.md", "timings.json", "site"})
+DEMO_ENTRIES = frozenset(
+    {
+        "data",
+        "cache",
+        "canonical.png",
+        "canonical_mean.png",
+        "canonical.json",
+        "align",
+        "hash.npz",
+        "runs",
+        "figures",
+        "alignment.json",
+        "report.md",
+        "timings.json",
+        "site",
+    }
+)
 
 
 def _run_stages(out: Path, st: dict, fast: bool, seed: int, progress: bool) -> Path:
-    import copy
-
-    from cianet.data.cache import prepare_cache
-    from cianet.data.canonical import make_canonical
-    from cianet.data.synth import generate_dataset
-    from cianet.evaluation.evaluate import evaluate_run
-    from cianet.evaluation.viewer import build_site
-    from cianet.evaluation.report import write_demo_report
-    from cianet.run.pairing import hash_data_root
-    from cianet.training.alignment import train_alignment
-    from cianet.training.loop import fit
-    from cianet.utils.atomic import atomic_write_json
-
     size = st["size"]
     data, cache = out / "data", out / "cache"
     canonical, align_dir, hash_npz = out / "canonical.png", out / "align", out / "hash.npz"
@@ -110,20 +155,34 @@ def _run_stages(out: Path, st: dict, fast: bool, seed: int, progress: bool) -> P
     def say(msg: str) -> None:
         print(msg, file=sys.stderr)
 
-    stage("synth", (data / "synth_truth.csv").exists(),
-          lambda: generate_dataset(data, n_images=st["n_images"], size=size, seed=seed))
+    stage(
+        "synth",
+        (data / "synth_truth.csv").exists(),
+        lambda: generate_dataset(data, n_images=st["n_images"], size=size, seed=seed),
+    )
     stage("prepare", (cache / "index.json").exists(), lambda: prepare_cache(data, size, cache, log=say))
-    stage("canonical", canonical.exists(),
-          lambda: make_canonical(data, canonical, n=st["canonical_n"], size=size, seed=seed, cache=cache))
+    stage(
+        CANONICAL_CHEST,
+        canonical.exists(),  # the stage that builds it
+        lambda: make_canonical(data, canonical, n=st["canonical_n"], size=size, seed=seed, cache=cache),
+    )
 
     align_cfg = copy.deepcopy(base)
     align_cfg.run.out = str(align_dir)
     align_cfg.align.epochs, align_cfg.align.max_images = st["align_epochs"], st["align_images"]
     stage("train-align", _align_done(align_dir, st["align_epochs"]), lambda: train_alignment(align_cfg, resume=True))
-    stage("hash", hash_npz.exists(),  # codes of the aligned images, as the runs pair (negatives.aligned_codes)
-          lambda: hash_data_root(data, hash_npz, cache=cache, progress=None if progress else False,
-                                 align=align_dir / "align.pt" if base.negatives.aligned_codes else None,
-                                 image_size=size))
+    stage(
+        "hash",
+        hash_npz.exists(),  # codes of the aligned images, as the runs pair (negatives.aligned_codes)
+        lambda: hash_data_root(
+            data,
+            hash_npz,
+            cache=cache,
+            progress=None if progress else False,
+            align=align_dir / "align.pt" if base.negatives.aligned_codes else None,
+            image_size=size,
+        ),
+    )
     runs = {}
     for kind in ("baseline", "cianet"):
         run_dir = out / "runs" / kind
@@ -134,8 +193,11 @@ def _run_stages(out: Path, st: dict, fast: bool, seed: int, progress: bool) -> P
         cfg.protocol.annotated_ratio, cfg.protocol.unannotated_ratio = 0.8, 0.5
         stage(f"train {kind}", (run_dir / "metrics.json").exists(), lambda cfg=cfg: fit(cfg, resume=True))
     for kind, run_dir in runs.items():  # as `cianet evaluate`: ROC/PR curves, intervals, the viewer's test grids
-        stage(f"evaluate {kind}", _evaluated(run_dir),
-              lambda run_dir=run_dir: evaluate_run(run_dir, device=base.run.device, progress=progress))
+        stage(
+            f"evaluate {kind}",
+            _evaluated(run_dir),
+            lambda run_dir=run_dir: evaluate_run(run_dir, device=base.run.device, progress=progress),
+        )
     t0 = time.time()
     report = write_demo_report(out, runs, canonical, align_dir / "align.pt", timings, settings=st)
     timings["report"] = round(time.time() - t0, 1)
@@ -151,8 +213,6 @@ def _run_stages(out: Path, st: dict, fast: bool, seed: int, progress: bool) -> P
 
 def _evaluated(run_dir: Path) -> bool:
     """Whether ``cianet evaluate`` has scored the run (its intervals and the viewer's grids are there)."""
-    import json
-
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
@@ -165,21 +225,20 @@ SITE = "site"
 
 def link_site(report: Path, index: Path) -> None:
     """Add the viewer's page to ``report`` (a "## Viewer" section with a relative link), once."""
-    from cianet.utils.atomic import atomic_write_text
-
     text = report.read_text()
     if "## Viewer" in text:
         return
     rel = index.relative_to(report.parent).as_posix()
-    atomic_write_text(report, text.rstrip("\n") + "\n\n## Viewer\n\n"
-                      f"Both runs' test images, side by side, with their predicted regions, heatmaps and the ground "
-                      f"truth: [{rel}]({rel}) (open it in a browser; `cianet view runs/cianet runs/baseline` "
-                      "rebuilds it).\n")
+    atomic_write_text(
+        report,
+        text.rstrip("\n") + "\n\n## Viewer\n\n"
+        f"Both runs' test images, side by side, with their predicted regions, heatmaps and the ground "
+        f"truth: [{rel}]({rel}) (open it in a browser; `cianet view runs/cianet runs/baseline` "
+        "rebuilds it).\n",
+    )
 
 
 def _align_done(align_dir: Path, epochs: int) -> bool:
-    from cianet.run.checkpoints import read_alignment_checkpoint
-
     if not (align_dir / "align.pt").exists():
         return False
     _, ckpt = read_alignment_checkpoint(align_dir)

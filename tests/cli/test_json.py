@@ -10,11 +10,28 @@ from pathlib import Path
 import pytest
 
 from cianet.cli import main
-from helpers import make_run, write_tiny_nih
+from helpers import make_run
 
 #: the commands that print a result; each one takes --json (checked against the parser below)
-RESULT_COMMANDS = ("synth", "index", "splits", "prepare", "canonical", "hash", "train-align", "align-eval", "train",
-                   "evaluate", "experiment", "demo", "bundle", "predict", "view", "export-onnx", "bench")
+RESULT_COMMANDS = (
+    "synth",
+    "index",
+    "splits",
+    "prepare",
+    "canonical",
+    "hash",
+    "train-align",
+    "align-eval",
+    "train",
+    "evaluate",
+    "experiment",
+    "demo",
+    "bundle",
+    "predict",
+    "view",
+    "export-onnx",
+    "bench",
+)
 
 
 def one_object(capsys) -> dict:
@@ -29,11 +46,6 @@ def one_object(capsys) -> dict:
     obj = json.loads(lines[0], parse_constant=bare)
     assert isinstance(obj, dict)
     return obj
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return write_tiny_nih(tmp_path_factory.mktemp("tiny_nih_json"))
 
 
 def test_every_command_that_prints_a_result_takes_json():
@@ -73,19 +85,53 @@ def test_print_json_is_strict_and_on_the_saved_stdout(capsys):
 @pytest.mark.slow
 def test_data_commands_print_one_json_object(tiny_root, tmp_path, capsys):
     # synth: the phantom's summary
-    assert main(["synth", str(tmp_path / "ph"), "--n-images", "24", "--image-size", "64", "--workers", "1",
-                 "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(tmp_path / "ph"),
+                "--n-images",
+                "24",
+                "--image-size",
+                "64",
+                "--workers",
+                "1",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     s = one_object(capsys)
     assert s["images"] == 24 and s["size"] == 64 and s["out_dir"] == str(tmp_path / "ph")
     assert 0 < s["no_finding"] < 24 and (tmp_path / "ph" / "Data_Entry_2017.csv").is_file()
-    assert main(["synth", str(tmp_path / "ph_csv"), "--layout", "csv", "--n-images", "24", "--image-size", "64",
-                 "--workers", "1", "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(tmp_path / "ph_csv"),
+                "--layout",
+                "csv",
+                "--n-images",
+                "24",
+                "--image-size",
+                "64",
+                "--workers",
+                "1",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     s = one_object(capsys)  # the folder written, not the temporary NIH-layout one it was converted from
     assert s["out_dir"] == str(tmp_path / "ph_csv") and s["layout"]["name"] == "csv"
 
     # splits: the file written and its counts
-    assert main(["splits", "--data-root", str(tiny_root), "--out", str(tmp_path / "s.json"), "--n-folds", "3",
-                 "--json"]) == 0
+    assert (
+        main(["splits", "--data-root", str(tiny_root), "--out", str(tmp_path / "s.json"), "--n-folds", "3", "--json"])
+        == 0
+    )
     s = one_object(capsys)
     written = json.loads((tmp_path / "s.json").read_text())
     assert s["out"] == str(tmp_path / "s.json") and s["seed"] == 0 and s["images"] == 48
@@ -93,8 +139,24 @@ def test_data_commands_print_one_json_object(tiny_root, tmp_path, capsys):
 
     # prepare: the cache (folder, size, counts), then --verify alone: its report
     cache = tmp_path / "cache"
-    assert main(["prepare", "--data-root", str(tiny_root), "--image-size", "32", "--cache", str(cache),
-                 "--workers", "1", "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--data-root",
+                str(tiny_root),
+                "--image-size",
+                "32",
+                "--cache",
+                str(cache),
+                "--workers",
+                "1",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     s = one_object(capsys)
     assert (s["cache"], s["size"], s["images"], s["failed"], s["verify"]) == (str(cache), 32, 48, 0, None)
     assert main(["prepare", "--cache", str(cache), "--verify", "--json"]) == 0
@@ -103,15 +165,49 @@ def test_data_commands_print_one_json_object(tiny_root, tmp_path, capsys):
 
     # canonical: the three files, the images averaged and the crop
     out = tmp_path / "canonical.png"
-    assert main(["canonical", "--data-root", str(tiny_root), "--n", "10", "--image-size", "64", "--out", str(out),
-                 "--crop", "6,4,58,50", "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "canonical",
+                "--data-root",
+                str(tiny_root),
+                "--n",
+                "10",
+                "--image-size",
+                "64",
+                "--out",
+                str(out),
+                "--crop",
+                "6,4,58,50",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     s = one_object(capsys)
     assert s["canonical"] == str(out) and Path(s["mean"]).is_file() and Path(s["json"]).is_file()
     assert (s["size"], s["n_used"], s["crop"], s["crop_source"]) == (64, 10, [6, 4, 58, 50], "user")
 
     # hash: the index and its counts
-    assert main(["hash", "--data-root", str(tiny_root), "--out", str(tmp_path / "h.npz"), "--hash-size", "8",
-                 "--cache", str(cache), "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "hash",
+                "--data-root",
+                str(tiny_root),
+                "--out",
+                str(tmp_path / "h.npz"),
+                "--hash-size",
+                "8",
+                "--cache",
+                str(cache),
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     s = one_object(capsys)
     n_no_finding = sum(",No Finding," in line for line in (tiny_root / "Data_Entry_2017.csv").read_text().splitlines())
     assert (s["images"], s["hash_size"], s["aligned"], s["absent"], s["failed"]) == (n_no_finding, 8, False, 0, 0)
@@ -121,16 +217,73 @@ def test_data_commands_print_one_json_object(tiny_root, tmp_path, capsys):
 @pytest.mark.slow
 def test_training_commands_print_one_json_object(tiny_root, tmp_path, capsys):
     """train-align, train and experiment at 64 px for one epoch (seconds each on one core)."""
-    small = ["--config", "tiny", "--data-root", str(tiny_root), "--image-size", "64", "--workers", "0",
-             "--no-progress", "--json", "--set", "run.threads=1"]
-    net = ["--set", "model.test_upsample=16", "--set", "model.head_channels=16", "--batch-size", "4",
-           "--epochs", "1", "--set", "protocol.unannotated_ratio=0.5"]
-    assert main(["canonical", "--data-root", str(tiny_root), "--n", "20", "--image-size", "64", "--crop", "6,4,58,50",
-                 "--out", str(tmp_path / "c.png"), "--no-progress"]) == 0
+    small = [
+        "--config",
+        "tiny",
+        "--data-root",
+        str(tiny_root),
+        "--image-size",
+        "64",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--json",
+        "--set",
+        "run.threads=1",
+    ]
+    net = [
+        "--set",
+        "model.test_upsample=16",
+        "--set",
+        "model.head_channels=16",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--set",
+        "protocol.unannotated_ratio=0.5",
+    ]
+    assert (
+        main(
+            [
+                "canonical",
+                "--data-root",
+                str(tiny_root),
+                "--n",
+                "20",
+                "--image-size",
+                "64",
+                "--crop",
+                "6,4,58,50",
+                "--out",
+                str(tmp_path / "c.png"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["train-align", *small, "--canonical", str(tmp_path / "c.png"), "--out", str(tmp_path / "align"),
-                 "--epochs", "1", "--batch-size", "8", "--set", "align.input_size=32",
-                 "--set", "align.max_images=16"]) == 0
+    assert (
+        main(
+            [
+                "train-align",
+                *small,
+                "--canonical",
+                str(tmp_path / "c.png"),
+                "--out",
+                str(tmp_path / "align"),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--set",
+                "align.input_size=32",
+                "--set",
+                "align.max_images=16",
+            ]
+        )
+        == 0
+    )
     s = one_object(capsys)
     assert s["checkpoint"] == str(tmp_path / "align" / "align.pt") and Path(s["checkpoint"]).is_file()
     assert s["epochs"] == 1 and s["last_epoch"]["epoch"] == 0 and math.isfinite(s["last_epoch"]["loss"])

@@ -15,56 +15,82 @@ seed's phantom, alignment, Base and CIA-Net sim runs are reused (only when their
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from cianet.config import Config
+from cianet.config import Config, load_config
+from cianet.data.cache import ImageCache, prepare_cache
 from cianet.errors import UsageError
-from cianet.evaluation import evidence as ev
+from cianet.evaluation.comparisons import compare_runs
+from cianet.evaluation.negative_match import negative_match
+from cianet.experiments import evidence as ev
+from cianet.phantom import generate_dataset
+from cianet.run.checkpoints import CHECKPOINT
+from cianet.run.pairing import hash_data_root, negative_pool
+from cianet.run.protocol import build_run_data
+from cianet.run.reuse import check_reusable
+from cianet.run.scoring import json_safe
+from cianet.training.loop import fit
+from cianet.utils.atomic import atomic_write_json, atomic_write_text
+from cianet.utils.output_folders import claim_output, output_lock
 
 #: extra pool-only negatives per step: with the default phantom's ~300 training No Finding images, pools of
 #: about 300, 3,000 and 30,000 (NIH: about 60,000)
 DEFAULT_EXTRAS = (0, 2700, 29700)
 
 
-def pool_files(out: Path, seed: int, extra: int, s: ev.EvidenceSettings, base: Config,
-               seed_files: dict[str, Path], say: Callable[[str], None]) -> dict[str, Path]:
+def pool_files(
+    out: Path,
+    seed: int,
+    extra: int,
+    s: ev.EvidenceSettings,
+    base: Config,
+    seed_files: dict[str, Path],
+    say: Callable[[str], None],
+) -> dict[str, Path]:
     """The seed's files with the data root, cache and aligned hash index of a pool grown by ``extra``."""
     if extra == 0:
         return seed_files
-    from cianet.data.cache import prepare_cache
-    from cianet.data.synth import generate_dataset
-    from cianet.run.pairing import hash_data_root
-
     root = out / f"seed{seed}" / f"pool_extra{extra}"
     files = dict(seed_files, data=root / "data", cache=root / "cache", hash_aligned=root / "hash_aligned.npz")
     size = base.data.image_size
     if not (files["data"] / "synth_truth.csv").exists():
         say(f"[pool] seed {seed}: phantom with {extra} extra pool-only No Finding images")
-        generate_dataset(files["data"], n_images=s.n_images, size=size, seed=seed, extra_negatives=extra,
-                         annotated_share=ev.PHANTOM["annotated_share"], progress=False, **s.extra)
+        generate_dataset(
+            files["data"],
+            n_images=s.n_images,
+            size=size,
+            seed=seed,
+            extra_negatives=extra,
+            annotated_share=ev.PHANTOM["annotated_share"],
+            progress=False,
+            **s.extra,
+        )
     if not (files["cache"] / "index.json").exists():
         prepare_cache(files["data"], size, files["cache"], progress=False)
     if not files["hash_aligned"].exists():
-        hash_data_root(files["data"], files["hash_aligned"], cache=files["cache"], progress=False,
-                       align=seed_files["align"], image_size=size)
+        hash_data_root(
+            files["data"],
+            files["hash_aligned"],
+            cache=files["cache"],
+            progress=False,
+            align=seed_files["align"],
+            image_size=size,
+        )
     return files
 
 
-def run_pool_study(cfg: Config | None, out_dir: str | Path, seed: int = ev.EVIDENCE_SEEDS[0],
-                   extras: tuple[int, ...] = DEFAULT_EXTRAS, settings: ev.EvidenceSettings | None = None,
-                   log: Callable[[str], None] | None = None) -> Path:
+def run_pool_study(
+    cfg: Config | None,
+    out_dir: str | Path,
+    seed: int = ev.EVIDENCE_SEEDS[0],
+    extras: tuple[int, ...] = DEFAULT_EXTRAS,
+    settings: ev.EvidenceSettings | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """Run (or resume) Base and CIA-Net sim on each pool of one seed's phantom; writes ``pool.json`` and
     ``pool.md`` into ``out_dir`` and returns the path of ``pool.md``."""
-    from cianet.evaluation.experiments import compare_runs
-    from cianet.evaluation.negative_match import negative_match
-    from cianet.run.checkpoints import CHECKPOINT
-    from cianet.run.reuse import check_reusable
-    from cianet.run.scoring import json_safe
-    from cianet.training.loop import fit
-    from cianet.utils.atomic import atomic_write_json, atomic_write_text
-    from cianet.utils.output_folders import claim_output, output_lock
-
     s = settings or ev.EvidenceSettings(seeds=(seed,))
     s.seeds = (seed,)
     ev.check_settings(s)
@@ -95,9 +121,11 @@ def run_pool_study(cfg: Config | None, out_dir: str | Path, seed: int = ev.EVIDE
         for extra in extras:
             run_dir = runs[str(extra)]
             result["pools"][str(extra)] = {
-                "pool_size": _pool_size(run_dir), "match": negative_match(run_dir),
+                "pool_size": _pool_size(run_dir),
+                "match": negative_match(run_dir),
                 "cianet_minus_base": compare_runs([[run_dir]], [[runs["base"]]], thresholds=(0.1, 0.3, 0.5, 0.7)),
-                "run": str(run_dir.relative_to(out))}
+                "run": str(run_dir.relative_to(out)),
+            }
         atomic_write_json(out / "pool.json", json_safe(result))
         atomic_write_text(out / "pool.md", pool_markdown(result))
         return out / "pool.md"
@@ -105,31 +133,36 @@ def run_pool_study(cfg: Config | None, out_dir: str | Path, seed: int = ev.EVIDE
 
 def _pool_size(run_dir: Path) -> int:
     """How many No Finding images the run paired from: its negative pool (run.pairing.negative_pool)."""
-    from cianet.config import load_config
-    from cianet.data.cache import ImageCache
-    from cianet.run.pairing import negative_pool
-    from cianet.run.protocol import build_run_data
-
     cfg = load_config(run_dir / "config.yaml")
     data = build_run_data(cfg)
     available = set(ImageCache.open(cfg.data.cache).names) if cfg.data.cache else set()
     return len(negative_pool(data.index, exclude=set(data.held_out), available=available))
 
 
+def _diff_cell(diffs: dict[str, Any], key: str) -> str:
+    """The table cell of the CIA-Net - Base difference ``diffs[key]``: value [low, high], or n/a."""
+    r = diffs.get(key)
+    return "n/a" if r is None else f"{ev.fmt(r['diff'], True)} [{ev.fmt(r['low'], True)}, {ev.fmt(r['high'], True)}]"
+
+
 def pool_markdown(result: dict[str, Any]) -> str:
-    lines = [f"# Negative pool size (seed {result['seed']}, phantom of {result['n_images']} images)", "",
-             "| extra pool-only negatives | pool | residual, No Finding test images | residual, with a finding | "
-             "CIA-Net sim - Base, T(IoU) 0.5 | pointing game | mean AUC |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Negative pool size (seed {result['seed']}, phantom of {result['n_images']} images)",
+        "",
+        "| extra pool-only negatives | pool | residual, No Finding test images | residual, with a finding | "
+        "CIA-Net sim - Base, T(IoU) 0.5 | pointing game | mean AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for extra, p in result["pools"].items():
         m, c = p["match"], p["cianet_minus_base"]
-
-        def cell(key: str) -> str:
-            r = c.get(key)
-            return "n/a" if r is None else f"{ev.fmt(r['diff'], True)} [{ev.fmt(r['low'], True)}, {ev.fmt(r['high'], True)}]"
-
-        lines.append(f"| {extra} | {p['pool_size'] if p['pool_size'] is not None else 'n/a'} | "
-                     f"{ev.fmt(m['no_finding']['mean'])} | {ev.fmt(m['with_finding']['mean'])} | {cell('0.5')} | "
-                     f"{cell('pointing')} | {cell('auc')} |")
-    lines += ["", "Residual: mean |aligned image - aligned negative| (gray values in [0, 1]) outside the test image's "
-                  "boxes; lower is a better match. Intervals: 95% paired bootstrap over test boxes (AUC: images)."]
+        lines.append(
+            f"| {extra} | {p['pool_size'] if p['pool_size'] is not None else 'n/a'} | "
+            f"{ev.fmt(m['no_finding']['mean'])} | {ev.fmt(m['with_finding']['mean'])} | {_diff_cell(c, '0.5')} | "
+            f"{_diff_cell(c, 'pointing')} | {_diff_cell(c, 'auc')} |"
+        )
+    lines += [
+        "",
+        "Residual: mean |aligned image - aligned negative| (gray values in [0, 1]) outside the test image's "
+        "boxes; lower is a better match. Intervals: 95% paired bootstrap over test boxes (AUC: images).",
+    ]
     return "\n".join(lines) + "\n"

@@ -20,22 +20,41 @@ canonical chest (``--canonical``) are then the user's.
 Endpoints: localization accuracy at T(IoU) 0.1-0.7 (the paper's), the pointing game, mean AUC (tie-free,
 from the MIL evidence), and the attention metric (does the largest cell of ``|M+ - M-|`` lie in a finding?)
 beside an untrained CIA-Net's (the chance level of that metric on the same images and pairs). Each comparison
-is a paired bootstrap over seeds and test boxes/images (:func:`cianet.evaluation.experiments.compare_runs`);
+is a paired bootstrap over seeds and test boxes/images (:func:`cianet.evaluation.comparisons.compare_runs`);
 every verdict follows from its interval.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from cianet.config import Config, load_config
+import torch
+
+from cianet.config import CANONICAL, CANONICAL_CHEST, ORACLE, PRIOR, RANDOM, SIM, Config, load_config
+from cianet.data.cache import prepare_cache
+from cianet.data.canonical import make_canonical
 from cianet.errors import UsageError
+from cianet.evaluation.comparisons import compare_runs
+from cianet.evaluation.evaluate import load_run
+from cianet.evaluation.negative_match import negative_match
+from cianet.metrics import verdict
+from cianet.phantom import generate_dataset
+from cianet.run.checkpoints import CHECKPOINT, read_alignment_checkpoint
+from cianet.run.networks import build_network
+from cianet.run.pairing import hash_data_root
+from cianet.run.reuse import check_reusable
+from cianet.run.scoring import evaluate, json_safe
+from cianet.training.alignment import train_alignment
+from cianet.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+from cianet.utils.output_folders import claim_output, output_lock
 
 #: The default seed family. The recipe (configs/tiny.yaml, the demo) was tuned on phantom seeds 0-2 and every
 #: earlier experiment used seeds 0-9, so the evidence never reports a seed below 10.
@@ -63,16 +82,26 @@ def _cia(strategy: str) -> dict[str, dict[str, Any]]:
 
 ROWS: tuple[Row, ...] = (
     Row("Base", _BASE, hash=None, what="Li et al. 2018: the same network without the attention branch"),
-    Row("CIA-Net sim", _cia("sim"), what="the paper: hash-nearest No Finding image of another patient"),
-    Row("CIA-Net sim (no align)", _cia("sim"), align=False, hash="plain", what="the paper's pairing, no alignment"),
-    Row("CIA-Net random", _cia("random"), hash=None, what="a random No Finding image, redrawn every epoch"),
-    Row("CIA-Net canonical", _cia("canonical"), hash=None,
-        what="the canonical chest for every image: the extra capacity without a contrast"),
-    Row("CIA-Net prior", _cia("prior"), what="the patient's own earlier No Finding study (else sim)"),
-    Row("CIA-Net prior (no align)", _cia("prior"), align=False, hash="plain",
-        what="the patient's own prior, no alignment"),
-    Row("CIA-Net oracle (upper bound)", _cia("oracle"), hash=None, upper_bound=True,
-        what="a finding-free re-acquisition of the same patient: an upper bound, not evidence"),
+    Row("CIA-Net sim", _cia(SIM), what="the paper: hash-nearest No Finding image of another patient"),
+    Row("CIA-Net sim (no align)", _cia(SIM), align=False, hash="plain", what="the paper's pairing, no alignment"),
+    Row("CIA-Net random", _cia(RANDOM), hash=None, what="a random No Finding image, redrawn every epoch"),
+    Row(
+        "CIA-Net canonical",
+        _cia(CANONICAL),
+        hash=None,
+        what="the canonical chest for every image: the extra capacity without a contrast",
+    ),
+    Row("CIA-Net prior", _cia(PRIOR), what="the patient's own earlier No Finding study (else sim)"),
+    Row(
+        "CIA-Net prior (no align)", _cia(PRIOR), align=False, hash="plain", what="the patient's own prior, no alignment"
+    ),
+    Row(
+        "CIA-Net oracle (upper bound)",
+        _cia(ORACLE),
+        hash=None,
+        upper_bound=True,
+        what="a finding-free re-acquisition of the same patient: an upper bound, not evidence",
+    ),
 )
 
 #: (A, B): the paired differences A - B the experiment reports
@@ -93,8 +122,14 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
 PHANTOM = {"n_images": 800, "annotated_share": 0.3}
 #: the protocol of every row on phantoms: Table 1's (80% of the annotated images with boxes, 50% of the
 #: unannotated), fold 0, 10% of the training patients held out for validation (the validation-chosen threshold)
-PROTOCOL = {"kind": "localization", "fold": 0, "annotated_ratio": 0.8, "unannotated_ratio": 0.5,
-            "unannotated_only": False, "val_share": 0.1}
+PROTOCOL = {
+    "kind": "localization",
+    "fold": 0,
+    "annotated_ratio": 0.8,
+    "unannotated_ratio": 0.5,
+    "unannotated_only": False,
+    "val_share": 0.1,
+}
 
 # Seconds on the reference machine (2-core Xeon with AMX, float32, one process, otherwise idle) for one phantom
 # seed of the default size, measured on seed 10 of the evidence run of 2026-12-03 (docs/method.md): data (synth
@@ -130,14 +165,17 @@ def check_settings(s: EvidenceSettings) -> None:
         raise UsageError("--seeds: give at least one seed")
     tuned = sorted(set(s.seeds) & set(TUNING_SEEDS))
     if tuned and not s.allow_tuning_seeds:
-        raise UsageError(f"--seeds {','.join(map(str, tuned))}: seeds 0-9 are the ones the recipe was tuned on; the "
-                         f"evidence uses other seeds (default {','.join(map(str, EVIDENCE_SEEDS))})")
+        raise UsageError(
+            f"--seeds {','.join(map(str, tuned))}: seeds 0-9 are the ones the recipe was tuned on; the "
+            f"evidence uses other seeds (default {','.join(map(str, EVIDENCE_SEEDS))})"
+        )
     if s.n_images < 100:
         raise UsageError(f"--n-images must be >= 100 for the evidence (5-fold protocol, test boxes), got {s.n_images}")
 
 
-def estimate_seconds(s: EvidenceSettings, machine_gflops: float | None = None,
-                     finished: frozenset[tuple[int, str]] = frozenset()) -> float:
+def estimate_seconds(
+    s: EvidenceSettings, machine_gflops: float | None = None, finished: frozenset[tuple[int, str]] = frozenset()
+) -> float:
     """Wall time of the whole experiment on this machine (float32, CPU), from :data:`REFERENCE_SECONDS`.
 
     ``finished``: ``(seed, row name)`` pairs whose runs are done and ``(seed, "data")`` for seeds whose data and
@@ -178,7 +216,7 @@ def row_config(base: Config, row: Row, run_dir: Path, seed: int, seed_files: dic
     if seed_files.get("data"):
         cfg.data.data_root = str(seed_files["data"])
         cfg.data.cache = str(seed_files["cache"])
-        cfg.align.canonical = str(seed_files["canonical"])
+        cfg.align.canonical = str(seed_files[CANONICAL_CHEST])
         cfg.align.checkpoint = str(seed_files["align"])
     if not row.align:
         cfg.align.checkpoint = None
@@ -194,9 +232,14 @@ def run_slug(name: str) -> str:
 def seed_paths(out: Path, seed: int) -> dict[str, Path]:
     """Where one phantom seed's data, cache, canonical chest, alignment network and hash indexes live."""
     root = out / f"seed{seed}"
-    return {"data": root / "data", "cache": root / "cache", "canonical": root / "canonical.png",
-            "align": root / "align" / "align.pt", "hash_aligned": root / "hash_aligned.npz",
-            "hash_plain": root / "hash_plain.npz"}
+    return {
+        "data": root / "data",
+        "cache": root / "cache",
+        CANONICAL_CHEST: root / "canonical.png",
+        "align": root / "align" / "align.pt",
+        "hash_aligned": root / "hash_aligned.npz",
+        "hash_plain": root / "hash_plain.npz",
+    }
 
 
 def row_dir(out: Path, seed: int, row: Row) -> Path:
@@ -204,44 +247,57 @@ def row_dir(out: Path, seed: int, row: Row) -> Path:
     return out / f"seed{seed}" / "runs" / run_slug(row.name)
 
 
-def prepare_phantom_seed(out: Path, seed: int, s: EvidenceSettings, base: Config,
-                         say: Callable[[str], None]) -> dict[str, Path]:
+def prepare_phantom_seed(
+    out: Path, seed: int, s: EvidenceSettings, base: Config, say: Callable[[str], None]
+) -> dict[str, Path]:
     """Phantom, cache, canonical chest, alignment network and hash indexes of one seed (each step skipped
     when its output exists, so a killed experiment resumes)."""
-    from cianet.data.cache import prepare_cache
-    from cianet.data.canonical import make_canonical
-    from cianet.data.synth import generate_dataset
-    from cianet.run.pairing import hash_data_root
-    from cianet.training.alignment import train_alignment
-
     files = seed_paths(out, seed)
     size = base.data.image_size
     if not (files["data"] / "synth_truth.csv").exists():
         say(f"seed {seed}: phantom of {s.n_images} images")
-        generate_dataset(files["data"], n_images=s.n_images, size=size, seed=seed, twins=True,
-                         annotated_share=PHANTOM["annotated_share"], progress=False, **s.extra)
+        generate_dataset(
+            files["data"],
+            n_images=s.n_images,
+            size=size,
+            seed=seed,
+            twins=True,
+            annotated_share=PHANTOM["annotated_share"],
+            progress=False,
+            **s.extra,
+        )
     if not (files["cache"] / "index.json").exists():
         prepare_cache(files["data"], size, files["cache"], progress=False)
-    if not files["canonical"].exists():
-        make_canonical(files["data"], files["canonical"], n=s.canonical_n, size=size, seed=seed,
-                       cache=files["cache"], progress=False)
+    if not files[CANONICAL_CHEST].exists():
+        make_canonical(
+            files["data"],
+            files[CANONICAL_CHEST],
+            n=s.canonical_n,
+            size=size,
+            seed=seed,
+            cache=files["cache"],
+            progress=False,
+        )
     if not _align_finished(files["align"], s.align_epochs):
         say(f"seed {seed}: alignment network")
         acfg = copy.deepcopy(base)
         acfg.data.data_root, acfg.data.cache = str(files["data"]), str(files["cache"])
-        acfg.align.canonical, acfg.run.out, acfg.run.seed = str(files["canonical"]), str(files["align"].parent), seed
+        acfg.align.canonical, acfg.run.out, acfg.run.seed = (
+            str(files[CANONICAL_CHEST]),
+            str(files["align"].parent),
+            seed,
+        )
         acfg.align.epochs, acfg.align.max_images, acfg.run.progress = s.align_epochs, s.align_images, False
         train_alignment(acfg, resume=True)
     for key, align in (("hash_aligned", files["align"]), ("hash_plain", None)):
         if not files[key].exists():
-            hash_data_root(files["data"], files[key], cache=files["cache"], progress=False, align=align,
-                           image_size=size)
+            hash_data_root(
+                files["data"], files[key], cache=files["cache"], progress=False, align=align, image_size=size
+            )
     return files
 
 
 def _align_finished(path: Path, epochs: int) -> bool:
-    from cianet.run.checkpoints import read_alignment_checkpoint
-
     if not path.exists():
         return False
     _, ckpt = read_alignment_checkpoint(path.parent)
@@ -251,29 +307,32 @@ def _align_finished(path: Path, epochs: int) -> bool:
 def untrained_attention(run_dir: Path, seed: int) -> dict[str, Any] | None:
     """The attention metric of an untrained CIA-Net (the run's architecture, fresh weights seeded by ``seed``)
     on the run's own test images and negatives: the level the trained attention must beat."""
-    import torch
-
-    from cianet.evaluation.evaluate import load_run
-    from cianet.run.networks import build_network
-    from cianet.run.scoring import evaluate
-
     run = load_run(run_dir, device="cpu")
     torch.manual_seed(seed)
     fresh = build_network(run.cfg).to(run.device)
-    metrics = evaluate(fresh, run.test_loader, run.device, align_net=run.align_net, progress=False,
-                       rescale=run.cfg.loss.mil_rescale, precision="fp32")
+    metrics = evaluate(
+        fresh,
+        run.test_loader,
+        run.device,
+        align_net=run.align_net,
+        progress=False,
+        rescale=run.cfg.loss.mil_rescale,
+        precision="fp32",
+    )
     return metrics.get("attention")
 
 
-def run_evidence(cfg: Config | None, out_dir: str | Path, settings: EvidenceSettings | None = None,
-                 log: Callable[[str], None] | None = None) -> Path:
+def run_evidence(
+    cfg: Config | None,
+    out_dir: str | Path,
+    settings: EvidenceSettings | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """Run (or resume) every row x seed, then write ``evidence.json``, ``evidence.md`` and the plot into
     ``out_dir``; returns the path of ``evidence.md``. ``cfg``: the recipe (default: tiny, on phantoms);
     a ``cfg.data.data_root`` switches to real data (one data set, the seeds vary splits and training)."""
-    from cianet.run.checkpoints import CHECKPOINT
-    from cianet.run.reuse import check_reusable
+    # lazy: tests replace cianet.training.loop.fit
     from cianet.training.loop import fit
-    from cianet.utils.output_folders import claim_output, output_lock
 
     s = settings or EvidenceSettings()
     check_settings(s)
@@ -290,19 +349,24 @@ def run_evidence(cfg: Config | None, out_dir: str | Path, settings: EvidenceSett
     claim_output(out, "experiment-evidence", adopt=())
     with output_lock(out, "cianet experiment evidence"):
         gflops = _machine_gflops()
-        done = frozenset([(seed, r.name) for seed in s.seeds for r in rows
-                          if (row_dir(out, seed, r) / "metrics.json").exists()]
-                         + [(seed, "data") for seed in s.seeds
-                            if not phantom or seed_paths(out, seed)["align"].exists()])
+        done = frozenset(
+            [(seed, r.name) for seed in s.seeds for r in rows if (row_dir(out, seed, r) / "metrics.json").exists()]
+            + [(seed, "data") for seed in s.seeds if not phantom or seed_paths(out, seed)["align"].exists()]
+        )
         left = estimate_seconds(s, gflops, done)
-        say(f"[evidence] {len(rows)} rows x {len(s.seeds)} seeds, {len([d for d in done if d[1] != 'data'])} runs "
+        say(
+            f"[evidence] {len(rows)} rows x {len(s.seeds)} seeds, {len([d for d in done if d[1] != 'data'])} runs "
             f"done; estimated {left / 3600:.1f} h left on this machine (float32 matmul {gflops:.0f} GFLOP/s; "
-            f"the reference 2-core Xeon: {estimate_seconds(s, None, done) / 3600:.1f} h)")
+            f"the reference 2-core Xeon: {estimate_seconds(s, None, done) / 3600:.1f} h)"
+        )
         dirs: dict[str, list[Path]] = {r.name: [] for r in rows}
         t0 = time.time()
         for seed in s.seeds:
-            files = (prepare_phantom_seed(out, seed, s, base, say) if phantom
-                     else {"hash_aligned": base.negatives.hash_index})
+            files = (
+                prepare_phantom_seed(out, seed, s, base, say)
+                if phantom
+                else {"hash_aligned": base.negatives.hash_index}
+            )
             for row in rows:
                 run_dir = row_dir(out, seed, row)
                 run_cfg = row_config(base, row, run_dir, seed, files)
@@ -317,8 +381,6 @@ def run_evidence(cfg: Config | None, out_dir: str | Path, settings: EvidenceSett
 def _machine_gflops(n: int = 2048, repeats: int = 3) -> float:
     """This machine's float32 matmul rate (best of ``repeats``, 2048 x 2048 as the reference), to scale the
     reference time estimate."""
-    import torch
-
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
     torch.mm(a, b)
@@ -337,14 +399,14 @@ def _mean(values: list[Any]) -> float | None:
 
 def row_summary(run_dirs: list[Path]) -> dict[str, Any]:
     """Mean over seeds of a row's endpoints (from each run's metrics.json)."""
-    import json
-
     per = [json.loads((d / "metrics.json").read_text()) for d in run_dirs]
 
     mean = _mean
-    out: dict[str, Any] = {"seeds": len(per), "auc": mean([m["auc"].get("Mean") for m in per]),
-                           "localization": {t: mean([m["localization"][t].get("Mean") for m in per])
-                                            for t in per[0]["localization"]}}
+    out: dict[str, Any] = {
+        "seeds": len(per),
+        "auc": mean([m["auc"].get("Mean") for m in per]),
+        "localization": {t: mean([m["localization"][t].get("Mean") for m in per]) for t in per[0]["localization"]},
+    }
     out["pointing_game"] = mean([(m.get("pointing_game") or {}).get("Mean") for m in per])
     att = [m.get("attention") for m in per if m.get("attention")]
     if att:
@@ -352,33 +414,36 @@ def row_summary(run_dirs: list[Path]) -> dict[str, Any]:
     return out
 
 
-def write_evidence(out: Path, rows: list[Row], dirs: dict[str, list[Path]], s: EvidenceSettings,
-                   phantom: bool) -> Path:
+def write_evidence(out: Path, rows: list[Row], dirs: dict[str, list[Path]], s: EvidenceSettings, phantom: bool) -> Path:
     """Aggregate the runs into evidence.json / evidence.md / evidence.png (atomically)."""
-    from cianet.evaluation.experiments import compare_runs
-    from cianet.run.scoring import json_safe
-    from cianet.utils.atomic import atomic_write_json, atomic_write_text
-
-    from cianet.evaluation.negative_match import negative_match
-
     summaries = {r.name: row_summary(dirs[r.name]) for r in rows}
     for r in rows:  # how well the negatives match the test images outside the findings (aligned frame)
         if r.settings["model"]["kind"] == "cianet":
             matches = [negative_match(d) for d in dirs[r.name]]
-            summaries[r.name]["match"] = {k: _mean([m[k]["mean"] for m in matches]) for k in ("no_finding", "with_finding")}
-    comparisons = {f"{a} - {b}": compare_runs([[d] for d in dirs[a]], [[d] for d in dirs[b]],
-                                              thresholds=(0.1, 0.3, 0.5, 0.7))
-                   for a, b in COMPARISONS if a in dirs and b in dirs}
+            summaries[r.name]["match"] = {
+                k: _mean([m[k]["mean"] for m in matches]) for k in ("no_finding", "with_finding")
+            }
+    comparisons = {
+        f"{a} - {b}": compare_runs([[d] for d in dirs[a]], [[d] for d in dirs[b]], thresholds=(0.1, 0.3, 0.5, 0.7))
+        for a, b in COMPARISONS
+        if a in dirs and b in dirs
+    }
     control = None
     if "CIA-Net sim" in dirs:  # the attention metric's chance level on the same images and pairs
         ctrl = [untrained_attention(d, seed) for d, seed in zip(dirs["CIA-Net sim"], s.seeds)]
         ctrl = [c for c in ctrl if c]
         if ctrl:
             control = {k: sum(c[k] for c in ctrl) / len(ctrl) for k in ATTENTION_KEYS}
-    result = {"experiment": EXPERIMENT, "seeds": list(s.seeds), "data": "phantom" if phantom else "given data root",
-              "n_images": s.n_images if phantom else None, "rows": summaries, "comparisons": comparisons,
-              "untrained_attention": control,
-              "runs": {name: [str(d.relative_to(out)) for d in ds] for name, ds in dirs.items()}}
+    result = {
+        "experiment": EXPERIMENT,
+        "seeds": list(s.seeds),
+        "data": "phantom" if phantom else "given data root",
+        "n_images": s.n_images if phantom else None,
+        "rows": summaries,
+        "comparisons": comparisons,
+        "untrained_attention": control,
+        "runs": {name: [str(d.relative_to(out)) for d in ds] for name, ds in dirs.items()},
+    }
     atomic_write_json(out / "evidence.json", json_safe(result))
     figure = plot_evidence(comparisons, out / "evidence.png")
     atomic_write_text(out / "evidence.md", evidence_markdown(result, rows, figure))
@@ -386,8 +451,14 @@ def write_evidence(out: Path, rows: list[Row], dirs: dict[str, list[Path]], s: E
 
 
 #: the endpoints of the comparison table, in the pre-registered order (compare_runs keys): the primary ones first
-ENDPOINTS = (("0.5", "loc. acc. T(IoU) 0.5"), ("pointing", "pointing game"), ("auc", "mean AUC"),
-             ("0.1", "loc. acc. T(IoU) 0.1"), ("0.3", "loc. acc. T(IoU) 0.3"), ("0.7", "loc. acc. T(IoU) 0.7"))
+ENDPOINTS = (
+    ("0.5", "loc. acc. T(IoU) 0.5"),
+    ("pointing", "pointing game"),
+    ("auc", "mean AUC"),
+    ("0.1", "loc. acc. T(IoU) 0.1"),
+    ("0.3", "loc. acc. T(IoU) 0.3"),
+    ("0.7", "loc. acc. T(IoU) 0.7"),
+)
 
 
 def fmt(v: Any, sign: bool = False) -> str:
@@ -398,28 +469,35 @@ def fmt(v: Any, sign: bool = False) -> str:
 
 def rows_markdown(result: dict[str, Any], rows: list[Row]) -> list[str]:
     ts = ("0.1", "0.3", "0.5", "0.7")
-    lines = ["| row | " + " | ".join(f"T(IoU) {t}" for t in ts)
-             + " | pointing game | mean AUC | attention in finding | negative residual (No Finding / finding) |",
-             "|---|" + "---|" * (len(ts) + 4)]
+    lines = [
+        "| row | "
+        + " | ".join(f"T(IoU) {t}" for t in ts)
+        + " | pointing game | mean AUC | attention in finding | negative residual (No Finding / finding) |",
+        "|---|" + "---|" * (len(ts) + 4),
+    ]
     for r in rows:
         m = result["rows"][r.name]
         att = (m.get("attention") or {}).get("hit_rate")
         match = m.get("match") or {}
         residual = f"{fmt(match.get('no_finding'))} / {fmt(match.get('with_finding'))}" if match else "n/a"
-        lines.append(f"| {r.name} | " + " | ".join(fmt(m["localization"].get(t)) for t in ts)
-                     + f" | {fmt(m.get('pointing_game'))} | {fmt(m.get('auc'))} | {fmt(att)} | {residual} |")
+        lines.append(
+            f"| {r.name} | "
+            + " | ".join(fmt(m["localization"].get(t)) for t in ts)
+            + f" | {fmt(m.get('pointing_game'))} | {fmt(m.get('auc'))} | {fmt(att)} | {residual} |"
+        )
     ctrl = result.get("untrained_attention")
     if ctrl:
-        lines += ["", f"Untrained CIA-Net (fresh weights, same test images and negatives as CIA-Net sim): attention's "
-                      f"largest cell in a finding on {fmt(ctrl['hit_rate'])} of the images, mass in findings "
-                      f"{fmt(ctrl['mass_in_boxes'])} on {fmt(ctrl['area_share'])} of the grid: the metric's chance level."]
+        lines += [
+            "",
+            f"Untrained CIA-Net (fresh weights, same test images and negatives as CIA-Net sim): attention's "
+            f"largest cell in a finding on {fmt(ctrl['hit_rate'])} of the images, mass in findings "
+            f"{fmt(ctrl['mass_in_boxes'])} on {fmt(ctrl['area_share'])} of the grid: the metric's chance level.",
+        ]
     return lines
 
 
 def comparison_sentence(label: str, comp: dict[str, Any]) -> str:
     """What the primary endpoints' intervals say, in one sentence per comparison."""
-    from cianet.metrics import verdict
-
     a, b = label.split(" - ")
     parts = []
     for key, what in (("0.5", "localization at T(IoU) 0.5"), ("pointing", "the pointing game"), ("auc", "mean AUC")):
@@ -431,19 +509,32 @@ def comparison_sentence(label: str, comp: dict[str, Any]) -> str:
 
 def evidence_markdown(result: dict[str, Any], rows: list[Row], figure: Path | None) -> str:
     seeds = ", ".join(map(str, result["seeds"]))
-    head = [f"# Evidence: does a healthy image found without labels make the attention find lesions?", "",
-            f"Seeds {seeds} (never the recipe's tuning seeds 0-9); data: {result['data']}"
-            + (f", a phantom of {result['n_images']} images per seed" if result.get("n_images") else "")
-            + ". Means over seeds; the oracle row is an upper bound (it sees a finding-free re-acquisition of "
-              "the same patient), never evidence.", "", "## Rows", ""]
+    head = [
+        "# Evidence: does a healthy image found without labels make the attention find lesions?",
+        "",
+        f"Seeds {seeds} (never the recipe's tuning seeds 0-9); data: {result['data']}"
+        + (f", a phantom of {result['n_images']} images per seed" if result.get("n_images") else "")
+        + ". Means over seeds; the oracle row is an upper bound (it sees a finding-free re-acquisition of "
+        "the same patient), never evidence.",
+        "",
+        "## Rows",
+        "",
+    ]
     lines = head + rows_markdown(result, rows)
-    lines += ["", "## Paired differences (95% bootstrap intervals over seeds and test boxes/images)", "",
-              "| comparison | " + " | ".join(w for _, w in ENDPOINTS) + " |", "|---|" + "---|" * len(ENDPOINTS)]
+    lines += [
+        "",
+        "## Paired differences (95% bootstrap intervals over seeds and test boxes/images)",
+        "",
+        "| comparison | " + " | ".join(w for _, w in ENDPOINTS) + " |",
+        "|---|" + "---|" * len(ENDPOINTS),
+    ]
     for label, comp in result["comparisons"].items():
         cells = []
         for key, _ in ENDPOINTS:
             r = comp.get(key)
-            cells.append("n/a" if r is None else f"{fmt(r['diff'], True)} [{fmt(r['low'], True)}, {fmt(r['high'], True)}]")
+            cells.append(
+                "n/a" if r is None else f"{fmt(r['diff'], True)} [{fmt(r['low'], True)}, {fmt(r['high'], True)}]"
+            )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "## What the intervals say", ""]
     lines += [f"- {comparison_sentence(label, comp)}" for label, comp in result["comparisons"].items()]
@@ -456,12 +547,11 @@ def plot_evidence(comparisons: dict[str, dict[str, Any]], path: Path) -> Path | 
     """Forest plot: each comparison's difference and 95% interval on the three primary endpoints."""
     if not comparisons:
         return None
+    # lazy: matplotlib is needed for plots only
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from cianet.utils.atomic import atomic_path
 
     keys = [("0.5", "T(IoU) 0.5"), ("pointing", "pointing game"), ("auc", "mean AUC")]
     labels = list(comparisons)

@@ -10,20 +10,7 @@ import pytest
 
 from cianet.cli import main
 from cianet.errors import CianetError, InputError, MissingPathError, NonFiniteLossError, UsageError
-from helpers import make_run, tiny_config, write_tiny_nih
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return write_tiny_nih(tmp_path_factory.mktemp("tiny_nih"))
-
-
-def _one_line_error(err: str, *words: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
+from helpers import make_run, one_line, tiny_config
 
 
 def test_specific_errors_keep_their_builtin_bases():
@@ -42,7 +29,7 @@ def test_non_finite_loss_in_train_is_one_line(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(loop, "fit", nan_fit)
     assert main(["train", "--config", "tiny", "--data-root", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
-    _one_line_error(capsys.readouterr().err, "cianet train: error:", "non-finite loss")
+    one_line(capsys.readouterr().err, "cianet train: error:", "non-finite loss")
 
 
 def test_unexpected_exception_is_a_short_bug_report_and_debug_shows_the_traceback(monkeypatch, capsys, tmp_path):
@@ -54,17 +41,29 @@ def test_unexpected_exception_is_a_short_bug_report_and_debug_shows_the_tracebac
     monkeypatch.setattr(loop, "fit", broken_fit)
     argv = ["train", "--config", "tiny", "--data-root", str(tmp_path), "--out", str(tmp_path / "r")]
     assert main(argv) == 3
-    _one_line_error(capsys.readouterr().err, "internal error", "bug", "TypeError: unsupported operand", "--debug")
+    one_line(capsys.readouterr().err, "internal error", "bug", "TypeError: unsupported operand", "--debug")
     assert main(["--debug", *argv]) == 3
     err = capsys.readouterr().err
     assert "Traceback" in err and "broken_fit" in err
 
 
 def test_a_mistyped_splits_file_is_an_error_not_a_new_split(tiny_root, tmp_path, capsys):
-    argv = ["train", "--config", "tiny", "--data-root", str(tiny_root), "--image-size", "64", "--no-progress",
-            "--splits", str(tmp_path / "splitz.json"), "--out", str(tmp_path / "run")]
+    argv = [
+        "train",
+        "--config",
+        "tiny",
+        "--data-root",
+        str(tiny_root),
+        "--image-size",
+        "64",
+        "--no-progress",
+        "--splits",
+        str(tmp_path / "splitz.json"),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(argv) == 2
-    _one_line_error(capsys.readouterr().err, "splitz.json", "does not exist")
+    one_line(capsys.readouterr().err, "splitz.json", "does not exist")
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
@@ -121,14 +120,27 @@ def test_building_loaders_writes_nothing(tiny_root, tmp_path):
 @pytest.mark.slow
 def test_bundle_refuses_a_missing_cache_folder(tmp_path, capsys):
     run, _ = make_run(tmp_path)
-    assert main(["bundle", "--run", str(run), "--out", str(tmp_path / "m.cianet"), "--cache",
-                 str(tmp_path / "cache-typo"), "--no-progress"]) == 2
-    _one_line_error(capsys.readouterr().err, "cache-typo", "does not exist")
+    assert (
+        main(
+            [
+                "bundle",
+                "--run",
+                str(run),
+                "--out",
+                str(tmp_path / "m.cianet"),
+                "--cache",
+                str(tmp_path / "cache-typo"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    one_line(capsys.readouterr().err, "cache-typo", "does not exist")
 
 
 def test_usage_errors_exit_2_with_one_line(capsys, tmp_path):
     assert main(["prepare", "--cache", str(tmp_path / "c")]) == 2
-    _one_line_error(capsys.readouterr().err, "--data-root is required")
+    one_line(capsys.readouterr().err, "--data-root is required")
     assert issubclass(InputError, CianetError)
 
 
@@ -140,8 +152,20 @@ def test_predict_with_only_unreadable_inputs_exits_1(tmp_path, capsys):
     run, _ = make_run(tmp_path, kind="baseline")
     model = save_bundle(bundle_from_run(run, progress=False), tmp_path / "m.cianet")
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    assert main(["predict", str(tmp_path / "bad.png"), "--model", str(model), "--out", str(tmp_path / "out"),
-                 "--no-progress"]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "bad.png"),
+                "--model",
+                str(model),
+                "--out",
+                str(tmp_path / "out"),
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     assert "predicted 0 of 1 images" in capsys.readouterr().out
 
 

@@ -12,10 +12,10 @@
     twins/NAME.png                with ``twins``: every image's finding-free twin (:func:`twin_spec`)
     pool_only.txt                 with ``extra_negatives``: the names of the pool-only No Finding images
 
-Each image is drawn analytically from a per-patient :class:`~cianet.data.synth_anatomy.Anatomy` or, with
+Each image is drawn analytically from a per-patient :class:`~cianet.phantom.anatomy.Anatomy` or, with
 ``backgrounds``, from a real No Finding X-ray of its own (one radiograph, one patient); findings
-(:mod:`cianet.data.synth_findings`) are defined in the patient frame. A follow-up is a re-acquisition of the
-patient: another position, breath and exposure (:func:`~cianet.data.synth_anatomy.vary_anatomy`, or
+(:mod:`cianet.phantom.findings`) are defined in the patient frame. A follow-up is a re-acquisition of the
+patient: another position, breath and exposure (:func:`~cianet.phantom.anatomy.vary_anatomy`, or
 :func:`reacquire_background` for a real radiograph), its own noise and scan deformation.
 
 Deformation convention (the one of docs/architecture.md). A deformed ("bad scan") image is recorded with the
@@ -44,21 +44,27 @@ so the bytes do not depend on the number of workers. PNGs are written with fixed
 from __future__ import annotations
 
 import csv
-import dataclasses
 import functools
 import io
 import math
 import multiprocessing
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
+from cianet.data.index import Box, ImageRecord
+from cianet.data.io import load_xray, resize_gray
+from cianet.data.priors import prior_counts, prior_studies
 from cianet.errors import InputError, MissingPathError, UsageError
-from cianet.data.synth_anatomy import (
+from cianet.labels import BOX_LABELS, LABELS, NO_FINDING
+from cianet.phantom.anatomy import (
     Anatomy,
     anatomy_layers,
     inverse_tone,
@@ -68,15 +74,15 @@ from cianet.data.synth_anatomy import (
     tone,
     vary_anatomy,
 )
-from cianet.data.synth_findings import (
+from cianet.phantom.findings import (
     Finding,
     FindingContext,
     apply_anatomy_findings,
     finding_effect,
     sample_findings,
 )
-from cianet.labels import BOX_LABELS, LABELS, NO_FINDING
 from cianet.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+from cianet.utils.progress import progress_enabled
 
 Array = np.ndarray
 
@@ -96,15 +102,43 @@ BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 #: BBox_List_2017.csv spells Infiltration this way.
 BBOX_SPELLING = {"Infiltration": "Infiltrate"}
 TRUTH_COLUMNS = (
-    "Image Index", "Patient ID", "Follow-up #", "deformed", "strength", "tx", "ty", "sx", "sy", "theta",
-    "Finding Labels", "annotated", "background", "box_label", "x", "y", "w", "h", "in_bbox_list",
+    "Image Index",
+    "Patient ID",
+    "Follow-up #",
+    "deformed",
+    "strength",
+    "tx",
+    "ty",
+    "sx",
+    "sy",
+    "theta",
+    "Finding Labels",
+    "annotated",
+    "background",
+    "box_label",
+    "x",
+    "y",
+    "w",
+    "h",
+    "in_bbox_list",
 )
 
 #: Relative frequency of each label among the findings of positive images (box classes favoured).
 LABEL_WEIGHTS: dict[str, float] = {
-    "Atelectasis": 1.0, "Cardiomegaly": 0.8, "Effusion": 1.0, "Infiltration": 1.1, "Mass": 0.8,
-    "Nodule": 0.9, "Pneumonia": 0.6, "Pneumothorax": 0.8, "Consolidation": 0.45, "Edema": 0.35,
-    "Emphysema": 0.4, "Fibrosis": 0.35, "Pleural_Thickening": 0.45, "Hernia": 0.15,
+    "Atelectasis": 1.0,
+    "Cardiomegaly": 0.8,
+    "Effusion": 1.0,
+    "Infiltration": 1.1,
+    "Mass": 0.8,
+    "Nodule": 0.9,
+    "Pneumonia": 0.6,
+    "Pneumothorax": 0.8,
+    "Consolidation": 0.45,
+    "Edema": 0.35,
+    "Emphysema": 0.4,
+    "Fibrosis": 0.35,
+    "Pleural_Thickening": 0.45,
+    "Hernia": 0.15,
 }
 #: P(1, 2, 3 findings) for a positive image.
 N_FINDINGS_P = (0.72, 0.21, 0.07)
@@ -117,8 +151,13 @@ POOL_ONLY_FILE = "pool_only.txt"
 #: A re-acquisition of the same chest (a twin, a follow-up of a real radiograph): the small pose change added
 #: to the scan deformation (|shift|, scale range, |rotation| in degrees), the inspiration (vertical stretch of
 #: the chest below the apex) and the exposure factor.
-REACQUISITION: dict = {"shift": 0.015, "scale": (0.985, 1.015), "rot_deg": 1.5, "inspiration": 0.02,
-                       "exposure": (0.94, 1.06)}
+REACQUISITION: dict = {
+    "shift": 0.015,
+    "scale": (0.985, 1.015),
+    "rot_deg": 1.5,
+    "inspiration": 0.02,
+    "exposure": (0.94, 1.06),
+}
 #: normalized height of the lung apices, which stay in place when a breath stretches the chest
 APEX_Y = -0.75
 MAX_SIZE = 4096  # image side; the NIH images are 1024
@@ -450,8 +489,11 @@ def plan_dataset(
 
     # Gender follows the drawn anatomy (breast shadows); on real backgrounds it is a seeded draw.
     female = {
-        p: (bool(np.random.default_rng([seed, 3, p]).random() < 0.45) if backgrounds
-            else sample_anatomy(np.random.default_rng([seed, 0, p])).female)
+        p: (
+            bool(np.random.default_rng([seed, 3, p]).random() < 0.45)
+            if backgrounds
+            else sample_anatomy(np.random.default_rng([seed, 0, p])).female
+        )
         for p in range(1, n_patients + 1)
     }
     plans = []
@@ -460,17 +502,24 @@ def plan_dataset(
     for i in range(n_images):
         follow = follow + 1 if i > 0 and patients[i] == patients[i - 1] else 0
         strength = "strong" if i in strong else ("mild" if i in deformed_set else "none")
-        plans.append(ImagePlan(
-            index=i, patient=patients[i], follow_up=follow, labels=labels[i], annotated=i in annotated,
-            strength=strength, age=int(ages[patients[i]]) + follow // 4,
-            view="PA" if rng.random() < 0.75 else "AP", female=female[patients[i]],
-            background=bg_of_patient.get(patients[i]),
-        ))
+        plans.append(
+            ImagePlan(
+                index=i,
+                patient=patients[i],
+                follow_up=follow,
+                labels=labels[i],
+                annotated=i in annotated,
+                strength=strength,
+                age=int(ages[patients[i]]) + follow // 4,
+                view="PA" if rng.random() < 0.75 else "AP",
+                female=female[patients[i]],
+                background=bg_of_patient.get(patients[i]),
+            )
+        )
     return plans
 
 
-def check_backgrounds(n_backgrounds: int, n_patients: int, images_per_patient: Sequence[int],
-                      extra: int = 0) -> None:
+def check_backgrounds(n_backgrounds: int, n_patients: int, images_per_patient: Sequence[int], extra: int = 0) -> None:
     """UsageError unless there is a radiograph for every patient (and every extra negative's patient)."""
 
     need = n_patients + int(extra)
@@ -481,7 +530,8 @@ def check_backgrounds(n_backgrounds: int, n_patients: int, images_per_patient: S
             f"--backgrounds: {n_backgrounds} radiographs for {n_patients} patients"
             + (f" and {extra} extra negatives" if extra else "")
             + "; each radiograph is one patient (its follow-ups are re-acquisitions of it), never shared: add "
-            f"radiographs or lower --n-images (about {max(0, int(fit))} images fit)")
+            f"radiographs or lower --n-images (about {max(0, int(fit))} images fit)"
+        )
 
 
 def _patient_groups(patients: Sequence[int]) -> dict[int, list[int]]:
@@ -491,8 +541,9 @@ def _patient_groups(patients: Sequence[int]) -> dict[int, list[int]]:
     return groups
 
 
-def arrange_priors(patients: Sequence[int], labels: Sequence[tuple[str, ...]], share: float,
-                   rng: np.random.Generator) -> list[tuple[str, ...]]:
+def arrange_priors(
+    patients: Sequence[int], labels: Sequence[tuple[str, ...]], share: float, rng: np.random.Generator
+) -> list[tuple[str, ...]]:
     """Labels re-arranged so that ``round(share * P)`` of the ``P`` patients with a finding have a No Finding
     first study (each of their finding images then has an earlier No Finding study) and the others have no
     No Finding study before their last finding. Images follow the patient's order (its follow-up numbers).
@@ -520,9 +571,11 @@ def arrange_priors(patients: Sequence[int], labels: Sequence[tuple[str, ...]], s
         need = target - len(mixed)
         if need > min(len(pure), len(spares)):
             most = (len(mixed) + min(len(pure), len(spares))) / max(1, len(finding))
-            raise UsageError(f"--prior-share {share}: at most {most:.3f} of the {len(finding)} patients with a "
-                             "finding can have a No Finding first study here (single-study patients cannot); "
-                             "raise --images-per-patient MIN or --no-finding-share")
+            raise UsageError(
+                f"--prior-share {share}: at most {most:.3f} of the {len(finding)} patients with a "
+                "finding can have a No Finding first study here (single-study patients cannot); "
+                "raise --images-per-patient MIN or --no-finding-share"
+            )
         pure = [pure[int(j)] for j in rng.permutation(len(pure))[:need]]
         spares = [spares[int(j)] for j in rng.permutation(len(spares))[:need]]
         for p, j in zip(pure, spares):
@@ -535,7 +588,7 @@ def arrange_priors(patients: Sequence[int], labels: Sequence[tuple[str, ...]], s
         seq = [labels[i] for i in idx]
         if p in with_prior and seq[0]:
             first = next(k for k, lab in enumerate(seq) if not lab)
-            seq = [seq[first]] + seq[:first] + seq[first + 1:]
+            seq = [seq[first]] + seq[:first] + seq[first + 1 :]
         elif p not in with_prior:
             seq = [lab for lab in seq if lab] + [lab for lab in seq if not lab]  # stable: findings first
         for i, lab in zip(idx, seq):
@@ -543,9 +596,15 @@ def arrange_priors(patients: Sequence[int], labels: Sequence[tuple[str, ...]], s
     return labels
 
 
-def plan_extra_negatives(n_extra: int, first_patient: int, first_index: int, seed: int,
-                         deform_share: float = 0.5, strong_share: float = 0.3,
-                         backgrounds: Sequence[str] | None = None) -> list[ImagePlan]:
+def plan_extra_negatives(
+    n_extra: int,
+    first_patient: int,
+    first_index: int,
+    seed: int,
+    deform_share: float = 0.5,
+    strong_share: float = 0.3,
+    backgrounds: Sequence[str] | None = None,
+) -> list[ImagePlan]:
     """``n_extra`` No Finding images of new patients (one image each), numbered after the plan's last patient
     and image, from their own generator: the plan's images are the same with or without them.
     ``backgrounds``: the radiographs no plan patient uses (one per extra patient)."""
@@ -559,13 +618,25 @@ def plan_extra_negatives(n_extra: int, first_patient: int, first_index: int, see
     plans = []
     for j in range(n):
         pid = first_patient + j
-        female = (bool(np.random.default_rng([seed, 3, pid]).random() < 0.45) if backgrounds
-                  else sample_anatomy(np.random.default_rng([seed, 0, pid])).female)
-        plans.append(ImagePlan(
-            index=first_index + j, patient=pid, follow_up=0, labels=(), annotated=False,
-            strength="strong" if j in strong else ("mild" if j in deformed_set else "none"), age=int(ages[j]),
-            view="PA" if rng.random() < 0.75 else "AP", female=female,
-            background=str(backgrounds[int(order[j])]) if order is not None else None))
+        female = (
+            bool(np.random.default_rng([seed, 3, pid]).random() < 0.45)
+            if backgrounds
+            else sample_anatomy(np.random.default_rng([seed, 0, pid])).female
+        )
+        plans.append(
+            ImagePlan(
+                index=first_index + j,
+                patient=pid,
+                follow_up=0,
+                labels=(),
+                annotated=False,
+                strength="strong" if j in strong else ("mild" if j in deformed_set else "none"),
+                age=int(ages[j]),
+                view="PA" if rng.random() < 0.75 else "AP",
+                female=female,
+                background=str(backgrounds[int(order[j])]) if order is not None else None,
+            )
+        )
     return plans
 
 
@@ -627,8 +698,6 @@ def load_background(path: str, size: int) -> Array:
 
     Raises :class:`cianet.data.io.XrayReadError` (a ValueError naming the file) when it cannot be read.
     """
-    from cianet.data.io import load_xray, resize_gray
-
     return np.clip(resize_gray(load_xray(path), size), 0.0, 1.0)
 
 
@@ -637,8 +706,6 @@ def load_background(path: str, size: int) -> Array:
 
 def _png_bytes(img: Array) -> bytes:
     """8-bit grayscale PNG with fixed settings (same pixels -> same bytes)."""
-    from PIL import Image
-
     buf = io.BytesIO()
     u8 = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
     Image.fromarray(u8, mode="L").save(buf, format="PNG", compress_level=1, optimize=False)
@@ -734,8 +801,9 @@ def _fmt(v: float) -> str:
     return repr(float(v))
 
 
-def _write_csvs(out: Path, plans: Sequence[ImagePlan], results: dict[int, dict], size: int,
-                train: list[str], test: list[str]) -> None:
+def _write_csvs(
+    out: Path, plans: Sequence[ImagePlan], results: dict[int, dict], size: int, train: list[str], test: list[str]
+) -> None:
     spacing = f"{FIELD_OF_VIEW_MM / size:.6g}"
     entry = [DATA_ENTRY_HEADER]
     bbox = [BBOX_HEADER]
@@ -746,12 +814,21 @@ def _write_csvs(out: Path, plans: Sequence[ImagePlan], results: dict[int, dict],
         res = results[p.index]
         gender = "F" if p.female else "M"
         labels = "|".join(p.labels) if p.labels else NO_FINDING
-        entry.append(f"{p.name},{labels},{p.follow_up},{p.patient},{p.age},{gender},{p.view},{size},{size},"
-                     f"{spacing},{spacing},")
+        entry.append(
+            f"{p.name},{labels},{p.follow_up},{p.patient},{p.age},{gender},{p.view},{size},{size},{spacing},{spacing},"
+        )
         params = res["params"]
-        head = [p.name, f"{p.patient:08d}", p.follow_up, int(p.strength != "none"), p.strength,
-                *(_fmt(v) for v in params), labels, int(p.annotated),
-                Path(p.background).name if p.background else ""]
+        head = [
+            p.name,
+            f"{p.patient:08d}",
+            p.follow_up,
+            int(p.strength != "none"),
+            p.strength,
+            *(_fmt(v) for v in params),
+            labels,
+            int(p.annotated),
+            Path(p.background).name if p.background else "",
+        ]
         if not res["boxes"]:
             tw.writerow(head + ["", "", "", "", "", ""])
         for lab, x, y, w, h in res["boxes"]:
@@ -768,11 +845,16 @@ def _write_csvs(out: Path, plans: Sequence[ImagePlan], results: dict[int, dict],
 def _plan_prior_counts(plans: Sequence[ImagePlan]) -> dict:
     """``cianet.data.priors.prior_counts`` of the planned images (boxes: the annotated ones), and the share of
     patients with a finding whose findings have an earlier No Finding study."""
-    from cianet.data.index import Box, ImageRecord
-    from cianet.data.priors import prior_counts, prior_studies
-
-    records = [ImageRecord(p.name, f"{p.patient:08d}", p.labels, follow_up=p.follow_up,
-                           boxes=[Box(p.labels[0], 0, 0, 1, 1)] if p.annotated else []) for p in plans]
+    records = [
+        ImageRecord(
+            p.name,
+            f"{p.patient:08d}",
+            p.labels,
+            follow_up=p.follow_up,
+            boxes=[Box(p.labels[0], 0, 0, 1, 1)] if p.annotated else [],
+        )
+        for p in plans
+    ]
     out: dict = dict(prior_counts(records))
     priors = prior_studies(records)
     finding = {r.patient_id for r in records if r.labels}
@@ -802,17 +884,171 @@ def _previous_synth_names(out: Path, planned: set[str]) -> set[str]:
         with open(truth, newline="", encoding="utf-8") as fh:
             previous = {row.get("Image Index", "") for row in csv.DictReader(fh)}
     else:
-        ours = [n for n in ("Data_Entry_2017.csv", "BBox_List_2017.csv", "train_val_list.txt", "test_list.txt")
-                if (out / n).exists()]
+        ours = [
+            n
+            for n in ("Data_Entry_2017.csv", "BBox_List_2017.csv", "train_val_list.txt", "test_list.txt")
+            if (out / n).exists()
+        ]
         if ours:
-            raise InputError(f"{out}: holds {', '.join(ours)} not written by cianet synth (no synth_truth.csv); "
-                             "--overwrite replaces only a previous synth's output: choose another folder")
+            raise InputError(
+                f"{out}: holds {', '.join(ours)} not written by cianet synth (no synth_truth.csv); "
+                "--overwrite replaces only a previous synth's output: choose another folder"
+            )
     for sub in ("images", TWINS_DIR):
         clash = sorted(n for n in planned - previous if (out / sub / n).exists())
         if clash:
-            raise InputError(f"{out / sub}: {clash[0]}{f' and {len(clash) - 1} more' if len(clash) > 1 else ''} "
-                             "not written by cianet synth would be overwritten; choose another folder")
+            raise InputError(
+                f"{out / sub}: {clash[0]}{f' and {len(clash) - 1} more' if len(clash) > 1 else ''} "
+                "not written by cianet synth would be overwritten; choose another folder"
+            )
     return previous
+
+
+def _check_arguments(
+    out: Path,
+    n_images: int,
+    size: int,
+    seed: int,
+    images_per_patient: Sequence[int],
+    shares: dict[str, float | None],
+    extra_negatives: int,
+    overwrite: bool,
+) -> tuple[int, int]:
+    """UsageError for an argument :func:`generate_dataset` cannot work with, before anything is written;
+    returns ``images_per_patient`` as ``(lo, hi)``."""
+    if int(n_images) < 1:
+        raise UsageError(f"n_images must be >= 1, got {n_images}")
+    if not 16 <= int(size) <= MAX_SIZE:  # above MAX_SIZE a phantom needs tens of GB of memory
+        raise UsageError(f"size must be between 16 and {MAX_SIZE} pixels, got {size}")
+    if int(seed) < 0:
+        raise UsageError(f"seed must be >= 0, got {seed}")
+    lo, hi = (int(v) for v in images_per_patient)
+    if not 1 <= lo <= hi:
+        raise UsageError(f"images_per_patient must be (lo, hi) with 1 <= lo <= hi, got {images_per_patient}")
+    for name, v in shares.items():
+        if name != "prior_share" or v is not None:  # prior_share None keeps the labels as drawn
+            _check_share(name, v)
+    if int(extra_negatives) < 0:
+        raise UsageError(f"extra_negatives must be >= 0, got {extra_negatives}")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"{out}: folder is not empty (pass overwrite=True / --overwrite to write into it)")
+    return lo, hi
+
+
+def _plan_images(
+    n_images: int,
+    seed: int,
+    images_per_patient: tuple[int, int],
+    bg_paths: list[str] | None,
+    n_extra: int,
+    shares: dict[str, float | None],
+) -> tuple[list[ImagePlan], list[ImagePlan]]:
+    """The data set's plan and its extra negatives' (new patients after the plan's, from their own generator).
+    With ``bg_paths`` every patient, extra ones included, takes a radiograph of its own (UsageError when too
+    few)."""
+    plans = plan_dataset(n_images, seed, images_per_patient=images_per_patient, backgrounds=bg_paths, **shares)
+    n_patients = plans[-1].patient
+    left = None
+    if bg_paths:
+        check_backgrounds(len(bg_paths), n_patients, images_per_patient, n_extra)
+        used = {p.background for p in plans}
+        left = [b for b in bg_paths if b not in used]
+    extras = plan_extra_negatives(
+        n_extra, n_patients + 1, n_images, seed, shares["deform_share"], shares["strong_share"], left
+    )
+    return plans, extras
+
+
+def _prepare_folders(out: Path, names: set[str], overwrite: bool, twins: bool) -> tuple[set[str], Path | None]:
+    """Make ``images/`` (and ``twins/``). With ``overwrite``, the images and twins a previous synth wrote that
+    the new plan lacks are removed (:func:`_previous_synth_names` refuses to touch anything else). Returns the
+    previous synth's image names and the twins folder (None without ``twins``)."""
+    img_dir = out / "images"
+    previous = _previous_synth_names(out, names) if overwrite else set()
+    img_dir.mkdir(parents=True, exist_ok=True)
+    for stale in sorted(previous - names):  # only images a previous synth wrote; nothing else is deleted
+        (img_dir / stale).unlink(missing_ok=True)
+    for stale in sorted(previous if not twins else previous - names):  # no twin of another data set stays
+        (out / TWINS_DIR / stale).unlink(missing_ok=True)
+    twin_dir = out / TWINS_DIR if twins else None
+    if twin_dir is not None:
+        twin_dir.mkdir(exist_ok=True)
+    return previous, twin_dir
+
+
+def _render_all(
+    plans: Sequence[ImagePlan],
+    size: int,
+    seed: int,
+    img_dir: Path,
+    twin_dir: Path | None,
+    workers: int | None,
+    progress: bool,
+    force_progress: bool,
+) -> dict[int, dict]:
+    """Draw and write every planned image (:func:`_render_task`) in ``workers`` processes (default: all CPUs;
+    the bytes do not depend on it). Returns each image's truth by image index."""
+    tasks = [(p, size, seed, str(img_dir), str(twin_dir) if twin_dir else None) for p in plans]
+    workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
+    workers = min(workers, len(tasks))
+    results: dict[int, dict] = {}
+    bar = tqdm(
+        total=len(tasks),
+        desc="synth",
+        unit="img",  # a terminal or CIANET_PROGRESS, or force_progress
+        disable=not progress or not (force_progress or progress_enabled()),
+    )
+    try:
+        if workers == 1:
+            for t in tasks:
+                r = _render_task(t)
+                results[r["index"]] = r
+                bar.update(1)
+        else:
+            # spawn: safe even when the caller has started threads (torch, tqdm); startup is cheap here.
+            ctx = multiprocessing.get_context("spawn")
+            chunk = max(1, min(32, len(tasks) // (workers * 8)))
+            with ctx.Pool(workers) as pool:
+                for r in pool.imap_unordered(_render_task, tasks, chunksize=chunk):
+                    results[r["index"]] = r
+                    bar.update(1)
+    finally:
+        bar.close()
+    return results
+
+
+def _write_tables(
+    out: Path,
+    plans: list[ImagePlan],
+    extras: list[ImagePlan],
+    results: dict[int, dict],
+    size: int,
+    seed: int,
+    previous: set[str],
+) -> tuple[list[str], list[str]]:
+    """The CSVs and name lists of the NIH layout; returns the official (train_val, test) lists, which hold
+    neither extra negative: those are named in :data:`POOL_ONLY_FILE` only."""
+    train, test = split_patients(plans, seed)
+    _write_csvs(out, plans + extras, results, size, train, test)
+    if extras:
+        atomic_write_text(out / POOL_ONLY_FILE, "".join(p.name + "\n" for p in extras))
+    elif previous:  # a previous synth's list would name images of another plan
+        (out / POOL_ONLY_FILE).unlink(missing_ok=True)
+    return train, test
+
+
+def _plan_counts(plans: Sequence[ImagePlan], results: dict[int, dict]) -> dict:
+    """The summary's counts of the planned images and their drawn boxes."""
+    return {
+        "no_finding": sum(not p.labels for p in plans),
+        "annotated_images": sum(p.annotated for p in plans),
+        "boxes": sum(len(results[p.index]["boxes"]) for p in plans),
+        "boxes_in_bbox_list": sum(len(results[p.index]["boxes"]) for p in plans if p.annotated),
+        "deformed": sum(p.strength != "none" for p in plans),
+        "strong": sum(p.strength == "strong" for p in plans),
+    }
 
 
 def generate_dataset(
@@ -849,120 +1085,57 @@ def generate_dataset(
     do not change). ``prior_share``: :func:`arrange_priors` (None: labels as drawn). With ``backgrounds`` every
     patient, extra ones included, takes a radiograph of its own (UsageError when the folder has too few).
     """
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     out = Path(out_dir)
-    if int(n_images) < 1:
-        raise UsageError(f"n_images must be >= 1, got {n_images}")
-    if not 16 <= int(size) <= MAX_SIZE:  # above MAX_SIZE a phantom needs tens of GB of memory
-        raise UsageError(f"size must be between 16 and {MAX_SIZE} pixels, got {size}")
-    if int(seed) < 0:
-        raise UsageError(f"seed must be >= 0, got {seed}")
-    lo, hi = (int(v) for v in images_per_patient)
-    if not 1 <= lo <= hi:
-        raise UsageError(f"images_per_patient must be (lo, hi) with 1 <= lo <= hi, got {images_per_patient}")
-    for name, v in (("deform_share", deform_share), ("strong_share", strong_share),
-                    ("annotated_share", annotated_share), ("no_finding_share", no_finding_share)):
-        _check_share(name, v)
-    if prior_share is not None:
-        prior_share = _check_share("prior_share", prior_share)
-    if int(extra_negatives) < 0:
-        raise UsageError(f"extra_negatives must be >= 0, got {extra_negatives}")
-    extra_negatives = int(extra_negatives)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"{out}: folder is not empty (pass overwrite=True / --overwrite to write into it)")
-    n_images, size, seed = int(n_images), int(size), int(seed)
+    # the keywords of plan_dataset, checked in this order
+    shares = {
+        "deform_share": deform_share,
+        "strong_share": strong_share,
+        "annotated_share": annotated_share,
+        "no_finding_share": no_finding_share,
+        "prior_share": prior_share,
+    }
+    lo, hi = _check_arguments(out, n_images, size, seed, images_per_patient, shares, extra_negatives, overwrite)
+    n_images, size, seed, extra_negatives = int(n_images), int(size), int(seed), int(extra_negatives)
+    shares["prior_share"] = prior_share = None if prior_share is None else float(prior_share)
     bg_paths = [str(p) for p in find_backgrounds(backgrounds)] if backgrounds is not None else None
 
-    plans = plan_dataset(n_images, seed, deform_share, strong_share, annotated_share, no_finding_share,
-                         (lo, hi), bg_paths, prior_share=prior_share)
-    n_patients = plans[-1].patient
-    left = None
-    if bg_paths:
-        check_backgrounds(len(bg_paths), n_patients, (lo, hi), extra_negatives)
-        used = {p.background for p in plans}
-        left = [b for b in bg_paths if b not in used]
-    extras = plan_extra_negatives(extra_negatives, n_patients + 1, n_images, seed, deform_share, strong_share,
-                                  left)
-    main_plans, plans = plans, plans + extras
-    img_dir = out / "images"
-    names = {p.name for p in plans}
-    previous = _previous_synth_names(out, names) if overwrite else set()
-    img_dir.mkdir(parents=True, exist_ok=True)
-    for stale in sorted(previous - names):  # only images a previous synth wrote; nothing else is deleted
-        (img_dir / stale).unlink(missing_ok=True)
-    for stale in sorted(previous if not twins else previous - names):  # no twin of another data set stays
-        (out / TWINS_DIR / stale).unlink(missing_ok=True)
+    plans, extras = _plan_images(n_images, seed, (lo, hi), bg_paths, extra_negatives, shares)
+    previous, twin_dir = _prepare_folders(out, {p.name for p in plans + extras}, overwrite, twins)
+    results = _render_all(plans + extras, size, seed, out / "images", twin_dir, workers, progress, force_progress)
+    train, test = _write_tables(out, plans, extras, results, size, seed, previous)
 
-    twin_dir = out / TWINS_DIR if twins else None
-    if twin_dir is not None:
-        twin_dir.mkdir(exist_ok=True)
-    tasks = [(p, size, seed, str(img_dir), str(twin_dir) if twin_dir else None) for p in plans]
-    workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
-    workers = min(workers, len(tasks))
-    results: dict[int, dict] = {}
-    from cianet.utils.progress import progress_enabled
-
-    bar = tqdm(total=len(tasks), desc="synth", unit="img",  # a terminal or CIANET_PROGRESS, or force_progress
-               disable=not progress or not (force_progress or progress_enabled()))
-    try:
-        if workers == 1:
-            for t in tasks:
-                r = _render_task(t)
-                results[r["index"]] = r
-                bar.update(1)
-        else:
-            # spawn: safe even when the caller has started threads (torch, tqdm); startup is cheap here.
-            ctx = multiprocessing.get_context("spawn")
-            chunk = max(1, min(32, len(tasks) // (workers * 8)))
-            with ctx.Pool(workers) as pool:
-                for r in pool.imap_unordered(_render_task, tasks, chunksize=chunk):
-                    results[r["index"]] = r
-                    bar.update(1)
-    finally:
-        bar.close()
-
-    train, test = split_patients(main_plans, seed)  # the extras are in neither list
-    _write_csvs(out, plans, results, size, train, test)
-    if extras:
-        atomic_write_text(out / POOL_ONLY_FILE, "".join(p.name + "\n" for p in extras))
-    elif previous:  # a previous synth's list would name images of another plan
-        (out / POOL_ONLY_FILE).unlink(missing_ok=True)
-
-    plans = main_plans  # the counts below describe the data set proper; the extras are counted apart
-    n_boxes = sum(len(results[p.index]["boxes"]) for p in plans)
-    per_label = {lab: sum(lab in p.labels for p in plans) for lab in LABELS}
+    # the counts describe the data set proper; the extras are counted apart
     summary = {
         "out_dir": str(out),
         "images": n_images,
-        "patients": n_patients,
+        "patients": plans[-1].patient,
         "size": size,
         "seed": seed,
-        "no_finding": sum(not p.labels for p in plans),
-        "annotated_images": sum(p.annotated for p in plans),
-        "boxes": n_boxes,
-        "boxes_in_bbox_list": sum(len(results[p.index]["boxes"]) for p in plans if p.annotated),
-        "deformed": sum(p.strength != "none" for p in plans),
-        "strong": sum(p.strength == "strong" for p in plans),
+        **_plan_counts(plans, results),
         "train_val": len(train),
         "test": len(test),
         "backgrounds": len(bg_paths) if bg_paths else 0,
         "twins": n_images + extra_negatives if twins else 0,
         "extra_negatives": extra_negatives,
         "priors": _plan_prior_counts(plans),
-        "per_label": per_label,
+        "per_label": {lab: sum(lab in p.labels for p in plans) for lab in LABELS},
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    meta = {
-        "args": {"n_images": n_images, "size": size, "seed": seed, "deform_share": deform_share,
-                 "strong_share": strong_share, "annotated_share": annotated_share,
-                 "no_finding_share": no_finding_share, "images_per_patient": [lo, hi],
-                 "backgrounds": str(backgrounds) if backgrounds is not None else None, "twins": bool(twins),
-                 "extra_negatives": extra_negatives, "prior_share": prior_share},
-        "summary": {k: v for k, v in summary.items() if k not in ("seconds", "out_dir")},
+    args = {
+        "n_images": n_images,
+        "size": size,
+        "seed": seed,
+        "deform_share": deform_share,
+        "strong_share": strong_share,
+        "annotated_share": annotated_share,
+        "no_finding_share": no_finding_share,
+        "images_per_patient": [lo, hi],
+        "backgrounds": str(backgrounds) if backgrounds is not None else None,
+        "twins": bool(twins),
+        "extra_negatives": extra_negatives,
+        "prior_share": prior_share,
     }
+    meta = {"args": args, "summary": {k: v for k, v in summary.items() if k not in ("seconds", "out_dir")}}
     atomic_write_json(out / "synth_meta.json", meta)
     return summary

@@ -28,14 +28,18 @@ images and assembles the report.
 
 from __future__ import annotations
 
+import csv
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from cianet.errors import InputError
+from cianet.models.alignment import warp
 
 PARAM_NAMES = ("tx", "ty", "sx", "sy", "theta")
 
@@ -80,7 +84,7 @@ def pixel_distance(a: np.ndarray, b: np.ndarray, size: Sequence[float]) -> np.nd
     ``size = (W, H)``."""
     w, h = float(size[0]), float(size[1])
     d = (a - b) * np.array([w / 2.0, h / 2.0])
-    return np.sqrt((d ** 2).sum(-1))
+    return np.sqrt((d**2).sum(-1))
 
 
 def _size(size) -> tuple[float, float]:
@@ -94,12 +98,15 @@ def warp_residual(pred, pred_warped, warps, size, k: int = 8) -> dict[str, np.nd
     grid, in pixels of the original image of ``size`` (``S`` or ``(W, H)``). All inputs ``(N, 5)``."""
     p, pw, w = matrices(pred), matrices(pred_warped), matrices(warps)
     if not (p.shape == pw.shape == w.shape):
-        raise ValueError(f"pred, pred_warped and warps must have the same shape, got {p.shape[:1]}, "
-                         f"{pw.shape[:1]}, {w.shape[:1]}")
+        raise ValueError(
+            f"pred, pred_warped and warps must have the same shape, got {p.shape[:1]}, {pw.shape[:1]}, {w.shape[:1]}"
+        )
     pts, sz = grid(k), _size(size)
     ref = apply(p, pts)
-    return {"residual": pixel_distance(apply(w @ pw, pts), ref, sz).mean(1),
-            "baseline": pixel_distance(apply(w @ p, pts), ref, sz).mean(1)}
+    return {
+        "residual": pixel_distance(apply(w @ pw, pts), ref, sz).mean(1),
+        "baseline": pixel_distance(apply(w @ p, pts), ref, sz).mean(1),
+    }
 
 
 def truth_residual(pred, truth, reference, size, k: int = 8) -> dict[str, np.ndarray]:
@@ -113,8 +120,10 @@ def truth_residual(pred, truth, reference, size, k: int = 8) -> dict[str, np.nda
     r = r if r.shape == (3, 3) else matrices(r.reshape(1, 5))[0]
     pts, sz = grid(k), _size(size)
     target = apply(u @ r, pts)
-    return {"residual": pixel_distance(apply(p, pts), target, sz).mean(1),
-            "baseline": pixel_distance(apply(np.broadcast_to(r, p.shape), pts), target, sz).mean(1)}
+    return {
+        "residual": pixel_distance(apply(p, pts), target, sz).mean(1),
+        "baseline": pixel_distance(apply(np.broadcast_to(r, p.shape), pts), target, sz).mean(1),
+    }
 
 
 def fit_reference(pred, truth, size=(1.0, 1.0), k: int = 8) -> np.ndarray:
@@ -131,7 +140,7 @@ def fit_reference(pred, truth, size=(1.0, 1.0), k: int = 8) -> np.ndarray:
         # component j of M (R2 p~), R2 = [[a b c], [d e f]]: M[j, 0] (a b c).p~ + M[j, 1] (d e f).p~
         design = np.concatenate([np.einsum("j,kc->kjc", m[:, 0], ph), np.einsum("j,kc->kjc", m[:, 1], ph)], axis=2)
         rows.append((design * scale[None, :, None]).reshape(-1, 6))  # (K*2, 6)
-        rhs.append(((apply(p[i:i + 1], pts)[0] - t) * scale).reshape(-1))
+        rhs.append(((apply(p[i : i + 1], pts)[0] - t) * scale).reshape(-1))
     sol, *_ = np.linalg.lstsq(np.concatenate(rows), np.concatenate(rhs), rcond=None)
     r = np.eye(3)
     r[0], r[1] = sol[:3], sol[3:]
@@ -146,10 +155,12 @@ def bound_share(positions, tol: float = 0.01) -> dict[str, Any]:
     if u.ndim != 2 or u.shape[1] != 5:
         raise ValueError(f"positions must be (N, 5), got shape {u.shape}")
     at = u >= 1.0 - 2.0 * tol
-    return {"share_params": float(at.mean()) if at.size else float("nan"),
-            "share_images_any": float(at.any(1).mean()) if at.size else float("nan"),
-            "per_param": {n: float(at[:, j].mean()) if len(at) else float("nan") for j, n in enumerate(PARAM_NAMES)},
-            "tol": tol}
+    return {
+        "share_params": float(at.mean()) if at.size else float("nan"),
+        "share_images_any": float(at.any(1).mean()) if at.size else float("nan"),
+        "per_param": {n: float(at[:, j].mean()) if len(at) else float("nan") for j, n in enumerate(PARAM_NAMES)},
+        "tol": tol,
+    }
 
 
 def summarize(residual: np.ndarray, baseline: np.ndarray, width: float) -> dict[str, float]:
@@ -169,8 +180,9 @@ def summarize(residual: np.ndarray, baseline: np.ndarray, width: float) -> dict[
     }
 
 
-def random_warps(n: int, seed: int = 0, max_rotation_deg: float = 12.0, scale_range=(0.85, 1.15),
-                 max_shift_frac: float = 0.06) -> np.ndarray:
+def random_warps(
+    n: int, seed: int = 0, max_rotation_deg: float = 12.0, scale_range=(0.85, 1.15), max_shift_frac: float = 0.06
+) -> np.ndarray:
     """``(n, 5)`` float64 warps: ``theta`` uniform in ``+-max_rotation_deg``, ``sx``, ``sy`` independently
     log-uniform in ``scale_range``, ``tx``, ``ty`` uniform in ``+-max_shift_frac`` of the width (``2 *
     frac`` normalized units). numpy's generator seeded with ``seed``."""
@@ -179,16 +191,21 @@ def random_warps(n: int, seed: int = 0, max_rotation_deg: float = 12.0, scale_ra
         raise ValueError(f"bad warp ranges: scale {scale_range}, shift {max_shift_frac}, rotation {max_rotation_deg}")
     u = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(n, 5))
     mid, half = (math.log(hi) + math.log(lo)) / 2, (math.log(hi) - math.log(lo)) / 2
-    return np.stack([2 * max_shift_frac * u[:, 0], 2 * max_shift_frac * u[:, 1], np.exp(mid + half * u[:, 2]),
-                     np.exp(mid + half * u[:, 3]), math.radians(max_rotation_deg) * u[:, 4]], axis=1)
+    return np.stack(
+        [
+            2 * max_shift_frac * u[:, 0],
+            2 * max_shift_frac * u[:, 1],
+            np.exp(mid + half * u[:, 2]),
+            np.exp(mid + half * u[:, 3]),
+            math.radians(max_rotation_deg) * u[:, 4],
+        ],
+        axis=1,
+    )
 
 
 def read_synth_truth(path) -> dict[str, dict[str, Any]]:
     """``{image name: {"params": (tx, ty, sx, sy, theta), "strength": "none"|"mild"|"strong"}}`` from a
     phantom's ``synth_truth.csv`` (one row per box; the parameters repeat on every row of an image)."""
-    import csv
-    from pathlib import Path
-
     path = Path(path)
     out: dict[str, dict[str, Any]] = {}
     with open(path, newline="") as fh:
@@ -207,10 +224,21 @@ def read_synth_truth(path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def measure_alignment(predict: Callable[[Tensor], Tensor], images: Tensor, *, truth=None, deformed=None,
-                      groups: dict[str, Any] | None = None, reference=None,
-                      position: Callable[[Tensor], Tensor] | None = None, seed: int = 0,
-                      warps: dict | None = None, batch_size: int = 64, k: int = 8, tol: float = 0.01) -> dict[str, Any]:
+def measure_alignment(
+    predict: Callable[[Tensor], Tensor],
+    images: Tensor,
+    *,
+    truth=None,
+    deformed=None,
+    groups: dict[str, Any] | None = None,
+    reference=None,
+    position: Callable[[Tensor], Tensor] | None = None,
+    seed: int = 0,
+    warps: dict | None = None,
+    batch_size: int = 64,
+    k: int = 8,
+    tol: float = 0.01,
+) -> dict[str, Any]:
     """The alignment report of ``predict`` (``(B, 1, H, W)`` gray ``[0, 1]`` -> ``(B, 5)`` parameters) on
     ``images`` ``(N, 1, H, W)``.
 
@@ -226,8 +254,6 @@ def measure_alignment(predict: Callable[[Tensor], Tensor], images: Tensor, *, tr
     images, all images, and with the fitted reference), ``bounds`` (:func:`bound_share`) and the mean and
     std of the predicted parameters.
     """
-    from cianet.models.alignment import warp
-
     if images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"images must be (N, 1, H, W), got shape {tuple(images.shape)}")
     n, _, h, w = images.shape
@@ -236,15 +262,18 @@ def measure_alignment(predict: Callable[[Tensor], Tensor], images: Tensor, *, tr
     preds, preds_w = [], []
     with torch.no_grad():
         for i in range(0, n, batch_size):
-            x = images[i:i + batch_size]
-            aw = torch.as_tensor(a[i:i + batch_size], dtype=x.dtype, device=x.device)
+            x = images[i : i + batch_size]
+            aw = torch.as_tensor(a[i : i + batch_size], dtype=x.dtype, device=x.device)
             preds.append(_as64(predict(x)))
             preds_w.append(_as64(predict(warp(x, aw))))
     pred, pred_w = np.concatenate(preds), np.concatenate(preds_w)
     size = (w, h)
     wr = warp_residual(pred, pred_w, a, size, k=k)
     report: dict[str, Any] = {
-        "n_images": int(n), "image_size": [int(w), int(h)], "grid_points": k * k, "seed": seed,
+        "n_images": int(n),
+        "image_size": [int(w), int(h)],
+        "grid_points": k * k,
+        "seed": seed,
         "warps": {**spec, "scale_range": list(spec["scale_range"])},
         "warp": summarize(wr["residual"], wr["baseline"], w),
         "params_mean": dict(zip(PARAM_NAMES, pred.mean(0).tolist())),

@@ -1,4 +1,4 @@
-"""The 14 findings of the synthetic phantom (see :mod:`cianet.data.synth`).
+"""The 14 findings of the synthetic phantom (see :mod:`cianet.phantom.generator`).
 
 A :class:`Finding` is a label plus its geometry in the patient frame. :func:`finding_effect` evaluates it at
 patient-frame points and returns what it does to the density image: an additive density, a factor on the vessel
@@ -13,13 +13,13 @@ Cardiomegaly and Emphysema (and the volume loss of Fibrosis) change the anatomy 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from cianet.data.synth_anatomy import HEART_EDGE, Anatomy, heart_sdf, lung_sdf, ramp
 from cianet.labels import BOX_LABELS, LABELS
+from cianet.phantom.anatomy import HEART_EDGE, Anatomy, heart_sdf, lung_sdf, ramp
 
 Array = np.ndarray
 
@@ -339,8 +339,9 @@ def apply_anatomy_findings(anat: Anatomy, findings: tuple[Finding, ...] | list[F
                 lung_b=anat.lung_b + 0.5 * f.params["flatten"],
             )
         elif f.label == "Fibrosis":
-            anat = dataclasses.replace(anat, lung_b=anat.lung_b * 0.96, dome_y_r=anat.dome_y_r - 0.03,
-                                       dome_y_l=anat.dome_y_l - 0.03)
+            anat = dataclasses.replace(
+                anat, lung_b=anat.lung_b * 0.96, dome_y_r=anat.dome_y_r - 0.03, dome_y_l=anat.dome_y_l - 0.03
+            )
     return anat
 
 
@@ -399,14 +400,26 @@ def sample_finding(
     if label == "Mass":
         r = u(0.08, 0.13)
         s, x, y = sample_lung_point(anat, rng, 0.8 * r, visible=visible)
-        return Finding(label, dict(cx=x, cy=y, r=r, amp=u(0.5, 0.75), lobes=int(rng.integers(3, 6)),
-                                   lob=u(0.05, 0.13), ph=u(0, 2 * np.pi), seed=seed))
+        return Finding(
+            label,
+            dict(
+                cx=x,
+                cy=y,
+                r=r,
+                amp=u(0.5, 0.75),
+                lobes=int(rng.integers(3, 6)),
+                lob=u(0.05, 0.13),
+                ph=u(0, 2 * np.pi),
+                seed=seed,
+            ),
+        )
     if label == "Effusion":
         top = anat.dome_top(side)
         return Finding(label, dict(side=side, level=top - u(0.1, 0.3), rise=u(0.06, 0.14), amp=u(0.7, 1.0)))
     if label == "Pneumothorax":
-        return Finding(label, dict(side=side, depth=u(0.07, 0.14), extent=u(0.45, 0.8), lucency=u(0.15, 0.25),
-                                   line=u(0.3, 0.45)))
+        return Finding(
+            label, dict(side=side, depth=u(0.07, 0.14), extent=u(0.45, 0.8), lucency=u(0.15, 0.25), line=u(0.3, 0.45))
+        )
     if label == "Cardiomegaly":
         return Finding(label, dict(scale=u(1.25, 1.45), amp=u(0.35, 0.5)))
     if label == "Atelectasis":
@@ -414,13 +427,35 @@ def sample_finding(
         _, cy = anat.lung_centre(side)
         if kind == 0:
             s, x, y = sample_lung_point(anat, rng, 0.06, side=side, y_range=(cy - 0.1, cy + 0.45), visible=visible)
-            return Finding(label, dict(side=s, kind=0, cx=x, cy=y, length=u(0.15, 0.3), thick=u(0.025, 0.045),
-                                       ang=u(-0.35, 0.35), amp=u(0.45, 0.65)))
+            return Finding(
+                label,
+                dict(
+                    side=s,
+                    kind=0,
+                    cx=x,
+                    cy=y,
+                    length=u(0.15, 0.3),
+                    thick=u(0.025, 0.045),
+                    ang=u(-0.35, 0.35),
+                    amp=u(0.45, 0.65),
+                ),
+            )
         hx, hy = anat.hilum(side)
         # Wedge from the hilum towards the lower lateral lung.
         ang = np.arctan2(u(0.15, 0.45), side * u(0.5, 1.0))
-        return Finding(label, dict(side=side, kind=1, cx=hx, cy=hy, ang=float(ang), length=u(0.28, 0.42),
-                                   half=u(0.22, 0.38), amp=u(0.4, 0.6)))
+        return Finding(
+            label,
+            dict(
+                side=side,
+                kind=1,
+                cx=hx,
+                cy=hy,
+                ang=float(ang),
+                length=u(0.28, 0.42),
+                half=u(0.22, 0.38),
+                amp=u(0.4, 0.6),
+            ),
+        )
     if label == "Infiltration":
         s, x, y = sample_lung_point(anat, rng, 0.1, visible=visible)
         n = int(rng.integers(3, 7))
@@ -432,13 +467,35 @@ def sample_finding(
         fy = cy + u(-0.05, 0.1)  # horizontal / oblique fissure level
         py = fy - u(0.12, 0.2) if upper else fy + u(0.12, 0.22)
         px = cx + side * u(-0.05, 0.1)
-        return Finding(label, dict(side=side, cx=px, cy=py, rx=u(0.17, 0.24), ry=u(0.15, 0.22), fy=fy,
-                                   fslope=side * u(0.0, 0.35), fsign=1.0 if upper else -1.0, amp=u(0.45, 0.65),
-                                   seed=seed))
+        return Finding(
+            label,
+            dict(
+                side=side,
+                cx=px,
+                cy=py,
+                rx=u(0.17, 0.24),
+                ry=u(0.15, 0.22),
+                fy=fy,
+                fslope=side * u(0.0, 0.35),
+                fsign=1.0 if upper else -1.0,
+                amp=u(0.45, 0.65),
+                seed=seed,
+            ),
+        )
     if label == "Consolidation":
         cx, _ = anat.lung_centre(side)
-        return Finding(label, dict(side=side, cx=cx + side * u(-0.05, 0.1), cy=anat.dome_top(side) - u(0.0, 0.1),
-                                   rx=u(0.18, 0.26), ry=u(0.14, 0.2), amp=u(0.6, 0.85), seed=seed))
+        return Finding(
+            label,
+            dict(
+                side=side,
+                cx=cx + side * u(-0.05, 0.1),
+                cy=anat.dome_top(side) - u(0.0, 0.1),
+                rx=u(0.18, 0.26),
+                ry=u(0.14, 0.2),
+                amp=u(0.6, 0.85),
+                seed=seed,
+            ),
+        )
     if label == "Edema":
         return Finding(label, dict(amp=u(0.25, 0.4), kph=u(0.0, 0.03)))
     if label == "Emphysema":
@@ -447,13 +504,13 @@ def sample_finding(
         return Finding(label, dict(amp=u(0.18, 0.28), ang=u(0, np.pi), seed=seed))
     if label == "Pleural_Thickening":
         sides = (-1, 1) if rng.random() < 0.4 else (side,)
-        return Finding(label, dict(sides=sides, zone=int(rng.integers(0, 2)), thick=u(0.02, 0.035),
-                                   amp=u(0.45, 0.65)))
+        return Finding(label, dict(sides=sides, zone=int(rng.integers(0, 2)), thick=u(0.02, 0.035), amp=u(0.45, 0.65)))
     if label == "Hernia":
         r = u(0.07, 0.1)
         cy = anat.heart_base_y - r - u(0.0, 0.04)
-        return Finding(label, dict(cx=anat.heart_cx + anat.shift_x + u(-0.08, 0.0), cy=cy, r=r,
-                                   level=cy + u(-0.3, 0.3) * r))
+        return Finding(
+            label, dict(cx=anat.heart_cx + anat.shift_x + u(-0.08, 0.0), cy=cy, r=r, level=cy + u(-0.3, 0.3) * r)
+        )
     raise ValueError(f"unknown finding label {label!r}; expected one of {', '.join(LABELS)}")
 
 
