@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # `pytest -m "not slow"` takes 45 s or 4 minutes. CIANET_TEST_THREADS overrides it.
 TEST_THREADS = os.environ.get("CIANET_TEST_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", TEST_THREADS)
+# Internal errors the tests provoke leave their traceback logs here, not in the user's ~/.cache (cianet.cli).
+os.environ.setdefault("CIANET_LOG_DIR", str(Path(tempfile.gettempdir()) / "cianet-test-error-logs"))
 
 
 def pytest_configure(config) -> None:

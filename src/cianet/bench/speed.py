@@ -695,27 +695,7 @@ def _run_parts(s: BenchSettings, say: Log) -> dict[str, Any]:
                 "pairing", lambda: bench_pairing(s.bank_codes, s.queries, s.naive_queries, s.seed)
             )
         if "predict" in s.parts:
-            result["predict"] = timed(
-                "predict",
-                lambda: bench_predict(
-                    data_root,
-                    work,
-                    s.predict_backbone,
-                    s.predict_size,
-                    s.predict_upsample,
-                    s.predict_images,
-                    s.predict_batch,
-                    s.predict_bank,
-                    s.threads,
-                    s.compare_heads,
-                    s.seed,
-                    log=say,
-                    folder_images=s.predict_folder_images,
-                    folder_size=s.predict_folder_size,
-                    compare_prefetch=s.compare_prefetch,
-                    device=s.device,
-                ),
-            )
+            result["predict"] = timed("predict", lambda: _bench_predict_part(s, data_root, work, say))
             result["matmul_gflops"] = matmul()  # the ceiling again, as after training; the best is kept
     if samples:
         result["matmul_gflops_samples"] = samples
@@ -731,6 +711,28 @@ def _run_parts(s: BenchSettings, say: Log) -> dict[str, Any]:
     return result
 
 
+def _bench_predict_part(s: BenchSettings, data_root: Path, work: Path, say: Log) -> dict[str, Any]:
+    """:func:`bench_predict` with the settings' prediction fields."""
+    return bench_predict(
+        data_root,
+        work,
+        s.predict_backbone,
+        s.predict_size,
+        s.predict_upsample,
+        s.predict_images,
+        s.predict_batch,
+        s.predict_bank,
+        s.threads,
+        s.compare_heads,
+        s.seed,
+        log=say,
+        folder_images=s.predict_folder_images,
+        folder_size=s.predict_folder_size,
+        compare_prefetch=s.compare_prefetch,
+        device=s.device,
+    )
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The human-readable report of :func:`run_bench`'s result."""
     env = result["env"]
@@ -739,102 +741,144 @@ def format_table(result: dict[str, Any]) -> str:
         f"({env['cpu_count']} CPUs, load {env['loadavg_1min']} -> {env.get('loadavg_1min_end')}), "
         f"native bfloat16: {'yes' if result.get('bf16_supported') else 'no'}"
     ]
-
-    def row(label: str, value: str) -> None:
-        lines.append(f"  {label:<44}{value}")
-
     if "matmul_gflops" in result:
         n = result["settings"]["matmul_n"]
         lines.append(f"matmul float32 {n}x{n}")
-        row("torch.mm", f"{result['matmul_gflops']:8.1f} GFLOP/s")
+        lines.append(_row("torch.mm", f"{result['matmul_gflops']:8.1f} GFLOP/s"))
     if "train" in result:
-        t = result["train"]
-        lines.append(f"train step {t['backbone']} {t['size']}px batch {t['batch']} (forward+backward+SGD)")
-        row("model / layout", "images/s  GFLOP/step  GFLOP/s  of matmul")
-        for r in t["variants"]:
-            layout = "channels_last" if r["channels_last"] else "NCHW"
-            row(
+        lines += _train_lines(result["train"])
+    if "data" in result:
+        lines += _data_lines(result["data"])
+    if "pairing" in result:
+        lines += _pairing_lines(result["pairing"])
+    if "predict" in result:
+        lines += _predict_lines(result["predict"], result.get("evaluate"))
+    parts = ", ".join(f"{k} {v:.0f} s" for k, v in result.get("part_seconds", {}).items())
+    lines.append(f"({result['seconds']:.0f} s: {parts})")
+    return "\n".join(lines)
+
+
+def _row(label: str, value: str) -> str:
+    """One measurement of the report, its values in one column."""
+    return f"  {label:<44}{value}"
+
+
+def _train_lines(t: dict[str, Any]) -> list[str]:
+    lines = [
+        f"train step {t['backbone']} {t['size']}px batch {t['batch']} (forward+backward+SGD)",
+        _row("model / layout", "images/s  GFLOP/step  GFLOP/s  of matmul"),
+    ]
+    for r in t["variants"]:
+        layout = "channels_last" if r["channels_last"] else "NCHW"
+        lines.append(
+            _row(
                 f"{r['kind']} / {layout}",
                 f"{r['images_per_s']:8.2f}  {r['gflops_per_step']:10.1f}  "
                 f"{r['achieved_gflops']:7.1f}  {r['flop_fraction']:9.2f}",
             )
-    if "data" in result:
-        d = result["data"]
-        lines.append(
-            f"data: tiny recipe loader ({d['image_size']}px, batch {d['batch']}, {d['workers']} workers, "
-            f"negatives paired)"
         )
-        row("from the uint8 cache", f"{d['cache_images_per_s']:8.1f} images/s")
-        row("decoding PNGs", f"{d['png_images_per_s']:8.1f} images/s")
-        row(f"waiting for data, cache ({d['wait_steps']} steps)", f"{100 * d['wait_fraction']:8.1f} % of the loop")
-        row(
+    return lines
+
+
+def _data_lines(d: dict[str, Any]) -> list[str]:
+    return [
+        f"data: tiny recipe loader ({d['image_size']}px, batch {d['batch']}, {d['workers']} workers, negatives paired)",
+        _row("from the uint8 cache", f"{d['cache_images_per_s']:8.1f} images/s"),
+        _row("decoding PNGs", f"{d['png_images_per_s']:8.1f} images/s"),
+        _row(f"waiting for data, cache ({d['wait_steps']} steps)", f"{100 * d['wait_fraction']:8.1f} % of the loop"),
+        _row(
             f"waiting for data, PNG ({d['wait_steps_png']} steps)", f"{100 * d['wait_fraction_png']:8.1f} % of the loop"
-        )
-    if "pairing" in result:
-        p = result["pairing"]
-        lines.append(f"negative pairing: {p['queries']} queries against {p['bank_codes']} codes")
-        row("HashIndex.query", f"{p['queries_per_s']:8.0f} queries/s (all in {p['epoch_s']:.1f} s)")
-        row(
+        ),
+    ]
+
+
+def _pairing_lines(p: dict[str, Any]) -> list[str]:
+    return [
+        f"negative pairing: {p['queries']} queries against {p['bank_codes']} codes",
+        _row("HashIndex.query", f"{p['queries_per_s']:8.0f} queries/s (all in {p['epoch_s']:.1f} s)"),
+        _row(
             f"query_naive ({p['naive_queries']} queries)",
             f"{p['naive_queries_per_s']:8.1f} queries/s (same answers: {p['naive_agrees']})",
-        )
-    if "predict" in result:
-        p = result["predict"]
-        lines.append(
-            f"predict: CIA-Net {p['backbone']} {p['size']}px, test grid {p['test_upsample']}, "
-            f"batch {p['batch']}, one process per mode"
-        )
-        for suffix, label in (("", ""), ("_direct", ", direct head")):
-            if f"bank_images_per_s{suffix}" not in p:
-                continue
-            for mode in ("bank", "recompute"):
-                row(
+        ),
+    ]
+
+
+def _predict_lines(p: dict[str, Any], e: dict[str, Any] | None) -> list[str]:
+    """Bank against recompute, then (when profiled) the networks alone and the whole command on a folder."""
+    lines = [
+        f"predict: CIA-Net {p['backbone']} {p['size']}px, test grid {p['test_upsample']}, "
+        f"batch {p['batch']}, one process per mode"
+    ]
+    for suffix, label in (("", ""), ("_direct", ", direct head")):
+        if f"bank_images_per_s{suffix}" not in p:
+            continue
+        for mode in ("bank", "recompute"):
+            lines.append(
+                _row(
                     f"{mode}{label}",
                     f"{p[f'{mode}_images_per_s{suffix}']:8.2f} images/s, "
                     f"peak RSS {p[f'{mode}_peak_rss_mb{suffix}']:.0f} MB",
                 )
-            row(f"bank speed-up{label}", f"{p[f'bank_speedup{suffix}']:8.2f} x")
-        if "networks_images_per_s" in p:
-            row(
-                "networks alone, float32",
-                f"{p['networks_images_per_s']:8.2f} images/s, "
-                f"{p['gflops_per_image']:.1f} GFLOP/image, {p['flop_fraction']:.2f} of matmul",
             )
-            for prec in ("bf16", "fp16"):
-                if p.get(f"{prec}_networks_images_per_s") is not None:
-                    row(
-                        f"networks alone, {prec}",
-                        f"{p[f'{prec}_networks_images_per_s']:8.2f} images/s ({p[f'{prec}_speedup']:.2f}x float32)",
-                    )
-            if p.get("bf16_speedup") is None:
-                row("networks alone, bf16", "     n/a (no native bfloat16 on this device)")
-            e = result.get("evaluate")
-            if e:
-                bf = "" if e.get("bf16_speedup") is None else f", bf16 {e['bf16_speedup']:.2f}x"
-                row(
-                    "evaluation networks (negative image too)",
-                    f"{e['images_per_s']:8.2f} images/s, "
-                    f"{e['gflops_per_image']:.1f} GFLOP/image, {e['flop_fraction']:.2f} of matmul{bf}",
+        lines.append(_row(f"bank speed-up{label}", f"{p[f'bank_speedup{suffix}']:8.2f} x"))
+    if "networks_images_per_s" in p:
+        lines += _network_lines(p, e) + _folder_lines(p)
+    return lines
+
+
+def _network_lines(p: dict[str, Any], e: dict[str, Any] | None) -> list[str]:
+    """The prediction networks alone by precision, and the evaluation networks."""
+    lines = [
+        _row(
+            "networks alone, float32",
+            f"{p['networks_images_per_s']:8.2f} images/s, "
+            f"{p['gflops_per_image']:.1f} GFLOP/image, {p['flop_fraction']:.2f} of matmul",
+        )
+    ]
+    for prec in ("bf16", "fp16"):
+        if p.get(f"{prec}_networks_images_per_s") is not None:
+            lines.append(
+                _row(
+                    f"networks alone, {prec}",
+                    f"{p[f'{prec}_networks_images_per_s']:8.2f} images/s ({p[f'{prec}_speedup']:.2f}x float32)",
                 )
-            for suffix, label in (
-                ("", "all outputs"),
-                ("_no_overlay", "no overlays"),
-                ("_no_overlay_no_prefetch", "no overlays, decoding in turn"),
-                ("_bf16", "bf16, all outputs"),
-                ("_bf16_no_overlay", "bf16, no overlays"),
-            ):
-                if f"folder_s{suffix}" not in p:
-                    continue
-                row(
-                    f"predict {p['folder_images']} PNGs, {label}",
-                    f"{p[f'folder_images_per_s{suffix}']:8.2f} images/s, "
-                    f"{p[f'folder_vs_networks{suffix}']:.2f}x the networks alone",
-                )
-                stages = p[f"stages{suffix}"]
-                row("  seconds per image", ", ".join(f"{k} {v:.3f}" for k, v in stages.items()))
-    parts = ", ".join(f"{k} {v:.0f} s" for k, v in result.get("part_seconds", {}).items())
-    lines.append(f"({result['seconds']:.0f} s: {parts})")
-    return "\n".join(lines)
+            )
+    if p.get("bf16_speedup") is None:
+        lines.append(_row("networks alone, bf16", "     n/a (no native bfloat16 on this device)"))
+    if e:
+        bf = "" if e.get("bf16_speedup") is None else f", bf16 {e['bf16_speedup']:.2f}x"
+        lines.append(
+            _row(
+                "evaluation networks (negative image too)",
+                f"{e['images_per_s']:8.2f} images/s, "
+                f"{e['gflops_per_image']:.1f} GFLOP/image, {e['flop_fraction']:.2f} of matmul{bf}",
+            )
+        )
+    return lines
+
+
+def _folder_lines(p: dict[str, Any]) -> list[str]:
+    """``cianet predict`` on a folder of PNGs, against the networks alone, with its seconds per stage."""
+    lines = []
+    for suffix, label in (
+        ("", "all outputs"),
+        ("_no_overlay", "no overlays"),
+        ("_no_overlay_no_prefetch", "no overlays, decoding in turn"),
+        ("_bf16", "bf16, all outputs"),
+        ("_bf16_no_overlay", "bf16, no overlays"),
+    ):
+        if f"folder_s{suffix}" not in p:
+            continue
+        lines.append(
+            _row(
+                f"predict {p['folder_images']} PNGs, {label}",
+                f"{p[f'folder_images_per_s{suffix}']:8.2f} images/s, "
+                f"{p[f'folder_vs_networks{suffix}']:.2f}x the networks alone",
+            )
+        )
+        stages = p[f"stages{suffix}"]
+        lines.append(_row("  seconds per image", ", ".join(f"{k} {v:.3f}" for k, v in stages.items())))
+    return lines
 
 
 def _main(argv: list[str]) -> int:

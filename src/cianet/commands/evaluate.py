@@ -69,72 +69,9 @@ EVALUATE_FILES = (
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    # lazy: the library loads when the command runs, not when cianet builds its parser
-    from cianet.evaluation.evaluate import evaluate_run
-    from cianet.utils.output_folders import writing_into
-
     if args.bootstrap < 0:
         raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    if args.out:
-        if not args.data_root:
-            raise UsageError("--out scores the run on another data set: give that data set's --data-root")
-        from cianet.evaluation.cross_dataset import evaluate_on_dataset
-        from cianet.utils.output_folders import check_claimable, claim_output
-
-        # a folder of its own: new, empty or an earlier cross-data-set evaluation's, never a user's files (the run
-        # folder itself is refused by evaluate_on_dataset, naming it); a new one is made only once the data passed
-        out = Path(args.out)
-        run_dir = Path(args.run).parent if Path(args.run).is_file() else Path(args.run)
-        if not (out.exists() and run_dir.exists() and out.resolve() == run_dir.resolve()):
-            check_claimable(out, "evaluate", adopt=EVALUATE_FILES, adopt_if=("metrics.json",))
-        existing = out.is_dir()
-        with writing_into(out, "cianet evaluate") if existing else contextlib.nullcontext():
-            metrics = evaluate_on_dataset(
-                args.run,
-                args.data_root,
-                args.out,
-                dataset=args.dataset or "auto",
-                label_map=args.label_map,
-                box_merge=args.box_merge,
-                merge_iou=args.merge_iou,
-                entry_csv=args.entry_csv,
-                bbox_csv=args.bbox_csv,
-                device=args.device,
-                progress=not args.no_progress,
-                n_boot=args.bootstrap,
-                precision=args.precision,
-            )
-        claim_output(out, "evaluate", adopt=("*",))  # checked above: new, empty or an earlier evaluate's
-        from cianet.utils.output_folders import record_outputs
-
-        record_outputs(out, [name for name in EVALUATE_FILES if (out / name).is_file()])
-    else:
-        given = [
-            f
-            for f, v in (
-                ("--label-map", args.label_map),
-                ("--box-merge", args.box_merge),
-                ("--merge-iou", args.merge_iou),
-                ("--entry-csv", args.entry_csv),
-                ("--bbox-csv", args.bbox_csv),
-            )
-            if v is not None
-        ]
-        if given:  # the run's own split is scored on the data and classes it trained with
-            raise UsageError(f"{', '.join(given)} only apply to a cross-data-set evaluation: add --out DIR")
-        run = Path(args.run)
-        if not run.exists():
-            raise MissingPathError(f"--run {run}: no such run folder")
-        with writing_into(run.parent if run.is_file() else run, "cianet evaluate", EVALUATE_FILES):
-            metrics = evaluate_run(
-                args.run,
-                device=args.device,
-                progress=not args.no_progress,
-                data_root=args.data_root,
-                n_boot=args.bootstrap,
-                precision=args.precision,
-                dataset=args.dataset,
-            )
+    metrics = _evaluate_elsewhere(args) if args.out else _evaluate_own_split(args)
     if args.json:
         keys = (
             "localization",
@@ -153,3 +90,74 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         run = Path(args.out or args.run)
         print(((run.parent if run.is_file() else run) / "metrics.md").read_text())  # --run R/checkpoint.pt too
     return 0
+
+
+def _evaluate_elsewhere(args: argparse.Namespace) -> dict:
+    """Score the run on every image of another data set (--data-root), writing into --out."""
+    if not args.data_root:
+        raise UsageError("--out scores the run on another data set: give that data set's --data-root")
+    # lazy: the library loads when the command runs, not when cianet builds its parser
+    from cianet.evaluation.cross_dataset import evaluate_on_dataset
+    from cianet.utils.output_folders import check_claimable, claim_output, record_outputs, writing_into
+
+    # a folder of its own: new, empty or an earlier cross-data-set evaluation's, never a user's files (the run
+    # folder itself is refused by evaluate_on_dataset, naming it); a new one is made only once the data passed
+    out = Path(args.out)
+    run_dir = Path(args.run).parent if Path(args.run).is_file() else Path(args.run)
+    if not (out.exists() and run_dir.exists() and out.resolve() == run_dir.resolve()):
+        check_claimable(out, "evaluate", adopt=EVALUATE_FILES, adopt_if=("metrics.json",))
+    existing = out.is_dir()
+    with writing_into(out, "cianet evaluate") if existing else contextlib.nullcontext():
+        metrics = evaluate_on_dataset(
+            args.run,
+            args.data_root,
+            args.out,
+            dataset=args.dataset or "auto",
+            label_map=args.label_map,
+            box_merge=args.box_merge,
+            merge_iou=args.merge_iou,
+            entry_csv=args.entry_csv,
+            bbox_csv=args.bbox_csv,
+            device=args.device,
+            progress=not args.no_progress,
+            n_boot=args.bootstrap,
+            precision=args.precision,
+        )
+    claim_output(out, "evaluate", adopt=("*",))  # checked above: new, empty or an earlier evaluate's
+    record_outputs(out, [name for name in EVALUATE_FILES if (out / name).is_file()])
+    return metrics
+
+
+def _evaluate_own_split(args: argparse.Namespace) -> dict:
+    """Score the run on its own test split, writing into the run folder."""
+    # lazy: the library loads when the command runs, not when cianet builds its parser
+    from cianet.evaluation.evaluate import evaluate_run
+    from cianet.utils.output_folders import writing_into
+
+    given = [
+        f
+        for f, v in (
+            ("--label-map", args.label_map),
+            ("--box-merge", args.box_merge),
+            ("--merge-iou", args.merge_iou),
+            ("--entry-csv", args.entry_csv),
+            ("--bbox-csv", args.bbox_csv),
+        )
+        if v is not None
+    ]
+    if given:  # the run's own split is scored on the data and classes it trained with
+        raise UsageError(f"{', '.join(given)} only apply to a cross-data-set evaluation: add --out DIR")
+    run = Path(args.run)
+    if not run.exists():
+        raise MissingPathError(f"--run {run}: no such run folder")
+    with writing_into(run.parent if run.is_file() else run, "cianet evaluate", EVALUATE_FILES):
+        metrics = evaluate_run(
+            args.run,
+            device=args.device,
+            progress=not args.no_progress,
+            data_root=args.data_root,
+            n_boot=args.bootstrap,
+            precision=args.precision,
+            dataset=args.dataset,
+        )
+    return metrics

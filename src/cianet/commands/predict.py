@@ -26,6 +26,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "patient data)."
         ),
     )
+    _input_args(p)
+    _output_args(p)
+    _box_args(p)
+    _negative_args(p)
+    _speed_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_arg(p, "the summary")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of an earlier predict in --out (only the files it wrote are deleted)",
+    )
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when any input could not be predicted")
+    p.set_defaults(func=cmd_predict)
+
+
+def _input_args(p: argparse.ArgumentParser) -> None:
+    """The images, the model, the output folder and where the model runs."""
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--model", required=True, help="model bundle (`cianet bundle`)")
     p.add_argument("--out", required=True, help="output folder")
@@ -33,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: the GPU when there is one)"
     )
+
+
+def _output_args(p: argparse.ArgumentParser) -> None:
+    """Which optional files and fields are written."""
     p.add_argument("--no-overlay", action="store_true", help="do not draw overlay PNGs")
     p.add_argument("--no-heatmaps", action="store_true", help="do not write <stem>.heatmaps.npz files")
     p.add_argument(
@@ -40,6 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="add Modality, ViewPosition, BodyPartExamined, pixel spacing... of DICOM inputs to the JSON",
     )
+
+
+def _box_args(p: argparse.ArgumentParser) -> None:
+    """How heatmap cells become boxes."""
     p.add_argument(
         "--connectivity", type=int, choices=(4, 8), default=8, help="cell connectivity of a box region (default 8)"
     )
@@ -51,6 +77,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="report a box class's regions when its image probability reaches P, for every class "
         "(default: the bundle's per-class thresholds, `cianet bundle info`; 0.5 unless set)",
     )
+
+
+def _negative_args(p: argparse.ArgumentParser) -> None:
+    """What each image is contrasted with: a prior, a table of priors, or the bundle's bank."""
     priors = p.add_mutually_exclusive_group()
     priors.add_argument(
         "--prior",
@@ -71,6 +101,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="bank",
         help="bank: the negative's stored M- (default); recompute: its stored image through the network",
     )
+
+
+def _speed_args(p: argparse.ArgumentParser) -> None:
+    """How the networks run: numeric precision and images decoded ahead."""
     p.add_argument(
         "--precision",
         choices=("fp32", "bf16", "auto"),
@@ -85,15 +119,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="images decoded ahead in a background thread while the networks run (default: the batch size; 0: none)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_json_arg(p, "the summary")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the outputs of an earlier predict in --out (only the files it wrote are deleted)",
-    )
-    p.add_argument("--strict", action="store_true", help="exit with status 1 when any input could not be predicted")
-    p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -27,6 +27,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "rsna|vindr|csv writes it in that data set's layout instead, with synth_layout.json."
         ),
     )
+    _dataset_args(p)
+    _share_args(p)
+    _patient_args(p)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+    _negative_args(p)
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_arg(p, "the data set's summary on one line (without --json: indented)")
+    p.set_defaults(func=run)
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    """Where, in which layout, how many images of what size, from which seed."""
     p.add_argument("out", help="output folder (must be empty unless --overwrite)")
     p.add_argument(
         "--layout",
@@ -39,6 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--image-size", "--size", dest="size", type=int, default=256, help="image side in pixels (default 256)"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
+
+
+def _share_args(p: argparse.ArgumentParser) -> None:
+    """The shares of deformed, annotated and No Finding images."""
     p.add_argument(
         "--deform-share",
         type=_share,
@@ -56,6 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "BBox_List_2017.csv (default 0.3)",
     )
     p.add_argument("--no-finding-share", type=_share, default=0.5, help="share of No Finding images (default 0.5)")
+
+
+def _patient_args(p: argparse.ArgumentParser) -> None:
+    """How many studies each patient gets, and whose radiographs they are drawn into."""
     p.add_argument(
         "--images-per-patient",
         type=int,
@@ -74,7 +96,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "position, breath, exposure, noise), so N radiographs yield at most N patients, about "
         "N x (MIN + MAX) / 2 images (2.5 N with the default 1 4); too few is an error",
     )
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+
+
+def _negative_args(p: argparse.ArgumentParser) -> None:
+    """The negatives beside the data set: twins, pool-only images, and where the priors fall."""
     p.add_argument(
         "--twins",
         action="store_true",
@@ -101,11 +126,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "findings (cianet.data.priors). Default: as drawn, about half of them with the default "
         "shares; an F the patients cannot reach (single-study patients) is an error",
     )
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
-    p.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_json_arg(p, "the data set's summary on one line (without --json: indented)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

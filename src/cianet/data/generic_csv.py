@@ -141,24 +141,7 @@ def csv_index(
     readers: set[str] = set()
     has_readers = False
     if box_path is not None:
-        rows, has_readers = read_boxes_csv(box_path)
-        for line, name, box, reader in rows:
-            rec = by_name.get(name)
-            if rec is None:
-                orphans.append(f"{name} (line {line})")
-                continue
-            rec.boxes.append(box)
-            readers.add(reader)
-        if orphans and strict:
-            raise InputError(
-                f"{box_path}: {len(orphans)} boxes name images absent from {img_path.name}: {few(orphans)}"
-            )
-        if orphans:  # as the NIH reader: never dropped silently
-            print(
-                f"warning: {box_path}: {len(orphans)} boxes name images absent from {img_path.name} and are "
-                f"ignored: {few(orphans)} (--strict makes this an error)",
-                file=sys.stderr,
-            )
+        orphans, readers, has_readers = _attach_boxes(box_path, img_path, by_name, strict)
     duplicates = 0
     if scan:
         duplicates = attach_paths(root, records, img_path.name, images_required=images_required, strict=strict)
@@ -191,3 +174,29 @@ def csv_index(
         dataset=CSV,
         facts=facts,
     )
+
+
+def _attach_boxes(
+    box_path: Path, img_path: Path, by_name: dict[str, ImageRecord], strict: bool
+) -> tuple[list[str], set[str], bool]:
+    """Add the boxes of ``box_path`` to their images' records: (orphan boxes, reader ids, whether the CSV
+    names readers)."""
+    orphans: list[str] = []
+    readers: set[str] = set()
+    rows, has_readers = read_boxes_csv(box_path)
+    for line, name, box, reader in rows:
+        rec = by_name.get(name)
+        if rec is None:
+            orphans.append(f"{name} (line {line})")
+            continue
+        rec.boxes.append(box)
+        readers.add(reader)
+    if orphans and strict:
+        raise InputError(f"{box_path}: {len(orphans)} boxes name images absent from {img_path.name}: {few(orphans)}")
+    if orphans:  # as the NIH reader: never dropped silently
+        print(
+            f"warning: {box_path}: {len(orphans)} boxes name images absent from {img_path.name} and are "
+            f"ignored: {few(orphans)} (--strict makes this an error)",
+            file=sys.stderr,
+        )
+    return orphans, readers, has_readers

@@ -73,16 +73,7 @@ def evaluate_alignment(
     source = ImageSource(size, str(cache) if use_cache else None, {r.name: r.path for r in index.records})
     dev = next(net.parameters()).device
     images = torch.from_numpy(np.stack([source.load(name)[0] for name in names]))[:, None].to(dev)
-    truth = groups = None
-    truth_path = Path(data_root) / "synth_truth.csv"
-    if truth_path.is_file():
-        table = read_synth_truth(truth_path)
-        missing = [name for name in names if name not in table]
-        if missing:
-            raise InputError(f"{truth_path}: no row for {len(missing)} of the images, e.g. {missing[0]}")
-        truth = np.array([table[name]["params"] for name in names])
-        strength = np.array([table[name]["strength"] for name in names])
-        groups = {f"strength_{s}": strength == s for s in ("none", "mild", "strong") if (strength == s).any()}
+    truth, groups = _phantom_truth(data_root, names)
     report = measure_alignment(
         net.predict_params,
         images,
@@ -109,6 +100,21 @@ def evaluate_alignment(
     if out is not None:
         atomic_write_json(out, result)
     return result
+
+
+def _phantom_truth(data_root: str | Path, names: list[str]) -> tuple[np.ndarray | None, dict | None]:
+    """The true deformation parameters of ``names`` and their masks by strength; (None, None) off a phantom."""
+    truth_path = Path(data_root) / "synth_truth.csv"
+    if not truth_path.is_file():
+        return None, None
+    table = read_synth_truth(truth_path)
+    missing = [name for name in names if name not in table]
+    if missing:
+        raise InputError(f"{truth_path}: no row for {len(missing)} of the images, e.g. {missing[0]}")
+    truth = np.array([table[name]["params"] for name in names])
+    strength = np.array([table[name]["strength"] for name in names])
+    groups = {f"strength_{s}": strength == s for s in ("none", "mild", "strong") if (strength == s).any()}
+    return truth, groups
 
 
 def format_alignment_report(rep: dict[str, Any]) -> str:

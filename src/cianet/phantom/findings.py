@@ -383,6 +383,169 @@ def sample_lung_point(
     return best
 
 
+#: The test of :func:`sample_lung_point` that rejects points pushed out of the written image (None: none).
+Visible = Callable[[float, float], bool] | None
+#: A finding's sampler: (anatomy, generator, the finding's own noise seed, a side drawn at random, visible) ->
+#: the finding's parameters.
+Sampler = Callable[[Anatomy, np.random.Generator, int, int, Visible], dict]
+
+
+def _sample_nodule(anat: Anatomy, rng: np.random.Generator, seed: int, side: int, visible: Visible) -> dict:
+    u = rng.uniform
+    r = u(0.035, 0.055)
+    s, x, y = sample_lung_point(anat, rng, r + 0.02, visible=visible)
+    return dict(cx=x, cy=y, r=r, amp=u(0.5, 0.75))
+
+
+def _sample_mass(anat: Anatomy, rng: np.random.Generator, seed: int, side: int, visible: Visible) -> dict:
+    u = rng.uniform
+    r = u(0.08, 0.13)
+    s, x, y = sample_lung_point(anat, rng, 0.8 * r, visible=visible)
+    return dict(
+        cx=x,
+        cy=y,
+        r=r,
+        amp=u(0.5, 0.75),
+        lobes=int(rng.integers(3, 6)),
+        lob=u(0.05, 0.13),
+        ph=u(0, 2 * np.pi),
+        seed=seed,
+    )
+
+
+def _sample_effusion(anat: Anatomy, rng: np.random.Generator, seed: int, side: int, visible: Visible) -> dict:
+    u = rng.uniform
+    top = anat.dome_top(side)
+    return dict(side=side, level=top - u(0.1, 0.3), rise=u(0.06, 0.14), amp=u(0.7, 1.0))
+
+
+def _sample_pneumothorax(anat: Anatomy, rng: np.random.Generator, seed: int, side: int, visible: Visible) -> dict:
+    u = rng.uniform
+    return dict(side=side, depth=u(0.07, 0.14), extent=u(0.45, 0.8), lucency=u(0.15, 0.25), line=u(0.3, 0.45))
+
+
+def _sample_cardiomegaly(anat: Anatomy, rng: np.random.Generator, seed: int, side: int, visible: Visible) -> dict:
+    return dict(scale=rng.uniform(1.25, 1.45), amp=rng.uniform(0.35, 0.5))
+
+
+def _sample_atelectasis(anat: Anatomy, rng: np.random.Generator, seed: int, side: int, visible: Visible) -> dict:
+    u = rng.uniform
+    kind = int(rng.integers(0, 2))
+    _, cy = anat.lung_centre(side)
+    if kind == 0:
+        s, x, y = sample_lung_point(anat, rng, 0.06, side=side, y_range=(cy - 0.1, cy + 0.45), visible=visible)
+        return dict(
+            side=s,
+            kind=0,
+            cx=x,
+            cy=y,
+            length=u(0.15, 0.3),
+            thick=u(0.025, 0.045),
+            ang=u(-0.35, 0.35),
+            amp=u(0.45, 0.65),
+        )
+    hx, hy = anat.hilum(side)
+    # Wedge from the hilum towards the lower lateral lung.
+    ang = np.arctan2(u(0.15, 0.45), side * u(0.5, 1.0))
+    return dict(
+        side=side,
+        kind=1,
+        cx=hx,
+        cy=hy,
+        ang=float(ang),
+        length=u(0.28, 0.42),
+        half=u(0.22, 0.38),
+        amp=u(0.4, 0.6),
+    )
+
+
+def _sample_infiltration(anat: Anatomy, rng: np.random.Generator, seed: int, side: int, visible: Visible) -> dict:
+    u = rng.uniform
+    s, x, y = sample_lung_point(anat, rng, 0.1, visible=visible)
+    n = int(rng.integers(3, 7))
+    blobs = tuple((x + u(-0.09, 0.09), y + u(-0.11, 0.11), u(0.05, 0.09)) for _ in range(n))
+    return dict(side=s, blobs=blobs, amp=u(0.4, 0.6), seed=seed)
+
+
+def _sample_pneumonia(anat: Anatomy, rng: np.random.Generator, seed: int, side: int, visible: Visible) -> dict:
+    u = rng.uniform
+    cx, cy = anat.lung_centre(side)
+    upper = bool(rng.random() < 0.5)
+    fy = cy + u(-0.05, 0.1)  # horizontal / oblique fissure level
+    py = fy - u(0.12, 0.2) if upper else fy + u(0.12, 0.22)
+    px = cx + side * u(-0.05, 0.1)
+    return dict(
+        side=side,
+        cx=px,
+        cy=py,
+        rx=u(0.17, 0.24),
+        ry=u(0.15, 0.22),
+        fy=fy,
+        fslope=side * u(0.0, 0.35),
+        fsign=1.0 if upper else -1.0,
+        amp=u(0.45, 0.65),
+        seed=seed,
+    )
+
+
+def _sample_consolidation(anat: Anatomy, rng: np.random.Generator, seed: int, side: int, visible: Visible) -> dict:
+    u = rng.uniform
+    cx, _ = anat.lung_centre(side)
+    return dict(
+        side=side,
+        cx=cx + side * u(-0.05, 0.1),
+        cy=anat.dome_top(side) - u(0.0, 0.1),
+        rx=u(0.18, 0.26),
+        ry=u(0.14, 0.2),
+        amp=u(0.6, 0.85),
+        seed=seed,
+    )
+
+
+def _sample_edema(anat: Anatomy, rng: np.random.Generator, seed: int, side: int, visible: Visible) -> dict:
+    return dict(amp=rng.uniform(0.25, 0.4), kph=rng.uniform(0.0, 0.03))
+
+
+def _sample_emphysema(anat: Anatomy, rng: np.random.Generator, seed: int, side: int, visible: Visible) -> dict:
+    u = rng.uniform
+    return dict(air=u(1.08, 1.15), flatten=u(0.05, 0.1), lucency=u(0.12, 0.2))
+
+
+def _sample_fibrosis(anat: Anatomy, rng: np.random.Generator, seed: int, side: int, visible: Visible) -> dict:
+    return dict(amp=rng.uniform(0.18, 0.28), ang=rng.uniform(0, np.pi), seed=seed)
+
+
+def _sample_pleural_thickening(anat: Anatomy, rng: np.random.Generator, seed: int, side: int, visible: Visible) -> dict:
+    u = rng.uniform
+    sides = (-1, 1) if rng.random() < 0.4 else (side,)
+    return dict(sides=sides, zone=int(rng.integers(0, 2)), thick=u(0.02, 0.035), amp=u(0.45, 0.65))
+
+
+def _sample_hernia(anat: Anatomy, rng: np.random.Generator, seed: int, side: int, visible: Visible) -> dict:
+    u = rng.uniform
+    r = u(0.07, 0.1)
+    cy = anat.heart_base_y - r - u(0.0, 0.04)
+    return dict(cx=anat.heart_cx + anat.shift_x + u(-0.08, 0.0), cy=cy, r=r, level=cy + u(-0.3, 0.3) * r)
+
+
+_SAMPLERS: dict[str, Sampler] = {
+    "Nodule": _sample_nodule,
+    "Mass": _sample_mass,
+    "Effusion": _sample_effusion,
+    "Pneumothorax": _sample_pneumothorax,
+    "Cardiomegaly": _sample_cardiomegaly,
+    "Atelectasis": _sample_atelectasis,
+    "Infiltration": _sample_infiltration,
+    "Pneumonia": _sample_pneumonia,
+    "Consolidation": _sample_consolidation,
+    "Edema": _sample_edema,
+    "Emphysema": _sample_emphysema,
+    "Fibrosis": _sample_fibrosis,
+    "Pleural_Thickening": _sample_pleural_thickening,
+    "Hernia": _sample_hernia,
+}
+
+
 def sample_finding(
     label: str,
     anat: Anatomy,
@@ -390,128 +553,13 @@ def sample_finding(
     visible: Callable[[float, float], bool] | None = None,
 ) -> Finding:
     """Draw the geometry of one finding for an anatomy (already changed by the anatomy-level findings)."""
-    u = rng.uniform
+    # drawn for every label, before its own draws: each finding consumes the generator in the same order
     seed = int(rng.integers(0, 2**31 - 1))
     side = int(rng.choice((-1, 1)))
-    if label == "Nodule":
-        r = u(0.035, 0.055)
-        s, x, y = sample_lung_point(anat, rng, r + 0.02, visible=visible)
-        return Finding(label, dict(cx=x, cy=y, r=r, amp=u(0.5, 0.75)))
-    if label == "Mass":
-        r = u(0.08, 0.13)
-        s, x, y = sample_lung_point(anat, rng, 0.8 * r, visible=visible)
-        return Finding(
-            label,
-            dict(
-                cx=x,
-                cy=y,
-                r=r,
-                amp=u(0.5, 0.75),
-                lobes=int(rng.integers(3, 6)),
-                lob=u(0.05, 0.13),
-                ph=u(0, 2 * np.pi),
-                seed=seed,
-            ),
-        )
-    if label == "Effusion":
-        top = anat.dome_top(side)
-        return Finding(label, dict(side=side, level=top - u(0.1, 0.3), rise=u(0.06, 0.14), amp=u(0.7, 1.0)))
-    if label == "Pneumothorax":
-        return Finding(
-            label, dict(side=side, depth=u(0.07, 0.14), extent=u(0.45, 0.8), lucency=u(0.15, 0.25), line=u(0.3, 0.45))
-        )
-    if label == "Cardiomegaly":
-        return Finding(label, dict(scale=u(1.25, 1.45), amp=u(0.35, 0.5)))
-    if label == "Atelectasis":
-        kind = int(rng.integers(0, 2))
-        _, cy = anat.lung_centre(side)
-        if kind == 0:
-            s, x, y = sample_lung_point(anat, rng, 0.06, side=side, y_range=(cy - 0.1, cy + 0.45), visible=visible)
-            return Finding(
-                label,
-                dict(
-                    side=s,
-                    kind=0,
-                    cx=x,
-                    cy=y,
-                    length=u(0.15, 0.3),
-                    thick=u(0.025, 0.045),
-                    ang=u(-0.35, 0.35),
-                    amp=u(0.45, 0.65),
-                ),
-            )
-        hx, hy = anat.hilum(side)
-        # Wedge from the hilum towards the lower lateral lung.
-        ang = np.arctan2(u(0.15, 0.45), side * u(0.5, 1.0))
-        return Finding(
-            label,
-            dict(
-                side=side,
-                kind=1,
-                cx=hx,
-                cy=hy,
-                ang=float(ang),
-                length=u(0.28, 0.42),
-                half=u(0.22, 0.38),
-                amp=u(0.4, 0.6),
-            ),
-        )
-    if label == "Infiltration":
-        s, x, y = sample_lung_point(anat, rng, 0.1, visible=visible)
-        n = int(rng.integers(3, 7))
-        blobs = tuple((x + u(-0.09, 0.09), y + u(-0.11, 0.11), u(0.05, 0.09)) for _ in range(n))
-        return Finding(label, dict(side=s, blobs=blobs, amp=u(0.4, 0.6), seed=seed))
-    if label == "Pneumonia":
-        cx, cy = anat.lung_centre(side)
-        upper = bool(rng.random() < 0.5)
-        fy = cy + u(-0.05, 0.1)  # horizontal / oblique fissure level
-        py = fy - u(0.12, 0.2) if upper else fy + u(0.12, 0.22)
-        px = cx + side * u(-0.05, 0.1)
-        return Finding(
-            label,
-            dict(
-                side=side,
-                cx=px,
-                cy=py,
-                rx=u(0.17, 0.24),
-                ry=u(0.15, 0.22),
-                fy=fy,
-                fslope=side * u(0.0, 0.35),
-                fsign=1.0 if upper else -1.0,
-                amp=u(0.45, 0.65),
-                seed=seed,
-            ),
-        )
-    if label == "Consolidation":
-        cx, _ = anat.lung_centre(side)
-        return Finding(
-            label,
-            dict(
-                side=side,
-                cx=cx + side * u(-0.05, 0.1),
-                cy=anat.dome_top(side) - u(0.0, 0.1),
-                rx=u(0.18, 0.26),
-                ry=u(0.14, 0.2),
-                amp=u(0.6, 0.85),
-                seed=seed,
-            ),
-        )
-    if label == "Edema":
-        return Finding(label, dict(amp=u(0.25, 0.4), kph=u(0.0, 0.03)))
-    if label == "Emphysema":
-        return Finding(label, dict(air=u(1.08, 1.15), flatten=u(0.05, 0.1), lucency=u(0.12, 0.2)))
-    if label == "Fibrosis":
-        return Finding(label, dict(amp=u(0.18, 0.28), ang=u(0, np.pi), seed=seed))
-    if label == "Pleural_Thickening":
-        sides = (-1, 1) if rng.random() < 0.4 else (side,)
-        return Finding(label, dict(sides=sides, zone=int(rng.integers(0, 2)), thick=u(0.02, 0.035), amp=u(0.45, 0.65)))
-    if label == "Hernia":
-        r = u(0.07, 0.1)
-        cy = anat.heart_base_y - r - u(0.0, 0.04)
-        return Finding(
-            label, dict(cx=anat.heart_cx + anat.shift_x + u(-0.08, 0.0), cy=cy, r=r, level=cy + u(-0.3, 0.3) * r)
-        )
-    raise ValueError(f"unknown finding label {label!r}; expected one of {', '.join(LABELS)}")
+    sampler = _SAMPLERS.get(label)
+    if sampler is None:
+        raise ValueError(f"unknown finding label {label!r}; expected one of {', '.join(LABELS)}")
+    return Finding(label, sampler(anat, rng, seed, side, visible))
 
 
 def sample_findings(

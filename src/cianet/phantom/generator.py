@@ -436,6 +436,22 @@ def _exact_choice(rng: np.random.Generator, candidates: Sequence[int], share: fl
     return {int(candidates[i]) for i in rng.permutation(len(candidates))[:k]}
 
 
+def _draw_labels(rng: np.random.Generator, n_images: int, no_finding_share: float) -> list[tuple[str, ...]]:
+    """Each image's findings: none for the exact No Finding share, else 1 to 3 labels drawn by weight."""
+    positives = _exact_choice(rng, range(n_images), 1.0 - no_finding_share)
+    names = list(LABELS)
+    w = np.array([LABEL_WEIGHTS[lab] for lab in names])
+    labels: list[tuple[str, ...]] = []
+    for i in range(n_images):
+        if i not in positives:
+            labels.append(())
+            continue
+        k = int(rng.choice(3, p=N_FINDINGS_P)) + 1
+        pick = rng.choice(len(names), size=k, replace=False, p=w / w.sum())
+        labels.append(tuple(names[j] for j in sorted(pick)))
+    return labels
+
+
 def plan_dataset(
     n_images: int,
     seed: int,
@@ -469,17 +485,7 @@ def plan_dataset(
         for p in range(1, n_patients + 1):  # one radiograph, one patient: never shared
             bg_of_patient[p] = str(backgrounds[int(order[p - 1])])
 
-    positives = _exact_choice(rng, range(n_images), 1.0 - no_finding_share)
-    names = list(LABELS)
-    w = np.array([LABEL_WEIGHTS[lab] for lab in names])
-    labels: list[tuple[str, ...]] = []
-    for i in range(n_images):
-        if i not in positives:
-            labels.append(())
-            continue
-        k = int(rng.choice(3, p=N_FINDINGS_P)) + 1
-        pick = rng.choice(len(names), size=k, replace=False, p=w / w.sum())
-        labels.append(tuple(names[j] for j in sorted(pick)))
+    labels = _draw_labels(rng, n_images, no_finding_share)
     if prior_share is not None:  # its own generator: the draws below stay those of the plan without it
         labels = arrange_priors(patients, labels, prior_share, np.random.default_rng([seed, 13]))
     eligible = [i for i in range(n_images) if any(lab in BOX_LABELS for lab in labels[i])]
@@ -1051,6 +1057,33 @@ def _plan_counts(plans: Sequence[ImagePlan], results: dict[int, dict]) -> dict:
     }
 
 
+def _meta_args(
+    n_images: int,
+    size: int,
+    seed: int,
+    shares: dict[str, float | None],
+    images_per_patient: tuple[int, int],
+    backgrounds: str | os.PathLike | None,
+    twins: bool,
+    extra_negatives: int,
+) -> dict:
+    """The arguments of a synth as ``synth_meta.json`` records them (in this key order)."""
+    return {
+        "n_images": n_images,
+        "size": size,
+        "seed": seed,
+        "deform_share": shares["deform_share"],
+        "strong_share": shares["strong_share"],
+        "annotated_share": shares["annotated_share"],
+        "no_finding_share": shares["no_finding_share"],
+        "images_per_patient": list(images_per_patient),
+        "backgrounds": str(backgrounds) if backgrounds is not None else None,
+        "twins": bool(twins),
+        "extra_negatives": extra_negatives,
+        "prior_share": shares["prior_share"],
+    }
+
+
 def generate_dataset(
     out_dir: str | os.PathLike,
     n_images: int = 2000,
@@ -1122,20 +1155,7 @@ def generate_dataset(
         "per_label": {lab: sum(lab in p.labels for p in plans) for lab in LABELS},
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    args = {
-        "n_images": n_images,
-        "size": size,
-        "seed": seed,
-        "deform_share": deform_share,
-        "strong_share": strong_share,
-        "annotated_share": annotated_share,
-        "no_finding_share": no_finding_share,
-        "images_per_patient": [lo, hi],
-        "backgrounds": str(backgrounds) if backgrounds is not None else None,
-        "twins": bool(twins),
-        "extra_negatives": extra_negatives,
-        "prior_share": prior_share,
-    }
+    args = _meta_args(n_images, size, seed, shares, (lo, hi), backgrounds, twins, extra_negatives)
     meta = {"args": args, "summary": {k: v for k, v in summary.items() if k not in ("seconds", "out_dir")}}
     atomic_write_json(out / "synth_meta.json", meta)
     return summary

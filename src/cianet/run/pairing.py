@@ -294,6 +294,22 @@ def _available(cfg: Config) -> set[str]:
     return set(ImageCache.open(cfg.data.cache).names)
 
 
+def _canonical_pairing(cfg: Config, train: list[str], held_out: list[str]) -> RunPairing:
+    """Every image of ``train`` and ``held_out`` paired with the canonical chest (``align.canonical``)."""
+    if not cfg.align.canonical:
+        key = "negatives.strategy" if cfg.negatives.strategy == CANONICAL else "negatives.prior_fallback"
+        raise UsageError(f"{key}=canonical needs align.canonical (a canonical chest PNG from `cianet canonical`)")
+    canonical = load_canonical(cfg.align.canonical, cfg.data.image_size)
+    why = "the canonical chest, the same for every image"
+    return RunPairing(
+        lambda e: dict.fromkeys(train),
+        lambda e: dict.fromkeys(held_out),
+        canonical,
+        strategy=CANONICAL,
+        explain=lambda name, neg, held: (CANONICAL, why),
+    )
+
+
 def _base_pairing(
     cfg: Config, strategy: str, data, train: list[str], held_out: list[str], source, align_net=None
 ) -> RunPairing:
@@ -301,18 +317,7 @@ def _base_pairing(
     ``train(epoch)``) and ``held_out`` (paired by ``test(epoch)``); the pool never holds a held-out image of the
     run, whichever images are paired here."""
     if strategy == CANONICAL:
-        if not cfg.align.canonical:
-            key = "negatives.strategy" if cfg.negatives.strategy == strategy else "negatives.prior_fallback"
-            raise UsageError(f"{key}=canonical needs align.canonical (a canonical chest PNG from `cianet canonical`)")
-        canonical = load_canonical(cfg.align.canonical, cfg.data.image_size)
-        why = "the canonical chest, the same for every image"
-        return RunPairing(
-            lambda e: dict.fromkeys(train),
-            lambda e: dict.fromkeys(held_out),
-            canonical,
-            strategy=strategy,
-            explain=lambda name, neg, held: (strategy, why),
-        )
+        return _canonical_pairing(cfg, train, held_out)
     index = data.index
     patients = {r.name: r.patient_id for r in index.records}
     pool = negative_pool(index, exclude=set(data.held_out), available=_available(cfg))
