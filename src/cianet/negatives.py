@@ -29,7 +29,7 @@ import numpy as np
 from cianet.config import BASE_STRATEGIES, CANONICAL, RANDOM, SIM
 from cianet.errors import InputError, MissingPathError
 from cianet.utils.atomic import atomic_path, atomic_write_json
-from cianet.utils.progress import batch_progress, progress_bar
+from cianet.utils.progress import chunk_progress, progress_bar
 
 __all__ = [
     "HASH_SIZE",
@@ -543,14 +543,7 @@ class NegativeSampler:
         """
         names = list(names)
         result: dict[str, str | None] = {}
-        starts = range(0, len(names), chunk)
-        for start in batch_progress(
-            starts,
-            "pair",
-            len(names),
-            disable=None if progress is None else not progress,
-            count=lambda s: min(chunk, len(names) - s),
-        ):
+        for start in chunk_progress(len(names), chunk, "pair", None if progress is None else not progress):
             stop = min(start + chunk, len(names))
             sub_codes = None if codes is None else np.asarray(codes)[start:stop]
             sub_pats = None if patients is None else list(patients)[start:stop]

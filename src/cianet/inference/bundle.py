@@ -35,7 +35,7 @@ from cianet.run.device import resolve_device
 from cianet.run.pairing import aligned_images, negative_pool
 from cianet.run.precision import autocast, resolve_precision
 from cianet.run.protocol import read_split_file
-from cianet.utils.progress import batch_progress, progress_bar
+from cianet.utils.progress import chunk_progress, progress_bar
 
 
 @torch.no_grad()
@@ -55,10 +55,7 @@ def compute_attention_maps(
     """
     model.eval()
     out = []
-    starts = range(0, len(images), batch_size)
-    for i in batch_progress(
-        starts, "negative maps", len(images), disable=not progress, count=lambda s: min(batch_size, len(images) - s)
-    ):
+    for i in chunk_progress(len(images), batch_size, "negative maps", not progress):
         x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size], dtype=np.float32))[:, None].to(device)
         if align_net is not None:
             x = align_net(x)["aligned"]  # (B, 1, S, S)

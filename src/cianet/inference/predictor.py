@@ -61,7 +61,7 @@ from cianet.run.device import resolve_device
 from cianet.run.networks import alignment_from_weights, network_from_weights
 from cianet.run.pairing import aligned_images
 from cianet.run.precision import autocast, resolve_precision
-from cianet.utils.progress import batch_progress
+from cianet.utils.progress import chunk_progress
 from cianet.utils.timing import stage
 
 ImageInput = Union[str, os.PathLike, np.ndarray, "PIL.Image.Image", torch.Tensor]  # noqa: F821
@@ -682,10 +682,7 @@ class Predictor:
             raise UsageError(f"{len(priors)} priors for {len(images)} images")
         bs = batch_size or self.batch_size
         results: list[PredictionResult] = []
-        starts = range(0, len(images), bs)
-        for i in batch_progress(
-            starts, "predict", len(images), disable=not progress, count=lambda s: min(bs, len(images) - s)
-        ):
+        for i in chunk_progress(len(images), bs, "predict", not progress):
             loaded = [load_input(item, i + j) for j, item in enumerate(images[i : i + bs])]
             chunk = (
                 None

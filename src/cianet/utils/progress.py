@@ -73,6 +73,11 @@ def batch_progress(
     return BatchProgress(batches, desc, total_images, disable, count, leave)
 
 
+def chunk_progress(n: int, size: int, desc: str, disable: bool | None = None) -> BatchProgress:
+    """The start of each chunk of ``size`` items in ``range(n)``, with a bar that counts the items (images)."""
+    return batch_progress(range(0, n, size), desc, n, disable, count=lambda start: min(size, n - start))
+
+
 class BatchProgress:
     """An iterable over batches whose bar counts images; ``set_postfix`` as tqdm's."""
 
