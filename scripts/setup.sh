@@ -10,7 +10,7 @@ fi
 if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
     .venv/bin/pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 fi
-if ! .venv/bin/python -c "import cianet, pytest, torchxrayvision, onnxruntime" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import cianet, pytest, xdist, torchxrayvision, onnxruntime" >/dev/null 2>&1; then
     .venv/bin/pip install --quiet -e ".[test]"
 fi
 # The linter CI runs before the tests (pyproject.toml [tool.ruff]), pinned like torch.

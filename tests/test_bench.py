@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cianet.bench import speed
 from cianet.bench.speed import (
     TimedLoader,
     peak_rss_mb,
@@ -102,9 +103,15 @@ def test_bad_bench_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[s
 
 @pytest.fixture(scope="module")
 def quick_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from helpers import predict_workers_in_process
+
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    # One thread: on a shared 2-core machine OpenMP spinning makes 2 threads far slower than 1.
-    assert main(["bench", "--quick", "--json", "--threads", "1", "--out", str(out)]) == 0
+    # The bank worker runs in a fresh process as the CLI runs it (the worker protocol stays tested), the other
+    # two in this one: every fresh interpreter imports torch again (seconds).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(speed, "_run_worker", predict_workers_in_process(keep=("bank",)))
+        # One thread: on a shared 2-core machine OpenMP spinning makes 2 threads far slower than 1.
+        assert main(["bench", "--quick", "--json", "--threads", "1", "--out", str(out)]) == 0
     return json.loads(out.read_text())
 
 

@@ -113,12 +113,13 @@ def test_config_overrides_and_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_on_cpu(tiny_root, tmp_path):
+def test_torchrun_two_processes_on_cpu(tiny_nih, tmp_path):
     """DistributedDataParallel with gloo: two ranks train, rank 0 alone writes the run (log, TensorBoard)."""
     import os
     import subprocess
     import sys
 
+    tiny_root = tiny_nih(12)  # the smallest set the session has: each rank still gets batches every epoch
     out = tmp_path / "ddp"
     cmd = [
         sys.executable,

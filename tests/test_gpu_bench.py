@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,11 +54,39 @@ def test_dry_run_lists_valid_bench_commands(capsys):
 
 
 @pytest.mark.slow
-def test_quick_cpu_run_writes_every_result(tmp_path):
-    r = _run("--device", "cpu", "--quick", "--out", str(tmp_path), timeout=1200)
+def test_quick_cpu_run_writes_every_result(tmp_path, monkeypatch):
+    from cianet.bench import speed
+    from helpers import predict_workers_in_process
+
+    # The commands the script runs (as its dry run lists them) run in this process: each fresh interpreter would
+    # import torch again, three for the commands and three for their predict workers (minutes on 2 loaded cores).
+    out = tmp_path / "out"
+    dry = _run("--device", "cpu", "--quick", "--dry-run", "--out", str(out))
+    commands = [line[2:].split()[1:] for line in dry.stderr.splitlines() if line.startswith("+ ")]
+    monkeypatch.setattr(speed, "_run_worker", predict_workers_in_process())
+    out.mkdir()
+    for cmd in commands:
+        assert main(cmd) == 0, cmd
+    # Then the script itself runs, from a copy whose `.venv/bin/cianet` only records its arguments: the results
+    # are those of the same commands, so the script's own path (its commands, the summary it prints) is all real.
+    copy = tmp_path / "repo"
+    (copy / "scripts").mkdir(parents=True)
+    shutil.copy(SCRIPT, copy / "scripts" / SCRIPT.name)
+    (copy / ".venv" / "bin").mkdir(parents=True)
+    (copy / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    stub = copy / ".venv" / "bin" / "cianet"
+    stub.write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/calls.txt"\n')
+    stub.chmod(0o755)
+    r = subprocess.run(
+        ["bash", str(copy / "scripts" / SCRIPT.name), "--device", "cpu", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
+    assert (copy / ".venv" / "bin" / "calls.txt").read_text().splitlines() == [" ".join(c) for c in commands]
     for name in ("train-b6", "train-b24", "predict"):
-        result = json.loads((tmp_path / f"{name}.json").read_text())
+        result = json.loads((out / f"{name}.json").read_text())
         assert result["settings"]["device"] == "cpu"
-    assert json.loads((tmp_path / "train-b24.json").read_text())["train"]["batch"] == 24
+    assert json.loads((out / "train-b24.json").read_text())["train"]["batch"] == 24
     assert "of matmul" in r.stdout and "folder of" in r.stdout

@@ -8,17 +8,23 @@ are at the end and marked slow.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from tqdm import tqdm
 
 from cianet.cli import main
 from cianet.errors import InputError, UsageError
@@ -757,7 +763,44 @@ def _cianet(*args: str, **kw) -> subprocess.Popen:
     )
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
+class _ForkedCianet:
+    """``cianet ARGS`` in a child forked from this process, with as much of subprocess.Popen as the kill tests
+    use. The child starts with torch and cianet imported, where a fresh ``python -m cianet`` spends seconds
+    importing them, and a SIGKILL at its kill point stops it mid-run just the same. (The prepare and bundle
+    cases still kill fresh processes.)"""
+
+    def __init__(self, *args: str) -> None:
+        self._child = multiprocessing.get_context("fork").Process(target=_exit_with_main, args=(list(args),))
+        self._child.start()
+        self.pid = self._child.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._child.exitcode
+
+    def poll(self) -> int | None:
+        return self._child.exitcode
+
+    def wait(self) -> int:
+        self._child.join()
+        return self._child.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self._child.kill()
+
+
+def _exit_with_main(argv: list[str]) -> None:
+    # tqdm's class-wide lock is a multiprocessing semaphore shared with the parent: a child SIGKILLed while
+    # holding it would leave the parent waiting on it for ever (seen under pytest-xdist). The child takes a lock
+    # of its own.
+    tqdm.set_lock(threading.RLock())
+    sys.exit(main(argv))  # the status the console script would exit with
+
+
+def _kill_when(proc: subprocess.Popen | _ForkedCianet, ready, timeout: float = 120.0) -> bool:
     """SIGKILL ``proc`` as soon as ``ready()``; False when it ended first."""
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -772,9 +815,22 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
     raise AssertionError("the process neither finished nor reached the kill point")
 
 
-@pytest.mark.slow
-def test_train_killed_mid_run_resumes_to_the_same_metrics(tiny_root, tmp_path):
-    common = [
+@contextlib.contextmanager
+def _killing(proc: subprocess.Popen | _ForkedCianet, ready, timeout: float = 120.0) -> Iterator[Future]:
+    """:func:`_kill_when` in a thread while the body runs: a test computes its uninterrupted reference in this
+    process while ``proc`` runs to its kill point. Yields the answer's future."""
+    with ThreadPoolExecutor(1) as pool:
+        killed = pool.submit(_kill_when, proc, ready, timeout)
+        try:
+            yield killed
+        except BaseException:
+            proc.kill()  # the body failed: do not wait for the kill point
+            raise
+
+
+def _train_args(tiny_root: Path) -> list[str]:
+    """``cianet train`` of the tiny recipe at 64 px for two epochs: the runs the train kill tests interrupt."""
+    return [
         "train",
         "--config",
         "tiny",
@@ -796,31 +852,47 @@ def test_train_killed_mid_run_resumes_to_the_same_metrics(tiny_root, tmp_path):
         "--set",
         "data.workers=0",
     ]
-    ref = tmp_path / "ref"
-    assert _cianet(*common, "--out", str(ref)).wait() == 0
-    run = tmp_path / "run"
-    proc = _cianet(*common, "--out", str(run))
+
+
+@pytest.mark.slow
+def test_train_killed_mid_run_resumes_to_the_same_metrics(tiny_root, tmp_path):
+    common = _train_args(tiny_root)
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    proc = _ForkedCianet(*common, "--out", str(run))
     # killed right after the first epoch's checkpoint, while the second epoch trains
-    assert _kill_when(proc, lambda: (run / "checkpoint.pt").exists())
+    with _killing(proc, lambda: (run / "checkpoint.pt").exists()) as killed:
+        assert main([*common, "--out", str(ref)]) == 0  # the uninterrupted run, meanwhile
+    assert killed.result()
     assert (run / ".cianet.lock").exists()
-    resumed = _cianet(*common, "--out", str(run), "--resume")
-    assert resumed.wait() == 0, resumed.stderr.read()
+    assert main([*common, "--out", str(run), "--resume"]) == 0  # only the killed run needs a process of its own
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (ref, run))
     assert a["auc"] == b["auc"] and a["localization"] == b["localization"]
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp") or p.name == ".cianet.lock"]
 
 
+def _prepare_args(tiny_root: Path) -> list[str]:
+    return ["prepare", "--data-root", str(tiny_root), "--size", "64", "--workers", "1", "--chunk-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def prepared_reference(tiny_root, tmp_path_factory) -> Path:
+    """The cache an uninterrupted ``cianet prepare`` builds, shared by the kill points."""
+    ref = tmp_path_factory.mktemp("prepare_ref") / "ref"
+    assert main([*_prepare_args(tiny_root), "--cache", str(ref)]) == 0
+    return ref
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_after_s", [0.4, 1.6])
-def test_prepare_killed_at_random_points_resumes_to_the_same_cache(tiny_root, tmp_path, kill_after_s):
-    ref, cache = tmp_path / "ref", tmp_path / "cache"
-    args = ["prepare", "--data-root", str(tiny_root), "--size", "64", "--workers", "1", "--chunk-size", "2"]
-    assert _cianet(*args, "--cache", str(ref)).wait() == 0
+def test_prepare_killed_at_random_points_resumes_to_the_same_cache(
+    tiny_root, prepared_reference, tmp_path, kill_after_s
+):
+    args, ref, cache = _prepare_args(tiny_root), prepared_reference, tmp_path / "cache"
     t0 = time.time()
     proc = _cianet(*args, "--cache", str(cache))
     killed = _kill_when(proc, lambda: time.time() - t0 > kill_after_s)
     assert killed or proc.returncode == 0
-    assert _cianet(*args, "--cache", str(cache)).wait() == 0
+    assert main([*args, "--cache", str(cache)]) == 0
     assert (cache / "images.npy").read_bytes() == (ref / "images.npy").read_bytes()
     a, b = (json.loads((d / "index.json").read_text()) for d in (ref, cache))
     assert {k: v for k, v in a.items() if k not in ("created", "paths")} == {
@@ -855,7 +927,7 @@ def test_train_align_killed_mid_run_resumes_to_the_same_weights(tiny_root, tmp_p
         "--set",
         "align.batch_size=8",
         "--set",
-        "align.max_images=16",
+        "align.max_images=8",  # one batch an epoch: the kill and the resume fall between epochs
         "--set",
         "align.feature_net=resnet18",
         "--set",
@@ -864,11 +936,11 @@ def test_train_align_killed_mid_run_resumes_to_the_same_weights(tiny_root, tmp_p
         "data.workers=0",
     ]
     ref, run = tmp_path / "ref", tmp_path / "run"
-    assert _cianet(*common, "--out", str(ref)).wait() == 0
-    proc = _cianet(*common, "--out", str(run))
-    assert _kill_when(proc, lambda: (run / "align.pt").exists())
-    resumed = _cianet(*common, "--out", str(run), "--resume")
-    assert resumed.wait() == 0, resumed.stderr.read()
+    proc = _ForkedCianet(*common, "--out", str(run))
+    with _killing(proc, lambda: (run / "align.pt").exists()) as killed:
+        assert main([*common, "--out", str(ref)]) == 0  # the uninterrupted run, meanwhile
+    assert killed.result()
+    assert main([*common, "--out", str(run), "--resume"]) == 0
     a, b = (torch.load(d / "align.pt", weights_only=True) for d in (ref, run))
     assert a["epoch"] == b["epoch"] == 1
     for k in a["model"]:
@@ -884,13 +956,13 @@ def test_bundle_killed_at_random_points_leaves_no_half_file(tmp_path, kill_after
     run, _ = make_run(tmp_path)
     ref, out = tmp_path / "ref.cianet", tmp_path / "out.cianet"
     args = ["bundle", "--run", str(run), "--no-progress"]
-    assert _cianet(*args, "--out", str(ref)).wait() == 0
     t0 = time.time()
     proc = _cianet(*args, "--out", str(out))
-    _kill_when(proc, lambda: time.time() - t0 > kill_after_s)
+    with _killing(proc, lambda: time.time() - t0 > kill_after_s):
+        assert main([*args, "--out", str(ref)]) == 0  # the uninterrupted bundle, meanwhile
     if out.exists():  # the rename happened before the kill: then the file is whole
         load_bundle(out)
-    assert _cianet(*args, "--out", str(out), "--overwrite").wait() == 0  # also removes a SIGKILLed write's temp
+    assert main([*args, "--out", str(out), "--overwrite"]) == 0  # also removes a SIGKILLed write's temp
     a, b = load_bundle(ref), load_bundle(out)
     assert a["model"].keys() == b["model"].keys()
     assert all(bool((a["model"][k] == b["model"][k]).all()) for k in a["model"])
@@ -926,11 +998,9 @@ def test_experiment_killed_mid_way_resumes_to_the_same_table(tiny_root, tmp_path
         "data.workers=0",
     ]
     ref, out = tmp_path / "ref", tmp_path / "out"
-    done = _cianet(*common, "--out", str(ref))
-    assert done.wait() == 0, done.stderr.read()
-    proc = _cianet(*common, "--out", str(out))
+    proc = _ForkedCianet(*common, "--out", str(out))
     # killed while the second variant (CIA-Net) trains, after its first epoch's checkpoint
-    assert _kill_when(
+    with _killing(
         proc,
         lambda: (
             any(out.glob("*/fold0/checkpoint.pt"))
@@ -938,9 +1008,10 @@ def test_experiment_killed_mid_way_resumes_to_the_same_table(tiny_root, tmp_path
             and any((d / "checkpoint.pt").exists() and not (d / "metrics.json").exists() for d in out.glob("*/fold0"))
         ),
         timeout=300,
-    )
-    resumed = _cianet(*common, "--out", str(out))
-    assert resumed.wait() == 0, resumed.stderr.read()
+    ) as killed:
+        assert main([*common, "--out", str(ref)]) == 0  # the uninterrupted experiment, meanwhile
+    assert killed.result()
+    assert main([*common, "--out", str(out)]) == 0  # resumes
     a, b = (json.loads((d / "table1.json").read_text()) for d in (ref, out))
     assert a["results"] == b["results"] and a["comparisons"] == b["comparisons"]
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.name == ".cianet.lock"]
@@ -950,30 +1021,9 @@ def test_experiment_killed_mid_way_resumes_to_the_same_table(tiny_root, tmp_path
 def test_a_second_train_is_refused_naming_the_first_and_an_old_run_folder_resumes(tiny_root, tmp_path, capsys):
     from cianet.run.run_folder import claim_run_folder
 
-    common = [
-        "train",
-        "--config",
-        "tiny",
-        "--data-root",
-        str(tiny_root),
-        "--image-size",
-        "64",
-        "--no-progress",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--set",
-        "model.test_upsample=16",
-        "--set",
-        "model.head_channels=16",
-        "--set",
-        "run.threads=1",
-        "--set",
-        "data.workers=0",
-    ]
+    common = _train_args(tiny_root)
     run = tmp_path / "run"
-    proc = _cianet(*common, "--out", str(run))
+    proc = _ForkedCianet(*common, "--out", str(run))
 
     def holder() -> int | None:
         try:
@@ -1010,12 +1060,11 @@ def test_a_killed_predict_is_removed_exactly_by_overwrite(bundle_and_images, tmp
         (many / f"s{i:02d}.png").write_bytes(files[i % len(files)].read_bytes())
     out = tmp_path / "out"
     base = ["--model", str(model), "--out", str(out), "--no-progress", "--batch-size", "1", "--prefetch", "0"]
-    proc = _cianet("predict", str(many), *base)
+    proc = _ForkedCianet("predict", str(many), *base)
     assert _kill_when(proc, lambda: len(list(out.glob("s*.json"))) >= 3)  # SIGKILL: no manifest written at the end
     assert not (out / "summary.json").exists()
     (out / "reading-notes.txt").write_text("mine")
-    again = _cianet("predict", str(files[0]), *base, "--overwrite")
-    assert again.wait() == 0, again.stderr.read()
+    assert main(["predict", str(files[0]), *base, "--overwrite"]) == 0
     stem = files[0].stem
     second = sorted(
         [

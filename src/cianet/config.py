@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import re
 import types
@@ -229,7 +230,10 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
-    lr_step: int = 5  # divide the lr by 1/lr_gamma every lr_step epochs
+    optimizer: str = "sgd"  # one of OPTIMIZERS: "sgd" (the paper: momentum, optionally Nesterov) | "adamw"
+    lr_schedule: str = "step"  # one of LR_SCHEDULES: "step" (the paper) | "cosine" (to 0 at the last step)
+    warmup: float = 0.0  # share of the run (in steps) over which the lr rises linearly from 0 to optim.lr
+    lr_step: int = 5  # lr_schedule step: divide the lr by 1/lr_gamma every lr_step epochs
     lr_gamma: float = 0.1
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     channels_last: bool = True
@@ -276,6 +280,12 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 # Every value is checked against its field's type (from the annotations) and, where it has one, a range or a
 # set of choices, whether it comes from a YAML file, --set or a flag. Ranges say what the code can run, not
 # what is sensible (that is the recipes' job).
+#: optim.optimizer's choices (cianet.training.schedule builds them)
+OPTIMIZERS = ("sgd", "adamw")
+#: optim.lr_schedule's choices: "step" multiplies the lr by lr_gamma every lr_step epochs (the paper's recipe);
+#: "cosine" anneals it to 0 over the run's steps; both after optim.warmup's linear rise
+LR_SCHEDULES = ("step", "cosine")
+
 _CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": (AUTO_DATASET, *DATASETS),
     "data.box_merge": BOX_MERGES,
@@ -291,6 +301,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "align.feat_norm": ("unit", "paper"),
     "negatives.strategy": tuple(NEGATIVE_STRATEGIES),
     "negatives.prior_fallback": BASE_STRATEGIES,
+    "optim.optimizer": OPTIMIZERS,
+    "optim.lr_schedule": LR_SCHEDULES,
     "run.precision": ("fp32", "bf16", "auto"),  # or null (cianet.run.precision)
 }
 _INT_CHOICES: dict[str, tuple[int, ...]] = {"model.output_stride": (8, 16, 32)}
@@ -361,6 +373,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "optim.momentum": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "optim.weight_decay": (_between(0, 1), ">= 0 and <= 1"),
     "optim.lr_step": (_between(1, 10**6), ">= 1 and <= 10^6"),
+    "optim.warmup": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "optim.lr_gamma": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     "optim.grad_clip": (lambda v: 0 < v <= 1e9, "> 0 and <= 10^9 (or null: no clipping)"),
     "optim.box_share": (_share, "in [0, 1]"),
@@ -408,6 +421,12 @@ def _typed(value: Any, tp: Any, name: str) -> Any:
     return value
 
 
+@functools.cache
+def _section_hints(section: str) -> dict[str, Any]:
+    """The field types of config section ``section`` (resolving them costs ~0.5 ms; configs check every key)."""
+    return typing.get_type_hints(type(getattr(Config(), section)))
+
+
 def check_value(section: str, key: str, value: Any) -> Any:
     """``value`` checked (and an int made a float where a float is expected) for ``section.key``.
 
@@ -416,7 +435,7 @@ def check_value(section: str, key: str, value: Any) -> Any:
     name = f"{section}.{key}"
     if key == "pretrained" and isinstance(value, bool):  # configs saved before imagenet|none|PATH
         value = "imagenet" if value else "none"
-    hints = typing.get_type_hints(type(getattr(Config(), section)))
+    hints = _section_hints(section)
     value = _typed(value, hints[key], name)
     if value is None:
         return value

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,29 @@ def commands() -> dict[str, argparse.ArgumentParser]:
     from cianet.cli import build_parser
 
     return next(a for a in build_parser()._actions if a.dest == "command").choices
+
+
+#: what no parser may load: a command's library loads when it runs (cianet.cli), so --help starts in a blink
+HEAVY = ("torch", "torchvision", "sklearn", "matplotlib", "scipy")
+HELP_IMPORTS = """
+import contextlib, io, sys
+import cianet.cli
+for argv in (["--help"], ["experiment", "--help"], ["index", "--help"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        cianet.cli.main(argv)
+for command in cianet.cli.build_parser()._subparsers._group_actions[0].choices.values():
+    command.format_help()
+print(" ".join(sorted(m for m in sys.argv[1:] if m in sys.modules)))
+"""
+
+
+def test_help_loads_no_heavy_package():
+    """Building the parser and every command's --help, in a fresh process: no torch, torchvision, scikit-learn,
+    matplotlib or scipy (cianet.experiments.plans holds what `cianet experiment` shows)."""
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_IMPORTS, *HEAVY], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.split() == []
 
 
 def test_every_command_has_a_description_and_examples_that_parse():

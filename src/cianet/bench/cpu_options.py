@@ -25,7 +25,8 @@ from torch import nn
 from cianet.bench.speed import env_info, matmul_gflops, synthetic_batch, train_config
 from cianet.negatives import HashIndex
 from cianet.run.networks import build_network
-from cianet.training.loop import build_optimizer, train_one_epoch
+from cianet.training.loop import train_one_epoch
+from cianet.training.schedule import build_optimizer
 
 
 class _Autocast(nn.Module):

@@ -63,7 +63,8 @@ from cianet.run.loaders import make_loaders
 from cianet.run.networks import build_network
 from cianet.run.precision import cpu_bf16_native
 from cianet.run.protocol import build_run_data
-from cianet.training.loop import build_optimizer, train_one_epoch
+from cianet.training.loop import train_one_epoch
+from cianet.training.schedule import build_optimizer
 
 Log = Callable[[str], None]
 

@@ -8,14 +8,10 @@ import json
 
 from cianet.commands.common import add_config_args, add_json_arg, add_precision_arg, config_from_args, print_json
 from cianet.errors import UsageError
+from cianet.experiments.plans import DEFAULT_EXTRAS, EVIDENCE_SEEDS, EXPERIMENTS, PHANTOM, ROWS
 
 
 def register(sub) -> None:
-    # the choices and defaults below come from the experiments, so building this parser imports them (and torch)
-    from cianet.experiments.evidence import EVIDENCE_SEEDS, PHANTOM, ROWS
-    from cianet.experiments.pool_study import DEFAULT_EXTRAS
-    from cianet.experiments.tables import EXPERIMENTS
-
     seeds = ",".join(map(str, EVIDENCE_SEEDS))
     p = sub.add_parser(
         "experiment",
@@ -109,7 +105,7 @@ def _evidence(args: argparse.Namespace):
     if args.rows:
         settings.rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
     if args.name == "pool":
-        from cianet.experiments.pool_study import DEFAULT_EXTRAS, run_pool_study
+        from cianet.experiments.pool_study import run_pool_study
 
         if len(settings.seeds) != 1 and args.seeds:
             raise UsageError("experiment pool takes one seed (--seeds 10)")

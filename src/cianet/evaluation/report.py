@@ -17,6 +17,7 @@ from cianet.data.io import load_xray, resize_gray
 from cianet.evaluation.alignment import evaluate_alignment
 from cianet.evaluation.comparisons import auc_markdown, compare_runs, comparison_markdown, localization_markdown
 from cianet.evaluation.evaluate import load_run
+from cianet.evaluation.learning_curves import figure_learning_curves, plateau_sentence, read_curve
 from cianet.labels import BOX_LABELS, LABELS
 from cianet.metrics import format_auc_table, roc_curves, verdict
 from cianet.models.alignment import warp
@@ -321,6 +322,22 @@ def negatives_section(run_dir: Path) -> list[str]:
     return [f"CIA-Net's {counts_line(counts)} (per image in `runs/cianet/negatives.csv`).", ""]
 
 
+def learning_curves_section(curves: dict) -> list[str]:
+    """Whether each model reached its plateau on the validation images (figure: Learning curves); nothing when
+    no run validated."""
+    if all(c is None for c in curves.values()):
+        return []
+    return [
+        "## Convergence",
+        "",
+        "Validation images (a share of the training patients, never trained on) scored after every epoch; the "
+        'figure "Learning curves" below draws them.',
+        "",
+        *[f"- {plateau_sentence(name, curve)}" for name, curve in curves.items()],
+        "",
+    ]
+
+
 def write_demo_report(
     out: Path, runs: dict[str, Path], canonical: Path, align_ckpt: Path, timings: dict[str, float], settings: dict
 ) -> Path:
@@ -340,6 +357,8 @@ def write_demo_report(
     att, bx = figure_predictions(runs, figs)
     images += [("CIA-Net attention maps", att), ("Predicted vs true boxes", bx), ("ROC curves", figure_roc(runs, figs))]
     named = {"Base": metrics["baseline"], "CIA-Net": metrics["cianet"]}
+    curves = {"Base": read_curve(runs["baseline"]), "CIA-Net": read_curve(runs["cianet"])}
+    images.append(("Learning curves", figure_learning_curves(curves, figs / "learning_curves.png")))
     lines = [
         "# cianet demo report",
         "",
@@ -348,7 +367,13 @@ def write_demo_report(
         "Training: 80% annotated + 50% unannotated images (paper Table 1 protocol), patient-disjoint from the "
         "test images. Localization: fold 0 of the "
         f"annotated images ({metrics['cianet'].get('n_boxes')} boxes). AUC: those images plus the held-out "
-        f"unannotated images of patients without training images ({metrics['cianet'].get('n_images')} images).",
+        f"unannotated images of patients without training images ({metrics['cianet'].get('n_images')} images)."
+        + (
+            f" Validation: {settings['val_share']:.0%} of the training patients, held out of training and scored "
+            "after every epoch (Convergence)."
+            if settings.get("val_share")
+            else ""
+        ),
         "",
         *negatives_section(runs["cianet"]),
         "## Verdict",
@@ -373,6 +398,7 @@ def write_demo_report(
         "",
         *alignment_section(out / "data", align_ckpt, size, out / "alignment.json"),
         "",
+        *learning_curves_section(curves),
         "## Figures",
         "",
     ]

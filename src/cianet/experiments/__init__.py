@@ -7,6 +7,7 @@ what its output folder already holds:
 - :mod:`~cianet.experiments.tables`      the paper's tables (and the phantom's oracle checks): variants x folds x seeds
 - :mod:`~cianet.experiments.evidence`    the pre-registered evidence experiment (docs/method.md, "Evidence")
 - :mod:`~cianet.experiments.pool_study`  CIA-Net on a seed's phantom with ever larger negative pools
+- :mod:`~cianet.experiments.plans`       what they run (names, rows, seeds, sizes), torch-free for ``--help``
 
 What they measure with (paired comparisons of runs, reports) lives in :mod:`cianet.evaluation`, which never
 trains; only :mod:`cianet.commands` sits above this package.

@@ -25,6 +25,7 @@ from cianet.errors import UsageError
 from cianet.evaluation.comparisons import compare_runs
 from cianet.evaluation.negative_match import negative_match
 from cianet.experiments import evidence as ev
+from cianet.experiments.plans import DEFAULT_EXTRAS, EVIDENCE_SEEDS, PHANTOM, ROWS
 from cianet.phantom import generate_dataset
 from cianet.run.checkpoints import CHECKPOINT
 from cianet.run.pairing import hash_data_root, negative_pool
@@ -34,10 +35,6 @@ from cianet.run.scoring import json_safe
 from cianet.training.loop import fit
 from cianet.utils.atomic import atomic_write_json, atomic_write_text
 from cianet.utils.output_folders import claim_output, output_lock
-
-#: extra pool-only negatives per step: with the default phantom's ~300 training No Finding images, pools of
-#: about 300, 3,000 and 30,000 (NIH: about 60,000)
-DEFAULT_EXTRAS = (0, 2700, 29700)
 
 
 def pool_files(
@@ -63,7 +60,7 @@ def pool_files(
             size=size,
             seed=seed,
             extra_negatives=extra,
-            annotated_share=ev.PHANTOM["annotated_share"],
+            annotated_share=PHANTOM["annotated_share"],
             progress=False,
             **s.extra,
         )
@@ -84,7 +81,7 @@ def pool_files(
 def run_pool_study(
     cfg: Config | None,
     out_dir: str | Path,
-    seed: int = ev.EVIDENCE_SEEDS[0],
+    seed: int = EVIDENCE_SEEDS[0],
     extras: tuple[int, ...] = DEFAULT_EXTRAS,
     settings: ev.EvidenceSettings | None = None,
     log: Callable[[str], None] | None = None,
@@ -101,7 +98,7 @@ def run_pool_study(
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     base = ev.base_config(cfg, True, s)
     out = Path(out_dir)
-    rows = {r.name: r for r in ev.ROWS}
+    rows = {r.name: r for r in ROWS}
     claim_output(out, "experiment-evidence", adopt=())
     with output_lock(out, "cianet experiment pool"):
         seed_files = ev.prepare_phantom_seed(out, seed, s, base, say)

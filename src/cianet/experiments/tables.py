@@ -38,6 +38,7 @@ from cianet.evaluation.comparisons import (
     comparison_markdown,
     localization_markdown,
 )
+from cianet.experiments.plans import EXPERIMENTS, ORACLE_EXPERIMENT
 from cianet.run.checkpoints import CHECKPOINT
 from cianet.run.reuse import check_reusable
 from cianet.run.scoring import json_safe
@@ -66,7 +67,6 @@ def _v(name: str, *parts: dict[str, dict[str, Any]], folds: bool = True) -> Vari
 BASE = {"model": {"kind": "baseline"}}
 CIA = {"model": {"kind": "cianet"}, "negatives": {"strategy": SIM}}
 NO_ALIGN = {"align": {"checkpoint": None}}
-ORACLE_EXPERIMENT = "oracle"  # `cianet experiment oracle`: Base against CIA-Net with the ORACLE strategy
 
 
 def experiment_variants(name: str, align_checkpoint: str | None = None) -> list[Variant]:
@@ -116,9 +116,6 @@ def experiment_variants(name: str, align_checkpoint: str | None = None) -> list[
             _v("CIA+Align", CIA, LOC80_ALL, with_align),
         ]
     raise UsageError(f"unknown experiment {name!r}: {', '.join(EXPERIMENTS)}")
-
-
-EXPERIMENTS = ("table1", "table2", "table3", "table4", "table5", "table6", ORACLE_EXPERIMENT, "oracle-table2")
 
 
 def experiment_comparisons(name: str) -> list[tuple[str, str]]:

@@ -6,7 +6,8 @@ One training step (paper sections 3.2-3.3):
   2. logits = model(pos, neg): (B, C, h, w) class-wise grid logits;
   3. grid targets from the boxes (a cell is positive iff it overlaps a box), loss of eq. 6: grid BCE (eq. 4)
      for (image, class) pairs with a box, MIL (eq. 5) for all others;
-  4. SGD step (Nesterov), stop with a clear error on a non-finite loss.
+  4. optimizer step (the paper: SGD with Nesterov momentum; cianet.training.schedule), stop with a clear error
+     on a non-finite loss.
 """
 
 from __future__ import annotations
@@ -41,20 +42,9 @@ from cianet.run.precision import autocast, resolve_precision
 from cianet.run.protocol import build_run_data, check_same_split, write_split_file
 from cianet.run.run_folder import claim_run_folder
 from cianet.run.scoring import add_val_threshold, evaluate, write_metrics
+from cianet.training.schedule import LrSchedule, build_optimizer, build_scheduler
 from cianet.utils.output_folders import output_lock
 from cianet.utils.progress import batch_progress, dataset_size
-
-
-def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    o = cfg.optim
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(
-        params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay
-    )
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config):
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.optim.lr_step), gamma=cfg.optim.lr_gamma)
 
 
 def train_one_epoch(
@@ -70,8 +60,11 @@ def train_one_epoch(
     log=None,
     progress: bool = True,
     precision: str | None = None,
+    schedule: LrSchedule | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns the epoch's mean losses. Raises NonFiniteLossError on NaN/inf.
+
+    ``schedule``: sets the lr before every step (:mod:`cianet.training.schedule`); None leaves it as it is.
 
     ``precision``: "fp32", "bf16" or "fp16" (:func:`cianet.run.precision.resolve_precision`); default: what
     ``cfg.run.precision`` resolves to on ``device``.
@@ -88,7 +81,10 @@ def train_one_epoch(
     bar = batch_progress(
         loader, f"epoch {epoch + 1}/{cfg.optim.epochs}", dataset_size(loader), disable=not progress, leave=False
     )  # counts images
+    steps = len(loader) if hasattr(loader, "__len__") else 0
     for step, batch in enumerate(bar):
+        if schedule is not None:
+            schedule.set(epoch, step, steps)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         batch = align_batch(align_net, batch)
         pos, neg = network_inputs(batch, cfg.optim.channels_last)
@@ -226,7 +222,7 @@ class _Run:
     is_main: bool  # rank 0: the only process that writes
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    scheduler: LrSchedule
     scaler: Any
     align_net: nn.Module | None
     log: JsonlLog
@@ -284,12 +280,12 @@ def _train_epoch(run: _Run, epoch: int, train_loader, val_loader) -> dict[str, A
         log=run.log,
         progress=run.progress,
         precision=run.precision,
+        schedule=run.scheduler,
     )
-    run.scheduler.step()
     record = {
         "event": "epoch",
         "epoch": epoch,
-        "lr": run.optimizer.param_groups[0]["lr"],
+        "lr": run.optimizer.param_groups[0]["lr"],  # of the epoch's last step
         "precision": run.precision,
         "seconds": round(time.time() - t0, 2),
         **{f"train_{k}": v for k, v in losses.items()},

@@ -1,0 +1,114 @@
+"""Learning curves of training runs: the validation metrics ``cianet train`` logs after each epoch
+(``log.jsonl``, ``run.eval_every``), whether a run reached its plateau, and a figure of both.
+
+A run has reached its plateau when its validation AUC over the last quarter of its epochs (at least the last
+one) rose by less than :data:`PLATEAU_GAIN` above the best value before it: more epochs would not have bought
+much. Judged on the validation images only; the test images are scored once, after the last epoch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from cianet.utils.atomic import atomic_write_bytes
+
+#: validation-AUC gain over the last quarter of the epochs below which a run counts as on its plateau
+PLATEAU_GAIN = 0.01
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Per-epoch validation metrics of one run (epochs 1-based; NaN where an epoch was not validated)."""
+
+    epochs: tuple[int, ...]
+    auc: tuple[float, ...]
+    loc: tuple[float, ...]  # mean localization accuracy at T(IoU) 0.5
+    loss: tuple[float, ...]  # training loss
+
+
+def read_curve(run_dir: Path) -> Curve | None:
+    """The run's validated epochs from its ``log.jsonl`` (the last record of an epoch wins after a resume);
+    None when it has none (no validation split, or ``run.eval_every`` 0 before the last epoch)."""
+    rows: dict[int, dict] = {}
+    try:
+        lines = (Path(run_dir) / "log.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut by a kill
+            continue
+        if rec.get("event") == "epoch" and rec.get("val_auc_mean") is not None:
+            rows[int(rec["epoch"]) + 1] = rec
+    if not rows:
+        return None
+    eps = tuple(sorted(rows))
+
+    def num(rec: dict, key: str) -> float:
+        v = rec.get(key)
+        return float("nan") if v is None else float(v)
+
+    return Curve(
+        eps,
+        tuple(num(rows[e], "val_auc_mean") for e in eps),
+        tuple(num(rows[e], "val_loc_mean_0.5") for e in eps),
+        tuple(num(rows[e], "train_loss") for e in eps),
+    )
+
+
+def plateau_gain(values: tuple[float, ...]) -> float | None:
+    """How much the last quarter of ``values`` (at least one) rose above the best value before it; None with
+    fewer than 2 finite values."""
+    vals = [v for v in values if not math.isnan(v)]
+    if len(vals) < 2:
+        return None
+    tail = max(1, len(vals) // 4)
+    return max(vals[-tail:]) - max(vals[:-tail])
+
+
+def plateau_sentence(name: str, curve: Curve | None) -> str:
+    if curve is None:
+        return f"{name}: no validation curve (the run has no validation split)."
+    gain = plateau_gain(curve.auc)
+    if gain is None:
+        return f"{name}: validated on fewer than 2 epochs, no plateau judged."
+    tail = max(1, len(curve.auc) // 4)
+    last = f"validation AUC {curve.auc[0]:.3f} after epoch {curve.epochs[0]}, {curve.auc[-1]:.3f} after the last"
+    if gain < PLATEAU_GAIN:
+        return f"{name}: on its plateau ({last}; the last {tail} epoch(s) added {gain:+.3f} < {PLATEAU_GAIN})."
+    return (
+        f"{name}: still learning ({last}; the last {tail} epoch(s) added {gain:+.3f} >= {PLATEAU_GAIN}): "
+        "more epochs would likely help."
+    )
+
+
+def figure_learning_curves(curves: dict[str, Curve | None], path: Path) -> Path | None:
+    """Validation AUC and localization accuracy at T(IoU) 0.5 per epoch, one line per run; None without curves."""
+    drawn = {k: c for k, c in curves.items() if c is not None}
+    if not drawn:
+        return None
+    # lazy: matplotlib is needed for plots only
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for name, c in drawn.items():
+        axes[0].plot(c.epochs, c.auc, marker="o", label=name)
+        axes[1].plot(c.epochs, c.loc, marker="o", label=name)
+    for ax, title in zip(axes, ("validation mean AUC", "validation loc. acc. T(IoU)=0.5"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
