@@ -71,6 +71,8 @@ def test_plateau_sentence_says_which_side_of_the_threshold(tmp_path):
     rising = plateau_sentence("CIA-Net", read_curve(tmp_path / "rising"))
     assert rising.startswith("CIA-Net: still learning") and "+0.100" in rising
     assert "no validation" in plateau_sentence("Base", None)
+    _log(tmp_path / "dead", [_epoch(e, a) for e, a in enumerate((0.5, 0.51, 0.49, 0.5))])
+    assert "did not learn" in plateau_sentence("CIA-Net", read_curve(tmp_path / "dead"))
 
 
 def test_figure_is_a_png_and_none_without_curves(tmp_path):

@@ -18,6 +18,8 @@ from cianet.utils.atomic import atomic_write_bytes
 
 #: validation-AUC gain over the last quarter of the epochs below which a run counts as on its plateau
 PLATEAU_GAIN = 0.01
+#: a run whose validation AUC never left 0.5 +- this did not learn (a flat curve at chance is no plateau)
+CHANCE_BAND = 0.02
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,12 @@ def plateau_sentence(name: str, curve: Curve | None) -> str:
     if gain is None:
         return f"{name}: validated on fewer than 2 epochs, no plateau judged."
     tail = max(1, len(curve.auc) // 4)
+    finite = [v for v in curve.auc if not math.isnan(v)]
+    if max(abs(v - 0.5) for v in finite) <= CHANCE_BAND:
+        return (
+            f"{name}: did not learn (validation AUC within {CHANCE_BAND} of 0.5 after every epoch: it ranks the "
+            "validation images no better than chance)."
+        )
     last = f"validation AUC {curve.auc[0]:.3f} after epoch {curve.epochs[0]}, {curve.auc[-1]:.3f} after the last"
     if gain < PLATEAU_GAIN:
         return f"{name}: on its plateau ({last}; the last {tail} epoch(s) added {gain:+.3f} < {PLATEAU_GAIN})."
