@@ -8,12 +8,11 @@ much. Judged on the validation images only; the test images are scored once, aft
 
 from __future__ import annotations
 
-import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from cianet.evaluation.plots import read_log, validation_curves_figure
 from cianet.utils.atomic import atomic_write_bytes
 
 #: validation-AUC gain over the last quarter of the epochs below which a run counts as on its plateau
@@ -35,18 +34,11 @@ class Curve:
 def read_curve(run_dir: Path) -> Curve | None:
     """The run's validated epochs from its ``log.jsonl`` (the last record of an epoch wins after a resume);
     None when it has none (no validation split, or ``run.eval_every`` 0 before the last epoch)."""
-    rows: dict[int, dict] = {}
     try:
-        lines = (Path(run_dir) / "log.jsonl").read_text().splitlines()
+        records = read_log(Path(run_dir) / "log.jsonl")  # skips a line torn by a kill
     except OSError:
         return None
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:  # a line cut by a kill
-            continue
-        if rec.get("event") == "epoch" and rec.get("val_auc_mean") is not None:
-            rows[int(rec["epoch"]) + 1] = rec
+    rows = {int(r["epoch"]) + 1: r for r in records if r.get("event") == "epoch" and r.get("val_auc_mean") is not None}
     if not rows:
         return None
     eps = tuple(sorted(rows))
@@ -63,13 +55,22 @@ def read_curve(run_dir: Path) -> Curve | None:
     )
 
 
+def _finite(values: tuple[float, ...]) -> list[float]:
+    return [v for v in values if not math.isnan(v)]
+
+
+def _tail(n: int) -> int:
+    """The last quarter of ``n`` validated epochs, at least one."""
+    return max(1, n // 4)
+
+
 def plateau_gain(values: tuple[float, ...]) -> float | None:
     """How much the last quarter of ``values`` (at least one) rose above the best value before it; None with
     fewer than 2 finite values."""
-    vals = [v for v in values if not math.isnan(v)]
+    vals = _finite(values)
     if len(vals) < 2:
         return None
-    tail = max(1, len(vals) // 4)
+    tail = _tail(len(vals))
     return max(vals[-tail:]) - max(vals[:-tail])
 
 
@@ -79,13 +80,13 @@ def plateau_sentence(name: str, curve: Curve | None) -> str:
     gain = plateau_gain(curve.auc)
     if gain is None:
         return f"{name}: validated on fewer than 2 epochs, no plateau judged."
-    tail = max(1, len(curve.auc) // 4)
-    finite = [v for v in curve.auc if not math.isnan(v)]
+    finite = _finite(curve.auc)
     if max(abs(v - 0.5) for v in finite) <= CHANCE_BAND:
         return (
             f"{name}: did not learn (validation AUC within {CHANCE_BAND} of 0.5 after every epoch: it ranks the "
             "validation images no better than chance)."
         )
+    tail = _tail(len(finite))
     last = f"validation AUC {curve.auc[0]:.3f} after epoch {curve.epochs[0]}, {curve.auc[-1]:.3f} after the last"
     if gain < PLATEAU_GAIN:
         return f"{name}: on its plateau ({last}; the last {tail} epoch(s) added {gain:+.3f} < {PLATEAU_GAIN})."
@@ -96,27 +97,10 @@ def plateau_sentence(name: str, curve: Curve | None) -> str:
 
 
 def figure_learning_curves(curves: dict[str, Curve | None], path: Path) -> Path | None:
-    """Validation AUC and localization accuracy at T(IoU) 0.5 per epoch, one line per run; None without curves."""
-    drawn = {k: c for k, c in curves.items() if c is not None}
+    """Validation AUC and localization accuracy at T(IoU) 0.5 per epoch, one line per run, written to ``path``;
+    None (and nothing written) without curves."""
+    drawn = {k: (c.epochs, c.auc, c.loc) for k, c in curves.items() if c is not None}
     if not drawn:
         return None
-    # lazy: matplotlib is needed for plots only
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-    for name, c in drawn.items():
-        axes[0].plot(c.epochs, c.auc, marker="o", label=name)
-        axes[1].plot(c.epochs, c.loc, marker="o", label=name)
-    for ax, title in zip(axes, ("validation mean AUC", "validation loc. acc. T(IoU)=0.5"), strict=True):
-        ax.set_xlabel("epoch")
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, validation_curves_figure(drawn))
     return path

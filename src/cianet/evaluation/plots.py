@@ -206,6 +206,22 @@ def loss_figure(log_path: str | Path) -> bytes | None:
     return _png(fig)
 
 
+def validation_curves_figure(series: Mapping[str, tuple[Sequence[int], Sequence[float], Sequence[float]]]) -> bytes:
+    """Validation mean AUC and localization accuracy at T(IoU) 0.5 per epoch, one line per run
+    (``{name: (epochs, auc, loc)}``)."""
+    fig = _figure(8.0, 3.0)
+    axes = [fig.add_subplot(1, 2, k) for k in (1, 2)]
+    for name, (epochs, auc, loc) in series.items():
+        axes[0].plot(epochs, auc, marker="o", label=name)
+        axes[1].plot(epochs, loc, marker="o", label=name)
+    for ax, title in zip(axes, ("validation mean AUC", "validation loc. acc. T(IoU)=0.5"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _png(fig)
+
+
 def write_evaluation_plots(run_dir: str | Path, metrics: Mapping[str, Any], names: Sequence[str]) -> dict[str, str]:
     """Draw the plots of an evaluated run into ``run_dir``; ``{kind: file name}`` of those written.
 
