@@ -39,7 +39,7 @@ def _align_config(out, root, canonical, **over):
         "align__input_size": 32,
         "align__epochs": 1,
         "align__batch_size": 8,
-        "align__max_images": 16,
+        "align__max_images": 8,  # one batch an epoch: the cheapest run with epochs to log, kill and resume
         "align__feature_net": "resnet18",
         **over,
     }

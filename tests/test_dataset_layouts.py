@@ -54,7 +54,7 @@ def test_a_whole_run_on_each_layout(tmp_path, capsys, layout, n_classes, monkeyp
                 "--layout",
                 layout,
                 "--n-images",
-                "48",
+                "24",
                 "--size",
                 "64",
                 "--workers",

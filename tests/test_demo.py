@@ -86,12 +86,19 @@ def test_fast_demo_writes_a_complete_report(tmp_path, capsys, monkeypatch):
     assert "Runs compared" in page and '"grid": {"side"' in page
     timings = json.loads((out / "timings.json").read_text())
     assert math.isfinite(timings["total"])
-    # a second run resumes: every stage is skipped, the report is rewritten; --json says what the demo produced
+    # a second run resumes: every stage is skipped, the finished report and page stand (not redrawn); --json says
+    # what the demo produced
+    drawn = {
+        p: p.stat().st_mtime_ns for p in [out / "report.md", *(out / "figures").iterdir(), *(out / "site").rglob("*")]
+    }
     capsys.readouterr()
     assert main(["demo", "--fast", "--out", str(out), "--no-progress", "--n-images", N_IMAGES, "--json"]) == 0
     again = json.loads((out / "timings.json").read_text())
     assert again["train cianet"] < timings["train cianet"]
-    res = json.loads(capsys.readouterr().out)  # one strict object: the NaN AUCs of absent classes are null
+    assert {p: p.stat().st_mtime_ns for p in drawn} == drawn
+    captured = capsys.readouterr()
+    assert "[demo] report: already done, skipped" in captured.err
+    res = json.loads(captured.out)  # one strict object: the NaN AUCs of absent classes are null
     assert res["report"] == str(out / "report.md") and res["timings"] == again
     for kind in ("baseline", "cianet"):
         saved = json.loads((out / "runs" / kind / "metrics.json").read_text())

@@ -176,11 +176,20 @@ def test_evidence_end_to_end_on_a_small_phantom_resumes_and_refuses_other_settin
     # the time estimate's matmul rate from a 256 x 256 product, not the reference 2048 (a second per call)
     monkeypatch.setattr(ev, "_machine_gflops", functools.partial(ev._machine_gflops, n=256))
     cfg = load_config("tiny")
-    cfg.data.image_size, cfg.optim.batch_size, cfg.run.progress = 64, 8, False
+    cfg.data.image_size, cfg.optim.batch_size, cfg.run.progress = 32, 16, False
     cfg.model.head_channels, cfg.model.test_upsample = 16, 16  # a small head: the pipeline, not the method
+    cfg.model.output_stride, cfg.align.input_size = 8, 32  # a 4 x 4 grid, the regressor at the images' size
     rows = ("Base", "CIA-Net sim", "CIA-Net oracle (upper bound)")
     s = ev.EvidenceSettings(
-        seeds=(10,), n_images=100, rows=rows, epochs=1, lr_step=1, align_epochs=1, align_images=16, canonical_n=20
+        seeds=(10,),
+        n_images=100,
+        rows=rows,
+        epochs=1,
+        lr_step=1,
+        align_epochs=1,
+        align_images=16,
+        canonical_n=20,
+        extra={"workers": 1},  # rendering 100 small images in-process beats starting a process pool
     )
     out = tmp_path / "ev"
     said: list[str] = []

@@ -292,7 +292,7 @@ def test_prior_with_alignment_pairs_the_same_priors_and_aligns_the_fallback_code
 
 
 @pytest.mark.slow
-def test_runs_record_their_pairing_and_evaluate_keeps_it(phantom, canonical_png, tmp_path, capsys):
+def test_runs_record_their_pairing_and_evaluate_keeps_it(phantom, canonical_png, tmp_path, capsys, monkeypatch):
     """negatives.csv of an oracle, a sim and a prior run: no image is its own negative, No Finding test images
     are paired like every other image; `cianet evaluate` rewrites the same file."""
     from cianet.cli import main
@@ -360,6 +360,8 @@ def test_runs_record_their_pairing_and_evaluate_keeps_it(phantom, canonical_png,
         (out / "negatives.csv").unlink()
         assert main(["evaluate", "--run", str(out), "--no-progress", "--device", "cpu"]) == 0
         assert (out / "negatives.csv").read_bytes() == before
+        # the plots (test_evaluate_plots' subject, the same whatever the pairing) are drawn for the first run only
+        monkeypatch.setattr("cianet.evaluation.evaluate.write_evaluation_plots", lambda *a, **k: {})
 
 
 def test_the_strategies_are_declared_once():

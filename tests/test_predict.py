@@ -329,3 +329,28 @@ def test_heatmap_stack_in_image_frame_matches_one_map_at_a_time():
     assert (stack == 0).any() and (stack > 0).any()  # parts of the frame outside the rotated aligned image
     assert np.array_equal(float16(stack).view(np.uint16), stack.astype(np.float16).view(np.uint16))
     assert (np.abs(float16(stack)) < np.float16(6.1e-5)).sum() > 0  # subnormals were really exercised
+
+
+def test_networks_built_without_initialization_predict_bit_identically(bundles, monkeypatch):
+    """from_bundle builds its networks on the meta device without the initializers' fills
+    (cianet.models.backbones.no_fill_on_meta) and assigns the saved tensors: the same predictions, bit for bit,
+    as networks randomly initialized first and then loaded; with_precision shares them."""
+    from cianet.inference.predictor import Predictor
+    from cianet.run import networks
+
+    img = synthetic_chest(np.random.default_rng(7), lesion=True)
+    fast = Predictor.from_bundle(bundles["shift"])
+    assert fast.with_precision("fp32").model is fast.model
+
+    def initialized_then_loaded(build, state, device="cpu", source=""):
+        module = build()
+        module.load_state_dict(state)
+        return module.to(device).eval()
+
+    monkeypatch.setattr(networks, "with_weights", initialized_then_loaded)
+    slow = Predictor.from_bundle(bundles["shift"])
+    assert not next(slow.model.parameters()).is_meta
+    a, b, c = fast.predict(img), slow.predict(img), fast.with_precision("fp32").predict(img)
+    for r in (b, c):
+        assert np.array_equal(a.logits, r.logits) and np.array_equal(a.heatmaps, r.heatmaps)
+        assert np.array_equal(a.attention, r.attention) and a.align_params == r.align_params

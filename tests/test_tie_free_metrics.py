@@ -492,18 +492,20 @@ def test_compare_runs_ranks_by_evidence_and_adds_the_pointing_game(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- a trained run
-@pytest.mark.slow  # trains a tiny run with a validation split (~15 s), then `cianet evaluate`s it
-def test_trained_run_has_tie_free_evidence_pointing_and_a_validation_threshold(tmp_path, capsys):
+@pytest.mark.slow  # trains a tiny run with a validation split (~5 s), then `cianet evaluate`s it
+def test_trained_run_has_tie_free_evidence_pointing_and_a_validation_threshold(tmp_path, capsys, tiny_nih, monkeypatch):
     import json
 
     from cianet.cli import main
     from cianet.evaluation.evaluate import load_run
     from cianet.run.scoring import evaluate, read_predictions
     from cianet.training.loop import fit
-    from helpers import tiny_config, write_tiny_nih
+    from helpers import tiny_config
 
-    root = write_tiny_nih(tmp_path / "data", n_patients=40)
-    run = fit(tiny_config(tmp_path / "run", root, protocol__val_share=0.25, protocol__unannotated_ratio=0.5))
+    # one epoch: the measures, not the learning, are under test
+    cfg = tiny_config(tmp_path / "run", tiny_nih(40), protocol__val_share=0.25, protocol__unannotated_ratio=0.5)
+    cfg.optim.epochs = 1
+    run = fit(cfg)
     m = json.loads((run / "metrics.json").read_text())
     pred = read_predictions(run, need=("evidence", "pointing"))
     for k, name in enumerate(list(m["auc"])[:-1]):
@@ -537,7 +539,9 @@ def test_trained_run_has_tie_free_evidence_pointing_and_a_validation_threshold(t
     assert at["Mean"] == pytest.approx(vt["localization"]["0.5"]["Mean"])
     md = (run / "metrics.md").read_text()
     assert "## Pointing game" in md and f"p > {vt['threshold']:g}" in md
-    # `cianet evaluate` measures the same (its own validation pass), with a pointing-game interval
+    # `cianet evaluate` measures the same (its own validation pass), with a pointing-game interval; its plots are
+    # test_evaluate_plots' subject
+    monkeypatch.setattr("cianet.evaluation.evaluate.write_evaluation_plots", lambda *a, **k: {})
     assert main(["evaluate", "--run", str(run), "--device", "cpu", "--no-progress", "--bootstrap", "100"]) == 0
     capsys.readouterr()
     again = json.loads((run / "metrics.json").read_text())

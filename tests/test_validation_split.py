@@ -104,8 +104,13 @@ def test_training_logs_val_metrics_on_val_images_and_resumes_on_the_same_split(t
     from cianet.training import loop as tr
 
     def cfg():
-        return tiny_config(
-            tmp_path / "run", tiny_root, protocol__val_share=0.25, run__eval_every=1, protocol__unannotated_ratio=0.5
+        return tiny_config(  # 32 px: half the cost of 64, and the same images and boxes to validate on
+            tmp_path / "run",
+            tiny_root,
+            protocol__val_share=0.25,
+            run__eval_every=1,
+            protocol__unannotated_ratio=0.5,
+            data__image_size=32,
         )
 
     real_epoch = tr.train_one_epoch

@@ -226,7 +226,7 @@ def run_browser(exe: str, *args: str) -> str:
     return res.stdout
 
 
-@pytest.mark.slow  # two headless browser runs
+@pytest.mark.slow  # a headless browser run
 def test_page_in_a_headless_browser(predicted, tmp_path):
     from cianet.evaluation.viewer import build_site
 
@@ -234,10 +234,18 @@ def test_page_in_a_headless_browser(predicted, tmp_path):
     res = build_site([predicted["out"]], tmp_path / "site", data_root=str(predicted["truth"]), progress=False)
     data = page_data(res.index)
     url = res.index.resolve().as_uri()
-    # Filter by a class and a probability, low first, heatmaps hidden: the DOM after the script ran.
+    # Filter by a class and a probability, low first, heatmaps hidden: the DOM after the script ran, and a
+    # screenshot of that page from the same browser run (one start of chromium instead of two).
     probs = {it["name"]: it["probabilities"]["Nodule"] for it in data["items"]}
     cut = sorted(probs.values())[1]  # keeps two of the three images
-    dom = run_browser(exe, "--dump-dom", f"{url}#class=Nodule&min={cut!r}&sort=asc&hide=heat,attention")
+    shot = tmp_path / "shot.png"
+    dom = run_browser(
+        exe,
+        "--dump-dom",
+        f"--screenshot={shot}",
+        "--window-size=1000,1200",
+        f"{url}#class=Nodule&min={cut!r}&sort=asc&hide=heat,attention",
+    )
     assert 'data-ready="1"' in dom
     cards = re.findall(r'<div class="card" data-name="([^"]+)" data-score="([^"]+)"', dom)
     want = sorted((n for n, p in probs.items() if p >= cut), key=lambda n: probs[n])
@@ -255,8 +263,6 @@ def test_page_in_a_headless_browser(predicted, tmp_path):
         )
     n_pred = sum(1 for it in data["items"] if it["name"] in want for b in it["boxes"] if b["label"] == "Nodule")
     assert dom.count('class="box pred"') == n_pred
-    shot = tmp_path / "shot.png"
-    run_browser(exe, f"--screenshot={shot}", "--window-size=1000,1200", url)
     with Image.open(shot) as im:
         arr = np.asarray(im.convert("L"), np.float32)
     assert arr.shape == (1200, 1000) and arr.std() > 10  # a drawn page, not a blank one
@@ -320,10 +326,9 @@ def evaluated_runs(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("runs")
     root = write_tiny_nih(tmp / "data", n_patients=16)
     align = str(write_alignment(tmp / "align.pt", tx=0.1))  # regions mapped back through a shift
-    runs = {
-        kind: fit(tiny_config(tmp / kind, root, model__kind=kind, optim__epochs=1, align__checkpoint=align))
-        for kind in ("cianet", "baseline")
-    }
+    # 32 px networks (half the cost of the tiny recipe's 64): the page draws the same 16 x 16 test grids
+    settings = dict(optim__epochs=1, align__checkpoint=align, data__image_size=32)
+    runs = {kind: fit(tiny_config(tmp / kind, root, model__kind=kind, **settings)) for kind in ("cianet", "baseline")}
     evaluate_run(runs["cianet"], device="cpu", progress=False, n_boot=50)
     return runs
 

@@ -12,6 +12,8 @@ import pytest
 from cianet.cli import main
 from helpers import make_run
 
+TINY_PATIENTS = 12  # tiny_root: 24 images (the counts below), enough for every command here, trainings included
+
 #: the commands that print a result; each one takes --json (checked against the parser below)
 RESULT_COMMANDS = (
     "synth",
@@ -134,7 +136,7 @@ def test_data_commands_print_one_json_object(tiny_root, tmp_path, capsys):
     )
     s = one_object(capsys)
     written = json.loads((tmp_path / "s.json").read_text())
-    assert s["out"] == str(tmp_path / "s.json") and s["seed"] == 0 and s["images"] == 48
+    assert s["out"] == str(tmp_path / "s.json") and s["seed"] == 0 and s["images"] == 24
     assert s["counts"] == written["counts"] and len(s["counts"]["localization_folds"]) == 3
 
     # prepare: the cache (folder, size, counts), then --verify alone: its report
@@ -158,10 +160,10 @@ def test_data_commands_print_one_json_object(tiny_root, tmp_path, capsys):
         == 0
     )
     s = one_object(capsys)
-    assert (s["cache"], s["size"], s["images"], s["failed"], s["verify"]) == (str(cache), 32, 48, 0, None)
+    assert (s["cache"], s["size"], s["images"], s["failed"], s["verify"]) == (str(cache), 32, 24, 0, None)
     assert main(["prepare", "--cache", str(cache), "--verify", "--json"]) == 0
     s = one_object(capsys)
-    assert s["cache"] == str(cache) and s["verify"]["ok"] is True and s["verify"]["count"] == 48
+    assert s["cache"] == str(cache) and s["verify"]["ok"] is True and s["verify"]["count"] == 24
 
     # canonical: the three files, the images averaged and the crop
     out = tmp_path / "canonical.png"
@@ -172,7 +174,7 @@ def test_data_commands_print_one_json_object(tiny_root, tmp_path, capsys):
                 "--data-root",
                 str(tiny_root),
                 "--n",
-                "10",
+                "8",
                 "--image-size",
                 "64",
                 "--out",
@@ -187,7 +189,7 @@ def test_data_commands_print_one_json_object(tiny_root, tmp_path, capsys):
     )
     s = one_object(capsys)
     assert s["canonical"] == str(out) and Path(s["mean"]).is_file() and Path(s["json"]).is_file()
-    assert (s["size"], s["n_used"], s["crop"], s["crop_source"]) == (64, 10, [6, 4, 58, 50], "user")
+    assert (s["size"], s["n_used"], s["crop"], s["crop_source"]) == (64, 8, [6, 4, 58, 50], "user")
 
     # hash: the index and its counts
     assert (

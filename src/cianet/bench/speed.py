@@ -90,6 +90,7 @@ class BenchSettings:
     # data pipeline (the tiny recipe on a phantom)
     phantom_images: int = 200
     phantom_size: int = 256
+    setup_workers: int | None = None  # processes drawing the phantom and caching it (None: all CPUs)
     data_size: int | None = None  # image size of the data part (None: the tiny recipe's data.image_size)
     workers: int | None = None  # DataLoader workers (None: the tiny recipe's data.workers)
     wait_steps: int | None = 6  # training steps of the wait measurement (None: one epoch)
@@ -124,6 +125,7 @@ class BenchSettings:
             head_channels=32,
             phantom_images=80,
             phantom_size=64,
+            setup_workers=1,  # 80 small images: starting worker processes would cost more than drawing them
             data_size=64,
             wait_steps=2,
             bank_codes=2000,
@@ -319,12 +321,16 @@ class TimedLoader:
             yield batch
 
 
-def make_phantom(root: Path, n_images: int, size: int, cache_size: int, seed: int = 0) -> tuple[Path, Path]:
-    """A phantom data set (cianet.phantom) under ``root/data`` and its uint8 cache at ``cache_size``."""
+def make_phantom(
+    root: Path, n_images: int, size: int, cache_size: int, seed: int = 0, workers: int | None = None
+) -> tuple[Path, Path]:
+    """A phantom data set (cianet.phantom) under ``root/data`` and its uint8 cache at ``cache_size``, made by
+    ``workers`` processes (None: all CPUs; the files do not depend on it)."""
     data, cache = root / "data", root / f"cache{cache_size}"
-    generate_dataset(data, n_images=n_images, size=size, seed=seed, progress=False)
+    generate_dataset(data, n_images=n_images, size=size, seed=seed, progress=False, workers=workers)
     index = NIHIndex.from_root(data)
-    build_cache([(r.name, r.path) for r in index.records if r.path is not None], cache_size, cache, progress=False)
+    records = [(r.name, r.path) for r in index.records if r.path is not None]
+    build_cache(records, cache_size, cache, workers=workers, progress=False)
     return data, cache
 
 
@@ -683,7 +689,8 @@ def _run_parts(s: BenchSettings, say: Log) -> dict[str, Any]:
             cache_size = s.data_size or load_config("tiny").data.image_size
             say(f"phantom: {s.phantom_images} images at {s.phantom_size}px, cache at {cache_size}px")
             data_root, cache = timed(
-                "phantom", lambda: make_phantom(work, s.phantom_images, s.phantom_size, cache_size, s.seed)
+                "phantom",
+                lambda: make_phantom(work, s.phantom_images, s.phantom_size, cache_size, s.seed, s.setup_workers),
             )
         if "data" in s.parts:
             say("data: tiny recipe loaders (cache, PNG) and the training loop's wait share")

@@ -35,8 +35,8 @@ def check_merge(rule: str, iou: float) -> None:
 def pairwise_iou(xyxy: np.ndarray) -> np.ndarray:
     """(n, n) IoU of boxes given as (n, 4) ``x0, y0, x1, y1`` rows."""
     x0, y0, x1, y1 = (xyxy[:, i] for i in range(4))
-    iw = np.clip(np.minimum(x1[:, None], x1[None]) - np.maximum(x0[:, None], x0[None]), 0, None)
-    ih = np.clip(np.minimum(y1[:, None], y1[None]) - np.maximum(y0[:, None], y0[None]), 0, None)
+    iw = np.maximum(np.minimum(x1[:, None], x1[None]) - np.maximum(x0[:, None], x0[None]), 0.0)
+    ih = np.maximum(np.minimum(y1[:, None], y1[None]) - np.maximum(y0[:, None], y0[None]), 0.0)
     inter = iw * ih
     area = (x1 - x0) * (y1 - y0)
     union = area[:, None] + area[None] - inter
@@ -54,11 +54,13 @@ def _groups(xyxy: np.ndarray, iou: float) -> list[list[int]]:
             i = parent[i]
         return i
 
-    linked = pairwise_iou(xyxy) >= iou - 1e-12  # tolerance: a pair at exactly the threshold links
-    for i, j in zip(*np.nonzero(np.triu(linked, 1))):
-        ri, rj = find(int(i)), find(int(j))
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
+    linked = (pairwise_iou(xyxy) >= iou - 1e-12).tolist()  # tolerance: a pair at exactly the threshold links
+    for i in range(n):  # a group is a reader's few boxes: plain loops beat array calls
+        for j in range(i + 1, n):
+            if linked[i][j]:
+                ri, rj = find(i), find(j)
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
     out: dict[int, list[int]] = {}
     for i in range(n):
         out.setdefault(find(i), []).append(i)
@@ -76,6 +78,9 @@ def merge_boxes(boxes: Sequence[Box], rule: str = DEFAULT_MERGE, iou: float = DE
         by_class.setdefault(b.label, []).append(b)
     out: list[Box] = []
     for label, group in by_class.items():
+        if len(group) == 1:  # nothing to merge (most classes of an image): spare the arrays
+            out.append(group[0])
+            continue
         xyxy = np.array([(b.x, b.y, b.x + b.w, b.y + b.h) for b in group], dtype=np.float64)
         for members in _groups(xyxy, iou):
             if len(members) == 1:

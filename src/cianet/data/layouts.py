@@ -20,7 +20,7 @@ from cianet.data.index import ImageIndex
 from cianet.data.label_maps import map_index
 from cianet.data.nih import NIHIndex
 from cianet.data.rsna import rsna_index
-from cianet.data.tables import find_metadata_file, read_rows
+from cianet.data.tables import find_metadata_file, paused_gc, read_rows
 from cianet.data.vindr import vindr_index
 from cianet.errors import InputError, MissingPathError
 
@@ -62,6 +62,7 @@ def check_dataset(name: str) -> str:
     return name
 
 
+@paused_gc()  # a table's worth of records and boxes, no cycles among them (cianet.data.tables.paused_gc)
 def open_index(
     data_root: str | os.PathLike,
     dataset: str = AUTO,

@@ -21,7 +21,14 @@ from pathlib import Path
 
 from cianet.data.box_checks import check_boxes
 from cianet.data.index import Box, ImageIndex, ImageRecord, attach_paths, few
-from cianet.data.tables import IMAGE_EXTENSIONS, find_metadata_file, resolve_path, scan_images
+from cianet.data.tables import (
+    IMAGE_EXTENSIONS,
+    find_metadata_file,
+    parsed_once,
+    paused_gc,
+    resolve_path,
+    scan_images,
+)
 from cianet.data.tables import cell as _cell
 from cianet.data.tables import column as _column
 from cianet.data.tables import open_text as _open_text
@@ -81,11 +88,35 @@ def _optional_int(text: str) -> int | None:
         return None
 
 
+class _Memo(dict):
+    """``memo[text]`` is ``parse(text)``, parsed once per distinct text: a table's columns repeat their values."""
+
+    def __init__(self, parse) -> None:
+        super().__init__()
+        self.parse = parse
+
+    def __missing__(self, text: str):
+        value = self[text] = self.parse(text)
+        return value
+
+
+#: The fields of one Data_Entry row, as :func:`read_data_entry` builds an ImageRecord from them.
+_EntryRow = tuple[str, str, tuple[str, ...], "str | None", "int | None", "tuple[int, int] | None"]
+
+
 def read_data_entry(path: Path) -> list[ImageRecord]:
     """Parse Data_Entry_2017[_v2020].csv into records (boxes empty, paths unset).
 
     Raises ValueError naming the file and line for a malformed row, an unknown label or a duplicate name.
     """
+    with paused_gc():
+        return [
+            ImageRecord(name=n, patient_id=p, labels=labs, view=v, follow_up=f, original_size=size)
+            for n, p, labs, v, f, size in parsed_once(path, _parse_data_entry)
+        ]
+
+
+def _parse_data_entry(path: Path) -> list[_EntryRow]:
     rows = _read_rows(path)
     try:
         _, header = next(rows)
@@ -100,9 +131,13 @@ def read_data_entry(path: Path) -> list[ImageRecord]:
             optional[key] = _column(header, wanted, path)
         except ValueError:
             pass
+    c_view, c_follow, c_width = optional.get("view"), optional.get("follow"), optional.get("width")
     need = max(c_name, c_labels, c_patient) + 1
-    records: list[ImageRecord] = []
+    out: list[_EntryRow] = []
     seen: set[str] = set()
+    # The full file has 112,120 rows but under a thousand distinct label texts: parse each text once.
+    labels_of: dict[str, tuple[str, ...]] = {}
+    int_of = _Memo(_optional_int)
     for line, row in rows:
         if len(row) < need:
             raise InputError(f"{path}: line {line}: malformed row, {len(row)} fields where {need}+ expected")
@@ -113,23 +148,16 @@ def read_data_entry(path: Path) -> list[ImageRecord]:
         if name in seen:
             raise InputError(f"{path}: line {line}: image {name!r} listed twice")
         seen.add(name)
-        view = _cell(row, optional.get("view"))
-        follow = _optional_int(_cell(row, optional.get("follow")))
         size = None
-        if "width" in optional and len(row) > optional["width"] + 1:
-            w, h = _optional_int(row[optional["width"]]), _optional_int(row[optional["width"] + 1])
+        if c_width is not None and len(row) > c_width + 1:
+            w, h = int_of[row[c_width]], int_of[row[c_width + 1]]
             size = (w, h) if w and h else None
-        records.append(
-            ImageRecord(
-                name=name,
-                patient_id=_patient_from(patient, name),
-                labels=_parse_labels(row[c_labels], path, line),
-                view=view or None,
-                follow_up=follow,
-                original_size=size,
-            )
-        )
-    return records
+        labels = labels_of.get(row[c_labels])
+        if labels is None:  # a bad text raises here, naming the first line it is on
+            labels = labels_of[row[c_labels]] = _parse_labels(row[c_labels], path, line)
+        view = _cell(row, c_view)
+        out.append((name, _patient_from(patient, name), labels, view or None, int_of[_cell(row, c_follow)], size))
+    return out
 
 
 def read_bbox_list(path: Path) -> list[tuple[int, str, Box]]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 
+from cianet.data.tables import paused_gc
+
 #: The keys of :func:`prior_counts`, in the order reports show them.
 PRIOR_COUNT_KEYS = (
     "with_prior",
@@ -64,7 +66,13 @@ def prior_studies(records: Sequence, allow_later: bool = False) -> dict[str, str
     image (or the candidate) has no follow-up number to order it by. Several studies at one follow-up number:
     the first in ``records`` order.
     """
-    normals = _normal_studies(records)
+    with paused_gc():
+        return _prior_studies(records, _normal_studies(records), allow_later)
+
+
+def _prior_studies(
+    records: Sequence, normals: dict[str, tuple[list[int], list[str]]], allow_later: bool
+) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for r in records:
         found = None
@@ -80,10 +88,12 @@ def prior_counts(records: Sequence) -> dict[str, int]:
     the same three for a No Finding study at any other follow-up (``*_with_prior_any``)."""
     records = list(records)
     out: dict[str, int] = {}
-    for suffix, allow_later in (("", False), ("_any", True)):
-        priors = prior_studies(records, allow_later=allow_later)
-        having = [r for r in records if priors[r.name] is not None]
-        out["with_prior" + suffix] = len(having)
-        out["positives_with_prior" + suffix] = sum(not r.no_finding for r in having)
-        out["boxed_with_prior" + suffix] = sum(bool(r.boxes) for r in having)
+    with paused_gc():
+        normals = _normal_studies(records)  # the same candidates for both rules
+        for suffix, allow_later in (("", False), ("_any", True)):
+            priors = _prior_studies(records, normals, allow_later)
+            having = [r for r in records if priors[r.name] is not None]
+            out["with_prior" + suffix] = len(having)
+            out["positives_with_prior" + suffix] = sum(not r.no_finding for r in having)
+            out["boxed_with_prior" + suffix] = sum(bool(r.boxes) for r in having)
     return {k: out[k] for k in PRIOR_COUNT_KEYS}

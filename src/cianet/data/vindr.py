@@ -24,7 +24,16 @@ from cianet.config import VINDR
 from cianet.data.box_checks import check_boxes
 from cianet.data.box_merge import DEFAULT_MERGE, DEFAULT_MERGE_IOU, check_merge, merge_boxes
 from cianet.data.index import Box, ImageIndex, ImageRecord, attach_paths
-from cianet.data.tables import cell, column, find_metadata_file, header_of, locate_table, optional_column, read_rows
+from cianet.data.tables import (
+    cell,
+    column,
+    find_metadata_file,
+    header_of,
+    locate_table,
+    optional_column,
+    parsed_once,
+    read_rows,
+)
 from cianet.errors import InputError
 from cianet.labels import LabelSet
 
@@ -58,12 +67,22 @@ def find_train_csv(root: Path) -> Path | None:
 def read_vindr_rows(path: Path) -> tuple[list[ImageRecord], dict]:
     """Records (one per image_id in order of first row; every reader's box, unmerged) and facts: ``rows``,
     ``readers`` (distinct rad_id), ``reader_boxes``. ValueError naming file and line for a bad row."""
+    images, classes, facts = parsed_once(path, _parse_vindr_rows)
+    records = [
+        ImageRecord(name=f"{image}.dicom", patient_id=image, labels=(), boxes=list(boxes)) for image, boxes in images
+    ]
+    return records, {**facts, "_classes": {image: set(names) for image, names in classes.items()}}
+
+
+def _parse_vindr_rows(path: Path) -> tuple[tuple, dict[str, frozenset[str]], dict]:
+    """(image_id, its boxes) in order of first row, image_id -> its classes, the facts: kept by
+    :func:`~cianet.data.tables.parsed_once`, so nothing a caller may modify."""
     rows = read_rows(path)
     header = header_of(rows, path, "VinDr-CXR train")
     c_id, c_class = column(header, "image_id", path, exact=True), column(header, "class_name", path, exact=True)
     c_rad = optional_column(header, "rad_id")
     c_box = [column(header, k, path, exact=True) for k in ("x_min", "y_min", "x_max", "y_max")]
-    records: dict[str, ImageRecord] = {}
+    boxes_of: dict[str, list[Box]] = {}
     classes: dict[str, set[str]] = {}
     readers: set[str] = set()
     n_rows = n_boxes = 0
@@ -72,11 +91,13 @@ def read_vindr_rows(path: Path) -> tuple[list[ImageRecord], dict]:
         image, name = cell(row, c_id), cell(row, c_class)
         if not image or not name:
             raise InputError(f"{path}: line {line}: empty image_id or class_name")
-        if c_rad is not None and cell(row, c_rad):
-            readers.add(cell(row, c_rad))
-        rec = records.get(image)
-        if rec is None:
-            rec = records[image] = ImageRecord(name=f"{image}.dicom", patient_id=image, labels=())
+        if c_rad is not None:
+            reader = cell(row, c_rad)
+            if reader:
+                readers.add(reader)
+        boxes = boxes_of.get(image)
+        if boxes is None:
+            boxes = boxes_of[image] = []
             classes[image] = set()
         texts = [cell(row, i) for i in c_box]
         if name == NO_FINDING:
@@ -92,15 +113,14 @@ def read_vindr_rows(path: Path) -> tuple[list[ImageRecord], dict]:
                 f"{path}: line {line}: invalid box x_min={x0} y_min={y0} x_max={x1} y_max={y1} "
                 "(need finite corners, max > min)"
             )
-        rec.boxes.append(Box(name, x0, y0, x1 - x0, y1 - y0))
+        boxes.append(Box(name, x0, y0, x1 - x0, y1 - y0))
         classes[image].add(name)
         n_boxes += 1
-    return list(records.values()), {
-        "rows": n_rows,
-        "readers": len(readers),
-        "reader_boxes": n_boxes,
-        "_classes": classes,
-    }
+    return (
+        tuple((image, tuple(boxes)) for image, boxes in boxes_of.items()),
+        {image: frozenset(names) for image, names in classes.items()},
+        {"rows": n_rows, "readers": len(readers), "reader_boxes": n_boxes},
+    )
 
 
 def vindr_index(

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cianet.config import CANONICAL_CHEST, PRIOR, load_config
+from cianet.config import CANONICAL_CHEST, PRIOR, Config, load_config
 from cianet.data.cache import prepare_cache
 from cianet.data.canonical import make_canonical
 from cianet.errors import UsageError
@@ -153,6 +153,7 @@ def _run_stages(out: Path, st: dict, fast: bool, seed: int, progress: bool) -> P
     canonical, align_dir, hash_npz = out / "canonical.png", out / "align", out / "hash.npz"
     base = demo_config(data, cache, canonical, size, seed, progress)
     timings: dict[str, float] = {}
+    ran: list[str] = []
     t_all = time.time()
 
     def stage(name: str, done: bool, run: Callable[[], object]) -> None:
@@ -162,6 +163,7 @@ def _run_stages(out: Path, st: dict, fast: bool, seed: int, progress: bool) -> P
         else:
             print(f"\n[demo] {name}", file=sys.stderr, flush=True)
             run()
+            ran.append(name)
         timings[name] = round(time.time() - t0, 1)
 
     def say(msg: str) -> None:
@@ -180,8 +182,8 @@ def _run_stages(out: Path, st: dict, fast: bool, seed: int, progress: bool) -> P
     )
 
     align_cfg = copy.deepcopy(base)
-    align_cfg.run.out = str(align_dir)
-    align_cfg.align.epochs, align_cfg.align.max_images = st["align_epochs"], st["align_images"]
+    align_cfg.run.out, align_cfg.align.epochs = str(align_dir), st["align_epochs"]
+    align_cfg.align.max_images = st["align_images"]
     stage("train-align", _align_done(align_dir, st["align_epochs"]), lambda: train_alignment(align_cfg, resume=True))
     stage(
         "hash",
@@ -199,12 +201,7 @@ def _run_stages(out: Path, st: dict, fast: bool, seed: int, progress: bool) -> P
     for kind in ("baseline", "cianet"):
         run_dir = out / "runs" / kind
         runs[kind] = run_dir
-        cfg = copy.deepcopy(base)
-        cfg.model.kind, cfg.run.out, cfg.align.checkpoint = kind, str(run_dir), str(align_dir / "align.pt")
-        cfg.negatives.hash_index, cfg.optim.epochs, cfg.optim.lr_step = str(hash_npz), st["epochs"], st["lr_step"]
-        cfg.protocol.annotated_ratio, cfg.protocol.unannotated_ratio = 0.8, 0.5
-        if st["val_share"]:  # validate after every epoch: the report's learning curves
-            cfg.protocol.val_share, cfg.run.eval_every = st["val_share"], 1
+        cfg = run_config(base, kind, run_dir, align_dir / "align.pt", hash_npz, st)
         stage(f"train {kind}", (run_dir / "metrics.json").exists(), lambda cfg=cfg: fit(cfg, resume=True))
     for kind, run_dir in runs.items():  # as `cianet evaluate`: ROC/PR curves, intervals, the viewer's test grids
         stage(
@@ -212,17 +209,44 @@ def _run_stages(out: Path, st: dict, fast: bool, seed: int, progress: bool) -> P
             _evaluated(run_dir),
             lambda run_dir=run_dir: evaluate_run(run_dir, device=base.run.device, progress=progress),
         )
-    t0 = time.time()
-    report = write_demo_report(out, runs, canonical, align_dir / "align.pt", timings, settings=st)
-    timings["report"] = round(time.time() - t0, 1)
-    t0 = time.time()  # the page of both runs side by side (`cianet view`), linked from the report
-    site = build_site([runs["cianet"], runs["baseline"]], out / SITE, progress=False if not progress else None)
-    link_site(report, site.index)
-    timings["site"] = round(time.time() - t0, 1)
+    report = out / "report.md"
+    # The report and the page are drawn from the stages' outputs: when no stage ran, the finished ones stand (a
+    # resume would redraw a dozen identical figures; the report keeps the timings of the run that did the work).
+    stage(
+        "report",
+        not ran and _reported(report),
+        lambda: write_demo_report(out, runs, canonical, align_dir / "align.pt", timings, settings=st),
+    )
+    stage("site", not ran and _reported(report), lambda: _write_site(report, runs, progress))
     total = round(time.time() - t_all, 1)
     atomic_write_json(out / "timings.json", {**timings, "total": total})
     print(f"[demo] finished in {total} s", file=sys.stderr)
     return report
+
+
+def run_config(base: Config, kind: str, run_dir: Path, align: Path, hash_npz: Path, st: dict) -> Config:
+    """The config of the demo's ``kind`` run (baseline or cianet): the demo's stages' files and settings."""
+    cfg = copy.deepcopy(base)
+    cfg.model.kind, cfg.run.out, cfg.align.checkpoint = kind, str(run_dir), str(align)
+    cfg.negatives.hash_index, cfg.optim.epochs, cfg.optim.lr_step = str(hash_npz), st["epochs"], st["lr_step"]
+    cfg.protocol.annotated_ratio, cfg.protocol.unannotated_ratio = 0.8, 0.5
+    if st["val_share"]:  # validate after every epoch: the report's learning curves
+        cfg.protocol.val_share, cfg.run.eval_every = st["val_share"], 1
+    return cfg
+
+
+def _write_site(report: Path, runs: dict[str, Path], progress: bool) -> None:
+    """The page of both runs side by side (`cianet view`), linked from the report."""
+    site = build_site([runs["cianet"], runs["baseline"]], report.parent / SITE, progress=None if progress else False)
+    link_site(report, site.index)
+
+
+def _reported(report: Path) -> bool:
+    """Whether a finished demo's report is there: written, and linked to its page (the last step)."""
+    try:
+        return "## Viewer" in report.read_text() and (report.parent / SITE / "index.html").is_file()
+    except OSError:
+        return False
 
 
 def _evaluated(run_dir: Path) -> bool:

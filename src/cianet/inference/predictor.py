@@ -25,6 +25,7 @@ maps them to the image (``cianet.models.alignment.mask_to_original``).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -430,6 +431,13 @@ class Predictor:
         pred = cls(load_bundle(path), device=device, mode=mode, name=str(path), **kw)
         pred.model_info["sha256"] = file_sha256(path)
         return pred
+
+    def with_precision(self, precision: str) -> Predictor:
+        """A Predictor sharing this one's networks, bank and settings that computes in ``precision`` (as the
+        constructor's argument): another precision without building the networks again."""
+        other = copy.copy(self)
+        other.precision = resolve_precision(precision, self.device)
+        return other
 
     # ------------------------------------------------------------------------------------- negatives
     def choose_negatives(self, images_s: np.ndarray, names: Sequence[str]) -> np.ndarray:

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 from collections import OrderedDict
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 import torchvision.models as tvm
 from safetensors.torch import load_file
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from cianet.errors import InputError, MissingPathError
 
@@ -174,6 +176,31 @@ def state_dict_file(name: str, path: Path) -> dict[str, Tensor]:
     return net.state_dict()
 
 
+#: the in-place fills of weight initialization: nothing to fill on a meta tensor
+_INIT_FILLS = frozenset(
+    {Tensor.normal_, Tensor.uniform_, Tensor.zero_, Tensor.fill_, Tensor.fill_diagonal_, Tensor.random_}
+)
+
+
+class _NoFillOnMeta(TorchFunctionMode):
+    """Skips the initializers' in-place fills of meta tensors (they hold no values); any other call runs as is.
+
+    A meta ``normal_`` still runs torch's Python reference code to work out its result (about 10 ms a call):
+    half the cost of building a meta ResNet, the network that saved weights are then assigned to
+    (cianet.run.networks.with_weights)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _INIT_FILLS and args and isinstance(args[0], Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def no_fill_on_meta() -> AbstractContextManager:
+    """:class:`_NoFillOnMeta` while modules are built on the meta device, else nothing (a real build draws its
+    random weights exactly as before)."""
+    return _NoFillOnMeta() if torch.get_default_device().type == "meta" else nullcontext()
+
+
 def resnet_trunk(
     name: str = "resnet50",
     pretrained: bool | str = False,
@@ -199,7 +226,8 @@ def resnet_trunk(
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(RESNET_CHANNELS)}")
     if upto not in STAGES:
         raise ValueError(f"upto must be one of {sorted(STAGES)}, got {upto!r}")
-    net = getattr(tvm, name)(weights=None)
+    with no_fill_on_meta():
+        net = getattr(tvm, name)(weights=None)
     if state_dict is None:
         state_dict = pretrained_weights(name, pretrained)
     if state_dict is not None:
