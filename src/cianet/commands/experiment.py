@@ -20,7 +20,7 @@ def register(sub) -> None:
         description="Run (or resume) every variant, fold and seed of an experiment and write its table with paired "
         "bootstrap intervals. `evidence` compares Base with CIA-Net under every negative strategy "
         "(docs/method.md, 'Evidence'): on phantoms it generates one per seed. `pool` grows one seed's "
-        "negative pool (about 300, 3,000, 30,000 images) and measures the negatives' match and CIA-Net "
+        "negative pool (about 200, 2,900, 30,000 images) and measures the negatives' match and CIA-Net "
         "minus Base.",
         epilog=f"examples:\n  cianet experiment evidence --out ev            # phantoms, seeds {seeds}, "
         "tiny recipe (hours on a 2-core CPU)\n"
@@ -51,7 +51,7 @@ def register(sub) -> None:
     p.add_argument(
         "--extras",
         help="pool: comma-separated counts of extra pool-only negatives (default "
-        f"{','.join(map(str, DEFAULT_EXTRAS))}: pools of about 300, 3,000 and 30,000)",
+        f"{','.join(map(str, DEFAULT_EXTRAS))}: pools of about 200, 2,900 and 30,000)",
     )
     add_json_arg(p, "the table's files and its results (NAME.json)")
     p.set_defaults(func=cmd_experiment, model=None, negatives=None)

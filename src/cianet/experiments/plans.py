@@ -68,5 +68,5 @@ ROWS: tuple[Row, ...] = (
 PHANTOM = {"n_images": 800, "annotated_share": 0.3}
 
 #: the pool study's extra pool-only negatives per step: with the default phantom's ~300 training No Finding
-#: images, pools of about 300, 3,000 and 30,000 (NIH: about 60,000)
+#: images, pools of about 200, 2,900 and 30,000 (NIH: about 60,000)
 DEFAULT_EXTRAS = (0, 2700, 29700)

@@ -1,6 +1,6 @@
 """``cianet experiment pool``: does a larger negative pool give better-matched negatives, and does CIA-Net gain?
 
-NIH offers about 60,000 No Finding images to pair with; a phantom of 800 images about 300. This study keeps a
+NIH offers about 60,000 No Finding images to pair with; a phantom of 800 images about 200. This study keeps a
 seed's phantom fixed and grows only its pool with No Finding images of new patients that are never trained on
 or tested (``cianet synth --extra-negatives``: the other images, the split and the test boxes stay the same),
 then trains CIA-Net with the paper's hash-nearest negatives (``sim``, aligned codes) on each pool. Per pool it
