@@ -14,6 +14,7 @@ made from and are kept only as metadata.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -88,18 +89,6 @@ def _optional_int(text: str) -> int | None:
         return None
 
 
-class _Memo(dict):
-    """``memo[text]`` is ``parse(text)``, parsed once per distinct text: a table's columns repeat their values."""
-
-    def __init__(self, parse) -> None:
-        super().__init__()
-        self.parse = parse
-
-    def __missing__(self, text: str):
-        value = self[text] = self.parse(text)
-        return value
-
-
 #: The fields of one Data_Entry row, as :func:`read_data_entry` builds an ImageRecord from them.
 _EntryRow = tuple[str, str, tuple[str, ...], "str | None", "int | None", "tuple[int, int] | None"]
 
@@ -137,7 +126,7 @@ def _parse_data_entry(path: Path) -> list[_EntryRow]:
     seen: set[str] = set()
     # The full file has 112,120 rows but under a thousand distinct label texts: parse each text once.
     labels_of: dict[str, tuple[str, ...]] = {}
-    int_of = _Memo(_optional_int)
+    int_of = functools.cache(_optional_int)  # sizes and follow-up numbers repeat too
     for line, row in rows:
         if len(row) < need:
             raise InputError(f"{path}: line {line}: malformed row, {len(row)} fields where {need}+ expected")
@@ -150,13 +139,13 @@ def _parse_data_entry(path: Path) -> list[_EntryRow]:
         seen.add(name)
         size = None
         if c_width is not None and len(row) > c_width + 1:
-            w, h = int_of[row[c_width]], int_of[row[c_width + 1]]
+            w, h = int_of(row[c_width]), int_of(row[c_width + 1])
             size = (w, h) if w and h else None
         labels = labels_of.get(row[c_labels])
         if labels is None:  # a bad text raises here, naming the first line it is on
             labels = labels_of[row[c_labels]] = _parse_labels(row[c_labels], path, line)
         view = _cell(row, c_view)
-        out.append((name, _patient_from(patient, name), labels, view or None, int_of[_cell(row, c_follow)], size))
+        out.append((name, _patient_from(patient, name), labels, view or None, int_of(_cell(row, c_follow)), size))
     return out
 
 
