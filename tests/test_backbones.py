@@ -43,6 +43,61 @@ def test_trunk_shapes(name, c4, c5):
         assert t5.eval()(x).shape == (1, c5, 2, 3)
 
 
+@pytest.mark.slow  # builds torchvision's ResNets and ours (~3 s)
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])  # one of each block kind; the depths: next test
+def test_our_resnets_are_torchvisions_to_the_bit(name):
+    """Same parameter names, same seeded random weights, same outputs (train and eval mode), and the generator
+    left in the same state: saved runs, bundles and ImageNet weights load, and seeded runs retrain the same."""
+    import torchvision.models as tvm
+
+    from cianet.models.resnet import resnet
+
+    torch.manual_seed(3)
+    ref, after_ref = getattr(tvm, name)(weights=None), torch.rand(3)
+    torch.manual_seed(3)
+    ours, after_ours = resnet(name), torch.rand(3)
+    assert torch.equal(after_ref, after_ours)
+    a, b = ref.state_dict(), ours.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(2, 3, 64, 64)
+    for train in (True, False):
+        ref.train(train), ours.train(train)
+        with torch.no_grad():
+            assert torch.equal(ref(x), ours(x)), train
+    assert torch.equal(ref.layer2[0].bn1.running_mean, ours.layer2[0].bn1.running_mean)  # train mode updated both
+
+
+def test_every_resnet_has_torchvisions_tensors():
+    import torchvision.models as tvm
+
+    from cianet.models.backbones import no_fill_on_meta
+    from cianet.models.resnet import ARCHITECTURES, resnet
+
+    with torch.device("meta"), no_fill_on_meta():  # names and shapes only: no values drawn
+        for name in ARCHITECTURES:
+            ref, ours = getattr(tvm, name)(weights=None).state_dict(), resnet(name).state_dict()
+            assert [(k, v.shape) for k, v in ref.items()] == [(k, v.shape) for k, v in ours.items()], name
+
+
+@pytest.mark.slow  # a fresh process imports torch (~3 s)
+def test_building_a_network_imports_no_torchvision():
+    """torchvision's import pulls in torch._dynamo (seconds per process): training, prediction and the CLI
+    build their ResNets without it (cianet.models.resnet); only ImageNet downloads and VGG-16 import it. A
+    meta-device build (loading saved weights) skips every init fill: a meta normal_ would import it too."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import cianet.cli, cianet.training.loop, cianet.inference.predictor;"
+        "from cianet.models.cianet import CIANet; from cianet.run.networks import with_weights;"
+        "build = lambda: CIANet(num_classes=2, backbone='resnet18', pretrained='none');"
+        "with_weights(build, build().state_dict());"  # and rebuilt on the meta device, as every load does
+        "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["[]"], done.stdout
+
+
 def test_unknown_backbone_raises():
     with pytest.raises(ValueError, match="resnet7"):
         resnet_trunk("resnet7")

@@ -112,11 +112,15 @@ def quick_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(speed, "_run_worker", predict_workers_in_process(keep=("bank",)))
         # The structure is what is checked: --quick at even smaller sizes (a quarter of the pixels per training
-        # step, one wait step, two folder images) still fills every figure and every stage of every variant.
-        smaller = dataclasses.replace(speed.BenchSettings.quick(), size=32, data_size=32, wait_steps=1)
+        # step, one wait step, 56 phantom images: 48 are still enough for the recipe's 5 folds, 40 are not; one
+        # folder image, which also covers a folder with fewer images than a batch) still fills every figure and
+        # every stage of every variant.
+        smaller = dataclasses.replace(
+            speed.BenchSettings.quick(), size=32, data_size=32, wait_steps=1, phantom_images=56
+        )
         mp.setattr(speed.BenchSettings, "quick", classmethod(lambda cls: dataclasses.replace(smaller)))
         # One thread: on a shared 2-core machine OpenMP spinning makes 2 threads far slower than 1.
-        argv = ["bench", "--quick", "--json", "--threads", "1", "--predict-folder-images", "2", "--out", str(out)]
+        argv = ["bench", "--quick", "--json", "--threads", "1", "--predict-folder-images", "1", "--out", str(out)]
         assert main(argv) == 0
     return json.loads(out.read_text())
 

@@ -38,7 +38,7 @@ def test_loss_series_places_steps_within_their_epoch():
     assert s["epoch"] == ([1, 2], [1.4, 0.85]) and s["val_auc"] == ([1], [0.6])
 
 
-@pytest.mark.slow  # matplotlib and four figures (~6 s)
+@pytest.mark.slow  # matplotlib, scikit-learn and four figures (~4 s, mostly importing the two)
 def test_figures_are_pngs_and_skip_what_cannot_be_drawn(tmp_path):
     from cianet.evaluation.plots import localization_figure, loss_figure, pr_figure, roc_figure
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -9,6 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from cianet.cli import main
+from cianet.inference.bundle import bundle_from_run
+from cianet.run.bundle_file import save_bundle
 from helpers import GRID, SIZE, U, make_run, synthetic_chest
 
 pytestmark = pytest.mark.slow  # exports the network twice (seconds each)
@@ -19,22 +24,39 @@ pytest.importorskip("onnx")
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from cianet.cli import main
-    from cianet.inference.bundle import bundle_from_run
-    from cianet.run.bundle_file import save_bundle
-
     tmp = tmp_path_factory.mktemp("onnx")
     run, _ = make_run(tmp, shift=0.1)
     bundle = save_bundle(bundle_from_run(run, n_negatives=100, progress=False), tmp / "m.cianet")
-    assert main(["export-onnx", "--model", str(bundle), "--out", str(tmp / "m.onnx")]) == 0
-    return bundle, tmp / "m.onnx"
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["export-onnx", "--model", str(bundle), "--out", str(tmp / "m.onnx"), "--json"]) == 0
+    return bundle, tmp / "m.onnx", out.getvalue()
+
+
+def test_export_onnx_prints_one_json_object(exported, tmp_path, capsys):
+    """--json: one strict JSON object naming what was written (the CLI's other --json tests: tests/cli)."""
+    from cli.test_json import one_object
+
+    bundle, path, printed = exported
+    print(printed, end="")
+    s = one_object(capsys)
+    assert s["model"] == str(path) and s["negatives"] == str(path.with_name("m.negatives.npz"))
+    assert s["alignment"] == str(path.with_name("m.align.onnx"))
+    assert s["exporter"] in ("dynamo", "torchscript") and s["opset"] == 18 and s["dynamic_batch"] is True
+    # a run without a bank or an alignment network (the baseline here) says so with nulls
+    run, _ = make_run(tmp_path, kind="baseline")
+    baseline = save_bundle(bundle_from_run(run, progress=False), tmp_path / "b.cianet")
+    assert main(["export-onnx", "--model", str(baseline), "--out", str(tmp_path / "b.onnx"), "--json"]) == 0
+    s = one_object(capsys)
+    assert s["model"] == str(tmp_path / "b.onnx") and Path(s["model"]).stat().st_size > 1000
+    assert s["negatives"] is None and s["alignment"] is None
+    assert s["exporter"] in ("dynamo", "torchscript") and s["opset"] == 18 and s["dynamic_batch"] is True
 
 
 def test_onnx_matches_pytorch(exported):
     from cianet.inference.predictor import Predictor
     from cianet.models.backbones import gray_to_input
 
-    bundle, path = exported
+    bundle, path, _ = exported
     pred = Predictor.from_bundle(bundle)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["image", "m_neg"]
@@ -67,7 +89,7 @@ def test_onnx_sidecars_and_metadata(exported):
     from cianet.labels import LABELS
     from cianet.run.bundle_file import load_bundle
 
-    bundle, path = exported
+    bundle, path, _ = exported
     raw = path.read_bytes()  # no install or source paths of the exporting machine (issue 11)
     for local in (Path(torch.__file__).parent.parent, Path(__file__).parent.parent):
         assert str(local).encode() not in raw, local

@@ -341,6 +341,15 @@ def test_damaged_tensor_data_is_caught_by_the_checksum(model_and_images, tmp_pat
     one_line(capsys.readouterr().err, "future.cianet", "99")
     assert main(["bundle", "info", str(model)]) == 0
     assert "SHA-256" in capsys.readouterr().out
+    # a file damaged in place after it was checked is checked again (the checksum is remembered per file state)
+    same = tmp_path / "same.cianet"
+    same.write_bytes(model.read_bytes())
+    assert main(["bundle", "info", str(same)]) == 0
+    with open(same, "r+b") as fh:
+        fh.seek(-100, os.SEEK_END)
+        fh.write(bytes([data[-100]]))  # the flipped byte
+    assert main(["bundle", "info", str(same)]) == 2
+    one_line(capsys.readouterr().err, "same.cianet", "SHA-256")
 
 
 def test_bundle_info_strips_control_characters(model_and_images, tmp_path, capsys):

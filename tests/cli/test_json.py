@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from cianet.cli import main
-from helpers import make_run
 
 TINY_PATIENTS = 12  # tiny_root: 24 images (the counts below), enough for every command here, trainings included
 
@@ -304,17 +303,5 @@ def test_training_commands_print_one_json_object(tiny_root, tmp_path, capsys):
     assert "CIA-Net - Base" in s["comparisons"]
 
 
-@pytest.mark.slow
-def test_export_onnx_prints_one_json_object(tmp_path, capsys):
-    pytest.importorskip("onnx")
-    from cianet.inference.bundle import bundle_from_run
-    from cianet.run.bundle_file import save_bundle
-
-    run, _ = make_run(tmp_path, kind="baseline")
-    bundle = save_bundle(bundle_from_run(run, progress=False), tmp_path / "m.cianet")
-    capsys.readouterr()
-    assert main(["export-onnx", "--model", str(bundle), "--out", str(tmp_path / "m.onnx"), "--json"]) == 0
-    s = one_object(capsys)
-    assert s["model"] == str(tmp_path / "m.onnx") and Path(s["model"]).stat().st_size > 1000
-    assert s["negatives"] is None and s["alignment"] is None  # the baseline has no bank; this run no alignment
-    assert s["exporter"] in ("dynamo", "torchscript") and s["opset"] == 18 and s["dynamic_batch"] is True
+# export-onnx --json: in tests/test_onnx.py, beside the exports it reuses (a process's first ONNX export pays
+# seconds of exporter warm-up, so the exports share one test file, hence one test process)

@@ -100,7 +100,8 @@ def profile_evaluation(
             best = min(best, time.perf_counter() - t0)
         return best
 
-    flops = count_flops(lambda: forward_grids(model, {"image": x[:1], "neg": x[1:2]}, upsample=True))
+    # one image and the last as its negative (FLOPs depend on shapes only); a one-image folder has no second
+    flops = count_flops(lambda: forward_grids(model, {"image": x[:1], "neg": x[-1:]}, upsample=True))
     t32 = seconds("fp32")
     out: dict[str, Any] = {
         "gflops_per_image": flops / 1e9,

@@ -25,7 +25,6 @@ from cianet.data.index import Box, ImageIndex, ImageRecord, attach_paths, few
 from cianet.data.tables import (
     IMAGE_EXTENSIONS,
     find_metadata_file,
-    parsed_once,
     paused_gc,
     resolve_path,
     scan_images,
@@ -36,6 +35,7 @@ from cianet.data.tables import open_text as _open_text
 from cianet.data.tables import read_rows as _read_rows
 from cianet.errors import InputError, MissingPathError
 from cianet.labels import LABELS, NO_FINDING, canonical_label
+from cianet.utils.file_memo import parsed_once
 
 __all__ = [
     "Box",

@@ -13,9 +13,8 @@ import io
 import math
 import os
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
 from cianet.errors import InputError, MissingPathError
 
@@ -23,7 +22,6 @@ from cianet.errors import InputError, MissingPathError
 #: VinDr-CXR's spelling.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 
-T = TypeVar("T")
 
 #: Suffixes a metadata file may carry beyond its own name, tried in this order.
 COMPRESSED_SUFFIXES: tuple[str, ...] = ("", ".gz", ".zip")
@@ -67,28 +65,6 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-#: parser -> (the identity of the file it last read, what it made of it), for :func:`parsed_once`
-_last_parsed: dict[Callable, tuple[tuple, Any]] = {}
-
-
-def parsed_once(path: Path, parse: Callable[[Path], T]) -> T:
-    """``parse(path)``, remembered for the last file each parser read, keyed by that file's identity, size and
-    change times: the big tables (NIH's 112,120 rows, VinDr-CXR's 67,914) take a second or more to parse, and a
-    process that opens the same root again (a notebook, a test session, several commands in one interpreter)
-    then parses them once. The result is shared between callers: they must copy what they modify."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return parse(path)  # the parser reports a missing or unreadable file in its own words
-    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    last = _last_parsed.get(parse)
-    if last is not None and last[0] == key:
-        return last[1]
-    value = parse(path)
-    _last_parsed[parse] = (key, value)
-    return value
 
 
 def read_rows(path: Path) -> Iterator[tuple[int, list[str]]]:

@@ -31,11 +31,11 @@ from cianet.data.tables import (
     header_of,
     locate_table,
     optional_column,
-    parsed_once,
     read_rows,
 )
 from cianet.errors import InputError
 from cianet.labels import LabelSet
+from cianet.utils.file_memo import parsed_once
 
 TRAIN_CSV_NAMES: tuple[str, ...] = ("train.csv", "vinbigdata-train.csv")
 SUFFIXES: tuple[str, ...] = ("", ".gz", ".zip")
@@ -76,7 +76,7 @@ def read_vindr_rows(path: Path) -> tuple[list[ImageRecord], dict]:
 
 def _parse_vindr_rows(path: Path) -> tuple[tuple, dict[str, frozenset[str]], dict]:
     """(image_id, its boxes) in order of first row, image_id -> its classes, the facts: kept by
-    :func:`~cianet.data.tables.parsed_once`, so nothing a caller may modify."""
+    :func:`~cianet.utils.file_memo.parsed_once`, so nothing a caller may modify."""
     rows = read_rows(path)
     header = header_of(rows, path, "VinDr-CXR train")
     c_id, c_class = column(header, "image_id", path, exact=True), column(header, "class_name", path, exact=True)

@@ -20,19 +20,37 @@ from cianet.utils.atomic import atomic_write_bytes
 PLOT_FILES = {"roc": "roc.png", "pr": "pr.png", "localization": "localization.png", "loss": "loss.png"}
 
 
-def _figure(width: float = 7.0, height: float = 5.0):
+# Room (inches: left, bottom, right, top) around the axes for tick labels, axis labels and the title. Fixed
+# margins let savefig draw a figure once: bbox_inches="tight" draws it twice (once to measure it), which was
+# half the cost of every plot.
+MARGINS = (0.62, 0.54, 0.21, 0.31)
+# zlib level 3, not Pillow's 6: half the time to encode a PNG, and files within a few percent of the size
+PNG_OPTIONS = {"compress_level": 3}
+
+
+def set_margins(fig, margins: Sequence[float]) -> None:
+    """Place ``fig``'s subplot grid ``margins`` (inches: left, bottom, right, top) inside its edges."""
+    left, bottom, right, top = margins
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=left / width, bottom=bottom / height, right=1 - right / width, top=1 - top / height)
+
+
+def _figure(axes_width: float = 5.42, axes_height: float = 3.85, margins: Sequence[float] = MARGINS):
+    """A figure whose subplot grid is ``axes_width`` x ``axes_height`` inches with ``margins`` around it."""
     # lazy: matplotlib is needed for plots only
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    left, bottom, right, top = margins
+    fig = Figure(figsize=(left + axes_width + right, bottom + axes_height + top), dpi=100)
     FigureCanvasAgg(fig)
+    set_margins(fig, margins)
     return fig
 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png", pil_kwargs=PNG_OPTIONS)
     return buf.getvalue()
 
 
@@ -60,11 +78,11 @@ def _class_curves(ax, scores: np.ndarray, labels: np.ndarray, names: Sequence[st
 def roc_figure(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> bytes | None:
     """One ROC curve per class with both label values present (legend: AUC); None when there is none."""
     # lazy: scikit-learn takes seconds to import and only this function needs it
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import auc, roc_curve
 
     def roc(y, s):
         fpr, tpr, _ = roc_curve(y, s)
-        return fpr, tpr, roc_auc_score(y, s)
+        return fpr, tpr, auc(fpr, tpr)  # roc_auc_score's own sum, on the curve drawn (one ranking, not two)
 
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
@@ -86,11 +104,12 @@ def pr_figure(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> b
     """One precision-recall curve per class with both label values present (legend: average precision);
     None when there is none."""
     # lazy: scikit-learn takes seconds to import and only this function needs it
-    from sklearn.metrics import average_precision_score, precision_recall_curve
+    from sklearn.metrics import precision_recall_curve
 
     def pr(y, s):
         precision, recall, _ = precision_recall_curve(y, s)
-        return recall, precision, average_precision_score(y, s)
+        # average_precision_score's step-function sum, on the curve drawn (one ranking, not two)
+        return recall, precision, max(0.0, -float(np.sum(np.diff(recall) * precision[:-1])))
 
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
@@ -188,7 +207,9 @@ def loss_figure(log_path: str | Path) -> bytes | None:
     s = loss_series(read_log(path))
     if not s["step"][0] and not s["epoch"][0]:
         return None
-    fig = _figure(7.0, 4.0)
+    # wider on the left for losses' longer tick labels (up to 6 digits: larger ones are written 1e6), on the
+    # right for the AUC's axis
+    fig = _figure(5.42, 3.08, (0.9, 0.54, 0.62 if s["val_auc"][0] else 0.21, 0.31))
     ax = fig.add_subplot(1, 1, 1)
     if s["step"][0]:
         ax.plot(*s["step"], color="C0", lw=0.8, alpha=0.6, label="loss (logged steps)")
@@ -209,7 +230,7 @@ def loss_figure(log_path: str | Path) -> bytes | None:
 def validation_curves_figure(series: Mapping[str, tuple[Sequence[int], Sequence[float], Sequence[float]]]) -> bytes:
     """Validation mean AUC and localization accuracy at T(IoU) 0.5 per epoch, one line per run
     (``{name: (epochs, auc, loc)}``)."""
-    fig = _figure(8.0, 3.0)
+    fig = _figure(6.2, 2.31, (0.6, 0.54, 0.1, 0.29))
     axes = [fig.add_subplot(1, 2, k) for k in (1, 2)]
     for name, (epochs, auc, loc) in series.items():
         axes[0].plot(epochs, auc, marker="o", label=name)

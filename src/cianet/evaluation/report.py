@@ -18,6 +18,7 @@ from cianet.evaluation.alignment import evaluate_alignment
 from cianet.evaluation.comparisons import auc_markdown, compare_runs, comparison_markdown, localization_markdown
 from cianet.evaluation.evaluate import load_run
 from cianet.evaluation.learning_curves import figure_learning_curves, plateau_sentence, read_curve
+from cianet.evaluation.plots import PNG_OPTIONS, set_margins
 from cianet.labels import BOX_LABELS, LABELS
 from cianet.metrics import format_auc_table, roc_curves, verdict
 from cianet.models.alignment import warp
@@ -30,8 +31,11 @@ from cianet.utils.atomic import atomic_write_bytes, atomic_write_text
 
 
 def _save(fig, path: Path) -> None:
+    # The figures are laid out with fixed margins: bbox_inches="tight" would draw each twice to measure it. Their
+    # titles are set at y=1.0, where matplotlib puts a title over axes without ticks on top: a title left to
+    # matplotlib is placed by measuring every tick of the axes at each draw, a quarter of the report's figure time.
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110, pil_kwargs=PNG_OPTIONS)
     atomic_write_bytes(path, buf.getvalue())
     # lazy: matplotlib is needed for plots only
     import matplotlib.pyplot as plt
@@ -47,6 +51,26 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _image_grid(
+    rows: int,
+    cols: int,
+    side: float,
+    gap: float,
+    pad: tuple[float, float] = (0.1, 0.1),
+    top: float = 0.0,
+    title: float = 0.18,
+):
+    """A figure of ``rows`` x ``cols`` square image axes ``side`` inches wide and ``gap`` apart, with ``title``
+    inches above each for its title (0.18: 8 pt); ``pad`` (inches: sides, top and bottom) around them and ``top``
+    more above (a suptitle). Square cells hold square images without slack: nothing needs measuring."""
+    width = 2 * pad[0] + cols * side + (cols - 1) * gap
+    height = 2 * pad[1] + top + rows * (side + title) + (rows - 1) * gap
+    fig, axes = _plt().subplots(rows, cols, figsize=(width, height), squeeze=False)
+    set_margins(fig, (pad[0], pad[1], pad[0], pad[1] + top + title))
+    fig.subplots_adjust(wspace=gap / side, hspace=(gap + title) / side)
+    return fig, axes
 
 
 def mean_over_thresholds(metrics: dict[str, Any]) -> float:
@@ -133,15 +157,16 @@ def figure_canonical(canonical: Path, out: Path) -> Path:
         if canonical.with_suffix(".json").exists()
         else None
     )
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
+    # the 12 pt title of the mean image is wider than the image: room for it at the sides
+    fig, (axes,) = _image_grid(1, 2, 2.47, 0.49, pad=(0.4, 0.1), title=0.22)
     if mean_path.exists():
         axes[0].imshow(load_xray(mean_path), cmap="gray", vmin=0, vmax=1)
         if crop:
             x0, y0, x1, y1 = crop
             axes[0].add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.5))
-    axes[0].set_title("mean No Finding image + lung crop")
+    axes[0].set_title("mean No Finding image + lung crop", y=1.0)
     axes[1].imshow(load_xray(canonical), cmap="gray", vmin=0, vmax=1)
-    axes[1].set_title("canonical chest")
+    axes[1].set_title("canonical chest", y=1.0)
     for a in axes:
         a.axis("off")
     path = out / "canonical.png"
@@ -169,8 +194,7 @@ def figure_alignment(data_root: Path, align_ckpt: Path, size: int, out: Path, n:
     if not picked:
         return None
     net = load_alignment(align_ckpt).net
-    plt = _plt()
-    fig, axes = plt.subplots(3, len(picked), figsize=(2.1 * len(picked), 6.6), squeeze=False)
+    fig, axes = _image_grid(3, len(picked), 1.4, 0.28)
     for j, r in enumerate(picked):
         name = r.get("name") or r.get("Image Index")
         img = resize_gray(load_xray(data_root / "images" / name), size)
@@ -181,7 +205,7 @@ def figure_alignment(data_root: Path, align_ckpt: Path, size: int, out: Path, n:
             ideal = warp(x, params)[0, 0].numpy()
         for i, (im, title) in enumerate(((img, "original"), (aligned, "aligned"), (ideal, "true undeform"))):
             axes[i, j].imshow(im, cmap="gray", vmin=0, vmax=1)
-            axes[i, j].set_title(title, fontsize=8)
+            axes[i, j].set_title(title, fontsize=8, y=1.0)
             axes[i, j].axis("off")
     path = out / "alignment.png"
     _save(fig, path)
@@ -239,22 +263,22 @@ def figure_predictions(runs: dict[str, Path], out: Path, n: int = 4) -> tuple[Pa
 
     blue = ListedColormap(["deepskyblue"])
     cb, co = preds["cianet"]
-    fig, axes = plt.subplots(len(picks), 3, figsize=(7.5, 2.6 * len(picks)), squeeze=False)
+    fig, axes = _image_grid(len(picks), 3, 1.71, 0.34)
     for r in range(len(picks)):
         axes[r, 0].imshow(cb["image"][r, 0], cmap="gray", vmin=0, vmax=1)
-        axes[r, 0].set_title(f"{test_ds.names[picks[r]]} (aligned)", fontsize=8)
+        axes[r, 0].set_title(f"{test_ds.names[picks[r]]} (aligned)", fontsize=8, y=1.0)
         axes[r, 1].imshow(cb["neg"][r, 0], cmap="gray", vmin=0, vmax=1)
-        axes[r, 1].set_title("paired negative", fontsize=8)
+        axes[r, 1].set_title("paired negative", fontsize=8, y=1.0)
         axes[r, 2].imshow(cb["image"][r, 0], cmap="gray", vmin=0, vmax=1)
         s = cb["image"].shape[-1]
         axes[r, 2].imshow(co["delta"][r].numpy(), cmap="jet", alpha=0.45, extent=(0, s, s, 0))
-        axes[r, 2].set_title("attention |M+ - M-|", fontsize=8)
+        axes[r, 2].set_title("attention |M+ - M-|", fontsize=8, y=1.0)
         for a in axes[r]:
             a.axis("off")
     att = out / "attention.png"
     _save(fig, att)
 
-    fig, axes = plt.subplots(len(picks), len(preds), figsize=(3.2 * len(preds), 2.9 * len(picks)), squeeze=False)
+    fig, axes = _image_grid(len(picks), len(preds), 2.03, 0.3, top=0.3)
     for c, (kind, (batch, o)) in enumerate(preds.items()):
         s = batch["image"].shape[-1]
         probs = torch.sigmoid(o["test_logits"][:, : len(BOX_LABELS)]).numpy()
@@ -276,7 +300,7 @@ def figure_predictions(runs: dict[str, Path], out: Path, n: int = 4) -> tuple[Pa
                         extent=(0, s, s, 0),
                         interpolation="nearest",
                     )
-                ax.set_title(f"{kind}: {BOX_LABELS[k]}", fontsize=8)
+                ax.set_title(f"{kind}: {BOX_LABELS[k]}", fontsize=8, y=1.0)
             ax.axis("off")
     fig.suptitle("green: true box; blue: predicted cells (p > 0.5)", fontsize=9)
     bx = out / "boxes.png"
@@ -286,7 +310,8 @@ def figure_predictions(runs: dict[str, Path], out: Path, n: int = 4) -> tuple[Pa
 
 def figure_roc(runs: dict[str, Path], out: Path) -> Path | None:
     plt = _plt()
-    fig, axes = plt.subplots(2, 4, figsize=(12, 6))
+    fig, axes = plt.subplots(2, 4, figsize=(9.84, 5.25))
+    set_margins(fig, (0.42, 0.34, 0.15, 0.29))
     any_curve = False
     for kind, run_dir in runs.items():
         if not (run_dir / PREDICTIONS).exists():
@@ -303,7 +328,7 @@ def figure_roc(runs: dict[str, Path], out: Path) -> Path | None:
     for k, name in enumerate(BOX_LABELS):
         ax = axes.flat[k]
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name, fontsize=9, y=1.0)
         ax.legend(fontsize=7, loc="lower right")
     if not any_curve:
         return None

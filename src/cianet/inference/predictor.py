@@ -62,6 +62,7 @@ from cianet.run.device import resolve_device
 from cianet.run.networks import alignment_from_weights, network_from_weights
 from cianet.run.pairing import aligned_images
 from cianet.run.precision import autocast, resolve_precision
+from cianet.utils.file_memo import parsed_once
 from cianet.utils.progress import chunk_progress
 from cianet.utils.timing import stage
 
@@ -329,7 +330,11 @@ def model_identity(bundle: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    """Hex SHA-256 of a file's bytes, remembered while the file is unchanged (a bundle loaded again)."""
+    return parsed_once(Path(path), _sha256_of)
+
+
+def _sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

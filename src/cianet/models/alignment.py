@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.models as tvm
 from torch import Tensor, nn
 
 from cianet.models.backbones import gray_to_input, pretrained_spec, pretrained_weights, resnet_trunk
+from cianet.models.resnet import resnet
 
 IDENTITY_PARAMS: tuple[float, float, float, float, float] = (0.0, 0.0, 1.0, 1.0, 0.0)
 
@@ -425,6 +425,14 @@ def masks_to_original(masks: np.ndarray, params, orig_size: Sequence[int]) -> np
 
 
 # ------------------------------------------------------------------------------------ structure loss
+def _vgg16() -> nn.Module:
+    """torchvision's VGG-16 (the paper recipe's feature net), imported only here: the import costs seconds
+    (cianet.models.resnet says why) and the tiny recipe's ResNet-18 feature net does not need it."""
+    import torchvision.models as tvm
+
+    return tvm.vgg16(weights=None)
+
+
 def _feature_net(name: str, pretrained: bool | str, seed: int) -> nn.Module | None:
     """The frozen feature extractor ``N_feat`` of equation 2 (None for ``"none"``)."""
     if name == "none":
@@ -437,7 +445,7 @@ def _feature_net(name: str, pretrained: bool | str, seed: int) -> nn.Module | No
     # Without ImageNet weights: a fixed random init from `seed` (the global RNG is left untouched).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = tvm.vgg16(weights=None) if name == "vgg16" else tvm.resnet18(weights=None)
+        net = _vgg16() if name == "vgg16" else resnet("resnet18")
     if sd is not None:
         net.load_state_dict(sd)
     if name == "vgg16":

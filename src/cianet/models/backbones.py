@@ -1,4 +1,5 @@
-"""ResNet backbones (torchvision) and the input convention shared by every network.
+"""ResNet backbones (:mod:`cianet.models.resnet`, torchvision-compatible) and the input convention shared by every
+network.
 
 Networks take ``(B, 3, S, S)`` tensors: the grayscale X-ray in ``[0, 1]`` replicated to three channels and
 normalized with the ImageNet statistics (:func:`gray_to_input`); ``S`` is a multiple of 32 so that C4 and C5
@@ -22,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision.models as tvm
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from cianet.errors import InputError, MissingPathError
+from cianet.models.resnet import resnet
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ def check_input(x: Tensor, channels: int = 3, name: str = "input") -> None:
 
 def _weights_enum(name: str) -> Any:
     """torchvision's weights enum for ``name`` (e.g. ``ResNet50_Weights``)."""
+    # imported here: torchvision's import costs seconds (cianet.models.resnet says why) and only ImageNet
+    # weights need it
+    import torchvision.models as tvm
+
     enums = {
         "resnet18": tvm.ResNet18_Weights,
         "resnet34": tvm.ResNet34_Weights,
@@ -160,7 +165,7 @@ def state_dict_file(name: str, path: Path) -> dict[str, Tensor]:
         raise InputError(f"--pretrained {path}: not a readable state-dict file ({type(exc).__name__})") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise InputError(f"--pretrained {path}: expected a dict of tensors (a torchvision {name} state dict)")
-    net = getattr(tvm, name)(weights=None)
+    net = resnet(name)
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:
@@ -176,23 +181,28 @@ def state_dict_file(name: str, path: Path) -> dict[str, Tensor]:
     return net.state_dict()
 
 
-#: the in-place fills of weight initialization: nothing to fill on a meta tensor
+#: the in-place fills of weight initialization, and torch.nn.init's functions (each dispatches itself, so a
+#: mode sees the function, not the fill inside it): nothing to fill on a meta tensor
 _INIT_FILLS = frozenset(
     {Tensor.normal_, Tensor.uniform_, Tensor.zero_, Tensor.fill_, Tensor.fill_diagonal_, Tensor.random_}
+    | {getattr(nn.init, name) for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")}
 )
 
 
 class _NoFillOnMeta(TorchFunctionMode):
     """Skips the initializers' in-place fills of meta tensors (they hold no values); any other call runs as is.
 
-    A meta ``normal_`` still runs torch's Python reference code to work out its result (about 10 ms a call):
-    half the cost of building a meta ResNet, the network that saved weights are then assigned to
-    (cianet.run.networks.with_weights)."""
+    A meta ``normal_`` still runs torch's Python reference code to work out its result (about 10 ms a call,
+    and the first one imports ``torch._dynamo``: seconds): most of the cost of building a meta network, the
+    network that saved weights are then assigned to (cianet.run.networks.with_weights)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in _INIT_FILLS and args and isinstance(args[0], Tensor) and args[0].is_meta:
-            return args[0]
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        if func in _INIT_FILLS:
+            filled = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes it by keyword
+            if isinstance(filled, Tensor) and filled.is_meta:
+                return filled
+        return func(*args, **kwargs)
 
 
 def no_fill_on_meta() -> AbstractContextManager:
@@ -227,7 +237,7 @@ def resnet_trunk(
     if upto not in STAGES:
         raise ValueError(f"upto must be one of {sorted(STAGES)}, got {upto!r}")
     with no_fill_on_meta():
-        net = getattr(tvm, name)(weights=None)
+        net = resnet(name)
     if state_dict is None:
         state_dict = pretrained_weights(name, pretrained)
     if state_dict is not None:

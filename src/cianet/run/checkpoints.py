@@ -16,8 +16,9 @@ Both are read with ``torch.load(weights_only=True)``, so a checkpoint never unpi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from cianet.labels import LABELS, label_set_from
 from cianet.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from cianet.run.networks import alignment_from_weights, alignment_net_kwargs, network_from_weights
 from cianet.utils.atomic import atomic_torch_save
+from cianet.utils.file_memo import parsed_once
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -145,7 +147,27 @@ class LoadedAlignment:
 
 
 def load_alignment(path: str | Path, device: torch.device | str = "cpu") -> LoadedAlignment:
-    """The alignment network of ``align.pt`` (or its run folder) on ``device``; the one loader of the package."""
+    """The alignment network of ``align.pt`` (or its run folder) on ``device``; the one loader of the package.
+
+    A run's stages (training, pairing, evaluation, the bundle, the report) each ask for the same file, and
+    reading and building it costs about a second: loads of an unchanged file on one device share one network
+    (:func:`cianet.utils.file_memo.parsed_once`), which is why it is frozen and callers only run it. A caller that
+    would train it, move it or fold it needs its own (:func:`cianet.run.networks.alignment_from_weights`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / ALIGN_CHECKPOINT
+    shared = parsed_once(path, _alignment_reader(torch.device(device)))
+    canonical = None if shared.canonical is None else shared.canonical.copy()
+    return replace(shared, net_kwargs=dict(shared.net_kwargs), canonical=canonical, path=path)
+
+
+@functools.cache
+def _alignment_reader(device: torch.device) -> Callable[[Path], LoadedAlignment]:
+    """One reader per device: parsed_once remembers the last file each reader read."""
+    return functools.partial(_read_alignment, device=device)
+
+
+def _read_alignment(path: Path, device: torch.device) -> LoadedAlignment:
     path, ckpt = read_alignment_checkpoint(path)
     canonical = ckpt.get(CANONICAL_CHEST)
     return LoadedAlignment(

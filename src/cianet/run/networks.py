@@ -6,6 +6,7 @@ prediction and ONNX export) goes through :func:`network_from_weights` / :func:`a
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from cianet.data.canonical import read_canonical_crop
 from cianet.errors import InputError
 from cianet.labels import label_set_from
 from cianet.models.alignment import AlignmentNet, crop_params, derive_bounds
-from cianet.models.backbones import pretrained_weights
+from cianet.models.backbones import no_fill_on_meta, pretrained_weights
 from cianet.models.cianet import build_model
 
 
@@ -87,16 +88,14 @@ def with_weights(
     trunks) and the saved tensors are assigned; a module holding state outside its state dict falls back
     to a normal build.
     """
-    bad = sorted(
-        k for k, t in state.items() if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()
-    )
+    bad = non_finite(state)
     if bad:  # NaN weights would predict NaN for every image, reported as "ok"
         raise InputError(
             f"{source}: non-finite (NaN or infinite) weights in {bad[0]}"
             f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}"
         )
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), no_fill_on_meta():
             module = build()
         module.load_state_dict(state, assign=True)
         if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
@@ -106,6 +105,19 @@ def with_weights(
         first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc)[:200])
         raise InputError(f"{source}: the weights do not fit the network its config describes ({first})") from None
     return module.to(device).eval()
+
+
+def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors of ``state`` holding a NaN or an infinity, sorted.
+
+    A sum is non-finite whenever one of its terms is, and summing is several times faster than ``isfinite``
+    (which writes a mask as large as the weights): the per-element test runs only on the rare state whose
+    sums are not all finite (a NaN, an infinity, or finite weights large enough to overflow a sum).
+    """
+    floats = {k: t for k, t in state.items() if torch.is_tensor(t) and t.is_floating_point()}
+    if all(math.isfinite(t.sum(dtype=torch.float32).item()) for t in floats.values()):
+        return []
+    return sorted(k for k, t in floats.items() if not torch.isfinite(t).all())
 
 
 def network_from_weights(
