@@ -69,6 +69,56 @@ def trained_run(tiny_nih, tmp_path_factory) -> Path:
     assert _tree_state(run) == state, f"a test wrote into the shared trained run {run}"
 
 
+#: the runs of the chest_models fixture: key -> helpers.make_run's (kind, shift)
+CHEST_MODELS = {"plain": ("cianet", None), "shift": ("cianet", 0.25), "base": ("baseline", None)}
+
+
+class ChestModels:
+    """helpers.make_run's runs over the 10-image chest set and their bundle files (a bank of up to 100
+    negatives), each made on first use: ``run(key)`` -> (run dir, name -> image), ``bundle(key)`` -> file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root  # every run, data root, alignment and bundle lies under it
+        self._runs: dict[str, tuple[Path, dict]] = {}
+        self._bundles: dict[str, Path] = {}
+        self.states: dict[Path, dict | tuple] = {}  # folder or file -> its state right after it was made
+
+    def run(self, key: str) -> tuple[Path, dict]:
+        from helpers import make_run
+
+        if key not in self._runs:
+            kind, shift = CHEST_MODELS[key]
+            self._runs[key] = make_run(self.root / key, kind=kind, shift=shift)
+            self.states[self.root / key] = _tree_state(self.root / key)
+        return self._runs[key]
+
+    def bundle(self, key: str) -> Path:
+        from cianet.inference.bundle import bundle_from_run
+        from cianet.run.bundle_file import save_bundle
+
+        if key not in self._bundles:
+            built = bundle_from_run(self.run(key)[0], n_negatives=100, progress=False)
+            self._bundles[key] = save_bundle(built, self.root / f"{key}.cianet")
+            self.states[self._bundles[key]] = _file_state(self._bundles[key])
+        return self._bundles[key]
+
+
+@pytest.fixture(scope="session")
+def chest_models(tmp_path_factory):
+    """The untrained chest runs and bundles of :class:`ChestModels` ("plain" CIA-Net, "shift" CIA-Net aligned
+    with a known shift tx = 0.25, "base" the baseline), each built once per test process: most bundle and
+    prediction tests only read them. Read-only: a test that writes into a run works on a copy."""
+    models = ChestModels(tmp_path_factory.mktemp("chest_models"))
+    yield models
+    for path, state in models.states.items():  # shared by many tests: none may have written into them
+        now = _tree_state(path) if path.is_dir() else _file_state(path)
+        assert now == state, f"a test wrote into the shared chest model {path}"
+
+
+def _file_state(path: Path) -> tuple[int, int]:
+    return path.stat().st_size, path.stat().st_mtime_ns
+
+
 def shared_dir() -> Path:
     return Path(os.environ.get("CIANET_SHARED", REPO_ROOT.parent / "shared"))
 

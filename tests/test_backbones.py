@@ -79,23 +79,38 @@ def test_every_resnet_has_torchvisions_tensors():
             assert [(k, v.shape) for k, v in ref.items()] == [(k, v.shape) for k, v in ours.items()], name
 
 
-@pytest.mark.slow  # a fresh process imports torch (~3 s)
-def test_building_a_network_imports_no_torchvision():
+def test_building_a_network_imports_no_torchvision(monkeypatch):
     """torchvision's import pulls in torch._dynamo (seconds per process): training, prediction and the CLI
     build their ResNets without it (cianet.models.resnet); only ImageNet downloads and VGG-16 import it. A
     meta-device build (loading saved weights) skips every init fill: a meta normal_ would import it too."""
-    import subprocess
+    import importlib
     import sys
 
-    code = (
-        "import sys; import cianet.cli, cianet.training.loop, cianet.inference.predictor;"
-        "from cianet.models.cianet import CIANet; from cianet.run.networks import with_weights;"
-        "build = lambda: CIANet(num_classes=2, backbone='resnet18', pretrained='none');"
-        "with_weights(build, build().state_dict());"  # and rebuilt on the meta device, as every load does
-        "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert done.stdout.split() == ["[]"], done.stdout
+    from cianet.models.cianet import CIANet
+    from cianet.run.networks import with_weights
+
+    for name in ("cianet.cli", "cianet.training.loop", "cianet.inference.predictor", "cianet.evaluation.evaluate"):
+        importlib.import_module(name)
+
+    def from_torchvision(value) -> bool:
+        return any(str(getattr(value, a, "") or "").startswith("torchvision") for a in ("__name__", "__module__"))
+
+    held = [
+        f"{name}.{key}"
+        for name, module in list(sys.modules.items())
+        if name.split(".")[0] == "cianet" and module is not None
+        for key, value in vars(module).items()
+        if from_torchvision(value)
+    ]
+    assert held == []  # no module of the package imports torchvision when it is imported
+    # ... nor while a network is built, randomly or on the meta device to take saved weights: either import fails now
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torch._dynamo", None)
+
+    def build():
+        return CIANet(num_classes=2, backbone="resnet18", pretrained="none", head_channels=16)
+
+    with_weights(build, build().state_dict())
 
 
 def test_unknown_backbone_raises():

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import GRID, SIZE, make_run, synthetic_chest
+from helpers import GRID, SIZE, synthetic_chest
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> tuple[Path, dict]:
-    return make_run(tmp_path_factory.mktemp("bundle"))
+def run_dir(chest_models) -> tuple[Path, dict]:
+    return chest_models.run("plain")
 
 
 @pytest.fixture(scope="module")
@@ -26,22 +26,23 @@ def small_bundle(run_dir) -> dict:
 
 # -------------------------------------------------------------------------------------------------- tests
 @pytest.mark.slow
-def test_bank_holds_training_negatives_with_their_maps(run_dir, tmp_path):
+def test_bank_holds_training_negatives_with_their_maps(run_dir, chest_models):
     from cianet.inference.bundle import bundle_from_run
     from cianet.models.backbones import gray_to_input
     from cianet.negatives import hash_codes
-    from cianet.run.bundle_file import load_bundle, save_bundle
+    from cianet.run.bundle_file import load_bundle
     from cianet.run.checkpoints import load_checkpoint, model_from_checkpoint
 
     run, images = run_dir
     b = bundle_from_run(run, n_negatives=100, progress=False)
-    path = save_bundle(b, tmp_path / "m.cianet")
+    path = chest_models.bundle("plain")  # the file save_bundle wrote of the same call on the same run
     # The file keeps codes and maps only: no training image names, and the same numbers.
     saved = load_bundle(path)
     assert saved["negatives"]["names"] == [f"negative-{i:05d}" for i in range(len(b["negatives"]["names"]))]
     for key in ("codes", "maps"):
         assert torch.equal(saved["negatives"][key], b["negatives"][key])
-    assert not any(name.encode() in path.read_bytes() for name in images)
+    blob = path.read_bytes()
+    assert not any(name.encode() in blob for name in images)
     names = b["negatives"]["names"]
     split = json.loads((run / "split.json").read_text())
     no_finding = {n for i, n in enumerate(sorted(images)) if i % 2 == 0}
@@ -78,7 +79,7 @@ def test_bank_size_cap_prefers_training_images(run_dir, small_bundle):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shift", [None, 0.25])
-def test_bank_gives_the_logits_of_recomputing_the_negative(tmp_path, shift):
+def test_bank_gives_the_logits_of_recomputing_the_negative(chest_models, shift):
     """Stored M- == M- recomputed from the hash-chosen negative image (aligned when the run aligns)."""
     from cianet.data.io import resize_gray
     from cianet.inference.bundle import bundle_from_run
@@ -86,7 +87,7 @@ def test_bank_gives_the_logits_of_recomputing_the_negative(tmp_path, shift):
     from cianet.models.backbones import gray_to_input
     from cianet.negatives import hash_codes
 
-    run, images = make_run(tmp_path, shift=shift)
+    run, images = chest_models.run("plain" if shift is None else "shift")  # "shift" aligns with tx = 0.25
     b = bundle_from_run(run, n_negatives=100, progress=False)
     assert b["negatives"]["aligned_codes"] == (shift is not None)
     query = [synthetic_chest(np.random.default_rng(s), lesion=True) for s in (11, 12, 13)]

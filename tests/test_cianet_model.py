@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -16,16 +17,34 @@ def net18() -> CIANet:
     return CIANet(num_classes=3, backbone="resnet18").eval()
 
 
+@pytest.fixture(scope="module")
+def nets14():
+    """``nets14(backbone)``: a CIA-Net and a baseline of 14 classes in eval mode, built once per backbone
+    (building draws every weight twice: most of these tests' time). Read-only: a test that changes one copies it."""
+    built: dict[str, tuple[CIANet, Baseline]] = {}
+
+    def get(backbone: str) -> tuple[CIANet, Baseline]:
+        if backbone not in built:
+            torch.manual_seed(0)
+            built[backbone] = (
+                CIANet(num_classes=14, backbone=backbone).eval(),
+                Baseline(num_classes=14, backbone=backbone).eval(),
+            )
+        return built[backbone]
+
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone,size", [("resnet18", 64), ("resnet18", 128), ("resnet50", 64)])
-def test_shapes(backbone, size):
+def test_shapes(backbone, size, nets14):
     torch.manual_seed(0)
     h = size // 32
     pos, neg = torch.randn(2, 3, size, size), torch.randn(2, 3, size, size)
-    model = CIANet(num_classes=14, backbone=backbone).eval()
+    model, baseline = nets14(backbone)
     with torch.no_grad():
         out = model(pos, neg, return_feats=True)
-        base = Baseline(num_classes=14, backbone=backbone).eval()(pos, neg)
+        base = baseline(pos, neg)
     assert out["logits"].shape == (2, 14, h, h)
     for k in ("m_pos", "m_neg", "delta"):
         assert out[k].shape == (2, h, h)
@@ -74,11 +93,11 @@ def test_m_neg_reuse_gives_same_logits(net18):
 
 
 @pytest.mark.slow
-def test_baseline_equals_cianet_without_contrast():
+def test_baseline_equals_cianet_without_contrast(net18):
     """Sharing upper branch and head, CIA-Net with identical pos/neg (delta == 1) is the baseline."""
     torch.manual_seed(3)
     base = Baseline(num_classes=3, backbone="resnet18").eval()
-    cia = CIANet(num_classes=3, backbone="resnet18").eval()
+    cia = copy.deepcopy(net18)  # its upper branch and head are replaced below: any CIA-Net of 3 classes will do
     missing, unexpected = cia.load_state_dict(base.state_dict(), strict=False)
     assert not unexpected and all(k.startswith(("attn_trunk.", "attn_conv.")) for k in missing)
     pos = torch.randn(2, 3, 64, 64)
@@ -90,9 +109,9 @@ def test_baseline_equals_cianet_without_contrast():
 
 
 @pytest.mark.slow
-def test_gradients_reach_every_parameter():
+def test_gradients_reach_every_parameter(net18):
     torch.manual_seed(4)
-    model = CIANet(num_classes=3, backbone="resnet18").train()
+    model = copy.deepcopy(net18).train()  # a copy: training mode and gradients stay out of the shared network
     pos, neg = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     out = model(pos, neg)
     target = torch.zeros_like(out["logits"])
@@ -116,7 +135,7 @@ def test_prior_bias_and_logits_not_probabilities(net18):
 
 
 @pytest.mark.slow
-def test_test_time_upsampling():
+def test_test_time_upsampling(net18):
     torch.manual_seed(5)
     model = CIANet(num_classes=2, backbone="resnet18", test_upsample=16)
     pos, neg = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
@@ -132,7 +151,7 @@ def test_test_time_upsampling():
     model.train()
     assert model(pos, neg)["logits"].shape == (1, 2, 2, 2)  # training never upsamples by default
     with pytest.raises(ValueError, match="test_upsample"):
-        CIANet(num_classes=2, backbone="resnet18")(pos, neg, upsample=True)
+        net18(pos, neg, upsample=True)  # built without test_upsample
 
 
 def test_bad_inputs_raise_naming_the_problem(net18):
@@ -147,10 +166,10 @@ def test_bad_inputs_raise_naming_the_problem(net18):
 
 
 @pytest.mark.slow
-def test_build_model_channels_last_parity():
+def test_build_model_channels_last_parity(net18):
     torch.manual_seed(6)
-    ref = build_model("cianet", num_classes=2, backbone="resnet18").eval()
-    cl = build_model("cianet", num_classes=2, backbone="resnet18", channels_last=True).eval()
+    ref = net18  # what build_model("cianet", ...) builds without channels_last; the parity is of its weights
+    cl = build_model("cianet", num_classes=3, backbone="resnet18", channels_last=True).eval()
     cl.load_state_dict(ref.state_dict())
     assert cl.head.conv.weight.is_contiguous(memory_format=torch.channels_last)
     pos, neg = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import make_run, synthetic_chest, tiny_config, tiny_model, write_tiny_nih
+from helpers import synthetic_chest, tiny_config, tiny_model, write_tiny_nih
 
 # Tolerances of bf16 vs fp32 image probabilities, stated in docs/performance.md. bfloat16 keeps 8 bits of
 # mantissa (relative error 2^-9 per rounding); through a network the logits move by a few hundredths, and
@@ -99,13 +99,8 @@ def test_config_key_is_validated():
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    from cianet.inference.bundle import bundle_from_run
-    from cianet.run.bundle_file import save_bundle
-
-    tmp = tmp_path_factory.mktemp("precision")
-    run, _ = make_run(tmp, kind="cianet")
-    return save_bundle(bundle_from_run(run, n_negatives=100, progress=False), tmp / "model.cianet")
+def bundle(chest_models):
+    return chest_models.bundle("plain")
 
 
 @pytest.mark.slow

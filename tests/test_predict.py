@@ -11,21 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import GRID, IMG_H, IMG_W, U, make_run, synthetic_chest
+from helpers import GRID, IMG_H, IMG_W, U, synthetic_chest
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory) -> dict[str, Path]:
+def bundles(chest_models) -> dict[str, Path]:
     """Bundle files: plain CIA-Net, CIA-Net aligned with a known shift tx = 0.25, baseline."""
-    from cianet.inference.bundle import bundle_from_run
-    from cianet.run.bundle_file import save_bundle
-
-    tmp = tmp_path_factory.mktemp("predict")
-    out = {}
-    for key, kind, shift in (("plain", "cianet", None), ("shift", "cianet", 0.25), ("base", "baseline", None)):
-        run, _ = make_run(tmp / key, kind=kind, shift=shift)
-        out[key] = save_bundle(bundle_from_run(run, n_negatives=100, progress=False), tmp / f"{key}.cianet")
-    return out
+    return {key: chest_models.bundle(key) for key in ("plain", "shift", "base")}
 
 
 class FixedHead(torch.nn.Module):
@@ -263,13 +255,13 @@ def test_predict_cli_skips_bad_files_and_reads_dicom(bundles, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_bank_image_is_never_its_own_negative(tmp_path):
+def test_a_bank_image_is_never_its_own_negative(chest_models):
     """A bundle's bank is anonymous, so a bank image predicted again is recognized by its hash code: paired with
     itself, |M+ - M-| would be rounding noise blown up to mean 1 by dM's normalization."""
     from cianet.inference.bundle import bundle_from_run
     from cianet.inference.predictor import Predictor
 
-    run, _ = make_run(tmp_path, kind="cianet")
+    run, _ = chest_models.run("plain")
     pred = Predictor(bundle_from_run(run, n_negatives=100, include_images=True, progress=False))
     bank = pred.bank_images.numpy()  # (N, S, S) uint8, the images the bank's codes were computed from
     assert len(bank) >= 3

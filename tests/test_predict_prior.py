@@ -11,21 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import make_run, synthetic_chest
+from helpers import synthetic_chest
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory) -> dict[str, Path]:
+def bundles(chest_models) -> dict[str, Path]:
     """CIA-Net with an alignment (a known shift), CIA-Net without, and the baseline."""
-    from cianet.inference.bundle import bundle_from_run
-    from cianet.run.bundle_file import save_bundle
-
-    tmp = tmp_path_factory.mktemp("predict_prior")
-    out = {}
-    for key, kind, shift in (("shift", "cianet", 0.2), ("plain", "cianet", None), ("base", "baseline", None)):
-        run, _ = make_run(tmp / key, kind=kind, shift=shift, n=8)
-        out[key] = save_bundle(bundle_from_run(run, n_negatives=50, progress=False), tmp / f"{key}.cianet")
-    return out
+    return {key: chest_models.bundle(key) for key in ("shift", "plain", "base")}
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import make_run, synthetic_chest
+from helpers import synthetic_chest
 
 
 def test_prefetch_keeps_order_and_hands_over_errors():
@@ -104,13 +104,8 @@ def test_prefetch_rejects_bad_arguments():
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    from cianet.inference.bundle import bundle_from_run
-    from cianet.run.bundle_file import save_bundle
-
-    tmp = tmp_path_factory.mktemp("prefetch")
-    run, _ = make_run(tmp, kind="cianet")
-    return save_bundle(bundle_from_run(run, n_negatives=100, progress=False), tmp / "model.cianet")
+def bundle(chest_models) -> Path:
+    return chest_models.bundle("plain")
 
 
 @pytest.mark.slow

@@ -5,24 +5,33 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import make_run
-
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
+def setup(tmp_path_factory, chest_models) -> dict:
+    from cianet.config import load_config, save_config
     from cianet.inference.bundle import bundle_from_run
     from cianet.inference.predictor import Predictor
     from cianet.run.bundle_file import save_bundle
+    from cianet.run.checkpoints import load_checkpoint, save_checkpoint
 
     tmp = tmp_path_factory.mktemp("api")
-    run, _ = make_run(tmp, kind="cianet", shift=0.2)
-    root = tmp / "data"
+    shared, _ = chest_models.run("shift")  # CIA-Net aligned with a known shift
+    # A copy of the run moved to a copy of its data root marked as a `cianet synth` folder (a phantom set): the
+    # bundle's model card reads the data root of the checkpoint's config.
+    root = Path(shutil.copytree(load_config(shared / "config.yaml").data.data_root, tmp / "data"))
+    run = Path(shutil.copytree(shared, tmp / shared.name))
+    ckpt = load_checkpoint(run)
+    ckpt["config"]["data"]["data_root"] = str(root)
+    save_checkpoint(ckpt, run / "checkpoint.pt")
+    save_config(load_config(run / "config.yaml", [f"data.data_root={root}"]), run / "config.yaml")
     (root / "synth_meta.json").write_text(json.dumps({"args": {"seed": 0}, "summary": {"images": 10}}))
     path = save_bundle(bundle_from_run(run, n_negatives=20, progress=False, thresholds=0.0), tmp / "m.cianet")
     return {"pred": Predictor.from_bundle(path), "images": root / "images", "path": path}

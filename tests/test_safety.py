@@ -702,8 +702,10 @@ def test_a_folder_where_a_file_is_written_is_one_line(tiny_root, tmp_path, capsy
     assert [p.name for p in folder.iterdir()] == ["keep.txt"] and not list(tmp_path.glob(".*.tmp"))
 
 
-@pytest.mark.slow  # evaluates a run (about 10 s)
-def test_evaluate_accepts_the_checkpoint_file_of_a_run(tiny_root, tmp_path, capsys):
+@pytest.mark.slow  # evaluates a run
+def test_evaluate_accepts_the_checkpoint_file_of_a_run(tiny_root, tmp_path, capsys, monkeypatch):
+    # the plots are another test's (test_evaluate_plots): drawing them here would be most of this one's time
+    monkeypatch.setattr("cianet.evaluation.evaluate.write_evaluation_plots", lambda *args: {})
     run, _ = make_run(tmp_path, kind="baseline")
     assert (
         main(
@@ -759,6 +761,7 @@ class _ForkedCianet:
     that no polling can miss."""
 
     def __init__(self, *args: str, dies_at: tuple | None = None) -> None:
+        _import_what_training_imports_lazily()
         self._child = multiprocessing.get_context("fork").Process(target=_exit_with_main, args=(list(args), dies_at))
         self._child.start()
         self.pid = self._child.pid
@@ -779,6 +782,17 @@ class _ForkedCianet:
 
     def kill(self) -> None:
         self._child.kill()
+
+
+def _import_what_training_imports_lazily() -> None:
+    """Import in this process what a training child would import on its own: torch's first optimizer imports
+    torch._dynamo, evaluation scikit-learn, seconds of CPU in each child that this process (which trains and
+    evaluates too) pays once."""
+    # lazy: only the kill tests fork trainers; the rest of the module needs neither
+    import sklearn.metrics  # noqa: F401
+    import torch
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
 def _exit_with_main(argv: list[str], dies_at: tuple | None) -> None:
@@ -834,9 +848,17 @@ def _killing(proc: subprocess.Popen | _ForkedCianet, ready, timeout: float = 120
 
 def _train_args(tiny_root: Path) -> list[str]:
     """``cianet train`` of the tiny recipe at 32 px (the smallest size; half the cost of 64 px) for two epochs: the
-    runs the train kill tests interrupt."""
+    runs the train kill tests interrupt. Table 1's protocol (80% annotated + 50% unannotated), so that the CIA-Net
+    run of :func:`table1_reference` is the uninterrupted train too."""
+    return ["train", *_tiny_flags(tiny_root), "--set", "protocol.unannotated_ratio=0.5"]
+
+
+def _experiment_args(tiny_root: Path) -> list[str]:
+    return ["experiment", "table1", *_tiny_flags(tiny_root), "--folds", "0"]
+
+
+def _tiny_flags(tiny_root: Path) -> list[str]:
     return [
-        "train",
         "--config",
         "tiny",
         "--data-root",
@@ -859,15 +881,23 @@ def _train_args(tiny_root: Path) -> list[str]:
     ]
 
 
+@pytest.fixture(scope="module")
+def table1_reference(tiny_root, tmp_path_factory) -> Path:
+    """What an uninterrupted ``cianet experiment table1`` writes, for the experiment kill test; its CIA-Net run
+    (``cia_net/fold0``) is also what an uninterrupted ``cianet train`` of :func:`_train_args` writes, for the train
+    kill test: the same recipe, protocol, fold and seed, trained once for both."""
+    ref = tmp_path_factory.mktemp("table1_reference") / "ref"
+    assert main([*_experiment_args(tiny_root), "--out", str(ref)]) == 0
+    return ref
+
+
 @pytest.mark.slow
-def test_train_killed_mid_run_resumes_to_the_same_metrics(tiny_root, tmp_path):
+def test_train_killed_mid_run_resumes_to_the_same_metrics(tiny_root, table1_reference, tmp_path):
     common = _train_args(tiny_root)
-    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref, run = table1_reference / "cia_net" / "fold0", tmp_path / "run"
     proc = _ForkedCianet(*common, "--out", str(run))
     # killed right after the first epoch's checkpoint, while the second epoch trains
-    with _killing(proc, lambda: (run / "checkpoint.pt").exists()) as killed:
-        assert main([*common, "--out", str(ref)]) == 0  # the uninterrupted run, meanwhile
-    assert killed.result()
+    assert _kill_when(proc, lambda: (run / "checkpoint.pt").exists())
     assert (run / ".cianet.lock").exists()
     assert main([*common, "--out", str(run), "--resume"]) == 0  # only the killed run needs a process of its own
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (ref, run))
@@ -984,36 +1014,12 @@ def test_bundle_killed_at_random_points_leaves_no_half_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_experiment_killed_mid_way_resumes_to_the_same_table(tiny_root, tmp_path):
-    common = [
-        "experiment",
-        "table1",
-        "--config",
-        "tiny",
-        "--data-root",
-        str(tiny_root),
-        "--image-size",
-        "32",
-        "--no-progress",
-        "--folds",
-        "0",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--set",
-        "model.test_upsample=16",
-        "--set",
-        "model.head_channels=16",
-        "--set",
-        "run.threads=1",
-        "--set",
-        "data.workers=0",
-    ]
-    ref, out = tmp_path / "ref", tmp_path / "out"
+def test_experiment_killed_mid_way_resumes_to_the_same_table(tiny_root, table1_reference, tmp_path):
+    common = _experiment_args(tiny_root)
+    ref, out = table1_reference, tmp_path / "out"
     proc = _ForkedCianet(*common, "--out", str(out))
     # killed while the second variant (CIA-Net) trains, after its first epoch's checkpoint
-    with _killing(
+    assert _kill_when(
         proc,
         lambda: (
             any(out.glob("*/fold0/checkpoint.pt"))
@@ -1021,9 +1027,7 @@ def test_experiment_killed_mid_way_resumes_to_the_same_table(tiny_root, tmp_path
             and any((d / "checkpoint.pt").exists() and not (d / "metrics.json").exists() for d in out.glob("*/fold0"))
         ),
         timeout=300,
-    ) as killed:
-        assert main([*common, "--out", str(ref)]) == 0  # the uninterrupted experiment, meanwhile
-    assert killed.result()
+    )
     assert main([*common, "--out", str(out)]) == 0  # resumes
     a, b = (json.loads((d / "table1.json").read_text()) for d in (ref, out))
     assert a["results"] == b["results"] and a["comparisons"] == b["comparisons"]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cianet.labels import BOX_LABELS, LABELS, NO_FINDING
+from cianet.phantom import generator
 from cianet.phantom.anatomy import anatomy_layers, sample_anatomy
 from cianet.phantom.generator import (
     BBOX_HEADER,
@@ -285,19 +286,26 @@ def test_written_png_and_truth_are_the_planned_rendering(synth_set):
 
 
 @pytest.mark.slow
-def test_same_seed_same_bytes_any_worker_count(tmp_path):
+def test_same_seed_same_bytes_any_worker_count(tmp_path, monkeypatch):
     a = tmp_path / "a"
     b = tmp_path / "b"
     c = tmp_path / "c"
+    d = tmp_path / "d"
     kw = dict(twins=True, extra_negatives=2, prior_share=0.5)  # every part of the output, whatever the workers
     generate_dataset(a, n_images=10, size=64, seed=11, workers=1, progress=False, **kw)
-    generate_dataset(b, n_images=10, size=64, seed=11, workers=2, progress=False, **kw)
+    with monkeypatch.context() as m:  # a job this small stays in process: no pool may start
+        m.setattr(generator.multiprocessing, "get_context", None)
+        generate_dataset(d, n_images=10, size=64, seed=11, workers=2, progress=False, **kw)
+    with monkeypatch.context() as m:  # ... unless the threshold says otherwise: two real workers
+        m.setattr(generator, "IN_PROCESS_PIXELS", 0)
+        generate_dataset(b, n_images=10, size=64, seed=11, workers=2, progress=False, **kw)
     generate_dataset(c, n_images=10, size=64, seed=12, workers=1, progress=False)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(d) for p in d.rglob("*") if p.is_file())
     assert Path("pool_only.txt") in files and sum(f.parts[0] == "twins" for f in files) == 12
     for f in files:
-        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+        assert (a / f).read_bytes() == (b / f).read_bytes() == (d / f).read_bytes(), f
     imgs_a = {p.name: p.read_bytes() for p in (a / "images").iterdir()}
     imgs_c = {p.name: p.read_bytes() for p in (c / "images").iterdir()}
     assert all(imgs_a[n] != imgs_c[n] for n in set(imgs_a) & set(imgs_c))

@@ -82,7 +82,8 @@ def test_val_loader_scores_the_val_images_only(tiny_root, tmp_path):
     from cianet.run.scoring import evaluate
 
     for over in ({"protocol__val_share": 0.25}, {"protocol__kind": "classification"}):
-        cfg = tiny_config(tmp_path / "run", tiny_root, **over)
+        # only the names scored are checked: 32 px suffice
+        cfg = tiny_config(tmp_path / "run", tiny_root, data__image_size=32, **over)
         data = build_run_data(cfg)
         _, _, test_ds, test_loader = make_loaders(cfg, data)
         pairing = pair_negatives(cfg, data, test_ds.source)

@@ -317,8 +317,9 @@ def test_grid_affine_maps_cells_as_the_alignment_maps_boxes():
 @pytest.fixture(scope="module")
 def evaluated_runs(tmp_path_factory) -> dict:
     """Two evaluated runs (CIA-Net aligned, the baseline) of one test set: the CIA-Net run evaluated again by
-    ``cianet evaluate`` (bootstrap intervals, plots), the baseline as training evaluated it (metrics.json and
-    predictions.npz with its test grids), which is all a comparison page reads of it."""
+    ``cianet evaluate`` (bootstrap intervals; no plots: drawing them is most of the evaluation's time, and an
+    evaluated run's plots on its page are test_evaluate_plots' subject), the baseline as training evaluated it
+    (metrics.json and predictions.npz with its test grids), which is all a comparison page reads of it."""
     from cianet.evaluation.evaluate import evaluate_run
     from cianet.training.loop import fit
     from helpers import tiny_config, write_alignment, write_tiny_nih
@@ -329,7 +330,9 @@ def evaluated_runs(tmp_path_factory) -> dict:
     # 32 px networks (half the cost of the tiny recipe's 64): the page draws the same 16 x 16 test grids
     settings = dict(optim__epochs=1, align__checkpoint=align, data__image_size=32)
     runs = {kind: fit(tiny_config(tmp / kind, root, model__kind=kind, **settings)) for kind in ("cianet", "baseline")}
-    evaluate_run(runs["cianet"], device="cpu", progress=False, n_boot=50)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("cianet.evaluation.evaluate.write_evaluation_plots", lambda *a, **k: {})
+        evaluate_run(runs["cianet"], device="cpu", progress=False, n_boot=50)
     return runs
 
 

@@ -984,6 +984,12 @@ def _prepare_folders(out: Path, names: set[str], overwrite: bool, twins: bool) -
     return previous, twin_dir
 
 
+#: pixels to draw (images and twins) up to which :func:`_render_all` stays in this process whatever the
+#: workers: about a second of drawing (128 images of 128 px), what starting a spawn pool costs (each worker
+#: imports the caller's __main__: seconds where that imports torch). The bytes are the same either way.
+IN_PROCESS_PIXELS = 2**21
+
+
 def _render_all(
     plans: Sequence[ImagePlan],
     size: int,
@@ -995,10 +1001,13 @@ def _render_all(
     force_progress: bool,
 ) -> dict[int, dict]:
     """Draw and write every planned image (:func:`_render_task`) in ``workers`` processes (default: all CPUs;
-    the bytes do not depend on it). Returns each image's truth by image index."""
+    one for a small job, see :data:`IN_PROCESS_PIXELS`; the bytes do not depend on it). Returns each image's
+    truth by image index."""
     tasks = [(p, size, seed, str(img_dir), str(twin_dir) if twin_dir else None) for p in plans]
     workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
     workers = min(workers, len(tasks))
+    if len(tasks) * (2 if twin_dir else 1) * size * size <= IN_PROCESS_PIXELS:
+        workers = 1
     results: dict[int, dict] = {}
     bar = tqdm(
         total=len(tasks),
