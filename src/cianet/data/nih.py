@@ -22,13 +22,7 @@ from pathlib import Path
 
 from cianet.data.box_checks import check_boxes
 from cianet.data.index import Box, ImageIndex, ImageRecord, attach_paths, few
-from cianet.data.tables import (
-    IMAGE_EXTENSIONS,
-    find_metadata_file,
-    paused_gc,
-    resolve_path,
-    scan_images,
-)
+from cianet.data.tables import IMAGE_EXTENSIONS, find_metadata_file, paused_gc, resolve_path, scan_images
 from cianet.data.tables import cell as _cell
 from cianet.data.tables import column as _column
 from cianet.data.tables import open_text as _open_text

@@ -22,7 +22,6 @@ from cianet.errors import InputError, MissingPathError
 #: VinDr-CXR's spelling.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 
-
 #: Suffixes a metadata file may carry beyond its own name, tried in this order.
 COMPRESSED_SUFFIXES: tuple[str, ...] = ("", ".gz", ".zip")
 

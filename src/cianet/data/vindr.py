@@ -24,15 +24,7 @@ from cianet.config import VINDR
 from cianet.data.box_checks import check_boxes
 from cianet.data.box_merge import DEFAULT_MERGE, DEFAULT_MERGE_IOU, check_merge, merge_boxes
 from cianet.data.index import Box, ImageIndex, ImageRecord, attach_paths
-from cianet.data.tables import (
-    cell,
-    column,
-    find_metadata_file,
-    header_of,
-    locate_table,
-    optional_column,
-    read_rows,
-)
+from cianet.data.tables import cell, column, find_metadata_file, header_of, locate_table, optional_column, read_rows
 from cianet.errors import InputError
 from cianet.labels import LabelSet
 from cianet.utils.file_memo import parsed_once

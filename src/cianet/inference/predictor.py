@@ -26,7 +26,6 @@ maps them to the image (``cianet.models.alignment.mask_to_original``).
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -58,11 +57,11 @@ from cianet.models.cianet import grid_side
 from cianet.models.folding import for_inference
 from cianet.negatives import HashIndex, hash_codes
 from cianet.run.bundle_file import load_bundle, validate_bundle
+from cianet.run.bundle_format import file_sha256
 from cianet.run.device import resolve_device
 from cianet.run.networks import alignment_from_weights, network_from_weights
 from cianet.run.pairing import aligned_images
 from cianet.run.precision import autocast, resolve_precision
-from cianet.utils.file_memo import parsed_once
 from cianet.utils.progress import chunk_progress
 from cianet.utils.timing import stage
 
@@ -327,19 +326,6 @@ def model_identity(bundle: Mapping[str, Any]) -> dict[str, Any]:
         "trained_with": str(bundle.get("cianet_version", "")),
         "sha256": None,  # of the bundle file, set by Predictor.from_bundle
     }
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes, remembered while the file is unchanged (a bundle loaded again)."""
-    return parsed_once(Path(path), _sha256_of)
-
-
-def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -------------------------------------------------------------------------------------------- predictor

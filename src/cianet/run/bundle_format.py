@@ -225,13 +225,29 @@ def verify_data(path: str | os.PathLike, desc: dict[str, Any]) -> bool:
     return True
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a whole bundle file (the model's identity in prediction records), remembered while the
+    file is unchanged."""
+    return parsed_once(Path(path), _whole_file_sha256)
+
+
+def _whole_file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return _sha256_of_rest(fh)
+
+
 def _tensor_data_sha256(path: Path) -> str:
     """SHA-256 of every byte after the safetensors header (an 8-byte length, then the header)."""
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
         fh.seek(8 + struct.unpack("<Q", fh.read(8))[0])
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+        return _sha256_of_rest(fh)
+
+
+def _sha256_of_rest(fh) -> str:
+    """Hex SHA-256 of a binary file's bytes from its current position to the end, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
