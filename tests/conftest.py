@@ -20,9 +20,44 @@ os.environ.setdefault("CIANET_LOG_DIR", str(Path(tempfile.gettempdir()) / "ciane
 
 
 def pytest_configure(config) -> None:
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return  # pytest-xdist's controller runs no test: importing torch there delays the workers' start by ~3 s
     import torch
 
     torch.set_num_threads(int(TEST_THREADS))
+
+
+# The files that take longest (6-25 s each on a 2-core CPU, measured), longest first. pytest-xdist's loadfile
+# hands out whole files in collection order (pyproject: --no-loadscope-reorder); collected first, they run while
+# the short files fill the other worker's gaps, instead of one worker running a long file alone at the end.
+LONG_FILES = (
+    "test_safety.py",
+    "test_onnx.py",
+    "test_evidence.py",
+    "test_demo.py",
+    "test_gpu_bench.py",
+    "test_bench.py",
+    "test_view.py",
+    "test_pairing_record.py",
+    "test_backbones.py",
+    "test_datasets.py",
+    "test_safety_paths.py",
+    "test_dataset_layouts.py",
+    "test_engine.py",
+)
+
+
+#: session fixtures that build networks and runs (seconds per test process): a test that uses one is slow
+BUILDS_MODELS = ("chest_models", "trained_run")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if any(name in item.fixturenames for name in BUILDS_MODELS):
+            item.add_marker(pytest.mark.slow)
+    first = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: first.get(item.path.name, len(LONG_FILES)))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

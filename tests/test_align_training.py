@@ -75,6 +75,7 @@ def test_net_kwargs_centre_on_the_crop(canonical, tmp_path, capsys):
     assert "centred on the identity" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # builds and saves alignment networks (about 1.5 s)
 def test_old_checkpoint_loads_with_old_bounds(tmp_path):
     from cianet.run.checkpoints import load_alignment
 

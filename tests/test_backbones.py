@@ -67,6 +67,7 @@ def test_our_resnets_are_torchvisions_to_the_bit(name):
     assert torch.equal(ref.layer2[0].bn1.running_mean, ours.layer2[0].bn1.running_mean)  # train mode updated both
 
 
+@pytest.mark.slow  # imports torchvision (and with it torch._dynamo: seconds)
 def test_every_resnet_has_torchvisions_tensors():
     import torchvision.models as tvm
 

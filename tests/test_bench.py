@@ -5,8 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import runpy
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import traceback
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -70,6 +77,7 @@ def test_peak_rss_is_at_least_current_rss() -> None:
     assert peak_rss_mb() >= current > 0
 
 
+@pytest.mark.slow  # counts a ResNet-18 network (about 2 s)
 def test_flop_count_matches_a_hand_count() -> None:
     from cianet.bench.predict_profile import count_flops
 
@@ -102,14 +110,50 @@ def test_bad_bench_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[s
     assert "multiple of 32" in capsys.readouterr().err
 
 
+def _run_forked(cmd: list[str], capture_output: bool, text: bool, timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run`` for the bench's worker command line (``python -m cianet.bench.speed ...``), run in a
+    fork of this process: the module runs as ``__main__`` with the command's arguments and its stdout and exit
+    status come back as a subprocess's do, but torch is not imported again (~5 s of CPU). ``timeout`` is not applied."""
+    assert cmd[:3] == [sys.executable, "-m", "cianet.bench.speed"] and capture_output and text, cmd
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # the child never returns into pytest
+            code = 1
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+                sys.argv = cmd[2:]
+                sys.modules.pop(cmd[2], None)  # run afresh as __main__, as `python -m` does
+                try:
+                    runpy.run_module(cmd[2], run_name="__main__", alter_sys=True)
+                    code = 0
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(
+            cmd, os.waitstatus_to_exitcode(status), out.read().decode(), err.read().decode()
+        )
+
+
 @pytest.fixture(scope="module")
 def quick_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from helpers import predict_workers_in_process
 
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    # The bank worker runs in a fresh process as the CLI runs it (the worker protocol stays tested), the other
-    # two in this one: every fresh interpreter imports torch again (seconds).
+    # The bank worker runs through the worker protocol as the CLI runs it (its command line, the JSON it prints,
+    # the exit status), in a fork of this process; the other two run in this one: every fresh interpreter
+    # imports torch again (seconds).
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(speed, "subprocess", SimpleNamespace(run=_run_forked))
         mp.setattr(speed, "_run_worker", predict_workers_in_process(keep=("bank",)))
         # The structure is what is checked: --quick at even smaller sizes (a quarter of the pixels per training
         # step, one wait step, 56 phantom images: 48 are still enough for the recipe's 5 folds, 40 are not; one

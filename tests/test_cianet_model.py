@@ -53,6 +53,7 @@ def test_shapes(backbone, size, nets14):
     assert set(base) == {"logits"} and base["logits"].shape == (2, 14, h, h)
 
 
+@pytest.mark.slow  # a float64 loop over every cell (about a second)
 def test_delta_normalization_against_loop():
     torch.manual_seed(0)
     m_pos, m_neg = torch.randn(3, 4, 5), torch.randn(3, 4, 5)

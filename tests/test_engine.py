@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import socket
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from cianet.cli import main
 from cianet.config import load_config
 from helpers import tiny_config
 
@@ -17,10 +24,15 @@ def _weights(run_dir):
 
 
 @pytest.mark.slow
-def test_resumed_run_ends_with_the_same_weights(tiny_root, trained_run, tmp_path, monkeypatch):
+def test_resumed_run_ends_with_the_same_weights(tiny_nih, tmp_path, monkeypatch):
     from cianet.training import loop as tr
 
-    straight = trained_run  # the same recipe on the same data, trained without interruption
+    root = tiny_nih(12)  # 12 training images at 32 px in batches of 4: still 3 steps an epoch, at a third of the cost
+
+    def config(name: str):
+        return tiny_config(tmp_path / name, root, data__image_size=32, optim__batch_size=4)
+
+    straight = tr.fit(config("straight"))  # the same recipe on the same data, trained without interruption
 
     real_epoch = tr.train_one_epoch
     calls = {"n": 0}
@@ -33,13 +45,13 @@ def test_resumed_run_ends_with_the_same_weights(tiny_root, trained_run, tmp_path
 
     monkeypatch.setattr(tr, "train_one_epoch", dying_epoch)
     with pytest.raises(KeyboardInterrupt):
-        tr.fit(tiny_config(tmp_path / "killed", tiny_root))
+        tr.fit(config("killed"))
     assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["epoch"] == 0
     assert not (tmp_path / "killed" / "metrics.json").exists()
     monkeypatch.setattr(tr, "train_one_epoch", real_epoch)
     with pytest.raises(ValueError, match="--resume"):
-        tr.fit(tiny_config(tmp_path / "killed", tiny_root))
-    resumed = tr.fit(tiny_config(tmp_path / "killed", tiny_root), resume=True)
+        tr.fit(config("killed"))
+    resumed = tr.fit(config("killed"), resume=True)
 
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()
@@ -112,25 +124,67 @@ def test_config_overrides_and_errors(tmp_path):
     assert again == cfg
 
 
+def _free_port() -> int:
+    with socket.socket() as s:  # the system's pick: a fixed port collides with another run of the suite
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_as_rank(rank: int, world: int, port: int, argv: list[str], logs: Path) -> None:
+    """One rank as torchrun starts it: the environment torchrun sets, then `python -m cianet ARGV`."""
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    out = open(logs / f"rank{rank}.out", "w", buffering=1)  # noqa: SIM115 - the process ends with the rank
+    err = open(logs / f"rank{rank}.err", "w", buffering=1)  # noqa: SIM115
+    os.dup2(out.fileno(), 1)  # C++ output (gloo) too, not into pytest's capture of the parent
+    os.dup2(err.fileno(), 2)
+    sys.stdout, sys.stderr = out, err
+    sys.exit(main(argv))
+
+
+#: what both ranks import on first use (the training, DDP, and torch._dynamo that DDP and torch.optim's step pull
+#: in): the fork server imports it before it forks them
+RANK_IMPORTS = ["torch", "torch._dynamo", "torch.nn.parallel", "cianet.commands.train", "cianet.training.loop"]
+
+
+def _run_ranks(world: int, argv: list[str], logs: Path, timeout: float = 120.0) -> list[int | None]:
+    """Each rank's exit code (None: killed by a signal, here when it hung); no rank outlives this call."""
+    # Forks of a fresh server process that has imported what the ranks need (once, not once per rank), not of
+    # this one: after an ONNX export (aot autograd) and a training here, autograd refuses to run in a fork.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(RANK_IMPORTS)
+    port = _free_port()
+    ranks = [ctx.Process(target=_train_as_rank, args=(r, world, port, argv, logs)) for r in range(world)]
+    for p in ranks:
+        p.start()
+    deadline = time.monotonic() + timeout
+    try:
+        for p in ranks:
+            p.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        for p in ranks:
+            if p.is_alive():  # a rank whose peer died waits in gloo for half an hour
+                p.kill()
+                p.join()
+    return [p.exitcode if p.exitcode is not None and p.exitcode >= 0 else None for p in ranks]
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tiny_nih, tmp_path):
-    """DistributedDataParallel with gloo: two ranks train, rank 0 alone writes the run (log, TensorBoard)."""
-    import os
-    import subprocess
-    import sys
+    """DistributedDataParallel with gloo: two ranks train, rank 0 alone writes the run (log, TensorBoard).
 
+    torchrun only starts the processes and sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (what
+    cianet.run.device and gloo's env:// read); the ranks here are forks of one fresh fork server that set the
+    same variables and run `cianet train` as `python -m cianet` does, without importing torch three times."""
     tiny_root = tiny_nih(12)  # the smallest set the session has: each rank still gets batches every epoch
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29517",
-        "-m",
-        "cianet",
+    argv = [
         "train",
         "--config",
         "tiny",
@@ -156,10 +210,11 @@ def test_torchrun_two_processes_on_cpu(tiny_nih, tmp_path):
         "--set",
         "run.tensorboard=true",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("run: ") == 1  # only rank 0 reports
+    codes = _run_ranks(2, argv, tmp_path)
+    errors = "".join((tmp_path / f"rank{r}.err").read_text()[-3000:] for r in range(2))
+    assert codes == [0, 0], errors
+    stdout = "".join((tmp_path / f"rank{r}.out").read_text() for r in range(2))
+    assert stdout.count("run: ") == 1  # only rank 0 reports
     epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in epochs if r["event"] == "epoch"] == [0]  # one writer: two would log [0, 0]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision.models as tvm
 
 from cianet.models.backbones import resnet_trunk, stage_stride
 from cianet.models.cianet import build_model
@@ -13,6 +12,9 @@ from cianet.models.cianet import build_model
 
 @pytest.mark.slow
 def test_dilated_resnet50_matches_torchvision_replace_stride_with_dilation():
+    # lazy: importing torchvision imports torch._dynamo (about 3 s), paid at collection by every worker otherwise
+    import torchvision.models as tvm
+
     torch.manual_seed(0)
     ref = tvm.resnet50(weights=None, replace_stride_with_dilation=[False, True, True]).eval()
     trunk, channels = resnet_trunk("resnet50", upto="c5", state_dict=ref.state_dict(), output_stride=8)

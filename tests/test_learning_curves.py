@@ -75,6 +75,7 @@ def test_plateau_sentence_says_which_side_of_the_threshold(tmp_path):
     assert "did not learn" in plateau_sentence("CIA-Net", read_curve(tmp_path / "dead"))
 
 
+@pytest.mark.slow  # draws a figure (matplotlib: about a second)
 def test_figure_is_a_png_and_none_without_curves(tmp_path):
     _log(tmp_path / "r", [_epoch(e, a) for e, a in enumerate((0.5, 0.6))])
     path = figure_learning_curves({"Base": read_curve(tmp_path / "r"), "CIA-Net": None}, tmp_path / "lc.png")

@@ -31,6 +31,7 @@ def _tx(loaded) -> float:
         return float(loaded.net.predict_params(torch.zeros(1, 1, 64, 64))[0, 0])
 
 
+@pytest.mark.slow  # builds and reads alignment checkpoints (about 1 s)
 def test_an_unchanged_alignment_is_read_once_and_a_changed_one_again(tmp_path, monkeypatch):
     from cianet.run.checkpoints import load_alignment
 

@@ -18,12 +18,12 @@ from helpers import GRID, SIZE, U, make_run, synthetic_chest
 
 pytestmark = pytest.mark.slow  # exports the network twice (seconds each)
 
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    # here, not at the module's top: importing onnx at collection costs every test worker about a second
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
     tmp = tmp_path_factory.mktemp("onnx")
     run, _ = make_run(tmp, shift=0.1)
     bundle = save_bundle(bundle_from_run(run, n_negatives=100, progress=False), tmp / "m.cianet")
@@ -53,6 +53,8 @@ def test_export_onnx_prints_one_json_object(exported, tmp_path, capsys):
 
 
 def test_onnx_matches_pytorch(exported):
+    import onnxruntime as ort
+
     from cianet.inference.predictor import Predictor
     from cianet.models.backbones import gray_to_input
 
@@ -85,6 +87,7 @@ def test_onnx_matches_pytorch(exported):
 
 def test_onnx_sidecars_and_metadata(exported):
     import onnx
+    import onnxruntime as ort
 
     from cianet.labels import LABELS
     from cianet.run.bundle_file import load_bundle

@@ -12,6 +12,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from cianet.cli import main
 from cianet.errors import InputError, UsageError
-from helpers import make_run, one_line
+from helpers import one_line
 
 #: the tiny set of this module (conftest's tiny_root): 12 patients, as the kill-and-resume runs train on it
 TINY_PATIENTS = 12
@@ -140,18 +141,14 @@ def test_synth_refuses_an_absurd_size_with_one_line(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def bundle_and_images(tmp_path_factory):
-    from cianet.inference.bundle import bundle_from_run
-    from cianet.run.bundle_file import save_bundle
-
-    tmp = tmp_path_factory.mktemp("predict_safety")
-    run, images = make_run(tmp, kind="baseline")
-    model = save_bundle(bundle_from_run(run, progress=False), tmp / "m.cianet")
-    src = tmp / "in"
+def bundle_and_images(chest_models, tmp_path_factory):
+    """conftest's baseline bundle (read-only) and a folder of three of its data set's images."""
+    run, images = chest_models.run("base")
+    src = tmp_path_factory.mktemp("predict_safety") / "in"
     src.mkdir()
     for name in sorted(images)[:3]:
-        (src / name).write_bytes((tmp / "data" / "images" / name).read_bytes())
-    return model, src
+        (src / name).write_bytes((run.parent / "data" / "images" / name).read_bytes())
+    return chest_models.bundle("base"), src
 
 
 @pytest.mark.slow
@@ -703,10 +700,10 @@ def test_a_folder_where_a_file_is_written_is_one_line(tiny_root, tmp_path, capsy
 
 
 @pytest.mark.slow  # evaluates a run
-def test_evaluate_accepts_the_checkpoint_file_of_a_run(tiny_root, tmp_path, capsys, monkeypatch):
+def test_evaluate_accepts_the_checkpoint_file_of_a_run(chest_models, tiny_root, tmp_path, capsys, monkeypatch):
     # the plots are another test's (test_evaluate_plots): drawing them here would be most of this one's time
     monkeypatch.setattr("cianet.evaluation.evaluate.write_evaluation_plots", lambda *args: {})
-    run, _ = make_run(tmp_path, kind="baseline")
+    run = shutil.copytree(chest_models.run("base")[0], tmp_path / "run")  # evaluate writes into it: a copy
     assert (
         main(
             [
@@ -786,11 +783,8 @@ class _ForkedCianet:
 
 def _import_what_training_imports_lazily() -> None:
     """Import in this process what a training child would import on its own: torch's first optimizer imports
-    torch._dynamo, evaluation scikit-learn, seconds of CPU in each child that this process (which trains and
-    evaluates too) pays once."""
-    # lazy: only the kill tests fork trainers; the rest of the module needs neither
-    import sklearn.metrics  # noqa: F401
-    import torch
+    torch._dynamo, about 2 s of CPU in each child that this process (which trains too) pays once."""
+    import torch  # lazy: only the kill tests fork trainers
 
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
@@ -892,18 +886,50 @@ def table1_reference(tiny_root, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_train_killed_mid_run_resumes_to_the_same_metrics(tiny_root, table1_reference, tmp_path):
+def test_train_killed_mid_run_resumes_to_the_same_metrics_and_a_second_train_is_refused(
+    tiny_root, table1_reference, tmp_path, capsys
+):
+    """One killed train for three properties (each kill is a train of its own): a second writer into its folder is
+    refused, an old (markerless) killed run is adopted, and the resumed run equals the uninterrupted one."""
+    from cianet.run.run_folder import claim_run_folder
+
     common = _train_args(tiny_root)
     ref, run = table1_reference / "cia_net" / "fold0", tmp_path / "run"
     proc = _ForkedCianet(*common, "--out", str(run))
-    # killed right after the first epoch's checkpoint, while the second epoch trains
+    _wait_for_the_lock(run, proc)
+    assert main([*common, "--out", str(run)]) == 2  # two writers into one run folder: the second is refused
+    one_line(capsys.readouterr().err, f"{run}: another cianet process", f"pid {proc.pid}", "cianet train")
+    # killed right after the first epoch's checkpoint, while the second epoch trains: the first was not disturbed
     assert _kill_when(proc, lambda: (run / "checkpoint.pt").exists())
     assert (run / ".cianet.lock").exists()
+    # An older cianet wrote no marker: its killed run is adopted and resumes.
+    (run / ".cianet-output.json").unlink()
     assert main([*common, "--out", str(run), "--resume"]) == 0  # only the killed run needs a process of its own
+    assert json.loads((run / ".cianet-output.json").read_text())["kind"] == "train"
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (ref, run))
     assert a["auc"] == b["auc"] and a["localization"] == b["localization"]
     _same_weights(ref / "checkpoint.pt", run / "checkpoint.pt")  # at 32 px the metrics alone tell little apart
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp") or p.name == ".cianet.lock"]
+    # Everything train, evaluate and view write into a run folder is recognised as an old run's.
+    assert main(["evaluate", "--run", str(run), "--bootstrap", "0", "--no-progress"]) == 0
+    assert main(["view", str(run), "--no-progress"]) == 0
+    (run / ".cianet-output.json").unlink()
+    claim_run_folder(run, "train")
+
+
+def _wait_for_the_lock(run: Path, proc: _ForkedCianet) -> None:
+    """Until ``proc`` holds the lock of its run folder ``run``."""
+
+    def holder() -> int | None:
+        try:
+            return json.loads((run / ".cianet.lock").read_text())["pid"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    t0 = time.time()
+    while holder() != proc.pid:
+        assert proc.poll() is None and time.time() - t0 < 120, "the first train never took the lock"
+        time.sleep(0.02)
 
 
 def _same_weights(a: Path, b: Path) -> None:
@@ -994,15 +1020,14 @@ def test_train_align_killed_mid_run_resumes_to_the_same_weights(tiny_root, tmp_p
 
 
 @pytest.mark.slow
-def test_bundle_killed_at_random_points_leaves_no_half_file(tmp_path):
+def test_bundle_killed_at_random_points_leaves_no_half_file(chest_models, tmp_path):
     from cianet.run.bundle_file import load_bundle
 
-    run, _ = make_run(tmp_path)
-    ref, out = tmp_path / "ref.cianet", tmp_path / "out.cianet"
-    args = ["bundle", "--run", str(run), "--no-progress"]
+    # the uninterrupted bundle: conftest's, of the same run with the same bank size and seed (read-only)
+    run, ref, out = chest_models.run("plain")[0], chest_models.bundle("plain"), tmp_path / "out.cianet"
+    args = ["bundle", "--run", str(run), "--bank-size", "100", "--no-progress"]
     # killed in the middle of the atomic write: the whole bundle in its temp file, not yet renamed onto --out
     proc = _ForkedCianet(*args, "--out", str(out), dies_at=(os, "replace", 1, lambda src, dst: Path(dst) == out))
-    assert main([*args, "--out", str(ref)]) == 0  # the uninterrupted bundle, meanwhile
     assert proc.wait() == -signal.SIGKILL
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert main([*args, "--out", str(out), "--overwrite"]) == 0  # also removes a SIGKILLed write's temp
@@ -1032,39 +1057,6 @@ def test_experiment_killed_mid_way_resumes_to_the_same_table(tiny_root, table1_r
     a, b = (json.loads((d / "table1.json").read_text()) for d in (ref, out))
     assert a["results"] == b["results"] and a["comparisons"] == b["comparisons"]
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.name == ".cianet.lock"]
-
-
-@pytest.mark.slow
-def test_a_second_train_is_refused_naming_the_first_and_an_old_run_folder_resumes(tiny_root, tmp_path, capsys):
-    from cianet.run.run_folder import claim_run_folder
-
-    common = _train_args(tiny_root)
-    run = tmp_path / "run"
-    proc = _ForkedCianet(*common, "--out", str(run))
-
-    def holder() -> int | None:
-        try:
-            return json.loads((run / ".cianet.lock").read_text())["pid"]
-        except (OSError, ValueError, KeyError):
-            return None
-
-    t0 = time.time()
-    while holder() != proc.pid:
-        assert proc.poll() is None and time.time() - t0 < 120, "the first train never took the lock"
-        time.sleep(0.02)
-    assert main([*common, "--out", str(run)]) == 2  # two writers into one run folder: the second is refused
-    one_line(capsys.readouterr().err, f"{run}: another cianet process", f"pid {proc.pid}", "cianet train")
-    assert _kill_when(proc, lambda: (run / "checkpoint.pt").exists())  # the first was not disturbed
-    # An older cianet wrote no marker: its killed run is adopted and resumes.
-    (run / ".cianet-output.json").unlink()
-    assert main([*common, "--out", str(run), "--resume"]) == 0
-    assert json.loads((run / ".cianet-output.json").read_text())["kind"] == "train"
-    assert (run / "metrics.json").exists()
-    # Everything train, evaluate and view write into a run folder is recognised as an old run's.
-    assert main(["evaluate", "--run", str(run), "--bootstrap", "0", "--no-progress"]) == 0
-    assert main(["view", str(run), "--no-progress"]) == 0
-    (run / ".cianet-output.json").unlink()
-    claim_run_folder(run, "train")
 
 
 @pytest.mark.slow

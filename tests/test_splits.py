@@ -124,6 +124,7 @@ def test_folds_synthetic(idx):
     check_folds(idx, localization_folds(idx, seed=2, k=3), 3)
 
 
+@pytest.mark.slow  # the real metadata tables (about 1.5 s to read)
 def test_folds_real_nih(nih_index):
     folds = localization_folds(nih_index, seed=0)
     check_folds(nih_index, folds, 5)

@@ -502,8 +502,14 @@ def test_trained_run_has_tie_free_evidence_pointing_and_a_validation_threshold(t
     from cianet.training.loop import fit
     from helpers import tiny_config
 
-    # one epoch: the measures, not the learning, are under test
-    cfg = tiny_config(tmp_path / "run", tiny_nih(40), protocol__val_share=0.25, protocol__unannotated_ratio=0.5)
+    # one epoch at 32 px: the measures, not the learning, are under test
+    cfg = tiny_config(
+        tmp_path / "run",
+        tiny_nih(40),
+        protocol__val_share=0.25,
+        protocol__unannotated_ratio=0.5,
+        data__image_size=32,
+    )
     cfg.optim.epochs = 1
     run = fit(cfg)
     m = json.loads((run / "metrics.json").read_text())

@@ -81,15 +81,15 @@ def test_val_loader_scores_the_val_images_only(tiny_root, tmp_path):
     from cianet.run.protocol import build_run_data
     from cianet.run.scoring import evaluate
 
+    # only the names scored are checked: 32 px suffice, and one network serves both protocols
+    model = tiny_model(tiny_config(tmp_path / "run", tiny_root, data__image_size=32))
     for over in ({"protocol__val_share": 0.25}, {"protocol__kind": "classification"}):
-        # only the names scored are checked: 32 px suffice
         cfg = tiny_config(tmp_path / "run", tiny_root, data__image_size=32, **over)
         data = build_run_data(cfg)
         _, _, test_ds, test_loader = make_loaders(cfg, data)
         pairing = pair_negatives(cfg, data, test_ds.source)
         assert all(n in pairing.test(0) for n in data.val)  # val images are paired like test images
         _, val_loader = make_val_loader(cfg, data, pairing)
-        model = tiny_model(cfg)
         with pytest.warns(UserWarning):  # tiny sets miss classes: NaN AUC / accuracy, with warnings
             seen = evaluate(model, val_loader, torch.device("cpu"), progress=False)["names"]
             tested = evaluate(model, test_loader, torch.device("cpu"), progress=False)["names"]

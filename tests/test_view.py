@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import TinyImage, make_run, synthetic_chest, write_nih
+from helpers import TinyImage, synthetic_chest, write_nih
 
 BOX = (20, 30, 24, 20)  # the true Nodule box of the second image (x, y, w, h)
 
@@ -30,7 +30,7 @@ def strict_load(path: Path):
 
 
 @pytest.fixture(scope="module")
-def predicted(tmp_path_factory) -> dict:
+def predicted(chest_models, tmp_path_factory) -> dict:
     """A bundle (alignment shift tx = 0.25, every class's boxes reported) run over a small NIH-layout folder
     whose index gives the ground truth; returns paths and the in-memory results."""
     from cianet.inference.batch import predict_files
@@ -38,7 +38,7 @@ def predicted(tmp_path_factory) -> dict:
     from cianet.run.bundle_file import save_bundle
 
     tmp = tmp_path_factory.mktemp("view")
-    run, _ = make_run(tmp / "run", kind="cianet", shift=0.25)
+    run, _ = chest_models.run("shift")  # conftest's, read-only: the bundle is made from it, not into it
     imgs = [np.rint(synthetic_chest(np.random.default_rng(s), lesion=s == 2) * 255).astype(np.uint8) for s in (1, 2, 3)]
     bundle = bundle_from_run(run, n_negatives=100, progress=False, thresholds=0.0)
     # An untrained head puts few cells above 0.5: shift each class's bias by minus its median test-grid logit
@@ -60,7 +60,7 @@ def predicted(tmp_path_factory) -> dict:
     out = tmp / "pred"
     res = predict_files([str(truth / "images")], bundle, out, batch_size=2, progress=False, overlay=False)
     assert res.predicted == 3
-    return {"tmp": tmp, "bundle": bundle, "truth": truth, "out": out}
+    return {"tmp": tmp, "run": run, "bundle": bundle, "truth": truth, "out": out}
 
 
 @pytest.mark.slow  # builds a bundle and predicts (~12 s, shared)
@@ -172,7 +172,8 @@ def test_view_writes_a_self_contained_page(predicted, tmp_path):
     assert "<script src" not in text
     for ref in re.findall(r'"(img/[^"]+)"', text):
         assert (site / ref).is_file(), ref
-    assert str(predicted["tmp"]) not in text  # no local absolute path in a page meant to be mailed
+    # no local absolute path in a page meant to be mailed (the run the bundle was made from lies elsewhere)
+    assert str(predicted["tmp"]) not in text and str(predicted["run"].parent) not in text
     data = page_data(site / "index.html")
     items = {it["name"]: it for it in data["items"]}
     assert sorted(items) == ["00000101_000.png", "00000102_000.png", "00000103_000.png"]
@@ -315,17 +316,17 @@ def test_grid_affine_maps_cells_as_the_alignment_maps_boxes():
 
 
 @pytest.fixture(scope="module")
-def evaluated_runs(tmp_path_factory) -> dict:
+def evaluated_runs(tiny_nih, tmp_path_factory) -> dict:
     """Two evaluated runs (CIA-Net aligned, the baseline) of one test set: the CIA-Net run evaluated again by
     ``cianet evaluate`` (bootstrap intervals; no plots: drawing them is most of the evaluation's time, and an
     evaluated run's plots on its page are test_evaluate_plots' subject), the baseline as training evaluated it
     (metrics.json and predictions.npz with its test grids), which is all a comparison page reads of it."""
     from cianet.evaluation.evaluate import evaluate_run
     from cianet.training.loop import fit
-    from helpers import tiny_config, write_alignment, write_tiny_nih
+    from helpers import tiny_config, write_alignment
 
     tmp = tmp_path_factory.mktemp("runs")
-    root = write_tiny_nih(tmp / "data", n_patients=16)
+    root = tiny_nih(12)  # conftest's (read-only; test_safety's size): its test split holds a boxed Nodule
     align = str(write_alignment(tmp / "align.pt", tx=0.1))  # regions mapped back through a shift
     # 32 px networks (half the cost of the tiny recipe's 64): the page draws the same 16 x 16 test grids
     settings = dict(optim__epochs=1, align__checkpoint=align, data__image_size=32)

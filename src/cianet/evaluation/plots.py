@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cianet.metrics import curve_area, precision_recall_points, roc_points
 from cianet.utils.atomic import atomic_write_bytes
 
 PLOT_FILES = {"roc": "roc.png", "pr": "pr.png", "localization": "localization.png", "loss": "loss.png"}
@@ -77,12 +78,10 @@ def _class_curves(ax, scores: np.ndarray, labels: np.ndarray, names: Sequence[st
 
 def roc_figure(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> bytes | None:
     """One ROC curve per class with both label values present (legend: AUC); None when there is none."""
-    # lazy: scikit-learn takes seconds to import and only this function needs it
-    from sklearn.metrics import auc, roc_curve
 
     def roc(y, s):
-        fpr, tpr, _ = roc_curve(y, s)
-        return fpr, tpr, auc(fpr, tpr)  # roc_auc_score's own sum, on the curve drawn (one ranking, not two)
+        fpr, tpr, _ = roc_points(y, s)
+        return fpr, tpr, curve_area(fpr, tpr)  # roc_auc's own sum, on the curve drawn (one ranking, not two)
 
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
@@ -103,11 +102,9 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> 
 def pr_figure(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> bytes | None:
     """One precision-recall curve per class with both label values present (legend: average precision);
     None when there is none."""
-    # lazy: scikit-learn takes seconds to import and only this function needs it
-    from sklearn.metrics import precision_recall_curve
 
     def pr(y, s):
-        precision, recall, _ = precision_recall_curve(y, s)
+        precision, recall, _ = precision_recall_points(y, s)
         # average_precision_score's step-function sum, on the curve drawn (one ranking, not two)
         return recall, precision, max(0.0, -float(np.sum(np.diff(recall) * precision[:-1])))
 

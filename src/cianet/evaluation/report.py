@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cianet.config import load_config
 from cianet.data.io import load_xray, resize_gray
 from cianet.evaluation.alignment import evaluate_alignment
 from cianet.evaluation.comparisons import auc_markdown, compare_runs, comparison_markdown, localization_markdown
@@ -22,6 +23,7 @@ from cianet.evaluation.plots import PNG_OPTIONS, set_margins
 from cianet.labels import BOX_LABELS, LABELS
 from cianet.metrics import format_auc_table, roc_curves, verdict
 from cianet.models.alignment import warp
+from cianet.models.backbones import stage_stride
 from cianet.run.checkpoints import load_alignment
 from cianet.run.datasets import collate
 from cianet.run.forward import align_batch, forward_grids
@@ -363,6 +365,13 @@ def learning_curves_section(curves: dict) -> list[str]:
     ]
 
 
+def _grid_words(run_dir: Path, size: int) -> str:
+    """E.g. "a 16 x 16 grid (8 px cells)": the grid the run's configuration gives at ``size`` px."""
+    model = load_config(Path(run_dir) / "config.yaml").model
+    cell = stage_stride(model.last_stage, model.output_stride)
+    return f"a {size // cell} x {size // cell} grid ({cell} px cells)"
+
+
 def write_demo_report(
     out: Path, runs: dict[str, Path], canonical: Path, align_ckpt: Path, timings: dict[str, float], settings: dict
 ) -> Path:
@@ -388,7 +397,7 @@ def write_demo_report(
         "# cianet demo report",
         "",
         f"Synthetic phantom: {settings['n_images']} images at {size} px; tiny recipe (ResNet-18), "
-        f"{settings['epochs']} epochs on a 16 x 16 grid (8 px cells); both models see aligned images. "
+        f"{settings['epochs']} epochs on {_grid_words(runs['cianet'], size)}; both models see aligned images. "
         "Training: 80% annotated + 50% unannotated images (paper Table 1 protocol), patient-disjoint from the "
         "test images. Localization: fold 0 of the "
         f"annotated images ({metrics['cianet'].get('n_boxes')} boxes). AUC: those images plus the held-out "

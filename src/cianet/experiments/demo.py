@@ -34,7 +34,7 @@ from cianet.evaluation.evaluate import evaluate_run
 from cianet.evaluation.report import write_demo_report
 from cianet.evaluation.viewer import build_site
 from cianet.phantom import generate_dataset
-from cianet.run.checkpoints import read_alignment_checkpoint
+from cianet.run.checkpoints import load_alignment
 from cianet.run.pairing import hash_data_root
 from cianet.training.alignment import train_alignment
 from cianet.training.loop import fit
@@ -279,5 +279,5 @@ def link_site(report: Path, index: Path) -> None:
 def _align_done(align_dir: Path, epochs: int) -> bool:
     if not (align_dir / "align.pt").exists():
         return False
-    _, ckpt = read_alignment_checkpoint(align_dir)
-    return int(ckpt["epoch"]) + 1 >= epochs
+    # the loader every stage shares: a resumed demo reads an unchanged align.pt once, not once per check
+    return load_alignment(align_dir).epoch + 1 >= epochs

@@ -48,7 +48,7 @@ from cianet.evaluation.negative_match import negative_match
 from cianet.experiments.plans import EVIDENCE_SEEDS, PHANTOM, ROWS, TUNING_SEEDS, Row
 from cianet.metrics import verdict
 from cianet.phantom import generate_dataset
-from cianet.run.checkpoints import CHECKPOINT, read_alignment_checkpoint
+from cianet.run.checkpoints import CHECKPOINT, load_alignment
 from cianet.run.networks import build_network
 from cianet.run.pairing import hash_data_root
 from cianet.run.reuse import check_reusable
@@ -253,8 +253,8 @@ def prepare_phantom_seed(
 def _align_finished(path: Path, epochs: int) -> bool:
     if not path.exists():
         return False
-    _, ckpt = read_alignment_checkpoint(path.parent)
-    return int(ckpt["epoch"]) + 1 >= epochs
+    # the loader every stage shares: a resumed experiment reads an unchanged align.pt once, not once per check
+    return load_alignment(path).epoch + 1 >= epochs
 
 
 def untrained_attention(run_dir: Path, seed: int) -> dict[str, Any] | None:

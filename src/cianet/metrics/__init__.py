@@ -5,6 +5,7 @@
 - :mod:`cianet.metrics.boxes`: localization of the 8 box classes (exact IoUs, accuracy at T(IoU)), the
   calibration-free measures (pointing game, threshold chosen on validation) and the attention metric;
 - :mod:`cianet.metrics.auc`: per-class ROC AUC, ROC curves, the Mann-Whitney AUC under bootstrap weights;
+- :mod:`cianet.metrics.curves`: one class's ROC and precision-recall points and the area under a curve;
 - :mod:`cianet.metrics.bootstrap`: paired bootstrap intervals of CIA-Net minus Base (over boxes or images, and
   over seeds), one-model intervals, and the verdict sentences that follow from an interval;
 - :mod:`cianet.metrics.tables`: mean and std over folds or seeds, the paper's markdown tables;
@@ -38,6 +39,7 @@ from cianet.metrics.boxes import (
     pointing_hit,
     region_box_iou,
 )
+from cianet.metrics.curves import curve_area, precision_recall_points, roc_auc, roc_points
 from cianet.metrics.scores import format_probability, image_evidence_from_logits, image_scores_from_logits
 from cianet.metrics.tables import format_auc_table, format_localization_table, mean_std_results
 
@@ -53,6 +55,10 @@ __all__ = [
     "localization_accuracy",
     "auc_per_class",
     "roc_curves",
+    "roc_points",
+    "roc_auc",
+    "curve_area",
+    "precision_recall_points",
     "mean_std_results",
     "format_localization_table",
     "format_auc_table",

@@ -12,6 +12,7 @@ import numpy as np
 
 from cianet.labels import BOX_LABELS, LABELS
 from cianet.metrics.arrays import to_numpy
+from cianet.metrics.curves import roc_auc, roc_points
 
 
 def _class_names(n_classes: int) -> tuple[str, ...]:
@@ -39,9 +40,6 @@ def auc_per_class(scores: Any, labels: Any, class_names: Sequence[str] | None = 
 
     A class whose labels are all 0 or all 1 has no AUC: NaN, left out of the mean, with a warning naming it.
     """
-    # lazy: scikit-learn takes seconds to import and only this function needs it
-    from sklearn.metrics import roc_auc_score
-
     s, y = check_scores_labels(scores, labels)
     names = tuple(class_names) if class_names is not None else _class_names(s.shape[1])
     if len(names) != s.shape[1]:
@@ -53,7 +51,7 @@ def auc_per_class(scores: Any, labels: Any, class_names: Sequence[str] | None = 
             out[name] = float("nan")
             undefined.append(name)
         else:
-            out[name] = float(roc_auc_score(y[:, k], s[:, k]))
+            out[name] = roc_auc(y[:, k], s[:, k])
     if undefined:
         warnings.warn(
             f"AUC undefined (only one label value) for {', '.join(undefined)}; NaN, left out of the mean",
@@ -68,15 +66,12 @@ def roc_curves(
     scores: Any, labels: Any, class_names: Sequence[str] | None = None
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{class: (fpr, tpr)}`` for plotting; classes with a single label value are left out."""
-    # lazy: scikit-learn takes seconds to import and only this function needs it
-    from sklearn.metrics import roc_curve
-
     s, y = check_scores_labels(scores, labels)
     names = tuple(class_names) if class_names is not None else _class_names(s.shape[1])
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for k, name in enumerate(names):
         if y[:, k].min() != y[:, k].max():
-            fpr, tpr, _ = roc_curve(y[:, k], s[:, k])
+            fpr, tpr, _ = roc_points(y[:, k], s[:, k])
             curves[name] = (fpr, tpr)
     return curves
 
