@@ -133,6 +133,7 @@ def empty_hub(tmp_path, monkeypatch):
     return attempts
 
 
+@pytest.mark.slow  # imports torchvision for its weight tables (and with it torch._dynamo: seconds)
 @pytest.mark.parametrize("spec", ["imagenet", True])
 def test_imagenet_without_cache_or_network_is_an_error_that_says_what_to_do(empty_hub, spec):
     from cianet.errors import MissingPathError
