@@ -129,6 +129,20 @@ def tiny_config(out, data_root="", **over):
     return cfg
 
 
+def pairwise_auc(scores, labels) -> float:
+    """The AUC by its definition (Mann-Whitney): the share of (positive, negative) pairs the scores rank right,
+    a tie counting one half, by a float64 double loop; NaN without a positive or a negative."""
+    pos = [float(s) for s, y in zip(scores, labels, strict=True) if y > 0.5]
+    neg = [float(s) for s, y in zip(scores, labels, strict=True) if y <= 0.5]
+    if not pos or not neg:
+        return float("nan")
+    total = 0.0
+    for a in pos:
+        for b in neg:
+            total += 1.0 if a > b else 0.5 if a == b else 0.0
+    return total / (len(pos) * len(neg))
+
+
 #: (what was built, seed) -> (its state dict, torch's random state right after the build), for seeded_build
 _SEEDED_BUILDS: dict[tuple, tuple[dict, torch.Tensor]] = {}
 

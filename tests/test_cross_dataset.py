@@ -18,6 +18,7 @@ from cianet.data.index import Box, ImageIndex, ImageRecord
 from cianet.data.label_maps import map_index, match_classes
 from cianet.data.vindr import VINDR_LABEL_SET
 from cianet.labels import NIH_LABEL_SET
+from helpers import pairwise_auc
 
 
 def _vindr_index(tmp_path: Path) -> ImageIndex:
@@ -93,13 +94,6 @@ def test_matching_by_name_and_its_errors(tmp_path):
         match_classes(ImageIndex(tmp_path, [], dataset="csv", label_set=LabelSet("csv", ("Scar",), 0)), NIH_LABEL_SET)
 
 
-def _mann_whitney(y, s) -> float:
-    """AUC as the share of (positive, negative) pairs ranked right, ties counting one half (a float64 loop)."""
-    pos = [float(v) for v, lab in zip(s, y, strict=True) if lab > 0.5]
-    neg = [float(v) for v, lab in zip(s, y, strict=True) if lab <= 0.5]
-    return sum(1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg) / (len(pos) * len(neg))
-
-
 @pytest.mark.slow
 def test_restricted_metrics_are_those_of_the_scored_classes_alone():
     from cianet.evaluation.cross_dataset import restrict_metrics
@@ -123,7 +117,7 @@ def test_restricted_metrics_are_those_of_the_scored_classes_alone():
     scored = ("Atelectasis", "Effusion", "Mass", "Nodule", "Consolidation")
     out = restrict_metrics(metrics, classes, scored, (0.1, 0.3, 0.5))
     assert list(out["auc"]) == [*scored, "Mean"]
-    want = [_mann_whitney(labels[:, classes.index(c)], scores[:, classes.index(c)]) for c in scored]
+    want = [pairwise_auc(scores[:, classes.index(c)], labels[:, classes.index(c)]) for c in scored]
     assert [out["auc"][c] for c in scored] == pytest.approx(want)
     assert out["auc"]["Mean"] == pytest.approx(sum(want) / len(want))
     # localization over the box classes scored (Pneumonia's box is gone): per class, the share of IoU > T

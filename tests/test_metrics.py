@@ -22,6 +22,7 @@ from cianet.metrics import (
     mean_std_results,
     roc_curves,
 )
+from helpers import pairwise_auc
 
 SUB = 8  # rasterization lattice: 1/8 pixel
 
@@ -43,17 +44,6 @@ def raster_iou(positive, box, image_size):
     inter = np.logical_and(pred, gt).sum()
     union = np.logical_or(pred, gt).sum()
     return inter / union if union else 0.0
-
-
-def pairwise_auc(scores, labels):
-    """Mann-Whitney: P(score_pos > score_neg) + 0.5 P(tie), by a double loop."""
-    pos = [s for s, y in zip(scores, labels) if y == 1]
-    neg = [s for s, y in zip(scores, labels) if y == 0]
-    total = 0.0
-    for a in pos:
-        for b in neg:
-            total += 1.0 if a > b else 0.5 if a == b else 0.0
-    return total / (len(pos) * len(neg))
 
 
 # ---------------------------------------------------------------------------------------------- IoU

@@ -24,6 +24,7 @@ from cianet.metrics import (
     localization_ci,
     verdict,
 )
+from helpers import pairwise_auc
 
 
 # ---------------------------------------------------------------------------------------------- references
@@ -81,18 +82,6 @@ def ref_loc_bootstrap(runs_a, runs_b, runs_c, t, n_boot, seed, confidence=0.95):
             slot_value[pos] = sum(per_class) / len(per_class)
     stats = [sum(slot_value[(b, k)] for k in range(width)) / width for b in range(n_boot)]
     return ref_quantiles(stats, confidence)
-
-
-def pairwise_auc(scores, labels):
-    pos = [s for s, y in zip(scores, labels) if y == 1]
-    neg = [s for s, y in zip(scores, labels) if y == 0]
-    if not pos or not neg:
-        return float("nan")
-    total = 0.0
-    for a in pos:
-        for b in neg:
-            total += 1.0 if a > b else 0.5 if a == b else 0.0
-    return total / (len(pos) * len(neg))
 
 
 def ref_mean_auc(scores, labels):

@@ -25,20 +25,10 @@ from cianet.metrics import (
     pointing_hit,
     verdict,
 )
+from helpers import pairwise_auc
 
 
 # ---------------------------------------------------------------------------------------------- references
-def rank_auc(scores, labels):
-    """Mann-Whitney with ties (1/2), float64 double loop."""
-    pos = [float(s) for s, y in zip(scores, labels) if y > 0.5]
-    neg = [float(s) for s, y in zip(scores, labels) if y <= 0.5]
-    total = 0.0
-    for a in pos:
-        for b in neg:
-            total += 1.0 if a > b else 0.5 if a == b else 0.0
-    return total / (len(pos) * len(neg))
-
-
 def evidence_reference(logits, rescale=False):
     """sum_j -log(1 - p_j) per (image, class) in Python floats, cell by cell."""
     n, c, h, w = logits.shape
@@ -81,11 +71,11 @@ def test_evidence_auc_is_exact_where_float32_scores_saturate():
     np.testing.assert_allclose(evidence, evidence_reference(logits), rtol=1e-12)
     got = auc_per_class(evidence, labels, ["a", "b", "c"])
     for k in range(labels.shape[1]):
-        want = rank_auc(evidence_reference(logits)[:, k], labels[:, k])
+        want = pairwise_auc(evidence_reference(logits)[:, k], labels[:, k])
         assert got["abc"[k]] == pytest.approx(want, abs=1e-12)
         assert tied_share(evidence[:, k]) == 0.0
         # the saturated scores rank differently (ties count 1/2): the evidence is what changes the figure
-        assert abs(rank_auc(scores[:, k], labels[:, k]) - want) > 0.01
+        assert abs(pairwise_auc(scores[:, k], labels[:, k]) - want) > 0.01
 
 
 @pytest.mark.parametrize("rescale", [False, True])
@@ -344,7 +334,7 @@ def test_scorer_auc_ranks_by_evidence_and_boxes_get_pointing_and_threshold_grid(
     for k, name in enumerate(list(m["auc"])[:-1]):  # ... and the AUC still ranks, by the evidence
         y = m["labels"][:, k]
         if 0 < y.sum() < len(y):
-            assert m["auc"][name] == pytest.approx(rank_auc(m["evidence"][:, k], y), abs=1e-12)
+            assert m["auc"][name] == pytest.approx(pairwise_auc(m["evidence"][:, k], y), abs=1e-12)
             assert m["auc"][name] != 0.5 and tied_share(m["evidence"][:, k]) == 0.0
     # per box: the pointing game by logit, and the IoU at every grid threshold (pixel counts)
     ref_point, ref_grid = [], []
@@ -474,7 +464,7 @@ def test_compare_runs_ranks_by_evidence_and_adds_the_pointing_game(tmp_path):
     a = _predictions(tmp_path / "a", rng, classes, labels, True)
     b = _predictions(tmp_path / "b", rng, classes, labels, True)
     comp = compare_runs([[tmp_path / "a"]], [[tmp_path / "b"]], thresholds=(0.5,), n_boot=200)
-    want_a = np.mean([rank_auc(a["evidence"][:, k], labels[:, k]) for k in range(4)])
+    want_a = np.mean([pairwise_auc(a["evidence"][:, k], labels[:, k]) for k in range(4)])
     assert comp["auc"]["a"] == pytest.approx(want_a) and comp["auc"]["a"] > 0.6  # scores all 1.0: 0.5
     assert comp["pointing"] == bootstrap_class_mean_difference(a["pointing"], b["pointing"], classes, n_boot=200)
     assert comp["val 0.5"]["diff"] == pytest.approx(
@@ -519,7 +509,7 @@ def test_trained_run_has_tie_free_evidence_pointing_and_a_validation_threshold(t
         assert tied_share(pred["evidence"][:, k]) < 0.01
         y = pred["labels"][:, k]
         if 0 < y.sum() < len(y):
-            assert m["auc"][name] == pytest.approx(rank_auc(pred["evidence"][:, k], y), abs=1e-12)
+            assert m["auc"][name] == pytest.approx(pairwise_auc(pred["evidence"][:, k], y), abs=1e-12)
     box_names = list(m["pointing_game"])[:-1]
     want = class_mean_accuracy(pred["pointing"], pred["box_classes"], box_names)
     assert m["pointing_game"]["Mean"] == pytest.approx(want["Mean"])
@@ -613,6 +603,6 @@ def test_cross_dataset_restriction_keeps_evidence_and_pointing_of_the_scored_cla
     out = restrict_metrics(metrics, NIH_LABEL_SET, scored, (0.5,))
     cols = [NIH_LABEL_SET.index(c) for c in scored]
     np.testing.assert_array_equal(out["evidence"], evidence[:, cols])
-    assert out["auc"]["Mass"] == pytest.approx(rank_auc(evidence[:, 4], labels[:, 4]))  # not 0.5: scores tie
+    assert out["auc"]["Mass"] == pytest.approx(pairwise_auc(evidence[:, 4], labels[:, 4]))  # not 0.5: scores tie
     assert out["pointing_game"] == {"Mass": 0.0, "Nodule": 0.75, "Mean": 0.375}
     np.testing.assert_array_equal(out["iou_grid"], metrics["iou_grid"][1:4])

@@ -23,7 +23,7 @@ from cianet.evaluation.plots import PNG_OPTIONS, set_margins
 from cianet.labels import BOX_LABELS, LABELS
 from cianet.metrics import format_auc_table, roc_curves, verdict
 from cianet.models.alignment import warp
-from cianet.models.backbones import stage_stride
+from cianet.models.cianet import grid_side
 from cianet.run.checkpoints import load_alignment
 from cianet.run.datasets import collate
 from cianet.run.forward import align_batch, forward_grids
@@ -368,8 +368,8 @@ def learning_curves_section(curves: dict) -> list[str]:
 def _grid_words(run_dir: Path, size: int) -> str:
     """E.g. "a 16 x 16 grid (8 px cells)": the grid the run's configuration gives at ``size`` px."""
     model = load_config(Path(run_dir) / "config.yaml").model
-    cell = stage_stride(model.last_stage, model.output_stride)
-    return f"a {size // cell} x {size // cell} grid ({cell} px cells)"
+    side = grid_side(size, model.output_stride, model.last_stage)
+    return f"a {side} x {side} grid ({size // side} px cells)"
 
 
 def write_demo_report(

@@ -34,7 +34,7 @@ from cianet.evaluation.evaluate import evaluate_run
 from cianet.evaluation.report import write_demo_report
 from cianet.evaluation.viewer import build_site
 from cianet.phantom import generate_dataset
-from cianet.run.checkpoints import load_alignment
+from cianet.run.checkpoints import alignment_trained
 from cianet.run.pairing import hash_data_root
 from cianet.training.alignment import train_alignment
 from cianet.training.loop import fit
@@ -184,7 +184,8 @@ def _run_stages(out: Path, st: dict, fast: bool, seed: int, progress: bool) -> P
     align_cfg = copy.deepcopy(base)
     align_cfg.run.out, align_cfg.align.epochs = str(align_dir), st["align_epochs"]
     align_cfg.align.max_images = st["align_images"]
-    stage("train-align", _align_done(align_dir, st["align_epochs"]), lambda: train_alignment(align_cfg, resume=True))
+    aligned = alignment_trained(align_dir, st["align_epochs"])
+    stage("train-align", aligned, lambda: train_alignment(align_cfg, resume=True))
     stage(
         "hash",
         hash_npz.exists(),  # codes of the aligned images, as the runs pair (negatives.aligned_codes)
@@ -274,10 +275,3 @@ def link_site(report: Path, index: Path) -> None:
         f"truth: [{rel}]({rel}) (open it in a browser; `cianet view runs/cianet runs/baseline` "
         "rebuilds it).\n",
     )
-
-
-def _align_done(align_dir: Path, epochs: int) -> bool:
-    if not (align_dir / "align.pt").exists():
-        return False
-    # the loader every stage shares: a resumed demo reads an unchanged align.pt once, not once per check
-    return load_alignment(align_dir).epoch + 1 >= epochs

@@ -48,7 +48,7 @@ from cianet.evaluation.negative_match import negative_match
 from cianet.experiments.plans import EVIDENCE_SEEDS, PHANTOM, ROWS, TUNING_SEEDS, Row
 from cianet.metrics import verdict
 from cianet.phantom import generate_dataset
-from cianet.run.checkpoints import CHECKPOINT, load_alignment
+from cianet.run.checkpoints import CHECKPOINT, alignment_trained
 from cianet.run.networks import build_network
 from cianet.run.pairing import hash_data_root
 from cianet.run.reuse import check_reusable
@@ -231,7 +231,7 @@ def prepare_phantom_seed(
             cache=files["cache"],
             progress=False,
         )
-    if not _align_finished(files["align"], s.align_epochs):
+    if not alignment_trained(files["align"], s.align_epochs):
         say(f"seed {seed}: alignment network")
         acfg = copy.deepcopy(base)
         acfg.data.data_root, acfg.data.cache = str(files["data"]), str(files["cache"])
@@ -248,13 +248,6 @@ def prepare_phantom_seed(
                 files["data"], files[key], cache=files["cache"], progress=False, align=align, image_size=size
             )
     return files
-
-
-def _align_finished(path: Path, epochs: int) -> bool:
-    if not path.exists():
-        return False
-    # the loader every stage shares: a resumed experiment reads an unchanged align.pt once, not once per check
-    return load_alignment(path).epoch + 1 >= epochs
 
 
 def untrained_attention(run_dir: Path, seed: int) -> dict[str, Any] | None:

@@ -55,10 +55,11 @@ def roc_points(y, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def curve_area(x: np.ndarray, y: np.ndarray) -> float:
     """Trapezoid area under ``y(x)`` for ``x`` monotone (either direction; area counted positive)."""
     dx = np.diff(x)
-    if np.any(dx < 0) and not np.all(dx <= 0):
+    decreasing = bool(np.any(dx < 0))
+    if decreasing and not np.all(dx <= 0):
         raise ValueError("x is neither increasing nor decreasing")
     area = _trapezoid(y, x)
-    return float(-area if np.any(dx < 0) else area)
+    return float(-area if decreasing else area)
 
 
 def roc_auc(y, s) -> float:

@@ -161,6 +161,16 @@ def load_alignment(path: str | Path, device: torch.device | str = "cpu") -> Load
     return replace(shared, net_kwargs=dict(shared.net_kwargs), canonical=canonical, path=path)
 
 
+def alignment_trained(path: str | Path, epochs: int) -> bool:
+    """Whether ``align.pt`` (or its run folder's) exists and has been trained for ``epochs`` epochs: a resumed
+    experiment's alignment stage is then done. Read through :func:`load_alignment`, which the later stages
+    share, so an unchanged file is read once."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / ALIGN_CHECKPOINT
+    return path.exists() and load_alignment(path).epoch + 1 >= epochs
+
+
 @functools.cache
 def _alignment_reader(device: torch.device) -> Callable[[Path], LoadedAlignment]:
     """One reader per device: parsed_once remembers the last file each reader read."""
