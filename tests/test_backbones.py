@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -225,6 +226,8 @@ def test_train_commands_refuse_unavailable_weights_before_reading_data(empty_hub
             str(tmp_path / "run"),
             "--pretrained",
             "imagenet",
+            "--set",
+            "model.width=64",  # the width ImageNet's weights fit
             "--no-progress",
         ]
     )
@@ -245,3 +248,45 @@ def test_train_commands_refuse_unavailable_weights_before_reading_data(empty_hub
     )
     assert rc == 2 and f"--pretrained {tmp_path / 'nope.pt'}: no such file" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not (tmp_path / "al").exists()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_narrow_trunks_scale_every_stage(name):
+    """model.width: a width-16 trunk has a quarter of the channels at every stage, the same depth and strides,
+    and the channel count the models build their heads from."""
+    from cianet.models.backbones import trunk_channels
+    from cianet.models.resnet import resnet
+
+    standard, narrow = resnet(name), resnet(name, width=16)
+    assert len(list(standard.modules())) == len(list(narrow.modules()))
+    for (key, a), (key_n, b) in zip(standard.state_dict().items(), narrow.state_dict().items()):
+        assert key == key_n
+        if a.ndim == 4 and key != "conv1.weight":  # both channel axes scale by 16/64
+            assert b.shape == (a.shape[0] // 4, a.shape[1] // 4, *a.shape[2:]), key
+    x = torch.randn(1, 3, 64, 64)
+    for upto, side in (("c3", 8), ("c4", 4), ("c5", 2)):
+        trunk, channels = resnet_trunk(name, upto=upto, width=16)
+        assert channels == trunk_channels(name, upto) // 4 == trunk_channels(name, upto, 16)
+        with torch.no_grad():
+            assert trunk.eval()(x).shape == (1, channels, side, side)
+
+
+def test_narrow_models_refuse_initial_weights_and_train_from_config(empty_hub, tmp_path, capsys):
+    from cianet.cli import main
+    from cianet.config import apply_overrides, load_config
+    from cianet.errors import InputError, UsageError
+    from cianet.run.networks import build_network, network_from_weights
+
+    with pytest.raises(InputError, match="model.width 32 needs pretrained none"):
+        CIANet(backbone="resnet18", pretrained="imagenet", width=32)
+    cfg = apply_overrides(load_config("tiny"), ["model.width=16", "data.image_size=64"])
+    net = build_network(cfg)
+    assert net.attn_conv.in_channels == 32 and net.head.conv.in_channels == 64  # C3 and C4 of a width-16 ResNet-18
+    rebuilt, _ = network_from_weights(dataclasses.asdict(cfg), net.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), rebuilt.state_dict().values()))
+    with pytest.raises(UsageError, match="model.width"):
+        apply_overrides(load_config("tiny"), ["model.width=2"])
+    argv = ["train", "--config", "tiny", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")]
+    rc = main([*argv, "--pretrained", "imagenet", "--set", "model.width=32", "--no-progress"])
+    assert rc == 2 and "model.width 32 needs pretrained none" in capsys.readouterr().err
+    assert not empty_hub and not (tmp_path / "run").exists()  # refused before any download or data

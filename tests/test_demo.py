@@ -17,8 +17,8 @@ N_IMAGES = "60"
 # instead of 128 (a quarter of the training and scoring convolutions; the alignment regressor's input is 64 px
 # either way): the report only needs every stage's output to exist. The epochs stay --fast's.
 SMALLER = {"align_images": 16, "canonical_n": 20, "size": 64}
-# Both models validate after every epoch (the default demo does not; docs/method.md "The demo's recipe"): the
-# report's learning curves and plateau verdicts.
+# Both models validate after every epoch (as the default demo does; --fast does not): the report's learning
+# curves and plateau verdicts.
 VALIDATE = {"val_share": 0.1}
 
 

@@ -91,7 +91,12 @@ def test_identity_alignment_gives_the_same_localization_as_none(tiny_root, tmp_p
 
     # the 2 x 2 grid of a plain trunk at 64 px: large cells, so random regions overlap the boxes
     cfg = tiny_config(
-        tmp_path / "eval", tiny_root, model__kind="baseline", model__output_stride=32, model__last_stage="c5"
+        tmp_path / "eval",
+        tiny_root,
+        model__kind="baseline",
+        model__output_stride=32,
+        model__last_stage="c5",
+        model__width=64,  # the seeded draw this test's non-trivial regions were checked with
     )
     torch.manual_seed(0)
     model = build_network(cfg)

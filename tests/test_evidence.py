@@ -33,7 +33,7 @@ def test_check_reusable_refuses_a_run_trained_otherwise(tmp_path):
     assert check_reusable(run, planned) is True
     other = load_config("tiny")
     other.optim.epochs = 3
-    with pytest.raises(UsageError, match=r"optim\.epochs: run 8, this experiment 3"):
+    with pytest.raises(UsageError, match=rf"optim\.epochs: run {planned.optim.epochs}, this experiment 3"):
         check_reusable(run, other)
 
 
@@ -83,6 +83,10 @@ def test_estimate_scales_with_rows_seeds_images_and_machine():
 def test_row_configs_differ_only_in_what_they_compare(tmp_path):
     s = ev.EvidenceSettings()
     base = ev.base_config(None, True, s)
+    # the registered recipe (the standard ResNet-18, no warm-up, 6 epochs), whatever the tiny recipe became
+    tiny = load_config("tiny")
+    assert (tiny.model.width, tiny.optim.warmup) != (64, 0.0)
+    assert (base.model.width, base.optim.warmup, base.optim.epochs, base.optim.lr_step) == (64, 0.0, 6, 4)
     files = {
         "data": tmp_path / "d",
         "cache": tmp_path / "c",

@@ -84,6 +84,9 @@ class ModelConfig:
     head_channels: int = 512
     output_stride: int = 32  # 32: the paper (16x16 grid at 512 px); 16 or 8 turn the last strides into dilation
     last_stage: str = "c5"  # F+ from this stage and attention from the one before: c5 (paper) or c4
+    # Channels of the trunks' stems, doubling per stage: 64 is the standard ResNet (the paper, ImageNet weights);
+    # less gives a narrower network of the same depth and grid (pretrained none). See docs/method.md.
+    width: int = 64
 
 
 #: The canonical chest's key wherever a file or a result holds it (align.pt, a bundle, `cianet canonical`'s
@@ -348,6 +351,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "protocol.val_share": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "model.test_upsample": (_between(1, 1024), ">= 1 and <= 1024 (or null: the native grid)"),
     "model.head_channels": (_between(1, 8192), ">= 1 and <= 8192"),
+    "model.width": (_between(4, 256), ">= 4 and <= 256"),
     "align.canonical_n": (_between(1, 10**6), ">= 1 and <= 10^6"),
     "align.input_size": (_between(32, 2048), ">= 32 and <= 2048"),
     "align.epochs": (_between(1, 10**5), ">= 1 and <= 10^5"),

@@ -81,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         check_resume_flags(cfg.run.out, cfg, args.given)  # --resume --epochs 2: refused, not ignored
     else:
-        check_pretrained(cfg.model.pretrained, cfg.model.backbone)  # before hours of data preparation
+        check_pretrained(cfg.model.pretrained, cfg.model.backbone, cfg.model.width)  # before hours of data preparation
     out = fit(cfg, resume=args.resume)
     if not is_main_process():  # under torchrun only rank 0 reports
         return 0

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from cianet.errors import InputError, MissingPathError
-from cianet.models.resnet import resnet
+from cianet.models.resnet import STANDARD_WIDTH, resnet
 
 log = logging.getLogger(__name__)
 
@@ -211,12 +211,28 @@ def no_fill_on_meta() -> AbstractContextManager:
     return _NoFillOnMeta() if torch.get_default_device().type == "meta" else nullcontext()
 
 
+def trunk_channels(name: str, upto: str, width: int = STANDARD_WIDTH) -> int:
+    """Channels of stage ``upto`` (c3 | c4 | c5) of backbone ``name`` whose stem has ``width`` channels."""
+    return RESNET_CHANNELS[name][list(STAGES).index(upto)] * width // STANDARD_WIDTH
+
+
+def check_width(width: int, pretrained: Any) -> None:
+    """Initial weights (ImageNet's or a torchvision file) exist only for the standard width: anything else must
+    start from random weights. Raises InputError saying so."""
+    if width != STANDARD_WIDTH and pretrained_spec(pretrained) != "none":
+        raise InputError(
+            f"model.width {width} needs pretrained none: initial weights ({pretrained_spec(pretrained)}) exist "
+            f"only for the standard width {STANDARD_WIDTH}"
+        )
+
+
 def resnet_trunk(
     name: str = "resnet50",
     pretrained: bool | str = False,
     upto: str = "c5",
     state_dict: dict[str, Tensor] | None = None,
     output_stride: int = 32,
+    width: int = STANDARD_WIDTH,
 ) -> tuple[nn.Sequential, int]:
     """A torchvision ResNet cut after stage 4 (``upto="c4"``, stride 16) or stage 5 (``"c5"``, stride 32).
 
@@ -227,6 +243,8 @@ def resnet_trunk(
         upto: ``"c4"`` or ``"c5"``.
         state_dict: torchvision ResNet state dict to load (lets a caller read the checkpoint once for
             several trunks).
+        width: channels of the stem (64: the standard network; see :func:`cianet.models.resnet.resnet`); only
+            64 takes initial weights.
 
     Returns:
         ``(trunk, channels)``; ``trunk`` maps ``(B, 3, S, S)`` to ``(B, channels, S/16|S/32, S/16|S/32)``.
@@ -236,8 +254,12 @@ def resnet_trunk(
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(RESNET_CHANNELS)}")
     if upto not in STAGES:
         raise ValueError(f"upto must be one of {sorted(STAGES)}, got {upto!r}")
+    if state_dict is None:
+        check_width(width, pretrained)
+    elif width != STANDARD_WIDTH:
+        raise InputError(f"initial weights fit only the standard width {STANDARD_WIDTH}, not width {width}")
     with no_fill_on_meta():
-        net = resnet(name)
+        net = resnet(name, width=width)
     if state_dict is None:
         state_dict = pretrained_weights(name, pretrained)
     if state_dict is not None:
@@ -252,7 +274,7 @@ def resnet_trunk(
         if stage_stride > output_stride:
             dilation = dilate_stage(getattr(net, stage), dilation)
     trunk = nn.Sequential(OrderedDict((n, getattr(net, n)) for n in names))
-    return trunk, RESNET_CHANNELS[name][list(STAGES).index(upto)]
+    return trunk, trunk_channels(name, upto, width)
 
 
 def stage_stride(upto: str, output_stride: int = 32) -> int:

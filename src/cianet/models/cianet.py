@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cianet.models.backbones import check_input, pretrained_weights, resnet_trunk, stage_stride
+from cianet.models.backbones import check_input, check_width, pretrained_weights, resnet_trunk, stage_stride
+from cianet.models.resnet import STANDARD_WIDTH
 from cianet.models.upsample_head import upsampled_head
 
 
@@ -86,6 +87,7 @@ class _GridModel(nn.Module):
         state_dict: dict | None,
         output_stride: int = 32,
         last_stage: str = "c5",
+        width: int = STANDARD_WIDTH,
     ) -> None:
         super().__init__()
         if test_upsample is not None and test_upsample <= 0:
@@ -94,7 +96,9 @@ class _GridModel(nn.Module):
         self.backbone = backbone
         self.test_upsample = test_upsample
         self.output_stride, self.last_stage = output_stride, last_stage
-        self.upper, c5 = resnet_trunk(backbone, upto=last_stage, state_dict=state_dict, output_stride=output_stride)
+        self.upper, c5 = resnet_trunk(
+            backbone, upto=last_stage, state_dict=state_dict, output_stride=output_stride, width=width
+        )
         self.head = GridHead(c5, num_classes, head_channels, prior_prob)
 
     def _should_upsample(self, upsample: bool | None) -> bool:
@@ -138,6 +142,8 @@ class CIANet(_GridModel):
         head_channels: channels of the head's 3x3 conv.
         prior_prob: initial per-cell probability set through the final bias (None: zero bias).
         delta_eps: the ``eps`` of :func:`normalize_delta`.
+        width: channels of both trunks' stems (64: the standard ResNet; others scale every stage alike and
+            start from random weights).
     """
 
     def __init__(
@@ -151,10 +157,20 @@ class CIANet(_GridModel):
         delta_eps: float = 1e-6,
         output_stride: int = 32,
         last_stage: str = "c5",
+        width: int = STANDARD_WIDTH,
     ) -> None:
+        check_width(width, pretrained)
         state_dict = pretrained_weights(backbone, pretrained)  # read once for both trunks
         super().__init__(
-            num_classes, backbone, test_upsample, head_channels, prior_prob, state_dict, output_stride, last_stage
+            num_classes,
+            backbone,
+            test_upsample,
+            head_channels,
+            prior_prob,
+            state_dict,
+            output_stride,
+            last_stage,
+            width,
         )
         self.delta_eps = delta_eps
         # The attention trunk ends one stage before the upper branch (paper: C4 vs C5); max pooling brings
@@ -162,7 +178,7 @@ class CIANet(_GridModel):
         attn_stage = {"c5": "c4", "c4": "c3"}[last_stage]
         attn_stride, grid_stride = stage_stride(attn_stage, output_stride), stage_stride(last_stage, output_stride)
         self.attn_trunk, c4 = resnet_trunk(
-            backbone, upto=attn_stage, state_dict=state_dict, output_stride=output_stride
+            backbone, upto=attn_stage, state_dict=state_dict, output_stride=output_stride, width=width
         )
         self.attn_pool = nn.MaxPool2d(grid_stride // attn_stride) if grid_stride > attn_stride else nn.Identity()
         # No bias: it would cancel in |M+ - M-| and never receive a gradient.
@@ -250,11 +266,21 @@ class Baseline(_GridModel):
         delta_eps: float = 1e-6,
         output_stride: int = 32,
         last_stage: str = "c5",
+        width: int = STANDARD_WIDTH,
     ) -> None:
         del delta_eps  # attention only
+        check_width(width, pretrained)
         state_dict = pretrained_weights(backbone, pretrained)
         super().__init__(
-            num_classes, backbone, test_upsample, head_channels, prior_prob, state_dict, output_stride, last_stage
+            num_classes,
+            backbone,
+            test_upsample,
+            head_channels,
+            prior_prob,
+            state_dict,
+            output_stride,
+            last_stage,
+            width,
         )
 
     def forward(

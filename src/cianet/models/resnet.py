@@ -31,6 +31,13 @@ ARCHITECTURES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
 }
 #: output channels of a block relative to its width
 EXPANSION = {"basic": 1, "bottleneck": 4}
+#: channels of the stem and of the first stage's blocks in He et al.'s networks (and ImageNet's weights)
+STANDARD_WIDTH = 64
+
+
+def stage_widths(width: int = STANDARD_WIDTH) -> tuple[int, int, int, int]:
+    """Block widths of the four stages of a network whose stem has ``width`` channels (doubling per stage)."""
+    return (width, 2 * width, 4 * width, 8 * width)
 
 
 def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
@@ -87,19 +94,21 @@ BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottlen
 class ResNet(nn.Module):
     """The ImageNet ResNet: 7x7/2 stem and 3x3/2 max-pool, four stages (strides 1, 2, 2, 2), pooled classifier."""
 
-    def __init__(self, kind: str, depths: tuple[int, int, int, int], num_classes: int = 1000) -> None:
+    def __init__(
+        self, kind: str, depths: tuple[int, int, int, int], num_classes: int = 1000, width: int = STANDARD_WIDTH
+    ) -> None:
         super().__init__()
         block, expansion = BLOCKS[kind], EXPANSION[kind]
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        c_in = 64
-        for i, (width, depth) in enumerate(zip((64, 128, 256, 512), depths)):
-            stage, c_in = _stage(block, expansion, c_in, width, depth, stride=1 if i == 0 else 2)
+        c_in = width
+        for i, (stage_width, depth) in enumerate(zip(stage_widths(width), depths)):
+            stage, c_in = _stage(block, expansion, c_in, stage_width, depth, stride=1 if i == 0 else 2)
             self.add_module(f"layer{i + 1}", stage)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * expansion, num_classes)
+        self.fc = nn.Linear(c_in, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -126,9 +135,12 @@ def _stage(
     return nn.Sequential(*blocks), c_out
 
 
-def resnet(name: str, num_classes: int = 1000) -> ResNet:
-    """A randomly initialised ``resnet18 | resnet34 | resnet50 | resnet101``."""
+def resnet(name: str, num_classes: int = 1000, width: int = STANDARD_WIDTH) -> ResNet:
+    """A randomly initialised ``resnet18 | resnet34 | resnet50 | resnet101``; ``width`` other than 64 scales every
+    stage's channels alike (a narrower network of the same depth, e.g. for a 2-core CPU; no ImageNet weights)."""
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown ResNet {name!r}; expected one of {sorted(ARCHITECTURES)}")
+    if width < 1:
+        raise ValueError(f"a ResNet's width must be >= 1, got {width}")
     kind, depths = ARCHITECTURES[name]
-    return ResNet(kind, depths, num_classes)
+    return ResNet(kind, depths, num_classes, width)

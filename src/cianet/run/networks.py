@@ -20,8 +20,9 @@ from cianet.data.canonical import read_canonical_crop
 from cianet.errors import InputError
 from cianet.labels import label_set_from
 from cianet.models.alignment import AlignmentNet, crop_params, derive_bounds
-from cianet.models.backbones import no_fill_on_meta, pretrained_weights
+from cianet.models.backbones import check_width, no_fill_on_meta, pretrained_weights
 from cianet.models.cianet import build_model
+from cianet.models.resnet import STANDARD_WIDTH
 
 
 def build_network(cfg: Config) -> nn.Module:
@@ -37,12 +38,14 @@ def build_network(cfg: Config) -> nn.Module:
         head_channels=m.head_channels,
         output_stride=m.output_stride,
         last_stage=m.last_stage,
+        width=m.width,
     )
 
 
-def check_pretrained(spec: Any, backbone: str) -> None:
+def check_pretrained(spec: Any, backbone: str, width: int = STANDARD_WIDTH) -> None:
     """Fail now, before any data is read, when the initial weights ``spec`` (imagenet | none | PATH) cannot be
-    had (cianet.models.backbones.pretrained_weights: the error says how to proceed)."""
+    had (cianet.models.backbones.pretrained_weights: the error says how to proceed) or do not fit ``width``."""
+    check_width(width, spec)
     pretrained_weights(backbone, spec)
 
 
