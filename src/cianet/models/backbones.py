@@ -226,6 +226,13 @@ def check_width(width: int, pretrained: Any) -> None:
         )
 
 
+def trunk_weights(name: str, spec: Any, width: int = STANDARD_WIDTH) -> dict[str, Tensor] | None:
+    """:func:`pretrained_weights` of a trunk of ``width`` (:func:`check_width` first: a narrow trunk takes none,
+    and is refused before any download)."""
+    check_width(width, spec)
+    return pretrained_weights(name, spec)
+
+
 def resnet_trunk(
     name: str = "resnet50",
     pretrained: bool | str = False,
@@ -255,13 +262,11 @@ def resnet_trunk(
     if upto not in STAGES:
         raise ValueError(f"upto must be one of {sorted(STAGES)}, got {upto!r}")
     if state_dict is None:
-        check_width(width, pretrained)
+        state_dict = trunk_weights(name, pretrained, width)
     elif width != STANDARD_WIDTH:
         raise InputError(f"initial weights fit only the standard width {STANDARD_WIDTH}, not width {width}")
     with no_fill_on_meta():
         net = resnet(name, width=width)
-    if state_dict is None:
-        state_dict = pretrained_weights(name, pretrained)
     if state_dict is not None:
         net.load_state_dict(state_dict)
     layers = ["layer1", "layer2", "layer3", "layer4"]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cianet.models.backbones import check_input, check_width, pretrained_weights, resnet_trunk, stage_stride
+from cianet.models.backbones import check_input, resnet_trunk, stage_stride, trunk_weights
 from cianet.models.resnet import STANDARD_WIDTH
 from cianet.models.upsample_head import upsampled_head
 
@@ -159,8 +159,7 @@ class CIANet(_GridModel):
         last_stage: str = "c5",
         width: int = STANDARD_WIDTH,
     ) -> None:
-        check_width(width, pretrained)
-        state_dict = pretrained_weights(backbone, pretrained)  # read once for both trunks
+        state_dict = trunk_weights(backbone, pretrained, width)  # read once for both trunks
         super().__init__(
             num_classes,
             backbone,
@@ -269,8 +268,7 @@ class Baseline(_GridModel):
         width: int = STANDARD_WIDTH,
     ) -> None:
         del delta_eps  # attention only
-        check_width(width, pretrained)
-        state_dict = pretrained_weights(backbone, pretrained)
+        state_dict = trunk_weights(backbone, pretrained, width)
         super().__init__(
             num_classes,
             backbone,

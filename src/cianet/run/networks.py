@@ -20,7 +20,7 @@ from cianet.data.canonical import read_canonical_crop
 from cianet.errors import InputError
 from cianet.labels import label_set_from
 from cianet.models.alignment import AlignmentNet, crop_params, derive_bounds
-from cianet.models.backbones import check_width, no_fill_on_meta, pretrained_weights
+from cianet.models.backbones import no_fill_on_meta, trunk_weights
 from cianet.models.cianet import build_model
 from cianet.models.resnet import STANDARD_WIDTH
 
@@ -45,8 +45,7 @@ def build_network(cfg: Config) -> nn.Module:
 def check_pretrained(spec: Any, backbone: str, width: int = STANDARD_WIDTH) -> None:
     """Fail now, before any data is read, when the initial weights ``spec`` (imagenet | none | PATH) cannot be
     had (cianet.models.backbones.pretrained_weights: the error says how to proceed) or do not fit ``width``."""
-    check_width(width, spec)
-    pretrained_weights(backbone, spec)
+    trunk_weights(backbone, spec, width)
 
 
 def alignment_net_kwargs(cfg: Config) -> dict[str, Any]:
