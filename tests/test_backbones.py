@@ -243,6 +243,8 @@ def test_train_commands_refuse_unavailable_weights_before_reading_data(empty_hub
             str(tmp_path / "al"),
             "--pretrained",
             str(tmp_path / "nope.pt"),
+            "--set",
+            "align.width=64",  # the width a state-dict file fits
             "--no-progress",
         ]
     )
@@ -272,9 +274,8 @@ def test_narrow_trunks_scale_every_stage(name):
 
 
 def test_narrow_models_refuse_initial_weights_and_train_from_config(empty_hub, tmp_path, capsys):
-    from cianet.cli import main
     from cianet.config import apply_overrides, load_config
-    from cianet.errors import InputError, UsageError
+    from cianet.errors import InputError
     from cianet.run.networks import build_network, network_from_weights
 
     with pytest.raises(InputError, match="model.width 32 needs pretrained none"):
@@ -284,9 +285,43 @@ def test_narrow_models_refuse_initial_weights_and_train_from_config(empty_hub, t
     assert net.attn_conv.in_channels == 32 and net.head.conv.in_channels == 64  # C3 and C4 of a width-16 ResNet-18
     rebuilt, _ = network_from_weights(dataclasses.asdict(cfg), net.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), rebuilt.state_dict().values()))
-    with pytest.raises(UsageError, match="model.width"):
-        apply_overrides(load_config("tiny"), ["model.width=2"])
-    argv = ["train", "--config", "tiny", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")]
-    rc = main([*argv, "--pretrained", "imagenet", "--set", "model.width=32", "--no-progress"])
-    assert rc == 2 and "model.width 32 needs pretrained none" in capsys.readouterr().err
-    assert not empty_hub and not (tmp_path / "run").exists()  # refused before any download or data
+    assert_narrow_width_refused("train", "model.width", tmp_path / "run", empty_hub, capsys)
+
+
+def assert_narrow_width_refused(command, key, out, empty_hub, capsys):
+    """``key`` rejects a width below 4; ``command`` refuses a narrow trunk with ImageNet weights before any
+    download or data (exit 2, naming the key)."""
+    from cianet.cli import main
+    from cianet.config import apply_overrides, load_config
+    from cianet.errors import UsageError
+
+    with pytest.raises(UsageError, match=key):
+        apply_overrides(load_config("tiny"), [f"{key}=2"])
+    argv = [command, "--config", "tiny", "--data-root", str(out.parent), "--out", str(out)]
+    rc = main([*argv, "--pretrained", "imagenet", "--set", f"{key}=32", "--no-progress"])
+    assert rc == 2 and f"{key} 32 needs pretrained none" in capsys.readouterr().err
+    assert not empty_hub and not out.exists()
+
+
+def test_narrow_alignment_net_refuses_initial_weights_and_reloads(empty_hub, tmp_path, capsys):
+    """align.width: the regressor's trunk narrows like model.width, starts at its centre, reloads from its
+    checkpoint arguments; a checkpoint written before the option (no width) is the standard network."""
+    from cianet.config import apply_overrides, load_config
+    from cianet.errors import InputError
+    from cianet.models.alignment import AlignmentNet
+    from cianet.run.networks import alignment_from_weights, alignment_net_kwargs, build_alignment_net
+
+    with pytest.raises(InputError, match="align.width 32 needs pretrained none"):
+        AlignmentNet(pretrained="imagenet", width=32)
+    cfg = apply_overrides(load_config("tiny"), ["align.width=16"])
+    net = build_alignment_net(cfg)
+    kwargs = alignment_net_kwargs(cfg)
+    assert kwargs["width"] == 16 and net.fc.in_features == 128  # C5 of a width-16 ResNet-18: 512 / 4
+    x = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(net.predict_params(x), torch.tensor([net.center] * 3))  # zero-initialized head
+    reloaded = alignment_from_weights(kwargs, net.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), reloaded.state_dict().values()))
+    old = {k: v for k, v in kwargs.items() if k != "width"}
+    assert AlignmentNet(pretrained=False, **old).fc.in_features == 512
+    assert_narrow_width_refused("train-align", "align.width", tmp_path / "al", empty_hub, capsys)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from cianet.config import load_config, save_config
+from cianet.config import apply_overrides, load_config, save_config
 from cianet.errors import UsageError
 from cianet.experiments import evidence as ev
 from cianet.run.reuse import check_reusable, config_differences
@@ -80,13 +80,20 @@ def test_estimate_scales_with_rows_seeds_images_and_machine():
     assert left == pytest.approx(ref["cianet"] + ref["data"] + ref["align"] + ref["baseline"] + ref["cianet"])
 
 
+def recipe(cfg):
+    return cfg.model.width, cfg.align.width, cfg.optim.warmup, cfg.optim.lr_schedule
+
+
 def test_row_configs_differ_only_in_what_they_compare(tmp_path):
     s = ev.EvidenceSettings()
     base = ev.base_config(None, True, s)
-    # the registered recipe (the standard ResNet-18, no warm-up, 6 epochs), whatever the tiny recipe became
+    # the registered recipe (the standard ResNet-18 and alignment regressor, no warm-up, 6 epochs of the step
+    # schedule), whatever the tiny recipe became
     tiny = load_config("tiny")
-    assert (tiny.model.width, tiny.optim.warmup) != (64, 0.0)
-    assert (base.model.width, base.optim.warmup, base.optim.epochs, base.optim.lr_step) == (64, 0.0, 6, 4)
+    registered = (64, 64, 0.0, "step")
+    assert all(a != b for a, b in zip(recipe(tiny)[:3], registered))
+    assert recipe(apply_overrides(load_config("tiny"), ["optim.lr_schedule=cosine"]))[3] != registered[3]
+    assert recipe(base) == registered and (base.optim.epochs, base.optim.lr_step) == (6, 4)
     files = {
         "data": tmp_path / "d",
         "cache": tmp_path / "c",

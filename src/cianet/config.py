@@ -101,6 +101,7 @@ class AlignConfig:
     canonical_n: int = 500
     backbone: str = "resnet18"
     pretrained: str = "imagenet"  # as model.pretrained; "none" also leaves the structure loss's feature net random
+    width: int = 64  # the regressor trunk's stem channels, as model.width (64: standard; less needs pretrained none)
     input_size: int = 224  # the regressor sees a downsized copy; the warp applies at full size
     epochs: int = 10
     batch_size: int = 32
@@ -353,6 +354,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "model.head_channels": (_between(1, 8192), ">= 1 and <= 8192"),
     "model.width": (_between(4, 256), ">= 4 and <= 256"),
     "align.canonical_n": (_between(1, 10**6), ">= 1 and <= 10^6"),
+    "align.width": (_between(4, 256), ">= 4 and <= 256"),
     "align.input_size": (_between(32, 2048), ">= 32 and <= 2048"),
     "align.epochs": (_between(1, 10**5), ">= 1 and <= 10^5"),
     "align.batch_size": (_between(1, 4096), ">= 1 and <= 4096"),

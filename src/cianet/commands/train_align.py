@@ -44,7 +44,9 @@ def cmd_train_align(args: argparse.Namespace) -> int:
     else:
         from cianet.run.networks import check_pretrained
 
-        check_pretrained(cfg.align.pretrained, cfg.align.backbone)  # before any image is read
+        check_pretrained(  # before any image is read
+            cfg.align.pretrained, cfg.align.backbone, cfg.align.width, key="align.width"
+        )
     out = train_alignment(cfg, resume=args.resume)
     if args.json:
         from cianet.evaluation.plots import read_log

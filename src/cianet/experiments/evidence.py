@@ -103,10 +103,13 @@ class EvidenceSettings:
     allow_tuning_seeds: bool = False
     epochs: int = 6  # every row's schedule on phantoms: the tiny recipe's shape at the demo's length
     lr_step: int = 4
-    # the trunks' width and warm-up the design was registered with (the standard ResNet-18, no warm-up; the tiny
-    # recipe later changed both for the demo, issue 22), so the command keeps reproducing the registered runs
+    # the trunks' width, warm-up and schedule the design was registered with (the standard ResNet-18, no warm-up,
+    # the step schedule, a standard-width alignment regressor; the tiny recipe later changed all four for the
+    # demo, issue 22), so the command keeps reproducing the registered runs
     width: int = 64
     warmup: float = 0.0
+    lr_schedule: str = "step"
+    align_width: int = 64
     align_epochs: int = 5
     align_images: int = 800
     canonical_n: int = 200
@@ -152,16 +155,16 @@ def estimate_seconds(
 
 def base_config(cfg: Config | None, phantom: bool, s: EvidenceSettings) -> Config:
     """The recipe every row trains with: the given config (default: the tiny CPU recipe); on phantoms with the
-    pre-registered protocol (:data:`PROTOCOL`), schedule (``s.epochs``, ``s.lr_step``, ``s.warmup``) and trunk
-    width (``s.width``)."""
+    pre-registered protocol (:data:`PROTOCOL`), schedule (``s.epochs``, ``s.lr_step``, ``s.lr_schedule``,
+    ``s.warmup``) and trunk widths (``s.width``, ``s.align_width``)."""
     if cfg is None and not phantom:
         raise UsageError("experiment evidence on real data needs a config (--config paper or a YAML file)")
     base = copy.deepcopy(cfg) if cfg is not None else load_config("tiny")
     if phantom:
         for key, value in PROTOCOL.items():
             setattr(base.protocol, key, value)
-        base.optim.epochs, base.optim.lr_step = s.epochs, s.lr_step
-        base.model.width, base.optim.warmup = s.width, s.warmup
+        base.optim.epochs, base.optim.lr_step, base.optim.lr_schedule = s.epochs, s.lr_step, s.lr_schedule
+        base.model.width, base.optim.warmup, base.align.width = s.width, s.warmup, s.align_width
     return base
 
 

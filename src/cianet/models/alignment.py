@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cianet.models.backbones import gray_to_input, pretrained_spec, pretrained_weights, resnet_trunk
+from cianet.models.backbones import (
+    STANDARD_WIDTH,
+    gray_to_input,
+    pretrained_spec,
+    pretrained_weights,
+    resnet_trunk,
+    trunk_weights,
+)
 from cianet.models.resnet import resnet
 
 IDENTITY_PARAMS: tuple[float, float, float, float, float] = (0.0, 0.0, 1.0, 1.0, 0.0)
@@ -139,6 +146,7 @@ class AlignmentNet(nn.Module):
         input_size: side of the downsized copy the parameters are regressed from (None: use the input
             as is); the warp is always applied to the full-resolution input.
         center: the parameters at ``z = 0``.
+        width: the trunk's stem channels (64: the standard ResNet; less: narrower, random weights only).
         max_shift, max_scale, max_rotation: the bounds above (normalized units, ratio, radians).
         padding_mode: grid_sample padding of the warp (``zeros`` or ``border``).
     """
@@ -153,6 +161,7 @@ class AlignmentNet(nn.Module):
         max_rotation: float = 0.35,
         padding_mode: str = "zeros",
         center: Sequence[float] = IDENTITY_PARAMS,
+        width: int = STANDARD_WIDTH,
     ) -> None:
         super().__init__()
         if input_size is not None and (input_size <= 0 or input_size % 32):
@@ -171,8 +180,9 @@ class AlignmentNet(nn.Module):
         self.max_rotation = float(max_rotation)
         self.center = center
         self.padding_mode = padding_mode
-        sd = pretrained_weights(backbone, pretrained)
-        self.trunk, channels = resnet_trunk(backbone, upto="c5", state_dict=sd)
+        self.width = int(width)
+        sd = trunk_weights(backbone, pretrained, self.width, key="align.width")
+        self.trunk, channels = resnet_trunk(backbone, upto="c5", state_dict=sd, width=self.width)
         self.fc = nn.Linear(channels, 5)
         nn.init.zeros_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)

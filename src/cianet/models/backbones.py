@@ -216,20 +216,22 @@ def trunk_channels(name: str, upto: str, width: int = STANDARD_WIDTH) -> int:
     return RESNET_CHANNELS[name][list(STAGES).index(upto)] * width // STANDARD_WIDTH
 
 
-def check_width(width: int, pretrained: Any) -> None:
+def check_width(width: int, pretrained: Any, key: str = "model.width") -> None:
     """Initial weights (ImageNet's or a torchvision file) exist only for the standard width: anything else must
-    start from random weights. Raises InputError saying so."""
+    start from random weights. Raises InputError saying so (naming the config ``key`` that set the width)."""
     if width != STANDARD_WIDTH and pretrained_spec(pretrained) != "none":
         raise InputError(
-            f"model.width {width} needs pretrained none: initial weights ({pretrained_spec(pretrained)}) exist "
+            f"{key} {width} needs pretrained none: initial weights ({pretrained_spec(pretrained)}) exist "
             f"only for the standard width {STANDARD_WIDTH}"
         )
 
 
-def trunk_weights(name: str, spec: Any, width: int = STANDARD_WIDTH) -> dict[str, Tensor] | None:
+def trunk_weights(
+    name: str, spec: Any, width: int = STANDARD_WIDTH, key: str = "model.width"
+) -> dict[str, Tensor] | None:
     """:func:`pretrained_weights` of a trunk of ``width`` (:func:`check_width` first: a narrow trunk takes none,
     and is refused before any download)."""
-    check_width(width, spec)
+    check_width(width, spec, key)
     return pretrained_weights(name, spec)
 
 

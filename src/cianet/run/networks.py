@@ -42,15 +42,16 @@ def build_network(cfg: Config) -> nn.Module:
     )
 
 
-def check_pretrained(spec: Any, backbone: str, width: int = STANDARD_WIDTH) -> None:
+def check_pretrained(spec: Any, backbone: str, width: int = STANDARD_WIDTH, key: str = "model.width") -> None:
     """Fail now, before any data is read, when the initial weights ``spec`` (imagenet | none | PATH) cannot be
-    had (cianet.models.backbones.pretrained_weights: the error says how to proceed) or do not fit ``width``."""
-    trunk_weights(backbone, spec, width)
+    had (cianet.models.backbones.pretrained_weights: the error says how to proceed) or do not fit ``width`` (set
+    by the config ``key``)."""
+    trunk_weights(backbone, spec, width, key)
 
 
 def alignment_net_kwargs(cfg: Config) -> dict[str, Any]:
     """The AlignmentNet constructor arguments of a new alignment run (everything but ``pretrained``): the
-    backbone, the input size and the bounds (``cianet.models.alignment.derive_bounds``), centred as
+    backbone, its width, the input size and the bounds (``cianet.models.alignment.derive_bounds``), centred as
     ``align.center`` says on the crop recorded beside ``align.canonical`` (``<stem>.json`` of
     ``cianet canonical``). A checkpoint stores them, so it reloads with exactly these bounds."""
     a = cfg.align
@@ -65,7 +66,7 @@ def alignment_net_kwargs(cfg: Config) -> dict[str, Any]:
     bounds = derive_bounds(
         crop, center=a.center, max_shift=a.max_shift, max_scale=a.max_scale, max_rotation=a.max_rotation
     )
-    return {"backbone": a.backbone, "input_size": a.input_size, **bounds}
+    return {"backbone": a.backbone, "input_size": a.input_size, "width": a.width, **bounds}
 
 
 def build_alignment_net(
