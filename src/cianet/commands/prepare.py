@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from cianet.commands.common import add_dataset_flag, add_json_arg, print_json
+from cianet.config import check_value
 from cianet.errors import UsageError
 
 
@@ -94,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         return 0 if report["ok"] else 1
     if args.size is None:
         raise UsageError("--image-size/--size is required to build a cache")
+    _check_size(args.size)
     cache, report = prepare_cache(
         args.data_root,
         args.size,
@@ -135,3 +137,11 @@ def run(args: argparse.Namespace) -> int:
         print_verify(report)
         return 0 if report["ok"] else 1
     return 0
+
+
+def _check_size(size: int) -> None:
+    """A cache serves runs of its size: the sizes a run accepts (data.image_size) are the ones worth caching."""
+    try:
+        check_value("data", "image_size", size)
+    except UsageError as exc:
+        raise UsageError(f"--image-size {size}: {exc}") from None
