@@ -335,9 +335,14 @@ def _share(v: float) -> bool:
     return 0.0 <= v <= 1.0
 
 
+#: the largest image side a run (data.image_size) or a cache (`cianet prepare`) takes
+MAX_IMAGE_SIZE = 4096
 #: key -> (test, what it allows); None values (where the type allows None) are not tested
 _RANGES: dict[str, tuple[Any, str]] = {
-    "data.image_size": (lambda v: 32 <= v <= 4096 and v % 32 == 0, "a multiple of 32, at least 32 and at most 4096"),
+    "data.image_size": (
+        lambda v: 32 <= v <= MAX_IMAGE_SIZE and v % 32 == 0,
+        f"a multiple of 32, at least 32 and at most {MAX_IMAGE_SIZE}",
+    ),
     "data.workers": (_between(0, 256), ">= 0 and <= 256"),
     "data.max_images": (_between(1, 10**9), ">= 1 and <= 10^9 (or null: no cap)"),
     "data.merge_iou": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),

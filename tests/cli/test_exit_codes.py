@@ -64,7 +64,7 @@ def test_2_bad_flag_and_missing_input(tmp_path, capsys):
     cache = tmp_path / "cache"  # a cache no run could read, refused before anything is decoded or written
     assert main(["prepare", "--data-root", str(tmp_path), "--image-size", "3", "--cache", str(cache)]) == EXIT_INPUT
     line = one_line(capsys.readouterr().err)
-    assert "--image-size 3: data.image_size must be a multiple of 32" in line and not cache.exists()
+    assert "--image-size 3: must be at least 16" in line and not cache.exists()
 
 
 def test_3_internal_error_is_a_bug_report_and_debug_shows_the_traceback(tiny_root, monkeypatch, capsys):

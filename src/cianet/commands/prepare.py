@@ -6,8 +6,9 @@ import argparse
 import sys
 
 from cianet.commands.common import add_dataset_flag, add_json_arg, print_json
-from cianet.config import check_value
+from cianet.config import MAX_IMAGE_SIZE
 from cianet.errors import UsageError
+from cianet.negatives import HASH_SIZE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -140,8 +141,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_size(size: int) -> None:
-    """A cache serves runs of its size: the sizes a run accepts (data.image_size) are the ones worth caching."""
-    try:
-        check_value("data", "image_size", size)
-    except UsageError as exc:
-        raise UsageError(f"--image-size {size}: {exc}") from None
+    """The smallest image anything reads from a cache is the perceptual hash's (runs need a multiple of 32)."""
+    if not HASH_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise UsageError(
+            f"--image-size {size}: must be at least {HASH_SIZE} (the perceptual hash's side; a run needs a multiple "
+            f"of 32) and at most {MAX_IMAGE_SIZE}"
+        )
