@@ -227,6 +227,21 @@ def make_run(tmp: Path, kind: str = "cianet", shift: float | None = None, n: int
     return run, images
 
 
+def local_paths(obj, root: Path) -> list[str]:
+    """Every string inside ``obj`` (nested dicts, lists, tuples) that names ``root`` or lies under it, or is any
+    absolute path: what a checkpoint must not hold."""
+    found = []
+    if isinstance(obj, dict):
+        for value in obj.values():
+            found += local_paths(value, root)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            found += local_paths(value, root)
+    elif isinstance(obj, str) and (str(root) in obj or Path(obj).is_absolute()):
+        found.append(obj)
+    return found
+
+
 def one_line(err: str, *words: str) -> str:
     """The one non-empty line of a command's stderr (no traceback), holding every word of ``words``."""
     lines = [line for line in err.splitlines() if line.strip()]

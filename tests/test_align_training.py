@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import tiny_config, write_alignment
+from helpers import local_paths, tiny_config, write_alignment
 
 OLD_BOUNDS = {"center": [0.0, 0.0, 1.0, 1.0, 0.0], "max_shift": 0.4, "max_scale": 1.4, "max_rotation": 0.35}
 
@@ -100,6 +101,9 @@ def test_train_align_stores_bounds_logs_terms_and_resumes(tiny_root, canonical, 
     assert ckpt["net_kwargs"]["center"] == pytest.approx(list(crop_params((6, 4, 58, 50), 64)))
     assert ckpt["loss_scales"]["feat_scale"] > 0 and ckpt["loss_scales"]["pixel_scale"] > 0
     assert tuple(ckpt["canonical"].shape) == (64, 64)
+    # the file names no local path; its reader takes them from the run's config.yaml
+    assert not local_paths(torch.load(tmp_path / "straight" / "align.pt", weights_only=True), tmp_path)
+    assert ckpt["config"]["align"]["canonical"] == str(Path(canonical).resolve())
     lines = [json.loads(s) for s in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [0, 1]
     for r in lines:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from cianet.cli import main
 from cianet.config import load_config
@@ -227,3 +228,27 @@ def test_torchrun_two_processes_on_cpu(tiny_nih, tmp_path):
     assert set(json.loads((out / "metrics.json").read_text())) >= {"localization", "auc"}
     assert json.loads((out / ".cianet-output.json").read_text())["kind"] == "train"  # rank 0 claimed the folder
     assert not (out / ".cianet.lock").exists()  # ... and released its lock
+
+
+def test_checkpoints_name_no_local_path_and_read_them_from_the_run_config(trained_run, tmp_path, capsys):
+    """checkpoint.pt keeps file names only; its reader restores the paths from config.yaml beside it, so a moved
+    run folder (its config.yaml moved with it) evaluates; a checkpoint copied alone names the file it lacks."""
+    import shutil
+
+    from cianet.run.checkpoints import load_checkpoint
+    from helpers import local_paths, one_line
+
+    run = shutil.copytree(trained_run, tmp_path / "moved")
+    raw = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert not local_paths(raw, trained_run.parent) and raw["config"]["data"]["data_root"]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert load_checkpoint(run)["config"]["data"]["data_root"] == saved["data"]["data_root"]
+    assert main(["evaluate", "--run", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(run / "checkpoint.pt", alone)
+    root_name = load_checkpoint(alone)["config"]["data"]["data_root"]
+    assert root_name == Path(saved["data"]["data_root"]).name
+    assert main(["evaluate", "--run", str(alone), "--no-progress"]) == 2
+    assert root_name in one_line(capsys.readouterr().err)

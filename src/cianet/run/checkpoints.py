@@ -11,7 +11,10 @@ constructor arguments; from format 2 on with the bounds ``center``, ``max_shift`
 ``canonical`` (the (S, S) target it was trained against, S the training image size), ``input_size`` (S),
 ``loss_scales`` (format 2: the structure loss's term scales, for resuming).
 
-Both are read with ``torch.load(weights_only=True)``, so a checkpoint never unpickles arbitrary objects.
+Both are read with ``torch.load(weights_only=True)``, so a checkpoint never unpickles arbitrary objects. Neither
+holds a local path: their ``config`` names its files (data root, cache, alignment, hash index) by their last
+component only (:func:`cianet.run.bundle_format.scrub_config`, as a bundle does); the readers take the paths from
+the run folder's ``config.yaml`` beside the file, which stays on the machine that trained it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from cianet.config import CANONICAL_CHEST, Config, config_from_dict, load_config
 from cianet.errors import InputError, MissingPathError, UsageError
 from cianet.labels import LABELS, label_set_from
 from cianet.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from cianet.run.bundle_format import scrub_config
 from cianet.run.networks import alignment_from_weights, alignment_net_kwargs, network_from_weights
 from cianet.utils.atomic import atomic_torch_save
 from cianet.utils.file_memo import parsed_once
@@ -60,7 +64,7 @@ def checkpoint_payload(model: nn.Module, cfg: Config, epoch: int, **extra: Any) 
         "format_version": FORMAT_VERSION,
         "kind": cfg.model.kind,
         "model": net.state_dict(),
-        "config": cfg.to_dict(),
+        "config": scrub_config(cfg.to_dict()),  # no local paths: config.yaml beside it has them
         "labels": list(classes.names),
         "box_labels": list(classes.box_names),
         "input_size": cfg.data.image_size,
@@ -84,6 +88,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(f"{path}: not a cianet checkpoint (no model weights/config inside)")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise InputError(f"{path}: made by a newer cianet (format {ckpt['format_version']}); upgrade cianet")
+    ckpt["config"] = with_local_paths(ckpt["config"], path.parent)
     data = ckpt["config"].get("data", {}) if isinstance(ckpt["config"], dict) else {}
     expected = label_set_from(data.get("labels"), data.get("box_labels"))  # what the network was built for
     if list(ckpt.get("labels", LABELS)) != list(expected.names):
@@ -114,7 +119,7 @@ def alignment_payload(
         "model": net.state_dict(),
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
-        "config": cfg.to_dict(),
+        "config": scrub_config(cfg.to_dict()),  # no local paths: config.yaml beside it has them
         "net_kwargs": dict(alignment_net_kwargs(cfg) if net_kwargs is None else net_kwargs),
         CANONICAL_CHEST: canonical.detach().cpu(),
         "input_size": cfg.data.image_size,
@@ -132,7 +137,29 @@ def read_alignment_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise InputError(f"{path}: not an alignment checkpoint")
     if ckpt.get("format_version", 0) > ALIGN_FORMAT_VERSION:
         raise InputError(f"{path}: made by a newer cianet (format {ckpt['format_version']}); upgrade cianet")
+    if isinstance(ckpt.get("config"), dict):
+        ckpt["config"] = with_local_paths(ckpt["config"], path.parent)
     return path, ckpt
+
+
+def with_local_paths(config: Any, folder: Path) -> Any:
+    """A checkpoint's ``config`` dict with the paths :func:`scrub_config` cut to file names restored from the run
+    folder's ``config.yaml`` (each value whose scrubbed form is the checkpoint's). Without a ``config.yaml`` (a
+    checkpoint copied on its own) the names stay, and a stage that needs one of the files says which is missing."""
+    saved = folder / "config.yaml"
+    if not isinstance(config, dict) or not saved.is_file():
+        return config
+    local = load_config(saved).to_dict()
+    scrubbed = scrub_config(local)
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in config.items()}
+    for section, values in out.items():
+        if not isinstance(values, dict):
+            continue
+        for name, value in values.items():
+            cut, full = scrubbed.get(section, {}).get(name), local.get(section, {}).get(name)
+            if cut != full and value == cut:
+                values[name] = full
+    return out
 
 
 @dataclass
