@@ -483,6 +483,9 @@ PATH_KEYS = {
     "align.canonical": "--canonical",
     "negatives.hash_index": "--hash-index",
 }
+#: every config key that names a file or folder it reads: PATH_KEYS and the metadata tables (data.entry_csv,
+#: data.bbox_csv, which may be given relative to the data root and are kept as written)
+INPUT_PATH_KEYS = (*PATH_KEYS, "data.entry_csv", "data.bbox_csv")
 
 
 def check_paths_exist(cfg: Config) -> None:

@@ -41,24 +41,14 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
-from cianet.config import CANONICAL, CANONICAL_CHEST, Config, check_value
+from cianet.config import CANONICAL, CANONICAL_CHEST, INPUT_PATH_KEYS, Config, check_value
 from cianet.errors import InputError
 from cianet.utils.atomic import strict_json
 from cianet.utils.file_memo import parsed_once
 
 FORMAT_VERSION = 2
 #: config keys that hold a file or folder path: only their last component is kept in a bundle
-PATH_CONFIG_KEYS = (
-    "data.data_root",
-    "data.entry_csv",
-    "data.bbox_csv",
-    "data.cache",
-    "protocol.splits",
-    "align.checkpoint",
-    "align.canonical",
-    "negatives.hash_index",
-    "run.out",
-)
+PATH_CONFIG_KEYS = (*INPUT_PATH_KEYS, "run.out")
 MAX_HEADER = 100 << 20  # a header larger than this is not one of ours (a corrupt length)
 CHECKSUM_KEY = "tensor_sha256"
 #: bytes per element of the safetensors dtypes a bundle may hold

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cianet.config import CANONICAL_CHEST, Config, config_from_dict, load_config
+from cianet.config import CANONICAL_CHEST, INPUT_PATH_KEYS, Config, config_from_dict, load_config
 from cianet.errors import InputError, MissingPathError, UsageError
 from cianet.labels import LABELS, label_set_from
 from cianet.models.backbones import IMAGENET_MEAN, IMAGENET_STD
@@ -241,18 +241,6 @@ def resume_state(
 
 #: what a resumed run takes from the new command line; everything else comes from the run's own config
 RESUME_FREE = frozenset({"run.out", "run.device", "run.progress", "run.threads", "data.workers"})
-_PATH_KEYS = frozenset(
-    {
-        "data.data_root",
-        "data.entry_csv",
-        "data.bbox_csv",
-        "data.cache",
-        "protocol.splits",
-        "align.checkpoint",
-        "align.canonical",
-        "negatives.hash_index",
-    }
-)
 
 
 def check_resume_flags(run_dir: str | Path, cfg: Config, given: dict[str, str]) -> None:
@@ -271,7 +259,7 @@ def check_resume_flags(run_dir: str | Path, cfg: Config, given: dict[str, str]) 
             continue
         section, name = key.split(".", 1)
         want, have = getattr(getattr(cfg, section), name), getattr(getattr(saved, section), name)
-        if key in _PATH_KEYS and want is not None and have is not None:
+        if key in INPUT_PATH_KEYS and want is not None and have is not None:
             same = _same_path(want, have, Path(run_dir))
         else:
             same = want == have
