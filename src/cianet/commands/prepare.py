@@ -6,9 +6,7 @@ import argparse
 import sys
 
 from cianet.commands.common import add_dataset_flag, add_json_arg, print_json
-from cianet.config import MAX_IMAGE_SIZE
 from cianet.errors import UsageError
-from cianet.negatives import HASH_SIZE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -96,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
         return 0 if report["ok"] else 1
     if args.size is None:
         raise UsageError("--image-size/--size is required to build a cache")
-    _check_size(args.size)
     cache, report = prepare_cache(
         args.data_root,
         args.size,
@@ -138,12 +135,3 @@ def run(args: argparse.Namespace) -> int:
         print_verify(report)
         return 0 if report["ok"] else 1
     return 0
-
-
-def _check_size(size: int) -> None:
-    """The smallest image anything reads from a cache is the perceptual hash's (runs need a multiple of 32)."""
-    if not HASH_SIZE <= size <= MAX_IMAGE_SIZE:
-        raise UsageError(
-            f"--image-size {size}: must be at least {HASH_SIZE} (the perceptual hash's side; a run needs a multiple "
-            f"of 32) and at most {MAX_IMAGE_SIZE}"
-        )

@@ -31,10 +31,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from cianet.config import MAX_IMAGE_SIZE
 from cianet.data.io import DEFAULT_MAX_PIXELS, XrayReadError, load_xray, resize_gray, to_uint8
 from cianet.data.layouts import open_index
 from cianet.data.tables import scan_images
 from cianet.errors import InputError, MissingPathError, UsageError
+from cianet.negatives import HASH_SIZE
 from cianet.utils.atomic import atomic_path, atomic_write_json
 from cianet.utils.output_folders import LOCK, output_lock
 from cianet.utils.progress import progress_enabled
@@ -746,8 +748,11 @@ def prepare_cache(
     Returns the cache and the :func:`verify_cache` report (None without ``verify``).
     """
 
-    if size <= 0:
-        raise UsageError(f"--image-size must be positive, got {size}")
+    if not HASH_SIZE <= size <= MAX_IMAGE_SIZE:  # the perceptual hash's side is the smallest anything reads
+        raise UsageError(
+            f"--image-size {size}: must be at least {HASH_SIZE} (the perceptual hash's side; a run needs a multiple "
+            f"of 32) and at most {MAX_IMAGE_SIZE}"
+        )
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be >= 0, got {workers}")
     pairs = images_of_root(data_root, entry_csv=entry_csv, all_files=all_files, log=log, dataset=dataset)

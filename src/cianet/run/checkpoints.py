@@ -137,7 +137,7 @@ def read_alignment_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise InputError(f"{path}: not an alignment checkpoint")
     if ckpt.get("format_version", 0) > ALIGN_FORMAT_VERSION:
         raise InputError(f"{path}: made by a newer cianet (format {ckpt['format_version']}); upgrade cianet")
-    if isinstance(ckpt.get("config"), dict):
+    if "config" in ckpt:
         ckpt["config"] = with_local_paths(ckpt["config"], path.parent)
     return path, ckpt
 
