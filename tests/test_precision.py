@@ -81,6 +81,15 @@ def test_cuda_settings_without_a_cuda_device_are_resolved_by_rule():
     assert resolve_precision("fp32", "cuda") == "fp32"
 
 
+@pytest.mark.parametrize("precision,device", [("fp32", "cpu"), ("bf16", "cpu"), ("fp32", "cuda"), ("fp16", "cuda")])
+def test_each_precision_has_a_setting_that_computes_it(precision, device):
+    # the GPU bench times float16 prediction through this map; "fp16" itself is no setting
+    from cianet.run.precision import PRECISIONS, SETTING_OF, resolve_precision
+
+    assert SETTING_OF[precision] in PRECISIONS
+    assert resolve_precision(SETTING_OF[precision], device) == precision
+
+
 def test_cpu_flags_are_a_set_of_names():
     from cianet.run.precision import cpu_flags
 

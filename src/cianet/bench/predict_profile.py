@@ -30,7 +30,7 @@ from cianet.data.io import load_xray, resize_gray
 from cianet.inference.batch import predict_files
 from cianet.inference.predictor import Predictor
 from cianet.run.forward import forward_grids
-from cianet.run.precision import cpu_bf16_native
+from cianet.run.precision import SETTING_OF, cpu_bf16_native
 from cianet.utils.timing import StageTimer
 
 STAGES = ("decode", "resize", "alignment", "pairing", "networks", "boxes", "writing")
@@ -135,7 +135,9 @@ def profile_worker(spec: dict[str, Any]) -> dict[str, Any]:
     bf16 = cpu_bf16_native() if device.type == "cpu" else device.type == "cuda" and torch.cuda.is_bf16_supported()
     others = (["bf16"] if bf16 else []) + (["fp16"] if device.type == "cuda" else [])
     for precision in others:
-        fast = pred.with_precision(precision)  # the same networks: loading the bundle again measures nothing
+        fast = pred.with_precision(SETTING_OF[precision])  # the same networks: loading them again measures nothing
+        if fast.precision != precision:
+            raise RuntimeError(f"the predictor computes {fast.precision}, not the {precision} to be timed")
         out[f"{precision}_networks_images_per_s"] = n / time_networks(fast, resized[:n], names[:n], batch)
         out[f"{precision}_speedup"] = out[f"{precision}_networks_images_per_s"] / out["networks_images_per_s"]
         del fast

@@ -44,7 +44,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "cianet experiment evidence --config tiny --out runs/evidence",
     ),
     "demo": (
-        "cianet demo                      # about 15-20 min on a 2-core CPU; writes cianet-demo/",
+        "cianet demo                      # about 3-12 min on a 2-core CPU; writes cianet-demo/",
         "cianet demo --fast --out demo-fast   # a few minutes, tiny numbers",
         "cianet demo 2> demo.log          # no progress bars in a redirected stderr (--progress forces them)",
     ),

@@ -29,6 +29,9 @@ PRECISIONS = ("fp32", "bf16", "auto")
 #: Zen 4; AMX-BF16: Sapphire Rapids and later). Without them torch emulates bfloat16, slower than float32.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: The setting that computes each precision where that precision runs (``resolve_precision``): float16 has no
+#: setting of its own, it is what ``"auto"`` computes on CUDA.
+SETTING_OF = {"fp32": "fp32", "bf16": "bf16", "fp16": "auto"}
 
 
 @lru_cache(maxsize=1)
