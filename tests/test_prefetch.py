@@ -155,3 +155,54 @@ def test_predict_files_with_prefetch_matches_the_plain_loop(bundle, tmp_path):
     for i in (0, 6):
         a, b = (json.loads((tmp_path / f"out{d}" / f"img{i}.json").read_text())["probabilities"] for d in (0, 5))
         assert a == b
+
+
+def test_default_writer_threads_are_half_the_cores_at_most_a_batch():
+    from cianet.inference.batch import default_writers
+
+    assert [default_writers(8, cores) for cores in (1, 2, 3, 16, 64)] == [1, 1, 1, 8, 8]
+    assert default_writers(6, 16) == 6 and default_writers(1, 16) == 1
+
+
+@pytest.mark.slow
+def test_writer_threads_write_the_same_files_and_rows_in_input_order(bundle, tmp_path, monkeypatch):
+    import cianet.inference.batch as batch
+    from cianet.errors import UsageError
+    from cianet.inference.batch import predict_files
+
+    def failing_overlay(path, *args):  # one image's overlay cannot be written: an error row, the run goes on
+        if path.name == "img2.overlay.png":
+            raise OSError(28, "No space left on device", str(path))
+        return write_overlay(path, *args)
+
+    write_overlay = batch.write_overlay
+    monkeypatch.setattr(batch, "write_overlay", failing_overlay)
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(7):
+        img = np.rint(synthetic_chest(np.random.default_rng(i), lesion=i % 2 == 0) * 255).astype(np.uint8)
+        Image.fromarray(img).save(src / f"img{i}.png")
+    logs = {}
+    for writers in (1, 3):
+        out = tmp_path / f"out{writers}"
+        logs[writers] = []
+        summary = predict_files(
+            [str(src)], bundle, out, batch_size=4, precision="fp32", progress=False, log=logs[writers].append,
+            writers=writers,
+        )  # fmt: skip
+        assert summary.predicted == 6 and [Path(e["file"]).name for e in summary.errors] == ["img2.png"]
+    assert len(logs[1]) == 1 and logs[1] == [line.replace("out3", "out1") for line in logs[3]]
+    names = sorted(p.name for p in (tmp_path / "out1").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "out3").iterdir()) and "img6.overlay.png" in names
+    for name in names:
+        a, b = tmp_path / "out1" / name, tmp_path / "out3" / name
+        if a.is_file():  # every file byte for byte (the error's path aside): per-image outputs, tables in order
+            assert a.read_bytes() == b.read_bytes().replace(b"out3", b"out1"), name
+    rows = list(csv.DictReader(open(tmp_path / "out3" / "predictions.csv")))
+    assert [(Path(r["file"]).name, r["status"]) for r in rows] == [
+        (f"img{i}.png", "error" if i == 2 else "ok") for i in range(7)
+    ]
+    with pytest.raises(UsageError, match="--writers must be >= 1"):
+        predict_files([str(src)], bundle, tmp_path / "bad", writers=0)
+    assert not (tmp_path / "bad").exists()

@@ -553,7 +553,7 @@ def test_sigterm_unwinds_like_ctrl_c_and_a_killed_writers_temp_goes_with_the_nex
 def test_a_refused_predict_claims_no_folder(model_and_images, tmp_path, capsys):
     model, pngs = model_and_images
     (tmp_path / "a.png").write_bytes(pngs[0])
-    for extra in (["--batch-size", "0"], ["--prefetch", "-1"]):
+    for extra in (["--batch-size", "0"], ["--prefetch", "-1"], ["--writers", "0"]):
         assert (
             main(["predict", str(tmp_path / "a.png"), "--model", str(model), "--out", str(tmp_path / "o"), *extra]) == 2
         )

@@ -119,6 +119,14 @@ def _speed_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="images decoded ahead in a background thread while the networks run (default: the batch size; 0: none)",
     )
+    p.add_argument(
+        "--writers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads that write a batch's overlays, heatmaps and JSON side by side (default: half the cores, at "
+        "most the batch size; on a GPU the writing, not the networks, sets the pace)",
+    )
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -151,6 +159,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             mode=args.mode,
             precision=args.precision,
             prefetch=args.prefetch,
+            writers=args.writers,
             record=lambda names: journal_outputs(out, names),
             priors=priors,
             threshold=args.threshold,
@@ -186,6 +195,8 @@ def check_before_claiming(args: argparse.Namespace) -> None:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.prefetch is not None and args.prefetch < 0:
         raise UsageError(f"--prefetch must be >= 0, got {args.prefetch}")
+    if args.writers is not None and args.writers < 1:
+        raise UsageError(f"--writers must be >= 1, got {args.writers}")
     model = Path(args.model)
     if not model.is_file():
         raise MissingPathError(f"--model {model}: no such bundle file (make one with `cianet bundle`)")

@@ -21,6 +21,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,7 @@ class PredictSettings:
     prefetch: int | None = None
     write_behind: bool = True
     threshold: float | None = None
+    writers: int | None = None
 
     def lookahead(self) -> int:
         """The prefetch depth (default: one batch), after checking it and the batch size (UsageError)."""
@@ -236,6 +238,23 @@ class PredictSettings:
         if depth < 0:
             raise UsageError(f"--prefetch must be >= 0, got {self.prefetch}")
         return depth
+
+    def writer_threads(self) -> int:
+        """Threads that write one batch's files (default :func:`default_writers`), after checking the setting."""
+        if self.writers is None:
+            return default_writers(self.batch_size)
+        if self.writers < 1:
+            raise UsageError(f"--writers must be >= 1, got {self.writers}")
+        return int(self.writers)
+
+
+def default_writers(batch_size: int, cores: int | None = None) -> int:
+    """Half the cores (``os.cpu_count()``), at most one per image of a batch, at least one. Drawing and
+    compressing the overlay and heatmaps of an image takes about 0.25 s at 1024 px; on a GPU the networks take
+    0.005 s, so one writer thread held prediction to 1/50 of the networks' rate (docs/performance.md, "GPU").
+    On a 2-core CPU this is one thread, as before: the networks there need the cores and hide the writing."""
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    return max(1, min(batch_size, cores // 2))
 
 
 #: one decoded input on its way to the networks: (file, output stem, image as decoded, image resized)
@@ -263,6 +282,7 @@ def predict_files(
     write_behind: bool = True,
     priors: dict[str, str] | None = None,
     threshold: float | None = None,
+    writers: int | None = None,
 ) -> BatchSummary:
     """Predict every image file under ``paths`` with the bundle ``model`` and write the outputs into ``out``.
 
@@ -272,7 +292,8 @@ def predict_files(
     ``batch_size``: the next batch; 0: decode in turn, as a plain loop). Outputs come in input order whatever
     the depth, and at most ``batch_size + prefetch + 1`` decoded images are held at once. ``write_behind``: a
     batch's files are written in a background thread while the next batch is computed (one batch at a time, in
-    order; False: in turn). ``timer``: a
+    order; False: in turn); ``writers`` threads write the files of a batch's images side by side (default
+    :func:`default_writers`), the tables' rows still in input order. ``timer``: a
     :class:`cianet.utils.timing.StageTimer` charged with decode, resize, alignment, pairing, networks, boxes
     and writing (the bench's breakdown). ``record``: called with the names of the files (in ``out``) each
     batch and the final tables are about to be written, before they are (the folder's manifest, kept so that a
@@ -295,8 +316,10 @@ def predict_files(
         prefetch=prefetch,
         write_behind=write_behind,
         threshold=threshold,
+        writers=writers,
     )
     depth = settings.lookahead()
+    settings.writer_threads()  # checked before any file is read
     inputs, errors = collect_inputs(paths, skip=Path(out).resolve())
     if not inputs and not errors:
         raise InputError(f"no image files found under {', '.join(paths)}")
@@ -304,8 +327,11 @@ def predict_files(
     check_threshold(threshold)
     pred = _load_predictor(model, settings, timer, with_priors=bool(prior_of))
     outputs = _BatchOutputs(Path(out), pred, settings, log or _to_stderr, timer, record)
-    outputs.skip_missing(errors)
-    _predict_batches(pred, inputs, _PriorLoader(pred, prior_of, timer), outputs, settings, depth)
+    try:
+        outputs.skip_missing(errors)
+        _predict_batches(pred, inputs, _PriorLoader(pred, prior_of, timer), outputs, settings, depth)
+    finally:
+        outputs.close()
     return outputs.finish(Path(model).name)
 
 
@@ -417,6 +443,13 @@ class _BatchOutputs:
         self.stamp = {"model": pred.model_info, "cianet_version": cianet.__version__, "precision": pred.precision}
         self.model_id = f"{pred.model_info['id']}@{pred.model_info['version']}"
         self.write_overlay = write_overlay if settings.overlay else None
+        n = settings.writer_threads()
+        self._files_pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cianet-files") if n > 1 else None
+
+    def close(self) -> None:
+        """Stop the file writers' threads (after the batches in flight)."""
+        if self._files_pool is not None:
+            self._files_pool.shutdown(wait=True)
 
     def skip_missing(self, errors: list[tuple[str, str]]) -> None:
         for path, err in errors:
@@ -447,24 +480,37 @@ class _BatchOutputs:
         return path
 
     def write(self, batch: list[_Item], results: list) -> None:
+        """Each image's files (several at a time with writer threads), then its rows, in input order."""
         with stage(self.timer, "writing"):
-            for item, res in zip(batch, results):
-                try:
-                    self.write_one(item, res)
-                except OSError as exc:  # one file that cannot be written never ends the run
-                    self.say(f"cianet predict: skipped {shown(item[0])}: {one_line(exc)}")
+            if self._files_pool is None:
+                written = [self.write_files(item, res) for item, res in zip(batch, results)]
+            else:
+                written = list(self._files_pool.map(self.write_files, batch, results))
+            for item, res, record in zip(batch, results, written):
+                self.domain_counts["all"] += 1
+                self.domain_counts["out"] += (res.domain or {}).get("in_domain") is False
+                if isinstance(record, OSError):  # one file that cannot be written never ends the run
+                    self.say(f"cianet predict: skipped {shown(item[0])}: {one_line(record)}")
                     self.rows.append(
-                        {"file": display_name(item[0]), "status": "error", "error": one_line(exc), "output": item[1]}
+                        {"file": display_name(item[0]), "status": "error", "error": one_line(record), "output": item[1]}
                     )
+                else:
+                    self.add_rows(item, res, record)
 
-    def write_one(self, item: _Item, res) -> None:
+    def write_files(self, item: _Item, res) -> dict[str, Any] | OSError:
+        """Write one image's files; its JSON record, or the OSError that stopped them. Touches nothing shared:
+        writer threads run it side by side."""
+        try:
+            return self._write_files(item, res)
+        except OSError as exc:
+            return exc
+
+    def _write_files(self, item: _Item, res) -> dict[str, Any]:
         f, stem, img, _ = item
-        name, pred = display_name(f), self.pred
+        pred = self.pred
         if self.settings.include_dicom_metadata:
             res.metadata["dicom"] = dicom_metadata(f)
         record = res.to_dict()
-        self.domain_counts["all"] += 1
-        self.domain_counts["out"] += (res.domain or {}).get("in_domain") is False
         if self.settings.heatmaps:
             write_heatmaps(self.target(stem, ".heatmaps.npz"), res, pred.box_labels)
             record["heatmaps"] = Path(f"{stem}.heatmaps.npz").name
@@ -472,6 +518,12 @@ class _BatchOutputs:
             self.write_overlay(self.target(stem, ".overlay.png"), img, res, pred.box_labels, pred.thresholds)
             record["overlay"] = Path(f"{stem}.overlay.png").name
         atomic_write_json(self.target(stem, ".json"), {**record, **self.stamp})
+        return record
+
+    def add_rows(self, item: _Item, res, record: dict[str, Any]) -> None:
+        """The rows of one written image in the tables."""
+        f, stem = item[0], item[1]
+        name = display_name(f)
         self.coco_records.append(
             {"file_name": name, "width": res.image_size[0], "height": res.image_size[1], "boxes": record["boxes"]}
         )

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import struct
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -242,8 +243,15 @@ def _ink(color: tuple[int, int, int]) -> tuple[int, int, int]:
 
 
 # ------------------------------------------------------------------------------------------------- text
-@functools.lru_cache(maxsize=16)
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    # one font object per thread: a FreeType face may be used by one thread at a time, and `cianet predict`
+    # draws overlays in several writer threads (which a free-threaded Python runs truly at once)
+    return _thread_font(size, threading.get_ident())
+
+
+@functools.lru_cache(maxsize=256)
+def _thread_font(size: int, thread: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    del thread  # part of the cache key only
     return ImageFont.load_default(size=size)
 
 
