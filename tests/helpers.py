@@ -253,14 +253,14 @@ def one_line(err: str, *words: str) -> str:
 
 
 def predict_workers_in_process(keep: tuple[str, ...] = ()):
-    """A stand-in for ``cianet.bench.speed._run_worker`` (for ``monkeypatch.setattr``) that runs the predict
+    """A stand-in for ``cianet.bench.speed.run_worker`` (for ``monkeypatch.setattr``) that runs the predict
     bench's workers in this process: each fresh interpreter costs an import of torch, ~5 s of CPU. Modes in
     ``keep`` still run in a fresh process, as `cianet bench` runs them. Peak memory is then this process's."""
     import json
 
     from cianet.bench import speed
 
-    real = speed._run_worker
+    real = speed.run_worker
 
     def run_worker(spec: dict, timeout: float = 900) -> dict:
         if spec["mode"] in keep:

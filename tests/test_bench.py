@@ -154,7 +154,7 @@ def quick_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # imports torch again (seconds).
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(speed, "subprocess", SimpleNamespace(run=_run_forked))
-        mp.setattr(speed, "_run_worker", predict_workers_in_process(keep=("bank",)))
+        mp.setattr(speed, "run_worker", predict_workers_in_process(keep=("bank",)))
         # The structure is what is checked: --quick at even smaller sizes (a quarter of the pixels per training
         # step, one wait step, 56 phantom images: 48 are still enough for the recipe's 5 folds, 40 are not; one
         # folder image, which also covers a folder with fewer images than a batch) still fills every figure and

@@ -70,7 +70,7 @@ def test_quick_cpu_run_writes_every_result(tmp_path, monkeypatch):
     out = tmp_path / "out"
     dry = _run("--device", "cpu", "--quick", "--dry-run", "--out", str(out))
     commands = [line[2:].split()[1:] for line in dry.stderr.splitlines() if line.startswith("+ ")]
-    monkeypatch.setattr(speed, "_run_worker", predict_workers_in_process())
+    monkeypatch.setattr(speed, "run_worker", predict_workers_in_process())
     # Only the results' structure is read here: --quick at even smaller sizes (a quarter of the pixels per
     # training step, a phantom just large enough for the bank and the queries, one folder image, no folder
     # run without prefetch: the summary does not print it) still writes every figure the summary prints.

@@ -525,7 +525,9 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return {"images_per_s": len(timed) / elapsed, "images": len(timed), "peak_rss_mb": peak_rss_mb()}
 
 
-def _run_worker(spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+def run_worker(spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+    """One predict-bench worker (``spec["mode"]``) in a fresh interpreter, so that its peak memory is its own;
+    its JSON result. Tests replace it with an in-process stand-in (``tests/helpers.py``)."""
     cmd = [sys.executable, "-m", "cianet.bench.speed", "--predict-worker", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     lines = proc.stdout.strip().splitlines()
@@ -578,7 +580,7 @@ def bench_predict(
         for mode in ("bank", "recompute"):
             if log:
                 log(f"predict: {mode}{' (direct head)' if direct else ''}")
-            r = _run_worker(
+            r = run_worker(
                 {
                     "bundle": str(bundle),
                     "mode": mode,
@@ -598,7 +600,7 @@ def bench_predict(
         log(f"predict: profile (FLOPs, float32 vs bfloat16, {folder_images} PNGs of {folder_size} px by stage)")
     folder = work / "predict-folder"
     write_folder(folder, paths, folder_images, folder_size, seed)
-    profile = _run_worker(
+    profile = run_worker(
         {
             "bundle": str(bundle),
             "mode": "profile",

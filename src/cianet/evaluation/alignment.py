@@ -16,7 +16,7 @@ from cianet.data.cache import ImageCache
 from cianet.data.layouts import open_index
 from cianet.errors import InputError, UsageError
 from cianet.evaluation.alignment_measures import measure_alignment, read_synth_truth
-from cianet.run.checkpoints import load_alignment, read_alignment_checkpoint
+from cianet.run.checkpoints import load_alignment
 from cianet.run.datasets import ImageSource
 from cianet.run.device import resolve_device
 from cianet.run.scoring import json_safe
@@ -55,14 +55,13 @@ def evaluate_alignment(
     """
     if n is not None and n <= 0:
         raise UsageError(f"--n must be positive, got {n}")
-    path, ckpt = read_alignment_checkpoint(align)
-    loaded = load_alignment(path, resolve_device(device))
-    net = loaded.net
+    loaded = load_alignment(align, resolve_device(device))
+    net, path = loaded.net, loaded.path
     index = open_index(data_root, dataset, entry_csv=entry_csv)  # `dataset`: the layout (auto: detected)
     opened = None
     if cache:
         opened = ImageCache.open(cache)
-    size = int(size or (opened.size if opened is not None else ckpt.get("input_size") or 256))
+    size = int(size or (opened.size if opened is not None else loaded.input_size or 256))
     names = sorted(r.name for r in index.records if r.path is not None or (opened is not None and r.name in opened))
     if not names:
         raise InputError(f"no readable image under {data_root} (nor in the cache) to measure the alignment on")

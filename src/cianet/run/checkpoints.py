@@ -171,6 +171,7 @@ class LoadedAlignment:
     canonical: np.ndarray | None  # (S, S) float32 target of its training, when recorded
     epoch: int
     path: Path
+    input_size: int | None = None  # the image side it was trained at, when recorded
 
 
 def load_alignment(path: str | Path, device: torch.device | str = "cpu") -> LoadedAlignment:
@@ -213,6 +214,7 @@ def _read_alignment(path: Path, device: torch.device) -> LoadedAlignment:
         canonical=None if canonical is None else canonical.float().numpy(),
         epoch=int(ckpt.get("epoch", -1)),
         path=path,
+        input_size=None if ckpt.get("input_size") is None else int(ckpt["input_size"]),
     )
 
 
