@@ -189,14 +189,12 @@ def check_before_claiming(args: argparse.Namespace) -> None:
     """The errors a user can make in the flags, found before --out is claimed: a refused command leaves no
     folder behind. The bundle's header is checked too (cheap: no tensors read)."""
     # lazy: the library loads when the command runs, not when cianet builds its parser
+    from cianet.inference.batch import PredictSettings
     from cianet.run.bundle_format import is_safetensors, read_header
 
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.prefetch is not None and args.prefetch < 0:
-        raise UsageError(f"--prefetch must be >= 0, got {args.prefetch}")
-    if args.writers is not None and args.writers < 1:
-        raise UsageError(f"--writers must be >= 1, got {args.writers}")
+    settings = PredictSettings(batch_size=args.batch_size, prefetch=args.prefetch, writers=args.writers)
+    settings.lookahead()  # the checks predict_files makes, with the same messages
+    settings.writer_threads()
     model = Path(args.model)
     if not model.is_file():
         raise MissingPathError(f"--model {model}: no such bundle file (make one with `cianet bundle`)")

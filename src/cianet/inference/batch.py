@@ -498,26 +498,23 @@ class _BatchOutputs:
                     self.add_rows(item, res, record)
 
     def write_files(self, item: _Item, res) -> dict[str, Any] | OSError:
-        """Write one image's files; its JSON record, or the OSError that stopped them. Touches nothing shared:
-        writer threads run it side by side."""
-        try:
-            return self._write_files(item, res)
-        except OSError as exc:
-            return exc
-
-    def _write_files(self, item: _Item, res) -> dict[str, Any]:
+        """Write one image's files; its JSON record, or the OSError that stopped them (returned, so that the
+        rows stay in order). Touches nothing shared: writer threads run it side by side."""
         f, stem, img, _ = item
         pred = self.pred
-        if self.settings.include_dicom_metadata:
-            res.metadata["dicom"] = dicom_metadata(f)
-        record = res.to_dict()
-        if self.settings.heatmaps:
-            write_heatmaps(self.target(stem, ".heatmaps.npz"), res, pred.box_labels)
-            record["heatmaps"] = Path(f"{stem}.heatmaps.npz").name
-        if self.write_overlay is not None:
-            self.write_overlay(self.target(stem, ".overlay.png"), img, res, pred.box_labels, pred.thresholds)
-            record["overlay"] = Path(f"{stem}.overlay.png").name
-        atomic_write_json(self.target(stem, ".json"), {**record, **self.stamp})
+        try:
+            if self.settings.include_dicom_metadata:
+                res.metadata["dicom"] = dicom_metadata(f)
+            record = res.to_dict()
+            if self.settings.heatmaps:
+                write_heatmaps(self.target(stem, ".heatmaps.npz"), res, pred.box_labels)
+                record["heatmaps"] = Path(f"{stem}.heatmaps.npz").name
+            if self.write_overlay is not None:
+                self.write_overlay(self.target(stem, ".overlay.png"), img, res, pred.box_labels, pred.thresholds)
+                record["overlay"] = Path(f"{stem}.overlay.png").name
+            atomic_write_json(self.target(stem, ".json"), {**record, **self.stamp})
+        except OSError as exc:
+            return exc
         return record
 
     def add_rows(self, item: _Item, res, record: dict[str, Any]) -> None:
