@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from pathlib import Path
@@ -25,6 +26,22 @@ def pytest_configure(config) -> None:
     import torch
 
     torch.set_num_threads(int(TEST_THREADS))
+
+
+def pytest_collection_finish(session) -> None:
+    # Everything alive now (torch, the test modules, their items) lives as long as the process: frozen, the
+    # cyclic garbage collector stops re-walking it. Rarer collections then skip most re-walks of what the
+    # tests keep (the real metadata tables, session fixtures). Measured on 2 cores: the collector took 8-11 s
+    # of CPU over the whole suite's two workers before, about 4 s after; wall time 3-6 s less.
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config) -> None:
+    # The interpreter's last collections at exit walk every object left (about a second once torch is
+    # imported); the process ends anyway, and xdist's controller waits for each worker to end.
+    gc.freeze()
 
 
 # The files that take longest (6-25 s each on a 2-core CPU, measured), longest first. pytest-xdist's loadfile

@@ -268,3 +268,34 @@ def predict_workers_in_process(keep: tuple[str, ...] = ()):
         return json.loads(json.dumps(speed.predict_worker(spec)))  # what the subprocess prints, read back
 
     return run_worker
+
+
+def in_fork(fn):
+    """``fn()`` in a child forked from this process: its return value, sent back pickled; its exception raised
+    here as an AssertionError with the child's traceback. For work that leaves process-wide state behind:
+    torch's dynamo ONNX exporter starts autograd's device threads, after which torch refuses to train in any
+    child forked from this process, as tests/test_safety.py's kill tests do."""
+    import multiprocessing
+    import traceback
+
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+
+    def child() -> None:
+        try:
+            send.send((True, fn()))
+        except BaseException:  # noqa: BLE001 - reported to the parent, which fails the test with it
+            send.send((False, traceback.format_exc()))
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    send.close()
+    try:
+        ok, value = receive.recv()
+    except EOFError:
+        proc.join()
+        raise AssertionError(f"the forked child died (exit status {proc.exitcode})") from None
+    proc.join()
+    if not ok:
+        raise AssertionError(f"in the forked child:\n{value}")
+    return value

@@ -14,7 +14,7 @@ import torch
 from cianet.cli import main
 from cianet.inference.bundle import bundle_from_run
 from cianet.run.bundle_file import save_bundle
-from helpers import GRID, SIZE, U, make_run, synthetic_chest
+from helpers import GRID, SIZE, U, in_fork, make_run, synthetic_chest
 
 pytestmark = pytest.mark.slow  # exports the network twice (seconds each)
 
@@ -27,9 +27,22 @@ def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("onnx")
     run, _ = make_run(tmp, shift=0.1)
     bundle = save_bundle(bundle_from_run(run, n_negatives=100, progress=False), tmp / "m.cianet")
-    with contextlib.redirect_stdout(io.StringIO()) as out:
-        assert main(["export-onnx", "--model", str(bundle), "--out", str(tmp / "m.onnx"), "--json"]) == 0
-    return bundle, tmp / "m.onnx", out.getvalue()
+    rc, printed = _export_onnx(bundle, tmp / "m.onnx")
+    assert rc == 0
+    return bundle, tmp / "m.onnx", printed
+
+
+def _export_onnx(bundle: Path, out: Path) -> tuple[int, str]:
+    """``cianet export-onnx --json``'s exit code and stdout, run in a forked child: the exporter leaves
+    autograd's threads started in its process, after which torch refuses to train in a child forked from it
+    (the kill tests of test_safety.py, if they run later in this test process)."""
+
+    def export() -> tuple[int, str]:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            rc = main(["export-onnx", "--model", str(bundle), "--out", str(out), "--json"])
+        return rc, printed.getvalue()
+
+    return in_fork(export)
 
 
 def test_export_onnx_prints_one_json_object(exported, tmp_path, capsys):
@@ -45,7 +58,9 @@ def test_export_onnx_prints_one_json_object(exported, tmp_path, capsys):
     # a run without a bank or an alignment network (the baseline here) says so with nulls
     run, _ = make_run(tmp_path, kind="baseline")
     baseline = save_bundle(bundle_from_run(run, progress=False), tmp_path / "b.cianet")
-    assert main(["export-onnx", "--model", str(baseline), "--out", str(tmp_path / "b.onnx"), "--json"]) == 0
+    rc, printed = _export_onnx(baseline, tmp_path / "b.onnx")
+    print(printed, end="")
+    assert rc == 0
     s = one_object(capsys)
     assert s["model"] == str(tmp_path / "b.onnx") and Path(s["model"]).stat().st_size > 1000
     assert s["negatives"] is None and s["alignment"] is None

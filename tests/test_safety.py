@@ -755,7 +755,8 @@ class _ForkedCianet:
     use. The child starts with torch and cianet imported, where a fresh ``python -m cianet`` spends seconds
     importing them (a kill timed from its start landed in those imports), and a SIGKILL at its kill point stops
     it mid-run just the same. ``dies_at``: the arguments of :func:`_die_on_call`, a kill point inside the work
-    that no polling can miss."""
+    that no polling can miss. torch refuses to train in a child forked after its process started autograd's
+    device threads (the dynamo ONNX exporter does: tests/test_onnx.py exports in a forked child of its own)."""
 
     def __init__(self, *args: str, dies_at: tuple | None = None) -> None:
         _import_what_training_imports_lazily()

@@ -1,5 +1,3 @@
-import sys
+from cianet.cli import console_main
 
-from cianet.cli import main
-
-sys.exit(main())
+console_main()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import gc
 import importlib
 import os
 import platform
@@ -26,6 +27,7 @@ import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from cianet import __version__
 from cianet.errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, CianetError
@@ -230,5 +232,15 @@ def write_error_log(command: str, argv: list[str] | None) -> Path | None:
         return None
 
 
+def console_main() -> NoReturn:
+    """The ``cianet`` command and ``python -m cianet``: :func:`main` on ``sys.argv``, then exit with its code."""
+    code = main()
+    # Skip the interpreter's last garbage collections at exit, which walk every object torch and the command
+    # left alive (0.6-1.7 s per training command on 2 cores, measured): the process ends here, and every file
+    # cianet writes is closed (and renamed into place) before main returns.
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

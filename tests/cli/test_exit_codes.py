@@ -128,3 +128,17 @@ def test_the_process_exits_with_the_code(tmp_path):
         timeout=120,
     )
     assert missing.returncode == EXIT_INPUT and "cianet index: error:" in missing.stderr
+
+
+def test_console_entry_exits_with_mains_code_and_skips_the_last_collections(tmp_path, monkeypatch):
+    """``cianet`` and ``python -m cianet`` run cianet.cli.console_main: main's code becomes the exit status, and
+    the objects left are frozen out of the interpreter's last garbage collections (a second per command)."""
+    import gc
+
+    import cianet.cli as cli
+
+    monkeypatch.setattr(sys, "argv", ["cianet", "index", "--data-root", str(tmp_path / "nope")])
+    frozen = gc.get_freeze_count()  # conftest freezes what collection made; this test's objects are not yet
+    with pytest.raises(SystemExit) as ended:
+        cli.console_main()
+    assert ended.value.code == EXIT_INPUT and gc.get_freeze_count() > frozen
