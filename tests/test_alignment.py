@@ -193,7 +193,7 @@ def test_structure_loss_zero_for_identical_and_formula(structure_loss):
     assert float(got["feat"]) == pytest.approx(feat_ref, rel=1e-4)
     assert float(got["pixel"]) == pytest.approx(float(((a - t) ** 2).mean()), rel=1e-5)
     assert float(got["total"]) == pytest.approx(float(got["feat"]) + float(got["pixel"]), rel=1e-5)
-    # the fixture's loss, squared and without the pixel term: the same seeded VGG-16 (building one costs 2 s)
+    # the fixture's loss, squared and without the pixel term: the same seeded VGG-16 features
     sq = copy.copy(structure_loss)
     sq.squared, sq.pixel_weight = True, 0.0
     sq = sq(a, t)
@@ -201,6 +201,35 @@ def test_structure_loss_zero_for_identical_and_formula(structure_loss):
     assert float(sq["total"]) == pytest.approx(float(sq["feat"]), rel=1e-6)
     none = StructureLoss(feature_net="none")(a, t)
     assert float(none["feat"]) == 0.0 and float(none["total"]) == pytest.approx(float(got["pixel"]))
+
+
+@pytest.mark.slow  # imports torchvision.models (a second)
+def test_vgg_features_are_torchvisions_first_two_blocks():
+    """cianet builds VGG-16 only up to relu2_2: torchvision's layers, the same function of the same weights
+    (taken from a whole VGG-16 state dict), and VGG's own initialization from a seed."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    from cianet.models.alignment import vgg16_relu2_2
+
+    torch.manual_seed(0)
+    features = make_layers(cfgs["D"])  # torchvision's vgg16().features
+    whole = {f"features.{k}": v for k, v in features.state_dict().items()}
+    whole["classifier.0.weight"] = torch.zeros(1)  # the rest of a whole VGG-16's state dict is left out
+    theirs, ours = features[:9].eval(), vgg16_relu2_2(whole).eval()
+    assert [repr(m) for m in ours] == [repr(m) for m in theirs]
+    x = torch.rand(2, 3, 20, 24)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x)) and ours(x).shape == (2, 128, 10, 12)
+    # random: Kaiming normal (fan-out) weights, zero biases, the same for the same seed
+    torch.manual_seed(5)
+    a = vgg16_relu2_2(None)
+    torch.manual_seed(5)
+    b = vgg16_relu2_2(None)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    for conv in (m for m in a if isinstance(m, torch.nn.Conv2d)):
+        fan_out = conv.out_channels * 9
+        assert float(conv.weight.std()) == pytest.approx(math.sqrt(2 / fan_out), rel=0.05)
+        assert not conv.bias.any()
 
 
 @pytest.mark.slow

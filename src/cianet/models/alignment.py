@@ -435,12 +435,35 @@ def masks_to_original(masks: np.ndarray, params, orig_size: Sequence[int]) -> np
 
 
 # ------------------------------------------------------------------------------------ structure loss
-def _vgg16() -> nn.Module:
-    """torchvision's VGG-16 (the paper recipe's feature net), imported only here: the import costs seconds
-    (cianet.models.resnet says why) and the tiny recipe's ResNet-18 feature net does not need it."""
-    import torchvision.models as tvm
+#: VGG-16 (configuration D) up to relu2_2, layer for layer as torchvision's ``vgg16().features[:9]``: conv1_1,
+#: relu, conv1_2, relu, max pool, conv2_1, relu, conv2_2, relu. "M" is the pool.
+VGG16_RELU2_2 = (64, 64, "M", 128, 128)
 
-    return tvm.vgg16(weights=None)
+
+def vgg16_relu2_2(state_dict: dict[str, torch.Tensor] | None) -> nn.Sequential:
+    """VGG-16's first two blocks, ``(B, 3, H, W) -> (B, 128, H/2, W/2)``. ``state_dict``: a whole VGG-16's
+    (torchvision's key names, ``features.N.*``), of which the four convolutions are taken; None: VGG's own
+    initialization (Kaiming normal, fan-out, zero biases) from the current random state. Built alone, not cut
+    out of a whole VGG-16, whose classifier (124 M of its 138 M parameters) took seconds to initialize."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for v in VGG16_RELU2_2:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            channels = v
+    net = nn.Sequential(*layers)
+    if state_dict is None:
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        return net
+    prefix = "features."
+    ours = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    net.load_state_dict({k: v for k, v in ours.items() if int(k.split(".")[0]) < len(net)})
+    return net
 
 
 def _feature_net(name: str, pretrained: bool | str, seed: int) -> nn.Module | None:
@@ -455,13 +478,13 @@ def _feature_net(name: str, pretrained: bool | str, seed: int) -> nn.Module | No
     # Without ImageNet weights: a fixed random init from `seed` (the global RNG is left untouched).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = _vgg16() if name == "vgg16" else resnet("resnet18")
-    if sd is not None:
-        net.load_state_dict(sd)
-    if name == "vgg16":
-        feats = net.features[:9]  # conv1_1 .. relu2_2 (Johnson et al.): (B, 128, H/2, W/2)
-    else:
-        feats = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)  # (B, 64, H/4, W/4)
+        if name == "vgg16":
+            feats = vgg16_relu2_2(sd)  # relu2_2 (Johnson et al.): (B, 128, H/2, W/2)
+        else:
+            net = resnet("resnet18")
+            if sd is not None:
+                net.load_state_dict(sd)
+            feats = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)  # (B, 64, H/4, W/4)
     for p in feats.parameters():
         p.requires_grad_(False)
     return feats.eval()
