@@ -9,6 +9,7 @@ are at the end and marked slow.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import multiprocessing
 import os
@@ -28,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cianet.cli import main
-from cianet.errors import InputError, UsageError
+from cianet.errors import EXIT_SOME_FAILED, InputError, UsageError
 from helpers import one_line
 
 #: the tiny set of this module (conftest's tiny_root): 12 patients, as the kill-and-resume runs train on it
@@ -170,6 +171,31 @@ def test_two_predicts_into_one_folder_never_mix(bundle_and_images, tmp_path, cap
     assert not (out / f"{files[0].stem}.json").exists()  # the first run's outputs went with it ...
     assert (out / "reading-notes.txt").read_text() == "mine"  # ... and nothing else
     assert not (out / ".cianet.lock").exists()
+
+
+@pytest.mark.slow
+def test_a_folder_put_where_predict_writes_an_image_file_fails_that_image_only(bundle_and_images, tmp_path, capsys):
+    """A user's folder at the path of one image's output (the old file replaced by it, then --overwrite): that
+    image is an error row naming the path, the others are written (exit 1 with --strict, as for an unreadable
+    image); the folder and its contents stay."""
+    model, src = bundle_and_images
+    out = tmp_path / "out"
+    files = sorted(src.iterdir())
+    base = ["--model", str(model), "--out", str(out), "--no-progress", "--no-heatmaps", "--batch-size", "3"]
+    assert main(["predict", str(src), *base]) == 0
+    blocked = out / f"{files[1].stem}.overlay.png"
+    blocked.unlink()
+    blocked.mkdir()
+    (blocked / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["predict", str(src), *base, "--overwrite", "--strict"]) == EXIT_SOME_FAILED
+    one_line(capsys.readouterr().err, f"skipped {files[1]}", str(blocked), "is a folder")
+    assert (blocked / "notes.txt").read_text() == "mine"
+    rows = {r["file"]: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert [rows[str(f)]["status"] for f in files] == ["ok", "error", "ok"]
+    assert "is a folder" in rows[str(files[1])]["error"]
+    assert all((out / f"{f.stem}.overlay.png").is_file() for f in (files[0], files[2]))
+    assert not list(out.glob(".*.tmp"))
 
 
 @pytest.mark.slow

@@ -18,8 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cianet.errors import UsageError
-
 #: a temporary file without a pid in its name (written by an older cianet) counts as stale after this long
 _LEGACY_TEMP_AGE_S = 600.0
 
@@ -80,11 +78,13 @@ def atomic_path(path: str | os.PathLike, clean_stale: bool = False) -> Iterator[
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
 
     On an exception the temporary file is removed and ``path`` is left untouched. ``clean_stale``: first
-    remove the temporary files of ``path`` that killed writers left (worth it for large files).
+    remove the temporary files of ``path`` that killed writers left (worth it for large files). A folder at
+    ``path`` is never replaced: IsADirectoryError, an OSError as the file system's own refusals, so that a
+    command writing many files (``cianet predict``) fails that one file and goes on.
     """
     path = Path(path)
     if path.is_dir():
-        raise UsageError(f"{path}: is a folder; give the path of a file to write (a folder is never replaced)")
+        raise IsADirectoryError(f"{path}: is a folder; give the path of a file to write (a folder is never replaced)")
     path.parent.mkdir(parents=True, exist_ok=True)
     if clean_stale:
         for tmp in stale_temps(path):
