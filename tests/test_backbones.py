@@ -83,9 +83,9 @@ def test_every_resnet_has_torchvisions_tensors():
 
 def test_building_a_network_imports_no_torchvision(monkeypatch):
     """torchvision's import pulls in torch._dynamo (seconds per process): training, prediction and the CLI
-    build their ResNets (cianet.models.resnet) and the loss's VGG-16 blocks without it; only ImageNet downloads
-    import it. A meta-device build (loading saved weights) skips every init fill: a meta normal_ would import
-    it too."""
+    build their ResNets (cianet.models.resnet) and the loss's VGG-16 blocks without it; only ImageNet weights
+    (torchvision's weights API) import it. A meta-device build (loading saved weights) skips every init fill: a
+    meta normal_ would import it too."""
     import importlib
     import sys
 
