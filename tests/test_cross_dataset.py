@@ -18,7 +18,7 @@ from cianet.data.index import Box, ImageIndex, ImageRecord
 from cianet.data.label_maps import map_index, match_classes
 from cianet.data.vindr import VINDR_LABEL_SET
 from cianet.labels import NIH_LABEL_SET
-from helpers import pairwise_auc
+from helpers import NARROW, pairwise_auc
 
 
 def _vindr_index(tmp_path: Path) -> ImageIndex:
@@ -189,6 +189,7 @@ def test_a_run_trained_on_nih_is_scored_on_vindr_matching_classes(tmp_path, caps
                 "train",
                 "--config",
                 "tiny",
+                *NARROW,
                 "--data-root",
                 str(nih),
                 "--image-size",

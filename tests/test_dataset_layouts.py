@@ -13,6 +13,7 @@ import torch
 
 from cianet.cli import main
 from cianet.data.layouts import open_index
+from helpers import NARROW
 
 
 def _minmax(a: np.ndarray) -> np.ndarray:
@@ -81,6 +82,7 @@ def test_a_whole_run_on_each_layout(tmp_path, capsys, layout, n_classes, monkeyp
                 "train",
                 "--config",
                 "tiny",
+                *NARROW,
                 "--data-root",
                 str(root),
                 "--image-size",

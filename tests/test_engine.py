@@ -17,7 +17,7 @@ import yaml
 
 from cianet.cli import main
 from cianet.config import load_config
-from helpers import tiny_config
+from helpers import NARROW, tiny_config
 
 
 def _weights(run_dir):
@@ -194,6 +194,7 @@ def test_torchrun_two_processes_on_cpu(tiny_nih, tmp_path):
         "train",
         "--config",
         "tiny",
+        *NARROW,
         "--data-root",
         str(tiny_root),
         "--image-size",

@@ -16,53 +16,57 @@ from cianet.inference.bundle import bundle_from_run
 from cianet.run.bundle_file import save_bundle
 from helpers import GRID, SIZE, U, in_fork, make_run, synthetic_chest
 
-pytestmark = pytest.mark.slow  # exports the network twice (seconds each)
+pytestmark = pytest.mark.slow  # exports three graphs (seconds each)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    """A CIA-Net bundle with an alignment (shift 0.1) and a baseline bundle, both exported; returns the
+    CIA-Net's (bundle, model path, printed JSON) and the baseline's (model path, printed JSON)."""
     # here, not at the module's top: importing onnx at collection costs every test worker about a second
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     tmp = tmp_path_factory.mktemp("onnx")
     run, _ = make_run(tmp, shift=0.1)
     bundle = save_bundle(bundle_from_run(run, n_negatives=100, progress=False), tmp / "m.cianet")
-    rc, printed = _export_onnx(bundle, tmp / "m.onnx")
-    assert rc == 0
-    return bundle, tmp / "m.onnx", printed
+    run, _ = make_run(tmp / "base", kind="baseline")
+    baseline = save_bundle(bundle_from_run(run, progress=False), tmp / "b.cianet")
+    (rc, printed), (rc_base, printed_base) = _export_onnx([(bundle, tmp / "m.onnx"), (baseline, tmp / "b.onnx")])
+    assert rc == rc_base == 0
+    return bundle, tmp / "m.onnx", printed, tmp / "b.onnx", printed_base
 
 
-def _export_onnx(bundle: Path, out: Path) -> tuple[int, str]:
-    """``cianet export-onnx --json``'s exit code and stdout, run in a forked child: the exporter leaves
-    autograd's threads started in its process, after which torch refuses to train in a child forked from it
-    (the kill tests of test_safety.py, if they run later in this test process)."""
+def _export_onnx(jobs: list[tuple[Path, Path]]) -> list[tuple[int, str]]:
+    """``cianet export-onnx --model BUNDLE --out OUT --json``'s exit code and stdout for each job, run in one
+    forked child (the exporter's imports and set-up are paid once): the exporter leaves autograd's threads
+    started in its process, after which torch refuses to train in a child forked from it (the kill tests of
+    test_safety.py, if they run later in this test process)."""
 
-    def export() -> tuple[int, str]:
-        with contextlib.redirect_stdout(io.StringIO()) as printed:
-            rc = main(["export-onnx", "--model", str(bundle), "--out", str(out), "--json"])
-        return rc, printed.getvalue()
+    def export() -> list[tuple[int, str]]:
+        done = []
+        for bundle, out in jobs:
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                rc = main(["export-onnx", "--model", str(bundle), "--out", str(out), "--json"])
+            done.append((rc, printed.getvalue()))
+        return done
 
     return in_fork(export)
 
 
-def test_export_onnx_prints_one_json_object(exported, tmp_path, capsys):
+def test_export_onnx_prints_one_json_object(exported, capsys):
     """--json: one strict JSON object naming what was written (the CLI's other --json tests: tests/cli)."""
     from cli.test_json import one_object
 
-    bundle, path, printed = exported
+    bundle, path, printed, base_path, base_printed = exported
     print(printed, end="")
     s = one_object(capsys)
     assert s["model"] == str(path) and s["negatives"] == str(path.with_name("m.negatives.npz"))
     assert s["alignment"] == str(path.with_name("m.align.onnx"))
     assert s["exporter"] in ("dynamo", "torchscript") and s["opset"] == 18 and s["dynamic_batch"] is True
     # a run without a bank or an alignment network (the baseline here) says so with nulls
-    run, _ = make_run(tmp_path, kind="baseline")
-    baseline = save_bundle(bundle_from_run(run, progress=False), tmp_path / "b.cianet")
-    rc, printed = _export_onnx(baseline, tmp_path / "b.onnx")
-    print(printed, end="")
-    assert rc == 0
+    print(base_printed, end="")
     s = one_object(capsys)
-    assert s["model"] == str(tmp_path / "b.onnx") and Path(s["model"]).stat().st_size > 1000
+    assert s["model"] == str(base_path) and Path(s["model"]).stat().st_size > 1000
     assert s["negatives"] is None and s["alignment"] is None
     assert s["exporter"] in ("dynamo", "torchscript") and s["opset"] == 18 and s["dynamic_batch"] is True
 
@@ -73,7 +77,7 @@ def test_onnx_matches_pytorch(exported):
     from cianet.inference.predictor import Predictor
     from cianet.models.backbones import gray_to_input
 
-    bundle, path, _ = exported
+    bundle, path = exported[:2]
     pred = Predictor.from_bundle(bundle)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["image", "m_neg"]
@@ -107,7 +111,7 @@ def test_onnx_sidecars_and_metadata(exported):
     from cianet.labels import LABELS
     from cianet.run.bundle_file import load_bundle
 
-    bundle, path, _ = exported
+    bundle, path = exported[:2]
     raw = path.read_bytes()  # no install or source paths of the exporting machine (issue 11)
     for local in (Path(torch.__file__).parent.parent, Path(__file__).parent.parent):
         assert str(local).encode() not in raw, local

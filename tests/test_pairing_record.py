@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import SIZE, tiny_config, write_alignment, write_tiny_nih
+from helpers import NARROW, SIZE, tiny_config, write_alignment, write_tiny_nih
 
 
 @pytest.fixture(scope="module")
@@ -305,6 +305,7 @@ def test_runs_record_their_pairing_and_evaluate_keeps_it(phantom, canonical_png,
             "train",
             "--config",
             "tiny",
+            *NARROW,
             "--data-root",
             str(phantom),
             "--out",

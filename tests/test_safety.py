@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from cianet.cli import main
 from cianet.errors import EXIT_SOME_FAILED, InputError, UsageError
-from helpers import one_line
+from helpers import NARROW, one_line
 
 #: the tiny set of this module (conftest's tiny_root): 12 patients, as the kill-and-resume runs train on it
 TINY_PATIENTS = 12
@@ -882,6 +882,7 @@ def _tiny_flags(tiny_root: Path) -> list[str]:
     return [
         "--config",
         "tiny",
+        *NARROW,
         "--data-root",
         str(tiny_root),
         "--image-size",
@@ -1012,6 +1013,7 @@ def test_train_align_killed_mid_run_resumes_to_the_same_weights(tiny_root, tmp_p
         "train-align",
         "--config",
         "tiny",
+        *NARROW,
         "--data-root",
         str(tiny_root),
         "--image-size",

@@ -63,6 +63,28 @@ def test_every_command_has_a_description_and_examples_that_parse():
             assert args.command == name
 
 
+def test_a_command_line_parses_alike_with_its_command_alone(capsys):
+    """main builds only the parser of the command a command line names (cianet.cli.command_of): every
+    example parses to the same arguments as with the whole parser; a top-level --help still lists them all."""
+    from cianet.cli import build_parser, command_of, main
+    from cianet.commands.examples import EXAMPLES
+
+    full = build_parser()
+    for name, lines in EXAMPLES.items():
+        alone = build_parser(name)
+        assert list(next(a for a in alone._actions if a.dest == "command").choices) == [name]
+        for line in lines:
+            argv = shlex.split(line.split("#")[0].split("2>")[0])[1:]
+            assert command_of(argv) == command_of(["--debug", *argv]) == name
+            assert vars(alone.parse_args(argv)) == vars(full.parse_args(argv)), line
+    for argv in ([], ["--debug"], ["--help", "train"], ["-h", "train"], ["--version"], ["trian", "--help"]):
+        assert command_of(argv) is None, argv
+    with pytest.raises(SystemExit):
+        main(["--help", "train"])
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in EXAMPLES)
+
+
 def test_every_default_is_shown():
     for name, parser in commands().items():
         for action in parser._actions:

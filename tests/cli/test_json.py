@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cianet.cli import main
+from helpers import NARROW
 
 TINY_PATIENTS = 12  # tiny_root: 24 images (the counts below), enough for every command here, trainings included
 
@@ -56,7 +57,7 @@ def test_every_command_that_prints_a_result_takes_json():
     from cianet.cli import COMMAND_MODULES
 
     sub = argparse.ArgumentParser().add_subparsers()
-    for module in COMMAND_MODULES:
+    for module in COMMAND_MODULES.values():
         importlib.import_module(module).register(sub)
     assert set(sub.choices) == set(RESULT_COMMANDS), "a command was added: does it print a result? add --json"
     for name, parser in sub.choices.items():
@@ -221,6 +222,7 @@ def test_training_commands_print_one_json_object(tiny_root, tmp_path, capsys):
     small = [
         "--config",
         "tiny",
+        *NARROW,
         "--data-root",
         str(tiny_root),
         "--image-size",
