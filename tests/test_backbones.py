@@ -213,6 +213,7 @@ def test_pretrained_config_values_and_old_booleans(tmp_path):
     assert (cfg.model.pretrained, cfg.align.pretrained) == ("/weights/r18.pt", "imagenet")
 
 
+@pytest.mark.slow  # imports torchvision for its weight tables (and with it torch._dynamo: seconds)
 def test_train_commands_refuse_unavailable_weights_before_reading_data(empty_hub, tmp_path, capsys):
     from cianet.cli import main
 

@@ -29,6 +29,7 @@ def _cases(n_cases: int = 120):
         yield y, s
 
 
+@pytest.mark.slow  # imports scikit-learn, scipy and pandas (about a second per test process)
 def test_curves_are_scikit_learns_to_the_bit():
     # lazy: scikit-learn is only the reference here; imported at collection it would cost every worker 2 s
     from sklearn.metrics import auc, precision_recall_curve, roc_auc_score, roc_curve
