@@ -6,9 +6,10 @@ import pytest
 
 
 def parse(argv):
-    from cianet.cli import build_parser
+    """``argv`` parsed as ``cianet.cli.main`` parses it: with the parser of the command it names alone."""
+    from cianet.cli import build_parser, command_of
 
-    return build_parser().parse_args(argv)
+    return build_parser(command_of(argv)).parse_args(argv)
 
 
 @pytest.mark.parametrize(
