@@ -15,8 +15,9 @@ start later (a forked trainer, torchrun's ranks) shares its parent's group. A gr
 Sharing a group only errs on the slow side: on the real machine a worker's forked child would run beside it
 on the second core. Disk, sleeps and timeouts keep their real speed, as on the slower machine.
 
-Before the command it times a CPU-bound loop alone and in a group, and prints the ratio (the slowdown the quota
-really gives). Exit status: the command's; 2 where cgroups cannot be used here (not root, no cpu controller).
+Before the command it times a CPU-bound loop alone and in a group (three times each, in turn), and prints the
+ratio of the fastest times: the slowdown the quota really gives. Exit status: the command's; 2 where cgroups
+cannot be used here (not root, no cpu controller).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 PERIOD_US = 10_000  # a short period: the quota is spread evenly, not spent in 100 ms bursts
 SPIN = "import time\nt = time.perf_counter()\nx = 0\nfor i in range(3_000_000):\n    x += i * i\n" + (
@@ -46,14 +48,14 @@ class Groups:
         elif "cpu" in _read(Path("/sys/fs/cgroup/cgroup.controllers")).split():
             self.v2, root = True, Path("/sys/fs/cgroup")
         else:
-            raise SystemExit("slow_cpu: error: no cgroup cpu controller at /sys/fs/cgroup (exit 2)")
+            fail("no cgroup cpu controller at /sys/fs/cgroup")
         self.parent = root / f"cianet-slow-cpu-{os.getpid()}"
         try:
             self.parent.mkdir()
             if self.v2:  # children may only limit the CPU where their parent delegates the controller
                 (self.parent / "cgroup.subtree_control").write_text("+cpu")
         except OSError as exc:
-            raise SystemExit(f"slow_cpu: error: cannot create {self.parent}: {exc.strerror} (run as root)") from exc
+            fail(f"cannot create {self.parent}: {exc.strerror} (run as root)")
         self.made: list[Path] = []
 
     def hold(self, pid: int) -> bool:
@@ -84,6 +86,11 @@ class Groups:
                     time.sleep(0.1)
 
 
+def fail(message: str) -> NoReturn:
+    print(f"slow_cpu: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text()
@@ -109,18 +116,22 @@ def watch(groups: Groups, top: int, done: threading.Event) -> None:
         time.sleep(0.005)
 
 
-def calibrate(groups: Groups) -> float:
-    """The slowdown the quota really gives a CPU-bound Python loop (alone / in a group)."""
-    alone = float(subprocess.run([sys.executable, "-c", SPIN], capture_output=True, text=True, check=True).stdout)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.readline()\n" + SPIN],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    groups.hold(proc.pid)
-    out, _ = proc.communicate("go\n")
-    return float(out) / alone
+def calibrate(groups: Groups, repeats: int = 3) -> float:
+    """The slowdown the quota really gives a CPU-bound Python loop: its fastest time in a group over its fastest
+    time alone (the fastest of ``repeats`` each, taken in turn: the machine's own speed may drift meanwhile)."""
+    alone, held = [], []
+    for _ in range(repeats):
+        done = subprocess.run([sys.executable, "-c", SPIN], capture_output=True, text=True, check=True)
+        alone.append(float(done.stdout))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stdin.readline()\n" + SPIN],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        groups.hold(proc.pid)
+        held.append(float(proc.communicate("go\n")[0]))
+    return min(held) / min(alone)
 
 
 def main(argv: list[str] | None = None) -> int:
