@@ -32,26 +32,27 @@ from typing import NoReturn
 from cianet import __version__
 from cianet.errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, CianetError
 
-#: command name -> the module that registers it; the order here is the order in `cianet --help`.
-COMMAND_MODULES = {
-    "synth": "cianet.commands.synth",
-    "index": "cianet.commands.index",
-    "splits": "cianet.commands.splits",
-    "prepare": "cianet.commands.prepare",
-    "canonical": "cianet.commands.canonical",
-    "hash": "cianet.commands.hash",
-    "train-align": "cianet.commands.train_align",
-    "align-eval": "cianet.commands.align_eval",
-    "train": "cianet.commands.train",
-    "evaluate": "cianet.commands.evaluate",
-    "experiment": "cianet.commands.experiment",
-    "demo": "cianet.commands.demo",
-    "bundle": "cianet.commands.bundle",
-    "predict": "cianet.commands.predict",
-    "view": "cianet.commands.view",
-    "export-onnx": "cianet.commands.export_onnx",
-    "bench": "cianet.commands.bench",
-}
+# One module per command, named after it (train-align: cianet.commands.train_align). Order here is the order in
+# `cianet --help`.
+COMMAND_MODULES = (
+    "cianet.commands.synth",
+    "cianet.commands.index",
+    "cianet.commands.splits",
+    "cianet.commands.prepare",
+    "cianet.commands.canonical",
+    "cianet.commands.hash",
+    "cianet.commands.train_align",
+    "cianet.commands.align_eval",
+    "cianet.commands.train",
+    "cianet.commands.evaluate",
+    "cianet.commands.experiment",
+    "cianet.commands.demo",
+    "cianet.commands.bundle",
+    "cianet.commands.predict",
+    "cianet.commands.view",
+    "cianet.commands.export_onnx",
+    "cianet.commands.bench",
+)
 
 EPILOG = (
     "exit status: 0 success; 1 some inputs failed; 2 usage or input error; 3 internal error (a bug: "
@@ -60,7 +61,7 @@ EPILOG = (
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The whole command line, or with ``command`` (a name of :data:`COMMAND_MODULES`) the top level and that
+    """The whole command line, or with ``command`` (a command's name, e.g. ``train-align``) the top level and that
     command alone: one command's module imported and its flags built, not seventeen (a few ms per run; many in
     the test suite). A command line parses to the same result either way."""
     parser = argparse.ArgumentParser(
@@ -71,14 +72,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cianet {__version__}")
     parser.add_argument("--debug", action="store_true", help="print the full traceback of any error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMAND_MODULES.items():
-        if command in (None, name):
+    for module in COMMAND_MODULES:
+        if command is None or module == command_module(command):
             importlib.import_module(module).register(sub)
     examples = importlib.import_module("cianet.commands.examples")  # loaded as the command modules are
-    for name, command in sub.choices.items():
-        progress_flags(command)
-        command.formatter_class = examples.HelpFormatter  # every default shown; the examples as written
-        command.epilog = examples.examples_epilog(name, command.epilog)
+    for name, command_parser in sub.choices.items():
+        progress_flags(command_parser)
+        command_parser.formatter_class = examples.HelpFormatter  # every default shown; the examples as written
+        command_parser.epilog = examples.examples_epilog(name, command_parser.epilog)
     return parser
 
 
@@ -177,8 +178,13 @@ def command_of(argv: list[str]) -> str | None:
         if arg in ("-h", "--help", "--version"):
             return None
         if not arg.startswith("-"):
-            return arg if arg in COMMAND_MODULES else None
+            return arg if "_" not in arg and command_module(arg) in COMMAND_MODULES else None
     return None
+
+
+def command_module(command: str) -> str:
+    """The module that registers ``command`` (``train-align``: ``cianet.commands.train_align``)."""
+    return "cianet.commands." + command.replace("-", "_")
 
 
 def main(argv: list[str] | None = None) -> int:

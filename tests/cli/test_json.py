@@ -57,7 +57,7 @@ def test_every_command_that_prints_a_result_takes_json():
     from cianet.cli import COMMAND_MODULES
 
     sub = argparse.ArgumentParser().add_subparsers()
-    for module in COMMAND_MODULES.values():
+    for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
     assert set(sub.choices) == set(RESULT_COMMANDS), "a command was added: does it print a result? add --json"
     for name, parser in sub.choices.items():
