@@ -195,7 +195,7 @@ def write_alignment(path: Path, tx: float = 0.0, ty: float = 0.0) -> Path:
     from cianet.models.alignment import AlignmentNet
 
     kwargs = {"backbone": "resnet18", "input_size": SIZE, "width": TEST_WIDTH}
-    net = seeded_build(("alignment", SIZE), 3, lambda: AlignmentNet(**kwargs))
+    net = seeded_build(("alignment", SIZE, TEST_WIDTH), 3, lambda: AlignmentNet(**kwargs))
     with torch.no_grad():  # the last layer is zero: z = bias; t = max_shift * tanh(z)
         net.fc.bias[0] = math.atanh(tx / net.max_shift)
         net.fc.bias[1] = math.atanh(ty / net.max_shift)

@@ -8,7 +8,6 @@ are at the end and marked slow.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import multiprocessing
@@ -19,8 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -854,19 +851,6 @@ def _kill_when(proc: subprocess.Popen | _ForkedCianet, ready, timeout: float = 1
     raise AssertionError("the process neither finished nor reached the kill point")
 
 
-@contextlib.contextmanager
-def _killing(proc: subprocess.Popen | _ForkedCianet, ready, timeout: float = 120.0) -> Iterator[Future]:
-    """:func:`_kill_when` in a thread while the body runs: a test computes its uninterrupted reference in this
-    process while ``proc`` runs to its kill point. Yields the answer's future."""
-    with ThreadPoolExecutor(1) as pool:
-        killed = pool.submit(_kill_when, proc, ready, timeout)
-        try:
-            yield killed
-        except BaseException:
-            proc.kill()  # the body failed: do not wait for the kill point
-            raise
-
-
 def _train_args(tiny_root: Path) -> list[str]:
     """``cianet train`` of the tiny recipe at 32 px (the smallest size; half the cost of 64 px) for two epochs: the
     runs the train kill tests interrupt. Table 1's protocol (80% annotated + 50% unannotated), so that the CIA-Net
@@ -919,17 +903,23 @@ def test_train_killed_mid_run_resumes_to_the_same_metrics_and_a_second_train_is_
 ):
     """One killed train for three properties (each kill is a train of its own): a second writer into its folder is
     refused, an old (markerless) killed run is adopted, and the resumed run equals the uninterrupted one."""
+    import torch
+
     from cianet.run.run_folder import claim_run_folder
 
     common = _train_args(tiny_root)
     ref, run = table1_reference / "cia_net" / "fold0", tmp_path / "run"
-    proc = _ForkedCianet(*common, "--out", str(run))
+    # killed once the second (last) epoch has trained, as its checkpoint is about to replace the first's: a kill
+    # point inside the work, so the resume below always has an epoch to redo (a kill timed by polling could land
+    # after the run had finished, and the test would pass without testing a resume)
+    second_save = (os, "replace", 2, lambda src, dst: Path(dst) == run / "checkpoint.pt")
+    proc = _ForkedCianet(*common, "--out", str(run), dies_at=second_save)
     _wait_for_the_lock(run, proc)
     assert main([*common, "--out", str(run)]) == 2  # two writers into one run folder: the second is refused
     one_line(capsys.readouterr().err, f"{run}: another cianet process", f"pid {proc.pid}", "cianet train")
-    # killed right after the first epoch's checkpoint, while the second epoch trains: the first was not disturbed
-    assert _kill_when(proc, lambda: (run / "checkpoint.pt").exists())
-    assert (run / ".cianet.lock").exists()
+    assert proc.wait() == -signal.SIGKILL
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 0  # the first epoch's, undisturbed
+    assert not (run / "metrics.json").exists() and (run / ".cianet.lock").exists()
     # An older cianet wrote no marker: its killed run is adopted and resumes.
     (run / ".cianet-output.json").unlink()
     assert main([*common, "--out", str(run), "--resume"]) == 0  # only the killed run needs a process of its own
@@ -1037,10 +1027,12 @@ def test_train_align_killed_mid_run_resumes_to_the_same_weights(tiny_root, tmp_p
         "data.workers=0",
     ]
     ref, run = tmp_path / "ref", tmp_path / "run"
-    proc = _ForkedCianet(*common, "--out", str(run))
-    with _killing(proc, lambda: (run / "align.pt").exists()) as killed:
-        assert main([*common, "--out", str(ref)]) == 0  # the uninterrupted run, meanwhile
-    assert killed.result()
+    # killed as the second epoch's weights are about to replace the first's (a kill point no polling can miss)
+    second_save = (os, "replace", 2, lambda src, dst: Path(dst) == run / "align.pt")
+    proc = _ForkedCianet(*common, "--out", str(run), dies_at=second_save)
+    assert main([*common, "--out", str(ref)]) == 0  # the uninterrupted run, meanwhile
+    assert proc.wait() == -signal.SIGKILL
+    assert torch.load(run / "align.pt", weights_only=True)["epoch"] == 0
     assert main([*common, "--out", str(run), "--resume"]) == 0
     a, b = (torch.load(d / "align.pt", weights_only=True) for d in (ref, run))
     assert a["epoch"] == b["epoch"] == 1

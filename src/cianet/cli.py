@@ -171,14 +171,15 @@ def result_stdout(args: argparse.Namespace) -> Iterator[None]:
 
 
 def command_of(argv: list[str]) -> str | None:
-    """The command an argument list names: its first word that is not one of the top-level flags (none of
-    which takes a value), where that is a known command; else None (no command, an unknown one, or a top-level
-    ``--help`` or ``--version`` before it, which list every command)."""
+    """The command an argument list names: its first word, after any ``--debug``, where that is a known command;
+    else None, and every command is built: no command, an unknown one, or any other top-level option before it
+    (``--help``, ``--version`` and their abbreviations, ``--``), whose help or error lists them all."""
     for arg in argv:
-        if arg in ("-h", "--help", "--version"):
+        if arg == "--debug":
+            continue
+        if arg.startswith("-"):
             return None
-        if not arg.startswith("-"):
-            return arg if "_" not in arg and command_module(arg) in COMMAND_MODULES else None
+        return arg if "_" not in arg and command_module(arg) in COMMAND_MODULES else None
     return None
 
 

@@ -77,7 +77,8 @@ def test_a_command_line_parses_alike_with_its_command_alone(capsys):
             argv = shlex.split(line.split("#")[0].split("2>")[0])[1:]
             assert command_of(argv) == command_of(["--debug", *argv]) == name
             assert vars(alone.parse_args(argv)) == vars(full.parse_args(argv)), line
-    for argv in ([], ["--debug"], ["--help", "train"], ["-h", "train"], ["--version"], ["trian"], ["train_align"]):
+    none = ([], ["--debug"], ["--help", "train"], ["-h", "train"], ["--he", "train"], ["--", "train"], ["--version"])
+    for argv in (*none, ["trian"], ["train_align"]):
         assert command_of(argv) is None, argv
     with pytest.raises(SystemExit):
         main(["--help", "train"])
