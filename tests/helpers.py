@@ -112,6 +112,12 @@ TEST_WIDTH = 16
 NARROW = ("--set", f"model.width={TEST_WIDTH}", "--set", f"align.width={TEST_WIDTH}")
 
 
+def narrow(cfg):
+    """``cfg`` with TEST_WIDTH trunks (the model's and the alignment regressor's); returns it."""
+    cfg.model.width = cfg.align.width = TEST_WIDTH
+    return cfg
+
+
 def tiny_config(out, data_root="", **over):
     """The tiny recipe at 64 px on one CPU thread; ``section__key=value`` overrides."""
     from cianet.config import load_config
@@ -121,7 +127,7 @@ def tiny_config(out, data_root="", **over):
     cfg.data.image_size = SIZE
     cfg.data.workers = 0
     cfg.model.backbone = "resnet18"
-    cfg.model.width = cfg.align.width = TEST_WIDTH
+    narrow(cfg)
     cfg.model.test_upsample = U
     cfg.model.head_channels = 16
     cfg.optim.epochs = 2

@@ -8,6 +8,8 @@ import re
 
 import pytest
 
+from helpers import narrow
+
 pytestmark = pytest.mark.slow
 
 # The fewest phantom images whose 5-fold protocol has annotated patients in every fold and priors to pair with:
@@ -22,18 +24,6 @@ SMALLER = {"align_images": 16, "canonical_n": 20, "size": 64}
 VALIDATE = {"val_share": 0.1}
 
 
-def narrow(demo_config):
-    """``demo_config`` whose trunks (the alignment regressor's included) have helpers.TEST_WIDTH channels."""
-    from helpers import TEST_WIDTH
-
-    def config(*args, **kwargs):
-        cfg = demo_config(*args, **kwargs)
-        cfg.model.width = cfg.align.width = TEST_WIDTH
-        return cfg
-
-    return config
-
-
 def test_fast_demo_writes_a_complete_report(tmp_path, capsys, monkeypatch):
     import functools
 
@@ -45,7 +35,8 @@ def test_fast_demo_writes_a_complete_report(tmp_path, capsys, monkeypatch):
 
     # both runs through the CLI (`cianet demo` looks run_demo up when it runs), with the same smaller settings
     monkeypatch.setattr(demo, "run_demo", functools.partial(demo.run_demo, settings={**SMALLER, **VALIDATE}))
-    monkeypatch.setattr(demo, "demo_config", narrow(demo.demo_config))
+    demo_config = demo.demo_config  # its trunks narrowed (helpers.narrow)
+    monkeypatch.setattr(demo, "demo_config", lambda *args, **kwargs: narrow(demo_config(*args, **kwargs)))
     out = tmp_path / "demo"
     # stderr is not a terminal here (captured, as when redirected to a file): no progress bar, without --no-progress
     assert main(["demo", "--fast", "--out", str(out), "--n-images", N_IMAGES]) == 0

@@ -11,7 +11,7 @@ from cianet.config import apply_overrides, load_config, save_config
 from cianet.errors import UsageError
 from cianet.experiments import evidence as ev
 from cianet.run.reuse import check_reusable, config_differences
-from helpers import TEST_WIDTH
+from helpers import narrow
 
 
 def test_config_differences_ignore_plumbing_and_resolved_labels(tmp_path):
@@ -191,7 +191,7 @@ def test_evidence_end_to_end_on_a_small_phantom_resumes_and_refuses_other_settin
     cfg.data.image_size, cfg.optim.batch_size, cfg.run.progress = 32, 16, False
     cfg.model.head_channels, cfg.model.test_upsample = 16, 16  # a small head: the pipeline, not the method
     cfg.model.output_stride, cfg.align.input_size = 8, 32  # a 4 x 4 grid, the regressor at the images' size
-    cfg.model.width = cfg.align.width = TEST_WIDTH  # the networks are most of this test's cost
+    narrow(cfg)  # the networks are most of this test's cost
     rows = ("Base", "CIA-Net sim", "CIA-Net oracle (upper bound)")
     s = ev.EvidenceSettings(
         seeds=(10,),

@@ -836,6 +836,12 @@ def _die_on_call(owner: object, name: str, n: int, when=lambda *args: True) -> N
     setattr(owner, name, dying)
 
 
+def _at_save(path: Path, n: int) -> tuple:
+    """``dies_at`` for the n-th atomic write of ``path``: killed as its finished temp file is about to be renamed
+    onto it."""
+    return (os, "replace", n, lambda src, dst: Path(dst) == path)
+
+
 def _kill_when(proc: subprocess.Popen | _ForkedCianet, ready, timeout: float = 120.0) -> bool:
     """SIGKILL ``proc`` as soon as ``ready()``; False when it ended first."""
     t0 = time.time()
@@ -912,8 +918,7 @@ def test_train_killed_mid_run_resumes_to_the_same_metrics_and_a_second_train_is_
     # killed once the second (last) epoch has trained, as its checkpoint is about to replace the first's: a kill
     # point inside the work, so the resume below always has an epoch to redo (a kill timed by polling could land
     # after the run had finished, and the test would pass without testing a resume)
-    second_save = (os, "replace", 2, lambda src, dst: Path(dst) == run / "checkpoint.pt")
-    proc = _ForkedCianet(*common, "--out", str(run), dies_at=second_save)
+    proc = _ForkedCianet(*common, "--out", str(run), dies_at=_at_save(run / "checkpoint.pt", 2))
     _wait_for_the_lock(run, proc)
     assert main([*common, "--out", str(run)]) == 2  # two writers into one run folder: the second is refused
     one_line(capsys.readouterr().err, f"{run}: another cianet process", f"pid {proc.pid}", "cianet train")
@@ -1028,8 +1033,7 @@ def test_train_align_killed_mid_run_resumes_to_the_same_weights(tiny_root, tmp_p
     ]
     ref, run = tmp_path / "ref", tmp_path / "run"
     # killed as the second epoch's weights are about to replace the first's (a kill point no polling can miss)
-    second_save = (os, "replace", 2, lambda src, dst: Path(dst) == run / "align.pt")
-    proc = _ForkedCianet(*common, "--out", str(run), dies_at=second_save)
+    proc = _ForkedCianet(*common, "--out", str(run), dies_at=_at_save(run / "align.pt", 2))
     assert main([*common, "--out", str(ref)]) == 0  # the uninterrupted run, meanwhile
     assert proc.wait() == -signal.SIGKILL
     assert torch.load(run / "align.pt", weights_only=True)["epoch"] == 0
@@ -1048,7 +1052,7 @@ def test_bundle_killed_at_random_points_leaves_no_half_file(chest_models, tmp_pa
     run, ref, out = chest_models.run("plain")[0], chest_models.bundle("plain"), tmp_path / "out.cianet"
     args = ["bundle", "--run", str(run), "--bank-size", "100", "--no-progress"]
     # killed in the middle of the atomic write: the whole bundle in its temp file, not yet renamed onto --out
-    proc = _ForkedCianet(*args, "--out", str(out), dies_at=(os, "replace", 1, lambda src, dst: Path(dst) == out))
+    proc = _ForkedCianet(*args, "--out", str(out), dies_at=_at_save(out, 1))
     assert proc.wait() == -signal.SIGKILL
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert main([*args, "--out", str(out), "--overwrite"]) == 0  # also removes a SIGKILLed write's temp
